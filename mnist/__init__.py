@@ -1,0 +1,1 @@
+"""The MNIST example: data loading (mnist.data) for the flagship CNN training job."""

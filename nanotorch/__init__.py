@@ -1,0 +1,7 @@
+"""nanotorch: a deep-learning mini-framework in NumPy with hand-written backprop."""
+from nanotorch import nn, optim
+from nanotorch.random import manual_seed, default_generator
+from nanotorch.gradcheck import gradcheck
+
+__all__ = ["nn", "optim", "manual_seed", "default_generator", "gradcheck"]
+__version__ = "0.1.0"

@@ -1,0 +1,82 @@
+"""Max pooling: the forward keeps the argmax of every window, the backward routes the gradient there.
+
+    out[n, c, y, x] = max over the window of x[n, c, iy, ix]        (padding counts as -inf)
+    arg[n, c, y, x] = iy * W + ix of that max (the first one in scan order, as PyTorch; NaN wins)
+
+The max is piecewise the identity on one input, so d out / d x is 1 at the argmax and 0 elsewhere:
+the backward adds each dout into dx at its argmax (windows may overlap, hence +=).
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def maxpool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
+    """x: (N, C, H, W) -> (out: (N, C, oh, ow), argmax: (N, C, oh, ow) int64 flat index into H*W)."""
+    n_, c_, h_, w_ = x.shape
+    out = np.empty((n_, c_, oh, ow), dtype=x.dtype)
+    arg = np.empty((n_, c_, oh, ow), dtype=np.int64)
+    for n in range(n_):
+        for c in range(c_):
+            for y in range(oh):
+                y0 = y * sh - ph
+                for xo in range(ow):
+                    x0 = xo * sw - pw
+                    best = -np.inf
+                    besti = max(y0, 0) * w_ + max(x0, 0)
+                    for i in range(kh):
+                        iy = y0 + i
+                        if iy < 0 or iy >= h_:
+                            continue
+                        for j in range(kw):
+                            ix = x0 + j
+                            if ix < 0 or ix >= w_:
+                                continue
+                            v = x[n, c, iy, ix]
+                            if v > best or math.isnan(v):
+                                best = v
+                                besti = iy * w_ + ix
+                    out[n, c, y, xo] = best
+                    arg[n, c, y, xo] = besti
+    return out, arg
+
+
+@njit(cache=True)
+def maxpool2d_backward(dout, arg, h_, w_):
+    """dout, arg: (N, C, oh, ow) -> dx: (N, C, H, W)."""
+    n_, c_, oh, ow = dout.shape
+    dx = np.zeros((n_, c_, h_ * w_), dtype=dout.dtype)
+    for n in range(n_):
+        for c in range(c_):
+            for y in range(oh):
+                for xo in range(ow):
+                    dx[n, c, arg[n, c, y, xo]] += dout[n, c, y, xo]
+    return dx.reshape(n_, c_, h_, w_)
+
+
+def maxpool2d_forward_reference(x, kh, kw, sh, sw, ph, pw, oh, ow):
+    """Plain NumPy max pooling: pad with -inf, gather every window, take max and first argmax."""
+    n_, c_, h_, w_ = x.shape
+    big_h = max(h_ + 2 * ph, (oh - 1) * sh + kh)
+    big_w = max(w_ + 2 * pw, (ow - 1) * sw + kw)
+    xp = np.full((n_, c_, big_h, big_w), -np.inf, dtype=x.dtype)
+    xp[:, :, ph:ph + h_, pw:pw + w_] = x
+    windows = np.empty((n_, c_, oh, ow, kh * kw), dtype=x.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            windows[..., i * kw + j] = xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]
+    k = windows.argmax(axis=-1)
+    out = np.take_along_axis(windows, k[..., None], axis=-1)[..., 0]
+    iy = np.arange(oh)[:, None] * sh - ph + k // kw
+    ix = np.arange(ow)[None, :] * sw - pw + k % kw
+    return out, (iy * w_ + ix).astype(np.int64)
+
+
+def maxpool2d_backward_reference(dout, arg, h_, w_):
+    n_, c_ = dout.shape[:2]
+    dx = np.zeros((n_ * c_, h_ * w_), dtype=dout.dtype)
+    rows = np.repeat(np.arange(n_ * c_), arg[0, 0].size)
+    np.add.at(dx, (rows, arg.reshape(-1)), dout.reshape(-1))
+    return dx.reshape(n_, c_, h_, w_)

@@ -1,0 +1,20 @@
+"""nanotorch.nn: layers with explicit, hand-written backward passes (one short file per idea)."""
+from nanotorch.nn.module import Module, Parameter, Sequential
+from nanotorch.nn.conv import Conv2d
+from nanotorch.nn.batchnorm import BatchNorm1d, BatchNorm2d
+from nanotorch.nn.activation import GELU, ReLU
+from nanotorch.nn.pooling import AdaptiveAvgPool2d, MaxPool2d
+from nanotorch.nn.dropout import Dropout
+from nanotorch.nn.linear import Flatten, Linear
+from nanotorch.nn.loss import CrossEntropyLoss
+
+__all__ = ["Module", "Parameter", "Sequential", "Conv2d", "BatchNorm1d", "BatchNorm2d", "GELU", "ReLU",
+           "AdaptiveAvgPool2d", "MaxPool2d", "Dropout", "Flatten", "Linear", "CrossEntropyLoss", "utils"]
+
+
+def __getattr__(name):
+    # nn.utils (clip_grad_norm_) is imported lazily so that nn has no import cycle with it
+    if name == "utils":
+        import importlib
+        return importlib.import_module("nanotorch.nn.utils")
+    raise AttributeError(name)

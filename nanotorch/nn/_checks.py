@@ -1,0 +1,32 @@
+"""Input checks shared by the layers: bad input gets an error that names the layer and what it expected."""
+import numpy as np
+
+
+def check_input(layer, x, ndims, channels=None, what="input"):
+    """Validate a layer's input: a floating array with one of ``ndims`` dimensions and ``channels`` at axis 1.
+
+    Raises TypeError for a non-array or an integer array, ValueError for a wrong shape.
+    """
+    name = type(layer).__name__
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} expects a numpy array as {what}, got {type(x).__name__}")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} expects a float32 or float64 {what}, got dtype {x.dtype} "
+                        f"(convert with x.astype(np.float32))")
+    if x.ndim not in ndims:
+        shapes = " or ".join({2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)"}.get(d, f"{d}-D") for d in ndims)
+        raise ValueError(f"{name} expects a {shapes} {what}, got shape {x.shape} ({x.ndim}-D)")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(f"{name} expects {channels} channels at axis 1 of its {what} (N, C, ...), "
+                         f"got shape {x.shape} with {x.shape[1]}")
+    return x
+
+
+def pair(v, name):
+    """An int or a pair of ints -> a pair of ints (PyTorch accepts both for kernel_size etc.)."""
+    if isinstance(v, (int, np.integer)):
+        return int(v), int(v)
+    v = tuple(int(a) for a in v)
+    if len(v) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {v}")
+    return v

@@ -1,0 +1,93 @@
+"""BatchNorm1d and BatchNorm2d: normalise each channel over the batch (and space), then scale and shift.
+
+Training (statistics over the m = N*H*W values of a channel; axes (0, 2, 3) for 2-D, (0,) or (0, 2) for 1-D):
+
+    mu = mean(x),  var = mean((x - mu)^2)              the biased variance normalises
+    xhat = (x - mu) / sqrt(var + eps),  y = gamma * xhat + beta
+    running_mean <- (1 - momentum) * running_mean + momentum * mu
+    running_var  <- (1 - momentum) * running_var  + momentum * var * m / (m - 1)   (unbiased)
+
+Backward in training (mu and var depend on every x of the channel, hence the two mean terms):
+
+    dbeta  = sum(dy),   dgamma = sum(dy * xhat),   g = gamma * dy
+    dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)
+
+  (from d xhat_i / d x_j = (delta_ij - 1/m - xhat_i xhat_j / m) / sqrt(var + eps)).
+
+Evaluation uses the running statistics, which are constants, so dx = gamma * dy / sqrt(running_var + eps).
+"""
+import numpy as np
+
+from nanotorch.nn._checks import check_input
+from nanotorch.nn.module import Module, Parameter
+
+
+class _BatchNorm(Module):
+    _ndims = ()
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
+        super().__init__()
+        self.num_features, self.eps, self.momentum, self.affine = int(num_features), float(eps), momentum, affine
+        if affine:
+            self.weight = Parameter(np.ones(num_features, dtype=np.float32))
+            self.bias = Parameter(np.zeros(num_features, dtype=np.float32))
+        else:
+            self.weight = self.bias = None
+        self.register_buffer("running_mean", np.zeros(num_features, dtype=np.float32))
+        self.register_buffer("running_var", np.ones(num_features, dtype=np.float32))
+        self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        self.cache = None
+
+    def forward(self, x):
+        check_input(self, x, self._ndims, self.num_features)
+        axes = (0,) + tuple(range(2, x.ndim))                   # every axis but the channel's
+        shape = (1, -1) + (1,) * (x.ndim - 2)                   # broadcast a (C,) vector over x
+        if self.training:
+            m = x.size // x.shape[1]
+            if m < 2:
+                raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when "
+                                 f"training, got input shape {x.shape}")
+            mu = x.mean(axis=axes)
+            var = x.var(axis=axes)
+            self._update_running_stats(mu, var * (m / (m - 1)))
+        else:
+            mu, var = self.running_mean.astype(x.dtype), self.running_var.astype(x.dtype)
+        inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
+        xhat = (x - mu.reshape(shape)) * inv_std.reshape(shape)
+        self.cache = (xhat, inv_std, axes, shape, self.training)
+        if not self.affine:
+            return xhat
+        return xhat * self.weight.data.astype(x.dtype).reshape(shape) + self.bias.data.astype(x.dtype).reshape(shape)
+
+    def _update_running_stats(self, mu, unbiased_var):
+        self.num_batches_tracked += 1
+        f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        self.running_mean[...] = (1 - f) * self.running_mean + f * mu
+        self.running_var[...] = (1 - f) * self.running_var + f * unbiased_var
+
+    def backward(self, dy):
+        xhat, inv_std, axes, shape, training = self._require_cache(self.cache)
+        if self.affine:
+            self.bias.accumulate_grad(dy.sum(axis=axes))
+            self.weight.accumulate_grad((dy * xhat).sum(axis=axes))
+            g = dy * self.weight.data.astype(dy.dtype).reshape(shape)
+        else:
+            g = dy
+        if not training:
+            return g * inv_std.reshape(shape)
+        mean_g = g.mean(axis=axes).reshape(shape)
+        mean_gx = (g * xhat).mean(axis=axes).reshape(shape)
+        return (g - mean_g - xhat * mean_gx) * inv_std.reshape(shape)
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+
+
+class BatchNorm2d(_BatchNorm):
+    """x: (N, C, H, W) -> same shape."""
+    _ndims = (4,)
+
+
+class BatchNorm1d(_BatchNorm):
+    """x: (N, C) or (N, C, L) -> same shape."""
+    _ndims = (2, 3)

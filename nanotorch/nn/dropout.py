@@ -1,0 +1,44 @@
+"""Dropout (inverted, as PyTorch): in training each element is kept with probability 1 - p and scaled
+by 1 / (1 - p), so the expected output equals the input and evaluation is the identity.
+
+    mask_i ~ Bernoulli(1 - p) / (1 - p),   y = x * mask,   dx = dy * mask   (eval: y = x, dx = dy)
+
+``generator`` is a numpy Generator (default: the global one that ``nanotorch.manual_seed`` seeds).
+"""
+import numpy as np
+
+from nanotorch.nn._checks import check_input
+from nanotorch.nn.module import Module
+from nanotorch.random import default_generator
+
+
+class Dropout(Module):
+    """x: any shape -> same shape."""
+
+    def __init__(self, p=0.5, generator=None):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p}")
+        self.p = float(p)
+        self.generator = generator
+        self.cache = None
+
+    def forward(self, x):
+        check_input(self, x, tuple(range(1, 9)))
+        if not self.training or self.p == 0.0:
+            self.cache = None, x.dtype
+            return x
+        if self.p == 1.0:
+            mask = np.zeros_like(x)
+        else:
+            rng = self.generator if self.generator is not None else default_generator()
+            mask = (rng.random(x.shape) >= self.p).astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        self.cache = mask, x.dtype
+        return x * mask
+
+    def backward(self, dout):
+        mask, _ = self._require_cache(self.cache)
+        return dout if mask is None else dout * mask
+
+    def extra_repr(self):
+        return f"p={self.p}"

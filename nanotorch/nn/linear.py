@@ -1,0 +1,72 @@
+"""Linear and Flatten.
+
+Linear (x: (N, in), W: (out, in), b: (out,)):   y = x W^T + b
+    dW = dy^T x     (out, in)      each weight W_ij meets x_j in every row
+    db = sum_n dy   (out,)
+    dx = dy W       (N, in)
+
+Flatten(start_dim=1, end_dim=-1) only reshapes, so its backward reshapes back.
+"""
+import numpy as np
+
+from nanotorch.nn._checks import check_input
+from nanotorch.nn.init import default_weight_and_bias
+from nanotorch.nn.module import Module, Parameter
+
+
+class Linear(Module):
+    """x: (N, in_features) -> (N, out_features)."""
+
+    def __init__(self, in_features, out_features, bias=True):
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"Linear: in_features and out_features must be >= 1, got {in_features}, {out_features}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        w, b = default_weight_and_bias((out_features, in_features), in_features, bias)
+        self.weight = Parameter(w)
+        self.bias = Parameter(b) if bias else None
+        self.cache = None
+
+    def forward(self, x):
+        check_input(self, x, (2,))
+        if x.shape[1] != self.in_features:
+            raise ValueError(f"Linear expects {self.in_features} input features (N, {self.in_features}), "
+                             f"got shape {x.shape}")
+        self.cache = x
+        y = x @ self.weight.data.astype(x.dtype, copy=False).T
+        if self.bias is not None:
+            y += self.bias.data.astype(x.dtype, copy=False)
+        return y
+
+    def backward(self, dy):
+        x = self._require_cache(self.cache)
+        self.weight.accumulate_grad(dy.T @ x)
+        if self.bias is not None:
+            self.bias.accumulate_grad(dy.sum(axis=0))
+        return dy @ self.weight.data.astype(dy.dtype, copy=False)
+
+    def extra_repr(self):
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class Flatten(Module):
+    """x: (N, d1, d2, ...) -> (N, d1*d2*...) for the default dims."""
+
+    def __init__(self, start_dim=1, end_dim=-1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+        self.cache = None
+
+    def forward(self, x):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"Flatten expects a numpy array, got {type(x).__name__}")
+        start = self.start_dim % x.ndim
+        end = self.end_dim % x.ndim
+        self.cache = x.shape
+        return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
+
+    def backward(self, dout):
+        return dout.reshape(self._require_cache(self.cache))
+
+    def extra_repr(self):
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

@@ -1,0 +1,50 @@
+"""CrossEntropyLoss: log-softmax and negative log-likelihood in one step, as PyTorch.
+
+    logits z: (N, K), targets t: (N,) integers in [0, K)
+    log p = z - logsumexp(z),  logsumexp(z) = max(z) + log sum exp(z - max(z))   (stable)
+    loss = -(1/N) sum_n log p[n, t_n]                         (reduction='mean'; 'sum' drops the 1/N)
+
+Backward: d loss / d z = (softmax(z) - onehot(t)) / N, since d logsumexp / d z = softmax(z).
+"""
+import numpy as np
+
+from nanotorch.nn._checks import check_input
+from nanotorch.nn.module import Module
+
+
+class CrossEntropyLoss(Module):
+    """``loss = crit(logits, targets)`` returns the loss; ``crit.backward()`` returns d loss / d logits."""
+
+    def __init__(self, reduction="mean"):
+        super().__init__()
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"CrossEntropyLoss: reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.reduction = reduction
+        self.cache = None
+
+    def forward(self, logits, targets):
+        check_input(self, logits, (2,), what="logits")
+        targets = np.asarray(targets)
+        n, k = logits.shape
+        if targets.shape != (n,) or not np.issubdtype(targets.dtype, np.integer):
+            raise ValueError(f"CrossEntropyLoss expects integer targets of shape ({n},), "
+                             f"got {targets.dtype} {targets.shape}")
+        if n and (targets.min() < 0 or targets.max() >= k):
+            raise ValueError(f"CrossEntropyLoss: targets must be class indices in [0, {k}), "
+                             f"got values from {targets.min()} to {targets.max()}")
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        nll = -log_p[np.arange(n), targets]
+        self.cache = (log_p, targets)
+        return nll.mean() if self.reduction == "mean" else nll.sum()
+
+    def backward(self, grad_out=1.0):
+        log_p, targets = self._require_cache(self.cache)
+        n = log_p.shape[0]
+        grad = np.exp(log_p)
+        grad[np.arange(n), targets] -= 1
+        scale = grad_out / n if self.reduction == "mean" else grad_out
+        return (grad * scale).astype(log_p.dtype, copy=False)
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}"

@@ -1,0 +1,229 @@
+"""Module, Parameter and Sequential: the bookkeeping every layer shares.
+
+There is no autograd tape. Each layer keeps what its backward needs from its last
+forward (its *cache*) and implements
+
+    forward(x)          -> out
+    backward(grad_out)  -> grad_in      (and adds parameter gradients into .grad)
+
+Parameter gradients accumulate until zeroed, as in PyTorch. Children and parameters
+are registered on assignment, so ``state_dict()`` keys follow PyTorch's
+(``0.weight``, ``bn.running_mean``, ...) and weights can move between the two.
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+
+class Parameter:
+    """A trainable array: ``data`` and its gradient ``grad`` (None until a backward)."""
+
+    def __init__(self, data):
+        self.data = np.asarray(data)
+        self.grad = None
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    def accumulate_grad(self, g):
+        """grad += g (PyTorch accumulates until zero_grad)."""
+        if self.grad is None:
+            self.grad = np.array(g, dtype=self.data.dtype, copy=True)
+        else:
+            self.grad += g
+
+    def __repr__(self):
+        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+class Module:
+    """Base class of every layer (see the module docstring for the contract)."""
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "_buffers", [])
+        object.__setattr__(self, "training", True)
+
+    # --- registration -------------------------------------------------------------
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
+        if isinstance(value, Parameter):
+            self._parameters[name] = value
+        elif isinstance(value, Module):
+            self._modules[name] = value
+        object.__setattr__(self, name, value)
+
+    def register_buffer(self, name, array):
+        """A saved, non-trainable array (BatchNorm's running statistics)."""
+        if name not in self._buffers:
+            self._buffers.append(name)
+        object.__setattr__(self, name, array)
+
+    # --- the contract ---------------------------------------------------------------
+    def forward(self, x):
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def backward(self, grad_out):
+        raise NotImplementedError(f"{type(self).__name__}.backward")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def _require_cache(self, cache):
+        if cache is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward called before forward: run forward(x) first "
+                "(each forward saves what the next backward needs)")
+        return cache
+
+    # --- traversal --------------------------------------------------------------------
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return [m for _, m in self.named_modules()]
+
+    def children(self):
+        return list(self._modules.values())
+
+    def named_parameters(self, prefix=""):
+        for mod_name, mod in self.named_modules(prefix):
+            for name, p in mod._parameters.items():
+                yield (f"{mod_name}.{name}" if mod_name else name), p
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def named_buffers(self, prefix=""):
+        for mod_name, mod in self.named_modules(prefix):
+            for name in mod._buffers:
+                yield (f"{mod_name}.{name}" if mod_name else name), getattr(mod, name)
+
+    # --- modes and gradients ------------------------------------------------------------
+    def train(self, mode=True):
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self, set_to_none=True):
+        for p in self.parameters():
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.fill(0)
+
+    def to(self, dtype):
+        """Cast floating parameters and buffers to ``dtype`` (float32 to train, float64 to check)."""
+        dtype = np.dtype(dtype)
+        for m in self.modules():
+            for p in m._parameters.values():
+                p.data = p.data.astype(dtype)
+                p.grad = None if p.grad is None else p.grad.astype(dtype)
+            for name in m._buffers:
+                b = getattr(m, name)
+                if np.issubdtype(b.dtype, np.floating):
+                    object.__setattr__(m, name, b.astype(dtype))
+        return self
+
+    def double(self):
+        return self.to(np.float64)
+
+    def float(self):
+        return self.to(np.float32)
+
+    # --- saving and loading ----------------------------------------------------------------
+    def state_dict(self):
+        """Copies of every parameter and buffer, keyed as PyTorch keys them."""
+        state = OrderedDict()
+        for mod_name, mod in self.named_modules():
+            for name, p in mod._parameters.items():
+                state[f"{mod_name}.{name}" if mod_name else name] = p.data.copy()
+            for name in mod._buffers:
+                state[f"{mod_name}.{name}" if mod_name else name] = np.array(getattr(mod, name), copy=True)
+        return state
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy arrays into the model; a mismatch raises one error listing every bad key."""
+        own = OrderedDict()
+        for mod_name, mod in self.named_modules():
+            for name in mod._parameters:
+                own[f"{mod_name}.{name}" if mod_name else name] = (mod, name, True)
+            for name in mod._buffers:
+                own[f"{mod_name}.{name}" if mod_name else name] = (mod, name, False)
+        missing = [k for k in own if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in own]
+        wrong = []
+        for key, (mod, name, is_param) in own.items():
+            if key in state_dict:
+                have = mod._parameters[name].data if is_param else getattr(mod, name)
+                got = np.asarray(state_dict[key])
+                if got.shape != have.shape:
+                    wrong.append(f"{key}: checkpoint {tuple(got.shape)} vs model {tuple(have.shape)}")
+        problems = wrong + ([f"missing keys: {missing}"] if missing and strict else []) \
+            + ([f"unexpected keys: {unexpected}"] if unexpected and strict else [])
+        if problems:
+            raise ValueError(f"state_dict does not fit {type(self).__name__}:\n  " + "\n  ".join(problems))
+        for key, (mod, name, is_param) in own.items():
+            if key not in state_dict:
+                continue
+            if is_param:
+                p = mod._parameters[name]
+                p.data = np.array(state_dict[key], dtype=p.data.dtype, copy=True)
+            else:
+                have = getattr(mod, name)
+                object.__setattr__(mod, name, np.array(state_dict[key], dtype=have.dtype, copy=True))
+        return self
+
+    # --- printing ----------------------------------------------------------------------------
+    def extra_repr(self):
+        return ""
+
+    def __repr__(self):
+        if not self._modules:
+            return f"{type(self).__name__}({self.extra_repr()})"
+        lines = [f"{type(self).__name__}("]
+        for name, child in self._modules.items():
+            lines.append("  (" + name + "): " + repr(child).replace("\n", "\n  "))
+        return "\n".join(lines) + "\n)"
+
+
+class Sequential(Module):
+    """Runs its children in order; backward runs them in reverse (the chain rule)."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"Sequential: item {i} is a {type(layer).__name__}, expected a Module")
+            setattr(self, str(i), layer)
+
+    def __getitem__(self, i):
+        return list(self._modules.values())[i]
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def forward(self, x):
+        for layer in self._modules.values():
+            x = layer(x)
+        return x
+
+    def backward(self, grad_out):
+        for layer in reversed(self._modules.values()):
+            grad_out = layer.backward(grad_out)
+        return grad_out

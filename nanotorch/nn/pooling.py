@@ -1,0 +1,105 @@
+"""Pooling: MaxPool2d and AdaptiveAvgPool2d.
+
+MaxPool2d:  out = max over each window; the max passes its gradient to the one input that won
+            (d max / d x_i = 1 for the argmax, 0 for the rest). Kernels in nanotorch/kernels/pooling.py.
+            Output size, as PyTorch:  O = floor_or_ceil((H + 2p - k) / s) + 1, and with ceil_mode the
+            last window must start inside the input or the left padding: if (O - 1) s >= H + p, O -= 1.
+
+AdaptiveAvgPool2d(output_size):  out[i, j] = mean of x over rows [floor(i H / OH), ceil((i+1) H / OH))
+            and the same for columns; each input in a window gets dout / (window area).
+"""
+import math
+
+import numpy as np
+
+from nanotorch.kernels import maxpool2d_backward, maxpool2d_forward
+from nanotorch.nn._checks import check_input, pair
+from nanotorch.nn.module import Module
+
+
+def pool_output_size(size, k, s, p, ceil_mode):
+    """PyTorch's pooling output length along one axis."""
+    span = size + 2 * p - k
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+class MaxPool2d(Module):
+    """x: (N, C, H, W) -> (N, C, OH, OW)."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = pair(stride if stride is not None else kernel_size, "stride")
+        self.padding = pair(padding, "padding")
+        self.ceil_mode = bool(ceil_mode)
+        if min(*self.kernel_size, *self.stride) < 1:
+            raise ValueError(f"MaxPool2d: kernel_size and stride must be >= 1, got {kernel_size}, {stride}")
+        if any(p < 0 or p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"MaxPool2d: padding must be between 0 and half the kernel size, got {padding}")
+        self.cache = None
+
+    def output_shape(self, h, w):
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        return pool_output_size(h, kh, sh, ph, self.ceil_mode), pool_output_size(w, kw, sw, pw, self.ceil_mode)
+
+    def forward(self, x):
+        check_input(self, x, (4,))
+        h, w = x.shape[2:]
+        oh, ow = self.output_shape(h, w)
+        if oh < 1 or ow < 1:
+            raise ValueError(f"MaxPool2d: input {h}x{w} is smaller than the kernel {self.kernel_size} "
+                             f"(padding {self.padding})")
+        out, arg = maxpool2d_forward(x, *self.kernel_size, *self.stride, *self.padding, oh, ow)
+        self.cache = (arg, h, w)
+        return out
+
+    def backward(self, dout):
+        arg, h, w = self._require_cache(self.cache)
+        return maxpool2d_backward(np.ascontiguousarray(dout), arg, h, w)
+
+    def extra_repr(self):
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"ceil_mode={self.ceil_mode}")
+
+
+class AdaptiveAvgPool2d(Module):
+    """x: (N, C, H, W) -> (N, C, OH, OW); output_size 1 is global average pooling."""
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = pair(output_size, "output_size")
+        self.cache = None
+
+    def _windows(self, size, out):
+        return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
+
+    def forward(self, x):
+        check_input(self, x, (4,))
+        n, c, h, w = x.shape
+        oh, ow = self.output_size
+        if (oh, ow) == (1, 1):
+            out = x.mean(axis=(2, 3), keepdims=True)
+        else:
+            out = np.empty((n, c, oh, ow), dtype=x.dtype)
+            for i, (r0, r1) in enumerate(self._windows(h, oh)):
+                for j, (c0, c1) in enumerate(self._windows(w, ow)):
+                    out[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
+        self.cache = x.shape
+        return out
+
+    def backward(self, dout):
+        n, c, h, w = self._require_cache(self.cache)
+        oh, ow = self.output_size
+        if (oh, ow) == (1, 1):
+            return np.broadcast_to(dout / (h * w), (n, c, h, w)).astype(dout.dtype)
+        dx = np.zeros((n, c, h, w), dtype=dout.dtype)
+        for i, (r0, r1) in enumerate(self._windows(h, oh)):
+            for j, (c0, c1) in enumerate(self._windows(w, ow)):
+                dx[:, :, r0:r1, c0:c1] += dout[:, :, i:i + 1, j:j + 1] / ((r1 - r0) * (c1 - c0))
+        return dx
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
