@@ -1,0 +1,56 @@
+"""Evaluate a trained model on the MNIST test set: overall and per-class accuracy, confusion matrix.
+
+    python -m mnist.evaluate RUN_DIR_OR_CHECKPOINT [--data-dir DIR] [--batch-size 1000]
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from mnist.checkpoint import load_model
+from mnist.data import load_mnist, normalize
+
+
+def predict_logits(model, x, batch_size=1000):
+    """x: (N, 1, 28, 28) normalised float -> logits (N, 10), in eval mode (running BatchNorm stats)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return np.concatenate([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model, images, labels, batch_size=1000):
+    """images: (N, 28, 28) uint8, labels: (N,) -> dict with accuracy, per_class_accuracy, confusion, ...
+
+    confusion[t, p] counts test images of true class t predicted as p.
+    """
+    logits = predict_logits(model, normalize(images), batch_size)
+    pred = logits.argmax(axis=1)
+    confusion = np.zeros((10, 10), dtype=np.int64)
+    np.add.at(confusion, (labels.astype(np.int64), pred), 1)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(axis=1), 1)
+    return {"accuracy": float((pred == labels).mean()), "per_class_accuracy": per_class.tolist(),
+            "confusion": confusion, "predictions": pred, "logits": logits}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m mnist.evaluate", description=__doc__.splitlines()[0])
+    ap.add_argument("path", help="a run directory (holding model.npz) or a checkpoint .npz")
+    ap.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $NANOTORCH_DATA/mnist or the cache)")
+    ap.add_argument("--batch-size", type=int, default=1000)
+    args = ap.parse_args(argv)
+    path = os.path.join(args.path, "model.npz") if os.path.isdir(args.path) else args.path
+    model = load_model(path)
+    images, labels = load_mnist("test", data_dir=args.data_dir)
+    r = evaluate(model, images, labels, args.batch_size)
+    print(f"test accuracy: {100 * r['accuracy']:.2f}% ({int((r['predictions'] == labels).sum())}/{len(labels)})")
+    for digit, acc in enumerate(r["per_class_accuracy"]):
+        print(f"  digit {digit}: {100 * acc:6.2f}%  ({int(r['confusion'][digit].sum())} images)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Gradient utilities (torch.nn.utils): ``clip_grad_norm_``."""
+import math
+
+import numpy as np
+
+
+def _vector_norm(x, norm_type):
+    """The p-norm of x seen as one vector, as torch.linalg.vector_norm defines it.
+
+    p = inf: max |x|;  p = -inf: min |x|;  p = 0: number of non-zeros;  else (sum |x|^p)^(1/p).
+    Accumulated in float64 so float32 gradients lose nothing to the sum.
+    """
+    x = np.abs(np.asarray(x, dtype=np.float64)).ravel()
+    if norm_type == math.inf:
+        return x.max() if x.size else 0.0
+    if norm_type == -math.inf:
+        return x.min() if x.size else math.inf
+    if norm_type == 0:
+        return float(np.count_nonzero(x))
+    if norm_type == 1:
+        return x.sum()
+    if norm_type == 2:
+        return math.sqrt(np.dot(x, x))
+    return np.sum(x ** norm_type) ** (1.0 / norm_type)
+
+
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+    r"""Rescale the gradients in place so that their total norm is at most ``max_norm``.
+
+    The total norm treats all gradients as one vector: the p-norm of the per-parameter
+    p-norms (for p = inf, the largest |g| anywhere):
+
+        total = || ( ||g_1||_p, ||g_2||_p, ... ) ||_p
+        coef  = min(max_norm / (total + 1e-6), 1)
+        g_i  <- coef * g_i        for every gradient, also when coef == 1 (as PyTorch does)
+
+    The 1e-6 keeps the division finite for all-zero gradients and leaves the clipped norm just
+    under max_norm.
+
+    Args:
+        parameters: a Parameter or an iterable of Parameters; those with ``grad`` None are ignored.
+        max_norm: largest allowed total norm, > 0.
+        norm_type: p of the p-norm: a float, or ``inf`` / ``'inf'`` for the max-norm. Default: 2.
+        error_if_nonfinite: raise RuntimeError if the total norm is nan or +-inf
+            (otherwise the gradients are scaled by the non-finite coefficient). Default: False.
+
+    Returns:
+        The total norm before clipping, a 0-d NumPy float in the gradients' dtype
+        (float32 0.0 if no parameter has a gradient, like PyTorch's ``tensor(0.)``).
+    """
+    if hasattr(parameters, "data") and hasattr(parameters, "grad"):
+        parameters = [parameters]
+    else:
+        parameters = list(parameters)  # an iterator would be used up by the first pass
+    max_norm = float(max_norm)
+    if not max_norm > 0:
+        raise ValueError(f"clip_grad_norm_: max_norm must be > 0, got {max_norm}")
+    norm_type = float(norm_type)
+    if math.isnan(norm_type):
+        raise ValueError("clip_grad_norm_: norm_type must be a number or inf, got nan")
+
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return np.float32(0.0)
+    dtype = np.result_type(*grads)
+    norms = [_vector_norm(g, norm_type) for g in grads]
+    total_norm = dtype.type(_vector_norm(np.array(norms, dtype=np.float64), norm_type))
+    if error_if_nonfinite and not np.isfinite(total_norm):
+        raise RuntimeError(
+            f"clip_grad_norm_: the total norm of order {norm_type} of the gradients is non-finite "
+            f"({total_norm}), so it cannot be clipped; pass error_if_nonfinite=False to scale the "
+            "gradients by the non-finite norm anyway")
+    # In the gradients' dtype, as PyTorch computes the coefficient from its norm tensor.
+    clip_coef = dtype.type(max_norm) / (total_norm + dtype.type(1e-6))
+    clip_coef_clamped = np.minimum(clip_coef, dtype.type(1.0))
+    for g in grads:
+        g *= clip_coef_clamped
+    return total_norm

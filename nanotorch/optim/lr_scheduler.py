@@ -1,0 +1,227 @@
+"""Learning-rate schedulers (torch.optim.lr_scheduler): they rewrite ``group['lr']`` between steps.
+
+Call ``scheduler.step()`` after ``optimizer.step()``, once per batch for OneCycleLR. Building a
+scheduler already writes the step-0 learning rate into the optimiser.
+
+Resuming: build a fresh optimiser and scheduler, then ``optimizer.load_state_dict(...)``
+(after building the scheduler, or the scheduler would overwrite the loaded lr) and
+``scheduler.load_state_dict(...)``. The scheduler's state_dict holds only ints, floats, bools,
+strings and lists/dicts of them, so ``optim.flatten_state_dict`` can store it without pickle.
+"""
+import math
+import numbers
+
+from nanotorch.optim.optimizer import Optimizer
+
+
+class LRScheduler:
+    """Base class: ``last_epoch`` counts the ``step()`` calls; ``get_lr()`` gives the new lrs.
+
+    At construction (``last_epoch=-1``) each group's ``'initial_lr'`` is set to its current lr
+    (unless a subclass set it already) and one ``step()`` is taken, so ``last_epoch`` is 0 and
+    the optimiser holds the step-0 learning rates.
+    """
+
+    def __init__(self, optimizer, last_epoch=-1):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a nanotorch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+        if last_epoch == -1:
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+        else:
+            for i, group in enumerate(optimizer.param_groups):
+                if "initial_lr" not in group:
+                    raise KeyError(f"param_groups[{i}] has no 'initial_lr': to resume with last_epoch="
+                                   f"{last_epoch}, load the optimiser's state_dict first")
+        self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        self.last_epoch = last_epoch
+        self._step_count = 0
+        self.step()
+
+    def get_lr(self):
+        """The learning rates for step ``self.last_epoch``, one per group (subclasses implement)."""
+        raise NotImplementedError(f"{type(self).__name__}.get_lr")
+
+    def step(self):
+        """Advance one step and write the new learning rates into the optimiser."""
+        self._step_count += 1
+        self.last_epoch += 1
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def get_last_lr(self):
+        """The learning rates the last ``step()`` (or the constructor) wrote, one per group."""
+        return list(self._last_lr)
+
+    def state_dict(self):
+        """Every attribute except the optimiser, as PyTorch saves it."""
+        return {key: value for key, value in self.__dict__.items() if key != "optimizer"}
+
+    def load_state_dict(self, state_dict):
+        self.__dict__.update(state_dict)
+
+
+def _per_group(name, optimizer, value):
+    """A float or one value per parameter group -> a list with one value per group."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != len(optimizer.param_groups):
+            raise ValueError(f"{name} has {len(value)} values, expected one per parameter group "
+                             f"({len(optimizer.param_groups)})")
+        return list(value)
+    return [value] * len(optimizer.param_groups)
+
+
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+class OneCycleLR(LRScheduler):
+    r"""The 1cycle policy (Smith & Topin, "Super-Convergence", 2017), PyTorch's OneCycleLR exactly.
+
+    The lr rises from ``initial_lr = max_lr / div_factor`` to ``max_lr``, then falls to
+    ``min_lr = initial_lr / final_div_factor``; momentum moves the opposite way between
+    ``max_momentum`` and ``base_momentum``. With T = total_steps and pct_start = s:
+
+        two phases (default)   step 0 .. sT-1      : initial_lr -> max_lr,  max_momentum -> base_momentum
+                               sT-1 .. T-1         : max_lr -> min_lr,      base_momentum -> max_momentum
+        three_phase=True       step 0 .. sT-1      : initial_lr -> max_lr,  max_momentum -> base_momentum
+                               sT-1 .. 2sT-2       : max_lr -> initial_lr,  base_momentum -> max_momentum
+                               2sT-2 .. T-1        : initial_lr -> min_lr,  max_momentum (constant)
+
+    (the phase ends are floats: ``float(pct_start * T) - 1``). Within a phase running from step
+    a to step b, with pct = (t - a) / (b - a), a value goes from ``start`` to ``end`` by
+
+        cos:     end + (start - end) / 2 * (cos(pi * pct) + 1)
+        linear:  (end - start) * pct + start
+
+    evaluated in this order, so the floats equal PyTorch's bit for bit. ``step()`` may be
+    called ``total_steps`` times; one more raises ValueError.
+
+    Args:
+        optimizer: the wrapped optimiser.
+        max_lr: peak learning rate, a float or one per parameter group.
+        total_steps: number of steps in the cycle; or give ``epochs`` and ``steps_per_epoch``
+            (total_steps = epochs * steps_per_epoch). total_steps takes precedence.
+        pct_start: fraction of the cycle spent raising the lr, in [0, 1]. Default: 0.3.
+        anneal_strategy: 'cos' or 'linear'. Default: 'cos'.
+        cycle_momentum: cycle ``group['momentum']`` inversely to the lr. Default: True.
+        base_momentum, max_momentum: momentum at the lr peak and at the ends (float or per group).
+            Defaults: 0.85, 0.95.
+        div_factor: initial_lr = max_lr / div_factor. Default: 25.
+        final_div_factor: min_lr = initial_lr / final_div_factor. Default: 1e4.
+        three_phase: use the three-phase schedule above. Default: False.
+        last_epoch: index of the last step taken, to resume; -1 starts afresh. Default: -1.
+
+    The per-group values ``initial_lr``, ``max_lr``, ``min_lr``, ``max_momentum`` and
+    ``base_momentum`` are stored in the optimiser's param_groups, as in PyTorch.
+    """
+
+    def __init__(self, optimizer, max_lr, total_steps=None, epochs=None, steps_per_epoch=None,
+                 pct_start=0.3, anneal_strategy="cos", cycle_momentum=True, base_momentum=0.85,
+                 max_momentum=0.95, div_factor=25.0, final_div_factor=1e4, three_phase=False,
+                 last_epoch=-1):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a nanotorch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.optimizer = optimizer
+
+        if total_steps is not None:
+            if not _is_int(total_steps) or total_steps <= 0:
+                raise ValueError(f"Expected positive integer total_steps, but got {total_steps}")
+            self.total_steps = int(total_steps)
+        elif epochs is not None and steps_per_epoch is not None:
+            if not _is_int(epochs) or epochs <= 0:
+                raise ValueError(f"Expected positive integer epochs, but got {epochs}")
+            if not _is_int(steps_per_epoch) or steps_per_epoch <= 0:
+                raise ValueError(f"Expected positive integer steps_per_epoch, but got {steps_per_epoch}")
+            self.total_steps = int(epochs) * int(steps_per_epoch)
+        else:
+            raise ValueError("You must define either total_steps OR (epochs AND steps_per_epoch)")
+
+        if (not isinstance(pct_start, numbers.Real) or isinstance(pct_start, bool)
+                or not 0 <= pct_start <= 1):
+            raise ValueError(f"Expected float between 0 and 1 pct_start, but got {pct_start}")
+        if anneal_strategy not in ("cos", "linear"):
+            raise ValueError(f"anneal_strategy must be one of 'cos' or 'linear', instead got {anneal_strategy!r}")
+        self._anneal_func_type = anneal_strategy
+
+        # Each phase names the param_group keys it anneals between (PyTorch's layout).
+        if three_phase:
+            self._schedule_phases = [
+                dict(end_step=float(pct_start * self.total_steps) - 1, start_lr="initial_lr",
+                     end_lr="max_lr", start_momentum="max_momentum", end_momentum="base_momentum"),
+                dict(end_step=float(2 * pct_start * self.total_steps) - 2, start_lr="max_lr",
+                     end_lr="initial_lr", start_momentum="base_momentum", end_momentum="max_momentum"),
+                dict(end_step=self.total_steps - 1, start_lr="initial_lr",
+                     end_lr="min_lr", start_momentum="max_momentum", end_momentum="max_momentum"),
+            ]
+        else:
+            self._schedule_phases = [
+                dict(end_step=float(pct_start * self.total_steps) - 1, start_lr="initial_lr",
+                     end_lr="max_lr", start_momentum="max_momentum", end_momentum="base_momentum"),
+                dict(end_step=self.total_steps - 1, start_lr="max_lr",
+                     end_lr="min_lr", start_momentum="base_momentum", end_momentum="max_momentum"),
+            ]
+
+        max_lrs = _per_group("max_lr", optimizer, max_lr)
+        if last_epoch == -1:
+            for group, group_max_lr in zip(optimizer.param_groups, max_lrs):
+                group["initial_lr"] = group_max_lr / div_factor
+                group["max_lr"] = group_max_lr
+                group["min_lr"] = group["initial_lr"] / final_div_factor
+
+        self.cycle_momentum = cycle_momentum
+        if cycle_momentum:
+            # Cycling momentum into a momentum-free SGD would silently switch momentum on.
+            if "momentum" not in optimizer.defaults:
+                raise ValueError(f"cycle_momentum=True needs an optimiser with momentum, "
+                                 f"{type(optimizer).__name__} has none: pass cycle_momentum=False")
+            if last_epoch == -1 and any(g["momentum"] == 0 for g in optimizer.param_groups):
+                raise ValueError("cycle_momentum=True but the optimiser's momentum is 0: build it with "
+                                 "momentum > 0 (e.g. SGD(..., momentum=0.9)) or pass cycle_momentum=False")
+            max_momentums = _per_group("max_momentum", optimizer, max_momentum)
+            base_momentums = _per_group("base_momentum", optimizer, base_momentum)
+            if last_epoch == -1:
+                for group, m_max, m_base in zip(optimizer.param_groups, max_momentums, base_momentums):
+                    group["momentum"] = m_max
+                    group["max_momentum"] = m_max
+                    group["base_momentum"] = m_base
+
+        super().__init__(optimizer, last_epoch)
+
+    def _anneal(self, start, end, pct):
+        if self._anneal_func_type == "cos":
+            cos_out = math.cos(math.pi * pct) + 1
+            return end + (start - end) / 2.0 * cos_out
+        return (end - start) * pct + start
+
+    def get_lr(self):
+        """The lrs for step ``last_epoch``; with cycle_momentum, also writes each group's momentum."""
+        step_num = self.last_epoch
+        if step_num > self.total_steps:
+            raise ValueError(f"Tried to step {step_num} times. "
+                             f"The specified number of total steps is {self.total_steps}")
+        lrs = []
+        for group in self.optimizer.param_groups:
+            start_step = 0.0
+            for i, phase in enumerate(self._schedule_phases):
+                end_step = phase["end_step"]
+                # The last phase also takes step total_steps (pct slightly > 1), as PyTorch allows.
+                if step_num <= end_step or i == len(self._schedule_phases) - 1:
+                    pct = (step_num - start_step) / (end_step - start_step)
+                    lr = self._anneal(group[phase["start_lr"]], group[phase["end_lr"]], pct)
+                    if self.cycle_momentum:
+                        group["momentum"] = self._anneal(group[phase["start_momentum"]],
+                                                         group[phase["end_momentum"]], pct)
+                    break
+                start_step = phase["end_step"]
+            lrs.append(lr)
+        return lrs
+
+    def step(self):
+        """Advance one batch; raises ValueError past ``total_steps`` (leaving the state as it was)."""
+        if self.last_epoch + 1 > self.total_steps:
+            raise ValueError(f"Tried to step {self.last_epoch + 1} times. "
+                             f"The specified number of total steps is {self.total_steps}")
+        super().step()

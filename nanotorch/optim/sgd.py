@@ -1,0 +1,82 @@
+"""Stochastic gradient descent with momentum, dampening, weight decay and Nesterov (torch.optim.SGD)."""
+import numbers
+
+import numpy as np
+
+from nanotorch.optim.optimizer import Optimizer
+
+
+class SGD(Optimizer):
+    r"""PyTorch's SGD, step for step. For each parameter p with a gradient, at step t:
+
+        g   = grad + weight_decay * p                        (if weight_decay != 0)
+        buf = g                                              (if momentum != 0, first step)
+        buf = momentum * buf + (1 - dampening) * g           (if momentum != 0, later steps)
+        g   = g + momentum * buf   if nesterov   else   buf  (if momentum != 0)
+        p   = p - lr * g
+
+    This is PyTorch's form: the learning rate multiplies the whole buffer, so changing lr
+    mid-run (a scheduler) rescales past momentum too (unlike Sutskever's ``v = m v - lr g``).
+    Parameters whose ``grad`` is None are skipped and keep their buffer. ``p.data`` is
+    updated in place, so its dtype and any views of it are kept.
+
+    Args:
+        params: iterable of Parameters, or of dicts (parameter groups, see ``Optimizer``).
+        lr: learning rate, >= 0. Default: 1e-3.
+        momentum: momentum factor, >= 0. Default: 0.
+        dampening: dampening for momentum. Default: 0.
+        weight_decay: L2 penalty coefficient, >= 0. Default: 0.
+        nesterov: Nesterov momentum; needs momentum > 0 and dampening == 0. Default: False.
+
+    The momentum buffers live in ``self.state[p]['momentum_buffer']`` (same shape and dtype as p)
+    and are saved by ``state_dict()``.
+    """
+
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False):
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
+                        weight_decay=weight_decay, nesterov=nesterov)
+        self._check_group(defaults)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group):
+        for name in ("lr", "momentum", "dampening", "weight_decay"):
+            value = group[name]
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or np.isnan(value):
+                raise ValueError(f"SGD: {name} must be a number, got {value!r}")
+        for name, what in (("lr", "learning rate"), ("momentum", "momentum factor"),
+                           ("weight_decay", "weight decay")):
+            if group[name] < 0:
+                raise ValueError(f"SGD: invalid {name}={group[name]}: expected a non-negative {what}")
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError(
+                f"SGD: nesterov=True requires momentum > 0 and dampening == 0, got "
+                f"momentum={group['momentum']}, dampening={group['dampening']}")
+
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient (see the class docstring).
+
+        ``closure``, if given, is called first and its result (the loss) returned, as in PyTorch.
+        """
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
+            weight_decay, nesterov = group["weight_decay"], group["nesterov"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if weight_decay != 0:
+                    g = g + weight_decay * p.data  # a new array: p.grad itself is left as it was
+                if momentum != 0:
+                    state = self.state.setdefault(p, {})
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        # PyTorch starts the buffer at g, not at 0: no bias towards zero at step 1.
+                        buf = np.array(g, copy=True)
+                        state["momentum_buffer"] = buf
+                    else:
+                        buf *= momentum
+                        buf += (1 - dampening) * g
+                    g = g + momentum * buf if nesterov else buf
+                p.data -= lr * g
+        return loss

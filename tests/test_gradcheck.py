@@ -1,0 +1,114 @@
+"""Every layer's backward against central finite differences, in float64, train and eval, odd shapes."""
+import numpy as np
+import pytest
+
+import nanotorch as nt
+from nanotorch import nn
+from nanotorch.gradcheck import gradcheck, gradcheck_directional
+from mnist.model import build_model
+
+TOL = 1e-6
+
+# (layer factory, input shape): odd shapes, batch 1, one channel, padding 0 and 1, stride 2, ceil_mode
+CASES = {
+    "conv3x3_pad1": (lambda: nn.Conv2d(3, 4, 3, padding=1), (2, 3, 7, 7)),
+    "conv3x3_pad0_5x8": (lambda: nn.Conv2d(2, 3, 3), (2, 2, 5, 8)),
+    "conv_stride2_pad1": (lambda: nn.Conv2d(3, 2, 3, stride=2, padding=1), (2, 3, 7, 7)),
+    "conv_1ch_batch1": (lambda: nn.Conv2d(1, 3, 3, padding=1), (1, 1, 5, 8)),
+    "conv_1x1_nobias": (lambda: nn.Conv2d(3, 5, 1, bias=False), (2, 3, 5, 8)),
+    "conv_2x3_kernel": (lambda: nn.Conv2d(2, 2, (2, 3), stride=2), (3, 2, 7, 7)),
+    "batchnorm2d": (lambda: nn.BatchNorm2d(3), (2, 3, 5, 8)),
+    "batchnorm2d_batch1": (lambda: nn.BatchNorm2d(2), (1, 2, 7, 7)),
+    "batchnorm1d": (lambda: nn.BatchNorm1d(5), (3, 5)),
+    "batchnorm1d_3d": (lambda: nn.BatchNorm1d(3), (2, 3, 7)),
+    "gelu": (lambda: nn.GELU(), (2, 3, 5, 8)),
+    "gelu_tanh": (lambda: nn.GELU("tanh"), (2, 3, 5, 8)),
+    "relu": (lambda: nn.ReLU(), (2, 3, 7, 7)),
+    "maxpool2_ceil_7x7": (lambda: nn.MaxPool2d(2, ceil_mode=True), (2, 3, 7, 7)),
+    "maxpool2_floor_5x8": (lambda: nn.MaxPool2d(2), (1, 1, 5, 8)),
+    "maxpool3_s2_p1": (lambda: nn.MaxPool2d(3, stride=2, padding=1), (2, 2, 7, 7)),
+    "maxpool3_s2_ceil_5x8": (lambda: nn.MaxPool2d(3, stride=2, ceil_mode=True), (2, 2, 5, 8)),
+    "avgpool_global": (lambda: nn.AdaptiveAvgPool2d(1), (2, 3, 7, 7)),
+    "avgpool_2x3_on_5x8": (lambda: nn.AdaptiveAvgPool2d((2, 3)), (2, 2, 5, 8)),
+    "dropout": (lambda: nn.Dropout(0.3), (2, 3, 7, 7)),
+    "linear": (lambda: nn.Linear(7, 5), (3, 7)),
+    "linear_nobias_batch1": (lambda: nn.Linear(5, 3, bias=False), (1, 5)),
+    "flatten": (lambda: nn.Flatten(), (2, 3, 5, 8)),
+    "conv_bn_gelu_pool": (lambda: nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3), nn.GELU(),
+                                                nn.MaxPool2d(2, ceil_mode=True)), (2, 1, 7, 7)),
+}
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_layer_gradcheck(case, mode):
+    factory, shape = CASES[case]
+    nt.manual_seed(1)
+    layer = factory().double()
+    x = np.random.default_rng(2).standard_normal(shape)
+    if mode == "eval":
+        for _ in range(3):            # move BatchNorm's running statistics away from (0, 1)
+            layer(np.random.default_rng(3).standard_normal(shape) * 2 + 0.5)
+    layer.train(mode == "train")
+    result = gradcheck(layer, x)
+    assert result.max_error < TOL, f"{case} ({mode}): {result}"
+    assert set(result.errors) == {"input"} | {n for n, _ in layer.named_parameters()}
+
+
+def test_gradcheck_catches_a_wrong_backward():
+    class BadGELU(nn.GELU):
+        def backward(self, dout):
+            return super().backward(dout) * 1.001          # 0.1% off: must be seen
+    result = gradcheck(BadGELU().double(), np.random.default_rng(0).standard_normal((2, 3)))
+    assert result.max_error > 1e-4
+    assert result.where.startswith("input")
+
+
+def test_dropout_train_really_drops_and_is_replayed():
+    nt.manual_seed(0)
+    d = nn.Dropout(0.5).double()
+    x = np.ones((4, 100))
+    y = d(x)
+    assert 0.3 < (y == 0).mean() < 0.7 and set(np.unique(y)) <= {0.0, 2.0}
+    assert gradcheck(d, np.random.default_rng(0).standard_normal((3, 9))).max_error < TOL
+
+
+def test_cross_entropy_gradcheck():
+    rng = np.random.default_rng(0)
+    for reduction in ("mean", "sum"):
+        crit = nn.CrossEntropyLoss(reduction)
+        z, t = rng.standard_normal((5, 7)) * 3, rng.integers(0, 7, 5)
+        crit(z, t)
+        analytic = crit.backward()
+        numeric = np.zeros_like(z)
+        for idx in np.ndindex(z.shape):
+            zp, zm = z.copy(), z.copy()
+            zp[idx] += 1e-5
+            zm[idx] -= 1e-5
+            numeric[idx] = (crit(zp, t) - crit(zm, t)) / 2e-5
+        rel = np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), 1e-8)
+        assert rel.max() < TOL, reduction
+
+
+def _seed_model(mode):
+    nt.manual_seed(0)
+    model = build_model().double()
+    rng = np.random.default_rng(5)
+    for _ in range(30):                # realistic running statistics for eval mode
+        model(rng.standard_normal((4, 1, 28, 28)))
+    return model.train(mode == "train")
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_whole_network_every_parameter(mode):
+    """The 7-conv MNIST network on a batch of 2: a sample of entries of every parameter tensor and of the
+    input, entry by entry, plus one directional derivative that involves every entry at once."""
+    model = _seed_model(mode)
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28))
+    # eps 1e-7: with ~5,000 max-pool windows a larger step flips some argmax (see nanotorch.gradcheck)
+    result = gradcheck(model, x, eps=1e-7, max_entries=12)
+    assert set(result.scaled_errors) == {"input"} | {n for n, _ in model.named_parameters()}
+    worst = max(result.scaled_errors.items(), key=lambda kv: kv[1])
+    assert worst[1] < 1e-5, f"{mode}: worst scaled error {worst}"
+    assert gradcheck_directional(model, x, eps=1e-7) < 1e-7
+    assert gradcheck_directional(model, x, eps=1e-7, seed=1) < 1e-7
