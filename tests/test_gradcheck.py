@@ -77,7 +77,7 @@ def test_cross_entropy_gradcheck():
     rng = np.random.default_rng(0)
     for reduction in ("mean", "sum"):
         crit = nn.CrossEntropyLoss(reduction)
-        z, t = rng.standard_normal((5, 7)) * 3, rng.integers(0, 7, 5)
+        z, t = rng.standard_normal((5, 7)), rng.integers(0, 7, 5)
         crit(z, t)
         analytic = crit.backward()
         numeric = np.zeros_like(z)
