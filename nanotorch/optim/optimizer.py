@@ -147,11 +147,13 @@ class Optimizer:
                 raise ValueError(f"state_dict has state for parameter {idx}, which no group lists")
             restored = {}
             for key, value in saved_state.items():
-                if isinstance(value, np.ndarray) and value.shape != p.data.shape and value.size != 1:
-                    raise ValueError(f"state '{key}' of parameter {idx} has shape {value.shape}, "
-                                     f"the parameter has {p.data.shape}")
                 if isinstance(value, np.ndarray) or key == "momentum_buffer":
-                    value = np.array(value, dtype=p.data.dtype, copy=True).reshape(p.data.shape)
+                    # (a 0-d buffer comes back from unflatten_state_dict as a Python scalar)
+                    value = np.array(value, dtype=p.data.dtype, copy=True)
+                    if value.size != p.data.size:
+                        raise ValueError(f"state '{key}' of parameter {idx} has shape {value.shape}, "
+                                         f"the parameter has {p.data.shape}")
+                    value = value.reshape(p.data.shape)
                 restored[key] = value
             state[p] = restored
 
@@ -198,7 +200,7 @@ def flatten_state_dict(state_dict, prefix=""):
                 k = str(k)
                 if not k or any(c in k for c in ".[]{}"):
                     raise ValueError(f"state_dict key {k!r} at {path!r} cannot be flattened: "
-                                     "keys must be non-empty and free of '.[]{{}}'")
+                                     "keys must be non-empty and free of '.[]{}'")
                 visit(v, f"{path}.{k}" if path else k)
         elif isinstance(value, (list, tuple)):
             if all(isinstance(v, (bool, int, float, np.number, np.bool_)) for v in value):
@@ -232,7 +234,7 @@ def unflatten_state_dict(flat, prefix=""):
             m = _TOKEN.match(key, pos)
             if m is None or (tokens and tokens[-1] in ("[]", "{}")):
                 raise ValueError(f"malformed state_dict key {full_key!r}")
-            name, index, as_list, as_empty_dict = m.groups()
+            name, index, as_list, _ = m.groups()
             if name is not None:
                 tokens.append(int(name) if name.isdigit() else name)
             elif index is not None:

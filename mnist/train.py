@@ -1,0 +1,252 @@
+"""Train the seed network on MNIST: python -m mnist.train [--epochs 1] [--seed 0] [--out DIR] ...
+
+The recipe (every default below): batch 4; SGD, lr 0.001 and momentum 0.9, both then driven by a
+OneCycle schedule (max lr 0.1, 25% warm-up, cosine annealing, momentum cycled 0.95 -> 0.85 -> 0.95);
+gradient-norm clipping at 1.0; dropout 0.15; one epoch. One training step reads like PyTorch's:
+
+    logits = model(x); loss = criterion(logits, y)            # forward
+    optimizer.zero_grad(); model.backward(criterion.backward())  # backward, by hand
+    clip_grad_norm_(params, 1.0); optimizer.step(); scheduler.step()
+
+The run directory gets model.npz, checkpoint.npz (for --resume), metrics.json, log.csv,
+config.json and the pictures of mnist.visualize.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+import nanotorch as nt
+from nanotorch import nn, optim
+from nanotorch.nn.utils import clip_grad_norm_
+from mnist.checkpoint import load_checkpoint, save_checkpoint, save_model
+from mnist.data import iterate_batches, load_mnist, normalize, num_batches
+from mnist.evaluate import evaluate
+from mnist.model import build_model, count_parameters
+
+RECIPE = dict(batch_size=4, lr=0.001, momentum=0.9, max_lr=0.1, pct_start=0.25, anneal_strategy="cos",
+              clip=1.0, dropout=0.15, epochs=1, seed=0)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+class StopAtStepBoundary:
+    """Ctrl-C asks the loop to stop after the current step (so a checkpoint is never half-updated);
+    a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m mnist.train", description="Train the seed CNN on MNIST.")
+    r = RECIPE
+    ap.add_argument("--epochs", type=int, default=r["epochs"])
+    ap.add_argument("--batch-size", type=int, default=r["batch_size"])
+    ap.add_argument("--lr", type=float, default=r["lr"], help="SGD's lr (the schedule overrides it)")
+    ap.add_argument("--momentum", type=float, default=r["momentum"], help="SGD's momentum (cycled by the schedule)")
+    ap.add_argument("--max-lr", type=float, default=r["max_lr"], help="OneCycle peak learning rate")
+    ap.add_argument("--pct-start", type=float, default=r["pct_start"], help="OneCycle warm-up fraction")
+    ap.add_argument("--anneal-strategy", choices=("cos", "linear"), default=r["anneal_strategy"])
+    ap.add_argument("--clip", type=float, default=r["clip"], help="max gradient norm (0 turns clipping off)")
+    ap.add_argument("--dropout", type=float, default=r["dropout"])
+    ap.add_argument("--seed", type=int, default=r["seed"])
+    ap.add_argument("--limit", type=int, default=None, help="train on the first N training images only")
+    ap.add_argument("--data-dir", default=None, help="folder with the MNIST files "
+                    "(default: $NANOTORCH_DATA/mnist, else ~/.cache/nanotorch/mnist; downloaded if missing)")
+    ap.add_argument("--out", default=None, help="run directory (default: runs/<timestamp>)")
+    ap.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from a checkpoint.npz")
+    ap.add_argument("--threads", type=int, default=None, help="threads for Numba's parallel kernels")
+    ap.add_argument("--log-every", type=int, default=50, help="steps between log.csv rows")
+    ap.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoint.npz saves")
+    ap.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1:
+        ap.error("--epochs and --batch-size must be >= 1")
+    if args.limit is not None and args.limit < args.batch_size:
+        ap.error(f"--limit must be at least the batch size ({args.batch_size})")
+    return args
+
+
+def write_json_atomic(path, obj):
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+class CsvLog:
+    """log.csv: one row every --log-every steps, with the window's mean loss and accuracy."""
+    COLUMNS = ["step", "epoch", "loss", "accuracy", "lr", "momentum", "grad_norm"]
+
+    def __init__(self, path, append):
+        new = not (append and os.path.exists(path))
+        self.file = open(path, "a" if not new else "w", newline="")
+        self.writer = csv.writer(self.file)
+        if new:
+            self.writer.writerow(self.COLUMNS)
+
+    def write(self, *row):
+        self.writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+def train(args):
+    """Run the recipe described by ``args``; returns (run_dir, metrics dict)."""
+    if args.threads:
+        import numba
+        numba.set_num_threads(args.threads)
+    config = {k: v for k, v in vars(args).items() if k not in ("resume", "quiet", "no_plots")}
+    run_dir = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume
+                           else os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
+    os.makedirs(run_dir, exist_ok=True)
+
+    train_x, train_y = load_mnist("train", data_dir=args.data_dir)
+    test_x, test_y = load_mnist("test", data_dir=args.data_dir)
+    if args.limit:
+        train_x, train_y = train_x[:args.limit], train_y[:args.limit]
+
+    nt.manual_seed(args.seed)                      # initial weights, then dropout masks
+    model = build_model(dropout=args.dropout)
+    params = model.parameters()
+    criterion = nn.CrossEntropyLoss()
+    optimizer = optim.SGD(params, lr=args.lr, momentum=args.momentum)
+    steps_per_epoch = num_batches(len(train_x), args.batch_size)
+    total_steps = args.epochs * steps_per_epoch
+    scheduler = optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.max_lr, total_steps=total_steps,
+                                              pct_start=args.pct_start, anneal_strategy=args.anneal_strategy)
+    step, train_seconds = 0, 0.0
+    if args.resume:
+        state = load_checkpoint(args.resume, model, optimizer)
+        scheduler.load_state_dict(state["scheduler"])
+        nt.default_generator().bit_generator.state = state["rng"]
+        step, train_seconds = state["step"], state["train_seconds"]
+        if state["total_steps"] != total_steps:
+            raise ValueError(f"{args.resume} was trained for {state['total_steps']} steps in all; this command "
+                             f"asks for {total_steps}: resume with the same --epochs, --batch-size and --limit")
+    else:
+        from mnist.summary import format_summary, summarize
+        print(format_summary(summarize(model)))
+    write_json_atomic(os.path.join(run_dir, "config.json"), config)
+    print(f"training on {len(train_x)} images, batch {args.batch_size}, {total_steps} steps, into {run_dir}")
+
+    def checkpoint():
+        save_checkpoint(os.path.join(run_dir, "checkpoint.npz"), model, optimizer, {
+            "scheduler": scheduler.state_dict(), "rng": nt.default_generator().bit_generator.state,
+            "step": step, "total_steps": total_steps, "train_seconds": train_seconds, "config": config})
+
+    log = CsvLog(os.path.join(run_dir, "log.csv"), append=bool(args.resume))
+    history, result = [], None
+    model.train()
+    with StopAtStepBoundary() as stop:
+        for epoch in range(step // steps_per_epoch, args.epochs):
+            bar = tqdm(total=steps_per_epoch, initial=step % steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
+                       disable=args.quiet, unit="step", mininterval=0.5)
+            window_loss = window_correct = window_seen = 0
+            started = time.perf_counter()
+            for images, labels in iterate_batches(train_x, train_y, args.batch_size, args.seed, epoch,
+                                                  start_batch=step % steps_per_epoch):
+                x, y = normalize(images), labels.astype(np.int64)
+                logits = model(x)
+                loss = criterion(logits, y)
+                if not math.isfinite(loss):
+                    log.close()
+                    raise TrainingDiverged(
+                        f"the loss became {loss} at step {step + 1}. Training stopped; the last good checkpoint "
+                        f"(saved every {args.checkpoint_every} steps) is {run_dir}/checkpoint.npz. "
+                        "Try a lower --max-lr, or keep --clip on.")
+                optimizer.zero_grad()
+                model.backward(criterion.backward())
+                grad_norm = clip_grad_norm_(params, args.clip) if args.clip > 0 else float("nan")
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                bar.update(1)
+
+                window_loss += float(loss) * len(y)
+                window_correct += int((logits.argmax(axis=1) == y).sum())
+                window_seen += len(y)
+                if step % args.log_every == 0 or step == total_steps:
+                    group = optimizer.param_groups[0]
+                    loss_avg, acc = window_loss / window_seen, window_correct / window_seen
+                    log.write(step, epoch + 1, loss_avg, acc, group["lr"], group["momentum"], float(grad_norm))
+                    history.append((step, loss_avg, acc))
+                    rate = bar.format_dict["rate"] or 0.0
+                    bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{acc:.3f}", lr=f"{group['lr']:.4f}",
+                                    img_s=f"{rate * args.batch_size:.0f}", refresh=False)
+                    window_loss = window_correct = window_seen = 0
+                if step % args.checkpoint_every == 0 or stop.requested:
+                    now = time.perf_counter()
+                    train_seconds, started = train_seconds + now - started, now
+                    checkpoint()
+                if stop.requested:
+                    bar.close()
+                    log.close()
+                    print(f"\ninterrupted at step {step}/{total_steps}; saved {run_dir}/checkpoint.npz\n"
+                          f"resume with: python -m mnist.train --resume {run_dir}/checkpoint.npz", file=sys.stderr)
+                    raise KeyboardInterrupt
+            train_seconds += time.perf_counter() - started
+            bar.close()
+            result = evaluate(model, test_x, test_y)
+            print(f"epoch {epoch + 1}: test accuracy {100 * result['accuracy']:.2f}%")
+            checkpoint()
+    log.close()
+    if result is None:                             # resumed from a checkpoint of a finished run
+        result = evaluate(model, test_x, test_y)
+
+    save_model(os.path.join(run_dir, "model.npz"), model)
+    metrics = {"test_accuracy": result["accuracy"], "per_class_accuracy": result["per_class_accuracy"],
+               "train_seconds": round(train_seconds, 3), "images_per_second": round(step * args.batch_size /
+                                                                                   max(train_seconds, 1e-9), 1),
+               "params": count_parameters(model), "epochs": args.epochs, "steps": step, "seed": args.seed,
+               "final_train_loss": history[-1][1] if history else None}
+    write_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
+    return run_dir, metrics
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run_dir, m = train(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as e:      # TrainingDiverged, bad data, ...
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not args.no_plots:
+        from mnist.visualize import visualize_run
+        visualize_run(run_dir, data_dir=args.data_dir)
+    print(f"done: test accuracy {100 * m['test_accuracy']:.2f}% after {m['epochs']} epoch(s), "
+          f"{m['train_seconds']:.1f} s of training ({m['images_per_second']:.0f} images/s), "
+          f"{m['params']} parameters, seed {m['seed']} -> {run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

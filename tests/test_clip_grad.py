@@ -1,0 +1,121 @@
+"""clip_grad_norm_: known norms by hand, then parity with torch.nn.utils.clip_grad_norm_."""
+import math
+
+import numpy as np
+import pytest
+
+import nanotorch.nn.utils
+from nanotorch.nn.module import Parameter
+from nanotorch.nn.utils import clip_grad_norm_
+
+
+def with_grad(grad, dtype=np.float64):
+    p = Parameter(np.zeros(np.shape(grad), dtype=dtype))
+    p.grad = np.array(grad, dtype=dtype)
+    return p
+
+
+def test_known_norm_and_coefficient():
+    p = with_grad([3.0, 4.0])
+    total = clip_grad_norm_([p], max_norm=1.0)
+    assert total == 5.0
+    np.testing.assert_allclose(p.grad, np.array([3.0, 4.0]) * (1.0 / (5.0 + 1e-6)), rtol=1e-15)
+    assert np.linalg.norm(p.grad) < 1.0
+
+
+def test_norm_of_several_params_is_norm_of_their_norms():
+    a, b = with_grad([[1.0, 2.0], [2.0, 0.0]]), with_grad([4.0])  # norms 3 and 4
+    total = clip_grad_norm_([a, b], max_norm=2.5)
+    assert total == pytest.approx(5.0, rel=1e-15)
+    coef = 2.5 / (5.0 + 1e-6)
+    np.testing.assert_allclose(b.grad, [4.0 * coef], rtol=1e-15)
+
+
+def test_no_change_under_max_norm():
+    p = with_grad([3.0, 4.0])
+    total = clip_grad_norm_(p, max_norm=10.0)  # a single Parameter is accepted too
+    assert total == 5.0
+    np.testing.assert_array_equal(p.grad, [3.0, 4.0])  # coefficient clamped to exactly 1
+
+
+def test_inf_and_one_norms():
+    a, b = with_grad([1.0, -7.0]), with_grad([3.0])
+    assert clip_grad_norm_([a, b], max_norm=100.0, norm_type=math.inf) == 7.0
+    assert clip_grad_norm_([a, b], max_norm=100.0, norm_type="inf") == 7.0
+    assert clip_grad_norm_([a, b], max_norm=100.0, norm_type=1) == 11.0
+    clip_grad_norm_([a, b], max_norm=3.5, norm_type=math.inf)
+    np.testing.assert_allclose(a.grad, np.array([1.0, -7.0]) * 3.5 / (7.0 + 1e-6), rtol=1e-15)
+
+
+def test_returns_norm_before_clipping_and_ignores_missing_grads():
+    a, b = with_grad([6.0, 8.0]), Parameter(np.ones(3))
+    total = clip_grad_norm_(iter([a, b]), max_norm=1.0)  # a generator is read once only
+    assert total == 10.0 and b.grad is None
+    assert clip_grad_norm_([a], max_norm=1.0) == pytest.approx(1.0, rel=1e-6)
+    assert clip_grad_norm_([b], max_norm=1.0) == 0.0
+
+
+def test_keeps_dtype_and_clips_in_place():
+    p = with_grad([3.0, 4.0], dtype=np.float32)
+    grad = p.grad
+    total = clip_grad_norm_([p], max_norm=1.0)
+    assert p.grad is grad and grad.dtype == np.float32 and total.dtype == np.float32
+    assert float(np.linalg.norm(grad)) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_nonfinite_norm():
+    p = with_grad([1.0, np.inf])
+    with pytest.raises(RuntimeError, match="non-finite"):
+        clip_grad_norm_([p], max_norm=1.0, error_if_nonfinite=True)
+    np.testing.assert_array_equal(p.grad, [1.0, np.inf])  # nothing was scaled
+    q = with_grad([1.0, np.nan])
+    assert np.isnan(clip_grad_norm_([q], max_norm=1.0))
+    assert np.isnan(q.grad).all()  # scaled by the nan coefficient, as PyTorch does
+
+
+@pytest.mark.parametrize("max_norm", [0.0, -1.0, float("nan")])
+def test_rejects_non_positive_max_norm(max_norm):
+    with pytest.raises(ValueError, match="max_norm"):
+        clip_grad_norm_([with_grad([1.0])], max_norm=max_norm)
+
+
+def test_importable_as_nn_utils():
+    import nanotorch.nn as nn
+    assert nanotorch.nn.utils.clip_grad_norm_ is clip_grad_norm_
+    assert nn.utils.clip_grad_norm_ is clip_grad_norm_
+
+
+# --- parity with PyTorch ----------------------------------------------------------------------
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf, 3.0])
+@pytest.mark.parametrize("max_norm", [0.5, 1e3])  # clipping, and coefficient clamped to 1
+def test_matches_torch_float64(norm_type, max_norm):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(int(norm_type * 10 if math.isfinite(norm_type) else 99))
+    grads = [rng.standard_normal(s) for s in [(16, 3, 3, 3), (16,), (10, 16), (10,)]]
+    ours = [with_grad(g) for g in grads]
+    theirs = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads]
+    for tp, g in zip(theirs, grads):
+        tp.grad = torch.from_numpy(g.copy())
+
+    total = clip_grad_norm_(ours, max_norm, norm_type=norm_type)
+    t_total = torch.nn.utils.clip_grad_norm_(theirs, max_norm, norm_type=norm_type)
+    assert total.dtype == np.float64
+    assert float(total) == pytest.approx(t_total.item(), rel=1e-12)
+    for p, tp in zip(ours, theirs):
+        np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf])
+def test_matches_torch_float32(norm_type):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    grads = [rng.standard_normal(s).astype(np.float32) for s in [(8, 4), (8,), (3, 3, 3)]]
+    ours = [with_grad(g, dtype=np.float32) for g in grads]
+    theirs = [torch.zeros(g.shape, requires_grad=True) for g in grads]
+    for tp, g in zip(theirs, grads):
+        tp.grad = torch.from_numpy(g.copy())
+    total = clip_grad_norm_(ours, 1.0, norm_type=norm_type)
+    t_total = torch.nn.utils.clip_grad_norm_(theirs, 1.0, norm_type=norm_type)
+    assert float(total) == pytest.approx(t_total.item(), rel=1e-6)
+    for p, tp in zip(ours, theirs):
+        np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=1e-6, atol=1e-7)

@@ -1,0 +1,464 @@
+"""SGD, OneCycleLR and optimiser checkpoints: closed-form expectations, then parity with PyTorch."""
+import math
+
+import numpy as np
+import pytest
+
+from nanotorch.nn.module import Parameter
+from nanotorch.optim import SGD, Optimizer, flatten_state_dict, lr_scheduler, unflatten_state_dict
+from nanotorch.optim.lr_scheduler import OneCycleLR
+
+
+def param(values, grad=None, dtype=np.float64):
+    p = Parameter(np.array(values, dtype=dtype))
+    p.grad = None if grad is None else np.array(grad, dtype=dtype)
+    return p
+
+
+# --- SGD: the update rule by hand -------------------------------------------------------------
+def test_plain_step_is_p_minus_lr_g():
+    p = param([1.0, 2.0], grad=[0.5, -1.0])
+    SGD([p], lr=0.1).step()
+    np.testing.assert_allclose(p.data, [1.0 - 0.05, 2.0 + 0.1], rtol=0, atol=1e-15)
+
+
+def test_default_lr_is_pytorchs():
+    p = param([1.0], grad=[1.0])
+    opt = SGD([p])
+    assert opt.param_groups[0]["lr"] == 1e-3
+    opt.step()
+    assert p.data[0] == pytest.approx(1.0 - 1e-3, abs=1e-15)
+
+
+def test_momentum_first_step_uses_buf_equal_to_grad():
+    p = param([1.0, -1.0], grad=[2.0, 4.0])
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    opt.step()
+    # buf = g on the first step (not 0.9*0 + g*(1-dampening), not (1-m)*g)
+    np.testing.assert_array_equal(opt.state[p]["momentum_buffer"], [2.0, 4.0])
+    np.testing.assert_allclose(p.data, [1.0 - 0.2, -1.0 - 0.4], rtol=0, atol=1e-15)
+
+
+def test_momentum_two_steps_by_hand():
+    lr, m = 0.1, 0.9
+    g1, g2 = np.array([1.0, -2.0]), np.array([0.5, 3.0])
+    p = param([0.0, 0.0], grad=g1)
+    opt = SGD([p], lr=lr, momentum=m)
+    opt.step()
+    p.grad = g2.copy()
+    opt.step()
+    buf2 = m * g1 + g2
+    np.testing.assert_allclose(opt.state[p]["momentum_buffer"], buf2, rtol=0, atol=1e-15)
+    np.testing.assert_allclose(p.data, -lr * g1 - lr * buf2, rtol=0, atol=1e-15)
+
+
+def test_dampening_scales_new_gradients_but_not_the_first():
+    lr, m, d = 0.1, 0.9, 0.3
+    g1, g2 = np.array([1.0, -2.0]), np.array([0.5, 3.0])
+    p = param([0.0, 0.0], grad=g1)
+    opt = SGD([p], lr=lr, momentum=m, dampening=d)
+    opt.step()
+    np.testing.assert_array_equal(opt.state[p]["momentum_buffer"], g1)
+    p.grad = g2.copy()
+    opt.step()
+    buf2 = m * g1 + (1 - d) * g2
+    np.testing.assert_allclose(p.data, -lr * g1 - lr * buf2, rtol=0, atol=1e-15)
+
+
+def test_weight_decay_adds_wd_times_p_to_the_gradient():
+    p = param([2.0, -4.0], grad=[1.0, 1.0])
+    SGD([p], lr=0.1, weight_decay=0.5).step()
+    g = np.array([1.0 + 0.5 * 2.0, 1.0 + 0.5 * -4.0])
+    np.testing.assert_allclose(p.data, [2.0, -4.0] - 0.1 * g, rtol=0, atol=1e-15)
+    np.testing.assert_array_equal(p.grad, [1.0, 1.0])  # the stored gradient is not modified
+
+
+def test_nesterov_two_steps_by_hand():
+    lr, m = 0.1, 0.9
+    g1, g2 = np.array([1.0, -2.0]), np.array([0.5, 3.0])
+    p = param([0.0, 0.0], grad=g1)
+    opt = SGD([p], lr=lr, momentum=m, nesterov=True)
+    opt.step()
+    step1 = g1 + m * g1  # buf = g1, then g + m*buf
+    np.testing.assert_allclose(p.data, -lr * step1, rtol=0, atol=1e-15)
+    p.grad = g2.copy()
+    opt.step()
+    buf2 = m * g1 + g2
+    np.testing.assert_allclose(p.data, -lr * step1 - lr * (g2 + m * buf2), rtol=0, atol=1e-15)
+
+
+def test_params_without_grad_are_skipped():
+    a, b = param([1.0], grad=[1.0]), param([5.0])
+    opt = SGD([a, b], lr=0.5, momentum=0.9)
+    opt.step()
+    assert b.data[0] == 5.0 and b not in opt.state
+    assert a.data[0] == 0.5
+
+
+def test_update_is_in_place_and_keeps_dtype():
+    p = param([1.0, 2.0], grad=[1.0, 1.0], dtype=np.float32)
+    data = p.data
+    SGD([p], lr=0.1, momentum=0.9, weight_decay=1e-4).step()
+    assert p.data is data and p.data.dtype == np.float32
+
+
+def test_zero_grad_to_none_or_zeros():
+    p = param([1.0], grad=[3.0])
+    opt = SGD([p], lr=0.1)
+    opt.zero_grad(set_to_none=False)
+    np.testing.assert_array_equal(p.grad, [0.0])
+    opt.zero_grad()
+    assert p.grad is None
+
+
+def test_param_groups_take_defaults_and_their_own_values():
+    a, b = param([1.0], grad=[1.0]), param([1.0], grad=[1.0])
+    opt = SGD([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1, momentum=0.9)
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.5]
+    assert all(g["momentum"] == 0.9 and g["nesterov"] is False for g in opt.param_groups)
+    assert set(opt.param_groups[0]) == {"params", "lr", "momentum", "dampening", "weight_decay", "nesterov"}
+    opt.step()
+    assert a.data[0] == pytest.approx(0.9) and b.data[0] == pytest.approx(0.5)
+
+
+def test_schedulers_change_lr_through_param_groups():
+    p = param([1.0], grad=[1.0])
+    opt = SGD([p], lr=0.1)
+    opt.param_groups[0]["lr"] = 0.25
+    opt.step()
+    assert p.data[0] == pytest.approx(0.75)
+
+
+def test_closure_loss_is_returned():
+    opt = SGD([param([1.0], grad=[1.0])], lr=0.1)
+    assert opt.step(lambda: 3.5) == 3.5
+    assert isinstance(opt, Optimizer) and "SGD" in repr(opt)
+
+
+# --- SGD: bad input ---------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(lr=-0.1), "lr"),
+    (dict(momentum=-0.5), "momentum"),
+    (dict(weight_decay=-1e-4), "weight_decay"),
+    (dict(nesterov=True), "nesterov"),
+    (dict(nesterov=True, momentum=0.9, dampening=0.1), "dampening"),
+    (dict(lr=float("nan")), "lr"),
+])
+def test_sgd_rejects_bad_hyperparameters(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        SGD([param([1.0])], **kwargs)
+
+
+def test_sgd_rejects_bad_group_and_bad_params():
+    with pytest.raises(ValueError, match="lr"):
+        SGD([{"params": [param([1.0])], "lr": -1.0}], lr=0.1)
+    with pytest.raises(ValueError, match="empty"):
+        SGD([], lr=0.1)
+    with pytest.raises(TypeError, match="list"):
+        SGD(param([1.0]), lr=0.1)
+    p = param([1.0])
+    with pytest.raises(ValueError, match="more than one"):
+        SGD([{"params": [p]}, {"params": [p]}], lr=0.1)
+
+
+# --- OneCycleLR: closed form ------------------------------------------------------------------
+def one_cycle(total_steps=100, max_lr=0.1, momentum=0.9, **kwargs):
+    opt = SGD([param([1.0])], lr=0.001, momentum=momentum)
+    return opt, OneCycleLR(opt, max_lr=max_lr, total_steps=total_steps, **kwargs)
+
+
+def run_to(opt, sched, step):
+    while sched.last_epoch < step:
+        sched.step()
+    return opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]
+
+
+def test_one_cycle_step0_warmup_end_and_final_values():
+    opt, sched = one_cycle(total_steps=100, pct_start=0.25, max_lr=0.1)
+    group = opt.param_groups[0]
+    # Step 0 is written at construction.
+    assert sched.last_epoch == 0
+    assert group["lr"] == pytest.approx(0.1 / 25.0, rel=1e-12)
+    assert group["momentum"] == pytest.approx(0.95, rel=1e-12)
+    assert sched.get_last_lr() == [group["lr"]]
+    # End of warm-up at float(0.25 * 100) - 1 = 24: the peak lr and the lowest momentum.
+    lr, mom = run_to(opt, sched, 24)
+    assert lr == pytest.approx(0.1, rel=1e-12) and mom == pytest.approx(0.85, rel=1e-12)
+    # Last step T - 1 = 99: min_lr = initial_lr / final_div_factor, momentum back at the top.
+    lr, mom = run_to(opt, sched, 99)
+    assert lr == pytest.approx(0.1 / 25.0 / 1e4, rel=1e-12) and mom == pytest.approx(0.95, rel=1e-12)
+    assert group["initial_lr"] == 0.1 / 25.0 and group["min_lr"] == 0.1 / 25.0 / 1e4
+
+
+def test_one_cycle_cos_midpoint_and_momentum_mirrors_lr():
+    opt, sched = one_cycle(total_steps=101, pct_start=0.5, max_lr=1.0)
+    # Warm-up ends at float(0.5 * 101) - 1 = 49.5, a non-integer step; the formula still applies.
+    for step in (10, 30, 60, 90):
+        lr, mom = run_to(opt, sched, step)
+        if step <= 49.5:
+            pct, start, end = step / 49.5, 1.0 / 25, 1.0
+            m_start, m_end = 0.95, 0.85
+        else:
+            pct, start, end = (step - 49.5) / (100 - 49.5), 1.0, 1.0 / 25 / 1e4
+            m_start, m_end = 0.85, 0.95
+        cos_w = (math.cos(math.pi * pct) + 1) / 2
+        assert lr == pytest.approx(end + (start - end) * cos_w, rel=1e-12)
+        assert mom == pytest.approx(m_end + (m_start - m_end) * cos_w, rel=1e-12)
+
+
+def test_one_cycle_linear():
+    opt, sched = one_cycle(total_steps=100, pct_start=0.5, anneal_strategy="linear", max_lr=1.0)
+    lr, mom = run_to(opt, sched, 24)  # step 24 of a warm-up ending at float(0.5 * 100) - 1 = 49
+    assert lr == pytest.approx(0.04 + (1.0 - 0.04) * 24 / 49, rel=1e-12)
+    assert mom == pytest.approx(0.95 + (0.85 - 0.95) * 24 / 49, rel=1e-12)
+
+
+def test_one_cycle_three_phase():
+    opt, sched = one_cycle(total_steps=100, pct_start=0.3, three_phase=True, max_lr=0.1)
+    lr, mom = run_to(opt, sched, 29)
+    assert lr == pytest.approx(0.1, rel=1e-12) and mom == pytest.approx(0.85, rel=1e-12)
+    lr, mom = run_to(opt, sched, 58)  # end of the symmetric descent: back to initial_lr
+    assert lr == pytest.approx(0.004, rel=1e-12) and mom == pytest.approx(0.95, rel=1e-12)
+    lr, mom = run_to(opt, sched, 80)
+    assert mom == pytest.approx(0.95, rel=1e-12) and 0.004 / 1e4 < lr < 0.004
+    lr, mom = run_to(opt, sched, 99)
+    assert lr == pytest.approx(0.004 / 1e4, rel=1e-12)
+
+
+def test_one_cycle_epochs_times_steps_and_per_group_max_lr():
+    a, b = param([1.0]), param([1.0])
+    opt = SGD([{"params": [a]}, {"params": [b]}], lr=0.01, momentum=0.9)
+    sched = OneCycleLR(opt, max_lr=[0.1, 1.0], epochs=4, steps_per_epoch=25)
+    assert sched.total_steps == 100
+    assert sched.get_last_lr() == pytest.approx([0.004, 0.04], rel=1e-12)
+
+
+def test_one_cycle_steps_to_total_steps_then_raises():
+    opt, sched = one_cycle(total_steps=10)
+    for _ in range(10):  # PyTorch allows step number total_steps itself
+        sched.step()
+    with pytest.raises(ValueError, match="Tried to step 11 times. The specified number of total steps is 10"):
+        sched.step()
+    assert sched.last_epoch == 10
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(total_steps=None), "total_steps"),
+    (dict(total_steps=None, epochs=3), "steps_per_epoch"),
+    (dict(total_steps=0), "total_steps"),
+    (dict(total_steps=-5), "total_steps"),
+    (dict(total_steps=2.5), "total_steps"),
+    (dict(total_steps=None, epochs=0, steps_per_epoch=10), "epochs"),
+    (dict(pct_start=1.5), "pct_start"),
+    (dict(pct_start=-0.1), "pct_start"),
+    (dict(anneal_strategy="exp"), "anneal_strategy"),
+    (dict(max_lr=[0.1, 0.2]), "max_lr"),
+    (dict(momentum=0), "cycle_momentum"),
+])
+def test_one_cycle_rejects_bad_arguments(kwargs, name):
+    kwargs = dict(dict(total_steps=100), **kwargs)
+    with pytest.raises(ValueError, match=name):
+        one_cycle(**kwargs)
+
+
+def test_one_cycle_without_momentum_cycling_leaves_momentum_alone():
+    opt, sched = one_cycle(momentum=0, cycle_momentum=False)
+    sched.step()
+    assert opt.param_groups[0]["momentum"] == 0
+
+
+# --- checkpoints: save, load into fresh objects, continue exactly ------------------------------
+def make_run(seed=0):
+    rng = np.random.default_rng(seed)
+    params = [param(rng.standard_normal(s), dtype=np.float32) for s in [(4, 3), (3,), (2, 2, 2)]]
+    opt = SGD(params, lr=0.001, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    sched = OneCycleLR(opt, max_lr=0.1, total_steps=40, pct_start=0.25)
+    return params, opt, sched
+
+
+def train(params, opt, sched, steps, rng):
+    for _ in range(steps):
+        for i, p in enumerate(params):
+            # param 1 sometimes has no gradient, so its buffer must survive skipped steps too
+            p.grad = None if (i == 1 and rng.random() < 0.3) else rng.standard_normal(p.shape).astype(np.float32)
+        opt.step()
+        sched.step()
+
+
+def test_state_dict_round_trip_through_npz_continues_identically(tmp_path):
+    params, opt, sched = make_run()
+    train(params, opt, sched, 30, np.random.default_rng(1))
+
+    params2, opt2, sched2 = make_run()
+    rng = np.random.default_rng(1)
+    train(params2, opt2, sched2, 10, rng)
+    path = tmp_path / "ckpt.npz"
+    np.savez(path, **{f"model.{i}": p.data for i, p in enumerate(params2)},
+             **flatten_state_dict(opt2.state_dict(), prefix="optimizer."),
+             **flatten_state_dict(sched2.state_dict(), prefix="scheduler."))
+
+    params3, opt3, sched3 = make_run(seed=123)  # fresh objects with different weights
+    with np.load(path, allow_pickle=False) as f:
+        for i, p in enumerate(params3):
+            p.data[...] = f[f"model.{i}"]
+        opt3.load_state_dict(unflatten_state_dict(f, prefix="optimizer."))
+        sched3.load_state_dict(unflatten_state_dict(f, prefix="scheduler."))
+    assert sched3.last_epoch == 10
+    train(params3, opt3, sched3, 20, rng)
+
+    for a, b in zip(params, params3):
+        np.testing.assert_array_equal(a.data, b.data)
+        assert b.data.dtype == np.float32
+        np.testing.assert_array_equal(opt.state[a]["momentum_buffer"], opt3.state[b]["momentum_buffer"])
+    assert opt.param_groups[0]["lr"] == opt3.param_groups[0]["lr"]
+    assert opt.param_groups[0]["momentum"] == opt3.param_groups[0]["momentum"]
+    assert sched.get_last_lr() == sched3.get_last_lr()
+
+
+def test_state_dict_layout_is_pytorchs_and_copies_arrays():
+    params, opt, sched = make_run()
+    assert opt.state_dict()["state"] == {}
+    train(params, opt, sched, 2, np.random.default_rng(0))
+    sd = opt.state_dict()
+    assert sorted(sd["state"]) == [0, 1, 2] or sorted(sd["state"]) == [0, 2]
+    assert sd["param_groups"][0]["params"] == [0, 1, 2]
+    assert {"lr", "momentum", "dampening", "weight_decay", "nesterov", "initial_lr", "max_lr",
+            "min_lr", "max_momentum", "base_momentum"} <= set(sd["param_groups"][0])
+    sd["state"][0]["momentum_buffer"][...] = 99.0
+    assert not np.any(opt.state[params[0]]["momentum_buffer"] == 99.0)
+
+
+def test_flatten_round_trip_keeps_structure_and_types():
+    tree = {"state": {0: {"momentum_buffer": np.arange(6.0).reshape(2, 3)}, 3: {"step": 4}},
+            "param_groups": [{"lr": 0.1, "nesterov": True, "name": "head", "params": [0, 1]},
+                             {"lr": 0.2, "nesterov": False, "name": "body", "params": []}],
+            "empty": {}, "phases": [{"end_step": 3.5}]}
+    flat = flatten_state_dict(tree)
+    assert all(isinstance(v, np.ndarray) and v.dtype != object for v in flat.values())
+    back = unflatten_state_dict(flat)
+    np.testing.assert_array_equal(back["state"][0]["momentum_buffer"], tree["state"][0]["momentum_buffer"])
+    back["state"][0]["momentum_buffer"] = tree["state"][0]["momentum_buffer"] = None
+    assert back == tree
+    assert type(back["param_groups"][0]["nesterov"]) is bool and type(back["state"][3]["step"]) is int
+
+
+def test_load_state_dict_rejects_a_different_optimiser():
+    params, opt, _ = make_run()
+    other = SGD([param([1.0]), param([2.0])], lr=0.1)
+    with pytest.raises(ValueError, match="parameter group 0"):
+        other.load_state_dict(opt.state_dict())
+    two_groups = SGD([{"params": [param([1.0])]}, {"params": [param([1.0])]}], lr=0.1)
+    with pytest.raises(ValueError, match="groups"):
+        two_groups.load_state_dict(opt.state_dict())
+
+
+def test_lr_scheduler_module_exports():
+    assert lr_scheduler.OneCycleLR is OneCycleLR and issubclass(OneCycleLR, lr_scheduler.LRScheduler)
+
+
+# --- parity with PyTorch ----------------------------------------------------------------------
+def test_seed_recipe_lr_and_momentum_match_torch_for_all_15000_steps():
+    torch = pytest.importorskip("torch")
+    kwargs = dict(max_lr=0.1, total_steps=15000, pct_start=0.25, anneal_strategy="cos")
+
+    opt = SGD([param([0.0])], lr=0.001, momentum=0.9)
+    sched = OneCycleLR(opt, **kwargs)
+    ours = [(opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"])]
+    for _ in range(15000):
+        opt.step()
+        sched.step()
+        ours.append((opt.param_groups[0]["lr"], opt.param_groups[0]["momentum"]))
+
+    t_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.001, momentum=0.9)
+    t_sched = torch.optim.lr_scheduler.OneCycleLR(t_opt, **kwargs)
+    theirs = [(t_opt.param_groups[0]["lr"], t_opt.param_groups[0]["momentum"])]
+    for _ in range(15000):
+        t_opt.step()
+        t_sched.step()
+        theirs.append((t_opt.param_groups[0]["lr"], t_opt.param_groups[0]["momentum"]))
+
+    np.testing.assert_allclose(np.array(ours), np.array(theirs), rtol=0, atol=1e-12)
+    assert ours == theirs  # the same float operations in the same order: bit for bit
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(max_lr=0.5, total_steps=97, pct_start=0.3, anneal_strategy="linear"),
+    dict(max_lr=0.5, total_steps=97, pct_start=0.3, three_phase=True),
+    dict(max_lr=0.2, epochs=7, steps_per_epoch=13, div_factor=10.0, final_div_factor=100.0,
+         base_momentum=0.8, max_momentum=0.99),
+])
+def test_other_one_cycle_settings_match_torch(kwargs):
+    torch = pytest.importorskip("torch")
+    opt = SGD([param([0.0])], lr=0.001, momentum=0.9)
+    t_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.001, momentum=0.9)
+    sched, t_sched = OneCycleLR(opt, **kwargs), torch.optim.lr_scheduler.OneCycleLR(t_opt, **kwargs)
+    for _ in range(sched.total_steps):
+        assert opt.param_groups[0]["lr"] == t_opt.param_groups[0]["lr"]
+        assert opt.param_groups[0]["momentum"] == t_opt.param_groups[0]["momentum"]
+        assert sched.get_last_lr() == t_sched.get_last_lr()
+        opt.step(), t_opt.step()
+        sched.step(), t_sched.step()
+
+
+SGD_CONFIGS = {
+    "plain": dict(lr=0.1),
+    "momentum": dict(lr=0.05, momentum=0.9),
+    "nesterov": dict(lr=0.05, momentum=0.9, nesterov=True),
+    "weight_decay": dict(lr=0.1, weight_decay=0.01),
+    "dampening": dict(lr=0.05, momentum=0.8, dampening=0.3),
+    "combination": dict(lr=0.03, momentum=0.95, weight_decay=5e-3, nesterov=True),
+    "combination_damped": dict(lr=0.03, momentum=0.7, dampening=0.1, weight_decay=1e-2),
+}
+
+
+def sgd_trajectories(config, dtype, steps=50, scheduled=False, missing_grads=False):
+    """Run nanotorch's and PyTorch's SGD side by side on the same random gradients."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    shapes = [(4, 3), (5,), (2, 3, 2)]
+    start = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(steps)]
+
+    ours = [Parameter(a.copy()) for a in start]
+    theirs = [torch.tensor(a.copy(), requires_grad=True) for a in start]
+    opt, t_opt = SGD(ours, **config), torch.optim.SGD(theirs, **config)
+    if scheduled:
+        sched = OneCycleLR(opt, max_lr=0.2, total_steps=steps, pct_start=0.3)
+        t_sched = torch.optim.lr_scheduler.OneCycleLR(t_opt, max_lr=0.2, total_steps=steps, pct_start=0.3)
+    for t in range(steps):
+        for i, (p, tp) in enumerate(zip(ours, theirs)):
+            if missing_grads and i == 1 and t % 3 == 1:
+                p.grad, tp.grad = None, None
+            else:
+                p.grad, tp.grad = grads[t][i].copy(), torch.from_numpy(grads[t][i].copy())
+        opt.step()
+        t_opt.step()
+        if scheduled:
+            sched.step()
+            t_sched.step()
+    return ours, theirs, opt, t_opt
+
+
+@pytest.mark.parametrize("name", SGD_CONFIGS)
+def test_sgd_trajectories_match_torch_float64(name):
+    ours, theirs, opt, t_opt = sgd_trajectories(SGD_CONFIGS[name], np.float64)
+    for p, tp in zip(ours, theirs):
+        assert p.data.dtype == np.float64
+        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=0, atol=1e-12)
+        if "momentum" in SGD_CONFIGS[name]:
+            np.testing.assert_allclose(opt.state[p]["momentum_buffer"],
+                                       t_opt.state[tp]["momentum_buffer"].numpy(), rtol=0, atol=1e-12)
+
+
+def test_sgd_with_one_cycle_and_missing_grads_matches_torch_float64():
+    ours, theirs, _, _ = sgd_trajectories(SGD_CONFIGS["combination"], np.float64,
+                                          scheduled=True, missing_grads=True)
+    for p, tp in zip(ours, theirs):
+        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=0, atol=1e-12)
+
+
+def test_sgd_trajectories_match_torch_float32():
+    ours, theirs, _, _ = sgd_trajectories(SGD_CONFIGS["combination_damped"], np.float32)
+    for p, tp in zip(ours, theirs):
+        assert p.data.dtype == np.float32
+        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-5, atol=1e-6)
