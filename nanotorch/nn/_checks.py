@@ -22,11 +22,19 @@ def check_input(layer, x, ndims, channels=None, what="input"):
     return x
 
 
-def pair(v, name):
+def pair(layer, v, name):
     """An int or a pair of ints -> a pair of ints (PyTorch accepts both for kernel_size etc.)."""
-    if isinstance(v, (int, np.integer)):
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
         return int(v), int(v)
-    v = tuple(int(a) for a in v)
-    if len(v) != 2:
-        raise ValueError(f"{name} must be an int or a pair of ints, got {v}")
-    return v
+    if not isinstance(v, (tuple, list)) or len(v) != 2 or not all(isinstance(a, (int, np.integer)) for a in v):
+        raise ValueError(f"{type(layer).__name__}: {name} must be an int or a pair of ints, got {v!r}")
+    return int(v[0]), int(v[1])
+
+
+def check_grad(layer, dout, shape):
+    """The upstream gradient of a backward must have the shape of the forward's output."""
+    if not isinstance(dout, np.ndarray) or dout.shape != tuple(shape):
+        got = dout.shape if isinstance(dout, np.ndarray) else type(dout).__name__
+        raise ValueError(f"{type(layer).__name__}.backward expects a gradient of the output's shape "
+                         f"{tuple(shape)}, got {got}")
+    return dout

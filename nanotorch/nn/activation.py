@@ -28,12 +28,12 @@ class GELU(Module):
 
     def forward(self, x):
         check_input(self, x, _ANY_RANK)
-        self.cache = x
+        self.cache = x = np.ascontiguousarray(x)          # the compiled loop walks memory in order
         return gelu_forward(x, self.approximate == "tanh")
 
     def backward(self, dout):
         x = self._require_cache(self.cache)
-        return gelu_backward(x, dout, self.approximate == "tanh")
+        return gelu_backward(x, np.ascontiguousarray(dout), self.approximate == "tanh")
 
     def extra_repr(self):
         return f"approximate={self.approximate!r}"
@@ -48,7 +48,7 @@ class ReLU(Module):
 
     def forward(self, x):
         check_input(self, x, _ANY_RANK)
-        self.cache = x > 0
+        self.cache = ~(x <= 0)            # "not <= 0" rather than "> 0": NaN passes through, as in PyTorch
         return np.where(self.cache, x, 0).astype(x.dtype, copy=False)
 
     def backward(self, dout):

@@ -27,6 +27,8 @@ class _BatchNorm(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
         super().__init__()
+        if not isinstance(num_features, (int, np.integer)) or num_features < 1:
+            raise ValueError(f"{type(self).__name__}: num_features must be a positive int, got {num_features!r}")
         self.num_features, self.eps, self.momentum, self.affine = int(num_features), float(eps), momentum, affine
         if affine:
             self.weight = Parameter(np.ones(num_features, dtype=np.float32))

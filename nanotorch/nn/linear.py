@@ -9,7 +9,7 @@ Flatten(start_dim=1, end_dim=-1) only reshapes, so its backward reshapes back.
 """
 import numpy as np
 
-from nanotorch.nn._checks import check_input
+from nanotorch.nn._checks import check_grad, check_input
 from nanotorch.nn.init import default_weight_and_bias
 from nanotorch.nn.module import Module, Parameter
 
@@ -40,6 +40,7 @@ class Linear(Module):
 
     def backward(self, dy):
         x = self._require_cache(self.cache)
+        check_grad(self, dy, (x.shape[0], self.out_features))
         self.weight.accumulate_grad(dy.T @ x)
         if self.bias is not None:
             self.bias.accumulate_grad(dy.sum(axis=0))

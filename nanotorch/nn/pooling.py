@@ -31,9 +31,9 @@ class MaxPool2d(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
         super().__init__()
-        self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = pair(stride if stride is not None else kernel_size, "stride")
-        self.padding = pair(padding, "padding")
+        self.kernel_size = pair(self, kernel_size, "kernel_size")
+        self.stride = pair(self, stride if stride is not None else kernel_size, "stride")
+        self.padding = pair(self, padding, "padding")
         self.ceil_mode = bool(ceil_mode)
         if min(*self.kernel_size, *self.stride) < 1:
             raise ValueError(f"MaxPool2d: kernel_size and stride must be >= 1, got {kernel_size}, {stride}")
@@ -70,7 +70,7 @@ class AdaptiveAvgPool2d(Module):
 
     def __init__(self, output_size):
         super().__init__()
-        self.output_size = pair(output_size, "output_size")
+        self.output_size = pair(self, output_size, "output_size")
         self.cache = None
 
     def _windows(self, size, out):

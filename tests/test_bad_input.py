@@ -1,0 +1,248 @@
+"""Bad input gets a clear error: the exception type, the layer's class name, and what it expected.
+
+Every check uses ``pytest.raises(..., match=<layer name>)`` and then looks for the expected fragments
+(a shape signature, a dtype, a key name) in the message, so a failure says which part was missing.
+"""
+import re
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from nanotorch import nn
+from mnist.model import build_model
+
+
+@contextmanager
+def raises(exc, layer, *fragments):
+    """pytest.raises for ``exc`` whose message names ``layer`` and contains every regex in ``fragments``."""
+    with pytest.raises(exc, match=rf"\b{layer}\b") as info:
+        yield info
+    message = str(info.value)
+    for f in fragments:
+        assert re.search(f, message), f"{layer}: {f!r} not in the message {message!r}"
+
+
+def floats(*shape):
+    return np.random.default_rng(0).standard_normal(shape)
+
+
+# --- wrong number of dimensions -----------------------------------------------------------------------------
+NCHW = re.escape("(N, C, H, W)")
+
+
+@pytest.mark.parametrize("layer, x, expected", [
+    pytest.param(nn.Conv2d(3, 4, 3), floats(2, 3, 8), NCHW, id="Conv2d-NCH"),
+    pytest.param(nn.Conv2d(3, 4, 3), floats(2, 8, 8, 3, 1), NCHW, id="Conv2d-NHWC1"),
+    pytest.param(nn.Conv2d(3, 4, 3), floats(3, 8, 8), NCHW, id="Conv2d-unbatched-CHW"),
+    pytest.param(nn.Linear(4, 2), floats(2, 3, 2, 4), re.escape("(N, "), id="Linear-4d"),
+    pytest.param(nn.Linear(4, 2), floats(4), re.escape("(N, "), id="Linear-1d"),
+    pytest.param(nn.BatchNorm2d(3), floats(2, 3), NCHW, id="BatchNorm2d-2d"),
+    pytest.param(nn.BatchNorm1d(3), floats(2, 3, 4, 4), re.escape("(N, C)"), id="BatchNorm1d-4d"),
+    pytest.param(nn.MaxPool2d(2), floats(3, 8, 8), NCHW, id="MaxPool2d-3d"),
+    pytest.param(nn.AdaptiveAvgPool2d(1), floats(3, 8, 8), NCHW, id="AdaptiveAvgPool2d-3d"),
+])
+def test_wrong_number_of_dims(layer, x, expected):
+    with raises(ValueError, type(layer).__name__, expected, re.escape(str(x.shape))):
+        layer(x)
+
+
+# --- wrong channel count ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("layer, x, expected", [
+    pytest.param(nn.Conv2d(3, 4, 3), floats(2, 4, 8, 8), "3", id="Conv2d"),
+    pytest.param(nn.Conv2d(1, 4, 3), floats(2, 8, 8, 1), "1", id="Conv2d-channels-last"),
+    pytest.param(nn.BatchNorm2d(3), floats(2, 5, 4, 4), "3", id="BatchNorm2d"),
+    pytest.param(nn.BatchNorm1d(3), floats(2, 5), "3", id="BatchNorm1d-NC"),
+    pytest.param(nn.BatchNorm1d(3), floats(2, 5, 4), "3", id="BatchNorm1d-NCL"),
+    pytest.param(nn.Linear(4, 2), floats(2, 5), "4", id="Linear-in_features"),
+])
+def test_wrong_channel_count(layer, x, expected):
+    with raises(ValueError, type(layer).__name__, rf"\b{expected}\b", re.escape(str(x.shape))):
+        layer(x)
+
+
+# --- spatial size too small for the kernel -----------------------------------------------------------------
+@pytest.mark.parametrize("layer, x", [
+    pytest.param(nn.Conv2d(1, 1, 3), floats(1, 1, 2, 2), id="Conv2d-3x3-on-2x2"),
+    pytest.param(nn.Conv2d(1, 1, (2, 3)), floats(1, 1, 4, 2), id="Conv2d-2x3-on-4x2"),
+    pytest.param(nn.MaxPool2d(3), floats(1, 1, 2, 2), id="MaxPool2d-3-on-2x2"),
+    pytest.param(nn.MaxPool2d(3, stride=1), floats(1, 1, 5, 2), id="MaxPool2d-3-on-5x2"),
+])
+def test_input_smaller_than_kernel(layer, x):
+    h, w = x.shape[2:]
+    with raises(ValueError, type(layer).__name__, f"{h}x{w}", "kernel"):
+        layer(x)
+
+
+def test_padding_makes_a_small_input_big_enough():
+    assert nn.Conv2d(1, 1, 3, padding=1)(floats(1, 1, 2, 2)).shape == (1, 1, 2, 2)
+
+
+# --- integer arrays and non-arrays ------------------------------------------------------------------------
+COMPUTE_LAYERS = [
+    pytest.param(lambda: nn.Conv2d(2, 3, 3, padding=1), (2, 2, 5, 5), id="Conv2d"),
+    pytest.param(lambda: nn.Linear(4, 2), (2, 4), id="Linear"),
+    pytest.param(lambda: nn.BatchNorm1d(4), (2, 4), id="BatchNorm1d"),
+    pytest.param(lambda: nn.BatchNorm2d(2), (2, 2, 5, 5), id="BatchNorm2d"),
+    pytest.param(lambda: nn.GELU(), (2, 4), id="GELU"),
+    pytest.param(lambda: nn.ReLU(), (2, 4), id="ReLU"),
+    pytest.param(lambda: nn.MaxPool2d(2), (2, 2, 4, 4), id="MaxPool2d"),
+    pytest.param(lambda: nn.AdaptiveAvgPool2d(1), (2, 2, 4, 4), id="AdaptiveAvgPool2d"),
+    pytest.param(lambda: nn.Dropout(0.5), (2, 4), id="Dropout"),
+]
+
+
+@pytest.mark.parametrize("dtype", ["int64", "uint8", "bool"])
+@pytest.mark.parametrize("make, shape", COMPUTE_LAYERS)
+def test_integer_array_is_a_type_error_naming_the_dtype(make, shape, dtype):
+    layer = make()
+    with raises(TypeError, type(layer).__name__, dtype, "float"):
+        layer(np.ones(shape, dtype=dtype))
+
+
+@pytest.mark.parametrize("make, shape", COMPUTE_LAYERS + [pytest.param(lambda: nn.Flatten(), (2, 4), id="Flatten")])
+def test_python_list_is_a_type_error(make, shape):
+    layer = make()
+    with raises(TypeError, type(layer).__name__, "numpy array", "list"):
+        layer(np.ones(shape).tolist())
+
+
+def test_cross_entropy_integer_logits_and_list_logits():
+    crit = nn.CrossEntropyLoss()
+    with raises(TypeError, "CrossEntropyLoss", "int64", "logits"):
+        crit(np.ones((2, 3), dtype=np.int64), np.array([0, 1]))
+    with raises(TypeError, "CrossEntropyLoss", "numpy array", "list"):
+        crit([[0.0, 1.0], [1.0, 0.0]], np.array([0, 1]))
+
+
+def test_float32_and_float64_are_accepted():
+    for dtype in (np.float32, np.float64):
+        assert nn.GELU()(np.ones((2, 3), dtype=dtype)).dtype == dtype
+
+
+# --- backward before forward ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("layer", [
+    nn.Conv2d(1, 1, 3), nn.Linear(2, 2), nn.BatchNorm1d(2), nn.BatchNorm2d(2), nn.GELU(), nn.GELU("tanh"),
+    nn.ReLU(), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Dropout(0.5), nn.Dropout(0.0), nn.Flatten(),
+    nn.CrossEntropyLoss(), nn.Sequential(nn.Linear(2, 3), nn.ReLU()),
+], ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_backward_before_forward(layer, mode):
+    layer.train(mode == "train")
+    name = type(layer).__name__ if not isinstance(layer, nn.Sequential) else "ReLU"   # the last layer speaks
+    with raises(RuntimeError, name, "before forward"):
+        layer.backward(np.ones((2, 2))) if not isinstance(layer, nn.CrossEntropyLoss) else layer.backward()
+
+
+def test_backward_before_forward_in_the_seed_model():
+    with raises(RuntimeError, "Linear", "before forward"):
+        build_model().backward(np.ones((2, 10), dtype=np.float32))
+
+
+# --- CrossEntropyLoss targets -----------------------------------------------------------------------------
+@pytest.mark.parametrize("targets, fragments", [
+    pytest.param(np.array([0.0, 1.0, 2.0]), ["integer", "float64"], id="float-targets"),
+    pytest.param(np.array([[0], [1], [2]]), ["integer", re.escape("(3,)"), re.escape("(3, 1)")],
+                 id="column-targets"),
+    pytest.param(np.array([0, 1]), [re.escape("(3,)"), re.escape("(2,)")], id="too-few-targets"),
+    pytest.param(np.array([0, 1, 2, 1]), [re.escape("(3,)"), re.escape("(4,)")], id="too-many-targets"),
+    pytest.param(np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]], dtype=np.int64),
+                 [re.escape("(3,)"), re.escape("(3, 4)")], id="one-hot-int-targets"),
+    pytest.param(np.array([0, 4, 1]), [re.escape("[0, 4)"), r"\b4\b"], id="class-too-large"),
+    pytest.param(np.array([0, -1, 1]), [re.escape("[0, 4)"), "-1"], id="negative-class"),
+])
+def test_cross_entropy_bad_targets(targets, fragments):
+    with raises(ValueError, "CrossEntropyLoss", *fragments):
+        nn.CrossEntropyLoss()(floats(3, 4), targets)
+
+
+def test_cross_entropy_logits_must_be_2d():
+    with raises(ValueError, "CrossEntropyLoss", re.escape("(N, C)"), "logits"):
+        nn.CrossEntropyLoss()(floats(3, 4, 1), np.array([0, 1, 2]))
+
+
+# --- BatchNorm needs more than one value per channel to train --------------------------------------------
+@pytest.mark.parametrize("layer, shape", [
+    pytest.param(nn.BatchNorm1d(3), (1, 3), id="BatchNorm1d-NC-batch1"),
+    pytest.param(nn.BatchNorm1d(3), (1, 3, 1), id="BatchNorm1d-NCL-batch1-L1"),
+    pytest.param(nn.BatchNorm2d(3), (1, 3, 1, 1), id="BatchNorm2d-batch1-1x1"),
+])
+def test_batchnorm_train_with_one_value_per_channel(layer, shape):
+    with raises(ValueError, type(layer).__name__, "more than 1 value per channel", re.escape(str(shape))):
+        layer(floats(*shape))
+    assert int(layer.num_batches_tracked) == 0, "a rejected batch must not count"
+    layer.eval()
+    assert layer(floats(*shape)).shape == shape, "eval mode uses the running statistics: one value is fine"
+
+
+# --- constructor errors ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("make, name, fragments", [
+    pytest.param(lambda: nn.Dropout(p=1.5), "Dropout", ["1.5", r"\[0, 1\]"], id="Dropout-p1.5"),
+    pytest.param(lambda: nn.Dropout(p=-0.1), "Dropout", ["-0.1"], id="Dropout-negative"),
+    pytest.param(lambda: nn.GELU(approximate="x"), "GELU", ["'x'", "'none'", "'tanh'"], id="GELU-approximate"),
+    pytest.param(lambda: nn.Conv2d(0, 4, 3), "Conv2d", ["in=0", ">= 1"], id="Conv2d-0-in-channels"),
+    pytest.param(lambda: nn.Conv2d(3, 0, 3), "Conv2d", ["out=0", ">= 1"], id="Conv2d-0-out-channels"),
+    pytest.param(lambda: nn.Conv2d(3, 4, 0), "Conv2d", ["kernel_size", ">= 1"], id="Conv2d-kernel-0"),
+    pytest.param(lambda: nn.Conv2d(3, 4, 3, stride=0), "Conv2d", ["stride", ">= 1"], id="Conv2d-stride-0"),
+    pytest.param(lambda: nn.Conv2d(3, 4, 3, padding=-1), "Conv2d", ["padding", ">= 0"], id="Conv2d-padding-neg"),
+    pytest.param(lambda: nn.Conv2d(3, 4, (1, 2, 3)), "Conv2d", ["kernel_size", re.escape("(1, 2, 3)")],
+                 id="Conv2d-kernel-3-tuple"),
+    pytest.param(lambda: nn.MaxPool2d(2, padding=2), "MaxPool2d", ["padding", "half"], id="MaxPool2d-pad2-k2"),
+    pytest.param(lambda: nn.MaxPool2d(3, padding=2), "MaxPool2d", ["padding", "half"], id="MaxPool2d-pad2-k3"),
+    pytest.param(lambda: nn.MaxPool2d((2, 4), padding=(2, 1)), "MaxPool2d", ["padding", "half"],
+                 id="MaxPool2d-pad-rect"),
+    pytest.param(lambda: nn.MaxPool2d(2, stride=0), "MaxPool2d", ["stride", ">= 1"], id="MaxPool2d-stride-0"),
+    pytest.param(lambda: nn.Linear(0, 3), "Linear", ["in_features", ">= 1"], id="Linear-0-in"),
+    pytest.param(lambda: nn.CrossEntropyLoss(reduction="avg"), "CrossEntropyLoss", ["'avg'", "'mean'"],
+                 id="CrossEntropyLoss-reduction"),
+])
+def test_constructor_errors(make, name, fragments):
+    with raises(ValueError, name, *fragments):
+        make()
+
+
+def test_maxpool_padding_of_exactly_half_the_kernel_is_allowed():
+    assert nn.MaxPool2d(2, padding=1)(floats(1, 1, 4, 4)).shape == (1, 1, 3, 3)
+
+
+# --- load_state_dict --------------------------------------------------------------------------------------
+def test_load_state_dict_wrong_shape_lists_key_and_both_shapes():
+    layer = nn.Linear(4, 2)
+    before = layer.weight.data.copy()
+    state = layer.state_dict()
+    state["weight"] = np.zeros((3, 4), dtype=np.float32)
+    with raises(ValueError, "Linear", r"\bweight\b", re.escape("(3, 4)"), re.escape("(2, 4)")):
+        layer.load_state_dict(state)
+    np.testing.assert_array_equal(layer.weight.data, before, err_msg="a failed load must change nothing")
+
+
+def test_load_state_dict_missing_key():
+    layer = nn.BatchNorm2d(3)
+    state = layer.state_dict()
+    del state["running_var"]
+    with raises(ValueError, "BatchNorm2d", "missing", "running_var"):
+        layer.load_state_dict(state)
+    layer.load_state_dict(state, strict=False)          # non-strict: what is there is loaded
+
+
+def test_load_state_dict_unexpected_key():
+    layer = nn.Conv2d(1, 2, 3, bias=False)
+    state = layer.state_dict()
+    state["bias"] = np.zeros(2, dtype=np.float32)
+    with raises(ValueError, "Conv2d", "unexpected", r"\bbias\b"):
+        layer.load_state_dict(state)
+
+
+def test_load_state_dict_lists_every_problem_at_once_with_full_key_paths():
+    model = build_model()
+    state = model.state_dict()
+    state["0.0.weight"] = np.zeros((4, 1, 5, 5), dtype=np.float32)     # wrong shape
+    state["13.bias"] = np.zeros(57, dtype=np.float32)                  # wrong shape
+    del state["2.1.num_batches_tracked"]                               # missing
+    state["17.weight"] = np.zeros(3, dtype=np.float32)                 # unexpected
+    with raises(ValueError, "Sequential",
+                re.escape("0.0.weight"), re.escape("(4, 1, 5, 5)"), re.escape("(4, 1, 3, 3)"),
+                re.escape("13.bias"), re.escape("(57,)"), re.escape("(56,)"),
+                "missing", re.escape("2.1.num_batches_tracked"),
+                "unexpected", re.escape("17.weight")):
+        model.load_state_dict(state)

@@ -1,0 +1,418 @@
+"""Every layer against PyTorch, in float64, to 1e-10: outputs, input gradients, parameter gradients and
+running statistics, with the parameters copied over through ``state_dict`` (which also proves our keys
+are PyTorch's: the loads are strict).
+
+A layer is built by the same call on both namespaces, ``build(nn)`` with ``nn`` either ``nanotorch.nn``
+or ``torch.nn``: same names, same arguments, same defaults.
+"""
+import zlib
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import nanotorch  # noqa: E402
+from nanotorch import nn as nt_nn  # noqa: E402
+from mnist.model import build_model  # noqa: E402
+
+TOL = dict(rtol=1e-10, atol=1e-10)
+MODES = ("train", "eval")
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+def close(ours, theirs, what):
+    theirs = theirs.detach().numpy() if isinstance(theirs, torch.Tensor) else np.asarray(theirs)
+    assert np.shape(ours) == theirs.shape, f"{what}: shape {np.shape(ours)} vs torch {theirs.shape}"
+    np.testing.assert_allclose(ours, theirs, **TOL, err_msg=what)
+
+
+def torch_state(ours):
+    return {k: torch.from_numpy(v) for k, v in ours.state_dict().items()}
+
+
+def randomize_batchnorm(model, rng):
+    """Non-trivial affine parameters and running statistics, so that eval mode is not near the identity."""
+    for m in model.modules():
+        if isinstance(m, (nt_nn.BatchNorm1d, nt_nn.BatchNorm2d)):
+            c = m.num_features
+            m.running_mean[...] = rng.standard_normal(c)
+            m.running_var[...] = rng.uniform(0.5, 2.0, c)
+            if m.affine:
+                m.weight.data[...] = rng.uniform(0.5, 1.5, c) * rng.choice([-1.0, 1.0], c)
+                m.bias.data[...] = rng.standard_normal(c)
+
+
+def make_pair(build, rng, seed=0):
+    """(ours, theirs): ours in float64 with random parameters, theirs loaded from ours' state_dict."""
+    nanotorch.manual_seed(seed)
+    ours = build(nt_nn).double()
+    randomize_batchnorm(ours, rng)
+    theirs = build(torch.nn).double()
+    theirs.load_state_dict(torch_state(ours))          # strict: same keys, same shapes
+    return ours, theirs
+
+
+def set_mode(mode, *modules):
+    for m in modules:
+        m.train(mode == "train")
+
+
+def compare_state(ours, theirs, when):
+    ours_sd, theirs_sd = ours.state_dict(), theirs.state_dict()
+    assert list(ours_sd) == list(theirs_sd), f"state_dict keys/order differ {when}"
+    for k in ours_sd:
+        if k.endswith("num_batches_tracked"):
+            assert int(ours_sd[k]) == int(theirs_sd[k]), f"{k} {when}: {int(ours_sd[k])} vs {int(theirs_sd[k])}"
+        else:
+            close(ours_sd[k], theirs_sd[k], f"{k} {when}")
+
+
+def compare_grads(ours, theirs):
+    ours_p, theirs_p = dict(ours.named_parameters()), dict(theirs.named_parameters())
+    assert list(ours_p) == list(theirs_p)
+    for name, p in ours_p.items():
+        assert p.grad is not None, f"{name}.grad is None after backward"
+        close(p.grad, theirs_p[name].grad, f"grad of {name}")
+
+
+def run_and_compare(ours, theirs, inputs, upstream):
+    """Forward every input (both sides), compare outputs and state after each; backward the last."""
+    for i, x in enumerate(inputs):
+        x_before = x.copy()
+        out = ours(x)
+        xt = torch.from_numpy(x.copy()).requires_grad_(True)
+        out_t = theirs(xt)
+        assert out.dtype == np.float64
+        close(out, out_t, f"output of forward {i}")
+        compare_state(ours, theirs, f"after forward {i}")
+        np.testing.assert_array_equal(x, x_before, err_msg="forward modified its input")
+    g = upstream(out.shape)
+    g_before = g.copy()
+    dx = ours.backward(g)
+    out_t.backward(torch.from_numpy(g_before.copy()))
+    close(dx, xt.grad, "grad_input")
+    compare_grads(ours, theirs)
+    np.testing.assert_array_equal(g, g_before, err_msg="backward modified its upstream gradient")
+
+
+# --- the layers -----------------------------------------------------------------------------------------
+# (id, build(nn), input shape, modes)
+LAYER_CASES = [
+    # Conv2d: kernel 1, 3, (2, 3); padding 0 and 1; stride 1 and 2; batch 1 and 3; one channel; 7x7 and 5x8
+    ("conv-k1-1ch-b1-7x7", lambda nn: nn.Conv2d(1, 1, 1), (1, 1, 7, 7), MODES),
+    ("conv-k1-s2-p1-5x8", lambda nn: nn.Conv2d(3, 2, 1, stride=2, padding=1), (3, 3, 5, 8), MODES),
+    ("conv-k3-p1-b3-7x7", lambda nn: nn.Conv2d(3, 4, 3, padding=1), (3, 3, 7, 7), MODES),
+    ("conv-k3-p0-b3-5x8", lambda nn: nn.Conv2d(3, 4, 3), (3, 3, 5, 8), MODES),
+    ("conv-k3-s2-p1-7x7", lambda nn: nn.Conv2d(2, 5, 3, stride=2, padding=1), (3, 2, 7, 7), MODES),
+    ("conv-k3-s2-p0-1ch-b1-5x8", lambda nn: nn.Conv2d(1, 2, 3, stride=2), (1, 1, 5, 8), MODES),
+    ("conv-k3-p1-to1ch-b1-5x8", lambda nn: nn.Conv2d(4, 1, 3, padding=1), (1, 4, 5, 8), MODES),
+    ("conv-k3-p0-input3x3", lambda nn: nn.Conv2d(2, 3, 3), (3, 2, 3, 3), MODES),
+    ("conv-k2x3-s2-p1-5x8", lambda nn: nn.Conv2d(2, 3, (2, 3), stride=2, padding=1), (3, 2, 5, 8), MODES),
+    ("conv-k2x3-p0-nobias-b1-7x7", lambda nn: nn.Conv2d(2, 3, (2, 3), bias=False), (1, 2, 7, 7), MODES),
+    ("conv-k3-p1-nobias-1ch", lambda nn: nn.Conv2d(1, 4, 3, padding=1, bias=False), (3, 1, 7, 7), MODES),
+    # MaxPool2d: ceil_mode, padding 1, stride != kernel, overlapping windows
+    ("maxpool-2-floor-7x7", lambda nn: nn.MaxPool2d(2), (3, 2, 7, 7), MODES),
+    ("maxpool-2-ceil-7x7", lambda nn: nn.MaxPool2d(2, ceil_mode=True), (3, 2, 7, 7), MODES),
+    ("maxpool-2-ceil-5x8", lambda nn: nn.MaxPool2d(2, ceil_mode=True), (1, 1, 5, 8), MODES),
+    ("maxpool-3-ceil-7x7", lambda nn: nn.MaxPool2d(3, ceil_mode=True), (3, 2, 7, 7), MODES),
+    ("maxpool-3-ceil-2x2", lambda nn: nn.MaxPool2d(3, ceil_mode=True), (1, 1, 2, 2), MODES),
+    ("maxpool-3-s2-p1-7x7", lambda nn: nn.MaxPool2d(3, stride=2, padding=1), (1, 1, 7, 7), MODES),
+    ("maxpool-3-s2-p1-ceil-5x8", lambda nn: nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True), (3, 1, 5, 8),
+     MODES),
+    ("maxpool-2-s1-overlap-5x8", lambda nn: nn.MaxPool2d(2, stride=1), (1, 3, 5, 8), MODES),
+    ("maxpool-2x3-s1x2-p1-5x8", lambda nn: nn.MaxPool2d((2, 3), stride=(1, 2), padding=1), (3, 2, 5, 8), MODES),
+    ("maxpool-2x3-s3-p1-ceil-7x7", lambda nn: nn.MaxPool2d((2, 3), stride=3, padding=1, ceil_mode=True),
+     (3, 2, 7, 7), MODES),
+    # AdaptiveAvgPool2d
+    ("adaptiveavg-1-5x8", lambda nn: nn.AdaptiveAvgPool2d(1), (3, 2, 5, 8), MODES),
+    ("adaptiveavg-1-7x7-b1", lambda nn: nn.AdaptiveAvgPool2d(1), (1, 1, 7, 7), MODES),
+    ("adaptiveavg-2x3-5x8", lambda nn: nn.AdaptiveAvgPool2d((2, 3)), (3, 2, 5, 8), MODES),
+    ("adaptiveavg-3-7x7", lambda nn: nn.AdaptiveAvgPool2d(3), (1, 2, 7, 7), MODES),
+    ("adaptiveavg-4x6-bigger-than-2x3", lambda nn: nn.AdaptiveAvgPool2d((4, 6)), (3, 1, 2, 3), MODES),
+    # activations
+    ("gelu-none", lambda nn: nn.GELU(), (3, 2, 5, 8), MODES),
+    ("gelu-tanh", lambda nn: nn.GELU(approximate="tanh"), (3, 2, 5, 8), MODES),
+    ("gelu-none-2d", lambda nn: nn.GELU(), (1, 7), MODES),
+    ("relu", lambda nn: nn.ReLU(), (3, 2, 5, 8), MODES),
+    ("relu-2d", lambda nn: nn.ReLU(), (1, 7), MODES),
+    # Linear
+    ("linear-bias-b3", lambda nn: nn.Linear(5, 3), (3, 5), MODES),
+    ("linear-bias-b1", lambda nn: nn.Linear(5, 3), (1, 5), MODES),
+    ("linear-nobias-b3", lambda nn: nn.Linear(5, 3, bias=False), (3, 5), MODES),
+    ("linear-nobias-b1", lambda nn: nn.Linear(7, 2, bias=False), (1, 7), MODES),
+    ("linear-1to1", lambda nn: nn.Linear(1, 1), (3, 1), MODES),
+    # BatchNorm1d on (N, C) and (N, C, L); BatchNorm2d
+    ("bn1d-NC-b3", lambda nn: nn.BatchNorm1d(4), (3, 4), MODES),
+    ("bn1d-NC-b2", lambda nn: nn.BatchNorm1d(4), (2, 4), MODES),
+    ("bn1d-NC-b1-eval", lambda nn: nn.BatchNorm1d(4), (1, 4), ("eval",)),
+    ("bn1d-NCL-b3", lambda nn: nn.BatchNorm1d(4), (3, 4, 5), MODES),
+    ("bn1d-NCL-b1", lambda nn: nn.BatchNorm1d(1), (1, 1, 5), MODES),
+    ("bn1d-NC-momentum-None", lambda nn: nn.BatchNorm1d(3, momentum=None), (3, 3), MODES),
+    ("bn1d-NCL-noaffine", lambda nn: nn.BatchNorm1d(3, affine=False), (3, 3, 4), MODES),
+    ("bn2d-b3-7x7", lambda nn: nn.BatchNorm2d(3), (3, 3, 7, 7), MODES),
+    ("bn2d-1ch-b1-5x8", lambda nn: nn.BatchNorm2d(1), (1, 1, 5, 8), MODES),
+    ("bn2d-b1-1x1-eval", lambda nn: nn.BatchNorm2d(2), (1, 2, 1, 1), ("eval",)),
+    ("bn2d-eps-momentum", lambda nn: nn.BatchNorm2d(2, eps=1e-3, momentum=0.3), (3, 2, 5, 8), MODES),
+    ("bn2d-momentum-None", lambda nn: nn.BatchNorm2d(2, momentum=None), (3, 2, 5, 8), MODES),
+    ("bn2d-noaffine", lambda nn: nn.BatchNorm2d(2, affine=False), (3, 2, 5, 8), MODES),
+    # Flatten
+    ("flatten", lambda nn: nn.Flatten(), (3, 2, 5, 8), MODES),
+    ("flatten-b1-1ch", lambda nn: nn.Flatten(), (1, 1, 7, 7), MODES),
+    ("flatten-start2", lambda nn: nn.Flatten(2), (3, 2, 5, 8), MODES),
+    ("flatten-1to2", lambda nn: nn.Flatten(1, 2), (3, 2, 5, 8), MODES),
+    # Dropout: identity in eval and with p=0; p=1 zeroes everything in training
+    ("dropout-0.15-eval", lambda nn: nn.Dropout(0.15), (3, 2, 5, 8), ("eval",)),
+    ("dropout-default-eval", lambda nn: nn.Dropout(), (3, 7), ("eval",)),
+    ("dropout-p0", lambda nn: nn.Dropout(0.0), (3, 2, 5, 8), MODES),
+    ("dropout-p1-train", lambda nn: nn.Dropout(1.0), (3, 7), ("train",)),
+    # small stacks: the chain rule through Sequential, keys "0.weight", "1.running_mean", ...
+    ("seq-conv-bn-relu-pool", lambda nn: nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3),
+                                                        nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True)),
+     (3, 2, 7, 7), MODES),
+    ("seq-linear-bn1d-gelu", lambda nn: nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.GELU("tanh"),
+                                                       nn.Linear(4, 2, bias=False)), (3, 6), MODES),
+]
+
+LAYER_PARAMS = [pytest.param(name, build, shape, mode, id=f"{name}-{mode}")
+                for name, build, shape, modes in LAYER_CASES for mode in modes]
+
+
+@pytest.mark.parametrize("name, build, shape, mode", LAYER_PARAMS)
+def test_layer_matches_torch(name, build, shape, mode):
+    """Three forwards (running statistics compared after each), then a backward of the last."""
+    rng = np.random.default_rng(zlib.crc32(f"{name}-{mode}".encode()))
+    ours, theirs = make_pair(build, rng)
+    set_mode(mode, ours, theirs)
+    inputs = [rng.standard_normal(shape) * 2.0 + 0.5 for _ in range(3)]
+    run_and_compare(ours, theirs, inputs, rng.standard_normal)
+
+
+# Ties (max pooling picks the first maximum in scan order, ReLU's derivative at 0 is 0) and extremes.
+SPECIAL_INPUT_CASES = [
+    ("maxpool-ties-3-s1-p1", lambda nn: nn.MaxPool2d(3, stride=1, padding=1), lambda r, s: r.integers(0, 3, s)),
+    ("maxpool-ties-2-ceil", lambda nn: nn.MaxPool2d(2, ceil_mode=True), lambda r, s: r.integers(0, 2, s)),
+    ("maxpool-all-zero", lambda nn: nn.MaxPool2d(3, stride=2, padding=1), lambda r, s: np.zeros(s)),
+    ("maxpool-all-negative-padded", lambda nn: nn.MaxPool2d(3, stride=2, padding=1),
+     lambda r, s: -1.0 - r.random(s)),
+    ("relu-exact-zeros", lambda nn: nn.ReLU(), lambda r, s: r.integers(-1, 2, s)),
+    ("gelu-none-extremes", lambda nn: nn.GELU(), lambda r, s: r.standard_normal(s) * 12.0),
+    ("gelu-tanh-extremes", lambda nn: nn.GELU("tanh"), lambda r, s: r.standard_normal(s) * 12.0),
+    ("gelu-none-zeros", lambda nn: nn.GELU(), lambda r, s: np.zeros(s)),
+    ("bn2d-constant-channel", lambda nn: nn.BatchNorm2d(2), lambda r, s: np.full(s, 3.0)),
+]
+
+
+@pytest.mark.parametrize("build, make_input", [pytest.param(b, f, id=i) for i, b, f in SPECIAL_INPUT_CASES])
+@pytest.mark.parametrize("mode", MODES)
+def test_special_inputs_match_torch(build, make_input, mode):
+    rng = np.random.default_rng(1)
+    ours, theirs = make_pair(build, rng)
+    set_mode(mode, ours, theirs)
+    x = make_input(rng, (3, 2, 7, 7)).astype(np.float64)
+    run_and_compare(ours, theirs, [x], rng.standard_normal)
+
+
+# Arrays that are not C-contiguous (a transposed view, a reversed slice, Fortran order) are ordinary
+# NumPy arrays and PyTorch takes the equivalent strided tensors; the results must not depend on layout.
+STRIDED_LAYERS = [
+    ("conv", lambda nn: nn.Conv2d(2, 3, 3, stride=2, padding=1)),
+    ("maxpool", lambda nn: nn.MaxPool2d(2, ceil_mode=True)),
+    ("adaptiveavg", lambda nn: nn.AdaptiveAvgPool2d((2, 3))),
+    ("bn2d", lambda nn: nn.BatchNorm2d(2)),
+    ("gelu-none", lambda nn: nn.GELU()),
+    ("gelu-tanh", lambda nn: nn.GELU("tanh")),
+    ("relu", lambda nn: nn.ReLU()),
+    ("flatten", lambda nn: nn.Flatten()),
+    ("dropout-p0", lambda nn: nn.Dropout(0.0)),
+]
+LAYOUTS = {
+    "transposed": lambda a: np.ascontiguousarray(np.swapaxes(a, -1, -2)).swapaxes(-1, -2),
+    "reversed": lambda a: np.ascontiguousarray(a[..., ::-1])[..., ::-1],
+    "fortran": np.asfortranarray,
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("build", [pytest.param(b, id=i) for i, b in STRIDED_LAYERS])
+def test_non_contiguous_arrays_match_torch(build, layout):
+    rng = np.random.default_rng(2)
+    ours, theirs = make_pair(build, rng)
+    set_mode("train", ours, theirs)
+    x = LAYOUTS[layout](rng.standard_normal((3, 2, 5, 8)))
+    assert not x.flags.c_contiguous
+    run_and_compare(ours, theirs, [x], lambda shape: LAYOUTS[layout](rng.standard_normal(shape)))
+
+
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda nn: nn.ReLU(), id="relu"),
+    pytest.param(lambda nn: nn.GELU(), id="gelu"),
+    pytest.param(lambda nn: nn.MaxPool2d(2), id="maxpool"),
+    pytest.param(lambda nn: nn.Conv2d(2, 2, 3, padding=1), id="conv"),
+])
+def test_nan_propagates_like_torch(build):
+    """A NaN must reach the output (that is how a diverged run is noticed), as in PyTorch."""
+    rng = np.random.default_rng(3)
+    ours, theirs = make_pair(build, rng)
+    x = rng.standard_normal((1, 2, 4, 4))
+    x[0, 0, 1, 1] = np.nan
+    out, out_t = ours(x), theirs(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(out_t), err_msg="where the output is NaN")
+    # and the gradients (NaN where torch's are NaN: assert_allclose compares NaN positions)
+    ours, theirs = make_pair(build, rng)
+    run_and_compare(ours, theirs, [x], rng.standard_normal)
+
+
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda nn: nn.Conv2d(2, 3, 3, padding=1), id="conv"),
+    pytest.param(lambda nn: nn.Linear(4, 3), id="linear"),
+    pytest.param(lambda nn: nn.BatchNorm2d(2), id="bn2d"),
+])
+def test_parameter_grads_accumulate_like_torch(build):
+    """Two forward/backward passes without zero_grad: the gradients add up, as in PyTorch."""
+    rng = np.random.default_rng(4)
+    ours, theirs = make_pair(build, rng)
+    shape = (3, 4) if isinstance(ours, nt_nn.Linear) else (3, 2, 5, 8)
+    for _ in range(2):
+        x = rng.standard_normal(shape)
+        g = rng.standard_normal(ours(x).shape)
+        ours.backward(g)
+        theirs(torch.from_numpy(x)).backward(torch.from_numpy(g))
+    compare_grads(ours, theirs)
+    ours.zero_grad()
+    assert all(p.grad is None for p in ours.parameters())
+
+
+# --- CrossEntropyLoss -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("n, k, scale, grad_out", [
+    pytest.param(1, 10, 1.0, 1.0, id="b1-k10"),
+    pytest.param(3, 10, 3.0, 1.0, id="b3-k10"),
+    pytest.param(4, 1, 1.0, 1.0, id="b4-k1"),
+    pytest.param(5, 3, 300.0, 1.0, id="b5-k3-huge-logits"),
+    pytest.param(3, 4, 1.0, 2.5, id="b3-k4-grad_out-2.5"),
+])
+def test_cross_entropy_matches_torch(reduction, n, k, scale, grad_out):
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((n, k)) * scale
+    targets = rng.integers(0, k, n)
+    crit, crit_t = nt_nn.CrossEntropyLoss(reduction=reduction), torch.nn.CrossEntropyLoss(reduction=reduction)
+    loss = crit(logits, targets)
+    zt = torch.from_numpy(logits.copy()).requires_grad_(True)
+    loss_t = crit_t(zt, torch.from_numpy(targets))
+    assert np.ndim(loss) == 0
+    close(loss, loss_t, "loss")
+    grad = crit.backward(grad_out) if grad_out != 1.0 else crit.backward()
+    loss_t.backward(torch.tensor(grad_out, dtype=torch.float64))
+    close(grad, zt.grad, "d loss / d logits")
+
+
+# --- the seed model ---------------------------------------------------------------------------------------
+def torch_seed_model():
+    tnn = torch.nn
+
+    def block(cin, cout):
+        return tnn.Sequential(tnn.Conv2d(cin, cout, 3, padding=1, bias=False), tnn.BatchNorm2d(cout), tnn.GELU())
+
+    return tnn.Sequential(
+        block(1, 4), block(4, 8), block(8, 12), block(12, 16), tnn.MaxPool2d(2),
+        block(16, 20), tnn.MaxPool2d(2),
+        block(20, 24), tnn.MaxPool2d(2, ceil_mode=True),
+        block(24, 28), tnn.MaxPool2d(2),
+        tnn.AdaptiveAvgPool2d(1), tnn.Flatten(),
+        tnn.Linear(28, 56), tnn.GELU(), tnn.Dropout(0.15), tnn.Linear(56, 10),
+    )
+
+
+def seed_pair():
+    rng = np.random.default_rng(6)
+    nanotorch.manual_seed(6)
+    ours = build_model().double()
+    randomize_batchnorm(ours, rng)
+    theirs = torch_seed_model().double()
+    theirs.load_state_dict(torch_state(ours))           # strict: every key and shape matches
+    x = rng.standard_normal((4, 1, 28, 28))
+    targets = rng.integers(0, 10, 4)
+    return ours, theirs, x, targets, rng
+
+
+def test_seed_model_state_dict_keys_are_torchs():
+    ours, theirs, *_ = seed_pair()
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for k, v in theirs.state_dict().items():
+        assert ours.state_dict()[k].shape == tuple(v.shape), k
+    # and back: torch's (untouched, differently initialised) weights load into ours
+    fresh = torch_seed_model().double()
+    ours.load_state_dict({k: v.numpy() for k, v in fresh.state_dict().items()})
+    compare_state(ours, fresh, "after loading torch's state_dict into ours")
+
+
+def test_seed_model_eval_matches_torch():
+    ours, theirs, x, _, _ = seed_pair()
+    set_mode("eval", ours, theirs)
+    close(ours(x), theirs(torch.from_numpy(x)), "seed model output (eval)")
+    compare_state(ours, theirs, "after eval forward")
+
+
+def test_seed_model_train_loss_and_grads_match_torch():
+    ours, theirs, x, targets, _ = seed_pair()
+    set_mode("train", ours, theirs)
+    for m in list(ours.modules()) + list(theirs.modules()):
+        if isinstance(m, (nt_nn.Dropout, torch.nn.Dropout)):
+            m.p = 0.0
+    crit, crit_t = nt_nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
+
+    logits = ours(x)
+    loss = crit(logits, targets)
+    dx = ours.backward(crit.backward())
+
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    logits_t = theirs(xt)
+    loss_t = crit_t(logits_t, torch.from_numpy(targets))
+    loss_t.backward()
+
+    close(logits, logits_t, "seed model logits (train)")
+    close(loss, loss_t, "seed model loss")
+    compare_state(ours, theirs, "after train forward")      # running stats of all seven BatchNorms
+    close(dx, xt.grad, "seed model grad_input")
+    compare_grads(ours, theirs)
+
+
+def test_seed_model_several_train_forwards_then_eval():
+    """Running statistics after three training batches, then the eval output they produce."""
+    ours, theirs, x, _, rng = seed_pair()
+    set_mode("train", ours, theirs)
+    for i in range(3):
+        xi = rng.standard_normal((3, 1, 28, 28)) * 1.5 + 0.2
+        ours(xi)
+        with torch.no_grad():
+            theirs(torch.from_numpy(xi))
+        compare_state(ours, theirs, f"after train forward {i}")
+    set_mode("eval", ours, theirs)
+    with torch.no_grad():
+        close(ours(x), theirs(torch.from_numpy(x)), "eval output after training forwards")
+
+
+# --- default initialisation -------------------------------------------------------------------------------
+@pytest.mark.parametrize("build, fan_in", [
+    pytest.param(lambda nn: nn.Conv2d(16, 32, 3), 16 * 9, id="conv-16-32-k3"),
+    pytest.param(lambda nn: nn.Conv2d(1, 400, (2, 3)), 6, id="conv-1-400-k2x3"),
+    pytest.param(lambda nn: nn.Linear(28, 56), 28, id="linear-28-56"),
+    pytest.param(lambda nn: nn.Linear(300, 40), 300, id="linear-300-40"),
+    pytest.param(lambda nn: nn.Linear(1, 2000), 1, id="linear-1-2000"),
+])
+def test_default_init_is_uniform_within_one_over_sqrt_fan_in(build, fan_in):
+    bound = 1.0 / np.sqrt(fan_in)
+    nanotorch.manual_seed(7)
+    torch.manual_seed(7)
+    for layer, lib in ((build(nt_nn), "nanotorch"), (build(torch.nn), "torch")):
+        w = layer.weight.data if lib == "nanotorch" else layer.weight.detach().numpy()
+        assert w.dtype == np.float32, f"{lib}: default dtype {w.dtype}"
+        assert np.abs(w).max() <= bound * (1 + 1e-6), f"{lib}: weight beyond the bound {bound}"
+        assert w.max() > 0.97 * bound and w.min() < -0.97 * bound, f"{lib}: weight does not fill +-{bound}"
+        # U(-b, b): mean 0, std b / sqrt(3)
+        assert abs(w.mean()) < 0.1 * bound, lib
+        assert abs(w.std() / (bound / np.sqrt(3)) - 1) < 0.1, f"{lib}: std {w.std()}"
+        b = layer.bias.data if lib == "nanotorch" else layer.bias.detach().numpy()
+        assert np.abs(b).max() <= bound * (1 + 1e-6), f"{lib}: bias beyond the bound {bound}"
+        assert np.unique(b).size == b.size, f"{lib}: bias is not random"
