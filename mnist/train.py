@@ -91,6 +91,23 @@ def parse_args(argv=None):
     return args
 
 
+def train_step(model, criterion, optimizer, scheduler, x, y, clip):
+    """One step of the recipe on a batch: x (N, 1, 28, 28) float32, y (N,) int64.
+
+    Returns (loss, logits, grad_norm); raises TrainingDiverged before any update if the loss is not finite.
+    """
+    logits = model(x)
+    loss = float(criterion(logits, y))
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"the loss became {loss}")
+    optimizer.zero_grad()
+    model.backward(criterion.backward())
+    grad_norm = float(clip_grad_norm_(optimizer.param_groups[0]["params"], clip)) if clip > 0 else float("nan")
+    optimizer.step()
+    scheduler.step()
+    return loss, logits, grad_norm
+
+
 def write_json_atomic(path, obj):
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
     with os.fdopen(fd, "w") as f:
@@ -172,30 +189,25 @@ def train(args):
             started = time.perf_counter()
             for images, labels in iterate_batches(train_x, train_y, args.batch_size, args.seed, epoch,
                                                   start_batch=step % steps_per_epoch):
-                x, y = normalize(images), labels.astype(np.int64)
-                logits = model(x)
-                loss = criterion(logits, y)
-                if not math.isfinite(loss):
+                try:
+                    loss, logits, grad_norm = train_step(model, criterion, optimizer, scheduler,
+                                                         normalize(images), labels.astype(np.int64), args.clip)
+                except TrainingDiverged as e:
                     log.close()
                     raise TrainingDiverged(
-                        f"the loss became {loss} at step {step + 1}. Training stopped; the last good checkpoint "
-                        f"(saved every {args.checkpoint_every} steps) is {run_dir}/checkpoint.npz. "
-                        "Try a lower --max-lr, or keep --clip on.")
-                optimizer.zero_grad()
-                model.backward(criterion.backward())
-                grad_norm = clip_grad_norm_(params, args.clip) if args.clip > 0 else float("nan")
-                optimizer.step()
-                scheduler.step()
+                        f"{e} at step {step + 1}. Training stopped; the last good checkpoint (saved every "
+                        f"{args.checkpoint_every} steps) is {run_dir}/checkpoint.npz. Try a lower --max-lr, "
+                        "or keep --clip on.") from None
                 step += 1
                 bar.update(1)
 
-                window_loss += float(loss) * len(y)
-                window_correct += int((logits.argmax(axis=1) == y).sum())
-                window_seen += len(y)
+                window_loss += loss * len(labels)
+                window_correct += int((logits.argmax(axis=1) == labels).sum())
+                window_seen += len(labels)
                 if step % args.log_every == 0 or step == total_steps:
                     group = optimizer.param_groups[0]
                     loss_avg, acc = window_loss / window_seen, window_correct / window_seen
-                    log.write(step, epoch + 1, loss_avg, acc, group["lr"], group["momentum"], float(grad_norm))
+                    log.write(step, epoch + 1, loss_avg, acc, group["lr"], group["momentum"], grad_norm)
                     history.append((step, loss_avg, acc))
                     rate = bar.format_dict["rate"] or 0.0
                     bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{acc:.3f}", lr=f"{group['lr']:.4f}",
