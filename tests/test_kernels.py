@@ -1,0 +1,76 @@
+"""Each Numba kernel equals its plain-NumPy reference (nanotorch/kernels)."""
+import numpy as np
+import pytest
+
+from nanotorch import kernels as K
+from nanotorch.nn.pooling import pool_output_size
+
+rng = np.random.default_rng(0)
+
+# (N, C, H, W, kh, kw, sh, sw, ph, pw)
+CONV_SHAPES = [(2, 3, 7, 7, 3, 3, 1, 1, 1, 1), (1, 1, 5, 8, 3, 3, 1, 1, 0, 0), (3, 2, 7, 7, 3, 3, 2, 2, 1, 1),
+               (2, 4, 5, 8, 2, 3, 2, 1, 0, 1), (4, 16, 28, 28, 3, 3, 1, 1, 1, 1), (2, 3, 6, 6, 1, 1, 1, 1, 0, 0)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", CONV_SHAPES)
+def test_im2col_and_col2im_equal_reference(shape, dtype):
+    n, c, h, w, kh, kw, sh, sw, ph, pw = shape
+    oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    cols = K.im2col(x, kh, kw, sh, sw, ph, pw, oh, ow)
+    np.testing.assert_array_equal(cols, K.im2col_reference(x, kh, kw, sh, sw, ph, pw, oh, ow))
+    d = rng.standard_normal(cols.shape).astype(dtype)
+    np.testing.assert_allclose(K.col2im(d, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow),
+                               K.col2im_reference(d, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow), rtol=1e-5, atol=1e-5)
+
+
+def test_col2im_is_the_adjoint_of_im2col():
+    """<im2col(x), d> == <x, col2im(d)>: the defining property of the gradient of a copy."""
+    x = rng.standard_normal((2, 3, 7, 7))
+    cols = K.im2col(x, 3, 3, 2, 2, 1, 1, 4, 4)
+    d = rng.standard_normal(cols.shape)
+    assert np.isclose(np.sum(cols * d), np.sum(x * K.col2im(d, 3, 7, 7, 3, 3, 2, 2, 1, 1, 4, 4)), rtol=1e-12)
+
+
+# (N, C, H, W, k, s, p, ceil)
+POOL_SHAPES = [(2, 3, 7, 7, 2, 2, 0, True), (2, 3, 7, 7, 2, 2, 0, False), (1, 1, 5, 8, 3, 2, 1, False),
+               (2, 2, 5, 8, 3, 2, 0, True), (4, 16, 28, 28, 2, 2, 0, False), (1, 2, 4, 4, 3, 1, 1, True)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", POOL_SHAPES)
+def test_maxpool_equals_reference(shape, dtype):
+    n, c, h, w, k, s, p, ceil = shape
+    oh, ow = pool_output_size(h, k, s, p, ceil), pool_output_size(w, k, s, p, ceil)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    out, arg = K.maxpool2d_forward(x, k, k, s, s, p, p, oh, ow)
+    ref_out, ref_arg = K.maxpool2d_forward_reference(x, k, k, s, s, p, p, oh, ow)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(arg, ref_arg)
+    d = rng.standard_normal(out.shape).astype(dtype)
+    np.testing.assert_allclose(K.maxpool2d_backward(d, arg, h, w), K.maxpool2d_backward_reference(d, arg, h, w),
+                               rtol=1e-6)
+
+
+def test_maxpool_ties_pick_the_first_like_pytorch():
+    x = np.zeros((1, 1, 2, 2))
+    out, arg = K.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0, 1, 1)
+    assert arg[0, 0, 0, 0] == 0 and out[0, 0, 0, 0] == 0
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_float64_equals_reference(approximate):
+    x = rng.standard_normal((3, 4, 5)) * 4
+    for got, want in zip(K.gelu_forward(x, approximate), K.gelu_forward_reference(x, approximate)):
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-14)
+
+
+def test_gelu_float32_vectorised_erf_is_float32_accurate():
+    """float32 uses a vectorised erf: within 2.5e-7 (about one float32 rounding) of the exact value."""
+    x = np.concatenate([np.linspace(-12, 12, 200_001), rng.standard_normal(10_000) * 3]).astype(np.float32)
+    y, d = K.gelu_forward(x)
+    y_ref, d_ref = K.gelu_forward_reference(x.astype(np.float64))
+    assert y.dtype == d.dtype == np.float32
+    assert np.max(np.abs(y - y_ref) / np.maximum(1, np.abs(x))) < 2.5e-7
+    assert np.max(np.abs(d - d_ref)) < 2.5e-7

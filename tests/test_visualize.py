@@ -1,0 +1,169 @@
+"""Tests for mnist.visualize: every picture is a valid PNG of the size its figure promises.
+
+The pictures run on a tiny run directory (an untrained seed network saved with save_model and a
+small synthetic log.csv). visualize_run runs once on a small synthetic test set (load_mnist
+patched) and once on the first 500 real test images when NANOTORCH_DATA is set.
+"""
+import math
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from mnist import data, visualize
+from mnist.checkpoint import save_model
+from mnist.model import build_model
+from mnist.summary import summarize
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ALL_PICTURES = ["architecture.png", "parameters.png", "filters.png", "training_curves.png",
+                "feature_maps.png", "confusion_matrix.png", "misclassified.png"]
+
+
+def png_size(path):
+    """(width, height) from the IHDR chunk, after checking the PNG signature."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    length, kind = struct.unpack(">I4s", head[8:16])
+    assert kind == b"IHDR" and length == 13
+    return struct.unpack(">II", head[16:24])
+
+
+def expected(figsize):
+    """Pixels of a figure saved at visualize.DPI: matplotlib truncates (with a 1e-8 tolerance)."""
+    return tuple(int(inches * visualize.DPI + 1e-8) for inches in figsize)
+
+
+def write_log(path, steps=60, steps_per_epoch=20):
+    """A log.csv like mnist.train's: loss falling, running accuracy rising, a one-cycle schedule."""
+    rng = np.random.default_rng(0)
+    lines = ["step,epoch,loss,accuracy,lr,momentum"]
+    for s in range(1, steps + 1):
+        up = min(s / (0.3 * steps), 1.0)
+        lr = 0.1 * up if up < 1 else 0.1 * (1 + math.cos(math.pi * (s - 0.3 * steps) / (0.7 * steps))) / 2
+        loss = 2.3 * math.exp(-s / 15) + 0.1 + 0.05 * rng.random()
+        lines.append(f"{s},{s / steps_per_epoch:.4f},{loss:.5f},{1 - 0.9 * math.exp(-s / 20):.5f},"
+                     f"{lr:.6g},{0.95 - 0.1 * lr / 0.1:.6g}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def digit(value=7, seed=0):
+    """A 28x28 uint8 picture with a bright stroke: enough to light up the feature maps."""
+    img = np.zeros((28, 28), np.uint8)
+    img[6:8, 8:21] = 255
+    img[8:23, 17 - np.arange(15) // 3 + value % 3, ] = 220
+    noise = np.random.default_rng(seed).integers(0, 30, (28, 28))
+    return np.clip(img.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("run")
+    save_model(d / "model.npz", build_model())
+    write_log(d / "log.csv")
+    return d
+
+
+@pytest.fixture(scope="module")
+def model(run_dir):
+    from mnist.checkpoint import load_model
+    return load_model(str(run_dir / "model.npz"))
+
+
+def test_architecture(model, tmp_path):
+    path = visualize.plot_architecture(model, str(tmp_path / "a.png"))
+    assert path == str(tmp_path / "a.png")
+    assert png_size(path) == expected(visualize.architecture_figsize(summarize(model)))
+
+
+def test_parameter_counts(model, tmp_path):
+    path = visualize.plot_parameter_counts(model, str(tmp_path / "p.png"))
+    assert png_size(path) == expected(visualize.FIGSIZE["parameters"])
+
+
+def test_first_layer_filters(model, tmp_path):
+    path = visualize.plot_first_layer_filters(model, str(tmp_path / "f.png"))
+    assert png_size(path) == expected(visualize.FIGSIZE["filters"])
+
+
+def test_training_curves(run_dir, tmp_path):
+    path = visualize.plot_training_curves(str(run_dir / "log.csv"), str(tmp_path / "c.png"))
+    assert png_size(path) == expected(visualize.FIGSIZE["training_curves"])
+
+
+def test_training_curves_reject_a_log_without_the_columns(tmp_path):
+    (tmp_path / "log.csv").write_text("step,loss\n1,2.3\n")
+    with pytest.raises(ValueError, match="accuracy"):
+        visualize.plot_training_curves(str(tmp_path / "log.csv"), str(tmp_path / "c.png"))
+
+
+def test_feature_maps(model, tmp_path):
+    maps = visualize.feature_maps(model, digit())
+    assert [(name, a.shape) for name, a in maps] == [
+        ("block1", (4, 28, 28)), ("block2", (8, 28, 28)), ("block3", (12, 28, 28)),
+        ("block4", (16, 28, 28)), ("block5", (20, 14, 14)), ("block6", (24, 7, 7)), ("block7", (28, 4, 4))]
+    path = visualize.plot_feature_maps(model, digit(), str(tmp_path / "m.png"))
+    assert png_size(path) == expected(visualize.FIGSIZE["feature_maps"])
+
+
+def test_confusion_matrix(tmp_path):
+    rng = np.random.default_rng(1)
+    off_diagonal = rng.poisson(0.5, (10, 10)) * (1 - np.eye(10, dtype=int))
+    confusion = np.diag(rng.integers(900, 1100, 10)) + off_diagonal
+    path = visualize.plot_confusion_matrix(confusion, str(tmp_path / "cm.png"))
+    assert png_size(path) == expected(visualize.FIGSIZE["confusion_matrix"])
+
+
+@pytest.mark.parametrize("wrong", [5, 0])
+def test_misclassified(tmp_path, wrong):
+    labels = np.arange(40) % 10
+    predictions = labels.copy()
+    predictions[:wrong] = (labels[:wrong] + 1) % 10
+    probs = np.full((40, 10), 0.02)
+    probs[np.arange(40), predictions] = 0.82
+    images = np.stack([digit(v, seed=i) for i, v in enumerate(labels)])
+    path = visualize.plot_misclassified(images, labels, predictions, probs, str(tmp_path / "x.png"))
+    assert png_size(path) == expected(visualize.misclassified_figsize(36))
+    # the probability of the prediction alone, (N,), works too
+    visualize.plot_misclassified(images, labels, predictions, probs.max(axis=1), str(tmp_path / "y.png"),
+                                 max_images=4)
+    assert png_size(str(tmp_path / "y.png")) == expected(visualize.misclassified_figsize(4))
+
+
+def test_run_without_a_model_says_what_it_needs(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match=r"no model\.npz.*python -m mnist\.train --out"):
+        visualize.visualize_run(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="python -m mnist.train"):
+        visualize.visualize_run(str(tmp_path / "missing"))
+    assert visualize.main([str(tmp_path)]) == 1
+    assert "model.npz" in capsys.readouterr().err
+
+
+def test_run_on_a_synthetic_test_set(run_dir, tmp_path, monkeypatch, capsys):
+    """The whole run, with load_mnist patched to a 60-image test set; then again without log.csv."""
+    labels = (np.arange(60) % 10).astype(np.uint8)
+    images = np.stack([digit(v, seed=i) for i, v in enumerate(labels)])
+    monkeypatch.setattr(data, "load_mnist", lambda split, data_dir=None: (images, labels))
+    assert visualize.main([str(run_dir)]) == 0
+    printed = capsys.readouterr().out.split()
+    assert sorted(os.path.basename(p) for p in printed) == sorted(ALL_PICTURES)
+    for p in printed:
+        assert png_size(p)
+
+    d = tmp_path / "nolog"
+    d.mkdir()
+    save_model(d / "model.npz", build_model())
+    paths = visualize.visualize_run(str(d))
+    assert "training_curves.png" not in {os.path.basename(p) for p in paths} and len(paths) == 6
+    assert "log.csv not found" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not os.environ.get("NANOTORCH_DATA"), reason="needs the real MNIST (NANOTORCH_DATA)")
+def test_run_on_the_real_test_set(run_dir):
+    paths = visualize.visualize_run(str(run_dir), test_images=500)
+    assert sorted(os.path.basename(p) for p in paths) == sorted(ALL_PICTURES)
+    for p in paths:
+        assert os.path.dirname(p) == str(run_dir) and png_size(p)
