@@ -7,9 +7,10 @@ from nanotorch.nn.pooling import AdaptiveAvgPool2d, MaxPool2d
 from nanotorch.nn.dropout import Dropout
 from nanotorch.nn.linear import Flatten, Linear
 from nanotorch.nn.loss import CrossEntropyLoss
+from nanotorch.nn.fused import ConvBNGELU
 
 __all__ = ["Module", "Parameter", "Sequential", "Conv2d", "BatchNorm1d", "BatchNorm2d", "GELU", "ReLU",
-           "AdaptiveAvgPool2d", "MaxPool2d", "Dropout", "Flatten", "Linear", "CrossEntropyLoss", "utils"]
+           "AdaptiveAvgPool2d", "MaxPool2d", "Dropout", "Flatten", "Linear", "CrossEntropyLoss", "ConvBNGELU", "utils"]
 
 
 def __getattr__(name):

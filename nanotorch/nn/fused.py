@@ -1,0 +1,60 @@
+"""ConvBNGELU: Conv2d -> BatchNorm2d -> GELU with BatchNorm and GELU fused into one compiled pass.
+
+It *is* ``Sequential(Conv2d, BatchNorm2d, GELU)`` — same children, parameters, state_dict keys
+(``0.weight``, ``1.running_mean``, ...) and numbers (tests/test_fused.py checks it against the
+three layers run one by one) — but it does not materialise BatchNorm's output or GELU's input:
+
+    forward:   z = conv(x);  mean, var over (N, H, W);  a, xhat, d = bn_gelu_forward(z, ...)
+    backward:  dz, dgamma, dbeta = bn_gelu_backward(da, xhat, d, ...);  dx = conv.backward(dz)
+
+The maths is BatchNorm2d's and GELU's (nanotorch/nn/batchnorm.py, activation.py); the fused
+loops are in nanotorch/kernels/batchnorm_gelu.py.
+"""
+import numpy as np
+
+from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, channel_mean_var
+from nanotorch.nn._checks import check_grad
+from nanotorch.nn.activation import GELU
+from nanotorch.nn.batchnorm import BatchNorm2d
+from nanotorch.nn.conv import Conv2d
+from nanotorch.nn.module import Sequential
+
+
+class ConvBNGELU(Sequential):
+    """x: (N, C_in, H, W) -> (N, C_out, OH, OW). Arguments as Conv2d's; the conv has no bias by
+    default, since BatchNorm subtracts the channel mean right after it."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
+        super().__init__(Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias),
+                         BatchNorm2d(out_channels), GELU())
+        self.cache = None
+
+    def forward(self, x):
+        conv, bn, _ = self
+        z = conv(x)
+        n, c, h, w = z.shape
+        z3 = z.reshape(n, c, h * w)
+        if self.training:
+            if n * h * w < 2:
+                raise ValueError(f"ConvBNGELU: expected more than 1 value per channel when training, got {z.shape}")
+            mean, var = channel_mean_var(z3)
+            bn._update_running_stats(mean.astype(bn.running_mean.dtype),
+                                     (var * (n * h * w / (n * h * w - 1))).astype(bn.running_var.dtype))
+        else:
+            mean, var = bn.running_mean.astype(np.float64), bn.running_var.astype(np.float64)
+        inv_std = 1.0 / np.sqrt(var.astype(z.dtype) + z.dtype.type(bn.eps))   # in z's dtype, as BatchNorm2d
+        gamma, beta = bn.weight.data, bn.bias.data
+        a, xhat, d = bn_gelu_forward(z3, mean.astype(z.dtype), inv_std, gamma.astype(z.dtype), beta.astype(z.dtype))
+        self.cache = (xhat, d, inv_std, self.training, z.shape)
+        return a.reshape(z.shape)
+
+    def backward(self, da):
+        conv, bn, _ = self
+        xhat, d, inv_std, training, shape = self._require_cache(self.cache)
+        check_grad(self, da, shape)
+        n, c, h, w = shape
+        dz, dgamma, dbeta = bn_gelu_backward(np.ascontiguousarray(da).reshape(n, c, h * w), xhat, d, inv_std,
+                                             bn.weight.data.astype(da.dtype), training)
+        bn.weight.accumulate_grad(dgamma)
+        bn.bias.accumulate_grad(dbeta)
+        return conv.backward(dz.reshape(shape))

@@ -1,0 +1,71 @@
+"""The fused fast paths equal the plain layers they stand for."""
+import numpy as np
+import pytest
+
+import nanotorch as nt
+from nanotorch import nn
+from nanotorch.kernels import batchnorm_gelu as K
+from nanotorch.nn.fused import ConvBNGELU
+
+rng = np.random.default_rng(0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bn_gelu_kernels_equal_reference(dtype):
+    z = (rng.standard_normal((3, 5, 37)) * 2 + 1).astype(dtype)
+    mean, var = K.channel_mean_var(z)
+    np.testing.assert_allclose(mean, z.astype(np.float64).mean(axis=(0, 2)), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(var, z.astype(np.float64).var(axis=(0, 2)), rtol=1e-6)
+    inv_std = (1 / np.sqrt(var + 1e-5)).astype(dtype)
+    gamma, beta = rng.standard_normal(5).astype(dtype), rng.standard_normal(5).astype(dtype)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-6, atol=2e-6)
+    out = K.bn_gelu_forward(z, mean.astype(dtype), inv_std, gamma, beta)
+    for got, want in zip(out, K.bn_gelu_forward_reference(z, mean.astype(dtype), inv_std, gamma, beta)):
+        np.testing.assert_allclose(got, want, **tol)
+    da = rng.standard_normal(z.shape).astype(dtype)
+    for training in (True, False):
+        got = K.bn_gelu_backward(da, out[1], out[2], inv_std, gamma, training)
+        want = K.bn_gelu_backward_reference(da, out[1], out[2], inv_std, gamma, training)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, **(tol if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("shape, stride, padding", [((2, 3, 7, 7), 1, 1), ((1, 1, 5, 8), 2, 0), ((4, 4, 28, 28), 1, 1)])
+def test_conv_bn_gelu_equals_its_three_layers(dtype, mode, shape, stride, padding):
+    nt.manual_seed(0)
+    fused = ConvBNGELU(shape[1], 5, 3, stride=stride, padding=padding).to(dtype)
+    x = rng.standard_normal(shape).astype(dtype)
+    for _ in range(2):
+        fused(x * 1.5 + 0.3)                  # running statistics away from their start
+    fused.train(mode == "train")
+    before = fused.state_dict()
+
+    def run(forward, backward):
+        fused.load_state_dict(before)
+        fused.zero_grad()
+        y = forward(fused, x)
+        dx = backward(fused, np.random.default_rng(1).standard_normal(y.shape).astype(dtype))
+        return [y, dx] + [p.grad for p in fused.parameters()] + list(fused.state_dict().values())
+
+    got = run(ConvBNGELU.forward, ConvBNGELU.backward)
+    want = run(nn.Sequential.forward, nn.Sequential.backward)       # conv, BN, GELU one by one
+    tol = dict(rtol=1e-11, atol=1e-12) if dtype == np.float64 else dict(rtol=1e-4, atol=2e-5)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        np.testing.assert_allclose(g, w, **tol)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_conv_bn_gelu_gradcheck(mode):
+    nt.manual_seed(0)
+    block = ConvBNGELU(2, 3, 3, padding=1).double()
+    block(rng.standard_normal((2, 2, 5, 8)) + 1)
+    block.train(mode == "train")
+    assert nt.gradcheck(block, rng.standard_normal((2, 2, 5, 8))).max_error < 1e-6
+
+
+def test_conv_bn_gelu_keys_are_sequential_keys():
+    assert list(ConvBNGELU(1, 4, 3, padding=1).state_dict()) == [
+        "0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
