@@ -12,17 +12,17 @@ rng = np.random.default_rng(0)
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bn_gelu_kernels_equal_reference(dtype):
-    z = (rng.standard_normal((3, 5, 37)) * 2 + 1).astype(dtype)
-    mean, var = K.channel_mean_var(z)
-    np.testing.assert_allclose(mean, z.astype(np.float64).mean(axis=(0, 2)), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(var, z.astype(np.float64).var(axis=(0, 2)), rtol=1e-6)
+    z = (rng.standard_normal((5, 3, 37)) * 2 + 1).astype(dtype)          # (C, N, L)
+    mean, var = K.channel_mean_var(z.reshape(5, -1))
+    np.testing.assert_allclose(mean, z.astype(np.float64).mean(axis=(1, 2)), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(var, z.astype(np.float64).var(axis=(1, 2)), rtol=1e-6)
     inv_std = (1 / np.sqrt(var + 1e-5)).astype(dtype)
     gamma, beta = rng.standard_normal(5).astype(dtype), rng.standard_normal(5).astype(dtype)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-6, atol=2e-6)
     out = K.bn_gelu_forward(z, mean.astype(dtype), inv_std, gamma, beta)
     for got, want in zip(out, K.bn_gelu_forward_reference(z, mean.astype(dtype), inv_std, gamma, beta)):
         np.testing.assert_allclose(got, want, **tol)
-    da = rng.standard_normal(z.shape).astype(dtype)
+    da = rng.standard_normal((3, 5, 37)).astype(dtype)                   # (N, C, L)
     for training in (True, False):
         got = K.bn_gelu_backward(da, out[1], out[2], inv_std, gamma, training)
         want = K.bn_gelu_backward_reference(da, out[1], out[2], inv_std, gamma, training)

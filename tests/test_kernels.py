@@ -9,7 +9,8 @@ rng = np.random.default_rng(0)
 
 # (N, C, H, W, kh, kw, sh, sw, ph, pw)
 CONV_SHAPES = [(2, 3, 7, 7, 3, 3, 1, 1, 1, 1), (1, 1, 5, 8, 3, 3, 1, 1, 0, 0), (3, 2, 7, 7, 3, 3, 2, 2, 1, 1),
-               (2, 4, 5, 8, 2, 3, 2, 1, 0, 1), (4, 16, 28, 28, 3, 3, 1, 1, 1, 1), (2, 3, 6, 6, 1, 1, 1, 1, 0, 0)]
+               (2, 4, 5, 8, 2, 3, 2, 1, 0, 1), (4, 16, 28, 28, 3, 3, 1, 1, 1, 1), (2, 3, 6, 6, 1, 1, 1, 1, 0, 0),
+                (1, 2, 4, 5, 5, 5, 3, 3, 2, 2), (2, 1, 3, 3, 3, 3, 1, 1, 2, 2)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -21,8 +22,8 @@ def test_im2col_and_col2im_equal_reference(shape, dtype):
     cols = K.im2col(x, kh, kw, sh, sw, ph, pw, oh, ow)
     np.testing.assert_array_equal(cols, K.im2col_reference(x, kh, kw, sh, sw, ph, pw, oh, ow))
     d = rng.standard_normal(cols.shape).astype(dtype)
-    np.testing.assert_allclose(K.col2im(d, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow),
-                               K.col2im_reference(d, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(K.col2im(d, n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow),
+                               K.col2im_reference(d, n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow), rtol=1e-5, atol=1e-5)
 
 
 def test_col2im_is_the_adjoint_of_im2col():
@@ -30,7 +31,7 @@ def test_col2im_is_the_adjoint_of_im2col():
     x = rng.standard_normal((2, 3, 7, 7))
     cols = K.im2col(x, 3, 3, 2, 2, 1, 1, 4, 4)
     d = rng.standard_normal(cols.shape)
-    assert np.isclose(np.sum(cols * d), np.sum(x * K.col2im(d, 3, 7, 7, 3, 3, 2, 2, 1, 1, 4, 4)), rtol=1e-12)
+    assert np.isclose(np.sum(cols * d), np.sum(x * K.col2im(d, 2, 3, 7, 7, 3, 3, 2, 2, 1, 1, 4, 4)), rtol=1e-12)
 
 
 # (N, C, H, W, k, s, p, ceil)

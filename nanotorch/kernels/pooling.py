@@ -6,8 +6,6 @@
 The max is piecewise the identity on one input, so d out / d x is 1 at the argmax and 0 elsewhere:
 the backward adds each dout into dx at its argmax (windows may overlap, hence +=).
 """
-import math
-
 import numpy as np
 from numba import njit
 
@@ -21,21 +19,17 @@ def maxpool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
     for n in range(n_):
         for c in range(c_):
             for y in range(oh):
-                y0 = y * sh - ph
+                i0 = max(y * sh - ph, 0)                     # the window, clipped to the image
+                i1 = min(y * sh - ph + kh, h_)
                 for xo in range(ow):
-                    x0 = xo * sw - pw
-                    best = -np.inf
-                    besti = max(y0, 0) * w_ + max(x0, 0)
-                    for i in range(kh):
-                        iy = y0 + i
-                        if iy < 0 or iy >= h_:
-                            continue
-                        for j in range(kw):
-                            ix = x0 + j
-                            if ix < 0 or ix >= w_:
-                                continue
+                    j0 = max(xo * sw - pw, 0)
+                    j1 = min(xo * sw - pw + kw, w_)
+                    best = x[n, c, i0, j0]
+                    besti = i0 * w_ + j0
+                    for iy in range(i0, i1):
+                        for ix in range(j0, j1):
                             v = x[n, c, iy, ix]
-                            if v > best or math.isnan(v):
+                            if v > best or v != v:           # v != v: NaN wins, as in PyTorch
                                 best = v
                                 besti = iy * w_ + ix
                     out[n, c, y, xo] = best

@@ -1,17 +1,20 @@
-"""Conv2d by im2col + one matrix product per image.
+"""Conv2d by im2col + one matrix product for the whole batch.
 
 Forward (x: (N, C, H, W), weight W: (OC, C, KH, KW), bias b: (OC,)):
 
-    cols = im2col(x)                       (N, C*KH*KW, OH*OW)
-    out[n] = W2 @ cols[n] + b              W2 = W.reshape(OC, C*KH*KW); out: (N, OC, OH, OW)
-    OH = (H + 2p - KH) // s + 1            (likewise OW)
+    cols = im2col(x)                       (C*KH*KW, N*OH*OW): one column per output pixel
+    Z    = W2 @ cols + b                   W2 = W.reshape(OC, C*KH*KW); Z: (OC, N*OH*OW)
+    out  = Z as (N, OC, OH, OW)            OH = (H + 2p - KH) // s + 1  (likewise OW)
 
-Backward, from dout (N, OC, OH, OW) viewed as D[n]: (OC, OH*OW):
+Backward, from dout (N, OC, OH, OW) laid out as D: (OC, N*OH*OW) like Z:
 
-    dW2  = sum_n D[n] @ cols[n]^T          each weight meets every column it multiplied
-    db   = sum over n, y, x of dout        the bias is added to every output pixel
-    dcols[n] = W2^T @ D[n]                 the product rule for the matrix product
-    dx   = col2im(dcols)                   im2col copied pixels; the adjoint of a copy is a sum
+    dW2   = D @ cols^T                     each weight meets every column it multiplied
+    db    = D summed over its columns      the bias is added to every output pixel
+    dcols = W2^T @ D                       the product rule for the matrix product
+    dx    = col2im(dcols)                  im2col copied pixels; the adjoint of a copy is a sum
+
+``gemm_forward`` / ``gemm_backward`` are the same steps with Z and D left in their (OC, N, OH*OW)
+layout, for a fused layer that reads and writes that layout directly (nanotorch/nn/fused.py).
 """
 import numpy as np
 
@@ -42,35 +45,47 @@ class Conv2d(Module):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
-    def forward(self, x):
+    def _check(self, x):
         check_input(self, x, (4,), self.in_channels)
-        n, c, h, w = x.shape
-        kh, kw = self.kernel_size
-        oh, ow = self.output_shape(h, w)
+        oh, ow = self.output_shape(*x.shape[2:])
         if oh < 1 or ow < 1:
-            raise ValueError(f"Conv2d: input {h}x{w} with padding {self.padding} is smaller than the "
-                             f"kernel {kh}x{kw}")
-        cols = im2col(x, kh, kw, *self.stride, *self.padding, oh, ow)
-        w2 = self.weight.data.reshape(self.out_channels, -1).astype(x.dtype, copy=False)
-        out = np.matmul(w2, cols)                                   # (N, OC, OH*OW)
-        if self.bias is not None:
-            out += self.bias.data.astype(x.dtype, copy=False)[:, None]
-        self.cache = (cols, x.shape)
-        return out.reshape(n, self.out_channels, oh, ow)
+            raise ValueError(f"Conv2d: input {x.shape[2]}x{x.shape[3]} with padding {self.padding} is smaller "
+                             f"than the kernel {self.kernel_size[0]}x{self.kernel_size[1]}")
+
+    def forward(self, x):
+        self._check(x)
+        n, _, h, w = x.shape
+        oh, ow = self.output_shape(h, w)
+        z = self.gemm_forward(x)                                    # (OC, N, OH*OW)
+        return np.ascontiguousarray(z.transpose(1, 0, 2)).reshape(n, self.out_channels, oh, ow)
 
     def backward(self, dout):
-        cols, (n, c, h, w) = self._require_cache(self.cache)
-        kh, kw = self.kernel_size
+        _, (n, _, h, w) = self._require_cache(self.cache)
+        check_grad(self, dout, (n, self.out_channels, *self.output_shape(h, w)))
+        return self.gemm_backward(np.ascontiguousarray(dout.reshape(n, self.out_channels, -1).transpose(1, 0, 2)))
+
+    def gemm_forward(self, x):
+        """x: (N, C, H, W) -> Z: (OC, N, OH*OW), keeping the columns for the backward."""
+        n, c, h, w = x.shape
         oh, ow = self.output_shape(h, w)
-        check_grad(self, dout, (n, self.out_channels, oh, ow))
-        d = dout.reshape(n, self.out_channels, oh * ow)
-        dw2 = np.matmul(d, cols.transpose(0, 2, 1)).sum(axis=0)    # (OC, C*KH*KW)
-        self.weight.accumulate_grad(dw2.reshape(self.weight.shape))
+        cols = im2col(x, *self.kernel_size, *self.stride, *self.padding, oh, ow)
+        w2 = self.weight.data.reshape(self.out_channels, -1).astype(x.dtype, copy=False)
+        z = w2 @ cols                                               # (OC, N*OH*OW)
         if self.bias is not None:
-            self.bias.accumulate_grad(d.sum(axis=(0, 2)))
-        w2 = self.weight.data.reshape(self.out_channels, -1).astype(dout.dtype, copy=False)
-        dcols = np.matmul(w2.T, d)                                  # (N, C*KH*KW, OH*OW)
-        return col2im(dcols, c, h, w, kh, kw, *self.stride, *self.padding, oh, ow)
+            z += self.bias.data.astype(x.dtype, copy=False)[:, None]
+        self.cache = (cols, x.shape)
+        return z.reshape(self.out_channels, n, oh * ow)
+
+    def gemm_backward(self, dz):
+        """dz: (OC, N, OH*OW) -> dx: (N, C, H, W); adds dW (and db) into the parameters' .grad."""
+        cols, (n, c, h, w) = self._require_cache(self.cache)
+        oh, ow = self.output_shape(h, w)
+        d = dz.reshape(self.out_channels, -1)
+        self.weight.accumulate_grad((d @ cols.T).reshape(self.weight.shape))
+        if self.bias is not None:
+            self.bias.accumulate_grad(d.sum(axis=1))
+        w2 = self.weight.data.reshape(self.out_channels, -1).astype(dz.dtype, copy=False)
+        return col2im(w2.T @ d, n, c, h, w, *self.kernel_size, *self.stride, *self.padding, oh, ow)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -4,8 +4,11 @@ It *is* ``Sequential(Conv2d, BatchNorm2d, GELU)`` — same children, parameters,
 (``0.weight``, ``1.running_mean``, ...) and numbers (tests/test_fused.py checks it against the
 three layers run one by one) — but it does not materialise BatchNorm's output or GELU's input:
 
-    forward:   z = conv(x);  mean, var over (N, H, W);  a, xhat, d = bn_gelu_forward(z, ...)
-    backward:  dz, dgamma, dbeta = bn_gelu_backward(da, xhat, d, ...);  dx = conv.backward(dz)
+    forward:   z = conv.gemm_forward(x);  mean, var over (N, H, W);  a, xhat, d = bn_gelu_forward(z, ...)
+    backward:  dz, dgamma, dbeta = bn_gelu_backward(da, xhat, d, ...);  dx = conv.gemm_backward(dz)
+
+z and dz stay in the (C, N, H*W) layout of the convolution's matrix product; the fused loops read
+and write across the two layouts, so the block never copies a transpose.
 
 The maths is BatchNorm2d's and GELU's (nanotorch/nn/batchnorm.py, activation.py); the fused
 loops are in nanotorch/kernels/batchnorm_gelu.py.
@@ -31,22 +34,24 @@ class ConvBNGELU(Sequential):
 
     def forward(self, x):
         conv, bn, _ = self
-        z = conv(x)
-        n, c, h, w = z.shape
-        z3 = z.reshape(n, c, h * w)
+        conv._check(x)
+        z = conv.gemm_forward(x)                                       # (C, N, L)
+        c, n, m = z.shape[0], x.shape[0], z.shape[1] * z.shape[2]       # m values per channel
         if self.training:
-            if n * h * w < 2:
-                raise ValueError(f"ConvBNGELU: expected more than 1 value per channel when training, got {z.shape}")
-            mean, var = channel_mean_var(z3)
+            if m < 2:
+                raise ValueError(f"ConvBNGELU: expected more than 1 value per channel when training, "
+                                 f"got input {x.shape}")
+            mean, var = channel_mean_var(z.reshape(c, m))
             bn._update_running_stats(mean.astype(bn.running_mean.dtype),
-                                     (var * (n * h * w / (n * h * w - 1))).astype(bn.running_var.dtype))
+                                     (var * (m / (m - 1))).astype(bn.running_var.dtype))
         else:
             mean, var = bn.running_mean.astype(np.float64), bn.running_var.astype(np.float64)
         inv_std = 1.0 / np.sqrt(var.astype(z.dtype) + z.dtype.type(bn.eps))   # in z's dtype, as BatchNorm2d
         gamma, beta = bn.weight.data, bn.bias.data
-        a, xhat, d = bn_gelu_forward(z3, mean.astype(z.dtype), inv_std, gamma.astype(z.dtype), beta.astype(z.dtype))
-        self.cache = (xhat, d, inv_std, self.training, z.shape)
-        return a.reshape(z.shape)
+        a, xhat, d = bn_gelu_forward(z, mean.astype(z.dtype), inv_std, gamma.astype(z.dtype), beta.astype(z.dtype))
+        out_shape = (n, c, *conv.output_shape(*x.shape[2:]))
+        self.cache = (xhat, d, inv_std, self.training, out_shape)
+        return a.reshape(out_shape)
 
     def backward(self, da):
         conv, bn, _ = self
@@ -57,4 +62,4 @@ class ConvBNGELU(Sequential):
                                              bn.weight.data.astype(da.dtype), training)
         bn.weight.accumulate_grad(dgamma)
         bn.bias.accumulate_grad(dbeta)
-        return conv.backward(dz.reshape(shape))
+        return conv.gemm_backward(dz)
