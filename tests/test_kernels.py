@@ -54,6 +54,21 @@ def test_maxpool_equals_reference(shape, dtype):
                                rtol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 7, 7), (1, 2, 5, 8), (4, 16, 28, 28), (2, 2, 1, 3), (1, 1, 2, 2)])
+@pytest.mark.parametrize("ceil", [False, True])
+def test_maxpool_2x2_fast_path_equals_reference(shape, ceil):
+    n, c, h, w = shape
+    oh, ow = pool_output_size(h, 2, 2, 0, ceil), pool_output_size(w, 2, 2, 0, ceil)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, 0, 0, :2] = np.nan                                  # NaN handling must match too
+    out, arg = K.maxpool2x2_forward(x, oh, ow)
+    ref_out, ref_arg = K.maxpool2d_forward_reference(x, 2, 2, 2, 2, 0, 0, oh, ow)
+    np.testing.assert_array_equal(arg, K.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0, oh, ow)[1])
+    np.testing.assert_array_equal(out, ref_out)
+    finite = ~np.isnan(ref_out)
+    np.testing.assert_array_equal(arg[finite], ref_arg[finite])
+
+
 def test_maxpool_ties_pick_the_first_like_pytorch():
     x = np.zeros((1, 1, 2, 2))
     out, arg = K.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0, 1, 1)

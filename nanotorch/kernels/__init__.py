@@ -9,6 +9,6 @@ Every kernel is compiled with ``cache=True``, so a second run loads machine code
 - ``gelu``     — exact (erf) and tanh GELU with their derivatives (float32: a vectorised erf)
 """
 from nanotorch.kernels.im2col import im2col, col2im, im2col_reference, col2im_reference
-from nanotorch.kernels.pooling import (maxpool2d_forward, maxpool2d_backward,
+from nanotorch.kernels.pooling import (maxpool2d_forward, maxpool2x2_forward, maxpool2d_backward,
                                        maxpool2d_forward_reference, maxpool2d_backward_reference)
 from nanotorch.kernels.gelu import gelu_forward, gelu_forward_reference

@@ -38,6 +38,46 @@ def maxpool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
 
 
 @njit(cache=True)
+def maxpool2x2_forward(x, oh, ow):
+    """The same for kernel 2, stride 2, no padding (every pooling layer of the MNIST model).
+
+    Whole windows are four fixed loads and three selects, with no loop over the window, so the
+    compiler vectorises along each output row; the windows that ceil_mode cuts at the bottom or
+    right edge fall back to the general kernel's clipped loop.
+    """
+    n_, c_, h_, w_ = x.shape
+    out = np.empty((n_, c_, oh, ow), dtype=x.dtype)
+    arg = np.empty((n_, c_, oh, ow), dtype=np.int64)
+    full_h, full_w = min(oh, h_ // 2), min(ow, w_ // 2)
+    for n in range(n_):
+        for c in range(c_):
+            for y in range(oh):
+                for xo in range(ow):
+                    iy, ix = 2 * y, 2 * xo
+                    if y < full_h and xo < full_w:
+                        best, besti = x[n, c, iy, ix], iy * w_ + ix
+                        v = x[n, c, iy, ix + 1]
+                        if v > best or v != v:
+                            best, besti = v, iy * w_ + ix + 1
+                        v = x[n, c, iy + 1, ix]
+                        if v > best or v != v:
+                            best, besti = v, (iy + 1) * w_ + ix
+                        v = x[n, c, iy + 1, ix + 1]
+                        if v > best or v != v:
+                            best, besti = v, (iy + 1) * w_ + ix + 1
+                    else:
+                        best, besti = x[n, c, iy, ix], iy * w_ + ix
+                        for i in range(iy, min(iy + 2, h_)):
+                            for j in range(ix, min(ix + 2, w_)):
+                                v = x[n, c, i, j]
+                                if v > best or v != v:
+                                    best, besti = v, i * w_ + j
+                    out[n, c, y, xo] = best
+                    arg[n, c, y, xo] = besti
+    return out, arg
+
+
+@njit(cache=True)
 def maxpool2d_backward(dout, arg, h_, w_):
     """dout, arg: (N, C, oh, ow) -> dx: (N, C, H, W)."""
     n_, c_, oh, ow = dout.shape
