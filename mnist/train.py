@@ -150,9 +150,10 @@ def train(args):
 
     nt.manual_seed(args.seed)                      # initial weights, then dropout masks
     model = build_model(dropout=args.dropout)
-    params = model.parameters()
     criterion = nn.CrossEntropyLoss()
-    optimizer = optim.SGD(params, lr=args.lr, momentum=args.momentum)
+    # all 35 parameter arrays as views of one vector: SGD and clipping are then single vector operations
+    flat = nn.utils.flatten_parameters(model.parameters())
+    optimizer = optim.SGD([flat], lr=args.lr, momentum=args.momentum)
     steps_per_epoch = num_batches(len(train_x), args.batch_size)
     total_steps = args.epochs * steps_per_epoch
     scheduler = optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.max_lr, total_steps=total_steps,

@@ -16,11 +16,29 @@ import numpy as np
 
 
 class Parameter:
-    """A trainable array: ``data`` and its gradient ``grad`` (None until a backward)."""
+    """A trainable array: ``data`` and its gradient ``grad`` (None until a backward).
+
+    After ``nn.utils.flatten_parameters`` the gradient is a view into one shared vector; it then
+    stays that array for good: setting ``grad = None`` (zero_grad) zeroes it in place instead.
+    """
 
     def __init__(self, data):
         self.data = np.asarray(data)
-        self.grad = None
+        self._grad = None
+        self._grad_is_view = False
+
+    @property
+    def grad(self):
+        return self._grad
+
+    @grad.setter
+    def grad(self, value):
+        if not self._grad_is_view:
+            self._grad = value
+        elif value is None:
+            self._grad.fill(0)
+        else:
+            self._grad[...] = value
 
     @property
     def shape(self):
@@ -178,9 +196,8 @@ class Module:
         for key, (mod, name, is_param) in own.items():
             if key not in state_dict:
                 continue
-            if is_param:
-                p = mod._parameters[name]
-                p.data = np.array(state_dict[key], dtype=p.data.dtype, copy=True)
+            if is_param:                       # copied in place, as PyTorch does: views stay views
+                mod._parameters[name].data[...] = np.asarray(state_dict[key])
             else:
                 have = getattr(mod, name)
                 object.__setattr__(mod, name, np.array(state_dict[key], dtype=have.dtype, copy=True))

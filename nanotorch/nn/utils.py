@@ -1,4 +1,4 @@
-"""Gradient utilities (torch.nn.utils): ``clip_grad_norm_``."""
+"""Parameter utilities: ``clip_grad_norm_`` (as torch.nn.utils) and ``flatten_parameters``."""
 import math
 
 import numpy as np
@@ -76,3 +76,33 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     for g in grads:
         g *= clip_coef_clamped
     return total_norm
+
+
+def flatten_parameters(parameters):
+    """Move parameters into one contiguous vector; returns a Parameter ``flat`` that holds them all.
+
+    Each parameter's ``data`` becomes a view of its slice of ``flat.data`` and its ``grad`` a view
+    of its slice of ``flat.grad``, so layers keep reading and accumulating into their own arrays
+    while an optimiser or ``clip_grad_norm_`` given ``[flat]`` does one vector operation where it
+    did one per parameter (35 for the MNIST model). The numbers are the same: SGD is elementwise,
+    and the norm of all gradients is the norm of their concatenation.
+
+    Gradients become fixed buffers (zero_grad zeroes them in place). Cast the model (``.to``)
+    before flattening: a cast makes new arrays, which the flat vector would no longer see.
+    """
+    from nanotorch.nn.module import Parameter
+    params = list(parameters)
+    if not params:
+        raise ValueError("flatten_parameters: no parameters given")
+    dtype = np.result_type(*[p.data.dtype for p in params])
+    sizes = [p.data.size for p in params]
+    flat = Parameter(np.concatenate([p.data.ravel() for p in params]).astype(dtype))
+    flat._grad, flat._grad_is_view = np.zeros_like(flat.data), True
+    start = 0
+    for p, size in zip(params, sizes):
+        shape = p.data.shape
+        p.data = flat.data[start:start + size].reshape(shape)
+        p._grad = flat._grad[start:start + size].reshape(shape)
+        p._grad_is_view = True
+        start += size
+    return flat
