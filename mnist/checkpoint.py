@@ -10,27 +10,40 @@ checkpoint.npz  everything a resumed run needs, under prefixes:
 import json
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
 from mnist.model import build_model
 
 
-def save_npz_atomic(path, arrays):
-    """Write arrays to path via a temp file in the same folder and os.replace: never a half-written file."""
+def write_atomic(path, write, mode="wb"):
+    """Call write(file) on a temp file in path's folder, then os.replace it into place: readers see
+    the old file or the new one, never half of one; on any error the temp file is removed."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)           # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_npz_atomic(path, arrays):
+    write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def save_json_atomic(path, obj):
+    write_atomic(path, lambda f: json.dump(obj, f, indent=2), mode="w")
 
 
 def load_npz(path):
@@ -40,7 +53,7 @@ def load_npz(path):
     try:
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path} is not a readable .npz checkpoint ({e})") from e
 
 
@@ -72,6 +85,15 @@ def save_checkpoint(path, model, optimizer, state):
     groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
     arrays["state"] = np.array(json.dumps({**state, "optim_param_groups": groups}))
     save_npz_atomic(path, arrays)
+
+
+def checkpoint_state(path):
+    """The JSON state of a checkpoint.npz (step, scheduler, config, ...), without loading a model."""
+    arrays = load_npz(path)
+    if "state" not in arrays:
+        raise ValueError(f"{path} holds model weights only (no optimiser or schedule state): "
+                         "--resume needs a checkpoint.npz written by mnist.train")
+    return json.loads(str(arrays["state"]))
 
 
 def load_checkpoint(path, model, optimizer):

@@ -43,8 +43,12 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=1000)
     args = ap.parse_args(argv)
     path = os.path.join(args.path, "model.npz") if os.path.isdir(args.path) else args.path
-    model = load_model(path)
-    images, labels = load_mnist("test", data_dir=args.data_dir)
+    try:
+        model = load_model(path)
+        images, labels = load_mnist("test", data_dir=args.data_dir)
+    except (ValueError, OSError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     r = evaluate(model, images, labels, args.batch_size)
     print(f"test accuracy: {100 * r['accuracy']:.2f}% ({int((r['predictions'] == labels).sum())}/{len(labels)})")
     for digit, acc in enumerate(r["per_class_accuracy"]):

@@ -13,12 +13,10 @@ config.json and the pictures of mnist.visualize.
 """
 import argparse
 import csv
-import json
 import math
 import os
 import signal
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -27,7 +25,7 @@ from tqdm import tqdm
 import nanotorch as nt
 from nanotorch import nn, optim
 from nanotorch.nn.utils import clip_grad_norm_
-from mnist.checkpoint import load_checkpoint, save_checkpoint, save_model
+from mnist.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint, save_json_atomic, save_model
 from mnist.data import iterate_batches, load_mnist, normalize, num_batches
 from mnist.evaluate import evaluate
 from mnist.model import build_model, count_parameters
@@ -85,6 +83,13 @@ def parse_args(argv=None):
     ap.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
+    if args.resume:              # the run's own options, except those given again on this command line
+        try:
+            saved = checkpoint_state(args.resume)["config"]
+        except (ValueError, OSError, KeyError) as e:
+            ap.error(f"--resume {args.resume}: {e}")
+        ap.set_defaults(**{k: v for k, v in saved.items() if k in vars(args)})
+        args = ap.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1:
         ap.error("--epochs and --batch-size must be >= 1")
     if args.limit is not None and args.limit < args.batch_size:
@@ -107,13 +112,6 @@ def train_step(model, criterion, optimizer, scheduler, x, y, clip):
     optimizer.step()
     scheduler.step()
     return loss, logits, grad_norm
-
-
-def write_json_atomic(path, obj):
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 class CsvLog:
@@ -170,13 +168,20 @@ def train(args):
     else:
         from mnist.summary import format_summary, summarize
         print(format_summary(summarize(model)))
-    write_json_atomic(os.path.join(run_dir, "config.json"), config)
+    save_json_atomic(os.path.join(run_dir, "config.json"), config)
     print(f"training on {len(train_x)} images, batch {args.batch_size}, {total_steps} steps, into {run_dir}")
 
+    saved_step = None                              # the step of the last checkpoint written
+
     def checkpoint():
+        nonlocal saved_step
+        if not all(np.isfinite(v).all() for v in model.state_dict().values()):
+            print(f"\nnot saving a checkpoint at step {step}: the model holds NaN or inf", file=sys.stderr)
+            return
         save_checkpoint(os.path.join(run_dir, "checkpoint.npz"), model, optimizer, {
             "scheduler": scheduler.state_dict(), "rng": nt.default_generator().bit_generator.state,
             "step": step, "total_steps": total_steps, "train_seconds": train_seconds, "config": config})
+        saved_step = step
 
     log = CsvLog(os.path.join(run_dir, "log.csv"), append=bool(args.resume))
     history, result = [], None
@@ -194,10 +199,10 @@ def train(args):
                                                          normalize(images), labels.astype(np.int64), args.clip)
                 except TrainingDiverged as e:
                     log.close()
-                    raise TrainingDiverged(
-                        f"{e} at step {step + 1}. Training stopped; the last good checkpoint (saved every "
-                        f"{args.checkpoint_every} steps) is {run_dir}/checkpoint.npz. Try a lower --max-lr, "
-                        "or keep --clip on.") from None
+                    kept = (f"the last good checkpoint is {run_dir}/checkpoint.npz (step {saved_step})"
+                            if saved_step is not None else "no checkpoint had been saved yet")
+                    raise TrainingDiverged(f"{e} at step {step + 1}. Training stopped; {kept}. "
+                                           "Try a lower --max-lr, or keep --clip on.") from None
                 step += 1
                 bar.update(1)
 
@@ -238,7 +243,7 @@ def train(args):
                                                                                    max(train_seconds, 1e-9), 1),
                "params": count_parameters(model), "epochs": args.epochs, "steps": step, "seed": args.seed,
                "final_train_loss": history[-1][1] if history else None}
-    write_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
+    save_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
     return run_dir, metrics
 
 

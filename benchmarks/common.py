@@ -1,0 +1,164 @@
+"""Shared helpers for the benchmarks: thread setup, median timing, SGEMM peak, CSV writing.
+
+Timing on a shared machine is noisy, so ``timeit_many`` interleaves the functions it compares
+(one repeat of each in turn) and every number reported is a median over repeats.
+
+But never interleave NumPy and PyTorch finely: after a call, OpenBLAS's worker threads (under
+np.matmul) busy-wait for ~0.1 s and PyTorch's OpenMP threads spin too, so on a 2-core machine each
+library's threads steal the cores the other one's parallel region is waiting for. Measured here,
+grad-weight of a 14x14 layer alternating with torch every 2 ms took 25x longer than either alone.
+So time each library's functions in a block of their own and ``settle()`` between blocks.
+"""
+import contextlib
+import csv
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def try_import_torch():
+    """torch, or None when it is not installed (the benchmarks then measure nanotorch only)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+@contextlib.contextmanager
+def threads(n, torch=None):
+    """Run the block with n threads for Numba, for the BLAS under np.matmul (via threadpoolctl, if
+    installed) and, if the module is passed, for torch; the previous counts are restored after.
+
+    Yields a dict saying what was set.
+    """
+    import numba
+    n_numba = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
+    before = numba.get_num_threads()
+    numba.set_num_threads(n_numba)
+    info = {"threads": n, "numba": n_numba, "blas": "unchanged (no threadpoolctl)", "torch": None}
+    try:
+        with contextlib.ExitStack() as stack:
+            try:
+                from threadpoolctl import threadpool_limits
+                stack.enter_context(threadpool_limits(limits=n, user_api="blas"))
+                info["blas"] = n
+            except ImportError:
+                pass
+            if torch is not None:
+                stack.enter_context(torch_threads(torch, n))
+                info["torch"] = n
+            yield info
+    finally:
+        numba.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def torch_threads(torch, n):
+    """torch.set_num_threads(n) for the block (nothing if torch is None)."""
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def timeit_many(fns, repeats=7, min_time=0.02):
+    """Median seconds per call of each function in ``fns`` (name -> zero-argument callable).
+
+    Each function is called three times to warm up (caches, JIT, oneDNN's kernel generation); the
+    fastest of those sets how many calls make one repeat last at least ``min_time`` seconds. The
+    repeats then run interleaved (one repeat of every function in turn), so a burst of load from
+    another process hits all of them alike.
+    """
+    number = {}
+    for name, fn in fns.items():
+        once = float("inf")
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            once = min(once, time.perf_counter() - t)
+        number[name] = max(1, int(min_time / max(once, 1e-9)))
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            for _ in range(number[name]):
+                fn()
+            samples[name].append((time.perf_counter() - t) / number[name])
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def settle(seconds=0.3):
+    """Wait for the thread pools of the library just timed to stop spinning (see the module docstring)."""
+    time.sleep(seconds)
+
+
+def timeit(fn, repeats=7, min_time=0.02):
+    """Median seconds per call of ``fn`` (see ``timeit_many``)."""
+    return timeit_many({"fn": fn}, repeats, min_time)["fn"]
+
+
+def sgemm_peak(n=1024, tries=5):
+    """This machine's float32 matrix-product rate in GFLOP/s: best of ``tries`` n x n np.matmul
+    (at whatever BLAS thread count is in force)."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, n, n), dtype=np.float32)
+    np.matmul(a, b)
+    best = float("inf")
+    for _ in range(tries):
+        t = time.perf_counter()
+        np.matmul(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def seconds_since_process_start():
+    """Wall time since this process started (Linux /proc; elsewhere since this module was imported)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.perf_counter() - _IMPORTED
+
+
+_IMPORTED = time.perf_counter()
+
+
+def peak_rss_mb():
+    """The process's peak resident set size so far, in MB (ru_maxrss is KB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
+
+
+def write_csv(path, rows):
+    """Write a list of dicts (all with the first row's keys) as CSV; floats get 6 significant digits."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    return path
+
+
+def format_table(rows, columns=None):
+    """A plain-text table of a list of dicts (floats to 4 significant digits)."""
+    columns = columns or list(rows[0])
+    cells = [[f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = lambda values: "  ".join(v.rjust(w) for v, w in zip(values, widths))
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(row) for row in cells])
