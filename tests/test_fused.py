@@ -58,6 +58,32 @@ def test_conv_bn_gelu_equals_its_three_layers(dtype, mode, shape, stride, paddin
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_no_grad_forward_is_the_same_forward_and_keeps_nothing(mode, dtype):
+    nt.manual_seed(0)
+    block = ConvBNGELU(3, 4, 3, padding=1).to(dtype)
+    x = rng.standard_normal((2, 3, 7, 7)).astype(dtype)
+    block(x * 2 + 1)
+    block.train(mode == "train")
+    state = block.state_dict()
+    y = block(x)
+    block.load_state_dict(state)
+    with nt.no_grad():
+        y_no_grad = block(x)
+    np.testing.assert_allclose(y_no_grad, y, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+    with pytest.raises(RuntimeError, match="before forward"):
+        block.backward(np.ones_like(y))
+    assert nt.is_grad_enabled()
+
+
+def test_bn_gelu_inference_kernel_equals_reference():
+    z = rng.standard_normal((5, 3, 37)).astype(np.float32)
+    scale, shift = rng.standard_normal(5).astype(np.float32), rng.standard_normal(5).astype(np.float32)
+    np.testing.assert_allclose(K.bn_gelu_inference(z, scale, shift), K.bn_gelu_inference_reference(z, scale, shift),
+                               rtol=2e-6, atol=2e-6)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
 def test_conv_bn_gelu_gradcheck(mode):
     nt.manual_seed(0)
     block = ConvBNGELU(2, 3, 3, padding=1).double()

@@ -21,7 +21,7 @@ from numba import njit
 from nanotorch.kernels.gelu import FAST, gelu_and_grad, gelu_forward_reference
 
 
-@njit(cache=True, **FAST)
+@njit(cache=True, nogil=True, **FAST)
 def channel_mean_var(z):
     """z: (C, M) -> (mean, biased variance), each (C,) float64, by two passes (no cancellation)."""
     c_, m = z.shape
@@ -41,7 +41,7 @@ def channel_mean_var(z):
     return mean, var
 
 
-@njit(cache=True, **FAST)
+@njit(cache=True, nogil=True, **FAST)
 def bn_gelu_forward(z, mean, inv_std, gamma, beta):
     """z: (C, N, L); mean, inv_std, gamma, beta: (C,) in z's dtype -> a: (N, C, L), xhat, d: (C, N, L)."""
     c_, n_, l_ = z.shape
@@ -58,7 +58,21 @@ def bn_gelu_forward(z, mean, inv_std, gamma, beta):
     return a, xhat, d
 
 
-@njit(cache=True, **FAST)
+@njit(cache=True, nogil=True, **FAST)
+def bn_gelu_inference(z, scale, shift):
+    """Evaluation without a backward: a = GELU(scale * z + shift), BatchNorm folded into one
+    multiply-add (scale = gamma * inv_std, shift = beta - mean * scale). z: (C, N, L) -> a: (N, C, L)."""
+    c_, n_, l_ = z.shape
+    a = np.empty((n_, c_, l_), dtype=z.dtype)
+    for c in range(c_):
+        k, b = scale[c], shift[c]
+        for n in range(n_):
+            for i in range(l_):
+                a[n, c, i] = gelu_and_grad(k * z[c, n, i] + b)[0]
+    return a
+
+
+@njit(cache=True, nogil=True, **FAST)
 def bn_gelu_backward(da, xhat, d, inv_std, gamma, training):
     """da: (N, C, L); xhat, d: (C, N, L) -> (dz (C, N, L), dgamma (C,), dbeta (C,)), see the module docstring."""
     n_, c_, l_ = da.shape
@@ -89,6 +103,11 @@ def bn_gelu_forward_reference(z, mean, inv_std, gamma, beta):
     xhat = ((z - mean[:, None, None]) * inv_std[:, None, None]).astype(z.dtype)
     a, d = gelu_forward_reference(gamma[:, None, None] * xhat + beta[:, None, None])
     return np.ascontiguousarray(a.astype(z.dtype).transpose(1, 0, 2)), xhat, d.astype(z.dtype)
+
+
+def bn_gelu_inference_reference(z, scale, shift):
+    a, _ = gelu_forward_reference(scale[:, None, None] * z + shift[:, None, None])
+    return np.ascontiguousarray(a.astype(z.dtype).transpose(1, 0, 2))
 
 
 def bn_gelu_backward_reference(da, xhat, d, inv_std, gamma, training):

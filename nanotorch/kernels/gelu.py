@@ -73,7 +73,7 @@ def _gelu_and_grad_by_type(u):
     return lambda u: gelu_and_grad_exact(u)
 
 
-@njit(cache=True, **FAST)
+@njit(cache=True, nogil=True, **FAST)
 def _gelu_erf(x):
     flat = x.reshape(-1)
     y, d = np.empty_like(flat), np.empty_like(flat)
@@ -82,7 +82,7 @@ def _gelu_erf(x):
     return y.reshape(x.shape), d.reshape(x.shape)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _gelu_tanh(x):
     flat = x.reshape(-1)
     y, d = np.empty_like(flat), np.empty_like(flat)

@@ -16,7 +16,7 @@ vector instructions, which measured 3x faster than splitting each row into borde
 import numpy as np
 from numba import njit
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def im2col(x, kh, kw, sh, sw, ph, pw, oh, ow):
     """x: (N, C, H, W) -> cols: (C*kh*kw, N*oh*ow)."""
     n_, c_, h_, w_ = x.shape
@@ -39,7 +39,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, oh, ow):
     return cols
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def col2im(cols, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, oh, ow):
     """cols: (C*kh*kw, N*oh*ow) -> dx: (N, C, H, W), summing every entry into its source pixel."""
     dx = np.zeros((n_, c_, h_, w_), dtype=cols.dtype)

@@ -10,7 +10,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def maxpool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
     """x: (N, C, H, W) -> (out: (N, C, oh, ow), argmax: (N, C, oh, ow) int64 flat index into H*W)."""
     n_, c_, h_, w_ = x.shape
@@ -37,7 +37,7 @@ def maxpool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
     return out, arg
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def maxpool2x2_forward(x, oh, ow):
     """The same for kernel 2, stride 2, no padding (every pooling layer of the MNIST model).
 
@@ -77,7 +77,7 @@ def maxpool2x2_forward(x, oh, ow):
     return out, arg
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def maxpool2d_backward(dout, arg, h_, w_):
     """dout, arg: (N, C, oh, ow) -> dx: (N, C, H, W)."""
     n_, c_, oh, ow = dout.shape

@@ -29,11 +29,12 @@ class GELU(Module):
 
     def forward(self, x):
         check_input(self, x, _ANY_RANK)
-        y, self.cache = gelu_forward(np.ascontiguousarray(x), self.approximate)   # cache: dy/dx
+        y, dgelu = gelu_forward(np.ascontiguousarray(x), self.approximate)
+        self.save_for_backward(dgelu)
         return y
 
     def backward(self, dout):
-        dgelu = self._require_cache(self.cache)
+        dgelu, = self.saved_for_backward()
         check_grad(self, dout, dgelu.shape)
         return dout * dgelu
 
@@ -50,9 +51,10 @@ class ReLU(Module):
 
     def forward(self, x):
         check_input(self, x, _ANY_RANK)
-        self.cache = ~(x <= 0)            # "not <= 0" rather than "> 0": NaN passes through, as in PyTorch
-        return np.where(self.cache, x, 0).astype(x.dtype, copy=False)
+        positive = ~(x <= 0)            # "not <= 0" rather than "> 0": NaN passes through, as in PyTorch
+        self.save_for_backward(positive)
+        return np.where(positive, x, 0).astype(x.dtype, copy=False)
 
     def backward(self, dout):
-        positive = self._require_cache(self.cache)
+        positive, = self.saved_for_backward()
         return np.where(positive, dout, 0).astype(dout.dtype, copy=False)

@@ -56,7 +56,7 @@ class _BatchNorm(Module):
             mu, var = self.running_mean.astype(x.dtype), self.running_var.astype(x.dtype)
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
         xhat = (x - mu.reshape(shape)) * inv_std.reshape(shape)
-        self.cache = (xhat, inv_std, axes, shape, self.training)
+        self.save_for_backward(xhat, inv_std, axes, shape, self.training)
         if not self.affine:
             return xhat
         return xhat * self.weight.data.astype(x.dtype).reshape(shape) + self.bias.data.astype(x.dtype).reshape(shape)
@@ -68,7 +68,7 @@ class _BatchNorm(Module):
         self.running_var[...] = (1 - f) * self.running_var + f * unbiased_var
 
     def backward(self, dy):
-        xhat, inv_std, axes, shape, training = self._require_cache(self.cache)
+        xhat, inv_std, axes, shape, training = self.saved_for_backward()
         if self.affine:
             self.bias.accumulate_grad(dy.sum(axis=axes))
             self.weight.accumulate_grad((dy * xhat).sum(axis=axes))

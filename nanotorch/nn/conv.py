@@ -60,7 +60,7 @@ class Conv2d(Module):
         return np.ascontiguousarray(z.transpose(1, 0, 2)).reshape(n, self.out_channels, oh, ow)
 
     def backward(self, dout):
-        _, (n, _, h, w) = self._require_cache(self.cache)
+        _, (n, _, h, w) = self.saved_for_backward()
         check_grad(self, dout, (n, self.out_channels, *self.output_shape(h, w)))
         return self.gemm_backward(np.ascontiguousarray(dout.reshape(n, self.out_channels, -1).transpose(1, 0, 2)))
 
@@ -73,12 +73,12 @@ class Conv2d(Module):
         z = w2 @ cols                                               # (OC, N*OH*OW)
         if self.bias is not None:
             z += self.bias.data.astype(x.dtype, copy=False)[:, None]
-        self.cache = (cols, x.shape)
+        self.save_for_backward(cols, x.shape)
         return z.reshape(self.out_channels, n, oh * ow)
 
     def gemm_backward(self, dz):
         """dz: (OC, N, OH*OW) -> dx: (N, C, H, W); adds dW (and db) into the parameters' .grad."""
-        cols, (n, c, h, w) = self._require_cache(self.cache)
+        cols, (n, c, h, w) = self.saved_for_backward()
         oh, ow = self.output_shape(h, w)
         d = dz.reshape(self.out_channels, -1)
         # dW2 = D @ cols^T, computed as (cols @ D^T)^T: OpenBLAS runs this orientation 1.7x faster here

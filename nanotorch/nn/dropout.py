@@ -26,18 +26,18 @@ class Dropout(Module):
     def forward(self, x):
         check_input(self, x, tuple(range(1, 9)))
         if not self.training or self.p == 0.0:
-            self.cache = None, x.dtype
+            self.save_for_backward(None)
             return x
         if self.p == 1.0:
             mask = np.zeros_like(x)
         else:
             rng = self.generator if self.generator is not None else default_generator()
             mask = (rng.random(x.shape) >= self.p).astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
-        self.cache = mask, x.dtype
+        self.save_for_backward(mask)
         return x * mask
 
     def backward(self, dout):
-        mask, _ = self._require_cache(self.cache)
+        mask, = self.saved_for_backward()
         return dout if mask is None else dout * mask
 
     def extra_repr(self):

@@ -15,7 +15,8 @@ loops are in nanotorch/kernels/batchnorm_gelu.py.
 """
 import numpy as np
 
-from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, channel_mean_var
+from nanotorch.grad_mode import is_grad_enabled
+from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, bn_gelu_inference, channel_mean_var
 from nanotorch.nn._checks import check_grad
 from nanotorch.nn.activation import GELU
 from nanotorch.nn.batchnorm import BatchNorm2d
@@ -47,15 +48,18 @@ class ConvBNGELU(Sequential):
         else:
             mean, var = bn.running_mean.astype(np.float64), bn.running_var.astype(np.float64)
         inv_std = 1.0 / np.sqrt(var.astype(z.dtype) + z.dtype.type(bn.eps))   # in z's dtype, as BatchNorm2d
-        gamma, beta = bn.weight.data, bn.bias.data
-        a, xhat, d = bn_gelu_forward(z, mean.astype(z.dtype), inv_std, gamma.astype(z.dtype), beta.astype(z.dtype))
+        gamma, beta = bn.weight.data.astype(z.dtype), bn.bias.data.astype(z.dtype)
         out_shape = (n, c, *conv.output_shape(*x.shape[2:]))
-        self.cache = (xhat, d, inv_std, self.training, out_shape)
+        if not is_grad_enabled():                  # nothing to keep: BatchNorm folds into one multiply-add
+            scale = gamma * inv_std
+            return bn_gelu_inference(z, scale, beta - mean.astype(z.dtype) * scale).reshape(out_shape)
+        a, xhat, d = bn_gelu_forward(z, mean.astype(z.dtype), inv_std, gamma, beta)
+        self.save_for_backward(xhat, d, inv_std, self.training, out_shape)
         return a.reshape(out_shape)
 
     def backward(self, da):
         conv, bn, _ = self
-        xhat, d, inv_std, training, shape = self._require_cache(self.cache)
+        xhat, d, inv_std, training, shape = self.saved_for_backward()
         check_grad(self, da, shape)
         n, c, h, w = shape
         dz, dgamma, dbeta = bn_gelu_backward(np.ascontiguousarray(da).reshape(n, c, h * w), xhat, d, inv_std,

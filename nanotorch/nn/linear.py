@@ -32,14 +32,14 @@ class Linear(Module):
         if x.shape[1] != self.in_features:
             raise ValueError(f"Linear expects {self.in_features} input features (N, {self.in_features}), "
                              f"got shape {x.shape}")
-        self.cache = x
+        self.save_for_backward(x)
         y = x @ self.weight.data.astype(x.dtype, copy=False).T
         if self.bias is not None:
             y += self.bias.data.astype(x.dtype, copy=False)
         return y
 
     def backward(self, dy):
-        x = self._require_cache(self.cache)
+        x, = self.saved_for_backward()
         check_grad(self, dy, (x.shape[0], self.out_features))
         self.weight.accumulate_grad(dy.T @ x)
         if self.bias is not None:
@@ -63,11 +63,11 @@ class Flatten(Module):
             raise TypeError(f"Flatten expects a numpy array, got {type(x).__name__}")
         start = self.start_dim % x.ndim
         end = self.end_dim % x.ndim
-        self.cache = x.shape
+        self.save_for_backward(x.shape)
         return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
 
     def backward(self, dout):
-        return dout.reshape(self._require_cache(self.cache))
+        return dout.reshape(self.saved_for_backward()[0])
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

@@ -35,11 +35,11 @@ class CrossEntropyLoss(Module):
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         nll = -log_p[np.arange(n), targets]
-        self.cache = (log_p, targets)
+        self.save_for_backward(log_p, targets)
         return nll.mean() if self.reduction == "mean" else nll.sum()
 
     def backward(self, grad_out=1.0):
-        log_p, targets = self._require_cache(self.cache)
+        log_p, targets = self.saved_for_backward()
         n = log_p.shape[0]
         grad = np.exp(log_p)
         grad[np.arange(n), targets] -= 1

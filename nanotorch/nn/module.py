@@ -14,6 +14,8 @@ from collections import OrderedDict
 
 import numpy as np
 
+from nanotorch.grad_mode import is_grad_enabled
+
 
 class Parameter:
     """A trainable array: ``data`` and its gradient ``grad`` (None until a backward).
@@ -94,12 +96,17 @@ class Module:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
-    def _require_cache(self, cache):
-        if cache is None:
+    def save_for_backward(self, *values):
+        """Keep what the backward will need (nothing inside ``nanotorch.no_grad()``)."""
+        self.cache = values if is_grad_enabled() else None
+
+    def saved_for_backward(self):
+        """What the last forward kept, as a tuple; an error if there was no forward to back up."""
+        if self.cache is None:
             raise RuntimeError(
-                f"{type(self).__name__}.backward called before forward: run forward(x) first "
-                "(each forward saves what the next backward needs)")
-        return cache
+                f"{type(self).__name__}.backward called before forward (or after a forward under no_grad): "
+                "run forward(x) first; each forward saves what the next backward needs")
+        return self.cache
 
     # --- traversal --------------------------------------------------------------------
     def named_modules(self, prefix=""):

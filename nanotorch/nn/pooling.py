@@ -56,11 +56,11 @@ class MaxPool2d(Module):
             out, arg = maxpool2x2_forward(x, oh, ow)           # the common case, vectorised
         else:
             out, arg = maxpool2d_forward(x, *self.kernel_size, *self.stride, *self.padding, oh, ow)
-        self.cache = (arg, h, w)
+        self.save_for_backward(arg, h, w)
         return out
 
     def backward(self, dout):
-        arg, h, w = self._require_cache(self.cache)
+        arg, h, w = self.saved_for_backward()
         return maxpool2d_backward(np.ascontiguousarray(dout), arg, h, w)
 
     def extra_repr(self):
@@ -90,11 +90,11 @@ class AdaptiveAvgPool2d(Module):
             for i, (r0, r1) in enumerate(self._windows(h, oh)):
                 for j, (c0, c1) in enumerate(self._windows(w, ow)):
                     out[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
-        self.cache = x.shape
+        self.save_for_backward(x.shape)
         return out
 
     def backward(self, dout):
-        n, c, h, w = self._require_cache(self.cache)
+        (n, c, h, w), = self.saved_for_backward()
         oh, ow = self.output_size
         if (oh, ow) == (1, 1):
             return np.broadcast_to(dout / (h * w), (n, c, h, w)).astype(dout.dtype)
