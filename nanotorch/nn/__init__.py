@@ -8,14 +8,8 @@ from nanotorch.nn.dropout import Dropout
 from nanotorch.nn.linear import Flatten, Linear
 from nanotorch.nn.loss import CrossEntropyLoss
 from nanotorch.nn.fused import ConvBNGELU
+from nanotorch.nn import utils
 
 __all__ = ["Module", "Parameter", "Sequential", "Conv2d", "BatchNorm1d", "BatchNorm2d", "GELU", "ReLU",
            "AdaptiveAvgPool2d", "MaxPool2d", "Dropout", "Flatten", "Linear", "CrossEntropyLoss", "ConvBNGELU", "utils"]
 
-
-def __getattr__(name):
-    # nn.utils (clip_grad_norm_) is imported lazily so that nn has no import cycle with it
-    if name == "utils":
-        import importlib
-        return importlib.import_module("nanotorch.nn.utils")
-    raise AttributeError(name)

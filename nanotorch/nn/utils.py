@@ -3,6 +3,8 @@ import math
 
 import numpy as np
 
+from nanotorch.nn.module import Parameter
+
 
 def _vector_norm(x, norm_type):
     """The p-norm of x seen as one vector, as torch.linalg.vector_norm defines it.
@@ -90,7 +92,6 @@ def flatten_parameters(parameters):
     Gradients become fixed buffers (zero_grad zeroes them in place). Cast the model (``.to``)
     before flattening: a cast makes new arrays, which the flat vector would no longer see.
     """
-    from nanotorch.nn.module import Parameter
     params = list(parameters)
     if not params:
         raise ValueError("flatten_parameters: no parameters given")
