@@ -76,8 +76,9 @@ def parse_args(argv=None):
                     "(default: $NANOTORCH_DATA/mnist, else ~/.cache/nanotorch/mnist; downloaded if missing)")
     ap.add_argument("--out", default=None, help="run directory (default: runs/<timestamp>)")
     ap.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from a checkpoint.npz")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="threads for BLAS and Numba (default 1: at batch 4 a second thread costs more than it gives)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="threads for Numba and evaluation (BLAS always gets one: at batch 4 its threads cost more "
+                         "than they give); results are the same for any count")
     ap.add_argument("--log-every", type=int, default=50, help="steps between log.csv rows")
     ap.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoint.npz saves")
     ap.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")
