@@ -32,30 +32,22 @@ def try_import_torch():
 
 @contextlib.contextmanager
 def threads(n, torch=None):
-    """Run the block with n threads for Numba, for the BLAS under np.matmul (via threadpoolctl, if
-    installed) and, if the module is passed, for torch; the previous counts are restored after.
-
-    Yields a dict saying what was set.
+    """Run the block with each framework at n threads as it uses them: nanotorch.set_num_threads(n)
+    (Numba n, BLAS one: nanotorch's policy, see nanotorch/threads.py) and, if the module is passed,
+    torch.set_num_threads(n); the previous counts are restored after. Yields a dict saying what was set.
     """
-    import numba
-    n_numba = max(1, min(n, numba.config.NUMBA_NUM_THREADS))
-    before = numba.get_num_threads()
-    numba.set_num_threads(n_numba)
-    info = {"threads": n, "numba": n_numba, "blas": "unchanged (no threadpoolctl)", "torch": None}
+    import nanotorch as nt
+    before = nt.get_num_threads()
+    nt.set_num_threads(n)
+    info = {"threads": n, "numba": nt.get_num_threads(), "blas": 1, "torch": None}
     try:
         with contextlib.ExitStack() as stack:
-            try:
-                from threadpoolctl import threadpool_limits
-                stack.enter_context(threadpool_limits(limits=n, user_api="blas"))
-                info["blas"] = n
-            except ImportError:
-                pass
             if torch is not None:
                 stack.enter_context(torch_threads(torch, n))
                 info["torch"] = n
             yield info
     finally:
-        numba.set_num_threads(before)
+        nt.set_num_threads(before)
 
 
 @contextlib.contextmanager
