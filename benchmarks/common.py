@@ -32,14 +32,14 @@ def try_import_torch():
 
 @contextlib.contextmanager
 def threads(n, torch=None):
-    """Run the block with each framework at n threads as it uses them: nanotorch.set_num_threads(n)
-    (Numba n, BLAS one: nanotorch's policy, see nanotorch/threads.py) and, if the module is passed,
-    torch.set_num_threads(n); the previous counts are restored after. Yields a dict saying what was set.
+    """Run the block with each framework at n threads: nanotorch.set_num_threads(n) (Numba and BLAS)
+    and, if the module is passed, torch.set_num_threads(n); the previous counts are restored after.
+    Yields a dict saying what was set.
     """
     import nanotorch as nt
     before = nt.get_num_threads()
     nt.set_num_threads(n)
-    info = {"threads": n, "numba": nt.get_num_threads(), "blas": 1, "torch": None}
+    info = {"threads": n, "numba": nt.get_num_threads(), "blas": n, "torch": None}
     try:
         with contextlib.ExitStack() as stack:
             if torch is not None:

@@ -28,12 +28,11 @@ import numpy as np
 
 from benchmarks.common import (RESULTS_DIR, format_table, peak_rss_mb, seconds_since_process_start, settle,
                                threads, torch_threads, try_import_torch, write_csv)
-import nanotorch as nt
-from nanotorch import nn, optim
+from nanotorch import nn
 from mnist.data import iterate_batches, load_mnist, normalize
 from mnist.evaluate import predict_logits
-from mnist.model import CHANNELS, build_model
-from mnist.train import RECIPE, train_step
+from mnist.model import CHANNELS
+from mnist.train import RECIPE, build_trainer, train_step
 
 EPOCH_STEPS = 15000                 # 60000 images / batch 4: the schedule's length and the projection's
 
@@ -41,14 +40,9 @@ EPOCH_STEPS = 15000                 # 60000 images / batch 4: the schedule's len
 # ----------------------------------------------------------------------------- nanotorch
 
 def new_nanotorch(seed=0):
-    """A fresh seed model (initial weights from ``seed``) with the recipe's loss, optimizer and schedule."""
-    nt.manual_seed(seed)
-    model = build_model(dropout=RECIPE["dropout"]).train()
-    optimizer = optim.SGD(model.parameters(), lr=RECIPE["lr"], momentum=RECIPE["momentum"])
-    scheduler = optim.lr_scheduler.OneCycleLR(optimizer, max_lr=RECIPE["max_lr"], total_steps=EPOCH_STEPS,
-                                              pct_start=RECIPE["pct_start"],
-                                              anneal_strategy=RECIPE["anneal_strategy"])
-    return model, nn.CrossEntropyLoss(), optimizer, scheduler
+    """A fresh seed model (initial weights from ``seed``) with the recipe's loss, optimizer and schedule,
+    built exactly as mnist.train builds them."""
+    return build_trainer(argparse.Namespace(**{**RECIPE, "seed": seed}), EPOCH_STEPS)
 
 
 def train_nanotorch(batches, trainer=None):

@@ -76,9 +76,9 @@ def parse_args(argv=None):
                     "(default: $NANOTORCH_DATA/mnist, else ~/.cache/nanotorch/mnist; downloaded if missing)")
     ap.add_argument("--out", default=None, help="run directory (default: runs/<timestamp>)")
     ap.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from a checkpoint.npz")
-    ap.add_argument("--threads", type=int, default=2,
-                    help="threads for Numba and evaluation (BLAS always gets one: at batch 4 its threads cost more "
-                         "than they give); results are the same for any count")
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                    help="threads for BLAS, Numba and evaluation (default: 2, or 1 on a 1-core machine); "
+                         "use 1 when the machine is busy with other work")
     ap.add_argument("--log-every", type=int, default=50, help="steps between log.csv rows")
     ap.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoint.npz saves")
     ap.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")
@@ -96,6 +96,22 @@ def parse_args(argv=None):
     if args.limit is not None and args.limit < args.batch_size:
         ap.error(f"--limit must be at least the batch size ({args.batch_size})")
     return args
+
+
+def build_trainer(recipe, total_steps):
+    """The seed model (initial weights from recipe.seed), its loss, and SGD under OneCycleLR.
+
+    ``recipe`` has the attributes of parse_args(): seed, dropout, lr, momentum, max_lr, pct_start,
+    anneal_strategy. The optimiser gets the model's parameters flattened into one vector (views of
+    it, nn.utils.flatten_parameters), so SGD and clipping are single vector operations.
+    """
+    nt.manual_seed(recipe.seed)                    # initial weights, then dropout masks
+    model = build_model(dropout=recipe.dropout)
+    flat = nn.utils.flatten_parameters(model.parameters())
+    optimizer = optim.SGD([flat], lr=recipe.lr, momentum=recipe.momentum)
+    scheduler = optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.max_lr, total_steps=total_steps,
+                                              pct_start=recipe.pct_start, anneal_strategy=recipe.anneal_strategy)
+    return model, nn.CrossEntropyLoss(), optimizer, scheduler
 
 
 def train_step(model, criterion, optimizer, scheduler, x, y, clip):
@@ -147,16 +163,9 @@ def train(args):
     if args.limit:
         train_x, train_y = train_x[:args.limit], train_y[:args.limit]
 
-    nt.manual_seed(args.seed)                      # initial weights, then dropout masks
-    model = build_model(dropout=args.dropout)
-    criterion = nn.CrossEntropyLoss()
-    # all 35 parameter arrays as views of one vector: SGD and clipping are then single vector operations
-    flat = nn.utils.flatten_parameters(model.parameters())
-    optimizer = optim.SGD([flat], lr=args.lr, momentum=args.momentum)
     steps_per_epoch = num_batches(len(train_x), args.batch_size)
     total_steps = args.epochs * steps_per_epoch
-    scheduler = optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.max_lr, total_steps=total_steps,
-                                              pct_start=args.pct_start, anneal_strategy=args.anneal_strategy)
+    model, criterion, optimizer, scheduler = build_trainer(args, total_steps)
     step, train_seconds = 0, 0.0
     if args.resume:
         state = load_checkpoint(args.resume, model, optimizer)

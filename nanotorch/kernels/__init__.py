@@ -12,3 +12,7 @@ from nanotorch.kernels.im2col import im2col, col2im, im2col_reference, col2im_re
 from nanotorch.kernels.pooling import (maxpool2d_forward, maxpool2x2_forward, maxpool2d_backward,
                                        maxpool2d_forward_reference, maxpool2d_backward_reference)
 from nanotorch.kernels.gelu import gelu_forward, gelu_forward_reference
+
+__all__ = ["im2col", "col2im", "im2col_reference", "col2im_reference", "maxpool2d_forward", "maxpool2x2_forward",
+           "maxpool2d_backward", "maxpool2d_forward_reference", "maxpool2d_backward_reference", "gelu_forward",
+           "gelu_forward_reference"]

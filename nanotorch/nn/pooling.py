@@ -8,8 +8,6 @@ MaxPool2d:  out = max over each window; the max passes its gradient to the one i
 AdaptiveAvgPool2d(output_size):  out[i, j] = mean of x over rows [floor(i H / OH), ceil((i+1) H / OH))
             and the same for columns; each input in a window gets dout / (window area).
 """
-import math
-
 import numpy as np
 
 from nanotorch.kernels import maxpool2d_backward, maxpool2d_forward, maxpool2x2_forward
