@@ -242,6 +242,12 @@ def test_one_cycle_steps_to_total_steps_then_raises():
     assert sched.last_epoch == 10
 
 
+def test_one_cycle_cycles_the_momentum_of_an_sgd_built_without_momentum():
+    """As PyTorch: SGD's default momentum 0 is overwritten with max_momentum at construction."""
+    opt, _ = one_cycle(momentum=0)
+    assert opt.param_groups[0]["momentum"] == 0.95
+
+
 @pytest.mark.parametrize("kwargs, name", [
     (dict(total_steps=None), "total_steps"),
     (dict(total_steps=None, epochs=3), "steps_per_epoch"),
@@ -253,7 +259,6 @@ def test_one_cycle_steps_to_total_steps_then_raises():
     (dict(pct_start=-0.1), "pct_start"),
     (dict(anneal_strategy="exp"), "anneal_strategy"),
     (dict(max_lr=[0.1, 0.2]), "max_lr"),
-    (dict(momentum=0), "cycle_momentum"),
 ])
 def test_one_cycle_rejects_bad_arguments(kwargs, name):
     kwargs = dict(dict(total_steps=100), **kwargs)

@@ -177,9 +177,6 @@ class OneCycleLR(LRScheduler):
             if "momentum" not in optimizer.defaults:
                 raise ValueError(f"cycle_momentum=True needs an optimiser with momentum, "
                                  f"{type(optimizer).__name__} has none: pass cycle_momentum=False")
-            if last_epoch == -1 and any(g["momentum"] == 0 for g in optimizer.param_groups):
-                raise ValueError("cycle_momentum=True but the optimiser's momentum is 0: build it with "
-                                 "momentum > 0 (e.g. SGD(..., momentum=0.9)) or pass cycle_momentum=False")
             max_momentums = _per_group("max_momentum", optimizer, max_momentum)
             base_momentums = _per_group("base_momentum", optimizer, base_momentum)
             if last_epoch == -1:
