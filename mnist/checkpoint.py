@@ -3,9 +3,9 @@
 model.npz       the model's state_dict, keyed as PyTorch keys it ('0.0.weight', '0.1.running_mean', ...)
 checkpoint.npz  everything a resumed run needs, under prefixes:
                   model/<key>         the model's state_dict
-                  optim/buffer/<i>    the SGD momentum buffer of parameter i
-                  state               JSON text: optimiser hyper-parameters, scheduler state, step,
-                                      epoch, seed, config (plain values, no pickle)
+                  optimizer.<path>    the optimiser's state_dict (momentum buffers, param groups) and
+                  scheduler.<path>    the scheduler's, flattened by nanotorch.optim.flatten_state_dict
+                  state               JSON text: step, random generator, config (plain values, no pickle)
 """
 import json
 import os
@@ -14,6 +14,7 @@ import zipfile
 
 import numpy as np
 
+from nanotorch.optim import flatten_state_dict, unflatten_state_dict
 from mnist.model import build_model
 
 
@@ -75,36 +76,32 @@ def load_model(path, dropout=0.15):
     return model.eval()
 
 
-def save_checkpoint(path, model, optimizer, state):
-    """model + optimiser momentum buffers + JSON-able ``state`` (scheduler, step, config, ...)."""
+def save_checkpoint(path, model, optimizer, scheduler, state):
+    """model, optimiser and scheduler state_dicts as arrays, plus JSON-able ``state`` (step, config, ...)."""
     arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    for i, s in opt["state"].items():
-        if s.get("momentum_buffer") is not None:
-            arrays[f"optim/buffer/{i}"] = np.asarray(s["momentum_buffer"])
-    groups = [{k: v for k, v in g.items()} for g in opt["param_groups"]]
-    arrays["state"] = np.array(json.dumps({**state, "optim_param_groups": groups}))
+    arrays.update(flatten_state_dict(optimizer.state_dict(), prefix="optimizer."))
+    arrays.update(flatten_state_dict(scheduler.state_dict(), prefix="scheduler."))
+    arrays["state"] = np.array(json.dumps(state))
     save_npz_atomic(path, arrays)
 
 
 def checkpoint_state(path):
-    """The JSON state of a checkpoint.npz (step, scheduler, config, ...), without loading a model."""
-    arrays = load_npz(path)
+    """The JSON state of a checkpoint.npz (step, config, ...), without loading a model."""
+    return _state_of(path, load_npz(path))
+
+
+def _state_of(path, arrays):
     if "state" not in arrays:
         raise ValueError(f"{path} holds model weights only (no optimiser or schedule state): "
                          "--resume needs a checkpoint.npz written by mnist.train")
     return json.loads(str(arrays["state"]))
 
 
-def load_checkpoint(path, model, optimizer):
-    """Restore model and optimiser in place from save_checkpoint's file; returns the JSON state."""
+def load_checkpoint(path, model, optimizer, scheduler):
+    """Restore model, optimiser and scheduler in place from save_checkpoint's file; returns the JSON state."""
     arrays = load_npz(path)
-    if "state" not in arrays:
-        raise ValueError(f"{path} holds model weights only (no optimiser or schedule state): "
-                         "--resume needs a checkpoint.npz written by mnist.train")
+    state = _state_of(path, arrays)
     model.load_state_dict(model_state_from(arrays))
-    state = json.loads(str(arrays["state"]))
-    buffers = {int(k.split("/")[-1]): v for k, v in arrays.items() if k.startswith("optim/buffer/")}
-    optimizer.load_state_dict({"state": {i: {"momentum_buffer": b} for i, b in buffers.items()},
-                               "param_groups": state.pop("optim_param_groups")})
+    optimizer.load_state_dict(unflatten_state_dict(arrays, prefix="optimizer."))
+    scheduler.load_state_dict(unflatten_state_dict(arrays, prefix="scheduler."))
     return state

@@ -168,8 +168,7 @@ def train(args):
     model, criterion, optimizer, scheduler = build_trainer(args, total_steps)
     step, train_seconds = 0, 0.0
     if args.resume:
-        state = load_checkpoint(args.resume, model, optimizer)
-        scheduler.load_state_dict(state["scheduler"])
+        state = load_checkpoint(args.resume, model, optimizer, scheduler)
         nt.default_generator().bit_generator.state = state["rng"]
         step, train_seconds = state["step"], state["train_seconds"]
         if state["total_steps"] != total_steps:
@@ -188,8 +187,8 @@ def train(args):
         if not all(np.isfinite(v).all() for v in model.state_dict().values()):
             print(f"\nnot saving a checkpoint at step {step}: the model holds NaN or inf", file=sys.stderr)
             return
-        save_checkpoint(os.path.join(run_dir, "checkpoint.npz"), model, optimizer, {
-            "scheduler": scheduler.state_dict(), "rng": nt.default_generator().bit_generator.state,
+        save_checkpoint(os.path.join(run_dir, "checkpoint.npz"), model, optimizer, scheduler, {
+            "rng": nt.default_generator().bit_generator.state,
             "step": step, "total_steps": total_steps, "train_seconds": train_seconds, "config": config})
         saved_step = step
 
