@@ -19,10 +19,10 @@ def predict_logits(model, x, batch_size=50, threads=None):
     """x: (N, 1, 28, 28) normalised float -> logits (N, 10), in eval mode (running BatchNorm stats).
 
     Under no_grad the layers keep nothing, so batches can go through the same model in several
-    threads at once (``threads``, default nanotorch.get_num_threads()), each with a one-thread BLAS.
+    threads at once (``threads``, default: 2, or 1 on a 1-core machine), each with a one-thread BLAS.
     Small batches keep each layer's im2col columns in cache.
     """
-    threads = threads or nt.get_num_threads()
+    threads = threads or min(2, os.cpu_count() or 1)
     batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
     was_training = model.training
     model.eval()
