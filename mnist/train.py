@@ -180,7 +180,7 @@ def train(args):
     save_json_atomic(os.path.join(run_dir, "config.json"), config)
     print(f"training on {len(train_x)} images, batch {args.batch_size}, {total_steps} steps, into {run_dir}")
 
-    saved_step = None                              # the step of the last checkpoint written
+    saved_step = step if args.resume else None     # the step of the last checkpoint written
 
     def checkpoint():
         nonlocal saved_step
