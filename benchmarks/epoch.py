@@ -215,7 +215,7 @@ def compare(args, torch, batches, test_x, rss):
     for _ in range(min(args.repeats, 3)):
         settle()
         start = time.perf_counter()
-        predict_logits(model, test_x)               # its defaults: batches of 50, one per thread
+        predict_logits(model, test_x, threads=args.threads)   # batches of 50, side by side on the threads
         evals["nanotorch"].append(time.perf_counter() - start)
         if torch:
             settle()
