@@ -112,3 +112,17 @@ def test_whole_network_every_parameter(mode):
     assert worst[1] < 1e-5, f"{mode}: worst scaled error {worst}"
     assert gradcheck_directional(model, x, eps=1e-7) < 1e-7
     assert gradcheck_directional(model, x, eps=1e-7, seed=1) < 1e-7
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_layer_keeps_float32(case, mode):
+    """Training runs in float32: outputs, input gradients and parameter gradients stay float32."""
+    factory, shape = CASES[case]
+    nt.manual_seed(1)
+    layer = factory().train(mode == "train")
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    y = layer(x)
+    dx = layer.backward(np.ones_like(y))
+    assert y.dtype == dx.dtype == np.float32, case
+    assert all(p.grad.dtype == np.float32 for p in layer.parameters()), case
