@@ -90,3 +90,23 @@ def test_gelu_float32_vectorised_erf_is_float32_accurate():
     assert y.dtype == d.dtype == np.float32
     assert np.max(np.abs(y - y_ref) / np.maximum(1, np.abs(x))) < 2.5e-7
     assert np.max(np.abs(d - d_ref)) < 2.5e-7
+
+
+def test_kernels_run_without_jit_for_debugging():
+    """NUMBA_DISABLE_JIT=1 runs every kernel as plain Python (the documented way to step through one)."""
+    import os
+    import subprocess
+    import sys
+    code = ("import numpy as np, nanotorch as nt\n"
+            "from nanotorch import nn\n"
+            "nt.manual_seed(0)\n"
+            "m = nn.Sequential(nn.ConvBNGELU(1, 2, 3, padding=1), nn.MaxPool2d(2, ceil_mode=True), nn.GELU())\n"
+            "x = np.random.default_rng(0).standard_normal((2, 1, 5, 5)).astype(np.float32)\n"
+            "y = m(x); m.backward(np.ones_like(y)); print(repr(y.sum()))\n")
+    out = {}
+    for jit_off in ("1", "0"):
+        env = {**os.environ, "NUMBA_DISABLE_JIT": jit_off}
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        out[jit_off] = float(run.stdout.split("(")[-1].rstrip(")\n"))
+    assert abs(out["1"] - out["0"]) < 1e-5

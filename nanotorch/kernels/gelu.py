@@ -62,8 +62,9 @@ def gelu_and_grad_exact(u):
 
 
 def gelu_and_grad(u):
-    """(GELU(u), GELU'(u)) for one element; compiled per dtype as the module docstring says."""
-    raise NotImplementedError("only callable from compiled code")
+    """(GELU(u), GELU'(u)) for one element, by dtype as the module docstring says. This body runs
+    only without JIT (NUMBA_DISABLE_JIT=1); compiled code takes the overload below."""
+    return gelu_and_grad_fast(u) if isinstance(u, np.float32) else gelu_and_grad_exact(u)
 
 
 @overload(gelu_and_grad, inline="always", jit_options=FAST)
