@@ -51,7 +51,7 @@ class _BatchNorm(Module):
                                  f"training, got input shape {x.shape}")
             mu = x.mean(axis=axes)
             var = x.var(axis=axes)
-            self._update_running_stats(mu, var * (m / (m - 1)))
+            self._update_running_stats(mu, var, m)
         else:
             mu, var = self.running_mean.astype(x.dtype), self.running_var.astype(x.dtype)
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
@@ -61,11 +61,14 @@ class _BatchNorm(Module):
             return xhat
         return xhat * self.weight.data.astype(x.dtype).reshape(shape) + self.bias.data.astype(x.dtype).reshape(shape)
 
-    def _update_running_stats(self, mu, unbiased_var):
+    def _update_running_stats(self, mu, var, m):
+        """Fold a batch's mean and biased variance (over m values a channel) into the running ones;
+        the running variance is the unbiased estimate, var * m / (m - 1), as PyTorch keeps it."""
         self.num_batches_tracked += 1
         f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        self.running_mean[...] = (1 - f) * self.running_mean + f * mu
-        self.running_var[...] = (1 - f) * self.running_var + f * unbiased_var
+        unbiased = (var * (m / (m - 1))).astype(self.running_var.dtype)
+        self.running_mean[...] = (1 - f) * self.running_mean + f * mu.astype(self.running_mean.dtype)
+        self.running_var[...] = (1 - f) * self.running_var + f * unbiased
 
     def backward(self, dy):
         xhat, inv_std, axes, shape, training = self.saved_for_backward()

@@ -43,8 +43,7 @@ class ConvBNGELU(Sequential):
                 raise ValueError(f"ConvBNGELU: expected more than 1 value per channel when training, "
                                  f"got input {x.shape}")
             mean, var = channel_mean_var(z.reshape(c, m))
-            bn._update_running_stats(mean.astype(bn.running_mean.dtype),
-                                     (var * (m / (m - 1))).astype(bn.running_var.dtype))
+            bn._update_running_stats(mean, var, m)
         else:
             mean, var = bn.running_mean.astype(np.float64), bn.running_var.astype(np.float64)
         inv_std = 1.0 / np.sqrt(var.astype(z.dtype) + z.dtype.type(bn.eps))   # in z's dtype, as BatchNorm2d
