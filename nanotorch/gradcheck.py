@@ -34,13 +34,18 @@ class GradcheckResult:
         return f"worst relative error {self.max_error:.3e} at {self.where}"
 
 
-def _generators(module):
-    gens = [nt_random.default_generator()]
-    for m in module.modules():
-        g = getattr(m, "generator", None)
-        if isinstance(g, np.random.Generator):
-            gens.append(g)
-    return gens
+def _replaying(module):
+    """A function x -> copy of module(x) that first resets every random generator (the global one and
+    any module's ``generator``) to its state now, so each forward draws the same dropout masks."""
+    gens = [nt_random.default_generator()] + [m.generator for m in module.modules()
+                                              if isinstance(getattr(m, "generator", None), np.random.Generator)]
+    states = [copy.deepcopy(g.bit_generator.state) for g in gens]
+
+    def run(inp):
+        for g, s in zip(gens, states):
+            g.bit_generator.state = copy.deepcopy(s)
+        return module(inp).copy()        # a copy: a layer may return (a view of) its input
+    return run
 
 
 def gradcheck(module, x, eps=1e-6, floor=1e-8, seed=0, params=None, check_input=True, max_entries=None):
@@ -52,19 +57,11 @@ def gradcheck(module, x, eps=1e-6, floor=1e-8, seed=0, params=None, check_input=
     """
     if x.dtype != np.float64:
         raise TypeError(f"gradcheck needs a float64 input for accurate differences, got {x.dtype}")
-    gens = _generators(module)
-    states = [copy.deepcopy(g.bit_generator.state) for g in gens]
+    run = _replaying(module)
     buffers = {k: np.array(v, copy=True) for k, v in module.named_buffers()}
-
-    def run(inp):
-        for g, s in zip(gens, states):
-            g.bit_generator.state = copy.deepcopy(s)
-        return module(inp)
-
     out = run(x)
     upstream = np.random.default_rng(seed).standard_normal(out.shape)
     module.zero_grad()
-    run(x)
     analytic = {"input": module.backward(upstream.copy())}
     named = dict(module.named_parameters())
     for name in (params if params is not None else named):
@@ -83,9 +80,9 @@ def gradcheck(module, x, eps=1e-6, floor=1e-8, seed=0, params=None, check_input=
             checked[idx] = True
             old = arr[idx]
             arr[idx] = old + eps
-            plus = run(x).copy()       # copies: a layer may return (a view of) its input
+            plus = run(x)
             arr[idx] = old - eps
-            minus = run(x).copy()
+            minus = run(x)
             arr[idx] = old
             # difference the outputs before the dot product: summing L first would cancel away digits
             numeric[idx] = np.sum((plus - minus) * upstream) / (2 * eps)
@@ -113,18 +110,10 @@ def gradcheck_directional(module, x, eps=1e-6, seed=0):
     d/dt L(x + t v_x, theta + t v_theta) = <dL/dx, v_x> + sum <dL/dtheta, v_theta>; both sides are
     computed (the left by central differences) and their relative difference returned.
     """
-    gens = _generators(module)
-    states = [copy.deepcopy(g.bit_generator.state) for g in gens]
+    run = _replaying(module)
     rng = np.random.default_rng(seed)
-
-    def run(inp):
-        for g, s in zip(gens, states):
-            g.bit_generator.state = copy.deepcopy(s)
-        return module(inp).copy()
-
     upstream = rng.standard_normal(run(x).shape)
     module.zero_grad()
-    run(x)
     dx = module.backward(upstream.copy())
     params = module.parameters()
     v_x = rng.standard_normal(x.shape)
@@ -139,7 +128,6 @@ def gradcheck_directional(module, x, eps=1e-6, seed=0):
         return run(x + t * v_x)
 
     numeric = float(np.sum((shifted(eps) - shifted(-eps)) * upstream) / (2 * eps))
-    shifted(0.0)
     for p, o in zip(params, originals):
         p.data[...] = o
     return abs(analytic - numeric) / max(abs(analytic) + abs(numeric), 1e-12)
