@@ -169,30 +169,28 @@ class Module:
         return self.to(np.float32)
 
     # --- saving and loading ----------------------------------------------------------------
-    def state_dict(self):
-        """Copies of every parameter and buffer, keyed as PyTorch keys them."""
-        state = OrderedDict()
+    def _state_entries(self):
+        """(key, module, name, is_parameter, array) for every parameter and buffer, in PyTorch's
+        order: module by module, each module's parameters before its buffers."""
         for mod_name, mod in self.named_modules():
             for name, p in mod._parameters.items():
-                state[f"{mod_name}.{name}" if mod_name else name] = p.data.copy()
+                yield (f"{mod_name}.{name}" if mod_name else name), mod, name, True, p.data
             for name in mod._buffers:
-                state[f"{mod_name}.{name}" if mod_name else name] = np.array(getattr(mod, name), copy=True)
-        return state
+                yield (f"{mod_name}.{name}" if mod_name else name), mod, name, False, getattr(mod, name)
+
+    def state_dict(self):
+        """Copies of every parameter and buffer, keyed as PyTorch keys them."""
+        return OrderedDict((key, np.array(array, copy=True)) for key, _, _, _, array in self._state_entries())
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy arrays into the model; a mismatch raises one error listing every bad key."""
-        own = OrderedDict()
-        for mod_name, mod in self.named_modules():
-            for name in mod._parameters:
-                own[f"{mod_name}.{name}" if mod_name else name] = (mod, name, True)
-            for name in mod._buffers:
-                own[f"{mod_name}.{name}" if mod_name else name] = (mod, name, False)
+        own = OrderedDict((key, (mod, name, is_param, array))
+                          for key, mod, name, is_param, array in self._state_entries())
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
         wrong = []
-        for key, (mod, name, is_param) in own.items():
+        for key, (mod, name, is_param, have) in own.items():
             if key in state_dict:
-                have = mod._parameters[name].data if is_param else getattr(mod, name)
                 got = np.asarray(state_dict[key])
                 if got.shape != have.shape:
                     wrong.append(f"{key}: checkpoint {tuple(got.shape)} vs model {tuple(have.shape)}")
@@ -200,13 +198,12 @@ class Module:
             + ([f"unexpected keys: {unexpected}"] if unexpected and strict else [])
         if problems:
             raise ValueError(f"state_dict does not fit {type(self).__name__}:\n  " + "\n  ".join(problems))
-        for key, (mod, name, is_param) in own.items():
+        for key, (mod, name, is_param, have) in own.items():
             if key not in state_dict:
                 continue
             if is_param:                       # copied in place, as PyTorch does: views stay views
-                mod._parameters[name].data[...] = np.asarray(state_dict[key])
+                have[...] = np.asarray(state_dict[key])
             else:
-                have = getattr(mod, name)
                 object.__setattr__(mod, name, np.array(state_dict[key], dtype=have.dtype, copy=True))
         return self
 
