@@ -55,7 +55,8 @@ def main(argv=None):
     ap.add_argument("path", help="a run directory (holding model.npz) or a checkpoint .npz")
     ap.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $NANOTORCH_DATA/mnist or the cache)")
     ap.add_argument("--batch-size", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=2, help="threads evaluating batches side by side")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="threads evaluating batches side by side (default: 2, or 1 on a 1-core machine)")
     args = ap.parse_args(argv)
     path = os.path.join(args.path, "model.npz") if os.path.isdir(args.path) else args.path
     try:

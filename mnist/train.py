@@ -253,6 +253,9 @@ def train(args):
                "params": count_parameters(model), "epochs": args.epochs, "steps": step, "seed": args.seed,
                "final_train_loss": history[-1][1] if history else None}
     save_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
+    if not args.no_plots:                          # the test set and its evaluation are at hand: reuse them
+        from mnist.visualize import visualize_run
+        visualize_run(run_dir, test_set=(test_x, test_y), evaluation=result)
     return run_dir, metrics
 
 
@@ -265,9 +268,6 @@ def main(argv=None):
     except (ValueError, FileNotFoundError, RuntimeError) as e:      # TrainingDiverged, bad data, ...
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if not args.no_plots:
-        from mnist.visualize import visualize_run
-        visualize_run(run_dir, data_dir=args.data_dir)
     print(f"done: test accuracy {100 * m['test_accuracy']:.2f}% after {m['epochs']} epoch(s), "
           f"{m['train_seconds']:.1f} s of training ({m['images_per_second']:.0f} images/s), "
           f"{m['params']} parameters, seed {m['seed']} -> {run_dir}")

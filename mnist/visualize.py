@@ -496,12 +496,14 @@ def _softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def visualize_run(run_dir, data_dir=None, test_images=None):
+def visualize_run(run_dir, data_dir=None, test_images=None, test_set=None, evaluation=None):
     """Write every picture into run_dir and return their paths.
 
     Needs run_dir/model.npz (from ``python -m mnist.train --out run_dir``); run_dir/log.csv is
     optional (the curves are skipped with a note without it). The test-set pictures load MNIST
     (data_dir: see mnist.data.resolve_data_dir); test_images limits them to the first N digits.
+    A caller that has the test set and the model's ``mnist.evaluate.evaluate`` of it already (the
+    training script) passes them as test_set=(images, labels) and evaluation, to skip both again.
     """
     from mnist.checkpoint import load_model
     from mnist.data import load_mnist
@@ -528,10 +530,10 @@ def visualize_run(run_dir, data_dir=None, test_images=None):
     else:
         print(f"note: {log_path} not found, skipping training_curves.png")
 
-    images, labels = load_mnist("test", data_dir=data_dir)
+    images, labels = test_set if test_set is not None else load_mnist("test", data_dir=data_dir)
     if test_images is not None:
         images, labels = images[:test_images], labels[:test_images]
-    result = evaluate(model, images, labels)
+    result = evaluation if evaluation is not None else evaluate(model, images, labels)
     paths.append(plot_feature_maps(model, images[0], out("feature_maps.png")))
     paths.append(plot_confusion_matrix(result["confusion"], out("confusion_matrix.png")))
     paths.append(plot_misclassified(images, labels, result["predictions"], _softmax(result["logits"]),
