@@ -26,6 +26,34 @@ def test_im2col_and_col2im_equal_reference(shape, dtype):
                                K.col2im_reference(d, n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow), rtol=1e-5, atol=1e-5)
 
 
+# stride 1 with the output as large as the input takes the kernels' "same" path: odd kernels,
+# one-sided padding, images smaller than the kernel, a single pixel
+SAME_SHAPES = [(2, 3, 7, 7, 3, 3, 1, 1), (1, 2, 5, 8, 3, 3, 1, 1), (3, 1, 1, 1, 3, 3, 1, 1), (2, 2, 4, 3, 5, 5, 2, 2),
+               (2, 2, 4, 6, 1, 3, 0, 1), (2, 2, 6, 4, 3, 1, 1, 0), (1, 3, 2, 2, 5, 5, 2, 2), (4, 12, 28, 28, 3, 3, 1, 1),
+               (2, 2, 5, 5, 1, 1, 0, 0)]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+@pytest.mark.parametrize("shape", SAME_SHAPES)
+def test_same_convolution_path_equals_reference(shape, overwrite):
+    n, c, h, w, kh, kw, ph, pw = shape
+    x = rng.standard_normal((n, c, h, w))
+    cols = K.im2col(x, kh, kw, 1, 1, ph, pw, h, w)
+    np.testing.assert_array_equal(cols, K.im2col_reference(x, kh, kw, 1, 1, ph, pw, h, w))
+    d = rng.standard_normal(cols.shape)
+    want = K.col2im_reference(d, n, c, h, w, kh, kw, 1, 1, ph, pw, h, w)
+    d_before = d.copy()
+    np.testing.assert_allclose(K.col2im(d, n, c, h, w, kh, kw, 1, 1, ph, pw, h, w, overwrite), want,
+                               rtol=1e-12, atol=1e-12)
+    if not overwrite:
+        np.testing.assert_array_equal(d, d_before)          # cols untouched unless the caller allows it
+
+
+def test_same_path_reads_non_contiguous_input():
+    x = rng.standard_normal((5, 5, 3, 2)).transpose(3, 2, 0, 1)             # (2, 3, 5, 5), not contiguous
+    np.testing.assert_array_equal(K.im2col(x, 3, 3, 1, 1, 1, 1, 5, 5), K.im2col_reference(x, 3, 3, 1, 1, 1, 1, 5, 5))
+
+
 def test_col2im_is_the_adjoint_of_im2col():
     """<im2col(x), d> == <x, col2im(d)>: the defining property of the gradient of a copy."""
     x = rng.standard_normal((2, 3, 7, 7))

@@ -10,18 +10,22 @@ is a single product: dx = dout * dy/dx.
 
 Precision per dtype (``gelu_and_grad`` picks by the element type at compile time):
 - float64 uses libm's erf and exp: PyTorch's float64 numbers to the last bits.
-- float32 uses ``erfc`` of Numerical Recipes (Chebyshev fit, relative error < 1.2e-7) and an exp
-  built from multiply-adds (Taylor series of exp(y/128), squared 7 times), both evaluated in
-  float64. Every operation is a multiply, add, divide or select, so the compiler vectorises the
-  loop (libm's erf is a scalar call, ~10x slower); the result is within 2.4e-7 of the exact
-  value, about one float32 rounding step.
+- float32 is computed in float32 lanes (8 or 16 per vector instruction) with no library call:
+      Phi(-|x|) = erfc(z) / 2 = t * (a1 + a2 t + ... + a5 t^4) * exp(-z^2) / 2,  t = 1 / (1 + p z),  z = |x| / sqrt 2
+  (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7), replaced near 0 (z < 1/2, where 1 - erfc
+  cancels) by the Taylor series of erf. exp(y) = 2^k exp(r) with k = round(y / ln 2),
+  |r| <= ln(2) / 2, exp(r) by its degree-7 Taylor polynomial and 2^k built directly as the bits of a
+  float32. exp(-z^2) serves Phi and phi at once. Within 2.5e-7 of the exact value (PyTorch's
+  own float32 GELU: 3.3e-7 for y, 2.5e-7 for dy/dx on the same test points), about 4x faster than
+  libm's scalar erf.
 NumPy has no erf, which is why GELU needs compiled loops at all.
 """
 import math
 
 import numpy as np
 from numba import njit, types
-from numba.extending import overload
+from llvmlite import ir
+from numba.extending import intrinsic, overload
 
 SQRT_HALF = 0.7071067811865476        # 1 / sqrt(2)
 INV_SQRT_2PI = 0.3989422804014327     # 1 / sqrt(2 pi)
@@ -30,29 +34,51 @@ COEF = 0.044715
 FAST = dict(fastmath=True, error_model="numpy")   # no division-by-zero checks: lets loops vectorise
 
 
+def float32_from_bits(i):
+    """The float32 whose IEEE-754 bits are the int32 ``i`` (a reinterpretation, not a conversion)."""
+    return np.int32(i).view(np.float32)
+
+
+@intrinsic
+def _bitcast_int32_to_float32(typingctx, i):
+    return types.float32(types.int32), lambda context, builder, sig, args: builder.bitcast(args[0], ir.FloatType())
+
+
+@overload(float32_from_bits, inline="always")
+def _float32_from_bits_compiled(i):
+    return lambda i: _bitcast_int32_to_float32(i)
+
+
+F = np.float32
+LOG2E, LN2_HI, LN2_LO = F(1.4426950408889634), F(0.693145751953125), F(1.4286068203094173e-06)
+
+
 @njit(inline="always", **FAST)
-def _exp_small(y):
-    """exp(y) for y in [-45, 1] from multiply-adds: (Taylor_10(y / 128))^128, relative error ~1e-10."""
-    w = y * 0.0078125
-    p = 1.0 + w * (1.0 + w * (1 / 2 + w * (1 / 6 + w * (1 / 24 + w * (1 / 120 + w * (
-        1 / 720 + w * (1 / 5040 + w * (1 / 40320 + w * (1 / 362880)))))))))
-    for _ in range(7):
-        p = p * p
-    return p
+def exp_float32(y):
+    """exp(y) for float32 y in [-87, 88]: 2^k * exp(r), y = k ln 2 + r (ln 2 split in two for an exact r)."""
+    k = np.int32(y * LOG2E + F(127.5)) - np.int32(127)           # round(y / ln 2); truncation of a positive
+    r = (y - F(k) * LN2_HI) - F(k) * LN2_LO
+    p = F(1) + r * (F(1) + r * (F(1 / 2) + r * (F(1 / 6) + r * (F(1 / 24) + r * (F(1 / 120) + r * (
+        F(1 / 720) + r * F(1 / 5040)))))))
+    return p * float32_from_bits((k + np.int32(127)) << np.int32(23))   # 2^k: exponent field k + 127
 
 
 @njit(inline="always", **FAST)
 def gelu_and_grad_fast(u):
-    """(GELU(u), GELU'(u)) to float32 accuracy, vectorisable. |u| > 9 is clamped (Phi is 0 or 1 there)."""
-    x = min(max(float(u), -9.0), 9.0)
-    z = abs(x) * SQRT_HALF
-    t = 1.0 / (1.0 + 0.5 * z)
-    poly = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (
-        0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))))
-    g = _exp_small(-z * z)                         # exp(-x^2 / 2) = sqrt(2 pi) phi(x)
-    half_erfc = 0.5 * t * g * _exp_small(poly)     # erfc(|x| / sqrt 2) / 2 = Phi(-|x|)
-    cdf = 1.0 - half_erfc if x >= 0 else half_erfc
-    return u * cdf, cdf + u * INV_SQRT_2PI * g
+    """(GELU(u), GELU'(u)) for float32 u in float32 arithmetic, vectorisable; see the module docstring."""
+    x = min(max(u, F(-9.0)), F(9.0))                  # beyond 9, Phi is 0 or 1 in float32
+    z = abs(x) * F(SQRT_HALF)
+    g = exp_float32(-z * z)                            # exp(-x^2 / 2) = sqrt(2 pi) phi(x)
+    t = F(1) / (F(1) + F(0.3275911) * z)
+    half_erfc = F(0.5) * g * t * (F(0.254829592) + t * (F(-0.284496736) + t * (F(1.421413741) + t * (
+        F(-1.453152027) + t * F(1.061405429)))))     # Phi(-|x|)
+    cdf = F(1) - half_erfc if x >= 0 else half_erfc
+    w = z * z                                          # erf(z) = 2/sqrt(pi) (z - z^3/3 + z^5/10 - ...)
+    half_erf = F(0.5641895835477563) * z * (F(1) - w * (F(1 / 3) - w * (F(1 / 10) - w * (F(1 / 42) - w * (
+        F(1 / 216) - w * F(1 / 1320))))))
+    if z < F(0.5):
+        cdf = F(0.5) + half_erf if x >= 0 else F(0.5) - half_erf
+    return u * cdf, cdf + u * F(INV_SQRT_2PI) * g
 
 
 @njit(inline="always")

@@ -10,8 +10,17 @@ so that the convolution is ``W.reshape(OC, C*KH*KW) @ cols``, of shape (OC, N*OH
 the adjoint (transpose) of im2col: every column entry is *added* back to the pixel it was copied
 from, which is exactly the gradient of a copy.
 
-Both loops test every index against the image border; LLVM turns that test into masked
-vector instructions, which measured 3x faster than splitting each row into border and interior.
+Two versions of each loop:
+- general (any stride, padding): tests every index against the image border; LLVM turns that
+  test into masked vector instructions, 3x faster than splitting each row into border and interior.
+- "same" convolutions (stride 1, output as large as the input: 3x3 with padding 1, as in the
+  MNIST model): with output and input planes the same size, the pixels read for kernel offset
+  (i, j) are the whole input plane shifted by s = (i - ph) * W + (j - pw) in its flat layout. A
+  row of cols is therefore one contiguous copy per image, clipped at the top and bottom; only the
+  pixels of the columns that wrapped around to the neighbouring image row (x + j - pw outside
+  [0, W)) are then set to zero. col2im is the same contiguous add in reverse, after zeroing those
+  wrapped entries of cols (which the sum must skip). Measured 2.5-3.5x faster than the general
+  loops at the model's shapes (the shorter the rows, the larger the gain).
 """
 import numpy as np
 from numba import njit
@@ -19,6 +28,82 @@ from numba import njit
 @njit(cache=True, nogil=True)
 def im2col(x, kh, kw, sh, sw, ph, pw, oh, ow):
     """x: (N, C, H, W) -> cols: (C*kh*kw, N*oh*ow)."""
+    if sh == 1 and sw == 1 and oh == x.shape[2] and ow == x.shape[3]:
+        return _im2col_same(x, kh, kw, ph, pw)
+    return _im2col_general(x, kh, kw, sh, sw, ph, pw, oh, ow)
+
+
+@njit(cache=True, nogil=True)
+def col2im(cols, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, oh, ow, overwrite_cols=False):
+    """cols: (C*kh*kw, N*oh*ow) -> dx: (N, C, H, W), summing every entry into its source pixel.
+    With ``overwrite_cols`` the "same" path may use cols as scratch (saves a copy)."""
+    if sh == 1 and sw == 1 and oh == h_ and ow == w_:
+        return _col2im_same(cols if overwrite_cols else cols.copy(), n_, c_, h_, w_, kh, kw, ph, pw)
+    return _col2im_general(cols, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, oh, ow)
+
+
+@njit(cache=True, nogil=True)
+def _im2col_same(x, kh, kw, ph, pw):
+    n_, c_, h_, w_ = x.shape
+    hw = h_ * w_
+    cols = np.empty((c_ * kh * kw, n_ * hw), dtype=x.dtype)
+    planes = np.ascontiguousarray(x).reshape(n_, c_, hw)
+    for c in range(c_):
+        for i in range(kh):
+            y0, y1 = max(0, ph - i), min(h_, h_ + ph - i)          # output rows whose input row exists
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                s = (i - ph) * w_ + (j - pw)                        # flat shift of this kernel offset
+                p0 = min(max(y0 * w_, -s), hw)                     # flat range [p0, p1) that stays
+                p1 = max(min(y1 * w_, hw - s), p0)                  # inside the input plane
+                x0, x1 = max(0, pw - j), min(w_, w_ + pw - j)       # output columns whose input column exists
+                for n in range(n_):
+                    base = n * hw
+                    for p in range(p0):
+                        cols[row, base + p] = 0
+                    src = planes[n, c, p0 + s:p1 + s]
+                    dst = cols[row, base + p0:base + p1]
+                    for p in range(src.size):                       # the contiguous copy
+                        dst[p] = src[p]
+                    for p in range(p1, hw):
+                        cols[row, base + p] = 0
+                    for y in range(y0, y1):                         # wrapped columns read the padding
+                        for xo in range(x0):
+                            cols[row, base + y * w_ + xo] = 0
+                        for xo in range(x1, w_):
+                            cols[row, base + y * w_ + xo] = 0
+    return cols
+
+
+@njit(cache=True, nogil=True)
+def _col2im_same(cols, n_, c_, h_, w_, kh, kw, ph, pw):
+    hw = h_ * w_
+    dx = np.zeros((n_, c_, hw), dtype=cols.dtype)
+    for c in range(c_):
+        for i in range(kh):
+            y0, y1 = max(0, ph - i), min(h_, h_ + ph - i)
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                s = (i - ph) * w_ + (j - pw)
+                p0 = min(max(y0 * w_, -s), hw)
+                p1 = max(min(y1 * w_, hw - s), p0)
+                x0, x1 = max(0, pw - j), min(w_, w_ + pw - j)
+                for n in range(n_):
+                    base = n * hw
+                    for y in range(y0, y1):                         # wrapped entries came from the padding
+                        for xo in range(x0):
+                            cols[row, base + y * w_ + xo] = 0
+                        for xo in range(x1, w_):
+                            cols[row, base + y * w_ + xo] = 0
+                    src = cols[row, base + p0:base + p1]
+                    dst = dx[n, c, p0 + s:p1 + s]
+                    for p in range(src.size):                       # the contiguous add
+                        dst[p] += src[p]
+    return dx.reshape(n_, c_, h_, w_)
+
+
+@njit(cache=True, nogil=True)
+def _im2col_general(x, kh, kw, sh, sw, ph, pw, oh, ow):
     n_, c_, h_, w_ = x.shape
     cols = np.empty((c_ * kh * kw, n_ * oh * ow), dtype=x.dtype)
     for c in range(c_):
@@ -40,8 +125,7 @@ def im2col(x, kh, kw, sh, sw, ph, pw, oh, ow):
 
 
 @njit(cache=True, nogil=True)
-def col2im(cols, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, oh, ow):
-    """cols: (C*kh*kw, N*oh*ow) -> dx: (N, C, H, W), summing every entry into its source pixel."""
+def _col2im_general(cols, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, oh, ow):
     dx = np.zeros((n_, c_, h_, w_), dtype=cols.dtype)
     for c in range(c_):
         for i in range(kh):

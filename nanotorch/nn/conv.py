@@ -86,7 +86,8 @@ class Conv2d(Module):
         if self.bias is not None:
             self.bias.accumulate_grad(d.sum(axis=1))
         w2 = self.weight.data.reshape(self.out_channels, -1).astype(dz.dtype, copy=False)
-        return col2im(w2.T @ d, n, c, h, w, *self.kernel_size, *self.stride, *self.padding, oh, ow)
+        return col2im(w2.T @ d, n, c, h, w, *self.kernel_size, *self.stride, *self.padding, oh, ow,
+                      overwrite_cols=True)                 # dcols is a temporary
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
