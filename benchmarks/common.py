@@ -32,14 +32,16 @@ def try_import_torch():
 
 @contextlib.contextmanager
 def threads(n, torch=None):
-    """Run the block with each framework at n threads: nanotorch.set_num_threads(n) (Numba and BLAS)
+    """Run the block with each framework at n threads: nanotorch.set_num_threads(n) (Numba, BLAS, background)
     and, if the module is passed, torch.set_num_threads(n); the previous counts are restored after.
     Yields a dict saying what was set.
     """
     import nanotorch as nt
-    before = nt.get_num_threads()
+    from nanotorch import background
+    before, background_before = nt.get_num_threads(), background.enabled()
     nt.set_num_threads(n)
-    info = {"threads": n, "numba": nt.get_num_threads(), "blas": n, "torch": None}
+    info = {"threads": n, "numba": nt.get_num_threads(), "blas": max(1, n // 2),
+            "background_grad_thread": background.enabled(), "torch": None}
     try:
         with contextlib.ExitStack() as stack:
             if torch is not None:
@@ -48,6 +50,7 @@ def threads(n, torch=None):
             yield info
     finally:
         nt.set_num_threads(before)
+        background.enable(background_before)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from nanotorch import background
 from nanotorch.grad_mode import is_grad_enabled
 
 
@@ -22,6 +23,8 @@ class Parameter:
 
     After ``nn.utils.flatten_parameters`` the gradient is a view into one shared vector; it then
     stays that array for good: setting ``grad = None`` (zero_grad) zeroes it in place instead.
+    Reading or setting ``grad`` first waits for gradient jobs still running on the background
+    thread (nanotorch/background.py).
     """
 
     def __init__(self, data):
@@ -31,10 +34,15 @@ class Parameter:
 
     @property
     def grad(self):
+        background.wait()
         return self._grad
 
     @grad.setter
     def grad(self, value):
+        background.wait()
+        self._set_grad(value)
+
+    def _set_grad(self, value):
         if not self._grad_is_view:
             self._grad = value
         elif value is None:
@@ -51,11 +59,12 @@ class Parameter:
         return self.data.dtype
 
     def accumulate_grad(self, g):
-        """grad += g (PyTorch accumulates until zero_grad)."""
-        if self.grad is None:
-            self.grad = np.array(g, dtype=self.data.dtype, copy=True)
+        """grad += g (PyTorch accumulates until zero_grad). Runs on the background thread too, so
+        it touches ``_grad`` directly rather than waiting on itself through ``grad``."""
+        if self._grad is None:
+            self._set_grad(np.array(g, dtype=self.data.dtype, copy=True))
         else:
-            self.grad += g
+            self._grad += g
 
     def __repr__(self):
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"

@@ -1,0 +1,104 @@
+"""The background gradient thread (nanotorch/background.py): same numbers as without it, and no
+gradient is read before its job is done."""
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import nanotorch as nt
+from nanotorch import background, nn, optim
+from mnist.model import build_model
+
+
+@pytest.fixture
+def with_background():
+    was = background.enabled()
+    background.enable(True)
+    yield
+    background.enable(was)
+
+
+def train(steps, on):
+    """A few SGD steps of the seed model on fixed random batches; returns (weights, last gradients)."""
+    was = background.enabled()
+    background.enable(on)
+    try:
+        nt.manual_seed(0)
+        model = build_model()
+        flat = nn.utils.flatten_parameters(model.parameters())
+        sgd = optim.SGD([flat], lr=0.05, momentum=0.9)
+        loss = nn.CrossEntropyLoss()
+        rng = np.random.default_rng(1)
+        for _ in range(steps):
+            x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
+            y = rng.integers(0, 10, 3)
+            loss(model(x), y)
+            sgd.zero_grad()
+            model.backward(loss.backward())
+            nn.utils.clip_grad_norm_([flat], 1.0)
+            sgd.step()
+        return flat.data.copy(), flat.grad.copy()
+    finally:
+        background.enable(was)
+
+
+def test_training_with_the_background_thread_is_bitwise_equal():
+    w_off, g_off = train(4, on=False)
+    w_on, g_on = train(4, on=True)
+    np.testing.assert_array_equal(g_on, g_off)
+    np.testing.assert_array_equal(w_on, w_off)
+
+
+def test_reading_grad_waits_for_queued_jobs(with_background):
+    p = nn.Parameter(np.zeros(3))
+    started = threading.Event()
+
+    def slow():
+        started.set()
+        time.sleep(0.2)
+        p.accumulate_grad(np.ones(3))
+
+    background.run(slow)
+    started.wait()
+    np.testing.assert_array_equal(p.grad, np.ones(3))      # not None: the read waited for the job
+
+
+def test_jobs_run_in_order_and_on_another_thread(with_background):
+    seen = []
+    for i in range(5):
+        background.run(lambda i=i: seen.append((i, threading.current_thread() is threading.main_thread())))
+    background.wait()
+    assert seen == [(i, False) for i in range(5)]
+
+
+def test_a_failing_job_raises_where_its_gradient_is_read(with_background):
+    p = nn.Parameter(np.zeros(2))
+    p.grad = np.zeros(2)
+    background.run(lambda: p.accumulate_grad(np.ones(3)))          # wrong shape: a broadcasting error
+    with pytest.raises(ValueError):
+        _ = p.grad
+    background.wait()                                               # reported once, then cleared
+
+
+def test_without_the_thread_jobs_run_at_once():
+    was = background.enabled()
+    background.enable(False)
+    try:
+        seen = []
+        background.run(lambda: seen.append(threading.current_thread() is threading.main_thread()))
+        assert seen == [True]
+    finally:
+        background.enable(was)
+
+
+def test_set_num_threads_turns_it_on_and_off():
+    was, before = background.enabled(), nt.get_num_threads()
+    try:
+        nt.set_num_threads(2)
+        assert background.enabled()
+        nt.set_num_threads(1)
+        assert not background.enabled()
+    finally:
+        nt.set_num_threads(before)
+        background.enable(was)
