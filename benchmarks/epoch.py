@@ -215,7 +215,7 @@ def compare(args, torch, batches, test_x, rss):
     for _ in range(min(args.repeats, 3)):
         settle()
         start = time.perf_counter()
-        predict_logits(model, test_x, threads=args.threads)   # batches of 50, side by side on the threads
+        predict_logits(model, test_x, threads=args.threads)   # batches of 16, side by side on the threads
         evals["nanotorch"].append(time.perf_counter() - start)
         if torch:
             settle()
@@ -247,7 +247,7 @@ def report(result, out):
     rss = result["peak_rss_mb"]
     print(f"process start -> first nanotorch step done: {result['seconds_to_first_nanotorch_step']:.2f} s")
     print(f"peak RSS: {rss['first_step']:.0f} MB at the first step (before torch is imported), "
-          f"{rss['training']:.0f} MB after training, {rss['end']:.0f} MB after evaluation (torch: batch 1000; nanotorch: batches of 50)")
+          f"{rss['training']:.0f} MB after training, {rss['end']:.0f} MB after evaluation (torch: batch 1000; nanotorch: batches of 16)")
     print("\nnanotorch per layer (ms per step):")
     print(format_table(result["profile"]))
     os.makedirs(out, exist_ok=True)

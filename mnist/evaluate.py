@@ -1,6 +1,6 @@
 """Evaluate a trained model on the MNIST test set: overall and per-class accuracy, confusion matrix.
 
-    python -m mnist.evaluate RUN_DIR_OR_CHECKPOINT [--data-dir DIR] [--batch-size 1000]
+    python -m mnist.evaluate RUN_DIR_OR_CHECKPOINT [--data-dir DIR] [--batch-size 16]
 """
 import argparse
 import os
@@ -15,7 +15,7 @@ from mnist.checkpoint import load_model
 from mnist.data import load_mnist, normalize
 
 
-def predict_logits(model, x, batch_size=50, threads=None):
+def predict_logits(model, x, batch_size=16, threads=None):
     """x: (N, 1, 28, 28) normalised float -> logits (N, 10), in eval mode (running BatchNorm stats).
 
     Under no_grad the layers keep nothing, so batches can go through the same model in several
@@ -36,7 +36,7 @@ def predict_logits(model, x, batch_size=50, threads=None):
         model.train(was_training)
 
 
-def evaluate(model, images, labels, batch_size=50, threads=None):
+def evaluate(model, images, labels, batch_size=16, threads=None):
     """images: (N, 28, 28) uint8, labels: (N,) -> dict with accuracy, per_class_accuracy, confusion, ...
 
     confusion[t, p] counts test images of true class t predicted as p.
@@ -54,7 +54,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m mnist.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("path", help="a run directory (holding model.npz) or a checkpoint .npz")
     ap.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $NANOTORCH_DATA/mnist or the cache)")
-    ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None,
                     help="threads evaluating batches side by side (default: 2, or 1 on a 1-core machine)")
     args = ap.parse_args(argv)

@@ -82,7 +82,8 @@ def test_maxpool_equals_reference(shape, dtype):
                                rtol=1e-6)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 7, 7), (1, 2, 5, 8), (4, 16, 28, 28), (2, 2, 1, 3), (1, 1, 2, 2)])
+@pytest.mark.parametrize("shape", [(2, 3, 7, 7), (1, 2, 5, 8), (4, 16, 28, 28), (2, 2, 1, 3), (1, 1, 2, 2),
+                                   (3, 2, 6, 4), (2, 20, 14, 14)])     # even sizes: the two-pass path
 @pytest.mark.parametrize("ceil", [False, True])
 def test_maxpool_2x2_fast_path_equals_reference(shape, ceil):
     n, c, h, w = shape
@@ -97,10 +98,14 @@ def test_maxpool_2x2_fast_path_equals_reference(shape, ceil):
     np.testing.assert_array_equal(arg[finite], ref_arg[finite])
 
 
-def test_maxpool_ties_pick_the_first_like_pytorch():
-    x = np.zeros((1, 1, 2, 2))
-    out, arg = K.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0, 1, 1)
-    assert arg[0, 0, 0, 0] == 0 and out[0, 0, 0, 0] == 0
+@pytest.mark.parametrize("kernel", ["general", "2x2"])
+def test_maxpool_ties_pick_the_first_like_pytorch(kernel):
+    x = np.zeros((1, 3, 2, 2))
+    x[0, 1, 1, :] = 1                        # tie in the bottom row: the left one
+    x[0, 2, :, 1] = 1                        # tie in the right column: the top one
+    out, arg = (K.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0, 1, 1) if kernel == "general"
+                else K.maxpool2x2_forward(x, 1, 1))
+    assert arg.ravel().tolist() == [0, 2, 1] and out.ravel().tolist() == [0, 1, 1]
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
