@@ -7,11 +7,12 @@ n // 2 BLAS threads (one each on a 2-core machine); with n = 1 everything runs o
 Measured on a 2-core virtual machine, a training step at batch 4 took 2.70 ms with two BLAS threads
 and 2.98 ms with one when the machine was quiet, but 4.0-4.4 ms with two when its host was busier,
 and 7x slower with another process running: a BLAS library's threads spin while they wait. So
-mnist.train uses one by default. Numba's parallel loops (prange) on top of two BLAS threads made
-a step 30x slower: the two thread pools spin against each other.
+each thread gets one BLAS thread on a 2-core machine. Numba's parallel loops (prange) on top of two
+BLAS threads made a step 30x slower: the two thread pools spin against each other.
 Running Conv2d's weight gradient on a second Python thread beside its input gradient, waiting for
 it in each layer, gained 2%: a hand-over between threads costs ~40 us. Queuing all of them and
-waiting once, when a gradient is read, made a step 20-25% faster (nanotorch/background.py).
+waiting once, when a gradient is read, made a step 2-9% faster (nanotorch/background.py), and
+that thread does not spin: it sleeps until it is given work.
 """
 import numba
 from threadpoolctl import threadpool_limits

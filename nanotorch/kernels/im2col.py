@@ -19,8 +19,8 @@ Two versions of each loop:
   row of cols is therefore one contiguous copy per image, clipped at the top and bottom; only the
   pixels of the columns that wrapped around to the neighbouring image row (x + j - pw outside
   [0, W)) are then set to zero. col2im is the same contiguous add in reverse, after zeroing those
-  wrapped entries of cols (which the sum must skip). Measured 2.5-3.5x faster than the general
-  loops at the model's shapes (the shorter the rows, the larger the gain).
+  wrapped entries of cols (which the sum must skip). Measured 2-3x faster than the general loops
+  at the model's shapes (the shorter the rows, the larger the gain).
 """
 import numpy as np
 from numba import njit
