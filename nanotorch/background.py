@@ -20,64 +20,84 @@ saves, which is why the jobs are only waited for once, when a gradient is read.
 
 Off by default; ``nanotorch.set_num_threads(n)`` with n >= 2 turns it on.
 """
+import os
 import queue
 import threading
 
-_worker = None          # the background thread, or None
-_jobs = queue.SimpleQueue()
-_done = threading.Semaphore(0)
-_pending = 0            # jobs queued and not yet waited for
-_errors = []
+
+class _State:
+    """The thread, its job queue, and how many jobs were queued and have finished."""
+
+    def __init__(self):
+        self.worker = None
+        self.jobs = queue.SimpleQueue()
+        self.progress = threading.Condition()
+        self.queued = 0
+        self.finished = 0
+        self.errors = []
 
 
-def _serve():
+_state = _State()
+os.register_at_fork(after_in_child=lambda: globals().__setitem__("_state", _State()))   # no thread in a child
+
+
+def _serve(state):
     while True:
-        job = _jobs.get()
+        job = state.jobs.get()
         if job is None:
             return
         try:
             job()
-        except BaseException as error:      # handed to wait() on the main thread
-            _errors.append(error)
-        _done.release()
+        except BaseException as error:      # handed to wait() on the thread that reads the gradient
+            with state.progress:
+                state.errors.append(error)
+        with state.progress:
+            state.finished += 1
+            state.progress.notify_all()
 
 
 def enable(on):
-    """Start (or, with on=False, finish and stop) the background thread."""
-    global _worker
-    if on and _worker is None:
-        _worker = threading.Thread(target=_serve, name="nanotorch-grad", daemon=True)
-        _worker.start()
-    elif not on and _worker is not None:
-        wait()
-        _jobs.put(None)
-        _worker.join()
-        _worker = None
+    """Start (or, with on=False, finish the queued jobs and stop) the background thread."""
+    state = _state
+    if on and state.worker is None:
+        state.worker = threading.Thread(target=_serve, args=(state,), name="nanotorch-grad", daemon=True)
+        state.worker.start()
+    elif not on and state.worker is not None:
+        try:
+            wait()
+        finally:
+            state.jobs.put(None)
+            state.worker.join()
+            state.worker = None
 
 
 def enabled():
-    return _worker is not None
+    return _state.worker is not None
 
 
 def run(job):
-    """Run ``job()`` on the background thread if there is one, else right now. Jobs run in order."""
-    global _pending
-    if _worker is None:
+    """Run ``job()`` on the background thread if there is one, else right now. Jobs run in order.
+    A job must only read arrays that nobody changes until its result is read (Conv2d hands over
+    the columns it keeps and a gradient array of its own)."""
+    state = _state
+    if state.worker is None:
         job()
-    else:
-        _pending += 1
-        _jobs.put(job)
+        return
+    with state.progress:
+        state.queued += 1
+    state.jobs.put(job)
 
 
 def wait():
-    """Block until every queued job is done; re-raises the first error a job raised."""
-    global _pending
-    if not _pending or threading.current_thread() is _worker:
+    """Block until every job queued so far is done (from any thread that reads a gradient);
+    re-raises the first error a job raised, once."""
+    state = _state
+    if state.queued == state.finished or threading.current_thread() is state.worker:
         return
-    while _pending:
-        _done.acquire()
-        _pending -= 1
-    if _errors:
-        error = _errors[0]
-        _errors.clear()
-        raise error
+    with state.progress:
+        target = state.queued
+        while state.finished < target:
+            state.progress.wait()
+        errors, state.errors = state.errors, []
+    if errors:
+        raise errors[0]

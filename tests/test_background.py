@@ -102,3 +102,57 @@ def test_set_num_threads_turns_it_on_and_off():
     finally:
         nt.set_num_threads(before)
         background.enable(was)
+
+
+def test_a_batch_of_one_keeps_its_own_copy_of_the_gradient(with_background):
+    """With n == 1 the (OC, N, L) transpose of dout is a view of it: the queued dW must not read the
+    caller's buffer after backward returned (the caller may reuse it)."""
+    grads = {}
+    for on in (False, True):
+        background.enable(on)
+        nt.manual_seed(0)
+        conv = nn.Conv2d(2, 3, 3, padding=1)
+        x = np.random.default_rng(0).standard_normal((1, 2, 6, 6))
+        dout = np.ones_like(conv(x))
+        conv.backward(dout)
+        dout.fill(0)                                     # the caller reuses its buffer
+        grads[on] = conv.weight.grad.copy()
+    np.testing.assert_array_equal(grads[True], grads[False])
+    assert np.abs(grads[True]).sum() > 0
+
+
+def test_two_threads_reading_gradients_both_return(with_background):
+    p = nn.Parameter(np.zeros(3))
+    background.run(lambda: (time.sleep(0.2), p.accumulate_grad(np.ones(3))))
+    got = {}
+    readers = [threading.Thread(target=lambda name=name: got.setdefault(name, p.grad.copy())) for name in "ab"]
+    for r in readers:
+        r.start()
+    for r in readers:
+        r.join(5)
+    assert sorted(got) == ["a", "b"] and all(np.array_equal(g, np.ones(3)) for g in got.values())
+
+
+def _conv_grad_in_child(queue):
+    conv = nn.Conv2d(1, 2, 3, padding=1)
+    x = np.ones((2, 1, 5, 5), np.float32)
+    conv.backward(np.ones_like(conv(x)))
+    queue.put(float(conv.weight.grad.sum()))
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_a_forked_child_computes_gradients_without_the_parents_thread(with_background):
+    import multiprocessing
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_conv_grad_in_child, args=(queue,))
+    child.start()
+    child.join(30)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and child.exitcode == 0
+    background.enable(False)
+    expected = queue.get(timeout=5)
+    _conv_grad_in_child(queue)                             # the same in this process, without the thread
+    assert queue.get(timeout=5) == expected

@@ -30,7 +30,7 @@ def test_im2col_and_col2im_equal_reference(shape, dtype):
 # one-sided padding, images smaller than the kernel, a single pixel
 SAME_SHAPES = [(2, 3, 7, 7, 3, 3, 1, 1), (1, 2, 5, 8, 3, 3, 1, 1), (3, 1, 1, 1, 3, 3, 1, 1), (2, 2, 4, 3, 5, 5, 2, 2),
                (2, 2, 4, 6, 1, 3, 0, 1), (2, 2, 6, 4, 3, 1, 1, 0), (1, 3, 2, 2, 5, 5, 2, 2), (4, 12, 28, 28, 3, 3, 1, 1),
-               (2, 2, 5, 5, 1, 1, 0, 0)]
+               (2, 2, 5, 5, 1, 1, 0, 0), (2, 2, 1, 1, 5, 5, 2, 2), (2, 1, 2, 3, 7, 9, 3, 4)]   # padding wider than the image
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -47,6 +47,15 @@ def test_same_convolution_path_equals_reference(shape, overwrite):
                                rtol=1e-12, atol=1e-12)
     if not overwrite:
         np.testing.assert_array_equal(d, d_before)          # cols untouched unless the caller allows it
+
+
+def test_same_path_col2im_scratch_stays_inside_its_view():
+    """overwrite_cols lets col2im zero entries of cols, but only inside the array it was given."""
+    big = np.arange(1.0, 21.0).reshape(5, 4)
+    before = big.copy()
+    dx = K.col2im(big[:, :2], 2, 1, 1, 1, 1, 5, 1, 1, 0, 2, 1, 1, True)     # 1x5 kernel, padding 2, 1x1 images
+    np.testing.assert_array_equal(dx, K.col2im_reference(before[:, :2], 2, 1, 1, 1, 1, 5, 1, 1, 0, 2, 1, 1))
+    np.testing.assert_array_equal(big[:, 2:], before[:, 2:])
 
 
 def test_same_path_reads_non_contiguous_input():

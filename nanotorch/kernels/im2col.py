@@ -56,7 +56,8 @@ def _im2col_same(x, kh, kw, ph, pw):
                 s = (i - ph) * w_ + (j - pw)                        # flat shift of this kernel offset
                 p0 = min(max(y0 * w_, -s), hw)                     # flat range [p0, p1) that stays
                 p1 = max(min(y1 * w_, hw - s), p0)                  # inside the input plane
-                x0, x1 = max(0, pw - j), min(w_, w_ + pw - j)       # output columns whose input column exists
+                x0 = min(max(0, pw - j), w_)                        # output columns [x0, x1) whose input
+                x1 = max(min(w_, w_ + pw - j), x0)                  # column exists
                 for n in range(n_):
                     base = n * hw
                     for p in range(p0):
@@ -87,7 +88,8 @@ def _col2im_same(cols, n_, c_, h_, w_, kh, kw, ph, pw):
                 s = (i - ph) * w_ + (j - pw)
                 p0 = min(max(y0 * w_, -s), hw)
                 p1 = max(min(y1 * w_, hw - s), p0)
-                x0, x1 = max(0, pw - j), min(w_, w_ + pw - j)
+                x0 = min(max(0, pw - j), w_)
+                x1 = max(min(w_, w_ + pw - j), x0)
                 for n in range(n_):
                     base = n * hw
                     for y in range(y0, y1):                         # wrapped entries came from the padding

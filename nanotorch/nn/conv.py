@@ -64,7 +64,8 @@ class Conv2d(Module):
     def backward(self, dout):
         _, (n, _, h, w) = self.saved_for_backward()
         check_grad(self, dout, (n, self.out_channels, *self.output_shape(h, w)))
-        return self.gemm_backward(np.ascontiguousarray(dout.reshape(n, self.out_channels, -1).transpose(1, 0, 2)))
+        # a copy even where the transpose is a no-op (n == 1): the weight-gradient job may read it later
+        return self.gemm_backward(dout.reshape(n, self.out_channels, -1).transpose(1, 0, 2).copy())
 
     def gemm_forward(self, x):
         """x: (N, C, H, W) -> Z: (OC, N, OH*OW), keeping the columns for the backward."""
