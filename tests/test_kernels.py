@@ -152,3 +152,19 @@ def test_kernels_run_without_jit_for_debugging():
         assert run.returncode == 0, run.stderr
         out[jit_off] = float(run.stdout.split("(")[-1].rstrip(")\n"))
     assert abs(out["1"] - out["0"]) < 1e-5
+
+
+def test_every_cached_kernel_caches_under_the_sources_digest():
+    """A kernel inlining code from another file must not load machine code built from older
+    sources: every cached dispatcher of the package keeps its cache in the folder named after
+    the digest of all kernel sources (nanotorch/kernels/__init__.py)."""
+    import numba
+    from nanotorch.kernels import batchnorm_gelu, gelu, im2col, pooling
+    folder = K._cache_dir().name
+    dispatchers = [f for module in (batchnorm_gelu, gelu, im2col, pooling) for f in vars(module).values()
+                   if isinstance(f, numba.core.registry.CPUDispatcher) and f._cache is not None
+                   and type(f._cache).__name__ == "FunctionCache"]
+    assert len(dispatchers) >= 10
+    for f in dispatchers:
+        assert folder in f._cache._cache_path, f.__name__
+    assert not numba.config.CACHE_DIR or folder not in numba.config.CACHE_DIR    # the user's setting is back

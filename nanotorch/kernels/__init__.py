@@ -5,39 +5,45 @@ Every kernel is compiled with ``cache=True``, so a second run loads machine code
 ``NUMBA_DISABLE_JIT=1`` (Numba's own switch): the same functions then execute as Python.
 
 Numba keys each cached function on its own source file only, so a kernel that inlines a function
-from another file (bn_gelu_forward inlines gelu.py's GELU) would keep stale machine code after
-that file changes. ``_drop_stale_cache`` therefore clears this package's cache whenever any kernel
-source differs from the sources the cache was built from.
+from another file (bn_gelu_forward inlines gelu.py's GELU) would load stale machine code after
+that file changed. So the kernels cache into a folder named after a digest of all their sources
+(``__pycache__/nanotorch-kernels-<digest>``, or under ``NUMBA_CACHE_DIR`` when that is set): any
+edit starts a fresh cache, and a process still running the old code writes only to the old one.
 
 - ``im2col``   — im2col / col2im for convolution (``im2col_reference`` / ``col2im_reference``)
 - ``pooling``  — max pooling forward (value and argmax) and its gradient scatter
 - ``gelu``     — exact (erf) and tanh GELU with their derivatives (float32: a vectorised erf)
 """
 import hashlib
+import os
 import pathlib
+import shutil
+
+import numba
 
 
-def _drop_stale_cache():
+def _cache_dir():
+    """This version's cache folder. In the package's own __pycache__, older versions' folders are
+    removed (under a shared NUMBA_CACHE_DIR they may belong to another checkout, and stay)."""
     here = pathlib.Path(__file__).parent
-    cache, stamp = here / "__pycache__", here / "__pycache__" / "kernels-source.sha256"
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()
-    try:
-        if stamp.exists() and stamp.read_text() == digest:
-            return
-        for entry in cache.glob("*.nb[ic]"):
-            entry.unlink()
-        cache.mkdir(exist_ok=True)
-        stamp.write_text(digest)
-    except OSError:               # a read-only install: Numba then caches elsewhere or not at all
-        pass
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))).hexdigest()[:16]
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return pathlib.Path(os.environ["NUMBA_CACHE_DIR"]) / f"nanotorch-kernels-{digest}"
+    for old in (here / "__pycache__").glob("nanotorch-kernels-*"):
+        if old.name != f"nanotorch-kernels-{digest}":
+            shutil.rmtree(old, ignore_errors=True)
+    return here / "__pycache__" / f"nanotorch-kernels-{digest}"
 
 
-_drop_stale_cache()
-
-from nanotorch.kernels.im2col import im2col, col2im, im2col_reference, col2im_reference
-from nanotorch.kernels.pooling import (maxpool2d_forward, maxpool2x2_forward, maxpool2d_backward,
-                                       maxpool2d_forward_reference, maxpool2d_backward_reference)
-from nanotorch.kernels.gelu import gelu_forward, gelu_forward_reference
+_user_cache_dir, numba.config.CACHE_DIR = numba.config.CACHE_DIR, str(_cache_dir())
+try:          # the kernels' dispatchers choose their cache folder as they are defined
+    from nanotorch.kernels.im2col import im2col, col2im, im2col_reference, col2im_reference
+    from nanotorch.kernels.pooling import (maxpool2d_forward, maxpool2x2_forward, maxpool2d_backward,
+                                           maxpool2d_forward_reference, maxpool2d_backward_reference)
+    from nanotorch.kernels.gelu import gelu_forward, gelu_forward_reference
+    from nanotorch.kernels import batchnorm_gelu  # noqa: F401  (imported by nn/fused.py; cached here too)
+finally:
+    numba.config.CACHE_DIR = _user_cache_dir
 
 __all__ = ["im2col", "col2im", "im2col_reference", "col2im_reference", "maxpool2d_forward", "maxpool2x2_forward",
            "maxpool2d_backward", "maxpool2d_forward_reference", "maxpool2d_backward_reference", "gelu_forward",
