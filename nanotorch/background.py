@@ -38,7 +38,15 @@ class _State:
 
 
 _state = _State()
-os.register_at_fork(after_in_child=lambda: globals().__setitem__("_state", _State()))   # no thread in a child
+
+
+def _forget_in_child():
+    """A forked child has no background thread: start it with no queue (and none running)."""
+    global _state
+    _state = _State()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def _serve(state):
@@ -92,7 +100,7 @@ def wait():
     """Block until every job queued so far is done (from any thread that reads a gradient);
     re-raises the first error a job raised, once."""
     state = _state
-    if state.queued == state.finished or threading.current_thread() is state.worker:
+    if (state.queued == state.finished and not state.errors) or threading.current_thread() is state.worker:
         return
     with state.progress:
         target = state.queued

@@ -76,6 +76,7 @@ def test_a_failing_job_raises_where_its_gradient_is_read(with_background):
     p = nn.Parameter(np.zeros(2))
     p.grad = np.zeros(2)
     background.run(lambda: p.accumulate_grad(np.ones(3)))          # wrong shape: a broadcasting error
+    time.sleep(0.2)                                                 # the job has long failed: still reported
     with pytest.raises(ValueError):
         _ = p.grad
     background.wait()                                               # reported once, then cleared
