@@ -42,6 +42,31 @@ def col2im(cols, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, oh, ow, overwrite_cols=
     return _col2im_general(cols, n_, c_, h_, w_, kh, kw, sh, sw, ph, pw, oh, ow)
 
 
+@njit(inline="always")
+def _same_offsets(i, j, h_, w_, ph, pw):
+    """For kernel offset (i, j) of a "same" convolution: the flat shift s of the input plane; the
+    flat output range [p0, p1) whose source stays inside the plane; the output rows [y0, y1) and
+    columns [x0, x1) whose source row and column exist (the others read the padding)."""
+    hw = h_ * w_
+    s = (i - ph) * w_ + (j - pw)
+    y0, y1 = max(0, ph - i), min(h_, h_ + ph - i)
+    p0 = min(max(y0 * w_, -s), hw)
+    p1 = max(min(y1 * w_, hw - s), p0)
+    x0 = min(max(0, pw - j), w_)
+    x1 = max(min(w_, w_ + pw - j), x0)
+    return s, p0, p1, y0, y1, x0, x1
+
+
+@njit(inline="always")
+def _zero_wrapped(cols, row, base, w_, y0, y1, x0, x1):
+    """Zero the entries whose contiguous shift wrapped into the neighbouring image row."""
+    for y in range(y0, y1):
+        for xo in range(x0):
+            cols[row, base + y * w_ + xo] = 0
+        for xo in range(x1, w_):
+            cols[row, base + y * w_ + xo] = 0
+
+
 @njit(cache=True, nogil=True)
 def _im2col_same(x, kh, kw, ph, pw):
     n_, c_, h_, w_ = x.shape
@@ -50,14 +75,9 @@ def _im2col_same(x, kh, kw, ph, pw):
     planes = np.ascontiguousarray(x).reshape(n_, c_, hw)
     for c in range(c_):
         for i in range(kh):
-            y0, y1 = max(0, ph - i), min(h_, h_ + ph - i)          # output rows whose input row exists
             for j in range(kw):
                 row = (c * kh + i) * kw + j
-                s = (i - ph) * w_ + (j - pw)                        # flat shift of this kernel offset
-                p0 = min(max(y0 * w_, -s), hw)                     # flat range [p0, p1) that stays
-                p1 = max(min(y1 * w_, hw - s), p0)                  # inside the input plane
-                x0 = min(max(0, pw - j), w_)                        # output columns [x0, x1) whose input
-                x1 = max(min(w_, w_ + pw - j), x0)                  # column exists
+                s, p0, p1, y0, y1, x0, x1 = _same_offsets(i, j, h_, w_, ph, pw)
                 for n in range(n_):
                     base = n * hw
                     for p in range(p0):
@@ -68,11 +88,7 @@ def _im2col_same(x, kh, kw, ph, pw):
                         dst[p] = src[p]
                     for p in range(p1, hw):
                         cols[row, base + p] = 0
-                    for y in range(y0, y1):                         # wrapped columns read the padding
-                        for xo in range(x0):
-                            cols[row, base + y * w_ + xo] = 0
-                        for xo in range(x1, w_):
-                            cols[row, base + y * w_ + xo] = 0
+                    _zero_wrapped(cols, row, base, w_, y0, y1, x0, x1)   # they read the padding
     return cols
 
 
@@ -82,21 +98,12 @@ def _col2im_same(cols, n_, c_, h_, w_, kh, kw, ph, pw):
     dx = np.zeros((n_, c_, hw), dtype=cols.dtype)
     for c in range(c_):
         for i in range(kh):
-            y0, y1 = max(0, ph - i), min(h_, h_ + ph - i)
             for j in range(kw):
                 row = (c * kh + i) * kw + j
-                s = (i - ph) * w_ + (j - pw)
-                p0 = min(max(y0 * w_, -s), hw)
-                p1 = max(min(y1 * w_, hw - s), p0)
-                x0 = min(max(0, pw - j), w_)
-                x1 = max(min(w_, w_ + pw - j), x0)
+                s, p0, p1, y0, y1, x0, x1 = _same_offsets(i, j, h_, w_, ph, pw)
                 for n in range(n_):
                     base = n * hw
-                    for y in range(y0, y1):                         # wrapped entries came from the padding
-                        for xo in range(x0):
-                            cols[row, base + y * w_ + xo] = 0
-                        for xo in range(x1, w_):
-                            cols[row, base + y * w_ + xo] = 0
+                    _zero_wrapped(cols, row, base, w_, y0, y1, x0, x1)   # they came from the padding
                     src = cols[row, base + p0:base + p1]
                     dst = dx[n, c, p0 + s:p1 + s]
                     for p in range(src.size):                       # the contiguous add
