@@ -128,6 +128,11 @@ def test_epoch_quick(tmp_path, monkeypatch, with_torch):
     assert (result["nanotorch_over_torch"] is not None) == has_torch
     for r in result["frameworks"].values():
         assert r["steps_per_s"] > 0 and r["eval_images_per_s"] > 0 and np.isfinite(r["mean_loss"])
+        assert r["eval_batch_size"] in epoch.EVAL_BATCH_SIZES
+    assert (result["eval_nanotorch_over_torch"] is not None) == has_torch
+    for name, per_batch in result["eval_images_per_s"].items():      # every batch size timed, the best reported
+        assert sorted(map(int, per_batch)) == sorted(epoch.EVAL_BATCH_SIZES)
+        assert max(per_batch.values()) == result["frameworks"][name]["eval_images_per_s"]
     assert result["seconds_to_first_nanotorch_step"] > 0 and result["peak_rss_mb"]["end"] > 0
     assert len(read_csv(tmp_path / "epoch.csv")) == len(result["frameworks"])
     profile = read_csv(tmp_path / "epoch_profile.csv")
