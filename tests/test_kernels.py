@@ -103,6 +103,7 @@ def test_maxpool_2x2_fast_path_equals_reference(shape, ceil):
     ref_out, ref_arg = K.maxpool2d_forward_reference(x, 2, 2, 2, 2, 0, 0, oh, ow)
     np.testing.assert_array_equal(arg, K.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0, oh, ow)[1])
     np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(K.maxpool2x2_max(x, oh, ow), ref_out)       # the max alone (no_grad)
     finite = ~np.isnan(ref_out)
     np.testing.assert_array_equal(arg[finite], ref_arg[finite])
 
@@ -168,3 +169,18 @@ def test_every_cached_kernel_caches_under_the_sources_digest():
     for f in dispatchers:
         assert folder in f._cache._cache_path, f.__name__
     assert not numba.config.CACHE_DIR or folder not in numba.config.CACHE_DIR    # the user's setting is back
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (2, 3, 7, 7)])
+@pytest.mark.parametrize("pool", [dict(kernel_size=2), dict(kernel_size=2, ceil_mode=True), dict(kernel_size=3, stride=2)])
+def test_maxpool_module_under_no_grad_gives_the_same_output_and_keeps_nothing(shape, pool):
+    from nanotorch import nn, no_grad
+    layer = nn.MaxPool2d(**pool)
+    x = rng.standard_normal(shape).astype(np.float32)
+    x[0, 0, 0, 0] = np.nan
+    y = layer(x)
+    with no_grad():
+        y_no_grad = layer(x)
+    np.testing.assert_array_equal(y_no_grad, y)
+    with pytest.raises(RuntimeError, match="before forward"):
+        layer.backward(np.ones_like(y))

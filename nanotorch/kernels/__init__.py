@@ -11,7 +11,7 @@ that file changed. So the kernels cache into a folder named after a digest of al
 edit starts a fresh cache, and a process still running the old code writes only to the old one.
 
 - ``im2col``   — im2col / col2im for convolution (``im2col_reference`` / ``col2im_reference``)
-- ``pooling``  — max pooling forward (value and argmax) and its gradient scatter
+- ``pooling``  — max pooling forward (value and argmax, or the value alone) and its gradient scatter
 - ``gelu``     — exact (erf) and tanh GELU with their derivatives (float32: a vectorised erf)
 """
 import hashlib
@@ -38,7 +38,7 @@ def _cache_dir():
 _user_cache_dir, numba.config.CACHE_DIR = numba.config.CACHE_DIR, str(_cache_dir())
 try:          # the kernels' dispatchers choose their cache folder as they are defined
     from nanotorch.kernels.im2col import im2col, col2im, im2col_reference, col2im_reference
-    from nanotorch.kernels.pooling import (maxpool2d_forward, maxpool2x2_forward, maxpool2d_backward,
+    from nanotorch.kernels.pooling import (maxpool2d_forward, maxpool2x2_forward, maxpool2x2_max, maxpool2d_backward,
                                            maxpool2d_forward_reference, maxpool2d_backward_reference)
     from nanotorch.kernels.gelu import gelu_forward, gelu_forward_reference
     from nanotorch.kernels import batchnorm_gelu  # noqa: F401  (imported by nn/fused.py; cached here too)
@@ -46,5 +46,5 @@ finally:
     numba.config.CACHE_DIR = _user_cache_dir
 
 __all__ = ["im2col", "col2im", "im2col_reference", "col2im_reference", "maxpool2d_forward", "maxpool2x2_forward",
-           "maxpool2d_backward", "maxpool2d_forward_reference", "maxpool2d_backward_reference", "gelu_forward",
+           "maxpool2x2_max", "maxpool2d_backward", "maxpool2d_forward_reference", "maxpool2d_backward_reference", "gelu_forward",
            "gelu_forward_reference"]

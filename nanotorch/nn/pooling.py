@@ -10,7 +10,8 @@ AdaptiveAvgPool2d(output_size):  out[i, j] = mean of x over rows [floor(i H / OH
 """
 import numpy as np
 
-from nanotorch.kernels import maxpool2d_backward, maxpool2d_forward, maxpool2x2_forward
+from nanotorch.grad_mode import is_grad_enabled
+from nanotorch.kernels import maxpool2d_backward, maxpool2d_forward, maxpool2x2_forward, maxpool2x2_max
 from nanotorch.nn._checks import check_input, pair
 from nanotorch.nn.module import Module
 
@@ -50,7 +51,11 @@ class MaxPool2d(Module):
         if oh < 1 or ow < 1:
             raise ValueError(f"MaxPool2d: input {h}x{w} is smaller than the kernel {self.kernel_size} "
                              f"(padding {self.padding})")
-        if self.kernel_size == self.stride == (2, 2) and self.padding == (0, 0):
+        two_by_two = self.kernel_size == self.stride == (2, 2) and self.padding == (0, 0)
+        if two_by_two and not is_grad_enabled():               # nothing to keep: the max alone
+            self.save_for_backward()
+            return maxpool2x2_max(x, oh, ow)
+        if two_by_two:
             out, arg = maxpool2x2_forward(x, oh, ow)           # the common case, vectorised
         else:
             out, arg = maxpool2d_forward(x, *self.kernel_size, *self.stride, *self.padding, oh, ow)
