@@ -12,8 +12,8 @@ Writes conv_kernels.csv (and conv_kernels.png) to --out, default benchmarks/resu
 
 To add an implementation, register a factory (see ``register``):
 
-    @register("direct_numba")
-    def _direct(x, w, dout, padding):
+    @register("my_conv")
+    def _mine(x, w, dout, padding):
         return {"forward": lambda: my_conv(x, w, padding), "grad_input": ..., "grad_weight": ...}
 
 The SGEMM "peak" is what OpenBLAS reaches on a large product, not the CPU's theoretical peak:
@@ -29,6 +29,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from benchmarks.common import (RESULTS_DIR, format_table, settle, sgemm_peak, threads, timeit_many, try_import_torch,
                                write_csv)
+from benchmarks.direct_conv import conv3x3_same, conv3x3_same_grad_weight, flip_transpose, pad_planes
 from nanotorch import nn
 from nanotorch.kernels import col2im, im2col
 
@@ -185,6 +186,17 @@ def _nanotorch_layer(x, w, dout, p):
         layer.weight.grad = None                    # as zero_grad would; otherwise grads accumulate
         return layer.backward(dout), layer.weight.grad
     return {"forward": lambda: layer(x), "backward": backward}
+
+
+@register("direct3x3_numba")
+def _direct3x3(x, w, dout, p):
+    if w.shape[-2:] != (3, 3) or p != 1:
+        return None
+    h, wd = x.shape[2:]
+    wt = flip_transpose(w)
+    return {"forward": lambda: conv3x3_same(pad_planes(x), w, h, wd, False).reshape(dout.shape),
+            "grad_input": lambda: conv3x3_same(pad_planes(dout), wt, h, wd, False).reshape(x.shape),
+            "grad_weight": lambda: conv3x3_same_grad_weight(pad_planes(x), pad_planes(dout), h, wd)}
 
 
 @register("torch", runtime="torch")

@@ -1,0 +1,151 @@
+"""A direct 3x3 "same" convolution in Numba (stride 1, padding 1), with no im2col columns: a
+candidate measured by benchmarks.conv_kernels ("direct3x3_numba"), not used by nn.Conv2d.
+
+Pad each input plane with a border of zeros and lay it out flat with row length Wp = W + 2. The
+output pixel (y, x) then reads the nine pixels at flat positions p + s, p = y * Wp + x, for the
+nine shifts s = i * Wp + j (i, j in 0..2), so a whole output plane is nine shifted multiply-adds:
+
+    z[oc, p] = sum over ci, i, j of  w[oc, ci, i, j] * xp[ci, p + i * Wp + j]      p in [0, H * Wp)
+
+(positions with x >= W straddle two rows: they are computed and dropped). Each inner loop runs
+over contiguous memory and vectorises; four output channels share every input load (36
+multiply-adds per 13 loads and stores). With fastmath the compiler folds each sum into one chain
+of fused multiply-adds in OpenBLAS's order: on most of the model's layers the forward came out
+bitwise equal to im2col + GEMM.
+
+The backward is two more of the same sums (dz padded like x):
+
+    dx = the same convolution of dz, with w transposed (ci <-> oc) and flipped (i, j -> 2-i, 2-j)
+    dw[oc, ci, i, j] = sum over n and pixels of dz[n, oc, y, x] * xp[n, ci, y + i, x + j]
+
+Why it is not the layer's convolution (measured on the 2-core machine, batch 4, one thread):
+- conv_kernels, warm caches: its forward took 169 us against the layer's 203 on 12 -> 16 and 93
+  against 123 on 8 -> 12, the same on 16 -> 20, but twice as long on the 7x7 and 4x4 layers
+  (rows of 7 and 4 are too short to vectorise). Its grad-input plus grad-weight took 380 us
+  against the layer's whole backward at 353, which reuses the forward's columns.
+- In training, with only the forward of the 28x28 and 14x14 layers switched (the weight gradient
+  then rebuilt the columns on the background thread), ten alternating 200-step runs gave a
+  median step of 2.84 against 2.87 ms on two threads and 2.68 against 2.89 on one; evaluation,
+  186 against 186-197 us an image. A few percent, within this machine's drift, for a second
+  convolution to maintain.
+"""
+import numpy as np
+from numba import njit
+
+from nanotorch.kernels.gelu import FAST
+
+
+@njit(cache=True, nogil=True)
+def pad_planes(x):
+    """x: (N, C, H, W), any strides -> (N, C, (H+2)*(W+2) + 2): each plane with a zero border, flat,
+    plus two zeros at the end so the last shifted read stays inside."""
+    n_, c_, h_, w_ = x.shape
+    wp = w_ + 2
+    out = np.zeros((n_, c_, (h_ + 2) * wp + 2), dtype=x.dtype)
+    for n in range(n_):
+        for c in range(c_):
+            for y in range(h_):
+                row = out[n, c, (y + 1) * wp + 1:(y + 1) * wp + 1 + w_]
+                for i in range(w_):
+                    row[i] = x[n, c, y, i]
+    return out
+
+
+@njit(inline="always")
+def _taps(w, oc, ci):
+    return (w[oc, ci, 0, 0], w[oc, ci, 0, 1], w[oc, ci, 0, 2], w[oc, ci, 1, 0], w[oc, ci, 1, 1],
+            w[oc, ci, 1, 2], w[oc, ci, 2, 0], w[oc, ci, 2, 1], w[oc, ci, 2, 2])
+
+
+@njit(cache=True, nogil=True, **FAST)
+def conv3x3_same(xp, w, h_, w_, channels_first):
+    """xp: (N, C, P) from pad_planes; w: (OC, C, 3, 3) -> out (OC, N, H*W) if channels_first, else
+    (N, OC, H*W). Four output channels at a time (w is padded with zero channels to a multiple of 4),
+    accumulated over the input channels in a small buffer that stays in L1 cache."""
+    n_, c_, _ = xp.shape
+    oc_ = w.shape[0]
+    wp = w_ + 2
+    m = h_ * wp                                           # the output plane on the padded grid
+    w4 = np.zeros((-(-oc_ // 4) * 4, c_, 3, 3), dtype=w.dtype)
+    w4[:oc_] = w
+    out = np.empty((oc_, n_, h_ * w_) if channels_first else (n_, oc_, h_ * w_), dtype=xp.dtype)
+    acc = np.empty((4, m), dtype=xp.dtype)
+    z0, z1, z2, z3 = acc[0], acc[1], acc[2], acc[3]
+    for n in range(n_):
+        for oc in range(0, oc_, 4):
+            acc[:] = 0
+            for ci in range(c_):
+                x = xp[n, ci]
+                x0, x1, x2 = x[0:m], x[1:m + 1], x[2:m + 2]              # the nine shifted planes
+                x3, x4, x5 = x[wp:wp + m], x[wp + 1:wp + 1 + m], x[wp + 2:wp + 2 + m]
+                x6, x7, x8 = x[2 * wp:2 * wp + m], x[2 * wp + 1:2 * wp + 1 + m], x[2 * wp + 2:2 * wp + 2 + m]
+                a0, a1, a2, a3, a4, a5, a6, a7, a8 = _taps(w4, oc, ci)
+                b0, b1, b2, b3, b4, b5, b6, b7, b8 = _taps(w4, oc + 1, ci)
+                c0, c1, c2, c3, c4, c5, c6, c7, c8 = _taps(w4, oc + 2, ci)
+                d0, d1, d2, d3, d4, d5, d6, d7, d8 = _taps(w4, oc + 3, ci)
+                for p in range(m):
+                    v0, v1, v2, v3, v4, v5, v6, v7, v8 = x0[p], x1[p], x2[p], x3[p], x4[p], x5[p], x6[p], x7[p], x8[p]
+                    z0[p] += (a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4 + a5 * v5
+                                            + a6 * v6 + a7 * v7 + a8 * v8)
+                    z1[p] += (b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4 + b5 * v5
+                                            + b6 * v6 + b7 * v7 + b8 * v8)
+                    z2[p] += (c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3 + c4 * v4 + c5 * v5
+                                            + c6 * v6 + c7 * v7 + c8 * v8)
+                    z3[p] += (d0 * v0 + d1 * v1 + d2 * v2 + d3 * v3 + d4 * v4 + d5 * v5
+                                            + d6 * v6 + d7 * v7 + d8 * v8)
+            for k in range(min(4, oc_ - oc)):                            # drop the x >= W positions
+                dst = out[oc + k, n] if channels_first else out[n, oc + k]
+                for y in range(h_):
+                    for i in range(w_):
+                        dst[y * w_ + i] = acc[k, y * wp + i]
+    return out
+
+
+@njit(cache=True, nogil=True, **FAST)
+def conv3x3_same_grad_weight(xp, dzp, h_, w_):
+    """xp: (N, C, P), dzp: (N, OC, P), both from pad_planes -> dw: (OC, C, 3, 3).
+
+    dz's pixel (y, x) sits at q = (y+1) * Wp + x + 1 of its padded plane and met the input at
+    q + (i-1) * Wp + (j-1) for tap (i, j); q runs over the padded rows 1..H, where dz's border
+    zeros cancel the positions outside the image."""
+    n_, c_, _ = xp.shape
+    oc_ = dzp.shape[1]
+    wp = w_ + 2
+    q0, m = wp + 1, h_ * wp
+    dw = np.zeros((oc_, c_, 3, 3), dtype=xp.dtype)
+    for n in range(n_):
+        for oc in range(oc_):
+            d = dzp[n, oc, q0:q0 + m]
+            for ci in range(c_):
+                x = xp[n, ci]
+                x0, x1, x2 = x[0:m], x[1:m + 1], x[2:m + 2]
+                x3, x4, x5 = x[wp:wp + m], x[wp + 1:wp + 1 + m], x[wp + 2:wp + 2 + m]
+                x6, x7, x8 = x[2 * wp:2 * wp + m], x[2 * wp + 1:2 * wp + 1 + m], x[2 * wp + 2:2 * wp + 2 + m]
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = xp.dtype.type(0)
+                for p in range(m):
+                    g = d[p]
+                    s0 += g * x0[p]
+                    s1 += g * x1[p]
+                    s2 += g * x2[p]
+                    s3 += g * x3[p]
+                    s4 += g * x4[p]
+                    s5 += g * x5[p]
+                    s6 += g * x6[p]
+                    s7 += g * x7[p]
+                    s8 += g * x8[p]
+                t = dw[oc, ci]
+                t[0, 0] += s0
+                t[0, 1] += s1
+                t[0, 2] += s2
+                t[1, 0] += s3
+                t[1, 1] += s4
+                t[1, 2] += s5
+                t[2, 0] += s6
+                t[2, 1] += s7
+                t[2, 2] += s8
+    return dw
+
+
+def flip_transpose(w):
+    """w: (OC, C, 3, 3) -> (C, OC, 3, 3) flipped in both spatial axes: the kernel of dx = conv(dz)."""
+    return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
