@@ -29,9 +29,8 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from benchmarks.common import (RESULTS_DIR, format_table, settle, sgemm_peak, threads, timeit_many, try_import_torch,
                                write_csv)
-from benchmarks.direct_conv import conv3x3_same, conv3x3_same_grad_weight, flip_transpose, pad_planes
 from nanotorch import nn
-from nanotorch.kernels import col2im, im2col
+from nanotorch.kernels import col2im, conv3x3_same, conv3x3_same_grad_weight, flip_transpose, im2col, pad_planes
 
 # The seven 3x3 convolutions (padding 1) of mnist.model: (in channels, out channels, height = width).
 LAYERS = [(1, 4, 28), (4, 8, 28), (8, 12, 28), (12, 16, 28), (16, 20, 14), (20, 24, 7), (24, 28, 4)]

@@ -19,13 +19,18 @@ def with_background():
     background.enable(was)
 
 
-def train(steps, on):
-    """A few SGD steps of the seed model on fixed random batches; returns (weights, last gradients)."""
+def train(steps, on, direct=False):
+    """A few SGD steps of the seed model on fixed random batches; returns (weights, last gradients).
+    ``direct``: every 3x3 convolution through the direct kernel instead of im2col + GEMM."""
     was = background.enabled()
     background.enable(on)
     try:
         nt.manual_seed(0)
         model = build_model()
+        if direct:
+            for m in model.modules():
+                if isinstance(m, nn.Conv2d):
+                    m.direct_min_column_bytes, m.direct_min_width = 0, 1
         flat = nn.utils.flatten_parameters(model.parameters())
         sgd = optim.SGD([flat], lr=0.05, momentum=0.9)
         loss = nn.CrossEntropyLoss()
@@ -43,9 +48,10 @@ def train(steps, on):
         background.enable(was)
 
 
-def test_training_with_the_background_thread_is_bitwise_equal():
-    w_off, g_off = train(4, on=False)
-    w_on, g_on = train(4, on=True)
+@pytest.mark.parametrize("direct", [False, True])
+def test_training_with_the_background_thread_is_bitwise_equal(direct):
+    w_off, g_off = train(4, on=False, direct=direct)
+    w_on, g_on = train(4, on=True, direct=direct)
     np.testing.assert_array_equal(g_on, g_off)
     np.testing.assert_array_equal(w_on, w_off)
 

@@ -9,12 +9,25 @@ from mnist.model import build_model
 
 TOL = 1e-6
 
+
+def direct(conv):
+    """Send every 3x3 convolution of ``conv`` (a Conv2d, or a module holding some) through the
+    direct kernel, whatever the input's size."""
+    for m in conv.modules():
+        if isinstance(m, nn.Conv2d):
+            m.direct_min_column_bytes, m.direct_min_width = 0, 1
+    return conv
+
+
 # (layer factory, input shape): odd shapes, batch 1, one channel, padding 0 and 1, stride 2, ceil_mode
 CASES = {
     "conv3x3_pad1": (lambda: nn.Conv2d(3, 4, 3, padding=1), (2, 3, 7, 7)),
     "conv3x3_pad0_5x8": (lambda: nn.Conv2d(2, 3, 3), (2, 2, 5, 8)),
     "conv_stride2_pad1": (lambda: nn.Conv2d(3, 2, 3, stride=2, padding=1), (2, 3, 7, 7)),
     "conv_1ch_batch1": (lambda: nn.Conv2d(1, 3, 3, padding=1), (1, 1, 5, 8)),
+    "conv3x3_direct": (lambda: direct(nn.Conv2d(3, 5, 3, padding=1)), (2, 3, 5, 6)),
+    "conv3x3_direct_1ch_batch1": (lambda: direct(nn.Conv2d(1, 2, 3, padding=1, bias=False)), (1, 1, 4, 7)),
+    "conv_bn_gelu_direct": (lambda: direct(nn.ConvBNGELU(2, 3, 3, padding=1)), (2, 2, 5, 5)),
     "conv_1x1_nobias": (lambda: nn.Conv2d(3, 5, 1, bias=False), (2, 3, 5, 8)),
     "conv_2x3_kernel": (lambda: nn.Conv2d(2, 2, (2, 3), stride=2), (3, 2, 7, 7)),
     "batchnorm2d": (lambda: nn.BatchNorm2d(3), (2, 3, 5, 8)),

@@ -184,3 +184,27 @@ def test_maxpool_module_under_no_grad_gives_the_same_output_and_keeps_nothing(sh
     np.testing.assert_array_equal(y_no_grad, y)
     with pytest.raises(RuntimeError, match="before forward"):
         layer.backward(np.ones_like(y))
+
+
+DIRECT_SHAPES = [(2, 3, 5, 7, 6), (1, 1, 1, 1, 1), (3, 2, 4, 1, 5), (2, 5, 9, 4, 3), (1, 4, 8, 14, 14), (2, 1, 3, 2, 9)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", DIRECT_SHAPES)           # (N, C, OC, H, W): odd sizes, OC not a multiple of 4
+def test_direct_conv3x3_equals_reference(shape, dtype):
+    n, c, oc, h, w = shape
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((oc, c, 3, 3)).astype(dtype)
+    dz = rng.standard_normal((n, oc, h, w)).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    xp = K.pad_planes(x)
+    z = K.conv3x3_same(xp, wt, h, w, False).reshape(n, oc, h, w)
+    np.testing.assert_allclose(z, K.conv3x3_same_reference(x, wt), **tol)
+    z_cf = K.conv3x3_same(xp, wt, h, w, True)                           # channels first: (OC, N, H*W)
+    np.testing.assert_array_equal(z_cf.transpose(1, 0, 2).reshape(z.shape), z)
+    dzp = K.pad_planes(dz.transpose(1, 0, 2, 3).copy().transpose(1, 0, 2, 3))   # a strided view, as Conv2d passes
+    dx = K.conv3x3_same(dzp, K.flip_transpose(wt), h, w, False).reshape(x.shape)
+    dcols = wt.reshape(oc, -1).T @ dz.transpose(1, 0, 2, 3).reshape(oc, -1)
+    np.testing.assert_allclose(dx, K.col2im_reference(dcols, n, c, h, w, 3, 3, 1, 1, 1, 1, h, w), **tol)
+    np.testing.assert_allclose(K.conv3x3_same_grad_weight(xp, dzp, h, w),
+                               K.conv3x3_same_grad_weight_reference(x, dz), **tol)

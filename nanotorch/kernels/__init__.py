@@ -11,6 +11,7 @@ that file changed. So the kernels cache into a folder named after a digest of al
 edit starts a fresh cache, and a process still running the old code writes only to the old one.
 
 - ``im2col``   — im2col / col2im for convolution (``im2col_reference`` / ``col2im_reference``)
+- ``conv3x3``  — direct 3x3 "same" convolution, its input and weight gradients, for large batches
 - ``pooling``  — max pooling forward (value and argmax, or the value alone) and its gradient scatter
 - ``gelu``     — exact (erf) and tanh GELU with their derivatives (float32: a vectorised erf)
 """
@@ -41,10 +42,13 @@ try:          # the kernels' dispatchers choose their cache folder as they are d
     from nanotorch.kernels.pooling import (maxpool2d_forward, maxpool2x2_forward, maxpool2x2_max, maxpool2d_backward,
                                            maxpool2d_forward_reference, maxpool2d_backward_reference)
     from nanotorch.kernels.gelu import gelu_forward, gelu_forward_reference
+    from nanotorch.kernels.conv3x3 import (pad_planes, conv3x3_same, conv3x3_same_grad_weight, flip_transpose,
+                                           conv3x3_same_reference, conv3x3_same_grad_weight_reference)
     from nanotorch.kernels import batchnorm_gelu  # noqa: F401  (imported by nn/fused.py; cached here too)
 finally:
     numba.config.CACHE_DIR = _user_cache_dir
 
 __all__ = ["im2col", "col2im", "im2col_reference", "col2im_reference", "maxpool2d_forward", "maxpool2x2_forward",
            "maxpool2x2_max", "maxpool2d_backward", "maxpool2d_forward_reference", "maxpool2d_backward_reference", "gelu_forward",
-           "gelu_forward_reference"]
+           "gelu_forward_reference", "pad_planes", "conv3x3_same", "conv3x3_same_grad_weight", "flip_transpose",
+           "conv3x3_same_reference", "conv3x3_same_grad_weight_reference"]

@@ -14,13 +14,19 @@ Backward, from dout (N, OC, OH, OW) laid out as D: (OC, N*OH*OW) like Z:
     dcols = W2^T @ D                       the product rule for the matrix product
     dx    = col2im(dcols)                  im2col copied pixels; the adjoint of a copy is a sum
 
-``gemm_forward`` / ``gemm_backward`` are the same steps with Z and D left in their (OC, N, OH*OW)
-layout, for a fused layer that reads and writes that layout directly (nanotorch/nn/fused.py).
+For a 3x3 convolution with stride 1 and padding 1 whose columns would be large (a big batch), the
+same four results come from a direct convolution with no columns (nanotorch/kernels/conv3x3.py):
+Z as nine shifted multiply-adds of the padded input, dx as the same convolution of D with W
+transposed and flipped, dW as nine shifted dot products. Which one runs changes only the speed.
+
+``forward_channels_first`` / ``backward_channels_first`` are the same steps with Z and D left in
+their (OC, N, OH*OW) layout, for a fused layer that reads and writes that layout directly
+(nanotorch/nn/fused.py).
 """
 import numpy as np
 
 from nanotorch import background
-from nanotorch.kernels import col2im, im2col
+from nanotorch.kernels import col2im, conv3x3_same, conv3x3_same_grad_weight, flip_transpose, im2col, pad_planes
 from nanotorch.nn._checks import check_grad, check_input, pair
 from nanotorch.nn.init import default_weight_and_bias
 from nanotorch.nn.module import Module, Parameter
@@ -28,6 +34,12 @@ from nanotorch.nn.module import Module, Parameter
 
 class Conv2d(Module):
     """2-D convolution (cross-correlation, as PyTorch); no groups, no dilation. x: (N, C, H, W) -> (N, OC, OH, OW)."""
+
+    # The direct kernel replaces im2col + GEMM for 3x3, stride 1, padding 1 when the columns would
+    # take more than this many bytes (past this machine's 1 MB L2 cache, they stream from memory)
+    # and rows are at least this wide (shorter rows do not vectorise). Measured in the kernel's docstring.
+    direct_min_column_bytes = 4 * 2 ** 20
+    direct_min_width = 14
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         super().__init__()
@@ -58,38 +70,55 @@ class Conv2d(Module):
         self._check(x)
         n, _, h, w = x.shape
         oh, ow = self.output_shape(h, w)
-        z = self.gemm_forward(x)                                    # (OC, N, OH*OW)
+        z = self.forward_channels_first(x)                          # (OC, N, OH*OW)
         return np.ascontiguousarray(z.transpose(1, 0, 2)).reshape(n, self.out_channels, oh, ow)
 
     def backward(self, dout):
-        _, (n, _, h, w) = self.saved_for_backward()
+        _, (n, _, h, w), _ = self.saved_for_backward()
         check_grad(self, dout, (n, self.out_channels, *self.output_shape(h, w)))
         # a copy even where the transpose is a no-op (n == 1): the weight-gradient job may read it later
-        return self.gemm_backward(dout.reshape(n, self.out_channels, -1).transpose(1, 0, 2).copy())
+        return self.backward_channels_first(dout.reshape(n, self.out_channels, -1).transpose(1, 0, 2).copy())
 
-    def gemm_forward(self, x):
-        """x: (N, C, H, W) -> Z: (OC, N, OH*OW), keeping the columns for the backward."""
+    def uses_direct_kernel(self, x_shape, itemsize=4):
+        """Whether an input of this shape goes through the direct 3x3 kernel rather than im2col + GEMM."""
+        n, c, h, w = x_shape
+        return (self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
+                and w >= self.direct_min_width and 9 * c * n * h * w * itemsize >= self.direct_min_column_bytes)
+
+    def forward_channels_first(self, x):
+        """x: (N, C, H, W) -> Z: (OC, N, OH*OW), keeping the columns (or the padded input) for the backward."""
         n, c, h, w = x.shape
         oh, ow = self.output_shape(h, w)
-        cols = im2col(x, *self.kernel_size, *self.stride, *self.padding, oh, ow)
-        w2 = self.weight.data.reshape(self.out_channels, -1).astype(x.dtype, copy=False)
-        z = w2 @ cols                                               # (OC, N*OH*OW)
+        weight = self.weight.data.astype(x.dtype, copy=False)
+        direct = self.uses_direct_kernel(x.shape, x.itemsize)
+        if direct:
+            inputs = pad_planes(x)                                  # (N, C, (H+2)*(W+2) + 2)
+            z = conv3x3_same(inputs, weight, h, w, True)            # (OC, N, H*W)
+        else:
+            inputs = im2col(x, *self.kernel_size, *self.stride, *self.padding, oh, ow)   # (C*KH*KW, N*OH*OW)
+            z = (weight.reshape(self.out_channels, -1) @ inputs).reshape(self.out_channels, n, oh * ow)
         if self.bias is not None:
-            z += self.bias.data.astype(x.dtype, copy=False)[:, None]
-        self.save_for_backward(cols, x.shape)
-        return z.reshape(self.out_channels, n, oh * ow)
+            z += self.bias.data.astype(x.dtype, copy=False)[:, None, None]
+        self.save_for_backward(inputs, x.shape, direct)
+        return z
 
-    def gemm_backward(self, dz):
+    def backward_channels_first(self, dz):
         """dz: (OC, N, OH*OW) -> dx: (N, C, H, W); adds dW (and db) into the parameters' .grad."""
-        cols, (n, c, h, w) = self.saved_for_backward()
+        inputs, (n, c, h, w), direct = self.saved_for_backward()
         oh, ow = self.output_shape(h, w)
         d = dz.reshape(self.out_channels, -1)
-        # dW2 = D @ cols^T, computed as (cols @ D^T)^T: OpenBLAS runs this orientation 1.7x faster here.
-        # Nothing below needs it, so with two threads it runs beside the rest of the backward.
-        weight = self.weight
-        background.run(lambda: weight.accumulate_grad((cols @ d.T).T.reshape(weight.shape)))
         if self.bias is not None:
             self.bias.accumulate_grad(d.sum(axis=1))
+        # dW is needed only when the optimizer reads it, so with two threads it runs beside the rest
+        # of the backward (nanotorch/background.py); it only reads arrays nobody changes meanwhile.
+        weight = self.weight
+        if direct:
+            dzp = pad_planes(dz.reshape(self.out_channels, n, h, w).transpose(1, 0, 2, 3))   # (N, OC, P)
+            background.run(lambda: weight.accumulate_grad(conv3x3_same_grad_weight(inputs, dzp, h, w)))
+            flipped = flip_transpose(self.weight.data.astype(dz.dtype, copy=False))    # (C, OC, 3, 3)
+            return conv3x3_same(dzp, flipped, h, w, False).reshape(n, c, h, w)
+        # dW2 = D @ cols^T, computed as (cols @ D^T)^T: OpenBLAS runs this orientation 1.7x faster here.
+        background.run(lambda: weight.accumulate_grad((inputs @ d.T).T.reshape(weight.shape)))
         w2 = self.weight.data.reshape(self.out_channels, -1).astype(dz.dtype, copy=False)
         return col2im(w2.T @ d, n, c, h, w, *self.kernel_size, *self.stride, *self.padding, oh, ow,
                       overwrite_cols=True)                 # dcols is a temporary

@@ -4,8 +4,8 @@ It *is* ``Sequential(Conv2d, BatchNorm2d, GELU)`` — same children, parameters,
 (``0.weight``, ``1.running_mean``, ...) and numbers (tests/test_fused.py checks it against the
 three layers run one by one) — but it does not materialise BatchNorm's output or GELU's input:
 
-    forward:   z = conv.gemm_forward(x);  mean, var over (N, H, W);  a, xhat, d = bn_gelu_forward(z, ...)
-    backward:  dz, dgamma, dbeta = bn_gelu_backward(da, xhat, d, ...);  dx = conv.gemm_backward(dz)
+    forward:   z = conv.forward_channels_first(x);  mean, var over (N, H, W);  a, xhat, d = bn_gelu_forward(z, ...)
+    backward:  dz, dgamma, dbeta = bn_gelu_backward(da, xhat, d, ...);  dx = conv.backward_channels_first(dz)
 
 z and dz stay in the (C, N, H*W) layout of the convolution's matrix product; the fused loops read
 and write across the two layouts, so the block never copies a transpose.
@@ -36,7 +36,7 @@ class ConvBNGELU(Sequential):
     def forward(self, x):
         conv, bn, _ = self
         conv._check(x)
-        z = conv.gemm_forward(x)                                       # (C, N, L)
+        z = conv.forward_channels_first(x)                                       # (C, N, L)
         c, n, m = z.shape[0], x.shape[0], z.shape[1] * z.shape[2]       # m values per channel
         if self.training:
             if m < 2:
@@ -65,4 +65,4 @@ class ConvBNGELU(Sequential):
                                              bn.weight.data.astype(da.dtype), training)
         bn.weight.accumulate_grad(dgamma)
         bn.bias.accumulate_grad(dbeta)
-        return conv.gemm_backward(dz)
+        return conv.backward_channels_first(dz)

@@ -1,5 +1,4 @@
-"""A direct 3x3 "same" convolution in Numba (stride 1, padding 1), with no im2col columns: a
-candidate measured by benchmarks.conv_kernels ("direct3x3_numba"), not used by nn.Conv2d.
+"""Direct 3x3 "same" convolution (stride 1, padding 1), with no im2col columns.
 
 Pad each input plane with a border of zeros and lay it out flat with row length Wp = W + 2. The
 output pixel (y, x) then reads the nine pixels at flat positions p + s, p = y * Wp + x, for the
@@ -9,25 +8,22 @@ nine shifts s = i * Wp + j (i, j in 0..2), so a whole output plane is nine shift
 
 (positions with x >= W straddle two rows: they are computed and dropped). Each inner loop runs
 over contiguous memory and vectorises; four output channels share every input load (36
-multiply-adds per 13 loads and stores). With fastmath the compiler folds each sum into one chain
-of fused multiply-adds in OpenBLAS's order: on most of the model's layers the forward came out
-bitwise equal to im2col + GEMM.
+multiply-adds per 13 loads and stores).
 
 The backward is two more of the same sums (dz padded like x):
 
-    dx = the same convolution of dz, with w transposed (ci <-> oc) and flipped (i, j -> 2-i, 2-j)
+    dx = the same convolution of dz, with w transposed (ci <-> oc) and flipped (i, j -> 2-i, 2-j):
+         dx[ci, y, x] = sum over oc, i, j of w[oc, ci, i, j] * dz[oc, y + 1 - i, x + 1 - j]
     dw[oc, ci, i, j] = sum over n and pixels of dz[n, oc, y, x] * xp[n, ci, y + i, x + j]
 
-Why it is not the layer's convolution (measured on the 2-core machine, batch 4, one thread):
-- conv_kernels, warm caches: its forward took 169 us against the layer's 203 on 12 -> 16 and 93
-  against 123 on 8 -> 12, the same on 16 -> 20, but twice as long on the 7x7 and 4x4 layers
-  (rows of 7 and 4 are too short to vectorise). Its grad-input plus grad-weight took 380 us
-  against the layer's whole backward at 353, which reuses the forward's columns.
-- In training, with only the forward of the 28x28 and 14x14 layers switched (the weight gradient
-  then rebuilt the columns on the background thread), ten alternating 200-step runs gave a
-  median step of 2.84 against 2.87 ms on two threads and 2.68 against 2.89 on one; evaluation,
-  186 against 186-197 us an image. A few percent, within this machine's drift, for a second
-  convolution to maintain.
+The zero border of the padded dz makes the dropped positions and the image edges add nothing.
+
+When nn.Conv2d uses it (nanotorch/nn/conv.py): when im2col's columns would be large. Measured on
+the 2-core machine, one thread (benchmarks.conv_kernels): at batch 64-128 the columns of the 28x28
+layers (7-43 MB) stream from memory, and this kernel runs them 2-5x faster (conv4 12 -> 16 at
+batch 128: forward 5.9 ms against 29.4); at batch 4, where the MNIST recipe trains, the columns
+fit in cache and the two are within 20% of each other either way; on 7x7 and 4x4 planes the rows
+are too short to vectorise and this kernel is twice as slow at every batch size.
 """
 import numpy as np
 from numba import njit
@@ -149,3 +145,22 @@ def conv3x3_same_grad_weight(xp, dzp, h_, w_):
 def flip_transpose(w):
     """w: (OC, C, 3, 3) -> (C, OC, 3, 3) flipped in both spatial axes: the kernel of dx = conv(dz)."""
     return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+
+
+def conv3x3_same_reference(x, w):
+    """Plain NumPy: x (N, C, H, W), w (OC, C, 3, 3) -> (N, OC, H, W), a sum of nine shifted einsums."""
+    h_, w_ = x.shape[2:]
+    xpad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    return sum(np.einsum("oc,nchw->nohw", w[:, :, i, j], xpad[:, :, i:i + h_, j:j + w_])
+               for i in range(3) for j in range(3))
+
+
+def conv3x3_same_grad_weight_reference(x, dz):
+    """Plain NumPy: x (N, C, H, W), dz (N, OC, H, W) -> dw (OC, C, 3, 3)."""
+    h_, w_ = x.shape[2:]
+    xpad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    dw = np.empty((dz.shape[1], x.shape[1], 3, 3), dtype=x.dtype)
+    for i in range(3):
+        for j in range(3):
+            dw[:, :, i, j] = np.einsum("nohw,nchw->oc", dz, xpad[:, :, i:i + h_, j:j + w_])
+    return dw
