@@ -15,7 +15,7 @@ def direct(conv):
     direct kernel, whatever the input's size."""
     for m in conv.modules():
         if isinstance(m, nn.Conv2d):
-            m.direct_min_column_bytes, m.direct_min_width = 0, 1
+            m.direct_min_width = 1
     return conv
 
 

@@ -14,8 +14,8 @@ Backward, from dout (N, OC, OH, OW) laid out as D: (OC, N*OH*OW) like Z:
     dcols = W2^T @ D                       the product rule for the matrix product
     dx    = col2im(dcols)                  im2col copied pixels; the adjoint of a copy is a sum
 
-For a 3x3 convolution with stride 1 and padding 1 whose columns would be large (a big batch), the
-same four results come from a direct convolution with no columns (nanotorch/kernels/conv3x3.py):
+For a 3x3 convolution with stride 1 and padding 1 (on planes at least 14 wide), the same four
+results come from a direct convolution with no columns (nanotorch/kernels/conv3x3.py):
 Z as nine shifted multiply-adds of the padded input, dx as the same convolution of D with W
 transposed and flipped, dW as nine shifted dot products. Which one runs changes only the speed.
 
@@ -35,10 +35,8 @@ from nanotorch.nn.module import Module, Parameter
 class Conv2d(Module):
     """2-D convolution (cross-correlation, as PyTorch); no groups, no dilation. x: (N, C, H, W) -> (N, OC, OH, OW)."""
 
-    # The direct kernel replaces im2col + GEMM for 3x3, stride 1, padding 1 when the columns would
-    # take more than this many bytes (past this machine's 1 MB L2 cache, they stream from memory)
-    # and rows are at least this wide (shorter rows do not vectorise). Measured in the kernel's docstring.
-    direct_min_column_bytes = 4 * 2 ** 20
+    # 3x3 convolutions with stride 1 and padding 1 on planes at least this wide run the direct kernel
+    # (nanotorch/kernels/conv3x3.py) instead of im2col + GEMM; narrower rows do not vectorise.
     direct_min_width = 14
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
@@ -79,18 +77,17 @@ class Conv2d(Module):
         # a copy even where the transpose is a no-op (n == 1): the weight-gradient job may read it later
         return self.backward_channels_first(dout.reshape(n, self.out_channels, -1).transpose(1, 0, 2).copy())
 
-    def uses_direct_kernel(self, x_shape, itemsize=4):
+    def uses_direct_kernel(self, x_shape):
         """Whether an input of this shape goes through the direct 3x3 kernel rather than im2col + GEMM."""
-        n, c, h, w = x_shape
         return (self.kernel_size == (3, 3) and self.stride == (1, 1) and self.padding == (1, 1)
-                and w >= self.direct_min_width and 9 * c * n * h * w * itemsize >= self.direct_min_column_bytes)
+                and x_shape[3] >= self.direct_min_width)
 
     def forward_channels_first(self, x):
         """x: (N, C, H, W) -> Z: (OC, N, OH*OW), keeping the columns (or the padded input) for the backward."""
         n, c, h, w = x.shape
         oh, ow = self.output_shape(h, w)
         weight = self.weight.data.astype(x.dtype, copy=False)
-        direct = self.uses_direct_kernel(x.shape, x.itemsize)
+        direct = self.uses_direct_kernel(x.shape)
         if direct:
             inputs = pad_planes(x)                                  # (N, C, (H+2)*(W+2) + 2)
             z = conv3x3_same(inputs, weight, h, w, True)            # (OC, N, H*W)
