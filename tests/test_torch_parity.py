@@ -111,6 +111,10 @@ LAYER_CASES = [
     ("conv-k2x3-s2-p1-5x8", lambda nn: nn.Conv2d(2, 3, (2, 3), stride=2, padding=1), (3, 2, 5, 8), MODES),
     ("conv-k2x3-p0-nobias-b1-7x7", lambda nn: nn.Conv2d(2, 3, (2, 3), bias=False), (1, 2, 7, 7), MODES),
     ("conv-k3-p1-nobias-1ch", lambda nn: nn.Conv2d(1, 4, 3, padding=1, bias=False), (3, 1, 7, 7), MODES),
+    # 3x3 "same" on planes at least 14 wide: the direct kernel (nanotorch/kernels/conv3x3.py)
+    ("conv-k3-p1-direct-b2-9x16", lambda nn: nn.Conv2d(3, 5, 3, padding=1), (2, 3, 9, 16), MODES),
+    ("conv-k3-p1-direct-nobias-1ch-b1-14x14", lambda nn: nn.Conv2d(1, 6, 3, padding=1, bias=False), (1, 1, 14, 14),
+     MODES),
     # MaxPool2d: ceil_mode, padding 1, stride != kernel, overlapping windows
     ("maxpool-2-floor-7x7", lambda nn: nn.MaxPool2d(2), (3, 2, 7, 7), MODES),
     ("maxpool-2-ceil-7x7", lambda nn: nn.MaxPool2d(2, ceil_mode=True), (3, 2, 7, 7), MODES),
@@ -215,8 +219,16 @@ def test_special_inputs_match_torch(build, make_input, mode):
 
 # Arrays that are not C-contiguous (a transposed view, a reversed slice, Fortran order) are ordinary
 # NumPy arrays and PyTorch takes the equivalent strided tensors; the results must not depend on layout.
+def direct(layer):
+    """A nanotorch Conv2d sent through the direct 3x3 kernel at any width (a torch layer is left as is)."""
+    if hasattr(layer, "uses_direct_kernel"):
+        layer.direct_min_width = 1
+    return layer
+
+
 STRIDED_LAYERS = [
     ("conv", lambda nn: nn.Conv2d(2, 3, 3, stride=2, padding=1)),
+    ("conv-direct", lambda nn: direct(nn.Conv2d(2, 3, 3, padding=1))),
     ("maxpool", lambda nn: nn.MaxPool2d(2, ceil_mode=True)),
     ("adaptiveavg", lambda nn: nn.AdaptiveAvgPool2d((2, 3))),
     ("bn2d", lambda nn: nn.BatchNorm2d(2)),
@@ -249,6 +261,7 @@ def test_non_contiguous_arrays_match_torch(build, layout):
     pytest.param(lambda nn: nn.GELU(), id="gelu"),
     pytest.param(lambda nn: nn.MaxPool2d(2), id="maxpool"),
     pytest.param(lambda nn: nn.Conv2d(2, 2, 3, padding=1), id="conv"),
+    pytest.param(lambda nn: direct(nn.Conv2d(2, 2, 3, padding=1)), id="conv-direct"),
 ])
 def test_nan_propagates_like_torch(build):
     """A NaN must reach the output (that is how a diverged run is noticed), as in PyTorch."""
