@@ -86,18 +86,22 @@ def conv3x3_same(xp, w, h_, w_, channels_first):
                 for p in range(m):
                     v0, v1, v2, v3, v4, v5, v6, v7, v8 = x0[p], x1[p], x2[p], x3[p], x4[p], x5[p], x6[p], x7[p], x8[p]
                     z0[p] += (a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4 + a5 * v5
-                                            + a6 * v6 + a7 * v7 + a8 * v8)
+                              + a6 * v6 + a7 * v7 + a8 * v8)
                     z1[p] += (b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4 + b5 * v5
-                                            + b6 * v6 + b7 * v7 + b8 * v8)
+                              + b6 * v6 + b7 * v7 + b8 * v8)
                     z2[p] += (c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3 + c4 * v4 + c5 * v5
-                                            + c6 * v6 + c7 * v7 + c8 * v8)
+                              + c6 * v6 + c7 * v7 + c8 * v8)
                     z3[p] += (d0 * v0 + d1 * v1 + d2 * v2 + d3 * v3 + d4 * v4 + d5 * v5
-                                            + d6 * v6 + d7 * v7 + d8 * v8)
+                              + d6 * v6 + d7 * v7 + d8 * v8)
             for k in range(min(4, oc_ - oc)):                            # drop the x >= W positions
-                dst = out[oc + k, n] if channels_first else out[n, oc + k]
+                if channels_first:
+                    dst = out[oc + k, n]
+                else:
+                    dst = out[n, oc + k]
                 for y in range(h_):
+                    row, src = dst[y * w_:(y + 1) * w_], acc[k, y * wp:y * wp + w_]
                     for i in range(w_):
-                        dst[y * w_ + i] = acc[k, y * wp + i]
+                        row[i] = src[i]
     return out
 
 
