@@ -105,48 +105,68 @@ def conv3x3_same(xp, w, h_, w_, channels_first):
     return out
 
 
+@njit(inline="always")
+def _add_taps(t, s0, s1, s2, s3, s4, s5, s6, s7, s8):
+    t[0, 0] += s0
+    t[0, 1] += s1
+    t[0, 2] += s2
+    t[1, 0] += s3
+    t[1, 1] += s4
+    t[1, 2] += s5
+    t[2, 0] += s6
+    t[2, 1] += s7
+    t[2, 2] += s8
+
+
 @njit(cache=True, nogil=True, **FAST)
 def conv3x3_same_grad_weight(xp, dzp, h_, w_):
     """xp: (N, C, P), dzp: (N, OC, P), both from pad_planes -> dw: (OC, C, 3, 3).
 
     dz's pixel (y, x) sits at q = (y+1) * Wp + x + 1 of its padded plane and met the input at
     q + (i-1) * Wp + (j-1) for tap (i, j); q runs over the padded rows 1..H, where dz's border
-    zeros cancel the positions outside the image."""
+    zeros cancel the positions outside the image. Two output channels at a time share the nine
+    input loads (18 multiply-adds per 11 loads)."""
     n_, c_, _ = xp.shape
     oc_ = dzp.shape[1]
     wp = w_ + 2
     q0, m = wp + 1, h_ * wp
     dw = np.zeros((oc_, c_, 3, 3), dtype=xp.dtype)
+    zero = xp.dtype.type(0)
     for n in range(n_):
-        for oc in range(oc_):
-            d = dzp[n, oc, q0:q0 + m]
+        for oc in range(0, oc_, 2):
+            oc2 = min(oc + 1, oc_ - 1)                   # an odd last channel is paired with itself
+            d, e = dzp[n, oc, q0:q0 + m], dzp[n, oc2, q0:q0 + m]
             for ci in range(c_):
                 x = xp[n, ci]
                 x0, x1, x2 = x[0:m], x[1:m + 1], x[2:m + 2]
                 x3, x4, x5 = x[wp:wp + m], x[wp + 1:wp + 1 + m], x[wp + 2:wp + 2 + m]
                 x6, x7, x8 = x[2 * wp:2 * wp + m], x[2 * wp + 1:2 * wp + 1 + m], x[2 * wp + 2:2 * wp + 2 + m]
-                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = xp.dtype.type(0)
+                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
+                t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = t8 = zero
                 for p in range(m):
-                    g = d[p]
-                    s0 += g * x0[p]
-                    s1 += g * x1[p]
-                    s2 += g * x2[p]
-                    s3 += g * x3[p]
-                    s4 += g * x4[p]
-                    s5 += g * x5[p]
-                    s6 += g * x6[p]
-                    s7 += g * x7[p]
-                    s8 += g * x8[p]
-                t = dw[oc, ci]
-                t[0, 0] += s0
-                t[0, 1] += s1
-                t[0, 2] += s2
-                t[1, 0] += s3
-                t[1, 1] += s4
-                t[1, 2] += s5
-                t[2, 0] += s6
-                t[2, 1] += s7
-                t[2, 2] += s8
+                    g, h = d[p], e[p]
+                    v0, v1, v2, v3, v4, v5, v6, v7, v8 = x0[p], x1[p], x2[p], x3[p], x4[p], x5[p], x6[p], x7[p], x8[p]
+                    s0 += g * v0
+                    s1 += g * v1
+                    s2 += g * v2
+                    s3 += g * v3
+                    s4 += g * v4
+                    s5 += g * v5
+                    s6 += g * v6
+                    s7 += g * v7
+                    s8 += g * v8
+                    t0 += h * v0
+                    t1 += h * v1
+                    t2 += h * v2
+                    t3 += h * v3
+                    t4 += h * v4
+                    t5 += h * v5
+                    t6 += h * v6
+                    t7 += h * v7
+                    t8 += h * v8
+                _add_taps(dw[oc, ci], s0, s1, s2, s3, s4, s5, s6, s7, s8)
+                if oc2 != oc:
+                    _add_taps(dw[oc2, ci], t0, t1, t2, t3, t4, t5, t6, t7, t8)
     return dw
 
 
