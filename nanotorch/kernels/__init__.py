@@ -11,7 +11,7 @@ that file changed. So the kernels cache into a folder named after a digest of al
 edit starts a fresh cache, and a process still running the old code writes only to the old one.
 
 - ``im2col``   — im2col / col2im for convolution (``im2col_reference`` / ``col2im_reference``)
-- ``conv3x3``  — direct 3x3 "same" convolution, its input and weight gradients, for large batches
+- ``conv3x3``  — direct 3x3 "same" convolution and its input and weight gradients (no im2col columns)
 - ``pooling``  — max pooling forward (value and argmax, or the value alone) and its gradient scatter
 - ``gelu``     — exact (erf) and tanh GELU with their derivatives (float32: a vectorised erf)
 """
