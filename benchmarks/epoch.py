@@ -182,12 +182,16 @@ def time_evaluation(evaluators, n_images, repeats, batch_sizes=EVAL_BATCH_SIZES)
     Each framework is then judged at its own fastest batch size: which one is fastest differs
     between them (PyTorch here: 64-256; at 1000 it is half as fast), and neither should be held to the other's."""
     seconds = {name: {b: [] for b in batch_sizes} for name in evaluators}
-    for _ in range(repeats):
+    for b in batch_sizes:                           # a first call per shape (set-up, caches) is not timed
+        for evaluate in evaluators.values():
+            evaluate(b)
+    for r in range(repeats):
         for b in batch_sizes:
-            for name, evaluate in evaluators.items():
+            names = list(evaluators)
+            for name in names[r % 2:] + names[:r % 2]:   # alternate which framework goes first
                 settle()
                 start = time.perf_counter()
-                evaluate(b)
+                evaluators[name](b)
                 seconds[name][b].append(time.perf_counter() - start)
     return {name: {b: n_images / statistics.median(t) for b, t in per_batch.items()}
             for name, per_batch in seconds.items()}
@@ -235,7 +239,6 @@ def compare(args, torch, batches, test_x, rss):
         evaluators["torch"] = lambda b: eval_torch(torch, torch_model, test_t, batch_size=b)
     evals = time_evaluation(evaluators, len(test_x), min(args.repeats, 3))
 
-    frameworks = {}
     frameworks = {}
     for name in ("nanotorch", "torch") if torch else ("nanotorch",):
         step = statistics.median(times[name]) / len(batches)

@@ -1,9 +1,11 @@
 """A second thread for gradients nobody needs yet: Conv2d's weight gradient, overlapped with the backward.
 
-Each convolution's backward makes two products from the incoming gradient D (nanotorch/nn/conv.py):
+Each convolution's backward makes two results from the incoming gradient D (nanotorch/nn/conv.py):
 
     dx = col2im(W^T @ D)      needed at once: it is the gradient the layer below starts from
     dW = D @ cols^T           needed only when the optimizer (or clipping) reads .grad
+
+(or, on the direct 3x3 path, the same two from the padded input and padded D: nanotorch/kernels/conv3x3.py).
 
 So with two threads, ``run(job)`` queues dW on a background thread and the backward pass moves on
 to the next layer; the weight gradients of all layers are computed beside the rest of the backward.
@@ -86,7 +88,7 @@ def enabled():
 def run(job):
     """Run ``job()`` on the background thread if there is one, else right now. Jobs run in order.
     A job must only read arrays that nobody changes until its result is read (Conv2d hands over
-    the columns it keeps and a gradient array of its own)."""
+    the columns, or padded input, it keeps and a gradient array of its own)."""
     state = _state
     if state.worker is None:
         job()

@@ -37,3 +37,32 @@ def test_direct_and_im2col_layers_agree(dtype, bias):
     np.testing.assert_allclose(dxs[1], dxs[0], **tol)
     for p0, p1 in zip(layers[0].parameters(), layers[1].parameters()):
         np.testing.assert_allclose(p1.grad, p0.grad, **tol)
+
+
+def test_a_nan_on_the_image_edge_propagates_through_both_algorithms():
+    """Outputs and input gradients have NaN in the same places; the direct weight gradient has NaN
+    wherever im2col's has, and may have more (0 * NaN on the padded border, see kernels/conv3x3.py)."""
+    nt.manual_seed(0)
+    layers = [nn.Conv2d(2, 3, 3, padding=1) for _ in range(2)]
+    layers[1].load_state_dict(layers[0].state_dict())
+    layers[0].direct_min_width, layers[1].direct_min_width = 100, 1
+    x = np.random.default_rng(2).standard_normal((2, 2, 5, 16)).astype(np.float32)
+    x[0, 1, 2, 15] = np.nan                                   # last column
+    dout = np.ones((2, 3, 5, 16), np.float32)
+    outs = [layer(x) for layer in layers]
+    dxs = [layer.backward(dout) for layer in layers]
+    np.testing.assert_array_equal(np.isnan(outs[1]), np.isnan(outs[0]))
+    np.testing.assert_array_equal(np.isnan(dxs[1]), np.isnan(dxs[0]))
+    nan_im2col, nan_direct = np.isnan(layers[0].weight.grad), np.isnan(layers[1].weight.grad)
+    assert nan_im2col.any() and (nan_direct | ~nan_im2col).all()
+
+
+def test_direct_kernels_reject_inconsistent_shapes():
+    from nanotorch.kernels import conv3x3_same, conv3x3_same_grad_weight, pad_planes
+    xp = pad_planes(np.zeros((2, 3, 4, 14), np.float32))
+    with pytest.raises(ValueError, match="pad_planes"):
+        conv3x3_same(xp, np.zeros((5, 3, 3, 3), np.float32), 5, 14, True)           # wrong height
+    with pytest.raises(ValueError, match="w \\(OC, C, 3, 3\\)"):
+        conv3x3_same(xp, np.zeros((5, 1, 3, 3), np.float32), 4, 14, True)           # wrong input channels
+    with pytest.raises(ValueError, match="pad_planes"):
+        conv3x3_same_grad_weight(xp, pad_planes(np.zeros((1, 5, 4, 14), np.float32)), 4, 14)   # wrong batch

@@ -8,7 +8,7 @@ nine shifts s = i * Wp + j (i, j in 0..2), so a whole output plane is nine shift
 
 (positions with x >= W straddle two rows: they are computed and dropped). Each inner loop runs
 over contiguous memory and vectorises; four output channels share every input load (36
-multiply-adds per 13 loads and stores).
+multiply-adds per 9 input loads and 4 loads and 4 stores of the sums).
 
 The backward is two more of the same sums (dz padded like x):
 
@@ -16,7 +16,11 @@ The backward is two more of the same sums (dz padded like x):
          dx[ci, y, x] = sum over oc, i, j of w[oc, ci, i, j] * dz[oc, y + 1 - i, x + 1 - j]
     dw[oc, ci, i, j] = sum over n and pixels of dz[n, oc, y, x] * xp[n, ci, y + i, x + j]
 
-The zero border of the padded dz makes the dropped positions and the image edges add nothing.
+The zero border of the padded dz makes the dropped positions and the image edges add nothing,
+as long as the values are finite: an Inf or NaN in the input's first or last column (or an Inf
+weight) meets those zeros, and 0 * Inf is NaN, so dw (or dx) has NaN in a few more entries than
+im2col + GEMM and PyTorch give. Training never gets there: the loss is already NaN, and
+mnist.train stops before the backward.
 
 nn.Conv2d uses it for every 3x3 convolution with stride 1 and padding 1 on planes at least 14
 wide; on 7x7 and 4x4 planes the rows are too short to vectorise and it is twice as slow as
@@ -25,9 +29,9 @@ im2col + GEMM. Measured on the 2-core machine:
   alternating 200-step runs: median 2.44 -> 2.12 ms and 2.85 -> 2.45 ms on two threads (0.90 as
   the median ratio of pairs), 2.38 -> 2.38 and 2.77 -> 2.55 ms on one;
 - evaluating the test set on two threads: 9,900 -> 10,400 images/s in batches of 16;
-- alone (benchmarks.conv_kernels, one thread): within 20% of im2col + GEMM either way at batch 4,
-  2-5x faster at batch 64-128, where the columns of a 28x28 layer (7-43 MB) no longer fit in
-  cache (conv4 12 -> 16 at batch 128: forward 5.9 ms against 29.4).
+- alone (benchmarks.conv_kernels, one thread): within 20% of im2col + GEMM at batch 4; at batch
+  128, where the columns of a 28x28 layer (14-43 MB) no longer fit in cache, 2-9x faster on the
+  28x28 layers and 1.6-2x on the 14x14 one (conv4 12 -> 16: forward 5.5 ms against 32.0).
 """
 import numpy as np
 from numba import njit
@@ -62,9 +66,11 @@ def conv3x3_same(xp, w, h_, w_, channels_first):
     """xp: (N, C, P) from pad_planes; w: (OC, C, 3, 3) -> out (OC, N, H*W) if channels_first, else
     (N, OC, H*W). Four output channels at a time (w is padded with zero channels to a multiple of 4),
     accumulated over the input channels in a small buffer that stays in L1 cache."""
-    n_, c_, _ = xp.shape
+    n_, c_, plane = xp.shape
     oc_ = w.shape[0]
     wp = w_ + 2
+    if plane != (h_ + 2) * wp + 2 or w.shape[1] != c_ or w.shape[2] != 3 or w.shape[3] != 3:
+        raise ValueError("conv3x3_same: expected xp (N, C, (h+2)*(w+2)+2) from pad_planes and w (OC, C, 3, 3)")
     m = h_ * wp                                           # the output plane on the padded grid
     w4 = np.zeros((-(-oc_ // 4) * 4, c_, 3, 3), dtype=w.dtype)
     w4[:oc_] = w
@@ -126,9 +132,12 @@ def conv3x3_same_grad_weight(xp, dzp, h_, w_):
     q + (i-1) * Wp + (j-1) for tap (i, j); q runs over the padded rows 1..H, where dz's border
     zeros cancel the positions outside the image. Two output channels at a time share the nine
     input loads (18 multiply-adds per 11 loads)."""
-    n_, c_, _ = xp.shape
+    n_, c_, plane = xp.shape
     oc_ = dzp.shape[1]
     wp = w_ + 2
+    if plane != (h_ + 2) * wp + 2 or dzp.shape[0] != n_ or dzp.shape[2] != plane:
+        raise ValueError("conv3x3_same_grad_weight: expected xp (N, C, P) and dzp (N, OC, P) from pad_planes, "
+                         "P = (h+2)*(w+2)+2")
     q0, m = wp + 1, h_ * wp
     dw = np.zeros((oc_, c_, 3, 3), dtype=xp.dtype)
     zero = xp.dtype.type(0)

@@ -17,7 +17,8 @@ Backward, from dout (N, OC, OH, OW) laid out as D: (OC, N*OH*OW) like Z:
 For a 3x3 convolution with stride 1 and padding 1 (on planes at least 14 wide), the same four
 results come from a direct convolution with no columns (nanotorch/kernels/conv3x3.py):
 Z as nine shifted multiply-adds of the padded input, dx as the same convolution of D with W
-transposed and flipped, dW as nine shifted dot products. Which one runs changes only the speed.
+transposed and flipped, dW as nine shifted dot products. Which one runs changes only the speed
+(and, with an Inf or NaN on an image edge, how many gradient entries are NaN: see the kernel).
 
 ``forward_channels_first`` / ``backward_channels_first`` are the same steps with Z and D left in
 their (OC, N, OH*OW) layout, for a fused layer that reads and writes that layout directly
