@@ -56,6 +56,14 @@ def pad_planes(x):
 
 
 @njit(inline="always")
+def _shifted(x, wp, m):
+    """The nine views x[s:s + m] of a flat padded plane, one for each shift s = i * Wp + j of a 3x3
+    kernel, in the order of w[:, :, i, j]."""
+    return (x[0:m], x[1:1 + m], x[2:2 + m], x[wp:wp + m], x[wp + 1:wp + 1 + m], x[wp + 2:wp + 2 + m],
+            x[2 * wp:2 * wp + m], x[2 * wp + 1:2 * wp + 1 + m], x[2 * wp + 2:2 * wp + 2 + m])
+
+
+@njit(inline="always")
 def _taps(w, oc, ci):
     return (w[oc, ci, 0, 0], w[oc, ci, 0, 1], w[oc, ci, 0, 2], w[oc, ci, 1, 0], w[oc, ci, 1, 1],
             w[oc, ci, 1, 2], w[oc, ci, 2, 0], w[oc, ci, 2, 1], w[oc, ci, 2, 2])
@@ -81,10 +89,7 @@ def conv3x3_same(xp, w, h_, w_, channels_first):
         for oc in range(0, oc_, 4):
             acc[:] = 0
             for ci in range(c_):
-                x = xp[n, ci]
-                x0, x1, x2 = x[0:m], x[1:m + 1], x[2:m + 2]              # the nine shifted planes
-                x3, x4, x5 = x[wp:wp + m], x[wp + 1:wp + 1 + m], x[wp + 2:wp + 2 + m]
-                x6, x7, x8 = x[2 * wp:2 * wp + m], x[2 * wp + 1:2 * wp + 1 + m], x[2 * wp + 2:2 * wp + 2 + m]
+                x0, x1, x2, x3, x4, x5, x6, x7, x8 = _shifted(xp[n, ci], wp, m)
                 a0, a1, a2, a3, a4, a5, a6, a7, a8 = _taps(w4, oc, ci)
                 b0, b1, b2, b3, b4, b5, b6, b7, b8 = _taps(w4, oc + 1, ci)
                 c0, c1, c2, c3, c4, c5, c6, c7, c8 = _taps(w4, oc + 2, ci)
@@ -146,10 +151,7 @@ def conv3x3_same_grad_weight(xp, dzp, h_, w_):
             oc2 = min(oc + 1, oc_ - 1)                   # an odd last channel is paired with itself
             d, e = dzp[n, oc, q0:q0 + m], dzp[n, oc2, q0:q0 + m]
             for ci in range(c_):
-                x = xp[n, ci]
-                x0, x1, x2 = x[0:m], x[1:m + 1], x[2:m + 2]
-                x3, x4, x5 = x[wp:wp + m], x[wp + 1:wp + 1 + m], x[wp + 2:wp + 2 + m]
-                x6, x7, x8 = x[2 * wp:2 * wp + m], x[2 * wp + 1:2 * wp + 1 + m], x[2 * wp + 2:2 * wp + 2 + m]
+                x0, x1, x2, x3, x4, x5, x6, x7, x8 = _shifted(xp[n, ci], wp, m)
                 s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
                 t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = t8 = zero
                 for p in range(m):
