@@ -73,10 +73,12 @@ class Conv2d(Module):
         return np.ascontiguousarray(z.transpose(1, 0, 2)).reshape(n, self.out_channels, oh, ow)
 
     def backward(self, dout):
-        _, (n, _, h, w), _ = self.saved_for_backward()
+        _, (n, _, h, w), direct = self.saved_for_backward()
         check_grad(self, dout, (n, self.out_channels, *self.output_shape(h, w)))
-        # a copy even where the transpose is a no-op (n == 1): the weight-gradient job may read it later
-        return self.backward_channels_first(dout.reshape(n, self.out_channels, -1).transpose(1, 0, 2).copy())
+        dz = dout.reshape(n, self.out_channels, -1).transpose(1, 0, 2)         # (OC, N, OH*OW), a view
+        # im2col's weight-gradient job may read dz later, so it gets a copy of its own (even where the
+        # transpose is a no-op, n == 1); the direct path pads dz into a new array before anything reads it
+        return self.backward_channels_first(dz if direct else dz.copy())
 
     def uses_direct_kernel(self, x_shape):
         """Whether an input of this shape goes through the direct 3x3 kernel rather than im2col + GEMM."""
