@@ -32,16 +32,14 @@ def try_import_torch():
 
 @contextlib.contextmanager
 def threads(n, torch=None):
-    """Run the block with each framework at n threads: nanotorch.set_num_threads(n) (Numba, BLAS, background)
-    and, if the module is passed, torch.set_num_threads(n); the previous counts are restored after.
-    Yields a dict saying what was set.
+    """Run the block with each framework at n threads: nanotorch.set_num_threads(n) (Numba's threads
+    for the big kernels, one BLAS thread) and, if the module is passed, torch.set_num_threads(n); the
+    previous counts are restored after. Yields a dict saying what was set.
     """
     import nanotorch as nt
-    from nanotorch import background
-    before, background_before = nt.get_num_threads(), background.enabled()
+    before = nt.get_num_threads()
     nt.set_num_threads(n)
-    info = {"threads": n, "numba": nt.get_num_threads(), "blas": max(1, n // 2),
-            "background_grad_thread": background.enabled(), "torch": None}
+    info = {"threads": n, "numba": nt.get_num_threads(), "blas": 1, "torch": None}
     try:
         with contextlib.ExitStack() as stack:
             if torch is not None:
@@ -50,7 +48,6 @@ def threads(n, torch=None):
             yield info
     finally:
         nt.set_num_threads(before)
-        background.enable(background_before)
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from benchmarks.common import (RESULTS_DIR, format_table, settle, sgemm_peak, threads, timeit_many, try_import_torch,
                                write_csv)
 from nanotorch import nn
+from nanotorch.threads import parallel
 from nanotorch.kernels import col2im, conv3x3_same, conv3x3_same_grad_weight, flip_transpose, im2col, pad_planes
 
 # The seven 3x3 convolutions (padding 1) of mnist.model: (in channels, out channels, height = width).
@@ -193,9 +194,10 @@ def _direct3x3(x, w, dout, p):
         return None
     h, wd = x.shape[2:]
     wt = flip_transpose(w)
-    return {"forward": lambda: conv3x3_same(pad_planes(x), w, h, wd, False).reshape(dout.shape),
-            "grad_input": lambda: conv3x3_same(pad_planes(dout), wt, h, wd, False).reshape(x.shape),
-            "grad_weight": lambda: conv3x3_same_grad_weight(pad_planes(x), pad_planes(dout), h, wd)}
+    par = parallel()                       # on Numba's threads when --threads is 2 or more
+    return {"forward": lambda: conv3x3_same(pad_planes(x), w, h, wd, False, par).reshape(dout.shape),
+            "grad_input": lambda: conv3x3_same(pad_planes(dout), wt, h, wd, False, par).reshape(x.shape),
+            "grad_weight": lambda: conv3x3_same_grad_weight(pad_planes(x), pad_planes(dout), h, wd, par)}
 
 
 @register("torch", runtime="torch")

@@ -1,38 +1,66 @@
-"""How many threads nanotorch uses: Numba's kernels, the BLAS behind NumPy's matmul, and the
-background thread that computes convolution weight gradients during the backward (background.py).
+"""How many threads nanotorch uses: Numba's threads for the big kernels, one BLAS thread.
 
-``set_num_threads(n)``: with n >= 2 the background thread is on and each of the two threads gets
-n // 2 BLAS threads (one each on a 2-core machine); with n = 1 everything runs on the calling thread.
+``set_num_threads(n)`` (process-wide, like torch.set_num_threads): with n >= 2 the kernels that
+do most of a step's work (the direct 3x3 convolution and its two gradients, BatchNorm + GELU,
+max pooling) split into independent tasks spread over n Numba threads (nanotorch/kernels/tasks.py).
+The results are bitwise the same as on one thread (tests/test_threads.py). Until it is called,
+everything runs on the calling thread.
 
-Measured on a 2-core virtual machine, a training step at batch 4 took 2.70 ms with two BLAS threads
-and 2.98 ms with one when the machine was quiet, but 4.0-4.4 ms with two when its host was busier,
-and 7x slower with another process running: a BLAS library's threads spin while they wait. So
-each thread gets one BLAS thread on a 2-core machine. Numba's parallel loops (prange) on top of two
-BLAS threads made a step 30x slower: the two thread pools spin against each other.
-Running Conv2d's weight gradient on a second Python thread beside its input gradient, waiting for
-it in each layer, gained 2%: a hand-over between threads costs ~40 us. Queuing all of them and
-waiting once, when a gradient is read, made a step 2-9% faster (nanotorch/background.py), and
-that thread does not spin: it sleeps until it is given work.
+Only the thread that called set_num_threads spreads its kernels over threads (``parallel()``);
+any other thread runs them alone, on its own core. mnist.evaluate relies on it: two threads
+evaluate batches side by side, each on one core, which beat one thread on two cores (11,600-11,950
+against 10,150-10,450 images/s). A child forked after its parent spread kernels over threads runs
+them on its own thread for good, whatever it asks for: GNU OpenMP, Numba's fastest thread pool
+here, terminates a forked child that enters it.
+
+BLAS stays at one thread: Numba's OpenMP threads spin for a while after each kernel, and two
+OpenBLAS threads beside them made evaluation 4-6x slower (1,700-2,800 against 7,500-10,200
+images/s). The im2col convolutions of the 7x7 and 4x4 layers and the Linear layers are small.
+
+Measured on the 2-core machine, a training step of the MNIST recipe at batch 4 (three alternating
+runs each of 200 steps): 2.01-2.08 ms before, 1.74-1.84 ms with the kernels on two threads. Before,
+a second Python thread computed the convolutions' weight gradients during the backward: a hand-
+over between Python threads costs 40-60 us, while an OpenMP fork-join of Numba costs 1.5 us (its
+"workqueue" pool, 77 us). On one thread a step went from 2.18 to 2.3 ms with the kernels' task
+loops, so with n = 1 they run as plain loops.
 """
+import os
+import threading
+
 import numba
 from threadpoolctl import threadpool_limits
 
-from nanotorch import background
-
+_state = {"parallel": False, "owner": None, "pool_used": False, "forked": False}
 _blas_limits = None
 
 
 def set_num_threads(n):
-    """Use n threads (process-wide): the background gradient thread when n >= 2, n // 2 BLAS threads
-    per thread (at least one), n for Numba."""
+    """Use n threads: the calling thread's big kernels spread over n Numba threads when n >= 2;
+    BLAS on one thread."""
     global _blas_limits
     n = int(n)
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    _blas_limits = threadpool_limits(limits=max(1, n // 2), user_api="blas")
-    background.enable(n >= 2)
+    n = min(n, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(n)
+    _blas_limits = threadpool_limits(limits=1, user_api="blas")
+    _state["parallel"], _state["owner"] = n >= 2 and not _state["forked"], threading.get_ident()
+    _state["pool_used"] |= _state["parallel"]
 
 
 def get_num_threads():
-    return numba.get_num_threads()
+    return numba.get_num_threads() if _state["parallel"] else 1
+
+
+def parallel():
+    """Whether the kernels called from this thread spread over Numba's threads."""
+    return _state["parallel"] and threading.get_ident() == _state["owner"]
+
+
+def _forget_in_child():
+    """A child forked after the parent spread kernels over threads runs them alone for good."""
+    _state["forked"] = _state["pool_used"]
+    _state["parallel"] = False
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

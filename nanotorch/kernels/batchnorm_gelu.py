@@ -16,87 +16,123 @@ kernels also move between the two layouts as they go, so no transpose is ever co
 Sums are accumulated in float64. The references compose the plain NumPy formulas.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from nanotorch.kernels.gelu import FAST, gelu_and_grad, gelu_forward_reference
+from nanotorch.kernels.tasks import PRANGE
 
 
-@njit(cache=True, nogil=True, **FAST)
-def channel_mean_var(z):
-    """z: (C, M) -> (mean, biased variance), each (C,) float64, by two passes (no cancellation)."""
-    c_, m = z.shape
-    mean = np.zeros(c_)
-    var = np.zeros(c_)
-    for c in range(c_):
-        s = 0.0
-        for i in range(m):
-            s += z[c, i]
-        mu = s / m
-        q = 0.0
-        for i in range(m):
-            e = z[c, i] - mu
-            q += e * e
-        mean[c] = mu
-        var[c] = q / m
+@njit(cache=True, nogil=True, **PRANGE, **FAST)
+def channel_mean_var(z, parallel=False):
+    """z: (C, M) -> (mean, biased variance), each (C,) float64, by two passes (no cancellation).
+    One task per channel; ``parallel`` spreads them over Numba's threads (tasks.py), as below."""
+    mean = np.empty(z.shape[0])
+    var = np.empty(z.shape[0])
+    if parallel:
+        for c in prange(z.shape[0]):
+            mean[c], var[c] = _mean_var(z[c])
+    else:
+        for c in range(z.shape[0]):
+            mean[c], var[c] = _mean_var(z[c])
     return mean, var
 
 
-@njit(cache=True, nogil=True, **FAST)
-def bn_gelu_forward(z, mean, inv_std, gamma, beta):
+@njit(nogil=True, **FAST)
+def _mean_var(v):
+    s = 0.0
+    for i in range(v.size):
+        s += v[i]
+    mu = s / v.size
+    q = 0.0
+    for i in range(v.size):
+        e = v[i] - mu
+        q += e * e
+    return mu, q / v.size
+
+
+@njit(cache=True, nogil=True, **PRANGE, **FAST)
+def bn_gelu_forward(z, mean, inv_std, gamma, beta, parallel=False):
     """z: (C, N, L); mean, inv_std, gamma, beta: (C,) in z's dtype -> a: (N, C, L), xhat, d: (C, N, L)."""
     c_, n_, l_ = z.shape
     a = np.empty((n_, c_, l_), dtype=z.dtype)
     xhat = np.empty_like(z)
     d = np.empty_like(z)
-    for c in range(c_):
-        mu, s, g, b = mean[c], inv_std[c], gamma[c], beta[c]
-        for n in range(n_):
-            for i in range(l_):
-                xh = (z[c, n, i] - mu) * s
-                xhat[c, n, i] = xh
-                a[n, c, i], d[c, n, i] = gelu_and_grad(g * xh + b)
+    if parallel:
+        for c in prange(c_):
+            _forward_channel(z[c], mean[c], inv_std[c], gamma[c], beta[c], a[:, c], xhat[c], d[c])
+    else:
+        for c in range(c_):
+            _forward_channel(z[c], mean[c], inv_std[c], gamma[c], beta[c], a[:, c], xhat[c], d[c])
     return a, xhat, d
 
 
-@njit(cache=True, nogil=True, **FAST)
-def bn_gelu_inference(z, scale, shift):
+@njit(nogil=True, **FAST)
+def _forward_channel(z, mu, s, g, b, a, xhat, d):
+    for n in range(z.shape[0]):
+        for i in range(z.shape[1]):
+            xh = (z[n, i] - mu) * s
+            xhat[n, i] = xh
+            a[n, i], d[n, i] = gelu_and_grad(g * xh + b)
+
+
+@njit(cache=True, nogil=True, **PRANGE, **FAST)
+def bn_gelu_inference(z, scale, shift, parallel=False):
     """Evaluation without a backward: a = GELU(scale * z + shift), BatchNorm folded into one
     multiply-add (scale = gamma * inv_std, shift = beta - mean * scale). z: (C, N, L) -> a: (N, C, L)."""
     c_, n_, l_ = z.shape
     a = np.empty((n_, c_, l_), dtype=z.dtype)
-    for c in range(c_):
-        k, b = scale[c], shift[c]
-        for n in range(n_):
-            for i in range(l_):
-                a[n, c, i] = gelu_and_grad(k * z[c, n, i] + b)[0]
+    if parallel:
+        for c in prange(c_):
+            _inference_channel(z[c], scale[c], shift[c], a[:, c])
+    else:
+        for c in range(c_):
+            _inference_channel(z[c], scale[c], shift[c], a[:, c])
     return a
 
 
-@njit(cache=True, nogil=True, **FAST)
-def bn_gelu_backward(da, xhat, d, inv_std, gamma, training):
+@njit(nogil=True, **FAST)
+def _inference_channel(z, k, b, a):
+    for n in range(z.shape[0]):
+        for i in range(z.shape[1]):
+            a[n, i] = gelu_and_grad(k * z[n, i] + b)[0]
+
+
+@njit(cache=True, nogil=True, **PRANGE, **FAST)
+def bn_gelu_backward(da, xhat, d, inv_std, gamma, training, parallel=False):
     """da: (N, C, L); xhat, d: (C, N, L) -> (dz (C, N, L), dgamma (C,), dbeta (C,)), see the module docstring."""
-    n_, c_, l_ = da.shape
+    c_ = xhat.shape[0]
     dz = np.empty_like(xhat)
-    dgamma = np.zeros(c_)
-    dbeta = np.zeros(c_)
-    m = n_ * l_
-    for c in range(c_):
-        sg = 0.0
-        sgx = 0.0
-        for n in range(n_):
-            for i in range(l_):
-                g = da[n, c, i] * d[c, n, i]
-                dz[c, n, i] = g
-                sg += g
-                sgx += g * xhat[c, n, i]
-        dbeta[c], dgamma[c] = sg, sgx
-        k = da.dtype.type(gamma[c] * inv_std[c])
-        mg = da.dtype.type(sg / m if training else 0.0)
-        mgx = da.dtype.type(sgx / m if training else 0.0)
-        for n in range(n_):
-            for i in range(l_):
-                dz[c, n, i] = k * (dz[c, n, i] - mg - xhat[c, n, i] * mgx)
+    dgamma = np.empty(c_)
+    dbeta = np.empty(c_)
+    if parallel:
+        for c in prange(c_):
+            dgamma[c], dbeta[c] = _backward_channel(da[:, c], xhat[c], d[c], inv_std[c], gamma[c], training, dz[c])
+    else:
+        for c in range(c_):
+            dgamma[c], dbeta[c] = _backward_channel(da[:, c], xhat[c], d[c], inv_std[c], gamma[c], training, dz[c])
     return dz, dgamma, dbeta
+
+
+@njit(nogil=True, **FAST)
+def _backward_channel(da, xhat, d, inv_std, gamma, training, dz):
+    """One channel: da, xhat, d, dz (N, L) -> (dgamma, dbeta), writing dz."""
+    n_, l_ = xhat.shape
+    sg = 0.0
+    sgx = 0.0
+    for n in range(n_):
+        for i in range(l_):
+            g = da[n, i] * d[n, i]
+            dz[n, i] = g
+            sg += g
+            sgx += g * xhat[n, i]
+    m = n_ * l_
+    k = da.dtype.type(gamma * inv_std)
+    mg = da.dtype.type(sg / m if training else 0.0)
+    mgx = da.dtype.type(sgx / m if training else 0.0)
+    for n in range(n_):
+        for i in range(l_):
+            dz[n, i] = k * (dz[n, i] - mg - xhat[n, i] * mgx)
+    return sgx, sg
 
 
 def bn_gelu_forward_reference(z, mean, inv_std, gamma, beta):

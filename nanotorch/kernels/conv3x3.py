@@ -34,9 +34,10 @@ im2col + GEMM. Measured on the 2-core machine:
   28x28 layers and 1.6-2x on the 14x14 one (conv4 12 -> 16: forward 5.5 ms against 32.0).
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from nanotorch.kernels.gelu import FAST
+from nanotorch.kernels.tasks import PRANGE
 
 
 @njit(cache=True, nogil=True)
@@ -69,51 +70,60 @@ def _taps(w, oc, ci):
             w[oc, ci, 1, 2], w[oc, ci, 2, 0], w[oc, ci, 2, 1], w[oc, ci, 2, 2])
 
 
-@njit(cache=True, nogil=True, **FAST)
-def conv3x3_same(xp, w, h_, w_, channels_first):
+@njit(cache=True, nogil=True, **PRANGE, **FAST)
+def conv3x3_same(xp, w, h_, w_, channels_first, parallel=False):
     """xp: (N, C, P) from pad_planes; w: (OC, C, 3, 3) -> out (OC, N, H*W) if channels_first, else
-    (N, OC, H*W). Four output channels at a time (w is padded with zero channels to a multiple of 4),
-    accumulated over the input channels in a small buffer that stays in L1 cache."""
+    (N, OC, H*W). One task per image and group of four output channels (w is padded with zero
+    channels to a multiple of 4); ``parallel`` spreads them over Numba's threads (tasks.py)."""
     n_, c_, plane = xp.shape
     oc_ = w.shape[0]
-    wp = w_ + 2
-    if plane != (h_ + 2) * wp + 2 or w.shape[1] != c_ or w.shape[2] != 3 or w.shape[3] != 3:
+    if plane != (h_ + 2) * (w_ + 2) + 2 or w.shape[1] != c_ or w.shape[2] != 3 or w.shape[3] != 3:
         raise ValueError("conv3x3_same: expected xp (N, C, (h+2)*(w+2)+2) from pad_planes and w (OC, C, 3, 3)")
-    m = h_ * wp                                           # the output plane on the padded grid
-    w4 = np.zeros((-(-oc_ // 4) * 4, c_, 3, 3), dtype=w.dtype)
+    w4 = np.empty((-(-oc_ // 4) * 4, c_, 3, 3), dtype=w.dtype)
+    w4[:] = 0
     w4[:oc_] = w
     out = np.empty((oc_, n_, h_ * w_) if channels_first else (n_, oc_, h_ * w_), dtype=xp.dtype)
-    acc = np.empty((4, m), dtype=xp.dtype)
-    z0, z1, z2, z3 = acc[0], acc[1], acc[2], acc[3]
-    for n in range(n_):
-        for oc in range(0, oc_, 4):
-            acc[:] = 0
-            for ci in range(c_):
-                x0, x1, x2, x3, x4, x5, x6, x7, x8 = _shifted(xp[n, ci], wp, m)
-                a0, a1, a2, a3, a4, a5, a6, a7, a8 = _taps(w4, oc, ci)
-                b0, b1, b2, b3, b4, b5, b6, b7, b8 = _taps(w4, oc + 1, ci)
-                c0, c1, c2, c3, c4, c5, c6, c7, c8 = _taps(w4, oc + 2, ci)
-                d0, d1, d2, d3, d4, d5, d6, d7, d8 = _taps(w4, oc + 3, ci)
-                for p in range(m):
-                    v0, v1, v2, v3, v4, v5, v6, v7, v8 = x0[p], x1[p], x2[p], x3[p], x4[p], x5[p], x6[p], x7[p], x8[p]
-                    z0[p] += (a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4 + a5 * v5
-                              + a6 * v6 + a7 * v7 + a8 * v8)
-                    z1[p] += (b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4 + b5 * v5
-                              + b6 * v6 + b7 * v7 + b8 * v8)
-                    z2[p] += (c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3 + c4 * v4 + c5 * v5
-                              + c6 * v6 + c7 * v7 + c8 * v8)
-                    z3[p] += (d0 * v0 + d1 * v1 + d2 * v2 + d3 * v3 + d4 * v4 + d5 * v5
-                              + d6 * v6 + d7 * v7 + d8 * v8)
-            for k in range(min(4, oc_ - oc)):                            # drop the x >= W positions
-                if channels_first:
-                    dst = out[oc + k, n]
-                else:
-                    dst = out[n, oc + k]
-                for y in range(h_):
-                    row, src = dst[y * w_:(y + 1) * w_], acc[k, y * wp:y * wp + w_]
-                    for i in range(w_):
-                        row[i] = src[i]
+    groups = w4.shape[0] // 4
+    if parallel:
+        for task in prange(n_ * groups):
+            _four_channels(xp, w4, task // groups, task % groups * 4, h_, w_, out, channels_first)
+    else:
+        for task in range(n_ * groups):
+            _four_channels(xp, w4, task // groups, task % groups * 4, h_, w_, out, channels_first)
     return out
+
+
+@njit(nogil=True, **FAST)
+def _four_channels(xp, w4, n, oc, h_, w_, out, channels_first):
+    """Output channels oc..oc+3 of image n: summed on the padded grid over the input channels in a
+    small buffer that stays in L1 cache (36 multiply-adds per 9 input loads), then copied out
+    without the x >= W positions."""
+    wp = w_ + 2
+    m = h_ * wp
+    acc = np.zeros((4, m), dtype=xp.dtype)
+    z0, z1, z2, z3 = acc[0], acc[1], acc[2], acc[3]
+    for ci in range(xp.shape[1]):
+        x0, x1, x2, x3, x4, x5, x6, x7, x8 = _shifted(xp[n, ci], wp, m)
+        a0, a1, a2, a3, a4, a5, a6, a7, a8 = _taps(w4, oc, ci)
+        b0, b1, b2, b3, b4, b5, b6, b7, b8 = _taps(w4, oc + 1, ci)
+        c0, c1, c2, c3, c4, c5, c6, c7, c8 = _taps(w4, oc + 2, ci)
+        d0, d1, d2, d3, d4, d5, d6, d7, d8 = _taps(w4, oc + 3, ci)
+        for p in range(m):
+            v0, v1, v2, v3, v4, v5, v6, v7, v8 = x0[p], x1[p], x2[p], x3[p], x4[p], x5[p], x6[p], x7[p], x8[p]
+            z0[p] += (a0 * v0 + a1 * v1 + a2 * v2 + a3 * v3 + a4 * v4 + a5 * v5
+                      + a6 * v6 + a7 * v7 + a8 * v8)
+            z1[p] += (b0 * v0 + b1 * v1 + b2 * v2 + b3 * v3 + b4 * v4 + b5 * v5
+                      + b6 * v6 + b7 * v7 + b8 * v8)
+            z2[p] += (c0 * v0 + c1 * v1 + c2 * v2 + c3 * v3 + c4 * v4 + c5 * v5
+                      + c6 * v6 + c7 * v7 + c8 * v8)
+            z3[p] += (d0 * v0 + d1 * v1 + d2 * v2 + d3 * v3 + d4 * v4 + d5 * v5
+                      + d6 * v6 + d7 * v7 + d8 * v8)
+    for k in range(min(4, out.shape[0 if channels_first else 1] - oc)):
+        dst = out[oc + k, n] if channels_first else out[n, oc + k]
+        for y in range(h_):
+            row, src = dst[y * w_:(y + 1) * w_], acc[k, y * wp:y * wp + w_]
+            for i in range(w_):
+                row[i] = src[i]
 
 
 @njit(inline="always")
@@ -129,56 +139,74 @@ def _add_taps(t, s0, s1, s2, s3, s4, s5, s6, s7, s8):
     t[2, 2] += s8
 
 
-@njit(cache=True, nogil=True, **FAST)
-def conv3x3_same_grad_weight(xp, dzp, h_, w_):
+@njit(cache=True, nogil=True, **PRANGE, **FAST)
+def conv3x3_same_grad_weight(xp, dzp, h_, w_, parallel=False):
     """xp: (N, C, P), dzp: (N, OC, P), both from pad_planes -> dw: (OC, C, 3, 3).
 
     dz's pixel (y, x) sits at q = (y+1) * Wp + x + 1 of its padded plane and met the input at
     q + (i-1) * Wp + (j-1) for tap (i, j); q runs over the padded rows 1..H, where dz's border
-    zeros cancel the positions outside the image. Two output channels at a time share the nine
-    input loads (18 multiply-adds per 11 loads)."""
+    zeros cancel the positions outside the image. One task per pair of output channels and input
+    channel, summing over the images in order; ``parallel`` spreads them over Numba's threads."""
     n_, c_, plane = xp.shape
     oc_ = dzp.shape[1]
     wp = w_ + 2
     if plane != (h_ + 2) * wp + 2 or dzp.shape[0] != n_ or dzp.shape[2] != plane:
         raise ValueError("conv3x3_same_grad_weight: expected xp (N, C, P) and dzp (N, OC, P) from pad_planes, "
                          "P = (h+2)*(w+2)+2")
-    q0, m = wp + 1, h_ * wp
-    dw = np.zeros((oc_, c_, 3, 3), dtype=xp.dtype)
-    zero = xp.dtype.type(0)
-    for n in range(n_):
-        for oc in range(0, oc_, 2):
-            oc2 = min(oc + 1, oc_ - 1)                   # an odd last channel is paired with itself
-            d, e = dzp[n, oc, q0:q0 + m], dzp[n, oc2, q0:q0 + m]
-            for ci in range(c_):
-                x0, x1, x2, x3, x4, x5, x6, x7, x8 = _shifted(xp[n, ci], wp, m)
-                s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
-                t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = t8 = zero
-                for p in range(m):
-                    g, h = d[p], e[p]
-                    v0, v1, v2, v3, v4, v5, v6, v7, v8 = x0[p], x1[p], x2[p], x3[p], x4[p], x5[p], x6[p], x7[p], x8[p]
-                    s0 += g * v0
-                    s1 += g * v1
-                    s2 += g * v2
-                    s3 += g * v3
-                    s4 += g * v4
-                    s5 += g * v5
-                    s6 += g * v6
-                    s7 += g * v7
-                    s8 += g * v8
-                    t0 += h * v0
-                    t1 += h * v1
-                    t2 += h * v2
-                    t3 += h * v3
-                    t4 += h * v4
-                    t5 += h * v5
-                    t6 += h * v6
-                    t7 += h * v7
-                    t8 += h * v8
-                _add_taps(dw[oc, ci], s0, s1, s2, s3, s4, s5, s6, s7, s8)
-                if oc2 != oc:
-                    _add_taps(dw[oc2, ci], t0, t1, t2, t3, t4, t5, t6, t7, t8)
+    dw = np.empty((oc_, c_, 3, 3), dtype=xp.dtype)
+    dw[:] = 0
+    tasks = (oc_ + 1) // 2 * c_
+    if parallel:
+        for task in prange(tasks):
+            _weight_task(xp, dzp, task // c_ * 2, task % c_, dw, wp, h_ * wp)
+    else:
+        for task in range(tasks):
+            _weight_task(xp, dzp, task // c_ * 2, task % c_, dw, wp, h_ * wp)
     return dw
+
+
+@njit(nogil=True, **FAST)
+def _weight_task(xp, dzp, oc, ci, dw, wp, m):
+    """dw[oc, ci] and dw[oc + 1, ci] (an odd last channel is paired with itself), over the images in order."""
+    oc2 = min(oc + 1, dzp.shape[1] - 1)
+    for n in range(xp.shape[0]):
+        _two_channel_taps(xp[n, ci], dzp[n, oc], dzp[n, oc2], dw[oc, ci], dw[oc2, ci], oc2 != oc, wp, m)
+
+
+@njit(nogil=True, **FAST)
+def _two_channel_taps(x, d, e, dw_d, dw_e, both, wp, m):
+    """Add one image's nine shifted dot products of input plane x with the padded dz planes d and
+    e into dw_d and dw_e (3, 3): two output channels share the nine input loads (18 multiply-adds
+    per 11 loads)."""
+    x0, x1, x2, x3, x4, x5, x6, x7, x8 = _shifted(x, wp, m)
+    d, e = d[wp + 1:wp + 1 + m], e[wp + 1:wp + 1 + m]
+    zero = x.dtype.type(0)
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
+    t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = t8 = zero
+    for p in range(m):
+        g, h = d[p], e[p]
+        v0, v1, v2, v3, v4, v5, v6, v7, v8 = x0[p], x1[p], x2[p], x3[p], x4[p], x5[p], x6[p], x7[p], x8[p]
+        s0 += g * v0
+        s1 += g * v1
+        s2 += g * v2
+        s3 += g * v3
+        s4 += g * v4
+        s5 += g * v5
+        s6 += g * v6
+        s7 += g * v7
+        s8 += g * v8
+        t0 += h * v0
+        t1 += h * v1
+        t2 += h * v2
+        t3 += h * v3
+        t4 += h * v4
+        t5 += h * v5
+        t6 += h * v6
+        t7 += h * v7
+        t8 += h * v8
+    _add_taps(dw_d, s0, s1, s2, s3, s4, s5, s6, s7, s8)
+    if both:
+        _add_taps(dw_e, t0, t1, t2, t3, t4, t5, t6, t7, t8)
 
 
 def flip_transpose(w):

@@ -7,7 +7,9 @@ The max is piecewise the identity on one input, so d out / d x is 1 at the argma
 the backward adds each dout into dx at its argmax (windows may overlap, hence +=).
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
+
+from nanotorch.kernels.tasks import PRANGE
 
 
 @njit(cache=True, nogil=True)
@@ -37,8 +39,8 @@ def maxpool2d_forward(x, kh, kw, sh, sw, ph, pw, oh, ow):
     return out, arg
 
 
-@njit(cache=True, nogil=True)
-def maxpool2x2_forward(x, oh, ow):
+@njit(cache=True, nogil=True, **PRANGE)
+def maxpool2x2_forward(x, oh, ow, parallel=False):
     """The same for kernel 2, stride 2, no padding (every pooling layer of the MNIST model).
 
     With H and W even every window is whole, and the max is taken in two flat passes (2.5x faster
@@ -46,11 +48,28 @@ def maxpool2x2_forward(x, oh, ow):
     (x[2k], x[2k+1]) of the flat array, which never straddles two rows since W is even; then, for
     each output row, the max of the two rows of pair maxima below it. Choosing the second value
     only when it is larger (or NaN) keeps PyTorch's first-in-scan-order argmax. Odd sizes
-    (ceil_mode) go through ``_maxpool2x2_any``.
+    (ceil_mode) go through ``_maxpool2x2_any``. One task per plane; ``parallel`` spreads them over
+    Numba's threads (tasks.py).
     """
     n_, c_, h_, w_ = x.shape
     if h_ % 2 or w_ % 2:
         return _maxpool2x2_any(x, oh, ow)
+    out = np.empty((n_, c_, oh, ow), dtype=x.dtype)
+    arg = np.empty((n_, c_, oh, ow), dtype=np.int64)
+    if parallel:
+        for plane in prange(n_ * c_):
+            _argmax_plane(x[plane // c_, plane % c_], out[plane // c_, plane % c_], arg[plane // c_, plane % c_])
+    else:
+        for plane in range(n_ * c_):
+            _argmax_plane(x[plane // c_, plane % c_], out[plane // c_, plane % c_], arg[plane // c_, plane % c_])
+    return out, arg
+
+
+@njit(nogil=True)
+def _argmax_plane(x, out, arg):
+    """x: (H, W), H and W even -> out, arg: (H/2, W/2), by the two passes above."""
+    oh, ow = out.shape
+    w_ = x.shape[1]
     flat = np.ascontiguousarray(x).reshape(-1)
     pmax = np.empty(flat.size // 2, dtype=x.dtype)       # max of each horizontal pair ...
     pright = np.empty(flat.size // 2, dtype=np.int8)      # ... and 1 if it is the right one
@@ -59,23 +78,19 @@ def maxpool2x2_forward(x, oh, ow):
         right = (b > a) | (b != b)                        # b != b: NaN wins, as in PyTorch
         pmax[k] = b if right else a
         pright[k] = 1 if right else 0
-    rows = n_ * c_ * oh
-    out = np.empty(rows * ow, dtype=x.dtype)
-    arg = np.empty(rows * ow, dtype=np.int64)
-    for r in range(rows):                                 # output row r reads pair rows 2r and 2r + 1
-        top, bottom = pmax[2 * r * ow:(2 * r + 1) * ow], pmax[(2 * r + 1) * ow:(2 * r + 2) * ow]
-        top_right, bottom_right = pright[2 * r * ow:(2 * r + 1) * ow], pright[(2 * r + 1) * ow:(2 * r + 2) * ow]
-        o, a_ = out[r * ow:(r + 1) * ow], arg[r * ow:(r + 1) * ow]
-        corner = 2 * (r % oh) * w_                        # flat index of the window row's first pixel
+    for y in range(oh):                                   # output row y reads pair rows 2y and 2y + 1
+        top, bottom = pmax[2 * y * ow:(2 * y + 1) * ow], pmax[(2 * y + 1) * ow:(2 * y + 2) * ow]
+        top_right, bottom_right = pright[2 * y * ow:(2 * y + 1) * ow], pright[(2 * y + 1) * ow:(2 * y + 2) * ow]
+        o, a_ = out[y], arg[y]
+        corner = 2 * y * w_                               # flat index of the window row's first pixel
         for xo in range(ow):
             low = (bottom[xo] > top[xo]) | (bottom[xo] != bottom[xo])
             o[xo] = bottom[xo] if low else top[xo]
             a_[xo] = corner + 2 * xo + (w_ + bottom_right[xo] if low else top_right[xo])
-    return out.reshape(n_, c_, oh, ow), arg.reshape(n_, c_, oh, ow)
 
 
-@njit(cache=True, nogil=True)
-def maxpool2x2_max(x, oh, ow):
+@njit(cache=True, nogil=True, **PRANGE)
+def maxpool2x2_max(x, oh, ow, parallel=False):
     """The max alone, for forwards that keep nothing (no_grad): kernel 2, stride 2, no padding.
 
     Without the argmax the order of comparisons is free, so it goes rows first: the max of each
@@ -87,20 +102,31 @@ def maxpool2x2_max(x, oh, ow):
     n_, c_, h_, w_ = x.shape
     if h_ % 2 or w_ % 2:
         return _maxpool2x2_any(x, oh, ow)[0]
+    out = np.empty((n_, c_, oh, ow), dtype=x.dtype)
+    if parallel:
+        for plane in prange(n_ * c_):
+            _max_plane(x[plane // c_, plane % c_], out[plane // c_, plane % c_])
+    else:
+        for plane in range(n_ * c_):
+            _max_plane(x[plane // c_, plane % c_], out[plane // c_, plane % c_])
+    return out
+
+
+@njit(nogil=True)
+def _max_plane(x, out):
+    oh, w_ = out.shape[0], x.shape[1]
     flat = np.ascontiguousarray(x).reshape(-1)
-    rows = n_ * c_ * oh
-    vmax = np.empty(rows * w_, dtype=x.dtype)             # max of rows 2r and 2r + 1, for each r
-    for r in range(rows):
-        top, bottom = flat[2 * r * w_:(2 * r + 1) * w_], flat[(2 * r + 1) * w_:(2 * r + 2) * w_]
-        v = vmax[r * w_:(r + 1) * w_]
+    vmax = np.empty(oh * w_, dtype=x.dtype)               # max of rows 2y and 2y + 1, for each y
+    for y in range(oh):
+        top, bottom = flat[2 * y * w_:(2 * y + 1) * w_], flat[(2 * y + 1) * w_:(2 * y + 2) * w_]
+        v = vmax[y * w_:(y + 1) * w_]
         for i in range(w_):
             a, b = top[i], bottom[i]
             v[i] = b if (b > a) | (b != b) else a         # b != b: NaN wins, as in PyTorch
-    out = np.empty(rows * ow, dtype=x.dtype)
-    for k in range(out.size):
+    o = out.reshape(-1)
+    for k in range(o.size):
         a, b = vmax[2 * k], vmax[2 * k + 1]
-        out[k] = b if (b > a) | (b != b) else a
-    return out.reshape(n_, c_, oh, ow)
+        o[k] = b if (b > a) | (b != b) else a
 
 
 @njit(cache=True, nogil=True)
@@ -143,17 +169,26 @@ def _maxpool2x2_any(x, oh, ow):
     return out, arg
 
 
-@njit(cache=True, nogil=True)
-def maxpool2d_backward(dout, arg, h_, w_):
-    """dout, arg: (N, C, oh, ow) -> dx: (N, C, H, W)."""
-    n_, c_, oh, ow = dout.shape
-    dx = np.zeros((n_, c_, h_ * w_), dtype=dout.dtype)
-    for n in range(n_):
-        for c in range(c_):
-            for y in range(oh):
-                for xo in range(ow):
-                    dx[n, c, arg[n, c, y, xo]] += dout[n, c, y, xo]
+@njit(cache=True, nogil=True, **PRANGE)
+def maxpool2d_backward(dout, arg, h_, w_, parallel=False):
+    """dout, arg: (N, C, oh, ow) -> dx: (N, C, H, W). One task per plane (tasks.py)."""
+    n_, c_ = dout.shape[:2]
+    dx = np.empty((n_, c_, h_ * w_), dtype=dout.dtype)
+    if parallel:
+        for plane in prange(n_ * c_):
+            _scatter_plane(dout[plane // c_, plane % c_], arg[plane // c_, plane % c_], dx[plane // c_, plane % c_])
+    else:
+        for plane in range(n_ * c_):
+            _scatter_plane(dout[plane // c_, plane % c_], arg[plane // c_, plane % c_], dx[plane // c_, plane % c_])
     return dx.reshape(n_, c_, h_, w_)
+
+
+@njit(nogil=True)
+def _scatter_plane(dout, arg, dx):
+    dx[:] = 0
+    for y in range(dout.shape[0]):
+        for xo in range(dout.shape[1]):
+            dx[arg[y, xo]] += dout[y, xo]
 
 
 def maxpool2d_forward_reference(x, kh, kw, sh, sw, ph, pw, oh, ow):

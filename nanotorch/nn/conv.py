@@ -9,7 +9,6 @@ Forward (x: (N, C, H, W), weight W: (OC, C, KH, KW), bias b: (OC,)):
 Backward, from dout (N, OC, OH, OW) laid out as D: (OC, N*OH*OW) like Z:
 
     dW2   = D @ cols^T                     each weight meets every column it multiplied
-                                           (on a background thread if there is one: nanotorch/background.py)
     db    = D summed over its columns      the bias is added to every output pixel
     dcols = W2^T @ D                       the product rule for the matrix product
     dx    = col2im(dcols)                  im2col copied pixels; the adjoint of a copy is a sum
@@ -26,11 +25,11 @@ their (OC, N, OH*OW) layout, for a fused layer that reads and writes that layout
 """
 import numpy as np
 
-from nanotorch import background
 from nanotorch.kernels import col2im, conv3x3_same, conv3x3_same_grad_weight, flip_transpose, im2col, pad_planes
 from nanotorch.nn._checks import check_grad, check_input, pair
 from nanotorch.nn.init import default_weight_and_bias
 from nanotorch.nn.module import Module, Parameter
+from nanotorch.threads import parallel
 
 
 class Conv2d(Module):
@@ -76,9 +75,7 @@ class Conv2d(Module):
         _, (n, _, h, w), direct = self.saved_for_backward()
         check_grad(self, dout, (n, self.out_channels, *self.output_shape(h, w)))
         dz = dout.reshape(n, self.out_channels, -1).transpose(1, 0, 2)         # (OC, N, OH*OW), a view
-        # im2col's weight-gradient job may read dz later, so it gets a copy of its own (even where the
-        # transpose is a no-op, n == 1); the direct path pads dz into a new array before anything reads it
-        return self.backward_channels_first(dz if direct else dz.copy())
+        return self.backward_channels_first(dz)
 
     def uses_direct_kernel(self, x_shape):
         """Whether an input of this shape goes through the direct 3x3 kernel rather than im2col + GEMM."""
@@ -93,7 +90,7 @@ class Conv2d(Module):
         direct = self.uses_direct_kernel(x.shape)
         if direct:
             inputs = pad_planes(x)                                  # (N, C, (H+2)*(W+2) + 2)
-            z = conv3x3_same(inputs, weight, h, w, True)            # (OC, N, H*W)
+            z = conv3x3_same(inputs, weight, h, w, True, parallel())   # (OC, N, H*W)
         else:
             inputs = im2col(x, *self.kernel_size, *self.stride, *self.padding, oh, ow)   # (C*KH*KW, N*OH*OW)
             z = (weight.reshape(self.out_channels, -1) @ inputs).reshape(self.out_channels, n, oh * ow)
@@ -109,16 +106,13 @@ class Conv2d(Module):
         d = dz.reshape(self.out_channels, -1)
         if self.bias is not None:
             self.bias.accumulate_grad(d.sum(axis=1))
-        # dW is needed only when the optimizer reads it, so with two threads it runs beside the rest
-        # of the backward (nanotorch/background.py); it only reads arrays nobody changes meanwhile.
-        weight = self.weight
         if direct:
             dzp = pad_planes(dz.reshape(self.out_channels, n, h, w).transpose(1, 0, 2, 3))   # (N, OC, P)
-            background.run(lambda: weight.accumulate_grad(conv3x3_same_grad_weight(inputs, dzp, h, w)))
+            self.weight.accumulate_grad(conv3x3_same_grad_weight(inputs, dzp, h, w, parallel()))
             flipped = flip_transpose(self.weight.data.astype(dz.dtype, copy=False))    # (C, OC, 3, 3)
-            return conv3x3_same(dzp, flipped, h, w, False).reshape(n, c, h, w)
+            return conv3x3_same(dzp, flipped, h, w, False, parallel()).reshape(n, c, h, w)
         # dW2 = D @ cols^T, computed as (cols @ D^T)^T: OpenBLAS runs this orientation 1.7x faster here.
-        background.run(lambda: weight.accumulate_grad((inputs @ d.T).T.reshape(weight.shape)))
+        self.weight.accumulate_grad((inputs @ d.T).T.reshape(self.weight.shape))
         w2 = self.weight.data.reshape(self.out_channels, -1).astype(dz.dtype, copy=False)
         return col2im(w2.T @ d, n, c, h, w, *self.kernel_size, *self.stride, *self.padding, oh, ow,
                       overwrite_cols=True)                 # dcols is a temporary

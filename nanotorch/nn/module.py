@@ -14,7 +14,6 @@ from collections import OrderedDict
 
 import numpy as np
 
-from nanotorch import background
 from nanotorch.grad_mode import is_grad_enabled
 
 
@@ -23,8 +22,6 @@ class Parameter:
 
     After ``nn.utils.flatten_parameters`` the gradient is a view into one shared vector; it then
     stays that array for good: setting ``grad = None`` (zero_grad) zeroes it in place instead.
-    Reading or setting ``grad`` first waits for gradient jobs still running on the background
-    thread (nanotorch/background.py).
     """
 
     def __init__(self, data):
@@ -34,12 +31,10 @@ class Parameter:
 
     @property
     def grad(self):
-        background.wait()
         return self._grad
 
     @grad.setter
     def grad(self, value):
-        background.wait()
         self._set_grad(value)
 
     def _set_grad(self, value):
@@ -59,8 +54,7 @@ class Parameter:
         return self.data.dtype
 
     def accumulate_grad(self, g):
-        """grad += g (PyTorch accumulates until zero_grad). Runs on the background thread too, so
-        it touches ``_grad`` directly rather than waiting on itself through ``grad``."""
+        """grad += g (PyTorch accumulates until zero_grad)."""
         if self._grad is None:
             self._set_grad(np.array(g, dtype=self.data.dtype, copy=True))
         else:

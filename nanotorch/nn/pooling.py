@@ -11,6 +11,7 @@ AdaptiveAvgPool2d(output_size):  out[i, j] = mean of x over rows [floor(i H / OH
 import numpy as np
 
 from nanotorch.grad_mode import is_grad_enabled
+from nanotorch.threads import parallel
 from nanotorch.kernels import maxpool2d_backward, maxpool2d_forward, maxpool2x2_forward, maxpool2x2_max
 from nanotorch.nn._checks import check_input, pair
 from nanotorch.nn.module import Module
@@ -54,9 +55,9 @@ class MaxPool2d(Module):
         two_by_two = self.kernel_size == self.stride == (2, 2) and self.padding == (0, 0)
         if two_by_two and not is_grad_enabled():               # nothing to keep: the max alone
             self.save_for_backward()
-            return maxpool2x2_max(x, oh, ow)
+            return maxpool2x2_max(x, oh, ow, parallel())
         if two_by_two:
-            out, arg = maxpool2x2_forward(x, oh, ow)           # the common case, vectorised
+            out, arg = maxpool2x2_forward(x, oh, ow, parallel())   # the common case, vectorised
         else:
             out, arg = maxpool2d_forward(x, *self.kernel_size, *self.stride, *self.padding, oh, ow)
         self.save_for_backward(arg, h, w)
@@ -64,7 +65,7 @@ class MaxPool2d(Module):
 
     def backward(self, dout):
         arg, h, w = self.saved_for_backward()
-        return maxpool2d_backward(np.ascontiguousarray(dout), arg, h, w)
+        return maxpool2d_backward(np.ascontiguousarray(dout), arg, h, w, parallel())
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "

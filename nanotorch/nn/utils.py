@@ -3,7 +3,6 @@ import math
 
 import numpy as np
 
-from nanotorch import background
 from nanotorch.nn.module import Parameter
 
 
@@ -96,7 +95,6 @@ def flatten_parameters(parameters):
     params = list(parameters)
     if not params:
         raise ValueError("flatten_parameters: no parameters given")
-    background.wait()                     # gradients still being computed land in the old arrays first
     dtype = np.result_type(*[p.data.dtype for p in params])
     sizes = [p.data.size for p in params]
     flat = Parameter(np.concatenate([p.data.ravel() for p in params]).astype(dtype))

@@ -1,0 +1,135 @@
+"""Threads (nanotorch/threads.py, kernels/tasks.py): the kernels' task loops give the same bits on
+one thread and on two, only the thread that asked for them spreads its kernels, and a forked child
+still trains."""
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import nanotorch as nt
+from nanotorch import nn, optim, threads
+from nanotorch.kernels import conv3x3_same, conv3x3_same_grad_weight, maxpool2d_backward, maxpool2x2_forward
+from nanotorch.kernels import maxpool2x2_max, pad_planes
+from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, bn_gelu_inference, channel_mean_var
+from mnist.evaluate import predict_logits
+from mnist.model import build_model
+
+
+@pytest.fixture
+def restore_threads():
+    before = nt.get_num_threads()
+    yield
+    nt.set_num_threads(before)
+
+
+def train(steps, n_threads, direct=False):
+    """A few SGD steps of the seed model on fixed random batches of 3; returns (weights, last gradients).
+    ``direct``: every 3x3 convolution through the direct kernel (else the 7x7 and 4x4 ones use im2col)."""
+    nt.set_num_threads(n_threads)
+    nt.manual_seed(0)
+    model = build_model()
+    if direct:
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.direct_min_width = 1
+    flat = nn.utils.flatten_parameters(model.parameters())
+    sgd = optim.SGD([flat], lr=0.05, momentum=0.9)
+    loss = nn.CrossEntropyLoss()
+    rng = np.random.default_rng(1)
+    for _ in range(steps):
+        x = rng.standard_normal((3, 1, 28, 28)).astype(np.float32)
+        y = rng.integers(0, 10, 3)
+        loss(model(x), y)
+        sgd.zero_grad()
+        model.backward(loss.backward())
+        nn.utils.clip_grad_norm_([flat], 1.0)
+        sgd.step()
+    return flat.data.copy(), flat.grad.copy()
+
+
+@pytest.mark.parametrize("direct", [False, True])
+def test_training_on_two_threads_is_bitwise_equal_to_one(direct, restore_threads):
+    w1, g1 = train(4, 1, direct)
+    w2, g2 = train(4, 2, direct)
+    np.testing.assert_array_equal(g2, g1)
+    np.testing.assert_array_equal(w2, w1)
+
+
+def _kernel_runs(rng, dtype):
+    """Each kernel with a task loop, on odd shapes, as a function of ``parallel``."""
+    x = rng.standard_normal((3, 5, 9, 11)).astype(dtype)
+    w = rng.standard_normal((7, 5, 3, 3)).astype(dtype)
+    xp, dzp = pad_planes(x), pad_planes(rng.standard_normal((3, 7, 9, 11)).astype(dtype))
+    z = rng.standard_normal((7, 3, 13)).astype(dtype)
+    v = rng.uniform(0.5, 2.0, 7).astype(dtype)
+    a, xhat, d = bn_gelu_forward(z, v, v, v, v)
+    da = rng.standard_normal(a.shape).astype(dtype)
+    xe = rng.standard_normal((3, 5, 10, 12)).astype(dtype)
+    out, arg = maxpool2x2_forward(xe, 5, 6)
+    dout = rng.standard_normal(out.shape).astype(dtype)
+    return {"conv3x3_same": lambda p: conv3x3_same(xp, w, 9, 11, True, p),
+            "conv3x3_same (N, OC, L)": lambda p: conv3x3_same(xp, w, 9, 11, False, p),
+            "conv3x3_same_grad_weight": lambda p: conv3x3_same_grad_weight(xp, dzp, 9, 11, p),
+            "channel_mean_var": lambda p: channel_mean_var(z.reshape(7, -1), p),
+            "bn_gelu_forward": lambda p: bn_gelu_forward(z, v, v, v, v, p),
+            "bn_gelu_inference": lambda p: bn_gelu_inference(z, v, v, p),
+            "bn_gelu_backward": lambda p: bn_gelu_backward(da, xhat, d, v, v, True, p),
+            "maxpool2x2_forward": lambda p: maxpool2x2_forward(xe, 5, 6, p),
+            "maxpool2x2_max": lambda p: maxpool2x2_max(xe, 5, 6, p),
+            "maxpool2d_backward": lambda p: maxpool2d_backward(dout, arg, 10, 12, p)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_task_loop_gives_the_same_bits_in_parallel(dtype, restore_threads):
+    nt.set_num_threads(2)
+    for name, run in _kernel_runs(np.random.default_rng(0), dtype).items():
+        serial, spread = run(False), run(True)
+        for s, p in zip(np.atleast_1d(*serial) if isinstance(serial, tuple) else [serial],
+                        np.atleast_1d(*spread) if isinstance(spread, tuple) else [spread]):
+            np.testing.assert_array_equal(p, s, err_msg=name)
+
+
+def test_only_the_thread_that_set_the_count_spreads_its_kernels(restore_threads):
+    nt.set_num_threads(2)
+    assert threads.parallel() and nt.get_num_threads() == 2
+    seen = []
+    other = threading.Thread(target=lambda: seen.append(threads.parallel()))
+    other.start()
+    other.join()
+    assert seen == [False]
+    nt.set_num_threads(1)
+    assert not threads.parallel() and nt.get_num_threads() == 1
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        nt.set_num_threads(0)
+
+
+def test_evaluating_on_two_threads_gives_the_same_logits(restore_threads):
+    nt.set_num_threads(2)
+    nt.manual_seed(0)
+    model = build_model()
+    x = np.random.default_rng(0).standard_normal((40, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_array_equal(predict_logits(model, x, 16, threads=2), predict_logits(model, x, 16, threads=1))
+
+
+def _train_in_child(queue):
+    queue.put(train(2, 2, direct=True)[0])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_trains_after_the_parent_used_the_thread_pool(restore_threads):
+    """GNU OpenMP terminates a forked child that enters it: the child must run its kernels alone."""
+    import multiprocessing
+    expected = train(2, 2, direct=True)[0]                 # the parent has now used the thread pool
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_train_in_child, args=(queue,))
+    child.start()
+    try:
+        got = queue.get(timeout=60)                        # before join: the child exits once it is read
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    np.testing.assert_array_equal(got, expected)
