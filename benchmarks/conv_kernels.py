@@ -194,7 +194,7 @@ def _direct3x3(x, w, dout, p):
         return None
     h, wd = x.shape[2:]
     wt = flip_transpose(w)
-    par = parallel()                       # on Numba's threads when --threads is 2 or more
+    par = parallel(x.size)                     # on Numba's threads when --threads is 2 or more
     return {"forward": lambda: conv3x3_same(pad_planes(x), w, h, wd, False, par).reshape(dout.shape),
             "grad_input": lambda: conv3x3_same(pad_planes(dout), wt, h, wd, False, par).reshape(x.shape),
             "grad_weight": lambda: conv3x3_same_grad_weight(pad_planes(x), pad_planes(dout), h, wd, par)}

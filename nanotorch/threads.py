@@ -32,6 +32,7 @@ from threadpoolctl import threadpool_limits
 
 _state = {"parallel": False, "owner": None, "pool_used": False, "forked": False}
 _blas_limits = None
+MIN_PARALLEL_SIZE = int(os.environ.get("NT_MINPAR", 8192))
 
 
 def set_num_threads(n):
@@ -52,9 +53,11 @@ def get_num_threads():
     return numba.get_num_threads() if _state["parallel"] else 1
 
 
-def parallel():
-    """Whether the kernels called from this thread spread over Numba's threads."""
-    return _state["parallel"] and threading.get_ident() == _state["owner"]
+def parallel(size):
+    """Whether a kernel called from this thread on ``size`` values (a layer's input or output)
+    spreads over Numba's threads: not below ``MIN_PARALLEL_SIZE``, where a fork-join costs more
+    than it saves."""
+    return _state["parallel"] and size >= MIN_PARALLEL_SIZE and threading.get_ident() == _state["owner"]
 
 
 def _forget_in_child():

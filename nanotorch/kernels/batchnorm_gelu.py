@@ -59,20 +59,23 @@ def bn_gelu_forward(z, mean, inv_std, gamma, beta, parallel=False):
     d = np.empty_like(z)
     if parallel:
         for c in prange(c_):
-            _forward_channel(z[c], mean[c], inv_std[c], gamma[c], beta[c], a[:, c], xhat[c], d[c])
+            _forward_channel(z, mean, inv_std, gamma, beta, c, a, xhat, d)
     else:
         for c in range(c_):
-            _forward_channel(z[c], mean[c], inv_std[c], gamma[c], beta[c], a[:, c], xhat[c], d[c])
+            _forward_channel(z, mean, inv_std, gamma, beta, c, a, xhat, d)
     return a, xhat, d
 
 
 @njit(nogil=True, **FAST)
-def _forward_channel(z, mu, s, g, b, a, xhat, d):
-    for n in range(z.shape[0]):
-        for i in range(z.shape[1]):
-            xh = (z[n, i] - mu) * s
-            xhat[n, i] = xh
-            a[n, i], d[n, i] = gelu_and_grad(g * xh + b)
+def _forward_channel(z, mean, inv_std, gamma, beta, c, a, xhat, d):
+    """Channel c. The arrays come whole, indexed in the loop: slices of them would lose the
+    layout that lets the loop vectorise (8x slower)."""
+    mu, s, g, b = mean[c], inv_std[c], gamma[c], beta[c]
+    for n in range(z.shape[1]):
+        for i in range(z.shape[2]):
+            xh = (z[c, n, i] - mu) * s
+            xhat[c, n, i] = xh
+            a[n, c, i], d[c, n, i] = gelu_and_grad(g * xh + b)
 
 
 @njit(cache=True, nogil=True, **PRANGE, **FAST)
@@ -83,18 +86,18 @@ def bn_gelu_inference(z, scale, shift, parallel=False):
     a = np.empty((n_, c_, l_), dtype=z.dtype)
     if parallel:
         for c in prange(c_):
-            _inference_channel(z[c], scale[c], shift[c], a[:, c])
+            _inference_channel(z, scale[c], shift[c], c, a)
     else:
         for c in range(c_):
-            _inference_channel(z[c], scale[c], shift[c], a[:, c])
+            _inference_channel(z, scale[c], shift[c], c, a)
     return a
 
 
 @njit(nogil=True, **FAST)
-def _inference_channel(z, k, b, a):
-    for n in range(z.shape[0]):
-        for i in range(z.shape[1]):
-            a[n, i] = gelu_and_grad(k * z[n, i] + b)[0]
+def _inference_channel(z, k, b, c, a):
+    for n in range(z.shape[1]):
+        for i in range(z.shape[2]):
+            a[n, c, i] = gelu_and_grad(k * z[c, n, i] + b)[0]
 
 
 @njit(cache=True, nogil=True, **PRANGE, **FAST)
@@ -106,32 +109,32 @@ def bn_gelu_backward(da, xhat, d, inv_std, gamma, training, parallel=False):
     dbeta = np.empty(c_)
     if parallel:
         for c in prange(c_):
-            dgamma[c], dbeta[c] = _backward_channel(da[:, c], xhat[c], d[c], inv_std[c], gamma[c], training, dz[c])
+            dgamma[c], dbeta[c] = _backward_channel(da, xhat, d, inv_std[c], gamma[c], training, c, dz)
     else:
         for c in range(c_):
-            dgamma[c], dbeta[c] = _backward_channel(da[:, c], xhat[c], d[c], inv_std[c], gamma[c], training, dz[c])
+            dgamma[c], dbeta[c] = _backward_channel(da, xhat, d, inv_std[c], gamma[c], training, c, dz)
     return dz, dgamma, dbeta
 
 
 @njit(nogil=True, **FAST)
-def _backward_channel(da, xhat, d, inv_std, gamma, training, dz):
-    """One channel: da, xhat, d, dz (N, L) -> (dgamma, dbeta), writing dz."""
-    n_, l_ = xhat.shape
+def _backward_channel(da, xhat, d, inv_std, gamma, training, c, dz):
+    """Channel c: writes dz[c], returns (dgamma, dbeta)."""
+    n_, l_ = xhat.shape[1:]
     sg = 0.0
     sgx = 0.0
     for n in range(n_):
         for i in range(l_):
-            g = da[n, i] * d[n, i]
-            dz[n, i] = g
+            g = da[n, c, i] * d[c, n, i]
+            dz[c, n, i] = g
             sg += g
-            sgx += g * xhat[n, i]
+            sgx += g * xhat[c, n, i]
     m = n_ * l_
     k = da.dtype.type(gamma * inv_std)
     mg = da.dtype.type(sg / m if training else 0.0)
     mgx = da.dtype.type(sgx / m if training else 0.0)
     for n in range(n_):
         for i in range(l_):
-            dz[n, i] = k * (dz[n, i] - mg - xhat[n, i] * mgx)
+            dz[c, n, i] = k * (dz[c, n, i] - mg - xhat[c, n, i] * mgx)
     return sgx, sg
 
 

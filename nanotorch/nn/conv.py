@@ -90,7 +90,7 @@ class Conv2d(Module):
         direct = self.uses_direct_kernel(x.shape)
         if direct:
             inputs = pad_planes(x)                                  # (N, C, (H+2)*(W+2) + 2)
-            z = conv3x3_same(inputs, weight, h, w, True, parallel())   # (OC, N, H*W)
+            z = conv3x3_same(inputs, weight, h, w, True, parallel(min(x.size, n * self.out_channels * h * w)))
         else:
             inputs = im2col(x, *self.kernel_size, *self.stride, *self.padding, oh, ow)   # (C*KH*KW, N*OH*OW)
             z = (weight.reshape(self.out_channels, -1) @ inputs).reshape(self.out_channels, n, oh * ow)
@@ -108,9 +108,10 @@ class Conv2d(Module):
             self.bias.accumulate_grad(d.sum(axis=1))
         if direct:
             dzp = pad_planes(dz.reshape(self.out_channels, n, h, w).transpose(1, 0, 2, 3))   # (N, OC, P)
-            self.weight.accumulate_grad(conv3x3_same_grad_weight(inputs, dzp, h, w, parallel()))
+            par = parallel(min(dz.size, n * c * h * w))                # spread over threads? (nanotorch/threads.py)
+            self.weight.accumulate_grad(conv3x3_same_grad_weight(inputs, dzp, h, w, par))
             flipped = flip_transpose(self.weight.data.astype(dz.dtype, copy=False))    # (C, OC, 3, 3)
-            return conv3x3_same(dzp, flipped, h, w, False, parallel()).reshape(n, c, h, w)
+            return conv3x3_same(dzp, flipped, h, w, False, par).reshape(n, c, h, w)
         # dW2 = D @ cols^T, computed as (cols @ D^T)^T: OpenBLAS runs this orientation 1.7x faster here.
         self.weight.accumulate_grad((inputs @ d.T).T.reshape(self.weight.shape))
         w2 = self.weight.data.reshape(self.out_channels, -1).astype(dz.dtype, copy=False)

@@ -43,7 +43,7 @@ class ConvBNGELU(Sequential):
             if m < 2:
                 raise ValueError(f"ConvBNGELU: expected more than 1 value per channel when training, "
                                  f"got input {x.shape}")
-            mean, var = channel_mean_var(z.reshape(c, m), parallel())
+            mean, var = channel_mean_var(z.reshape(c, m), parallel(z.size))
             bn._update_running_stats(mean, var, m)
         else:
             mean, var = bn.running_mean.astype(np.float64), bn.running_var.astype(np.float64)
@@ -52,8 +52,8 @@ class ConvBNGELU(Sequential):
         out_shape = (n, c, *conv.output_shape(*x.shape[2:]))
         if not is_grad_enabled():                  # nothing to keep: BatchNorm folds into one multiply-add
             scale = gamma * inv_std
-            return bn_gelu_inference(z, scale, beta - mean.astype(z.dtype) * scale, parallel()).reshape(out_shape)
-        a, xhat, d = bn_gelu_forward(z, mean.astype(z.dtype), inv_std, gamma, beta, parallel())
+            return bn_gelu_inference(z, scale, beta - mean.astype(z.dtype) * scale, parallel(z.size)).reshape(out_shape)
+        a, xhat, d = bn_gelu_forward(z, mean.astype(z.dtype), inv_std, gamma, beta, parallel(z.size))
         self.save_for_backward(xhat, d, inv_std, self.training, out_shape)
         return a.reshape(out_shape)
 
@@ -63,7 +63,7 @@ class ConvBNGELU(Sequential):
         check_grad(self, da, shape)
         n, c, h, w = shape
         dz, dgamma, dbeta = bn_gelu_backward(np.ascontiguousarray(da).reshape(n, c, h * w), xhat, d, inv_std,
-                                             bn.weight.data.astype(da.dtype), training, parallel())
+                                             bn.weight.data.astype(da.dtype), training, parallel(da.size))
         bn.weight.accumulate_grad(dgamma)
         bn.bias.accumulate_grad(dbeta)
         return conv.backward_channels_first(dz)

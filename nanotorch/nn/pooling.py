@@ -55,9 +55,9 @@ class MaxPool2d(Module):
         two_by_two = self.kernel_size == self.stride == (2, 2) and self.padding == (0, 0)
         if two_by_two and not is_grad_enabled():               # nothing to keep: the max alone
             self.save_for_backward()
-            return maxpool2x2_max(x, oh, ow, parallel())
+            return maxpool2x2_max(x, oh, ow, parallel(x.size))
         if two_by_two:
-            out, arg = maxpool2x2_forward(x, oh, ow, parallel())   # the common case, vectorised
+            out, arg = maxpool2x2_forward(x, oh, ow, parallel(x.size))   # the common case, vectorised
         else:
             out, arg = maxpool2d_forward(x, *self.kernel_size, *self.stride, *self.padding, oh, ow)
         self.save_for_backward(arg, h, w)
@@ -65,7 +65,7 @@ class MaxPool2d(Module):
 
     def backward(self, dout):
         arg, h, w = self.saved_for_backward()
-        return maxpool2d_backward(np.ascontiguousarray(dout), arg, h, w, parallel())
+        return maxpool2d_backward(np.ascontiguousarray(dout), arg, h, w, parallel(dout.size * 4))
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
