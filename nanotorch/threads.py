@@ -1,28 +1,30 @@
 """How many threads nanotorch uses: Numba's threads for the big kernels, one BLAS thread.
 
 ``set_num_threads(n)`` (process-wide, like torch.set_num_threads): with n >= 2 the kernels that
-do most of a step's work (the direct 3x3 convolution and its two gradients, BatchNorm + GELU,
-max pooling) split into independent tasks spread over n Numba threads (nanotorch/kernels/tasks.py).
-The results are bitwise the same as on one thread (tests/test_threads.py). Until it is called,
-everything runs on the calling thread.
+do most of a step's work (the direct 3x3 convolution and its two gradients, padding, BatchNorm +
+GELU, max pooling) split into independent tasks spread over n Numba threads
+(nanotorch/kernels/tasks.py), on layers of at least MIN_PARALLEL_SIZE values. Until it is
+called, everything runs on the calling thread. Results match one thread's to rounding, and a
+given thread count gives the same bits on every run (tests/test_threads.py).
 
 Only the thread that called set_num_threads spreads its kernels over threads (``parallel()``);
 any other thread runs them alone, on its own core. mnist.evaluate relies on it: two threads
-evaluate batches side by side, each on one core, which beat one thread on two cores (11,600-11,950
-against 10,150-10,450 images/s). A child forked after its parent spread kernels over threads runs
+evaluate batches side by side, each on one core, which beat one thread on two cores (12,550-12,960
+against 11,090-11,210 images/s at batches of 64 and 256). A child forked after its parent spread kernels over threads runs
 them on its own thread for good, whatever it asks for: GNU OpenMP, Numba's fastest thread pool
 here, terminates a forked child that enters it.
 
 BLAS stays at one thread: Numba's OpenMP threads spin for a while after each kernel, and two
-OpenBLAS threads beside them made evaluation 4-6x slower (1,700-2,800 against 7,500-10,200
+OpenBLAS threads beside them made evaluation 3-6x slower (1,700-2,800 against 7,500-10,200
 images/s). The im2col convolutions of the 7x7 and 4x4 layers and the Linear layers are small.
 
-Measured on the 2-core machine, a training step of the MNIST recipe at batch 4 (three alternating
-runs each of 200 steps): 2.01-2.08 ms before, 1.74-1.84 ms with the kernels on two threads. Before,
-a second Python thread computed the convolutions' weight gradients during the backward: a hand-
-over between Python threads costs 40-60 us, while an OpenMP fork-join of Numba costs 1.5 us (its
-"workqueue" pool, 77 us). On one thread a step went from 2.18 to 2.3 ms with the kernels' task
-loops, so with n = 1 they run as plain loops.
+Measured on the 2-core machine, a training step of the MNIST recipe at batch 4 (alternating runs
+of 200 steps, median): 1.95-2.17 ms before, 1.58-1.63 ms with the kernels on two threads. Before,
+a second Python thread computed the convolutions' weight gradients during the backward; a hand-
+over between Python threads costs 40-60 us, an OpenMP fork-join of Numba's 1.5 us (its "workqueue"
+pool: 77 us). Below MIN_PARALLEL_SIZE a fork-join costs more than it saves (a BatchNorm + GELU of
+28 channels of 4x4: 6.3 us alone, 9.4 us on two threads). On one thread, 2.06-2.07 ms before and
+2.13-2.15 ms now.
 """
 import os
 import threading
@@ -32,7 +34,7 @@ from threadpoolctl import threadpool_limits
 
 _state = {"parallel": False, "owner": None, "pool_used": False, "forked": False}
 _blas_limits = None
-MIN_PARALLEL_SIZE = int(os.environ.get("NT_MINPAR", 8192))
+MIN_PARALLEL_SIZE = 8192
 
 
 def set_num_threads(n):

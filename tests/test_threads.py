@@ -1,6 +1,6 @@
-"""Threads (nanotorch/threads.py, kernels/tasks.py): the kernels' task loops give the same bits on
-one thread and on two, only the thread that asked for them spreads its kernels, and a forked child
-still trains."""
+"""Threads (nanotorch/threads.py, kernels/tasks.py): the kernels' task loops give the same numbers
+on one thread and on two (to rounding) and the same bits on every run, only the thread that asked
+for them spreads its kernels, and a forked child still trains."""
 import os
 import threading
 
@@ -49,11 +49,14 @@ def train(steps, n_threads, direct=False):
 
 
 @pytest.mark.parametrize("direct", [False, True])
-def test_training_on_two_threads_is_bitwise_equal_to_one(direct, restore_threads):
+def test_training_on_two_threads_matches_one_and_repeats_bitwise(direct, restore_threads):
     w1, g1 = train(4, 1, direct)
     w2, g2 = train(4, 2, direct)
-    np.testing.assert_array_equal(g2, g1)
-    np.testing.assert_array_equal(w2, w1)
+    np.testing.assert_allclose(g2, g1, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(w2, w1, rtol=1e-5, atol=1e-7)
+    w2_again, g2_again = train(4, 2, direct)                  # same seed, same threads: same bits
+    np.testing.assert_array_equal(g2_again, g2)
+    np.testing.assert_array_equal(w2_again, w2)
 
 
 def _kernel_runs(rng, dtype):
@@ -68,7 +71,8 @@ def _kernel_runs(rng, dtype):
     xe = rng.standard_normal((3, 5, 10, 12)).astype(dtype)
     out, arg = maxpool2x2_forward(xe, 5, 6)
     dout = rng.standard_normal(out.shape).astype(dtype)
-    return {"conv3x3_same": lambda p: conv3x3_same(xp, w, 9, 11, True, p),
+    return {"pad_planes": lambda p: pad_planes(x, p),
+            "conv3x3_same": lambda p: conv3x3_same(xp, w, 9, 11, True, p),
             "conv3x3_same (N, OC, L)": lambda p: conv3x3_same(xp, w, 9, 11, False, p),
             "conv3x3_same_grad_weight": lambda p: conv3x3_same_grad_weight(xp, dzp, 9, 11, p),
             "channel_mean_var": lambda p: channel_mean_var(z.reshape(7, -1), p),
@@ -81,25 +85,31 @@ def _kernel_runs(rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_task_loop_gives_the_same_bits_in_parallel(dtype, restore_threads):
+def test_every_task_loop_gives_the_same_numbers_in_parallel(dtype, restore_threads):
+    """Each task is the same arithmetic on either path, but the compiler may order a task's sums
+    differently in the two loops (fastmath): equal to rounding, and bitwise from run to run."""
     nt.set_num_threads(2)
+    rtol = 1e-5 if dtype == np.float32 else 1e-13
     for name, run in _kernel_runs(np.random.default_rng(0), dtype).items():
-        serial, spread = run(False), run(True)
-        for s, p in zip(np.atleast_1d(*serial) if isinstance(serial, tuple) else [serial],
-                        np.atleast_1d(*spread) if isinstance(spread, tuple) else [spread]):
-            np.testing.assert_array_equal(p, s, err_msg=name)
+        serial, spread, again = run(False), run(True), run(True)
+        as_list = lambda r: list(r) if isinstance(r, tuple) else [r]
+        for s, p, p2 in zip(as_list(serial), as_list(spread), as_list(again)):
+            np.testing.assert_allclose(p, s, rtol=rtol, atol=rtol, err_msg=name)
+            np.testing.assert_array_equal(p2, p, err_msg=name)
 
 
 def test_only_the_thread_that_set_the_count_spreads_its_kernels(restore_threads):
+    big = threads.MIN_PARALLEL_SIZE
     nt.set_num_threads(2)
-    assert threads.parallel() and nt.get_num_threads() == 2
+    assert threads.parallel(big) and nt.get_num_threads() == 2
+    assert not threads.parallel(big - 1)                   # too small to be worth a fork-join
     seen = []
-    other = threading.Thread(target=lambda: seen.append(threads.parallel()))
+    other = threading.Thread(target=lambda: seen.append(threads.parallel(big)))
     other.start()
     other.join()
     assert seen == [False]
     nt.set_num_threads(1)
-    assert not threads.parallel() and nt.get_num_threads() == 1
+    assert not threads.parallel(big) and nt.get_num_threads() == 1
     with pytest.raises(ValueError, match="n must be >= 1"):
         nt.set_num_threads(0)
 

@@ -13,7 +13,8 @@ the block's output a and incoming gradient da are (N, C, L), the layout of the n
 This is BatchNorm2d's backward (nanotorch/nn/batchnorm.py) with GELU's chained in front; the
 sums of g and g * xhat are the parameter gradients, which is why they come out for free. The
 kernels also move between the two layouts as they go, so no transpose is ever copied.
-Sums are accumulated in float64. The references compose the plain NumPy formulas.
+Sums are accumulated in float64. Each channel is a task (tasks.py): with ``parallel`` the channels
+spread over Numba's threads. The references compose the plain NumPy formulas.
 """
 import numpy as np
 from numba import njit, prange

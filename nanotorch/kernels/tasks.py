@@ -2,15 +2,17 @@
 
 Kernels that take ``parallel`` split their work into tasks that share nothing they write: an
 image and four output channels of a convolution, a channel of BatchNorm, a plane of max pooling.
-Each task writes only its own part of the output and adds its sums in a fixed order, so the
-result is bitwise the same on any number of threads. The loop over tasks is written twice:
+Each task writes only its own part of the output and adds its sums in its own order, so no
+result depends on which thread ran it. The loop over tasks is written twice:
 
     if parallel:
         for t in prange(tasks): task(t)        spread over Numba's threads (OpenMP: ~1.5 us a fork-join)
     else:
         for t in range(tasks): task(t)         on the calling thread, without Numba's thread pool
 
-The plain loop never enters Numba's threading layer. That is what threads that are not the main
+The two loops are compiled separately, and with fastmath the compiler may order a task's sums
+differently in each: one thread and two agree to rounding, and each gives the same bits on every
+run (tests/test_threads.py). The plain loop never enters Numba's threading layer. That is what threads that are not the main
 one use (mnist.evaluate runs batches on two threads, and Numba's "workqueue" layer aborts if two
 threads enter it at once), and what a forked child uses (GNU OpenMP terminates a child of a
 process that used it as soon as the child enters it). nanotorch.threads decides which one runs.

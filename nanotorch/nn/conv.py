@@ -18,6 +18,8 @@ results come from a direct convolution with no columns (nanotorch/kernels/conv3x
 Z as nine shifted multiply-adds of the padded input, dx as the same convolution of D with W
 transposed and flipped, dW as nine shifted dot products. Which one runs changes only the speed
 (and, with an Inf or NaN on an image edge, how many gradient entries are NaN: see the kernel).
+After ``nanotorch.set_num_threads(2)`` the direct kernels of large enough layers split their
+work over two threads, with the same results bitwise (nanotorch/threads.py).
 
 ``forward_channels_first`` / ``backward_channels_first`` are the same steps with Z and D left in
 their (OC, N, OH*OW) layout, for a fused layer that reads and writes that layout directly
@@ -89,8 +91,9 @@ class Conv2d(Module):
         weight = self.weight.data.astype(x.dtype, copy=False)
         direct = self.uses_direct_kernel(x.shape)
         if direct:
-            inputs = pad_planes(x)                                  # (N, C, (H+2)*(W+2) + 2)
-            z = conv3x3_same(inputs, weight, h, w, True, parallel(min(x.size, n * self.out_channels * h * w)))
+            par = parallel(min(x.size, n * self.out_channels * h * w))   # spread over threads? (nanotorch/threads.py)
+            inputs = pad_planes(x, par)                             # (N, C, (H+2)*(W+2) + 2)
+            z = conv3x3_same(inputs, weight, h, w, True, par)       # (OC, N, H*W)
         else:
             inputs = im2col(x, *self.kernel_size, *self.stride, *self.padding, oh, ow)   # (C*KH*KW, N*OH*OW)
             z = (weight.reshape(self.out_channels, -1) @ inputs).reshape(self.out_channels, n, oh * ow)
@@ -107,8 +110,8 @@ class Conv2d(Module):
         if self.bias is not None:
             self.bias.accumulate_grad(d.sum(axis=1))
         if direct:
-            dzp = pad_planes(dz.reshape(self.out_channels, n, h, w).transpose(1, 0, 2, 3))   # (N, OC, P)
-            par = parallel(min(dz.size, n * c * h * w))                # spread over threads? (nanotorch/threads.py)
+            par = parallel(min(dz.size, n * c * h * w))
+            dzp = pad_planes(dz.reshape(self.out_channels, n, h, w).transpose(1, 0, 2, 3), par)   # (N, OC, P)
             self.weight.accumulate_grad(conv3x3_same_grad_weight(inputs, dzp, h, w, par))
             flipped = flip_transpose(self.weight.data.astype(dz.dtype, copy=False))    # (C, OC, 3, 3)
             return conv3x3_same(dzp, flipped, h, w, False, par).reshape(n, c, h, w)
