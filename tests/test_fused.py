@@ -31,6 +31,23 @@ def test_bn_gelu_kernels_equal_reference(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stats_dtype", [np.float32, np.float64])
+def test_update_running_stats_equals_reference(dtype, stats_dtype):
+    mean, var = rng.standard_normal(6).astype(stats_dtype), rng.uniform(0.1, 3, 6).astype(stats_dtype)
+    for f, m in ((0.1, 4 * 28 * 28), (1.0, 2), (1 / 3, 7)):     # 1.0: momentum=None's first batch
+        got = (rng.standard_normal(6).astype(dtype), rng.uniform(0.5, 2, 6).astype(dtype))
+        want = (got[0].copy(), got[1].copy())
+        K.update_running_stats(*got, mean, var, f, float(m))
+        K.update_running_stats_reference(*want, mean, var, f, m)
+        for g, w in zip(got, want):
+            assert g.dtype == dtype
+            np.testing.assert_allclose(g, w, rtol=1e-15 if dtype == np.float64 else 1e-6)
+        if f == 1.0:                                          # the batch's statistics alone, the variance unbiased
+            np.testing.assert_allclose(got[0], mean, rtol=1e-6)
+            np.testing.assert_allclose(got[1], var * 2.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("shape, stride, padding", [((2, 3, 7, 7), 1, 1), ((1, 1, 5, 8), 2, 0), ((4, 4, 28, 28), 1, 1)])
 def test_conv_bn_gelu_equals_its_three_layers(dtype, mode, shape, stride, padding):

@@ -18,6 +18,7 @@ Evaluation uses the running statistics, which are constants, so dx = gamma * dy 
 """
 import numpy as np
 
+from nanotorch.kernels.batchnorm_gelu import update_running_stats
 from nanotorch.nn._checks import check_input
 from nanotorch.nn.module import Module, Parameter
 
@@ -66,9 +67,7 @@ class _BatchNorm(Module):
         the running variance is the unbiased estimate, var * m / (m - 1), as PyTorch keeps it."""
         self.num_batches_tracked += 1
         f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        unbiased = (var * (m / (m - 1))).astype(self.running_var.dtype)
-        self.running_mean[...] = (1 - f) * self.running_mean + f * mu.astype(self.running_mean.dtype)
-        self.running_var[...] = (1 - f) * self.running_var + f * unbiased
+        update_running_stats(self.running_mean, self.running_var, mu, var, float(f), float(m))
 
     def backward(self, dy):
         xhat, inv_std, axes, shape, training = self.saved_for_backward()

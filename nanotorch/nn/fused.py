@@ -48,7 +48,7 @@ class ConvBNGELU(Sequential):
         else:
             mean, var = bn.running_mean.astype(np.float64), bn.running_var.astype(np.float64)
         inv_std = 1.0 / np.sqrt(var.astype(z.dtype) + z.dtype.type(bn.eps))   # in z's dtype, as BatchNorm2d
-        gamma, beta = bn.weight.data.astype(z.dtype), bn.bias.data.astype(z.dtype)
+        gamma, beta = bn.weight.data.astype(z.dtype, copy=False), bn.bias.data.astype(z.dtype, copy=False)
         out_shape = (n, c, *conv.output_shape(*x.shape[2:]))
         if not is_grad_enabled():                  # nothing to keep: BatchNorm folds into one multiply-add
             scale = gamma * inv_std
@@ -63,7 +63,7 @@ class ConvBNGELU(Sequential):
         check_grad(self, da, shape)
         n, c, h, w = shape
         dz, dgamma, dbeta = bn_gelu_backward(np.ascontiguousarray(da).reshape(n, c, h * w), xhat, d, inv_std,
-                                             bn.weight.data.astype(da.dtype), training, parallel(da.size))
+                                             bn.weight.data.astype(da.dtype, copy=False), training, parallel(da.size))
         bn.weight.accumulate_grad(dgamma)
         bn.bias.accumulate_grad(dbeta)
         return conv.backward_channels_first(dz)
