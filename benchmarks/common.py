@@ -34,7 +34,8 @@ def try_import_torch():
 def threads(n, torch=None):
     """Run the block with each framework at n threads: nanotorch.set_num_threads(n) (Numba's threads
     for the big kernels, one BLAS thread) and, if the module is passed, torch.set_num_threads(n); the
-    previous counts are restored after. Yields a dict saying what was set.
+    previous thread counts are set again after (BLAS stays at one thread, as nanotorch leaves it).
+    Yields a dict saying what was set.
     """
     import nanotorch as nt
     before = nt.get_num_threads()

@@ -78,7 +78,7 @@ def parse_args(argv=None):
     ap.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from a checkpoint.npz")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                     help="threads (default 2, or 1 on a 1-core machine): the big kernels spread over them "
-                         "(nanotorch/threads.py); the numbers are the same for any count")
+                         "(nanotorch/threads.py); a given count repeats a run bit for bit, 1 and 2 agree to rounding")
     ap.add_argument("--log-every", type=int, default=50, help="steps between log.csv rows")
     ap.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoint.npz saves")
     ap.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")

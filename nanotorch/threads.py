@@ -1,18 +1,23 @@
 """How many threads nanotorch uses: Numba's threads for the big kernels, one BLAS thread.
 
-``set_num_threads(n)`` (process-wide, like torch.set_num_threads): with n >= 2 the kernels that
-do most of a step's work (the direct 3x3 convolution and its two gradients, padding, BatchNorm +
-GELU, max pooling) split into independent tasks spread over n Numba threads
-(nanotorch/kernels/tasks.py), on layers of at least MIN_PARALLEL_SIZE values. Until it is
-called, everything runs on the calling thread. Results match one thread's to rounding, and a
-given thread count gives the same bits on every run (tests/test_threads.py).
+``set_num_threads(n)``, like torch.set_num_threads: with n >= 2 the kernels that do most of a
+step's work (the direct 3x3 convolution and its two gradients, padding, BatchNorm + GELU, max
+pooling) split into independent tasks spread over n Numba threads (nanotorch/kernels/tasks.py),
+on layers of at least MIN_PARALLEL_SIZE values. Until it is called, nanotorch's kernels run on
+the calling thread (and NumPy's BLAS keeps its own default thread count). Results match one
+thread's to rounding, and a given thread count gives the same bits on every run
+(tests/test_threads.py).
 
 Only the thread that called set_num_threads spreads its kernels over threads (``parallel()``);
 any other thread runs them alone, on its own core. mnist.evaluate relies on it: two threads
 evaluate batches side by side, each on one core, which beat one thread on two cores (12,550-12,960
-against 11,090-11,210 images/s at batches of 64 and 256). A child forked after its parent spread kernels over threads runs
-them on its own thread for good, whatever it asks for: GNU OpenMP, Numba's fastest thread pool
-here, terminates a forked child that enters it.
+against 11,090-11,210 images/s at batches of 64 and 256, predict_logits alone). A forked child
+runs its kernels on its own thread for good, whatever it asks for: GNU OpenMP, Numba's fastest
+thread pool here, terminates a forked child that enters it once the parent has started it
+(which loading any of the kernels does), so the child never enters it.
+
+Numba is asked to prefer OpenMP (then TBB, then its own "workqueue"): the figures here are
+OpenMP's, and the workqueue pool cannot be entered by two threads at once.
 
 BLAS stays at one thread: Numba's OpenMP threads spin for a while after each kernel, and two
 OpenBLAS threads beside them made evaluation 3-6x slower (1,700-2,800 against 7,500-10,200
@@ -32,8 +37,10 @@ import threading
 import numba
 from threadpoolctl import threadpool_limits
 
-_state = {"parallel": False, "owner": None, "pool_used": False, "forked": False}
-_blas_limits = None
+if "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:                  # the user's choice wins
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]   # read when the pool starts
+_state = {"parallel": False, "owner": None, "forked": False}
+_blas_limits = None          # the threadpoolctl limiter, kept (its original limits can be restored)
 MIN_PARALLEL_SIZE = 8192
 
 
@@ -48,7 +55,6 @@ def set_num_threads(n):
     numba.set_num_threads(n)
     _blas_limits = threadpool_limits(limits=1, user_api="blas")
     _state["parallel"], _state["owner"] = n >= 2 and not _state["forked"], threading.get_ident()
-    _state["pool_used"] |= _state["parallel"]
 
 
 def get_num_threads():
@@ -56,15 +62,16 @@ def get_num_threads():
 
 
 def parallel(size):
-    """Whether a kernel called from this thread on ``size`` values (a layer's input or output)
-    spreads over Numba's threads: not below ``MIN_PARALLEL_SIZE``, where a fork-join costs more
-    than it saves."""
+    """Whether a kernel called from this thread spreads over Numba's threads. ``size`` is the
+    layer's input size (for a convolution, the smaller of its input and output, so that the
+    1 -> 4 channel layer stays on one thread): not below ``MIN_PARALLEL_SIZE``, where a fork-join
+    costs more than it saves."""
     return _state["parallel"] and size >= MIN_PARALLEL_SIZE and threading.get_ident() == _state["owner"]
 
 
 def _forget_in_child():
-    """A child forked after the parent spread kernels over threads runs them alone for good."""
-    _state["forked"] = _state["pool_used"]
+    """A forked child runs its kernels alone for good (see the module docstring)."""
+    _state["forked"] = True
     _state["parallel"] = False
 
 

@@ -45,6 +45,8 @@ def test_update_running_stats_equals_reference(dtype, stats_dtype):
         if f == 1.0:                                          # the batch's statistics alone, the variance unbiased
             np.testing.assert_allclose(got[0], mean, rtol=1e-6)
             np.testing.assert_allclose(got[1], var * 2.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="one size"):
+        K.update_running_stats(np.zeros(6, dtype), np.ones(5, dtype), mean, var, 0.1, 10.0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -12,10 +12,11 @@ result depends on which thread ran it. The loop over tasks is written twice:
 
 The two loops are compiled separately, and with fastmath the compiler may order a task's sums
 differently in each: one thread and two agree to rounding, and each gives the same bits on every
-run (tests/test_threads.py). The plain loop never enters Numba's threading layer. That is what threads that are not the main
-one use (mnist.evaluate runs batches on two threads, and Numba's "workqueue" layer aborts if two
-threads enter it at once), and what a forked child uses (GNU OpenMP terminates a child of a
-process that used it as soon as the child enters it). nanotorch.threads decides which one runs.
+run (tests/test_threads.py). The plain loop never enters Numba's threading layer. That is what
+every thread but the one that called nanotorch.set_num_threads uses (mnist.evaluate runs batches
+on two threads, and Numba's "workqueue" layer aborts if two threads enter it at once), and what a
+forked child uses (GNU OpenMP terminates a child of a process that started it as soon as the
+child enters it). nanotorch.threads decides which one runs.
 
 ``PRANGE`` turns on only Numba's prange rewrite: with its other parallel rewrites on, np.zeros
 and .sum() inside a kernel would enter the thread pool too, even on the plain path.

@@ -19,7 +19,7 @@ Z as nine shifted multiply-adds of the padded input, dx as the same convolution 
 transposed and flipped, dW as nine shifted dot products. Which one runs changes only the speed
 (and, with an Inf or NaN on an image edge, how many gradient entries are NaN: see the kernel).
 After ``nanotorch.set_num_threads(2)`` the direct kernels of large enough layers split their
-work over two threads, with the same results bitwise (nanotorch/threads.py).
+work over two threads, with the same results up to rounding (nanotorch/threads.py).
 
 ``forward_channels_first`` / ``backward_channels_first`` are the same steps with Z and D left in
 their (OC, N, OH*OW) layout, for a fused layer that reads and writes that layout directly
