@@ -39,11 +39,12 @@ class ConvBNGELU(Sequential):
         conv._check(x)
         z = conv.forward_channels_first(x)                                       # (C, N, L)
         c, n, m = z.shape[0], x.shape[0], z.shape[1] * z.shape[2]       # m values per channel
+        par = parallel(z.size)                                    # spread over threads? (nanotorch/threads.py)
         if self.training:
             if m < 2:
                 raise ValueError(f"ConvBNGELU: expected more than 1 value per channel when training, "
                                  f"got input {x.shape}")
-            mean, var = channel_mean_var(z.reshape(c, m), parallel(z.size))
+            mean, var = channel_mean_var(z.reshape(c, m), par)
             bn._update_running_stats(mean, var, m)
         else:
             mean, var = bn.running_mean.astype(np.float64), bn.running_var.astype(np.float64)
@@ -52,8 +53,8 @@ class ConvBNGELU(Sequential):
         out_shape = (n, c, *conv.output_shape(*x.shape[2:]))
         if not is_grad_enabled():                  # nothing to keep: BatchNorm folds into one multiply-add
             scale = gamma * inv_std
-            return bn_gelu_inference(z, scale, beta - mean.astype(z.dtype) * scale, parallel(z.size)).reshape(out_shape)
-        a, xhat, d = bn_gelu_forward(z, mean.astype(z.dtype), inv_std, gamma, beta, parallel(z.size))
+            return bn_gelu_inference(z, scale, beta - mean.astype(z.dtype) * scale, par).reshape(out_shape)
+        a, xhat, d = bn_gelu_forward(z, mean.astype(z.dtype), inv_std, gamma, beta, par)
         self.save_for_backward(xhat, d, inv_std, self.training, out_shape)
         return a.reshape(out_shape)
 
