@@ -60,8 +60,8 @@ def update_running_stats(running_mean, running_var, mean, var, f, m):
         running_var  <- (1 - f) * running_var  + f * var * m / (m - 1)        (the unbiased variance)
 
     computed in the running statistics' dtype (the unbiased variance in float64, then rounded), as
-    the reference below; one compiled call instead
-    of nine small NumPy operations (6.5 -> ~1 us a layer)."""
+    the reference below; one compiled call instead of nine small NumPy operations (6.5 -> ~1 us a
+    layer)."""
     c_ = running_mean.size
     if running_var.size != c_ or mean.size != c_ or var.size != c_:
         raise ValueError("update_running_stats: expected running_mean, running_var, mean and var of one size")

@@ -26,8 +26,9 @@ nn.Conv2d uses it for every 3x3 convolution with stride 1 and padding 1 on plane
 wide; on 7x7 and 4x4 planes the rows are too short to vectorise and it is twice as slow as
 im2col + GEMM. Measured on the 2-core machine:
 - a training step of the MNIST recipe (batch 4), against im2col + GEMM everywhere, in two sets of
-  alternating 200-step runs (when a second Python thread computed the weight gradients): median 2.44 -> 2.12 ms and 2.85 -> 2.45 ms on two threads (0.90 as
-  the median ratio of pairs), 2.38 -> 2.38 and 2.77 -> 2.55 ms on one;
+  alternating 200-step runs (when a second Python thread computed the weight gradients): median
+  2.44 -> 2.12 ms and 2.85 -> 2.45 ms on two threads (0.90 as the median ratio of pairs),
+  2.38 -> 2.38 and 2.77 -> 2.55 ms on one;
 - evaluating the test set on two threads: 9,900 -> 10,400 images/s in batches of 16;
 - alone (benchmarks.conv_kernels, one thread): within 20% of im2col + GEMM at batch 4; at batch
   128, where the columns of a 28x28 layer (14-43 MB) no longer fit in cache, 2-9x faster on the

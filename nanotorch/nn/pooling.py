@@ -65,7 +65,8 @@ class MaxPool2d(Module):
 
     def backward(self, dout):
         arg, h, w = self.saved_for_backward()
-        return maxpool2d_backward(np.ascontiguousarray(dout), arg, h, w, parallel(dout.shape[0] * dout.shape[1] * h * w))
+        n, c = dout.shape[:2]
+        return maxpool2d_backward(np.ascontiguousarray(dout), arg, h, w, parallel(n * c * h * w))
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
