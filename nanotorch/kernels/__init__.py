@@ -14,6 +14,7 @@ edit starts a fresh cache, and a process still running the old code writes only 
 - ``conv3x3``  — direct 3x3 "same" convolution and its input and weight gradients (no im2col columns)
 - ``pooling``  — max pooling forward (value and argmax, or the value alone) and its gradient scatter
 - ``gelu``     — exact (erf) and tanh GELU with their derivatives (float32: a vectorised erf)
+- ``batchnorm_gelu`` — BatchNorm + GELU fused each way, channel statistics, and BatchNorm's running-statistics update
 - ``tasks``    — how the kernels that take ``parallel`` split into tasks spread over threads
 """
 import hashlib
