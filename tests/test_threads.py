@@ -11,7 +11,7 @@ import nanotorch as nt
 from nanotorch import nn, optim, threads
 from nanotorch.kernels import conv3x3_same, conv3x3_same_grad_weight, maxpool2d_backward, maxpool2x2_forward
 from nanotorch.kernels import maxpool2x2_max, pad_planes
-from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, bn_gelu_inference, channel_mean_var
+from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, bn_gelu_inference
 from mnist.evaluate import predict_logits
 from mnist.model import build_model
 
@@ -59,6 +59,12 @@ def test_training_on_two_threads_matches_one_and_repeats_bitwise(direct, restore
     np.testing.assert_array_equal(w2_again, w2)
 
 
+def _bn_gelu_training(z, v, p):
+    """bn_gelu_forward with the batch's statistics, returned along with its outputs."""
+    mean, var = np.empty(z.shape[0]), np.empty(z.shape[0])
+    return (*bn_gelu_forward(z, mean, var, v, v, 1e-5, True, p), mean, var)
+
+
 def _kernel_runs(rng, dtype):
     """Each kernel with a task loop, on odd shapes, as a function of ``parallel``."""
     x = rng.standard_normal((3, 5, 9, 11)).astype(dtype)
@@ -66,7 +72,8 @@ def _kernel_runs(rng, dtype):
     xp, dzp = pad_planes(x), pad_planes(rng.standard_normal((3, 7, 9, 11)).astype(dtype))
     z = rng.standard_normal((7, 3, 13)).astype(dtype)
     v = rng.uniform(0.5, 2.0, 7).astype(dtype)
-    a, xhat, d = bn_gelu_forward(z, v, v, v, v)
+    stats = rng.uniform(0.5, 2.0, 7)
+    a, d, inv_std = bn_gelu_forward(z, np.empty(7), np.empty(7), v, v, 1e-5, True)
     da = rng.standard_normal(a.shape).astype(dtype)
     xe = rng.standard_normal((3, 5, 10, 12)).astype(dtype)
     out, arg = maxpool2x2_forward(xe, 5, 6)
@@ -75,10 +82,11 @@ def _kernel_runs(rng, dtype):
             "conv3x3_same": lambda p: conv3x3_same(xp, w, 9, 11, True, p),
             "conv3x3_same (N, OC, L)": lambda p: conv3x3_same(xp, w, 9, 11, False, p),
             "conv3x3_same_grad_weight": lambda p: conv3x3_same_grad_weight(xp, dzp, 9, 11, p),
-            "channel_mean_var": lambda p: channel_mean_var(z.reshape(7, -1), p),
-            "bn_gelu_forward": lambda p: bn_gelu_forward(z, v, v, v, v, p),
+            "bn_gelu_forward (training)": lambda p: _bn_gelu_training(z, v, p),
+            "bn_gelu_forward (eval)": lambda p: bn_gelu_forward(z, stats, stats, v, v, 1e-5, False, p),
             "bn_gelu_inference": lambda p: bn_gelu_inference(z, v, v, p),
-            "bn_gelu_backward": lambda p: bn_gelu_backward(da, xhat, d, v, v, True, p),
+            "bn_gelu_backward": lambda p: bn_gelu_backward(da, z, stats, inv_std, d, v, True, 0, p),
+            "bn_gelu_backward (padded)": lambda p: bn_gelu_backward(da, z, stats, inv_std, d, v, True, 13, p),
             "maxpool2x2_forward": lambda p: maxpool2x2_forward(xe, 5, 6, p),
             "maxpool2x2_max": lambda p: maxpool2x2_max(xe, 5, 6, p),
             "maxpool2d_backward": lambda p: maxpool2d_backward(dout, arg, 10, 12, p)}

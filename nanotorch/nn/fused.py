@@ -4,11 +4,13 @@ It *is* ``Sequential(Conv2d, BatchNorm2d, GELU)`` — same children, parameters,
 (``0.weight``, ``1.running_mean``, ...) and numbers (tests/test_fused.py checks it against the
 three layers run one by one) — but it does not materialise BatchNorm's output or GELU's input:
 
-    forward:   z = conv.forward_channels_first(x);  mean, var over (N, H, W);  a, xhat, d = bn_gelu_forward(z, ...)
-    backward:  dz, dgamma, dbeta = bn_gelu_backward(da, xhat, d, ...);  dx = conv.backward_channels_first(dz)
+    forward:   z = conv.forward_channels_first(x);  a, d, inv_std = bn_gelu_forward(z, mean, var, ...)
+               (the batch's mean and var computed in the same pass when training)
+    backward:  dz, dgamma, dbeta = bn_gelu_backward(da, z, mean, inv_std, d, ...);  dx = conv's backward of dz
 
 z and dz stay in the (C, N, H*W) layout of the convolution's matrix product; the fused loops read
-and write across the two layouts, so the block never copies a transpose.
+and write across the two layouts, so the block never copies a transpose. When the convolution
+ran its direct 3x3 kernel, dz comes out already padded the way that kernel's backward reads it.
 
 The maths is BatchNorm2d's and GELU's (nanotorch/nn/batchnorm.py, activation.py); the fused
 loops are in nanotorch/kernels/batchnorm_gelu.py.
@@ -16,7 +18,7 @@ loops are in nanotorch/kernels/batchnorm_gelu.py.
 import numpy as np
 
 from nanotorch.grad_mode import is_grad_enabled
-from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, bn_gelu_inference, channel_mean_var
+from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, bn_gelu_inference
 from nanotorch.nn._checks import check_grad
 from nanotorch.nn.activation import GELU
 from nanotorch.nn.batchnorm import BatchNorm2d
@@ -40,31 +42,32 @@ class ConvBNGELU(Sequential):
         z = conv.forward_channels_first(x)                                       # (C, N, L)
         c, n, m = z.shape[0], x.shape[0], z.shape[1] * z.shape[2]       # m values per channel
         par = parallel(z.size)                                    # spread over threads? (nanotorch/threads.py)
-        if self.training:
-            if m < 2:
-                raise ValueError(f"ConvBNGELU: expected more than 1 value per channel when training, "
-                                 f"got input {x.shape}")
-            mean, var = channel_mean_var(z.reshape(c, m), par)
-            bn._update_running_stats(mean, var, m)
-        else:
-            mean, var = bn.running_mean.astype(np.float64), bn.running_var.astype(np.float64)
-        inv_std = 1.0 / np.sqrt(var.astype(z.dtype) + z.dtype.type(bn.eps))   # in z's dtype, as BatchNorm2d
         gamma, beta = bn.weight.data.astype(z.dtype, copy=False), bn.bias.data.astype(z.dtype, copy=False)
         out_shape = (n, c, *conv.output_shape(*x.shape[2:]))
-        if not is_grad_enabled():                  # nothing to keep: BatchNorm folds into one multiply-add
-            scale = gamma * inv_std
-            return bn_gelu_inference(z, scale, beta - mean.astype(z.dtype) * scale, par).reshape(out_shape)
-        a, xhat, d = bn_gelu_forward(z, mean.astype(z.dtype), inv_std, gamma, beta, par)
-        self.save_for_backward(xhat, d, inv_std, self.training, out_shape)
+        if self.training and m < 2:
+            raise ValueError(f"ConvBNGELU: expected more than 1 value per channel when training, got input {x.shape}")
+        if not self.training:
+            mean, var = bn.running_mean.astype(np.float64), bn.running_var.astype(np.float64)
+            if not is_grad_enabled():              # nothing to keep: BatchNorm folds into one multiply-add
+                scale = gamma * (1.0 / np.sqrt(var.astype(z.dtype) + z.dtype.type(bn.eps)))   # as BatchNorm2d
+                return bn_gelu_inference(z, scale, beta - mean.astype(z.dtype) * scale, par).reshape(out_shape)
+        else:
+            mean, var = np.empty(c), np.empty(c)                  # the kernel fills in the batch's statistics
+        a, d, inv_std = bn_gelu_forward(z, mean, var, gamma, beta, bn.eps, self.training, par)
+        if self.training:
+            bn._update_running_stats(mean, var, m)
+        self.save_for_backward(z, mean, inv_std, d, self.training, out_shape)
         return a.reshape(out_shape)
 
     def backward(self, da):
         conv, bn, _ = self
-        xhat, d, inv_std, training, shape = self.saved_for_backward()
+        z, mean, inv_std, d, training, shape = self.saved_for_backward()
         check_grad(self, da, shape)
         n, c, h, w = shape
-        dz, dgamma, dbeta = bn_gelu_backward(np.ascontiguousarray(da).reshape(n, c, h * w), xhat, d, inv_std,
-                                             bn.weight.data.astype(da.dtype, copy=False), training, parallel(da.size))
+        direct = conv.saved_for_backward()[2]           # the direct kernel's backward reads dz padded
+        dz, dgamma, dbeta = bn_gelu_backward(np.ascontiguousarray(da).reshape(n, c, h * w), z, mean, inv_std, d,
+                                             bn.weight.data.astype(da.dtype, copy=False), training,
+                                             w if direct else 0, parallel(da.size))
         bn.weight.accumulate_grad(dgamma)
         bn.bias.accumulate_grad(dbeta)
-        return conv.backward_channels_first(dz)
+        return conv.backward_padded(dz) if direct else conv.backward_channels_first(dz)
