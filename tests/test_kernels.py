@@ -135,6 +135,22 @@ def test_gelu_float32_vectorised_erf_is_float32_accurate():
     assert np.max(np.abs(d - d_ref)) < 2.5e-7
 
 
+def test_gelu_alone_for_inference_is_float32_accurate():
+    """GELU without its derivative (the rational erf with no exp, for inference): within 2.5e-7 *
+    max(1, |x|) in float32, libm's exact erf in float64, and the same values as gelu_forward's to
+    float32 rounding."""
+    from nanotorch.kernels.gelu import gelu_inference
+    x = np.concatenate([np.linspace(-12, 12, 200_001), rng.standard_normal(10_000) * 3,
+                        [0.0, -0.0, 1e-30, -5.65, 5.66, 40.0, -40.0]]).astype(np.float32)
+    y = gelu_inference(x)
+    y_ref = K.gelu_forward_reference(x.astype(np.float64))[0]
+    assert y.dtype == np.float32
+    assert np.max(np.abs(y - y_ref) / np.maximum(1, np.abs(x))) < 2.5e-7
+    np.testing.assert_allclose(y, K.gelu_forward(x)[0], rtol=0, atol=5e-7 * 40)
+    x64 = rng.standard_normal((3, 4, 5)) * 4
+    np.testing.assert_allclose(gelu_inference(x64), K.gelu_forward_reference(x64)[0], rtol=1e-13, atol=1e-14)
+
+
 def test_kernels_run_without_jit_for_debugging():
     """NUMBA_DISABLE_JIT=1 runs every kernel as plain Python (the documented way to step through one)."""
     import os

@@ -29,7 +29,7 @@ The references compose the plain NumPy formulas.
 import numpy as np
 from numba import njit, prange
 
-from nanotorch.kernels.gelu import FAST, gelu_and_grad, gelu_forward_reference
+from nanotorch.kernels.gelu import FAST, gelu, gelu_and_grad, gelu_forward_reference
 from nanotorch.kernels.tasks import PRANGE
 
 
@@ -133,7 +133,7 @@ def bn_gelu_inference(z, scale, shift, parallel=False):
 def _inference_channel(z, k, b, c, a):
     for n in range(z.shape[1]):
         for i in range(z.shape[2]):
-            a[n, c, i] = gelu_and_grad(k * z[c, n, i] + b)[0]
+            a[n, c, i] = gelu(k * z[c, n, i] + b)
 
 
 @njit(cache=True, nogil=True, **PRANGE, **FAST)

@@ -39,25 +39,31 @@ class ConvBNGELU(Sequential):
     def forward(self, x):
         conv, bn, _ = self
         conv._check(x)
-        z = conv.forward_channels_first(x)                                       # (C, N, L)
-        c, n, m = z.shape[0], x.shape[0], z.shape[1] * z.shape[2]       # m values per channel
-        par = parallel(z.size)                                    # spread over threads? (nanotorch/threads.py)
-        gamma, beta = bn.weight.data.astype(z.dtype, copy=False), bn.bias.data.astype(z.dtype, copy=False)
-        out_shape = (n, c, *conv.output_shape(*x.shape[2:]))
-        if self.training and m < 2:
+        n, c, (oh, ow) = x.shape[0], conv.out_channels, conv.output_shape(*x.shape[2:])
+        if self.training and n * oh * ow < 2:
             raise ValueError(f"ConvBNGELU: expected more than 1 value per channel when training, got input {x.shape}")
-        if not self.training:
-            mean, var = bn.running_mean.astype(np.float64), bn.running_var.astype(np.float64)
-            if not is_grad_enabled():              # nothing to keep: BatchNorm folds into one multiply-add
-                scale = gamma * (1.0 / np.sqrt(var.astype(z.dtype) + z.dtype.type(bn.eps)))   # as BatchNorm2d
-                return bn_gelu_inference(z, scale, beta - mean.astype(z.dtype) * scale, par).reshape(out_shape)
-        else:
+        par = parallel(n * c * oh * ow)                           # spread over threads? (nanotorch/threads.py)
+        gamma, beta = bn.weight.data.astype(x.dtype, copy=False), bn.bias.data.astype(x.dtype, copy=False)
+        if not self.training and not is_grad_enabled():
+            return self._inference(x, gamma, beta, par).reshape(n, c, oh, ow)
+        z = conv.forward_channels_first(x)                                       # (C, N, L)
+        if self.training:
             mean, var = np.empty(c), np.empty(c)                  # the kernel fills in the batch's statistics
+        else:
+            mean, var = bn.running_mean.astype(np.float64), bn.running_var.astype(np.float64)
         a, d, inv_std = bn_gelu_forward(z, mean, var, gamma, beta, bn.eps, self.training, par)
         if self.training:
-            bn._update_running_stats(mean, var, m)
-        self.save_for_backward(z, mean, inv_std, d, self.training, out_shape)
-        return a.reshape(out_shape)
+            bn._update_running_stats(mean, var, n * oh * ow)
+        self.save_for_backward(z, mean, inv_std, d, self.training, (n, c, oh, ow))
+        return a.reshape(n, c, oh, ow)
+
+    def _inference(self, x, gamma, beta, par):
+        """Evaluation under no_grad, keeping nothing: BatchNorm folds into a = GELU(scale * z + shift),
+        and GELU without its derivative has a cheaper formula (kernels/gelu.py: gelu_fast)."""
+        conv, bn, _ = self
+        scale = gamma * (1.0 / np.sqrt(bn.running_var.astype(x.dtype) + x.dtype.type(bn.eps)))   # as BatchNorm2d
+        shift = beta - bn.running_mean.astype(x.dtype) * scale
+        return bn_gelu_inference(conv.forward_channels_first(x), scale, shift, par)
 
     def backward(self, da):
         conv, bn, _ = self
