@@ -107,6 +107,7 @@ def build_trainer(recipe, total_steps):
     """
     nt.manual_seed(recipe.seed)                    # initial weights, then dropout masks
     model = build_model(dropout=recipe.dropout)
+    model[0][0].input_requires_grad = False        # the images need no gradient (nor do they in PyTorch)
     flat = nn.utils.flatten_parameters(model.parameters())
     optimizer = optim.SGD([flat], lr=recipe.lr, momentum=recipe.momentum)
     scheduler = optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.max_lr, total_steps=total_steps,

@@ -39,6 +39,24 @@ def test_direct_and_im2col_layers_agree(dtype, bias):
         np.testing.assert_allclose(p1.grad, p0.grad, **tol)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("width", [16, 7])                      # the direct kernel, im2col + GEMM
+def test_without_input_grad_the_backward_returns_none_and_the_same_parameter_grads(fused, width):
+    """input_requires_grad = False (as mnist.train sets on the first convolution) skips dx only."""
+    def make():
+        nt.manual_seed(0)
+        return nn.ConvBNGELU(3, 4, 3, padding=1) if fused else nn.Conv2d(3, 4, 3, padding=1)
+    layers = [make(), make()]
+    conv = layers[1][0] if fused else layers[1]
+    conv.input_requires_grad = False
+    rng = np.random.default_rng(3)
+    x, dout = rng.standard_normal((2, 3, 6, width)), rng.standard_normal((2, 4, 6, width))
+    dxs = [layer.backward(dout) if layer(x) is not None else None for layer in layers]
+    assert dxs[0].shape == x.shape and dxs[1] is None
+    for p0, p1 in zip(layers[0].parameters(), layers[1].parameters()):
+        np.testing.assert_array_equal(p1.grad, p0.grad)
+
+
 def test_a_nan_on_the_image_edge_propagates_through_both_algorithms():
     """Outputs and input gradients have NaN in the same places; the direct weight gradient has NaN
     wherever im2col's has, and may have more (0 * NaN on the padded border, see kernels/conv3x3.py)."""

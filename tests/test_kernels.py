@@ -219,6 +219,7 @@ def test_direct_conv3x3_equals_reference(shape, dtype):
     z_cf = K.conv3x3_same(xp, wt, h, w, True)                           # channels first: (OC, N, H*W)
     np.testing.assert_array_equal(z_cf.transpose(1, 0, 2).reshape(z.shape), z)
     dzp = K.pad_planes(dz.transpose(1, 0, 2, 3).copy().transpose(1, 0, 2, 3))   # a strided view, as Conv2d passes
+    np.testing.assert_array_equal(K.flip_transpose(wt), K.flip_transpose_reference(wt))
     dx = K.conv3x3_same(dzp, K.flip_transpose(wt), h, w, False).reshape(x.shape)
     dcols = wt.reshape(oc, -1).T @ dz.transpose(1, 0, 2, 3).reshape(oc, -1)
     np.testing.assert_allclose(dx, K.col2im_reference(dcols, n, c, h, w, 3, 3, 1, 1, 1, 1, h, w), **tol)

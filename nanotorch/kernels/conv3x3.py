@@ -224,8 +224,21 @@ def _two_channel_taps(x, d, e, dw_d, dw_e, both, wp, m):
         _add_taps(dw_e, t0, t1, t2, t3, t4, t5, t6, t7, t8)
 
 
+@njit(cache=True, nogil=True)
 def flip_transpose(w):
-    """w: (OC, C, 3, 3) -> (C, OC, 3, 3) flipped in both spatial axes: the kernel of dx = conv(dz)."""
+    """w: (OC, C, 3, 3) -> (C, OC, 3, 3) flipped in both spatial axes: the kernel of dx = conv(dz).
+    (NumPy's copy of the reversed, transposed view took 2-6 us a layer; this loop well under 1.)"""
+    oc_, c_ = w.shape[:2]
+    out = np.empty((c_, oc_, 3, 3), dtype=w.dtype)
+    for o in range(oc_):
+        for c in range(c_):
+            for i in range(3):
+                for j in range(3):
+                    out[c, o, 2 - i, 2 - j] = w[o, c, i, j]
+    return out
+
+
+def flip_transpose_reference(w):
     return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
 
 

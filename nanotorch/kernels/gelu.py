@@ -10,22 +10,21 @@ is a single product: dx = dout * dy/dx.
 
 Precision per dtype (``gelu_and_grad`` picks by the element type at compile time):
 - float64 uses libm's erf and exp: PyTorch's float64 numbers to the last bits.
-- float32 is computed in float32 lanes (8 or 16 per vector instruction) with no library call:
-      Phi(-|x|) = erfc(z) / 2 = t * (a1 + a2 t + ... + a5 t^4) * exp(-z^2) / 2,  t = 1 / (1 + p z),  z = |x| / sqrt 2
-  (Abramowitz & Stegun 7.1.26, |error| < 1.5e-7), replaced near 0 (z < 1/2, where 1 - erfc
-  cancels) by the Taylor series of erf. exp(y) = 2^k exp(r) with k = round(y / ln 2),
-  |r| <= ln(2) / 2, exp(r) by its degree-7 Taylor polynomial and 2^k built directly as the bits of a
-  float32. exp(-z^2) serves Phi and phi at once. The error is within 2.5e-7 * max(1, |x|) for y
-  and 2.5e-7 for dy/dx (PyTorch's own float32 GELU: 3.3e-7 and 2.5e-7 on the same test points).
-  That bound is absolute: where GELU itself is tiny (x < -3, |y| < 4e-3) the relative error
-  grows, to 1.5e-2 near x = -9. On 50,176 values it
-  took 42 us, against 112 us for the float64-arithmetic version it replaced.
-- Where GELU' is not needed (inference: ``gelu``, ``gelu_inference``, BatchNorm + GELU under
-  no_grad), float32 skips the exp: erf(z) = z P(z^2) / Q(z^2), a rational fit made for nanotorch
-  (coefficients and fit below), with z clamped to [-4, 4]; the same 2.5e-7 * max(1, |x|) bound, and
-  only absolute: Phi = (1 + erf) / 2 cancels for x < -3. 0.38 against 0.91 ns a value (802,816
-  float32 values, one thread); the test set's evaluation, one thread, batches of 64: 150-166 ->
-  131-136 us an image.
+- float32 is computed in float32 lanes (8 or 16 per vector instruction), with no library call
+  and no branch:
+      Phi(x) = (1 + erf(z)) / 2,  erf(z) = z P(z^2) / Q(z^2),  z = x / sqrt 2 clamped to [-4, 4]
+  (beyond 4, erf(z) rounds to +-1 in float32), P and Q of degrees 6 and 4: a rational fit made
+  for nanotorch (coefficients and how below). phi needs exp(-x^2 / 2) = 2^k exp(r) with
+  k = round(y / ln 2), |r| <= ln(2) / 2, exp(r) by its degree-7 Taylor polynomial and 2^k built
+  directly as the bits of a float32; GELU alone (inference: ``gelu``, ``gelu_inference``, and
+  BatchNorm + GELU under no_grad) skips it. The error is within 2.5e-7 * max(1, |x|) for y and
+  2.5e-7 for dy/dx (PyTorch's own float32 GELU: 3.3e-7 and 2.5e-7 on the same test points). That
+  bound is absolute: Phi = (1 + erf) / 2 cancels for x < -3, where GELU itself is tiny
+  (|y| < 4e-3), so the relative error grows there.
+  Measured on the 2-core machine, one thread, float32: GELU and GELU' 0.66 ns a value, GELU alone
+  0.38 (on 802,816 values). The first float32 version, Abramowitz & Stegun's erfc (7.1.26) times
+  the exp, took 0.82-0.91 ns for both, and a float64-arithmetic version before it 2.2. Evaluating
+  the test set on one thread in batches of 64: 150-166 -> 131-136 us an image.
 NumPy has no erf, which is why GELU needs compiled loops at all.
 """
 import math
@@ -71,24 +70,6 @@ def exp_float32(y):
     return p * float32_from_bits((k + np.int32(127)) << np.int32(23))   # 2^k: exponent field k + 127
 
 
-@njit(inline="always", **FAST)
-def gelu_and_grad_fast(u):
-    """(GELU(u), GELU'(u)) for float32 u in float32 arithmetic, vectorisable; see the module docstring."""
-    x = min(max(u, F(-9.0)), F(9.0))                  # beyond 9, Phi is 0 or 1 in float32
-    z = abs(x) * F(SQRT_HALF)
-    g = exp_float32(-z * z)                            # exp(-x^2 / 2) = sqrt(2 pi) phi(x)
-    t = F(1) / (F(1) + F(0.3275911) * z)
-    half_erfc = F(0.5) * g * t * (F(0.254829592) + t * (F(-0.284496736) + t * (F(1.421413741) + t * (
-        F(-1.453152027) + t * F(1.061405429)))))     # Phi(-|x|)
-    cdf = F(1) - half_erfc if x >= 0 else half_erfc
-    w = z * z                                          # erf(z) = 2/sqrt(pi) (z - z^3/3 + z^5/10 - ...)
-    half_erf = F(0.5641895835477563) * z * (F(1) - w * (F(1 / 3) - w * (F(1 / 10) - w * (F(1 / 42) - w * (
-        F(1 / 216) - w * F(1 / 1320))))))
-    if z < F(0.5):
-        cdf = F(0.5) + half_erf if x >= 0 else F(0.5) - half_erf
-    return u * cdf, cdf + u * F(INV_SQRT_2PI) * g
-
-
 # erf(z) ~ z * P(z^2) / Q(z^2) on [0, 4]: a rational fit (degrees 6 and 4 in z^2) computed for
 # nanotorch by iteratively reweighted least squares against math.erf; fit error 5.4e-8, and 4.4e-7
 # when evaluated in float32 (both measured on 400,001 points of [-6, 6] after clamping to [-4, 4]).
@@ -98,15 +79,29 @@ ERF_Q = (F(1.0), F(0.5229296542160107), F(0.12079889732495148), F(0.015550923926
 
 
 @njit(inline="always", **FAST)
-def gelu_fast(u):
-    """GELU(u) alone (no derivative) for float32 u, vectorisable, with no exp: Phi(u) = (1 + erf(z)) / 2,
-    z = u / sqrt 2 clamped to [-4, 4] (beyond, erf(z) rounds to +-1 in float32), erf by the rational
-    fit above. Used where nothing needs GELU': inference. Error within 2.5e-7 * max(1, |u|)."""
+def _phi_cdf(u):
+    """Phi(u) = (1 + erf(z)) / 2 for float32 u, z = u / sqrt 2 clamped to [-4, 4] (beyond, erf(z)
+    rounds to +-1 in float32), erf by the rational fit above: no exp, no branch."""
     z = min(max(u * F(SQRT_HALF), F(-4.0)), F(4.0))
     t = z * z
     p = ERF_P[0] + t * (ERF_P[1] + t * (ERF_P[2] + t * (ERF_P[3] + t * (ERF_P[4] + t * (ERF_P[5] + t * ERF_P[6])))))
     q = ERF_Q[0] + t * (ERF_Q[1] + t * (ERF_Q[2] + t * (ERF_Q[3] + t * ERF_Q[4])))
-    return u * (F(0.5) + F(0.5) * (z * p / q))
+    return F(0.5) + F(0.5) * (z * p / q)
+
+
+@njit(inline="always", **FAST)
+def gelu_fast(u):
+    """GELU(u) alone (no derivative, so no exp) for float32 u, vectorisable: u * Phi(u). Used where
+    nothing needs GELU': inference."""
+    return u * _phi_cdf(u)
+
+
+@njit(inline="always", **FAST)
+def gelu_and_grad_fast(u):
+    """(GELU(u), GELU'(u)) for float32 u in float32 arithmetic, vectorisable; see the module docstring."""
+    x = min(max(u, F(-9.0)), F(9.0))                  # keeps exp in range; beyond 9, u * phi(u) < 1e-16
+    cdf = _phi_cdf(u)
+    return u * cdf, cdf + u * F(INV_SQRT_2PI) * exp_float32(F(-0.5) * x * x)
 
 
 @njit(inline="always")

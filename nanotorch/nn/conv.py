@@ -21,6 +21,10 @@ transposed and flipped, dW as nine shifted dot products. Which one runs changes 
 After ``nanotorch.set_num_threads(2)`` the direct kernels of large enough layers split their
 work over two threads, with the same results up to rounding (nanotorch/threads.py).
 
+``input_requires_grad = False`` skips dx (the backward returns None), as PyTorch does for an
+input that does not require grad: the first layer of a network, whose input is the data, has no
+use for it (mnist.train sets it; conv1's dx was 1% of a training step).
+
 ``forward_channels_first`` / ``backward_channels_first`` are the same steps with Z and D left in
 their (OC, N, OH*OW) layout, for a fused layer that reads and writes that layout directly
 (nanotorch/nn/fused.py).
@@ -53,6 +57,7 @@ class Conv2d(Module):
         w, b = default_weight_and_bias((out_channels, in_channels, kh, kw), in_channels * kh * kw, bias)
         self.weight = Parameter(w)
         self.bias = Parameter(b) if bias else None
+        self.input_requires_grad = True          # False: the backward adds dW (and db) and returns None
         self.cache = None
 
     def output_shape(self, h, w):
@@ -74,6 +79,7 @@ class Conv2d(Module):
         return np.ascontiguousarray(z.transpose(1, 0, 2)).reshape(n, self.out_channels, oh, ow)
 
     def backward(self, dout):
+        """dout: (N, OC, OH, OW) -> dx: (N, C, H, W) (None if not input_requires_grad); adds dW, db."""
         _, (n, _, h, w), direct = self.saved_for_backward()
         check_grad(self, dout, (n, self.out_channels, *self.output_shape(h, w)))
         dz = dout.reshape(n, self.out_channels, -1).transpose(1, 0, 2)         # (OC, N, OH*OW), a view
@@ -114,6 +120,8 @@ class Conv2d(Module):
             self.bias.accumulate_grad(d.sum(axis=1))
         # dW2 = D @ cols^T, computed as (cols @ D^T)^T: OpenBLAS runs this orientation 1.7x faster here.
         self.weight.accumulate_grad((inputs @ d.T).T.reshape(self.weight.shape))
+        if not self.input_requires_grad:
+            return None
         w2 = self.weight.data.reshape(self.out_channels, -1).astype(dz.dtype, copy=False)
         return col2im(w2.T @ d, n, c, h, w, *self.kernel_size, *self.stride, *self.padding, oh, ow,
                       overwrite_cols=True)                 # dcols is a temporary
@@ -129,6 +137,8 @@ class Conv2d(Module):
             self.bias.accumulate_grad(dzp.sum(axis=(0, 2)))        # the border zeros add nothing
         par = parallel(min(dzp.size, n * c * h * w))
         self.weight.accumulate_grad(conv3x3_same_grad_weight(inputs, dzp, h, w, par))
+        if not self.input_requires_grad:
+            return None
         flipped = flip_transpose(self.weight.data.astype(dzp.dtype, copy=False))    # (C, OC, 3, 3)
         return conv3x3_same(dzp, flipped, h, w, False, par).reshape(n, c, h, w)
 
