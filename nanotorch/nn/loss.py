@@ -26,7 +26,7 @@ class CrossEntropyLoss(Module):
         check_input(self, logits, (2,), what="logits")
         targets = np.asarray(targets)
         n, k = logits.shape
-        if targets.shape != (n,) or not np.issubdtype(targets.dtype, np.integer):
+        if targets.shape != (n,) or targets.dtype.kind not in "iu":            # integers, signed or not
             raise ValueError(f"CrossEntropyLoss expects integer targets of shape ({n},), "
                              f"got {targets.dtype} {targets.shape}")
         if n and (targets.min() < 0 or targets.max() >= k):
@@ -36,7 +36,7 @@ class CrossEntropyLoss(Module):
         log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         nll = -log_p[np.arange(n), targets]
         self.save_for_backward(log_p, targets)
-        return nll.mean() if self.reduction == "mean" else nll.sum()
+        return nll.sum() / n if self.reduction == "mean" else nll.sum()   # sum / n: np.mean's overhead is 3 us
 
     def backward(self, grad_out=1.0):
         log_p, targets = self.saved_for_backward()
