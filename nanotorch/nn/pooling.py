@@ -89,7 +89,7 @@ class AdaptiveAvgPool2d(Module):
         n, c, h, w = x.shape
         oh, ow = self.output_size
         if (oh, ow) == (1, 1):
-            out = x.mean(axis=(2, 3), keepdims=True)
+            out = x.sum(axis=(2, 3), keepdims=True) / (h * w)     # x.mean's numbers, without its 4 us of overhead
         else:
             out = np.empty((n, c, oh, ow), dtype=x.dtype)
             for i, (r0, r1) in enumerate(self._windows(h, oh)):
