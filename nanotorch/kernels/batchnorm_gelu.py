@@ -21,9 +21,10 @@ saves that layer a padding pass.
 Each channel is one task (tasks.py), statistics and all: with ``parallel`` the channels spread
 over Numba's threads. Sums are accumulated in float64. Measured on the 2-core machine, one thread,
 a 4 x 16 x 28 x 28 layer: the backward writing dz padded, 32 us, against 25 + 18 us for the plain
-backward and then pad_planes. Statistics, running update inputs and normalisation in one kernel
-instead of three calls and six small NumPy operations: a training step of the MNIST recipe on two
-threads went from 1.59-1.64 to 1.52-1.58 ms (alternating runs, quiet phases of a noisy host).
+backward and then pad_planes. The batch statistics computed in the same task as the normalisation
+(one kernel where there were three calls and six small NumPy operations), xhat no longer stored,
+dz written padded: a training step of the MNIST recipe on two threads went from 1.59-1.64 to
+1.52-1.58 ms (alternating runs, quiet phases of a noisy host).
 The references compose the plain NumPy formulas.
 """
 import numpy as np
