@@ -13,31 +13,24 @@ rng = np.random.default_rng(0)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("training", [True, False])
 def test_bn_gelu_kernels_equal_reference(dtype, training):
-    z = (rng.standard_normal((5, 3, 6 * 7)) * 2 + 1).astype(dtype)      # (C, N, L), L = 6 x 7 planes
+    z = (rng.standard_normal((5, 3, 6 * 7)) * 2 + 1).astype(dtype)      # (C, N, L)
     running = (rng.standard_normal(5), rng.uniform(0.5, 2, 5))
     mean, var = (np.empty(5), np.empty(5)) if training else (running[0].copy(), running[1].copy())
     gamma, beta = rng.standard_normal(5).astype(dtype), rng.standard_normal(5).astype(dtype)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-6, atol=2e-6)
-    a, d, inv_std = K.bn_gelu_forward(z, mean, var, gamma, beta, 1e-5, training)
-    a_ref, d_ref, inv_std_ref, mean_ref, var_ref = K.bn_gelu_forward_reference(z, *running, gamma, beta, 1e-5, training)
+    a, xhat, d, inv_std = K.bn_gelu_forward(z, mean, var, gamma, beta, 1e-5, training)
+    a_ref, xhat_ref, d_ref, inv_std_ref, mean_ref, var_ref = K.bn_gelu_forward_reference(z, *running, gamma, beta, 1e-5,
+                                                                                        training)
     np.testing.assert_allclose(mean, mean_ref, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(var, var_ref, rtol=1e-6)
     assert inv_std.dtype == dtype
-    for got, want in ((a, a_ref), (d, d_ref), (inv_std, inv_std_ref)):
+    for got, want in ((a, a_ref), (xhat, xhat_ref), (d, d_ref), (inv_std, inv_std_ref)):
         np.testing.assert_allclose(got, want, **tol)
     da = rng.standard_normal((3, 5, 42)).astype(dtype)                   # (N, C, L)
-    for width in (0, 7):                                                 # width 7: dz padded, as pad_planes
-        got = K.bn_gelu_backward(da, z, mean, inv_std, d, gamma, training, width)
-        want = K.bn_gelu_backward_reference(da, z, mean, inv_std, d, gamma, training, width)
-        assert got[0].shape == want[0].shape == ((5, 3, 42) if width == 0 else (3, 5, 8 * 9 + 2))
-        for g, w in zip(got, want):
-            np.testing.assert_allclose(g, w, **(tol if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)))
-    if width:
-        dz_plain = K.bn_gelu_backward(da, z, mean, inv_std, d, gamma, training, 0)[0]
-        from nanotorch.kernels import pad_planes
-        np.testing.assert_array_equal(got[0], pad_planes(dz_plain.reshape(5, 3, 6, 7).transpose(1, 0, 2, 3)))
-    with pytest.raises(ValueError, match="divide"):
-        K.bn_gelu_backward(da, z, mean, inv_std, d, gamma, training, 5)
+    got = K.bn_gelu_backward(da, xhat, d, inv_std, gamma, training)
+    want = K.bn_gelu_backward_reference(da, xhat, d, inv_std, gamma, training)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, **(tol if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)))
     with pytest.raises(ValueError, match="z.shape"):
         K.bn_gelu_forward(z, mean[:4], var, gamma, beta, 1e-5, training)
 

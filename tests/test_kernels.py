@@ -171,6 +171,43 @@ def test_kernels_run_without_jit_for_debugging():
     assert abs(out["1"] - out["0"]) < 1e-5
 
 
+def test_kernels_compiled_and_loaded_from_the_cache_give_the_same_bits(tmp_path):
+    """The first process compiles the kernels and writes Numba's cache; the next loads them. Both
+    must compute the same bits, or the first run after an install and the second with the same
+    seed drift apart. (They did: a kernel whose multiply-adds LLVM fused one way in the compiling
+    process and another way in the cached code.) A few training steps of the seed model on one
+    thread and on two, then an evaluation, in two fresh processes sharing an empty cache folder."""
+    import os
+    import subprocess
+    import sys
+    code = ("import sys, numpy as np, nanotorch as nt\n"
+            "from mnist.model import build_model\n"
+            "from nanotorch import nn, optim\n"
+            "out = {}\n"
+            "for threads in (1, 2):\n"
+            "    nt.set_num_threads(threads); nt.manual_seed(0)\n"
+            "    model, crit = build_model(), nn.CrossEntropyLoss()\n"
+            "    model[0][0].input_requires_grad = False\n"
+            "    opt = optim.SGD(model.parameters(), lr=0.05, momentum=0.9)\n"
+            "    rng = np.random.default_rng(0)\n"
+            "    for step in range(3):\n"
+            "        x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)\n"
+            "        crit(model(x), rng.integers(0, 10, 4)); opt.zero_grad(); model.backward(crit.backward()); opt.step()\n"
+            "    model.eval()\n"
+            "    with nt.no_grad():\n"
+            "        out[f'logits{threads}'] = model(rng.standard_normal((8, 1, 28, 28)).astype(np.float32))\n"
+            "    out.update({f'{k}{threads}': v for k, v in model.state_dict().items()})\n"
+            "np.savez(sys.argv[1], **out)\n")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    for run in ("compiled", "loaded"):
+        done = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"{run}.npz")], env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    compiled, loaded = np.load(tmp_path / "compiled.npz"), np.load(tmp_path / "loaded.npz")
+    differ = [k for k in compiled.files if not np.array_equal(compiled[k], loaded[k])]
+    assert not differ, f"compiled and cached kernels disagree on {differ}"
+
+
 def test_every_cached_kernel_caches_under_the_sources_digest():
     """A kernel inlining code from another file must not load machine code built from older
     sources: every cached dispatcher of the package keeps its cache in the folder named after

@@ -73,7 +73,7 @@ def _kernel_runs(rng, dtype):
     z = rng.standard_normal((7, 3, 13)).astype(dtype)
     v = rng.uniform(0.5, 2.0, 7).astype(dtype)
     stats = rng.uniform(0.5, 2.0, 7)
-    a, d, inv_std = bn_gelu_forward(z, np.empty(7), np.empty(7), v, v, 1e-5, True)
+    a, xhat, d, inv_std = bn_gelu_forward(z, np.empty(7), np.empty(7), v, v, 1e-5, True)
     da = rng.standard_normal(a.shape).astype(dtype)
     xe = rng.standard_normal((3, 5, 10, 12)).astype(dtype)
     out, arg = maxpool2x2_forward(xe, 5, 6)
@@ -85,8 +85,7 @@ def _kernel_runs(rng, dtype):
             "bn_gelu_forward (training)": lambda p: _bn_gelu_training(z, v, p),
             "bn_gelu_forward (eval)": lambda p: bn_gelu_forward(z, stats, stats, v, v, 1e-5, False, p),
             "bn_gelu_inference": lambda p: bn_gelu_inference(z, v, v, p),
-            "bn_gelu_backward": lambda p: bn_gelu_backward(da, z, stats, inv_std, d, v, True, 0, p),
-            "bn_gelu_backward (padded)": lambda p: bn_gelu_backward(da, z, stats, inv_std, d, v, True, 13, p),
+            "bn_gelu_backward": lambda p: bn_gelu_backward(da, xhat, d, inv_std, v, True, p),
             "maxpool2x2_forward": lambda p: maxpool2x2_forward(xe, 5, 6, p),
             "maxpool2x2_max": lambda p: maxpool2x2_max(xe, 5, 6, p),
             "maxpool2d_backward": lambda p: maxpool2d_backward(dout, arg, 10, 12, p)}

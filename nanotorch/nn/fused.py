@@ -4,13 +4,12 @@ It *is* ``Sequential(Conv2d, BatchNorm2d, GELU)`` — same children, parameters,
 (``0.weight``, ``1.running_mean``, ...) and numbers (tests/test_fused.py checks it against the
 three layers run one by one) — but it does not materialise BatchNorm's output or GELU's input:
 
-    forward:   z = conv.forward_channels_first(x);  a, d, inv_std = bn_gelu_forward(z, mean, var, ...)
+    forward:   z = conv.forward_channels_first(x);  a, xhat, d, inv_std = bn_gelu_forward(z, mean, var, ...)
                (the batch's mean and var computed in the same pass when training)
-    backward:  dz, dgamma, dbeta = bn_gelu_backward(da, z, mean, inv_std, d, ...);  dx = conv's backward of dz
+    backward:  dz, dgamma, dbeta = bn_gelu_backward(da, xhat, d, inv_std, ...);  dx = conv's backward of dz
 
 z and dz stay in the (C, N, H*W) layout of the convolution's matrix product; the fused loops read
-and write across the two layouts, so the block never copies a transpose. When the convolution
-ran its direct 3x3 kernel, dz comes out already padded the way that kernel's backward reads it.
+and write across the two layouts, so the block never copies a transpose.
 
 The maths is BatchNorm2d's and GELU's (nanotorch/nn/batchnorm.py, activation.py); the fused
 loops are in nanotorch/kernels/batchnorm_gelu.py.
@@ -51,10 +50,10 @@ class ConvBNGELU(Sequential):
             mean, var = np.empty(c), np.empty(c)                  # the kernel fills in the batch's statistics
         else:
             mean, var = bn.running_mean.astype(np.float64), bn.running_var.astype(np.float64)
-        a, d, inv_std = bn_gelu_forward(z, mean, var, gamma, beta, bn.eps, self.training, par)
+        a, xhat, d, inv_std = bn_gelu_forward(z, mean, var, gamma, beta, bn.eps, self.training, par)
         if self.training:
             bn._update_running_stats(mean, var, n * oh * ow)
-        self.save_for_backward(z, mean, inv_std, d, self.training, (n, c, oh, ow))
+        self.save_for_backward(xhat, d, inv_std, self.training, (n, c, oh, ow))
         return a.reshape(n, c, oh, ow)
 
     def _inference(self, x, gamma, beta, par):
@@ -67,13 +66,11 @@ class ConvBNGELU(Sequential):
 
     def backward(self, da):
         conv, bn, _ = self
-        z, mean, inv_std, d, training, shape = self.saved_for_backward()
+        xhat, d, inv_std, training, shape = self.saved_for_backward()
         check_grad(self, da, shape)
         n, c, h, w = shape
-        direct = conv.saved_for_backward()[2]           # the direct kernel's backward reads dz padded
-        dz, dgamma, dbeta = bn_gelu_backward(np.ascontiguousarray(da).reshape(n, c, h * w), z, mean, inv_std, d,
-                                             bn.weight.data.astype(da.dtype, copy=False), training,
-                                             w if direct else 0, parallel(da.size))
+        dz, dgamma, dbeta = bn_gelu_backward(np.ascontiguousarray(da).reshape(n, c, h * w), xhat, d, inv_std,
+                                             bn.weight.data.astype(da.dtype, copy=False), training, parallel(da.size))
         bn.weight.accumulate_grad(dgamma)
         bn.bias.accumulate_grad(dbeta)
-        return conv.backward_padded(dz) if direct else conv.backward_channels_first(dz)
+        return conv.backward_channels_first(dz)
