@@ -16,14 +16,14 @@ sums of g and g * xhat are the parameter gradients, which is why they come out f
 kernels move between layouts as they go, so no transpose is ever copied.
 
 Each channel is one task (tasks.py), statistics and all: with ``parallel`` the channels spread
-over Numba's threads. Sums are accumulated in float64. Computing the batch statistics in the same
-task as the normalisation (one kernel where there were three calls and six small NumPy
-operations) made a training step of the MNIST recipe on two threads 2-4% faster (alternating
-runs, with dz then also written padded for the direct convolution). Left out since: the backward
-writing dz padded, so that the direct convolution's backward needs no padding pass (the version
-that saved 25% of the pair of passes rounded differently in the process that compiled it than
-once loaded from Numba's cache, see tests/test_kernels.py; the one that did not was no faster),
-and recomputing xhat from z instead of storing it (the same rounding trouble).
+over Numba's threads. Sums are accumulated in float64. The batch statistics are computed in the
+same task as the normalisation: one kernel where there were three calls and six small NumPy
+operations (measured only together with the other changes of that session, README: Performance).
+Tried and left out: the backward writing dz padded, so that the direct convolution's backward
+needs no padding pass (the version that saved 25% of the two passes rounded differently in the
+process that compiled it than once loaded from Numba's cache, see tests/test_kernels.py; the one
+that did not was no faster), and recomputing xhat from z instead of storing it (the same
+rounding trouble).
 The references compose the plain NumPy formulas.
 """
 import numpy as np
