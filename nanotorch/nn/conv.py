@@ -111,13 +111,18 @@ class Conv2d(Module):
     def backward_channels_first(self, dz):
         """dz: (OC, N, OH*OW) -> dx: (N, C, H, W); adds dW (and db) into the parameters' .grad."""
         inputs, (n, c, h, w), direct = self.saved_for_backward()
-        if direct:
-            par = parallel(min(dz.size, n * c * h * w))
-            return self.backward_padded(pad_planes(dz.reshape(self.out_channels, n, h, w).transpose(1, 0, 2, 3), par))
         oh, ow = self.output_shape(h, w)
         d = dz.reshape(self.out_channels, -1)
         if self.bias is not None:
             self.bias.accumulate_grad(d.sum(axis=1))
+        if direct:
+            par = parallel(min(dz.size, n * c * h * w))
+            dzp = pad_planes(dz.reshape(self.out_channels, n, h, w).transpose(1, 0, 2, 3), par)   # (N, OC, P)
+            self.weight.accumulate_grad(conv3x3_same_grad_weight(inputs, dzp, h, w, par))
+            if not self.input_requires_grad:
+                return None
+            flipped = flip_transpose(self.weight.data.astype(dz.dtype, copy=False))    # (C, OC, 3, 3)
+            return conv3x3_same(dzp, flipped, h, w, False, par).reshape(n, c, h, w)
         # dW2 = D @ cols^T, computed as (cols @ D^T)^T: OpenBLAS runs this orientation 1.7x faster here.
         self.weight.accumulate_grad((inputs @ d.T).T.reshape(self.weight.shape))
         if not self.input_requires_grad:
@@ -125,22 +130,6 @@ class Conv2d(Module):
         w2 = self.weight.data.reshape(self.out_channels, -1).astype(dz.dtype, copy=False)
         return col2im(w2.T @ d, n, c, h, w, *self.kernel_size, *self.stride, *self.padding, oh, ow,
                       overwrite_cols=True)                 # dcols is a temporary
-
-    def backward_padded(self, dzp):
-        """The backward of a forward that ran the direct kernel, from dz already padded:
-        dzp: (N, OC, (H+2)*(W+2) + 2), pad_planes' layout -> dx: (N, C, H, W)."""
-        inputs, (n, c, h, w), direct = self.saved_for_backward()
-        if not direct or dzp.shape != (n, self.out_channels, (h + 2) * (w + 2) + 2):
-            raise ValueError(f"Conv2d.backward_padded: expected dz padded as {(n, self.out_channels, (h + 2) * (w + 2) + 2)} "
-                             f"after a forward through the direct kernel, got {dzp.shape} (direct: {direct})")
-        if self.bias is not None:
-            self.bias.accumulate_grad(dzp.sum(axis=(0, 2)))        # the border zeros add nothing
-        par = parallel(min(dzp.size, n * c * h * w))
-        self.weight.accumulate_grad(conv3x3_same_grad_weight(inputs, dzp, h, w, par))
-        if not self.input_requires_grad:
-            return None
-        flipped = flip_transpose(self.weight.data.astype(dzp.dtype, copy=False))    # (C, OC, 3, 3)
-        return conv3x3_same(dzp, flipped, h, w, False, par).reshape(n, c, h, w)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
