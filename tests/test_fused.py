@@ -27,9 +27,10 @@ def test_bn_gelu_kernels_equal_reference(dtype, training):
     for got, want in ((a, a_ref), (xhat, xhat_ref), (d, d_ref), (inv_std, inv_std_ref)):
         np.testing.assert_allclose(got, want, **tol)
     da = rng.standard_normal((3, 5, 42)).astype(dtype)                   # (N, C, L)
-    got = K.bn_gelu_backward(da, xhat, d, inv_std, gamma, training)
+    dgamma, dbeta = np.full(5, 0.5), np.full(5, -0.25)                   # the sums are added into these
+    dz = K.bn_gelu_backward(da, xhat, d, inv_std, gamma, training, dgamma, dbeta)
     want = K.bn_gelu_backward_reference(da, xhat, d, inv_std, gamma, training)
-    for g, w in zip(got, want):
+    for g, w in zip((dz, dgamma - 0.5, dbeta + 0.25), want):
         np.testing.assert_allclose(g, w, **(tol if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)))
     with pytest.raises(ValueError, match="z.shape"):
         K.bn_gelu_forward(z, mean[:4], var, gamma, beta, 1e-5, training)

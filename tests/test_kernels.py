@@ -192,7 +192,8 @@ def test_kernels_compiled_and_loaded_from_the_cache_give_the_same_bits(tmp_path)
             "    rng = np.random.default_rng(0)\n"
             "    for step in range(3):\n"
             "        x = rng.standard_normal((4, 1, 28, 28)).astype(np.float32)\n"
-            "        crit(model(x), rng.integers(0, 10, 4)); opt.zero_grad(); model.backward(crit.backward()); opt.step()\n"
+            "        crit(model(x), rng.integers(0, 10, 4)); opt.zero_grad(); model.backward(crit.backward())\n"
+            "        nn.utils.clip_grad_norm_(model.parameters(), 1.0); opt.step()\n"
             "    model.eval()\n"
             "    with nt.no_grad():\n"
             "        out[f'logits{threads}'] = model(rng.standard_normal((8, 1, 28, 28)).astype(np.float32))\n"
@@ -213,9 +214,9 @@ def test_every_cached_kernel_caches_under_the_sources_digest():
     sources: every cached dispatcher of the package keeps its cache in the folder named after
     the digest of all kernel sources (nanotorch/kernels/__init__.py)."""
     import numba
-    from nanotorch.kernels import batchnorm_gelu, gelu, im2col, pooling
+    from nanotorch.kernels import batchnorm_gelu, conv3x3, gelu, im2col, optim, pooling
     folder = K._cache_dir().name
-    dispatchers = [f for module in (batchnorm_gelu, gelu, im2col, pooling) for f in vars(module).values()
+    dispatchers = [f for module in (batchnorm_gelu, conv3x3, gelu, im2col, optim, pooling) for f in vars(module).values()
                    if isinstance(f, numba.core.registry.CPUDispatcher) and f._cache is not None
                    and type(f._cache).__name__ == "FunctionCache"]
     assert len(dispatchers) >= 10
@@ -262,3 +263,30 @@ def test_direct_conv3x3_equals_reference(shape, dtype):
     np.testing.assert_allclose(dx, K.col2im_reference(dcols, n, c, h, w, 3, 3, 1, 1, 1, 1, h, w), **tol)
     np.testing.assert_allclose(K.conv3x3_same_grad_weight(xp, dzp, h, w),
                                K.conv3x3_same_grad_weight_reference(x, dz), **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sum_of_squares_equals_reference(dtype):
+    x = rng.standard_normal(24_023).astype(dtype)
+    assert np.isclose(K.sum_of_squares(x), K.sum_of_squares_reference(x), rtol=1e-13, atol=0)
+    assert K.sum_of_squares(np.zeros(0, dtype)) == 0.0
+    assert K.sum_of_squares(np.array([3.0, -4.0], dtype)) == 25.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("momentum, dampening, weight_decay, nesterov",
+                         [(0.0, 0.0, 0.0, False), (0.9, 0.0, 0.0, False), (0.85, 0.1, 0.01, False), (0.9, 0.0, 0.05, True)])
+def test_sgd_update_gives_the_reference_bits(dtype, momentum, dampening, weight_decay, nesterov):
+    """Three steps (the first starts the momentum buffer) of the compiled loop and of the NumPy formula."""
+    p0 = rng.standard_normal(1001).astype(dtype)
+    p, buf = [p0.copy(), p0.copy()], [np.empty(1001, dtype) for _ in range(2)]
+    for step in range(3):
+        g = rng.standard_normal(1001).astype(dtype)
+        g_before = g.copy()
+        args = (0.1 / (step + 1), momentum, dampening, weight_decay, nesterov, step == 0)
+        K.sgd_update(p[0], g, buf[0], *args)
+        K.sgd_update_reference(p[1], g, buf[1], *args)
+        np.testing.assert_array_equal(p[0], p[1])
+        np.testing.assert_array_equal(g, g_before)
+        if momentum:
+            np.testing.assert_array_equal(buf[0], buf[1])

@@ -65,6 +65,11 @@ def _bn_gelu_training(z, v, p):
     return (*bn_gelu_forward(z, mean, var, v, v, 1e-5, True, p), mean, var)
 
 
+def _bn_gelu_backward(da, xhat, d, inv_std, v, p):
+    dgamma, dbeta = np.zeros_like(v), np.zeros_like(v)
+    return bn_gelu_backward(da, xhat, d, inv_std, v, True, dgamma, dbeta, p), dgamma, dbeta
+
+
 def _kernel_runs(rng, dtype):
     """Each kernel with a task loop, on odd shapes, as a function of ``parallel``."""
     x = rng.standard_normal((3, 5, 9, 11)).astype(dtype)
@@ -85,7 +90,7 @@ def _kernel_runs(rng, dtype):
             "bn_gelu_forward (training)": lambda p: _bn_gelu_training(z, v, p),
             "bn_gelu_forward (eval)": lambda p: bn_gelu_forward(z, stats, stats, v, v, 1e-5, False, p),
             "bn_gelu_inference": lambda p: bn_gelu_inference(z, v, v, p),
-            "bn_gelu_backward": lambda p: bn_gelu_backward(da, xhat, d, inv_std, v, True, p),
+            "bn_gelu_backward": lambda p: _bn_gelu_backward(da, xhat, d, inv_std, v, p),
             "maxpool2x2_forward": lambda p: maxpool2x2_forward(xe, 5, 6, p),
             "maxpool2x2_max": lambda p: maxpool2x2_max(xe, 5, 6, p),
             "maxpool2d_backward": lambda p: maxpool2d_backward(dout, arg, 10, 12, p)}

@@ -32,7 +32,7 @@ class Dropout(Module):
             mask = np.zeros_like(x)
         else:
             rng = self.generator if self.generator is not None else default_generator()
-            mask = (rng.random(x.shape) >= self.p).astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+            mask = (rng.random(x.shape) >= self.p) * x.dtype.type(1.0 / (1.0 - self.p))     # bool * scale: x's dtype
         self.save_for_backward(mask)
         return x * mask
 

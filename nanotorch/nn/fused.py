@@ -6,7 +6,8 @@ three layers run one by one) — but it does not materialise BatchNorm's output 
 
     forward:   z = conv.forward_channels_first(x);  a, xhat, d, inv_std = bn_gelu_forward(z, mean, var, ...)
                (the batch's mean and var computed in the same pass when training)
-    backward:  dz, dgamma, dbeta = bn_gelu_backward(da, xhat, d, inv_std, ...);  dx = conv's backward of dz
+    backward:  dz = bn_gelu_backward(da, xhat, d, inv_std, ...)  (adding dgamma, dbeta into the grads);
+               dx = conv's backward of dz
 
 z and dz stay in the (C, N, H*W) layout of the convolution's matrix product; the fused loops read
 and write across the two layouts, so the block never copies a transpose.
@@ -69,8 +70,7 @@ class ConvBNGELU(Sequential):
         xhat, d, inv_std, training, shape = self.saved_for_backward()
         check_grad(self, da, shape)
         n, c, h, w = shape
-        dz, dgamma, dbeta = bn_gelu_backward(np.ascontiguousarray(da).reshape(n, c, h * w), xhat, d, inv_std,
-                                             bn.weight.data.astype(da.dtype, copy=False), training, parallel(da.size))
-        bn.weight.accumulate_grad(dgamma)
-        bn.bias.accumulate_grad(dbeta)
+        dz = bn_gelu_backward(np.ascontiguousarray(da).reshape(n, c, h * w), xhat, d, inv_std,
+                              bn.weight.data.astype(da.dtype, copy=False), training,
+                              bn.weight.grad_to_accumulate(), bn.bias.grad_to_accumulate(), parallel(da.size))
         return conv.backward_channels_first(dz)

@@ -60,6 +60,12 @@ class Parameter:
         else:
             self._grad += g
 
+    def grad_to_accumulate(self):
+        """The array a kernel adds this parameter's gradient into: ``grad``, zeros if it was None."""
+        if self._grad is None:
+            self._set_grad(np.zeros_like(self.data))
+        return self._grad
+
     def __repr__(self):
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 

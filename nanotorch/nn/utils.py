@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 
+from nanotorch.kernels.optim import sum_of_squares
 from nanotorch.nn.module import Parameter
 
 
@@ -12,6 +13,8 @@ def _vector_norm(x, norm_type):
     p = inf: max |x|;  p = -inf: min |x|;  p = 0: number of non-zeros;  else (sum |x|^p)^(1/p).
     Accumulated in float64 so float32 gradients lose nothing to the sum.
     """
+    if norm_type == 2:                   # the common case: one compiled pass, no float64 copy (kernels/optim.py)
+        return math.sqrt(sum_of_squares(np.ravel(x)))
     x = np.abs(np.asarray(x, dtype=np.float64)).ravel()
     if norm_type == math.inf:
         return x.max() if x.size else 0.0
@@ -21,8 +24,6 @@ def _vector_norm(x, norm_type):
         return float(np.count_nonzero(x))
     if norm_type == 1:
         return x.sum()
-    if norm_type == 2:
-        return math.sqrt(np.dot(x, x))
     return np.sum(x ** norm_type) ** (1.0 / norm_type)
 
 

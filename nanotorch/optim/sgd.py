@@ -3,6 +3,7 @@ import numbers
 
 import numpy as np
 
+from nanotorch.kernels.optim import sgd_update, sgd_update_reference
 from nanotorch.optim.optimizer import Optimizer
 
 
@@ -64,19 +65,22 @@ class SGD(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                g = p.grad
-                if weight_decay != 0:
-                    g = g + weight_decay * p.data  # a new array: p.grad itself is left as it was
+                buf = None
                 if momentum != 0:
                     state = self.state.setdefault(p, {})
                     buf = state.get("momentum_buffer")
-                    if buf is None:
-                        # PyTorch starts the buffer at g, not at 0: no bias towards zero at step 1.
-                        buf = np.array(g, copy=True)
-                        state["momentum_buffer"] = buf
-                    else:
-                        buf *= momentum
-                        buf += (1 - dampening) * g
-                    g = g + momentum * buf if nesterov else buf
-                p.data -= lr * g
+                first = buf is None
+                if momentum != 0 and first:
+                    # PyTorch starts the buffer at g, not at 0: no bias towards zero at step 1.
+                    buf = state["momentum_buffer"] = np.empty_like(p.data)
+                args = (lr, momentum, dampening, weight_decay, nesterov, first)
+                if _one_contiguous_dtype(p.data, p.grad, p.data if buf is None else buf):
+                    sgd_update(p.data.reshape(-1), p.grad.reshape(-1),       # one compiled loop (kernels/optim.py)
+                               (p.data if buf is None else buf).reshape(-1), *args)
+                else:
+                    sgd_update_reference(p.data, p.grad, buf, *args)           # the same formula in NumPy
         return loss
+
+
+def _one_contiguous_dtype(*arrays):
+    return all(a.dtype == arrays[0].dtype and a.flags.c_contiguous for a in arrays)
