@@ -14,15 +14,17 @@ rng = np.random.default_rng(0)
 @pytest.mark.parametrize("training", [True, False])
 def test_bn_gelu_kernels_equal_reference(dtype, training):
     z = (rng.standard_normal((5, 3, 6 * 7)) * 2 + 1).astype(dtype)      # (C, N, L)
-    running = (rng.standard_normal(5), rng.uniform(0.5, 2, 5))
-    mean, var = (np.empty(5), np.empty(5)) if training else (running[0].copy(), running[1].copy())
+    running = (rng.standard_normal(5).astype(dtype), rng.uniform(0.5, 2, 5).astype(dtype))
+    mean, var = running[0].copy(), running[1].copy()                    # updated in place when training
+    mean_ref, var_ref = running[0].copy(), running[1].copy()
     gamma, beta = rng.standard_normal(5).astype(dtype), rng.standard_normal(5).astype(dtype)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == np.float64 else dict(rtol=2e-6, atol=2e-6)
-    a, xhat, d, inv_std = K.bn_gelu_forward(z, mean, var, gamma, beta, 1e-5, training)
-    a_ref, xhat_ref, d_ref, inv_std_ref, mean_ref, var_ref = K.bn_gelu_forward_reference(z, *running, gamma, beta, 1e-5,
-                                                                                        training)
+    a, xhat, d, inv_std = K.bn_gelu_forward(z, mean, var, gamma, beta, training, 0.3, 1e-5)
+    a_ref, xhat_ref, d_ref, inv_std_ref = K.bn_gelu_forward_reference(z, mean_ref, var_ref, gamma, beta, training, 0.3,
+                                                                      1e-5)
     np.testing.assert_allclose(mean, mean_ref, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(var, var_ref, rtol=1e-6)
+    assert (mean != running[0]).all() if training else (mean == running[0]).all() and (var == running[1]).all()
     assert inv_std.dtype == dtype
     for got, want in ((a, a_ref), (xhat, xhat_ref), (d, d_ref), (inv_std, inv_std_ref)):
         np.testing.assert_allclose(got, want, **tol)
@@ -33,7 +35,7 @@ def test_bn_gelu_kernels_equal_reference(dtype, training):
     for g, w in zip((dz, dgamma - 0.5, dbeta + 0.25), want):
         np.testing.assert_allclose(g, w, **(tol if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)))
     with pytest.raises(ValueError, match="z.shape"):
-        K.bn_gelu_forward(z, mean[:4], var, gamma, beta, 1e-5, training)
+        K.bn_gelu_forward(z, mean[:4], var, gamma, beta, training, 0.3, 1e-5)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

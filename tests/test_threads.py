@@ -60,9 +60,9 @@ def test_training_on_two_threads_matches_one_and_repeats_bitwise(direct, restore
 
 
 def _bn_gelu_training(z, v, p):
-    """bn_gelu_forward with the batch's statistics, returned along with its outputs."""
-    mean, var = np.empty(z.shape[0]), np.empty(z.shape[0])
-    return (*bn_gelu_forward(z, mean, var, v, v, 1e-5, True, p), mean, var)
+    """bn_gelu_forward with the batch's statistics, returned along with the running statistics it updated."""
+    running_mean, running_var = np.zeros(z.shape[0], z.dtype), np.ones(z.shape[0], z.dtype)
+    return (*bn_gelu_forward(z, running_mean, running_var, v, v, True, 0.1, 1e-5, p), running_mean, running_var)
 
 
 def _bn_gelu_backward(da, xhat, d, inv_std, v, p):
@@ -78,7 +78,7 @@ def _kernel_runs(rng, dtype):
     z = rng.standard_normal((7, 3, 13)).astype(dtype)
     v = rng.uniform(0.5, 2.0, 7).astype(dtype)
     stats = rng.uniform(0.5, 2.0, 7)
-    a, xhat, d, inv_std = bn_gelu_forward(z, np.empty(7), np.empty(7), v, v, 1e-5, True)
+    a, xhat, d, inv_std = bn_gelu_forward(z, np.zeros(7), np.ones(7), v, v, True, 0.1, 1e-5)
     da = rng.standard_normal(a.shape).astype(dtype)
     xe = rng.standard_normal((3, 5, 10, 12)).astype(dtype)
     out, arg = maxpool2x2_forward(xe, 5, 6)
@@ -88,7 +88,7 @@ def _kernel_runs(rng, dtype):
             "conv3x3_same (N, OC, L)": lambda p: conv3x3_same(xp, w, 9, 11, False, p),
             "conv3x3_same_grad_weight": lambda p: conv3x3_same_grad_weight(xp, dzp, 9, 11, p),
             "bn_gelu_forward (training)": lambda p: _bn_gelu_training(z, v, p),
-            "bn_gelu_forward (eval)": lambda p: bn_gelu_forward(z, stats, stats, v, v, 1e-5, False, p),
+            "bn_gelu_forward (eval)": lambda p: bn_gelu_forward(z, stats, stats, v, v, False, 0.0, 1e-5, p),
             "bn_gelu_inference": lambda p: bn_gelu_inference(z, v, v, p),
             "bn_gelu_backward": lambda p: _bn_gelu_backward(da, xhat, d, inv_std, v, p),
             "maxpool2x2_forward": lambda p: maxpool2x2_forward(xe, 5, 6, p),

@@ -77,15 +77,21 @@ def update_running_stats(running_mean, running_var, mean, var, f, m):
 
 
 @njit(cache=True, nogil=True, **PRANGE, **FAST)
-def bn_gelu_forward(z, mean, var, gamma, beta, eps, training, parallel=False):
-    """z: (C, N, L); gamma, beta: (C,) in z's dtype; mean, var: (C,) float64 ->
-    a: (N, C, L), xhat, d = GELU'(u): (C, N, L), inv_std: (C,) in z's dtype.
+def bn_gelu_forward(z, running_mean, running_var, gamma, beta, training, momentum, eps, parallel=False):
+    """z: (C, N, L); gamma, beta: (C,) in z's dtype; running_mean, running_var: (C,) ->
+    a: (N, C, L), xhat, d = GELU'(u): (C, N, L), inv_std: (C,) in z's dtype. The arguments in the
+    order of torch.nn.functional.batch_norm.
 
-    ``training``: each channel's mean and biased variance over its N * L values are computed and
-    written into ``mean`` and ``var``; otherwise they are read from them (the running statistics)."""
+    ``training``: each channel's mean and biased variance over its N * L values normalise it, and
+    are folded into the running statistics with factor ``momentum`` (update_running_stats, after the
+    channels' tasks); otherwise the running statistics normalise."""
     c_, n_, l_ = z.shape
-    if mean.size != c_ or var.size != c_ or gamma.size != c_ or beta.size != c_:
-        raise ValueError("bn_gelu_forward: expected mean, var, gamma and beta of z.shape[0] values")
+    if running_mean.size != c_ or running_var.size != c_ or gamma.size != c_ or beta.size != c_:
+        raise ValueError("bn_gelu_forward: expected running_mean, running_var, gamma and beta of z.shape[0] values")
+    mean, var = np.empty(c_), np.empty(c_)                 # float64: the batch's, or the running ones
+    if not training:
+        mean[:] = running_mean
+        var[:] = running_var
     a = np.empty((n_, c_, l_), dtype=z.dtype)
     xhat = np.empty_like(z)
     d = np.empty_like(z)
@@ -96,6 +102,8 @@ def bn_gelu_forward(z, mean, var, gamma, beta, eps, training, parallel=False):
     else:
         for c in range(c_):
             _forward_channel(z, mean, var, gamma, beta, eps, training, c, a, xhat, d, inv_std)
+    if training:
+        update_running_stats(running_mean, running_var, mean, var, momentum, n_ * l_)
     return a, xhat, d, inv_std
 
 
@@ -186,15 +194,18 @@ def update_running_stats_reference(running_mean, running_var, mean, var, f, m):
     running_var[...] = (1 - f) * running_var + f * unbiased
 
 
-def bn_gelu_forward_reference(z, mean, var, gamma, beta, eps, training):
-    """Plain NumPy twin of bn_gelu_forward; returns (a, xhat, d, inv_std, mean, var) (mean and var
-    computed when training, else the given ones)."""
+def bn_gelu_forward_reference(z, running_mean, running_var, gamma, beta, training, momentum, eps):
+    """Plain NumPy twin of bn_gelu_forward (the running statistics updated in place the same way)."""
     if training:
         mean, var = z.astype(np.float64).mean(axis=(1, 2)), z.astype(np.float64).var(axis=(1, 2))
+    else:
+        mean, var = running_mean.astype(np.float64), running_var.astype(np.float64)
     inv_std = 1.0 / np.sqrt(var.astype(z.dtype) + z.dtype.type(eps))
     xhat = (z - mean.astype(z.dtype)[:, None, None]) * inv_std[:, None, None]
     a, d = gelu_forward_reference(gamma[:, None, None] * xhat + beta[:, None, None])
-    return np.ascontiguousarray(a.astype(z.dtype).transpose(1, 0, 2)), xhat, d.astype(z.dtype), inv_std, mean, var
+    if training:
+        update_running_stats_reference(running_mean, running_var, mean, var, momentum, z.shape[1] * z.shape[2])
+    return np.ascontiguousarray(a.astype(z.dtype).transpose(1, 0, 2)), xhat, d.astype(z.dtype), inv_std
 
 
 def bn_gelu_inference_reference(z, scale, shift):

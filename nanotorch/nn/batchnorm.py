@@ -65,9 +65,13 @@ class _BatchNorm(Module):
     def _update_running_stats(self, mu, var, m):
         """Fold a batch's mean and biased variance (over m values a channel) into the running ones;
         the running variance is the unbiased estimate, var * m / (m - 1), as PyTorch keeps it."""
+        update_running_stats(self.running_mean, self.running_var, mu, var, self._count_batch(), float(m))
+
+    def _count_batch(self):
+        """Count a training batch; returns the factor its statistics get in the running ones:
+        ``momentum``, or 1 / batches so far when momentum is None (a cumulative average)."""
         self.num_batches_tracked += 1
-        f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        update_running_stats(self.running_mean, self.running_var, mu, var, float(f), float(m))
+        return float(1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum)
 
     def backward(self, dy):
         xhat, inv_std, axes, shape, training = self.saved_for_backward()

@@ -4,8 +4,8 @@ It *is* ``Sequential(Conv2d, BatchNorm2d, GELU)`` — same children, parameters,
 (``0.weight``, ``1.running_mean``, ...) and numbers (tests/test_fused.py checks it against the
 three layers run one by one) — but it does not materialise BatchNorm's output or GELU's input:
 
-    forward:   z = conv.forward_channels_first(x);  a, xhat, d, inv_std = bn_gelu_forward(z, mean, var, ...)
-               (the batch's mean and var computed in the same pass when training)
+    forward:   z = conv.forward_channels_first(x);  a, xhat, d, inv_std = bn_gelu_forward(z, running stats, ...)
+               (the batch's mean and var computed, and the running statistics updated, in the same call)
     backward:  dz = bn_gelu_backward(da, xhat, d, inv_std, ...)  (adding dgamma, dbeta into the grads);
                dx = conv's backward of dz
 
@@ -47,13 +47,9 @@ class ConvBNGELU(Sequential):
         if not self.training and not is_grad_enabled():
             return self._inference(x, gamma, beta, par).reshape(n, c, oh, ow)
         z = conv.forward_channels_first(x)                                       # (C, N, L)
-        if self.training:
-            mean, var = np.empty(c), np.empty(c)                  # the kernel fills in the batch's statistics
-        else:
-            mean, var = bn.running_mean.astype(np.float64), bn.running_var.astype(np.float64)
-        a, xhat, d, inv_std = bn_gelu_forward(z, mean, var, gamma, beta, bn.eps, self.training, par)
-        if self.training:
-            bn._update_running_stats(mean, var, n * oh * ow)
+        momentum = bn._count_batch() if self.training else 0.0    # the kernel updates the running statistics
+        a, xhat, d, inv_std = bn_gelu_forward(z, bn.running_mean, bn.running_var, gamma, beta, self.training,
+                                              momentum, bn.eps, par)
         self.save_for_backward(xhat, d, inv_std, self.training, (n, c, oh, ow))
         return a.reshape(n, c, oh, ow)
 
