@@ -46,7 +46,6 @@ try:          # the kernels' dispatchers choose their cache folder as they are d
                                            maxpool2d_forward_reference, maxpool2d_backward_reference)
     from nanotorch.kernels.gelu import gelu_forward, gelu_forward_reference
     from nanotorch.kernels.conv3x3 import (pad_planes, conv3x3_same, conv3x3_same_grad_weight, flip_transpose,
-                                           conv3x3_same_forward, conv3x3_same_backward,
                                            flip_transpose_reference, conv3x3_same_reference,
                                            conv3x3_same_grad_weight_reference)
     from nanotorch.kernels import batchnorm_gelu  # noqa: F401  (imported by nn/fused.py; cached here too)
@@ -57,6 +56,5 @@ finally:
 __all__ = ["im2col", "col2im", "im2col_reference", "col2im_reference", "maxpool2d_forward", "maxpool2x2_forward",
            "maxpool2x2_max", "maxpool2d_backward", "maxpool2d_forward_reference", "maxpool2d_backward_reference", "gelu_forward",
            "gelu_forward_reference", "pad_planes", "conv3x3_same", "conv3x3_same_grad_weight", "flip_transpose",
-           "conv3x3_same_forward", "conv3x3_same_backward",
            "flip_transpose_reference", "conv3x3_same_reference", "conv3x3_same_grad_weight_reference", "sum_of_squares",
            "sum_of_squares_reference", "sgd_update", "sgd_update_reference"]

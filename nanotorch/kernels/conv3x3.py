@@ -230,28 +230,6 @@ def _two_channel_taps(x, d, e, dw_d, dw_e, both, wp, m):
 
 
 @njit(cache=True, nogil=True)
-def conv3x3_same_forward(x, w, channels_first, parallel=False):
-    """A layer's forward in one call: x (N, C, H, W) -> (z, xp): z = conv3x3_same(xp, w, ...), and
-    xp = pad_planes(x), which the backward reads. (One call instead of two from Python: the
-    calls, not the work, were 1-6 us of a layer.)"""
-    xp = pad_planes(x, parallel)
-    return conv3x3_same(xp, w, x.shape[2], x.shape[3], channels_first, parallel), xp
-
-
-@njit(cache=True, nogil=True)
-def conv3x3_same_backward(xp, dz, w, input_grad, parallel=False):
-    """A layer's backward in one call: xp from the forward, dz (N, OC, H, W) any strides, w (OC, C, 3, 3)
-    -> (dw, dx): dz padded, dw = conv3x3_same_grad_weight(xp, dzp), and if ``input_grad``
-    dx = conv3x3_same(dzp, flip_transpose(w)) as (N, C, H*W), else None."""
-    h_, w_ = dz.shape[2], dz.shape[3]
-    dzp = pad_planes(dz, parallel)
-    dw = conv3x3_same_grad_weight(xp, dzp, h_, w_, parallel)
-    if not input_grad:
-        return dw, None
-    return dw, conv3x3_same(dzp, flip_transpose(w), h_, w_, False, parallel)
-
-
-@njit(cache=True, nogil=True)
 def flip_transpose(w):
     """w: (OC, C, 3, 3) -> (C, OC, 3, 3) flipped in both spatial axes: the kernel of dx = conv(dz).
     (NumPy's copy of the reversed, transposed view took 2-6 us a layer; this loop well under 1.)"""

@@ -31,7 +31,7 @@ their (OC, N, OH*OW) layout, for a fused layer that reads and writes that layout
 """
 import numpy as np
 
-from nanotorch.kernels import col2im, conv3x3_same_backward, conv3x3_same_forward, im2col
+from nanotorch.kernels import col2im, conv3x3_same, conv3x3_same_grad_weight, flip_transpose, im2col, pad_planes
 from nanotorch.nn._checks import check_grad, check_input, pair
 from nanotorch.nn.init import default_weight_and_bias
 from nanotorch.nn.module import Module, Parameter
@@ -98,7 +98,8 @@ class Conv2d(Module):
         direct = self.uses_direct_kernel(x.shape)
         if direct:
             par = parallel(min(x.size, n * self.out_channels * h * w))   # spread over threads? (nanotorch/threads.py)
-            z, inputs = conv3x3_same_forward(x, weight, True, par)  # (OC, N, H*W); x padded: (N, C, (H+2)*(W+2) + 2)
+            inputs = pad_planes(x, par)                             # (N, C, (H+2)*(W+2) + 2)
+            z = conv3x3_same(inputs, weight, h, w, True, par)       # (OC, N, H*W)
         else:
             inputs = im2col(x, *self.kernel_size, *self.stride, *self.padding, oh, ow)   # (C*KH*KW, N*OH*OW)
             z = (weight.reshape(self.out_channels, -1) @ inputs).reshape(self.out_channels, n, oh * ow)
@@ -115,11 +116,13 @@ class Conv2d(Module):
         if self.bias is not None:
             self.bias.accumulate_grad(d.sum(axis=1))
         if direct:
-            dw, dx = conv3x3_same_backward(inputs, dz.reshape(self.out_channels, n, h, w).transpose(1, 0, 2, 3),
-                                           self.weight.data.astype(dz.dtype, copy=False), self.input_requires_grad,
-                                           parallel(min(dz.size, n * c * h * w)))
-            self.weight.accumulate_grad(dw)
-            return None if dx is None else dx.reshape(n, c, h, w)
+            par = parallel(min(dz.size, n * c * h * w))
+            dzp = pad_planes(dz.reshape(self.out_channels, n, h, w).transpose(1, 0, 2, 3), par)   # (N, OC, P)
+            self.weight.accumulate_grad(conv3x3_same_grad_weight(inputs, dzp, h, w, par))
+            if not self.input_requires_grad:
+                return None
+            flipped = flip_transpose(self.weight.data.astype(dz.dtype, copy=False))    # (C, OC, 3, 3)
+            return conv3x3_same(dzp, flipped, h, w, False, par).reshape(n, c, h, w)
         # dW2 = D @ cols^T, computed as (cols @ D^T)^T: OpenBLAS runs this orientation 1.7x faster here.
         self.weight.accumulate_grad((inputs @ d.T).T.reshape(self.weight.shape))
         if not self.input_requires_grad:
