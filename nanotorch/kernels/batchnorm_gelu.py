@@ -107,7 +107,7 @@ def bn_gelu_forward(z, running_mean, running_var, gamma, beta, training, momentu
     return a, xhat, d, inv_std
 
 
-@njit(nogil=True, **FAST)
+@njit(nogil=True, inline="always", **FAST)
 def _forward_channel(z, mean, var, gamma, beta, eps, training, c, a, xhat, d, inv_std):
     """Channel c. The arrays come whole, indexed in the loop: a slice such as a[:, c] of the
     (N, C, L) output is not contiguous, and Numba's slices lose the layout that lets the loop
@@ -140,7 +140,7 @@ def bn_gelu_inference(z, scale, shift, parallel=False):
     return a
 
 
-@njit(nogil=True, **FAST)
+@njit(nogil=True, inline="always", **FAST)
 def _inference_channel(z, k, b, c, a):
     for n in range(z.shape[1]):
         for i in range(z.shape[2]):
@@ -165,7 +165,7 @@ def bn_gelu_backward(da, xhat, d, inv_std, gamma, training, dgamma, dbeta, paral
     return dz
 
 
-@njit(nogil=True, **FAST)
+@njit(nogil=True, inline="always", **FAST)
 def _backward_channel(da, xhat, d, inv_std, gamma, training, c, dz, dgamma, dbeta):
     """Channel c: writes dz[c], adds its sums into dgamma[c] and dbeta[c]."""
     n_, l_ = xhat.shape[1:]

@@ -193,7 +193,7 @@ def _weight_task(xp, dzp, oc, ci, dw, wp, m):
         _two_channel_taps(xp[n, ci], dzp[n, oc], dzp[n, oc2], dw[oc, ci], dw[oc2, ci], oc2 != oc, wp, m)
 
 
-@njit(nogil=True, **FAST)
+@njit(nogil=True, inline="always", **FAST)
 def _two_channel_taps(x, d, e, dw_d, dw_e, both, wp, m):
     """Add one image's nine shifted dot products of input plane x with the padded dz planes d and
     e into dw_d and dw_e (3, 3): two output channels share the nine input loads (18 multiply-adds

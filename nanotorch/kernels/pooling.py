@@ -65,7 +65,7 @@ def maxpool2x2_forward(x, oh, ow, parallel=False):
     return out, arg
 
 
-@njit(nogil=True)
+@njit(nogil=True, inline="always")
 def _argmax_plane(x, out, arg):
     """x: (H, W), H and W even -> out, arg: (H/2, W/2), by the two passes above."""
     oh, ow = out.shape
@@ -112,7 +112,7 @@ def maxpool2x2_max(x, oh, ow, parallel=False):
     return out
 
 
-@njit(nogil=True)
+@njit(nogil=True, inline="always")
 def _max_plane(x, out):
     oh, w_ = out.shape[0], x.shape[1]
     flat = np.ascontiguousarray(x).reshape(-1)
