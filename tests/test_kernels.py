@@ -256,7 +256,10 @@ def test_direct_conv3x3_equals_reference(shape, dtype):
     np.testing.assert_allclose(z, K.conv3x3_same_reference(x, wt), **tol)
     z_cf = K.conv3x3_same(xp, wt, h, w, True)                           # channels first: (OC, N, H*W)
     np.testing.assert_array_equal(z_cf.transpose(1, 0, 2).reshape(z.shape), z)
-    dzp = K.pad_planes(dz.transpose(1, 0, 2, 3).copy().transpose(1, 0, 2, 3))   # a strided view, as Conv2d passes
+    dz_cf = dz.transpose(1, 0, 2, 3).copy()                             # (OC, N, H, W), as Conv2d passes it
+    dzp = K.pad_planes(dz_cf, channels_first=True)
+    np.testing.assert_array_equal(dzp, K.pad_planes(dz))                # the same padded planes
+    np.testing.assert_array_equal(dzp, K.pad_planes(dz_cf.transpose(1, 0, 2, 3)))   # through a strided view
     np.testing.assert_array_equal(K.flip_transpose(wt), K.flip_transpose_reference(wt))
     dx = K.conv3x3_same(dzp, K.flip_transpose(wt), h, w, False).reshape(x.shape)
     dcols = wt.reshape(oc, -1).T @ dz.transpose(1, 0, 2, 3).reshape(oc, -1)

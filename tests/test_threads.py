@@ -83,7 +83,9 @@ def _kernel_runs(rng, dtype):
     xe = rng.standard_normal((3, 5, 10, 12)).astype(dtype)
     out, arg = maxpool2x2_forward(xe, 5, 6)
     dout = rng.standard_normal(out.shape).astype(dtype)
+    x_cf = np.ascontiguousarray(x.transpose(1, 0, 2, 3))
     return {"pad_planes": lambda p: pad_planes(x, p),
+            "pad_planes (channels first)": lambda p: pad_planes(x_cf, p, True),
             "conv3x3_same": lambda p: conv3x3_same(xp, w, 9, 11, True, p),
             "conv3x3_same (N, OC, L)": lambda p: conv3x3_same(xp, w, 9, 11, False, p),
             "conv3x3_same_grad_weight": lambda p: conv3x3_same_grad_weight(xp, dzp, 9, 11, p),

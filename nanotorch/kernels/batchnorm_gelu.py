@@ -33,7 +33,7 @@ from nanotorch.kernels.gelu import FAST, gelu, gelu_and_grad, gelu_forward_refer
 from nanotorch.kernels.tasks import PRANGE
 
 
-@njit(nogil=True, **FAST)
+@njit(nogil=True, inline="always", **FAST)
 def _mean_var(v):
     """v: (N, L) -> (mean, biased variance) in float64, by two passes (no cancellation)."""
     s = 0.0

@@ -117,7 +117,7 @@ class Conv2d(Module):
             self.bias.accumulate_grad(d.sum(axis=1))
         if direct:
             par = parallel(min(dz.size, n * c * h * w))
-            dzp = pad_planes(dz.reshape(self.out_channels, n, h, w).transpose(1, 0, 2, 3), par)   # (N, OC, P)
+            dzp = pad_planes(dz.reshape(self.out_channels, n, h, w), par, channels_first=True)   # (N, OC, P)
             self.weight.accumulate_grad(conv3x3_same_grad_weight(inputs, dzp, h, w, par))
             if not self.input_requires_grad:
                 return None
