@@ -19,6 +19,8 @@ Each channel is one task (tasks.py), statistics and all: with ``parallel`` the c
 over Numba's threads. Sums are accumulated in float64. The batch statistics are computed in the
 same task as the normalisation: one kernel where there were three calls and six small NumPy
 operations (measured only together with the other changes of that session, README: Performance).
+The forward also folds them into the running statistics, and the backward adds dgamma and dbeta
+into the parameters' gradients: a layer's BatchNorm is one call each way, with no Python between.
 Tried and left out: the backward writing dz padded, so that the direct convolution's backward
 needs no padding pass (the version that saved 25% of the two passes rounded differently in the
 process that compiled it than once loaded from Numba's cache, see tests/test_kernels.py; the one

@@ -50,8 +50,10 @@ def pad_planes(x, parallel=False, channels_first=False):
     plus two zeros at the end so the last shifted read stays inside. One task per plane.
     ``channels_first``: x is (C, N, H, W) instead, as a gradient comes from the layer above (its
     planes read contiguously: 1.5-1.9x faster than through a transposed view); the output is the same."""
-    c_, n_ = x.shape[:2] if channels_first else x.shape[1::-1]
-    h_, w_ = x.shape[2:]
+    if channels_first:
+        c_, n_, h_, w_ = x.shape
+    else:
+        n_, c_, h_, w_ = x.shape
     out = np.empty((n_, c_, (h_ + 2) * (w_ + 2) + 2), dtype=x.dtype)
     if parallel:
         for plane in prange(n_ * c_):

@@ -1,9 +1,9 @@
 """The update's vector loops: the squared norm that clip_grad_norm_ needs and SGD's step.
 
 With the model's parameters flattened into one vector (nn.utils.flatten_parameters), clipping and
-the optimiser step are a few passes over ~24,000 values. In NumPy each pass is a separate call
-with a temporary array (the float64 copy for the norm, lr * g, ...): 15 us for the norm and 8 us
-for SGD's three operations on the 2-core machine, against 2-4 us for these loops.
+the optimiser step are a few passes over its 18,582 values. In NumPy each pass is a separate call
+with a temporary array (the float64 copy for the norm, lr * g, ...): on the 2-core machine 13 us
+for the norm and 9.2 us for SGD's update, against 1.9 and 2.5 us for these loops.
 
 SGD's loop does NumPy's float32 operations in NumPy's order (no fastmath, so no fused
 multiply-adds): the same bits as the reference below, which is nn.optim.SGD's formula as written.

@@ -19,9 +19,10 @@ forked child uses (GNU OpenMP terminates a child of a process that started it as
 child enters it). nanotorch.threads decides which one runs.
 
 Most task functions are inlined into the loops (``inline="always"``, in Numba's IR): the same
-bits, and faster by what a call per task cost (measured alone, one thread: conv3x3's weight
-gradient 6-20%, BatchNorm + GELU 3-17% on the 7x7 and 4x4 layers, pooling 7-16%). Not the
-scatter of maxpool2d_backward (8-50x slower inlined) nor conv3x3_same's task (20-60% slower).
+bits, and faster by what a call per task cost (each kernel alone, one thread: conv3x3's weight
+gradient 6-20%, BatchNorm + GELU up to 17% on the small layers, pooling 7-16%). Not all: inlined,
+maxpool2d_backward's scatter ran 8-50x slower, the padding 20x and conv3x3_same's task 20-60%
+(the compiler then vectorised their loops worse), so they stay calls.
 
 ``PRANGE`` turns on only Numba's prange rewrite: with its other parallel rewrites on, np.zeros
 and .sum() inside a kernel would enter the thread pool too, even on the plain path.
