@@ -13,9 +13,10 @@ def _vector_norm(x, norm_type):
     p = inf: max |x|;  p = -inf: min |x|;  p = 0: number of non-zeros;  else (sum |x|^p)^(1/p).
     Accumulated in float64 so float32 gradients lose nothing to the sum.
     """
-    if norm_type == 2:                   # the common case: one compiled pass, no float64 copy (kernels/optim.py)
-        return math.sqrt(sum_of_squares(np.ravel(x)))
-    x = np.abs(np.asarray(x, dtype=np.float64)).ravel()
+    x = np.asarray(x)
+    if norm_type == 2 and x.dtype in (np.float32, np.float64):   # one compiled pass, no float64 copy (kernels/optim.py)
+        return math.sqrt(sum_of_squares(x.ravel()))
+    x = np.abs(x.astype(np.float64)).ravel()
     if norm_type == math.inf:
         return x.max() if x.size else 0.0
     if norm_type == -math.inf:
