@@ -26,8 +26,8 @@ im2col + GEMM and PyTorch give. Training never gets there: the loss is already N
 mnist.train stops before the backward.
 
 nn.Conv2d uses it for every 3x3 convolution with stride 1 and padding 1 on planes at least 14
-wide; on 7x7 and 4x4 planes the rows are too short to vectorise and it is twice as slow as
-im2col + GEMM. Measured on the 2-core machine:
+wide; on 7x7 and 4x4 planes the rows are too short to vectorise and it is 1.5-2x slower than
+im2col + GEMM (benchmarks.conv_kernels, batch 4). Measured on the 2-core machine:
 - a training step of the MNIST recipe (batch 4), against im2col + GEMM everywhere, in two sets of
   alternating 200-step runs (when a second Python thread computed the weight gradients): median
   2.44 -> 2.12 ms and 2.85 -> 2.45 ms on two threads (0.90 as the median ratio of pairs),
