@@ -23,9 +23,9 @@ def predict_logits(model, x, batch_size=64, threads=None):
     and its kernels on its own core (only the thread that called nanotorch.set_num_threads spreads
     a kernel over threads: nanotorch/threads.py).
     The default of 64 is in the flat part of the curve on the 2-core machine (two threads, the
-    README's benchmark run: 13,750 images/s at 64, 13,830 at 32, 13,940 at 128, 12,740 at 16;
-    about 8,000 at 1000 in an earlier run): enough images to spread each call's overhead, few
-    enough that the 7x7 and 4x4 layers' im2col columns stay in cache.
+    README's benchmark run: 13,680 images/s at 64, 13,830 at 32, 14,820 at 128, 13,750 at 256,
+    11,020 at 16; about 8,000 at 1000 in an earlier run): enough images to spread each call's
+    overhead, few enough that the 7x7 and 4x4 layers' im2col columns stay in cache.
     """
     threads = threads or min(2, os.cpu_count() or 1)
     batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
