@@ -180,7 +180,7 @@ def time_evaluation(evaluators, n_images, repeats, batch_sizes=EVAL_BATCH_SIZES)
     """evaluators: name -> f(batch_size) evaluating the test set. Times each framework at each batch
     size (median of ``repeats``, alternating frameworks); returns name -> {batch_size: images/s}.
     Each framework is then judged at its own fastest batch size: which one is fastest differs
-    between them (PyTorch here: 64-256, nanotorch 32-64; both half as fast at 1000), and neither should be held to
+    between them (PyTorch here: 64-256, nanotorch 32-256 from run to run; both half as fast at 1000), and neither should be held to
     the other's."""
     seconds = {name: {b: [] for b in batch_sizes} for name in evaluators}
     for b in batch_sizes:                           # a first call per shape (set-up, caches) is not timed

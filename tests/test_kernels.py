@@ -151,6 +151,18 @@ def test_gelu_alone_for_inference_is_float32_accurate():
     np.testing.assert_allclose(gelu_inference(x64), K.gelu_forward_reference(x64)[0], rtol=1e-13, atol=1e-14)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_module_under_no_grad_computes_gelu_alone_and_keeps_nothing(dtype):
+    from nanotorch import nn, no_grad
+    layer = nn.GELU()
+    x = (rng.standard_normal((4, 56)) * 3).astype(dtype)
+    with_grad = layer(x)
+    with no_grad():
+        y = layer(x)
+    assert layer.cache is None and y.dtype == dtype
+    np.testing.assert_allclose(y, with_grad, rtol=0, atol=5e-7 * 10 if dtype == np.float32 else 1e-15)
+
+
 def test_kernels_run_without_jit_for_debugging():
     """NUMBA_DISABLE_JIT=1 runs every kernel as plain Python (the documented way to step through one)."""
     import os

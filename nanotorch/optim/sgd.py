@@ -74,9 +74,10 @@ class SGD(Optimizer):
                     # PyTorch starts the buffer at g, not at 0: no bias towards zero at step 1.
                     buf = state["momentum_buffer"] = np.empty_like(p.data)
                 args = (lr, momentum, dampening, weight_decay, nesterov, first)
-                if _one_contiguous_dtype(p.data, p.grad, p.data if buf is None else buf):
-                    sgd_update(p.data.reshape(-1), p.grad.reshape(-1),       # one compiled loop (kernels/optim.py)
-                               (p.data if buf is None else buf).reshape(-1), *args)
+                unused_or_buf = p.data if buf is None else buf            # without momentum the loop never reads it
+                if _one_contiguous_dtype(p.data, p.grad, unused_or_buf):
+                    sgd_update(p.data.reshape(-1), p.grad.reshape(-1), unused_or_buf.reshape(-1),   # kernels/optim.py
+                               *args)
                 else:
                     sgd_update_reference(p.data, p.grad, buf, *args)           # the same formula in NumPy
         return loss
