@@ -70,7 +70,7 @@ class _BatchNorm(Module):
     def _count_batch(self):
         """Count a training batch; returns the factor its statistics get in the running ones:
         ``momentum``, or 1 / batches so far when momentum is None (a cumulative average)."""
-        self.num_batches_tracked += 1
+        self.num_batches_tracked[()] += 1          # in place, on the 0-d array: 1.0 -> 0.1 us (NumPy's scalar path)
         return float(1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum)
 
     def backward(self, dy):

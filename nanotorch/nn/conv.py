@@ -65,18 +65,18 @@ class Conv2d(Module):
         return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
 
     def _check(self, x):
+        """Validate an input; returns the output's (OH, OW)."""
         check_input(self, x, (4,), self.in_channels)
         oh, ow = self.output_shape(*x.shape[2:])
         if oh < 1 or ow < 1:
             raise ValueError(f"Conv2d: input {x.shape[2]}x{x.shape[3]} with padding {self.padding} is smaller "
                              f"than the kernel {self.kernel_size[0]}x{self.kernel_size[1]}")
+        return oh, ow
 
     def forward(self, x):
-        self._check(x)
-        n, _, h, w = x.shape
-        oh, ow = self.output_shape(h, w)
+        oh, ow = self._check(x)
         z = self.forward_channels_first(x)                          # (OC, N, OH*OW)
-        return np.ascontiguousarray(z.transpose(1, 0, 2)).reshape(n, self.out_channels, oh, ow)
+        return np.ascontiguousarray(z.transpose(1, 0, 2)).reshape(x.shape[0], self.out_channels, oh, ow)
 
     def backward(self, dout):
         """dout: (N, OC, OH, OW) -> dx: (N, C, H, W) (None if not input_requires_grad); adds dW, db."""
@@ -93,7 +93,6 @@ class Conv2d(Module):
     def forward_channels_first(self, x):
         """x: (N, C, H, W) -> Z: (OC, N, OH*OW), keeping the columns (or the padded input) for the backward."""
         n, c, h, w = x.shape
-        oh, ow = self.output_shape(h, w)
         weight = self.weight.data.astype(x.dtype, copy=False)
         direct = self.uses_direct_kernel(x.shape)
         if direct:
@@ -101,6 +100,7 @@ class Conv2d(Module):
             inputs = pad_planes(x, par)                             # (N, C, (H+2)*(W+2) + 2)
             z = conv3x3_same(inputs, weight, h, w, True, par)       # (OC, N, H*W)
         else:
+            oh, ow = self.output_shape(h, w)
             inputs = im2col(x, *self.kernel_size, *self.stride, *self.padding, oh, ow)   # (C*KH*KW, N*OH*OW)
             z = (weight.reshape(self.out_channels, -1) @ inputs).reshape(self.out_channels, n, oh * ow)
         if self.bias is not None:
@@ -111,7 +111,6 @@ class Conv2d(Module):
     def backward_channels_first(self, dz):
         """dz: (OC, N, OH*OW) -> dx: (N, C, H, W); adds dW (and db) into the parameters' .grad."""
         inputs, (n, c, h, w), direct = self.saved_for_backward()
-        oh, ow = self.output_shape(h, w)
         d = dz.reshape(self.out_channels, -1)
         if self.bias is not None:
             self.bias.accumulate_grad(d.sum(axis=1))
@@ -128,6 +127,7 @@ class Conv2d(Module):
         if not self.input_requires_grad:
             return None
         w2 = self.weight.data.reshape(self.out_channels, -1).astype(dz.dtype, copy=False)
+        oh, ow = self.output_shape(h, w)
         return col2im(w2.T @ d, n, c, h, w, *self.kernel_size, *self.stride, *self.padding, oh, ow,
                       overwrite_cols=True)                 # dcols is a temporary
 

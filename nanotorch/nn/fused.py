@@ -38,8 +38,8 @@ class ConvBNGELU(Sequential):
 
     def forward(self, x):
         conv, bn, _ = self
-        conv._check(x)
-        n, c, (oh, ow) = x.shape[0], conv.out_channels, conv.output_shape(*x.shape[2:])
+        oh, ow = conv._check(x)
+        n, c = x.shape[0], conv.out_channels
         if self.training and n * oh * ow < 2:
             raise ValueError(f"ConvBNGELU: expected more than 1 value per channel when training, got input {x.shape}")
         par = parallel(n * c * oh * ow)                           # spread over threads? (nanotorch/threads.py)
