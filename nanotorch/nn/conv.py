@@ -122,8 +122,9 @@ class Conv2d(Module):
                 return None
             flipped = flip_transpose(self.weight.data.astype(dz.dtype, copy=False))    # (C, OC, 3, 3)
             return conv3x3_same(dzp, flipped, h, w, False, par).reshape(n, c, h, w)
-        # dW2 = D @ cols^T, computed as (cols @ D^T)^T: OpenBLAS runs this orientation 1.7x faster here.
-        self.weight.accumulate_grad((inputs @ d.T).T.reshape(self.weight.shape))
+        # dW2 = D @ cols^T, computed as (cols @ D^T)^T with D^T copied contiguous: OpenBLAS runs this
+        # orientation 1.7x faster here, and the copy saves 20-25% more (conv6: 33 -> 25 -> 20 us).
+        self.weight.accumulate_grad((inputs @ np.ascontiguousarray(d.T)).T.reshape(self.weight.shape))
         if not self.input_requires_grad:
             return None
         w2 = self.weight.data.reshape(self.out_channels, -1).astype(dz.dtype, copy=False)
