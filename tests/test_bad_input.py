@@ -139,6 +139,25 @@ def test_backward_before_forward_in_the_seed_model():
         build_model().backward(np.ones((2, 10), dtype=np.float32))
 
 
+# --- a gradient that does not fit the forward's output -------------------------------------------------------
+@pytest.mark.parametrize("make, shape", COMPUTE_LAYERS + [
+    pytest.param(lambda: nn.MaxPool2d(3, stride=2, padding=1), (2, 2, 5, 5), id="MaxPool2d-3x3"),
+    pytest.param(lambda: nn.MaxPool2d(2, ceil_mode=True), (2, 2, 5, 5), id="MaxPool2d-ceil"),
+    pytest.param(lambda: nn.AdaptiveAvgPool2d(2), (2, 2, 5, 5), id="AdaptiveAvgPool2d-2"),
+    pytest.param(lambda: nn.ConvBNGELU(2, 3, 3, padding=1), (2, 2, 5, 5), id="ConvBNGELU"),
+    pytest.param(lambda: nn.Flatten(), (2, 3, 2), id="Flatten"),
+    pytest.param(lambda: nn.Dropout(0.0), (2, 4), id="Dropout-p0"),
+])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_backward_with_a_gradient_of_the_wrong_shape(make, shape, mode):
+    """Before any kernel reads it: a compiled loop does not check its indices."""
+    layer = make().train(mode == "train")
+    out = layer(np.ones(shape, dtype=np.float32))
+    for bad in (np.ones(out.shape[:-1] + (out.shape[-1] + 1,), dtype=np.float32), np.ones(out.size, dtype=np.float32)):
+        with raises(ValueError, type(layer).__name__, "gradient", re.escape(str(out.shape)), re.escape(str(bad.shape))):
+            layer.backward(bad)
+
+
 # --- CrossEntropyLoss targets -----------------------------------------------------------------------------
 @pytest.mark.parametrize("targets, fragments", [
     pytest.param(np.array([0.0, 1.0, 2.0]), ["integer", "float64"], id="float-targets"),

@@ -92,20 +92,31 @@ def test_maxpool_equals_reference(shape, dtype):
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 7, 7), (1, 2, 5, 8), (4, 16, 28, 28), (2, 2, 1, 3), (1, 1, 2, 2),
-                                   (3, 2, 6, 4), (2, 20, 14, 14)])     # even sizes: the two-pass path
+                                   (3, 2, 6, 4), (2, 20, 14, 14)])     # even sizes: the row-pair path
 @pytest.mark.parametrize("ceil", [False, True])
 def test_maxpool_2x2_fast_path_equals_reference(shape, ceil):
     n, c, h, w = shape
     oh, ow = pool_output_size(h, 2, 2, 0, ceil), pool_output_size(w, 2, 2, 0, ceil)
     x = rng.standard_normal(shape).astype(np.float32)
     x[0, 0, 0, :2] = np.nan                                  # NaN handling must match too
-    out, arg = K.maxpool2x2_forward(x, oh, ow)
-    ref_out, ref_arg = K.maxpool2d_forward_reference(x, 2, 2, 2, 2, 0, 0, oh, ow)
-    np.testing.assert_array_equal(arg, K.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0, oh, ow)[1])
+    if n > 1 and w > 1:
+        x[1, 0, :, 1] = x[1, 0, :, 0]                        # ties: the first in scan order wins
+    out, window = K.maxpool2x2_forward(x, oh, ow)
+    ref_out, ref_window = K.maxpool2x2_reference(x, oh, ow)
+    assert window.dtype == np.int8
     np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(window, ref_window)       # which pixel won: the general kernel's argmax
     np.testing.assert_array_equal(K.maxpool2x2_max(x, oh, ow), ref_out)       # the max alone (no_grad)
-    finite = ~np.isnan(ref_out)
-    np.testing.assert_array_equal(arg[finite], ref_arg[finite])
+    general_arg = K.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0, oh, ow)[1]
+    np.testing.assert_array_equal(K.maxpool2x2_reference(x, oh, ow)[1],
+                                  (2 * (general_arg // w - 2 * np.arange(oh)[:, None])
+                                   + general_arg % w - 2 * np.arange(ow)[None, :]))
+    d = rng.standard_normal(out.shape).astype(np.float32)
+    d.reshape(-1)[:1] = -0.0                                 # scatter-added onto zeros: +0.0, as PyTorch
+    dx = K.maxpool2x2_backward(d, window, h, w)
+    want = K.maxpool2x2_backward_reference(d, window, h, w)
+    np.testing.assert_array_equal(dx.view(np.uint32), want.view(np.uint32))                # bitwise
+    np.testing.assert_array_equal(dx, K.maxpool2d_backward(d, general_arg, h, w))
 
 
 @pytest.mark.parametrize("kernel", ["general", "2x2"])

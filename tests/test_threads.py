@@ -9,8 +9,8 @@ import pytest
 
 import nanotorch as nt
 from nanotorch import nn, optim, threads
-from nanotorch.kernels import conv3x3_same, conv3x3_same_grad_weight, maxpool2d_backward, maxpool2x2_forward
-from nanotorch.kernels import maxpool2x2_max, pad_planes
+from nanotorch.kernels import conv3x3_same, conv3x3_same_grad_weight, maxpool2d_backward, maxpool2d_forward
+from nanotorch.kernels import maxpool2x2_backward, maxpool2x2_forward, maxpool2x2_max, pad_planes
 from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, bn_gelu_inference
 from mnist.evaluate import predict_logits
 from mnist.model import build_model
@@ -81,7 +81,8 @@ def _kernel_runs(rng, dtype):
     a, xhat, d, inv_std = bn_gelu_forward(z, np.zeros(7), np.ones(7), v, v, True, 0.1, 1e-5)
     da = rng.standard_normal(a.shape).astype(dtype)
     xe = rng.standard_normal((3, 5, 10, 12)).astype(dtype)
-    out, arg = maxpool2x2_forward(xe, 5, 6)
+    out, window = maxpool2x2_forward(xe, 5, 6)
+    arg = maxpool2d_forward(xe, 3, 3, 2, 2, 1, 1, 5, 6)[1]          # overlapping windows
     dout = rng.standard_normal(out.shape).astype(dtype)
     x_cf = np.ascontiguousarray(x.transpose(1, 0, 2, 3))
     return {"pad_planes": lambda p: pad_planes(x, p),
@@ -95,6 +96,7 @@ def _kernel_runs(rng, dtype):
             "bn_gelu_backward": lambda p: _bn_gelu_backward(da, xhat, d, inv_std, v, p),
             "maxpool2x2_forward": lambda p: maxpool2x2_forward(xe, 5, 6, p),
             "maxpool2x2_max": lambda p: maxpool2x2_max(xe, 5, 6, p),
+            "maxpool2x2_backward": lambda p: maxpool2x2_backward(dout, window, 10, 12, p),
             "maxpool2d_backward": lambda p: maxpool2d_backward(dout, arg, 10, 12, p)}
 
 

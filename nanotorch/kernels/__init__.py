@@ -42,8 +42,9 @@ def _cache_dir():
 _user_cache_dir, numba.config.CACHE_DIR = numba.config.CACHE_DIR, str(_cache_dir())
 try:          # the kernels' dispatchers choose their cache folder as they are defined
     from nanotorch.kernels.im2col import im2col, col2im, im2col_reference, col2im_reference
-    from nanotorch.kernels.pooling import (maxpool2d_forward, maxpool2x2_forward, maxpool2x2_max, maxpool2d_backward,
-                                           maxpool2d_forward_reference, maxpool2d_backward_reference)
+    from nanotorch.kernels.pooling import (maxpool2d_forward, maxpool2d_backward, maxpool2d_forward_reference,
+                                           maxpool2d_backward_reference, maxpool2x2_forward, maxpool2x2_max,
+                                           maxpool2x2_backward, maxpool2x2_reference, maxpool2x2_backward_reference)
     from nanotorch.kernels.gelu import gelu_forward, gelu_forward_reference
     from nanotorch.kernels.conv3x3 import (pad_planes, conv3x3_same, conv3x3_same_grad_weight, flip_transpose,
                                            flip_transpose_reference, conv3x3_same_reference,
@@ -54,7 +55,8 @@ finally:
     numba.config.CACHE_DIR = _user_cache_dir
 
 __all__ = ["im2col", "col2im", "im2col_reference", "col2im_reference", "maxpool2d_forward", "maxpool2x2_forward",
-           "maxpool2x2_max", "maxpool2d_backward", "maxpool2d_forward_reference", "maxpool2d_backward_reference", "gelu_forward",
+           "maxpool2x2_max", "maxpool2d_backward", "maxpool2d_forward_reference", "maxpool2d_backward_reference",
+           "maxpool2x2_backward", "maxpool2x2_reference", "maxpool2x2_backward_reference", "gelu_forward",
            "gelu_forward_reference", "pad_planes", "conv3x3_same", "conv3x3_same_grad_weight", "flip_transpose",
            "flip_transpose_reference", "conv3x3_same_reference", "conv3x3_same_grad_weight_reference", "sum_of_squares",
            "sum_of_squares_reference", "sgd_update", "sgd_update_reference"]

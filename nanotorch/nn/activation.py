@@ -62,4 +62,5 @@ class ReLU(Module):
 
     def backward(self, dout):
         positive, = self.saved_for_backward()
+        check_grad(self, dout, positive.shape)
         return np.where(positive, dout, 0).astype(dout.dtype, copy=False)

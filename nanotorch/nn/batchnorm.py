@@ -19,7 +19,7 @@ Evaluation uses the running statistics, which are constants, so dx = gamma * dy 
 import numpy as np
 
 from nanotorch.kernels.batchnorm_gelu import update_running_stats
-from nanotorch.nn._checks import check_input
+from nanotorch.nn._checks import check_grad, check_input
 from nanotorch.nn.module import Module, Parameter
 
 
@@ -75,6 +75,7 @@ class _BatchNorm(Module):
 
     def backward(self, dy):
         xhat, inv_std, axes, shape, training = self.saved_for_backward()
+        check_grad(self, dy, xhat.shape)
         if self.affine:
             self.bias.accumulate_grad(dy.sum(axis=axes))
             self.weight.accumulate_grad((dy * xhat).sum(axis=axes))

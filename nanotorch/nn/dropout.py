@@ -7,7 +7,7 @@ by 1 / (1 - p), so the expected output equals the input and evaluation is the id
 """
 import numpy as np
 
-from nanotorch.nn._checks import check_input
+from nanotorch.nn._checks import check_grad, check_input
 from nanotorch.nn.module import Module
 from nanotorch.random import default_generator
 
@@ -26,18 +26,19 @@ class Dropout(Module):
     def forward(self, x):
         check_input(self, x, tuple(range(1, 9)))
         if not self.training or self.p == 0.0:
-            self.save_for_backward(None)
+            self.save_for_backward(None, x.shape)
             return x
         if self.p == 1.0:
             mask = np.zeros_like(x)
         else:
             rng = self.generator if self.generator is not None else default_generator()
             mask = (rng.random(x.shape) >= self.p) * x.dtype.type(1.0 / (1.0 - self.p))     # bool * scale: x's dtype
-        self.save_for_backward(mask)
+        self.save_for_backward(mask, x.shape)
         return x * mask
 
     def backward(self, dout):
-        mask, = self.saved_for_backward()
+        mask, shape = self.saved_for_backward()
+        check_grad(self, dout, shape)
         return dout if mask is None else dout * mask
 
     def extra_repr(self):

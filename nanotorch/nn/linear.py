@@ -63,11 +63,14 @@ class Flatten(Module):
             raise TypeError(f"Flatten expects a numpy array, got {type(x).__name__}")
         start = self.start_dim % x.ndim
         end = self.end_dim % x.ndim
-        self.save_for_backward(x.shape)
-        return x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
+        out = x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
+        self.save_for_backward(x.shape, out.shape)
+        return out
 
     def backward(self, dout):
-        return dout.reshape(self.saved_for_backward()[0])
+        shape, out_shape = self.saved_for_backward()
+        check_grad(self, dout, out_shape)
+        return dout.reshape(shape)
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

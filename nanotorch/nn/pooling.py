@@ -12,8 +12,9 @@ import numpy as np
 
 from nanotorch.grad_mode import is_grad_enabled
 from nanotorch.threads import parallel
-from nanotorch.kernels import maxpool2d_backward, maxpool2d_forward, maxpool2x2_forward, maxpool2x2_max
-from nanotorch.nn._checks import check_input, pair
+from nanotorch.kernels import (maxpool2d_backward, maxpool2d_forward, maxpool2x2_backward, maxpool2x2_forward,
+                               maxpool2x2_max)
+from nanotorch.nn._checks import check_grad, check_input, pair
 from nanotorch.nn.module import Module
 
 
@@ -56,17 +57,19 @@ class MaxPool2d(Module):
         if two_by_two and not is_grad_enabled():               # nothing to keep: the max alone
             self.save_for_backward()
             return maxpool2x2_max(x, oh, ow, parallel(x.size))
-        if two_by_two:
-            out, arg = maxpool2x2_forward(x, oh, ow, parallel(x.size))   # the common case, vectorised
+        if two_by_two:                                         # the common case, vectorised
+            out, arg = maxpool2x2_forward(x, oh, ow, parallel(x.size))   # arg: which pixel of each window
         else:
             out, arg = maxpool2d_forward(x, *self.kernel_size, *self.stride, *self.padding, oh, ow)
-        self.save_for_backward(arg, h, w)
+        self.save_for_backward(arg, h, w, two_by_two)
         return out
 
     def backward(self, dout):
-        arg, h, w = self.saved_for_backward()
+        arg, h, w, two_by_two = self.saved_for_backward()
+        check_grad(self, dout, arg.shape)
         n, c = dout.shape[:2]
-        return maxpool2d_backward(np.ascontiguousarray(dout), arg, h, w, parallel(n * c * h * w))
+        unpool = maxpool2x2_backward if two_by_two else maxpool2d_backward
+        return unpool(np.ascontiguousarray(dout), arg, h, w, parallel(n * c * h * w))
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
@@ -101,6 +104,7 @@ class AdaptiveAvgPool2d(Module):
     def backward(self, dout):
         (n, c, h, w), = self.saved_for_backward()
         oh, ow = self.output_size
+        check_grad(self, dout, (n, c, oh, ow))
         if (oh, ow) == (1, 1):
             dx = np.empty((n, c, h * w), dtype=dout.dtype)
             dx[...] = dout.reshape(n, c, 1) / (h * w)                  # every pixel gets an equal share
