@@ -119,6 +119,18 @@ def test_maxpool_2x2_fast_path_equals_reference(shape, ceil):
     np.testing.assert_array_equal(dx, K.maxpool2d_backward(d, general_arg, h, w))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_avg_pool_equals_reference(dtype):
+    x = rng.standard_normal((3, 5, 7, 6)).astype(dtype)
+    tol = dict(rtol=1e-6, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-14, atol=1e-15)
+    for view in (x, x.transpose(0, 1, 3, 2)):                # any strides
+        out = K.global_avg_pool(view)
+        assert out.shape == (3, 5, 1, 1) and out.dtype == dtype
+        np.testing.assert_allclose(out, K.global_avg_pool_reference(view), **tol)
+    d = rng.standard_normal((3, 5, 1, 1)).astype(dtype)
+    np.testing.assert_array_equal(K.global_avg_pool_backward(d, 7, 6), K.global_avg_pool_backward_reference(d, 7, 6))
+
+
 @pytest.mark.parametrize("kernel", ["general", "2x2"])
 def test_maxpool_ties_pick_the_first_like_pytorch(kernel):
     x = np.zeros((1, 3, 2, 2))
@@ -237,9 +249,9 @@ def test_every_cached_kernel_caches_under_the_sources_digest():
     sources: every cached dispatcher of the package keeps its cache in the folder named after
     the digest of all kernel sources (nanotorch/kernels/__init__.py)."""
     import numba
-    from nanotorch.kernels import batchnorm_gelu, conv3x3, gelu, im2col, optim, pooling
+    from nanotorch.kernels import batchnorm_gelu, conv3x3, gelu, im2col, loss, optim, pooling
     folder = K._cache_dir().name
-    dispatchers = [f for module in (batchnorm_gelu, conv3x3, gelu, im2col, optim, pooling) for f in vars(module).values()
+    dispatchers = [f for module in (batchnorm_gelu, conv3x3, gelu, im2col, loss, optim, pooling) for f in vars(module).values()
                    if isinstance(f, numba.core.registry.CPUDispatcher) and f._cache is not None
                    and type(f._cache).__name__ == "FunctionCache"]
     assert len(dispatchers) >= 10
@@ -289,6 +301,36 @@ def test_direct_conv3x3_equals_reference(shape, dtype):
     np.testing.assert_allclose(dx, K.col2im_reference(dcols, n, c, h, w, 3, 3, 1, 1, 1, 1, h, w), **tol)
     np.testing.assert_allclose(K.conv3x3_same_grad_weight(xp, dzp, h, w),
                                K.conv3x3_same_grad_weight_reference(x, dz), **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mean", [True, False])
+@pytest.mark.parametrize("targets_dtype", [np.int64, np.uint8])
+def test_cross_entropy_equals_reference(dtype, mean, targets_dtype):
+    logits = (rng.standard_normal((5, 10)) * 20).astype(dtype)
+    logits[1] = 0.0                                          # a uniform row
+    logits[2, 3] = 200.0                                     # exp(z) alone would overflow in float32
+    targets = np.array([0, 9, 3, 4, 4], dtype=targets_dtype)
+    loss, log_p, bad = K.cross_entropy_forward(logits, targets, mean)
+    want_loss, want_log_p = K.cross_entropy_forward_reference(logits, targets, mean)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-14, atol=1e-13)
+    assert bad == -1 and log_p.dtype == dtype
+    np.testing.assert_allclose(log_p, want_log_p, **tol)
+    np.testing.assert_allclose(loss, want_loss, **tol)
+    grad = K.cross_entropy_backward(log_p, targets, 0.2)
+    assert grad.dtype == dtype
+    np.testing.assert_allclose(grad, K.cross_entropy_backward_reference(log_p, targets, 0.2), **tol)
+    np.testing.assert_allclose(grad.sum(axis=1), 0.0, atol=1e-6)    # softmax sums to 1, the one-hot too
+
+
+def test_cross_entropy_kernel_reports_a_bad_target_and_propagates_nan():
+    logits = rng.standard_normal((3, 4)).astype(np.float32)
+    assert K.cross_entropy_forward(logits, np.array([0, 4, 1]), True)[2] == 1
+    assert K.cross_entropy_forward(logits, np.array([0, 1, -1]), True)[2] == 2
+    logits[1, 2] = np.nan
+    loss, log_p, bad = K.cross_entropy_forward(logits, np.array([0, 1, 2]), True)
+    assert bad == -1 and np.isnan(loss) and np.isnan(log_p[1]).all() and not np.isnan(log_p[[0, 2]]).any()
+    assert np.isnan(K.cross_entropy_forward(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), True)[0])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -12,7 +12,9 @@ edit starts a fresh cache, and a process still running the old code writes only 
 
 - ``im2col``   — im2col / col2im for convolution (``im2col_reference`` / ``col2im_reference``)
 - ``conv3x3``  — direct 3x3 "same" convolution and its input and weight gradients (no im2col columns)
-- ``pooling``  — max pooling forward (value and argmax, or the value alone) and its gradient scatter
+- ``pooling``  — max pooling forward (value and argmax, or the value alone) and its gradient scatter;
+  global average pooling
+- ``loss``     — cross-entropy: log-softmax with the loss, and its gradient
 - ``gelu``     — exact (erf) and tanh GELU with their derivatives (float32: a vectorised erf)
 - ``batchnorm_gelu`` — BatchNorm + GELU fused each way, channel statistics, and BatchNorm's running-statistics update
 - ``optim``    — the squared norm of clip_grad_norm_ and SGD's update, one pass each
@@ -44,19 +46,25 @@ try:          # the kernels' dispatchers choose their cache folder as they are d
     from nanotorch.kernels.im2col import im2col, col2im, im2col_reference, col2im_reference
     from nanotorch.kernels.pooling import (maxpool2d_forward, maxpool2d_backward, maxpool2d_forward_reference,
                                            maxpool2d_backward_reference, maxpool2x2_forward, maxpool2x2_max,
-                                           maxpool2x2_backward, maxpool2x2_reference, maxpool2x2_backward_reference)
+                                           maxpool2x2_backward, maxpool2x2_reference, maxpool2x2_backward_reference,
+                                           global_avg_pool, global_avg_pool_backward, global_avg_pool_reference,
+                                           global_avg_pool_backward_reference)
     from nanotorch.kernels.gelu import gelu_forward, gelu_forward_reference
     from nanotorch.kernels.conv3x3 import (pad_planes, conv3x3_same, conv3x3_same_grad_weight, flip_transpose,
                                            flip_transpose_reference, conv3x3_same_reference,
                                            conv3x3_same_grad_weight_reference)
     from nanotorch.kernels import batchnorm_gelu  # noqa: F401  (imported by nn/fused.py; cached here too)
+    from nanotorch.kernels.loss import (cross_entropy_forward, cross_entropy_backward, cross_entropy_forward_reference,
+                                        cross_entropy_backward_reference)
     from nanotorch.kernels.optim import sum_of_squares, sum_of_squares_reference, sgd_update, sgd_update_reference
 finally:
     numba.config.CACHE_DIR = _user_cache_dir
 
 __all__ = ["im2col", "col2im", "im2col_reference", "col2im_reference", "maxpool2d_forward", "maxpool2x2_forward",
            "maxpool2x2_max", "maxpool2d_backward", "maxpool2d_forward_reference", "maxpool2d_backward_reference",
-           "maxpool2x2_backward", "maxpool2x2_reference", "maxpool2x2_backward_reference", "gelu_forward",
+           "maxpool2x2_backward", "maxpool2x2_reference", "maxpool2x2_backward_reference", "global_avg_pool",
+           "global_avg_pool_backward", "global_avg_pool_reference", "global_avg_pool_backward_reference", "gelu_forward",
            "gelu_forward_reference", "pad_planes", "conv3x3_same", "conv3x3_same_grad_weight", "flip_transpose",
            "flip_transpose_reference", "conv3x3_same_reference", "conv3x3_same_grad_weight_reference", "sum_of_squares",
-           "sum_of_squares_reference", "sgd_update", "sgd_update_reference"]
+           "sum_of_squares_reference", "sgd_update", "sgd_update_reference", "cross_entropy_forward",
+           "cross_entropy_backward", "cross_entropy_forward_reference", "cross_entropy_backward_reference"]

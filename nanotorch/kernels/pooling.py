@@ -209,6 +209,47 @@ def _scatter_plane(dout, arg, dx):
             dx[arg[y, xo]] += dout[y, xo]
 
 
+@njit(cache=True, nogil=True)
+def global_avg_pool(x):
+    """x: (N, C, H, W) -> (N, C, 1, 1), each plane's mean: its sum in x's dtype, in order, over H * W.
+    (NumPy's reshape, sum and division took 5 us for the model's 4 x 28 x 2 x 2, ~8 inside a step.)"""
+    n_, c_, h_, w_ = x.shape
+    t = x.dtype.type
+    count = t(h_ * w_)
+    out = np.empty((n_, c_, 1, 1), dtype=x.dtype)
+    for n in range(n_):
+        for c in range(c_):
+            s = t(0)
+            for i in range(h_):
+                for j in range(w_):
+                    s += x[n, c, i, j]
+            out[n, c, 0, 0] = s / count
+    return out
+
+
+@njit(cache=True, nogil=True)
+def global_avg_pool_backward(dout, h_, w_):
+    """dout: (N, C, 1, 1) -> dx: (N, C, H, W): every pixel gets an equal share, dout / (H * W)."""
+    n_, c_ = dout.shape[:2]
+    count = dout.dtype.type(h_ * w_)
+    dx = np.empty((n_, c_, h_, w_), dtype=dout.dtype)
+    for n in range(n_):
+        for c in range(c_):
+            share = dout[n, c, 0, 0] / count
+            for i in range(h_):
+                for j in range(w_):
+                    dx[n, c, i, j] = share
+    return dx
+
+
+def global_avg_pool_reference(x):
+    return x.mean(axis=(2, 3), keepdims=True)
+
+
+def global_avg_pool_backward_reference(dout, h_, w_):
+    return np.broadcast_to(dout / (h_ * w_), dout.shape[:2] + (h_, w_)).copy()
+
+
 def maxpool2d_forward_reference(x, kh, kw, sh, sw, ph, pw, oh, ow):
     """Plain NumPy max pooling: pad with -inf, gather every window, take max and first argmax."""
     n_, c_, h_, w_ = x.shape
