@@ -120,3 +120,20 @@ def test_matches_torch_float32(norm_type):
     assert float(total) == pytest.approx(t_total.item(), rel=1e-6)
     for p, tp in zip(ours, theirs):
         np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf, -math.inf, 0.0, 3.0])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_parameter_matches_torch(norm_type, dtype):
+    """One (flat) parameter, as mnist.train clips: the total is the norm of a single norm, which for
+    p = 0 is a count (1), not the norm."""
+    torch = pytest.importorskip("torch")
+    g = np.random.default_rng(5).standard_normal(1000).astype(dtype)
+    ours = with_grad(g, dtype=dtype)
+    theirs = torch.zeros(g.shape, dtype=getattr(torch, np.dtype(dtype).name), requires_grad=True)
+    theirs.grad = torch.from_numpy(g.copy())
+    total = clip_grad_norm_([ours], 0.5, norm_type=norm_type)
+    t_total = torch.nn.utils.clip_grad_norm_([theirs], 0.5, norm_type=norm_type)
+    rtol = 1e-6 if dtype == np.float32 else 1e-12
+    assert total.dtype == dtype and float(total) == pytest.approx(t_total.item(), rel=rtol)
+    np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), rtol=rtol, atol=rtol * 1e-2)

@@ -4,6 +4,7 @@ import math
 import numpy as np
 
 from nanotorch.kernels.optim import sum_of_squares
+from nanotorch.nn._checks import _FLOAT_DTYPES
 from nanotorch.nn.module import Parameter
 
 
@@ -14,7 +15,7 @@ def _vector_norm(x, norm_type):
     Accumulated in float64 so float32 gradients lose nothing to the sum.
     """
     x = np.asarray(x)
-    if norm_type == 2 and x.dtype in (np.float32, np.float64):   # one compiled pass, no float64 copy (kernels/optim.py)
+    if norm_type == 2 and x.dtype in _FLOAT_DTYPES:      # one compiled pass, no float64 copy (kernels/optim.py)
         return math.sqrt(sum_of_squares(x.ravel()))
     x = np.abs(x.astype(np.float64)).ravel()
     if norm_type == math.inf:
@@ -66,9 +67,12 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return np.float32(0.0)
-    dtype = np.result_type(*grads)
+    dtype = grads[0].dtype if len(grads) == 1 else np.result_type(*grads)
     norms = [_vector_norm(g, norm_type) for g in grads]
-    total_norm = dtype.type(_vector_norm(np.array(norms, dtype=np.float64), norm_type))
+    if len(norms) == 1 and norm_type in (1.0, 2.0, math.inf, -math.inf):
+        total_norm = dtype.type(norms[0])     # the norm of one norm is itself (sqrt(n * n) == n in binary floats)
+    else:
+        total_norm = dtype.type(_vector_norm(np.array(norms, dtype=np.float64), norm_type))
     if error_if_nonfinite and not np.isfinite(total_norm):
         raise RuntimeError(
             f"clip_grad_norm_: the total norm of order {norm_type} of the gradients is non-finite "
@@ -76,7 +80,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
             "gradients by the non-finite norm anyway")
     # In the gradients' dtype, as PyTorch computes the coefficient from its norm tensor.
     clip_coef = dtype.type(max_norm) / (total_norm + dtype.type(1e-6))
-    clip_coef_clamped = np.minimum(clip_coef, dtype.type(1.0))
+    clip_coef_clamped = dtype.type(1.0) if clip_coef > 1 else clip_coef      # min(coef, 1); NaN stays NaN
     for g in grads:
         g *= clip_coef_clamped
     return total_norm
