@@ -194,9 +194,12 @@ def test_kernels_run_without_jit_for_debugging():
     code = ("import numpy as np, nanotorch as nt\n"
             "from nanotorch import nn\n"
             "nt.manual_seed(0)\n"
-            "m = nn.Sequential(nn.ConvBNGELU(1, 2, 3, padding=1), nn.MaxPool2d(2, ceil_mode=True), nn.GELU())\n"
-            "x = np.random.default_rng(0).standard_normal((2, 1, 5, 5)).astype(np.float32)\n"
-            "y = m(x); m.backward(np.ones_like(y)); print(repr(y.sum()))\n")
+            "m = nn.Sequential(nn.ConvBNGELU(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.GELU(),\n"
+            "                  nn.MaxPool2d(2, ceil_mode=True), nn.AdaptiveAvgPool2d(1), nn.Flatten())\n"
+            "x = np.random.default_rng(0).standard_normal((2, 1, 6, 6)).astype(np.float32)\n"
+            "crit = nn.CrossEntropyLoss()\n"
+            "loss = crit(m(x), np.array([0, 1])); dx = m.backward(crit.backward())\n"
+            "print(repr(float(loss + np.abs(m[0][0].weight.grad).sum())))\n")
     out = {}
     for jit_off in ("1", "0"):
         env = {**os.environ, "NUMBA_DISABLE_JIT": jit_off}
