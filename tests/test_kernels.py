@@ -113,7 +113,7 @@ def test_maxpool_2x2_fast_path_equals_reference(shape, ceil):
                                    + general_arg % w - 2 * np.arange(ow)[None, :]))
     d = rng.standard_normal(out.shape).astype(np.float32)
     d.reshape(-1)[:1] = -0.0                                 # scatter-added onto zeros: +0.0, as PyTorch
-    dx = K.maxpool2x2_backward(d, window, h, w)
+    dx = K.maxpool2d_backward(d, window, h, w, False, True)
     want = K.maxpool2x2_backward_reference(d, window, h, w)
     np.testing.assert_array_equal(dx.view(np.uint32), want.view(np.uint32))                # bitwise
     np.testing.assert_array_equal(dx, K.maxpool2d_backward(d, general_arg, h, w))

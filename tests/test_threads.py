@@ -10,7 +10,7 @@ import pytest
 import nanotorch as nt
 from nanotorch import nn, optim, threads
 from nanotorch.kernels import conv3x3_same, conv3x3_same_grad_weight, maxpool2d_backward, maxpool2d_forward
-from nanotorch.kernels import maxpool2x2_backward, maxpool2x2_forward, maxpool2x2_max, pad_planes
+from nanotorch.kernels import maxpool2x2_forward, maxpool2x2_max, pad_planes
 from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, bn_gelu_inference
 from mnist.evaluate import predict_logits
 from mnist.model import build_model
@@ -96,7 +96,7 @@ def _kernel_runs(rng, dtype):
             "bn_gelu_backward": lambda p: _bn_gelu_backward(da, xhat, d, inv_std, v, p),
             "maxpool2x2_forward": lambda p: maxpool2x2_forward(xe, 5, 6, p),
             "maxpool2x2_max": lambda p: maxpool2x2_max(xe, 5, 6, p),
-            "maxpool2x2_backward": lambda p: maxpool2x2_backward(dout, window, 10, 12, p),
+            "maxpool2d_backward (window codes)": lambda p: maxpool2d_backward(dout, window, 10, 12, p, True),
             "maxpool2d_backward": lambda p: maxpool2d_backward(dout, arg, 10, 12, p)}
 
 

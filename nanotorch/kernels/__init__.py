@@ -46,7 +46,7 @@ try:          # the kernels' dispatchers choose their cache folder as they are d
     from nanotorch.kernels.im2col import im2col, col2im, im2col_reference, col2im_reference
     from nanotorch.kernels.pooling import (maxpool2d_forward, maxpool2d_backward, maxpool2d_forward_reference,
                                            maxpool2d_backward_reference, maxpool2x2_forward, maxpool2x2_max,
-                                           maxpool2x2_backward, maxpool2x2_reference, maxpool2x2_backward_reference,
+                                           maxpool2x2_reference, maxpool2x2_backward_reference,
                                            global_avg_pool, global_avg_pool_backward, global_avg_pool_reference,
                                            global_avg_pool_backward_reference)
     from nanotorch.kernels.gelu import gelu_forward, gelu_forward_reference
@@ -62,7 +62,7 @@ finally:
 
 __all__ = ["im2col", "col2im", "im2col_reference", "col2im_reference", "maxpool2d_forward", "maxpool2x2_forward",
            "maxpool2x2_max", "maxpool2d_backward", "maxpool2d_forward_reference", "maxpool2d_backward_reference",
-           "maxpool2x2_backward", "maxpool2x2_reference", "maxpool2x2_backward_reference", "global_avg_pool",
+           "maxpool2x2_reference", "maxpool2x2_backward_reference", "global_avg_pool",
            "global_avg_pool_backward", "global_avg_pool_reference", "global_avg_pool_backward_reference", "gelu_forward",
            "gelu_forward_reference", "pad_planes", "conv3x3_same", "conv3x3_same_grad_weight", "flip_transpose",
            "flip_transpose_reference", "conv3x3_same_reference", "conv3x3_same_grad_weight_reference", "sum_of_squares",

@@ -47,7 +47,7 @@ def maxpool2x2_forward(x, oh, ow, parallel=False):
     """The same for kernel 2, stride 2, no padding (every pooling layer of the MNIST model), keeping
     not a flat index but the window's winner: x: (N, C, H, W) -> (out, window: (N, C, oh, ow) int8),
     window = 2 * dy + dx for the pixel (2y + dy, 2x + dx) that won. The windows do not overlap, so
-    that is all the backward needs (maxpool2x2_backward), in an eighth of the int64 index's memory.
+    that is all the backward needs (maxpool2d_backward with ``windows``), in an eighth of the int64 index's memory.
 
     With H and W even the windows tile the batch: seen as N*C*oh pairs of rows of width W, output
     row r is the max over input rows 2r and 2r + 1, whatever plane they belong to. One pass over all
@@ -163,50 +163,32 @@ def _maxpool2x2_any(x, oh, ow):
 
 
 @njit(cache=True, nogil=True, **PRANGE)
-def maxpool2x2_backward(dout, window, h_, w_, parallel=False):
-    """dout, window: (N, C, oh, ow) from maxpool2x2_forward -> dx: (N, C, H, W): each dout added
-    to the pixel that won its window, zeros elsewhere (0.0 + dout, so -0.0 becomes +0.0 as in
-    PyTorch's scatter-add). One task per plane (tasks.py)."""
-    n_, c_, oh, ow = dout.shape
-    dx = np.empty((n_, c_, h_, w_), dtype=dout.dtype)
-    if parallel:
-        for plane in prange(n_ * c_):
-            _unpool_plane(dout[plane // c_, plane % c_], window[plane // c_, plane % c_], dx[plane // c_, plane % c_])
-    else:
-        for plane in range(n_ * c_):
-            _unpool_plane(dout[plane // c_, plane % c_], window[plane // c_, plane % c_], dx[plane // c_, plane % c_])
-    return dx
-
-
-@njit(nogil=True)
-def _unpool_plane(dout, window, dx):
-    dx[:] = 0
-    for y in range(dout.shape[0]):
-        for xo in range(dout.shape[1]):
-            k = window[y, xo]
-            dx[2 * y + (k >> 1), 2 * xo + (k & 1)] += dout[y, xo]
-
-
-@njit(cache=True, nogil=True, **PRANGE)
-def maxpool2d_backward(dout, arg, h_, w_, parallel=False):
-    """dout, arg: (N, C, oh, ow) -> dx: (N, C, H, W). One task per plane (tasks.py)."""
+def maxpool2d_backward(dout, arg, h_, w_, parallel=False, windows=False):
+    """dout, arg: (N, C, oh, ow) -> dx: (N, C, H, W): each dout added to the pixel its window's
+    max came from, zeros elsewhere. ``arg`` holds flat indices into H*W (maxpool2d_forward), or
+    with ``windows`` the int8 codes 2 * dy + dx of maxpool2x2_forward (the pixel (2y + dy, 2x + dx)).
+    Added onto zeros, so a -0.0 gradient becomes +0.0, as PyTorch's scatter-add makes it. One task
+    per plane (tasks.py)."""
     n_, c_ = dout.shape[:2]
     dx = np.empty((n_, c_, h_ * w_), dtype=dout.dtype)
     if parallel:
         for plane in prange(n_ * c_):
-            _scatter_plane(dout[plane // c_, plane % c_], arg[plane // c_, plane % c_], dx[plane // c_, plane % c_])
+            _scatter_plane(dout[plane // c_, plane % c_], arg[plane // c_, plane % c_], dx[plane // c_, plane % c_],
+                           w_, windows)
     else:
         for plane in range(n_ * c_):
-            _scatter_plane(dout[plane // c_, plane % c_], arg[plane // c_, plane % c_], dx[plane // c_, plane % c_])
+            _scatter_plane(dout[plane // c_, plane % c_], arg[plane // c_, plane % c_], dx[plane // c_, plane % c_],
+                           w_, windows)
     return dx.reshape(n_, c_, h_, w_)
 
 
 @njit(nogil=True)
-def _scatter_plane(dout, arg, dx):
+def _scatter_plane(dout, arg, dx, w_, windows):
     dx[:] = 0
     for y in range(dout.shape[0]):
         for xo in range(dout.shape[1]):
-            dx[arg[y, xo]] += dout[y, xo]
+            k = arg[y, xo]
+            dx[(2 * y + (k >> 1)) * w_ + 2 * xo + (k & 1) if windows else k] += dout[y, xo]
 
 
 @njit(cache=True, nogil=True)
@@ -291,7 +273,7 @@ def maxpool2x2_reference(x, oh, ow):
 
 
 def maxpool2x2_backward_reference(dout, window, h_, w_):
-    """Plain NumPy twin of maxpool2x2_backward: the window codes as flat indices, then scatter-added."""
+    """Plain NumPy twin of maxpool2d_backward with ``windows``: the codes as flat indices, then scatter-added."""
     oh, ow = dout.shape[2:]
     arg = (2 * np.arange(oh)[:, None] + window // 2) * w_ + 2 * np.arange(ow)[None, :] + window % 2
     return maxpool2d_backward_reference(dout, arg.astype(np.int64), h_, w_)

@@ -13,7 +13,7 @@ import numpy as np
 from nanotorch.grad_mode import is_grad_enabled
 from nanotorch.threads import parallel
 from nanotorch.kernels import (global_avg_pool, global_avg_pool_backward, maxpool2d_backward, maxpool2d_forward,
-                               maxpool2x2_backward, maxpool2x2_forward, maxpool2x2_max)
+                               maxpool2x2_forward, maxpool2x2_max)
 from nanotorch.nn._checks import check_grad, check_input, pair
 from nanotorch.nn.module import Module
 
@@ -68,8 +68,7 @@ class MaxPool2d(Module):
         arg, h, w, two_by_two = self.saved_for_backward()
         check_grad(self, dout, arg.shape)
         n, c = dout.shape[:2]
-        unpool = maxpool2x2_backward if two_by_two else maxpool2d_backward
-        return unpool(np.ascontiguousarray(dout), arg, h, w, parallel(n * c * h * w))
+        return maxpool2d_backward(np.ascontiguousarray(dout), arg, h, w, parallel(n * c * h * w), two_by_two)
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
