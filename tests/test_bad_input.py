@@ -153,7 +153,8 @@ def test_backward_with_a_gradient_of_the_wrong_shape(make, shape, mode):
     """Before any kernel reads it: a compiled loop does not check its indices."""
     layer = make().train(mode == "train")
     out = layer(np.ones(shape, dtype=np.float32))
-    for bad in (np.ones(out.shape[:-1] + (out.shape[-1] + 1,), dtype=np.float32), np.ones(out.size, dtype=np.float32)):
+    one_wider = np.ones(out.shape[:-1] + (out.shape[-1] + 1,), dtype=np.float32)
+    for bad in (one_wider, np.ones(out.size, dtype=np.float32)):
         with raises(ValueError, type(layer).__name__, "gradient", re.escape(str(out.shape)), re.escape(str(bad.shape))):
             layer.backward(bad)
 

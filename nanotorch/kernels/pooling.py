@@ -47,7 +47,8 @@ def maxpool2x2_forward(x, oh, ow, parallel=False):
     """The same for kernel 2, stride 2, no padding (every pooling layer of the MNIST model), keeping
     not a flat index but the window's winner: x: (N, C, H, W) -> (out, window: (N, C, oh, ow) int8),
     window = 2 * dy + dx for the pixel (2y + dy, 2x + dx) that won. The windows do not overlap, so
-    that is all the backward needs (maxpool2d_backward with ``windows``), in an eighth of the int64 index's memory.
+    that is all the backward needs (maxpool2d_backward with ``windows``), in an eighth of the
+    memory of an int64 index.
 
     With H and W even the windows tile the batch: seen as N*C*oh pairs of rows of width W, output
     row r is the max over input rows 2r and 2r + 1, whatever plane they belong to. One pass over all
