@@ -252,9 +252,10 @@ def test_every_cached_kernel_caches_under_the_sources_digest():
     sources: every cached dispatcher of the package keeps its cache in the folder named after
     the digest of all kernel sources (nanotorch/kernels/__init__.py)."""
     import numba
-    from nanotorch.kernels import batchnorm_gelu, conv3x3, gelu, im2col, loss, optim, pooling
+    from nanotorch.kernels import batchnorm_gelu, conv3x3, dropout, gelu, im2col, loss, optim, pooling
     folder = K._cache_dir().name
-    dispatchers = [f for module in (batchnorm_gelu, conv3x3, gelu, im2col, loss, optim, pooling) for f in vars(module).values()
+    modules = (batchnorm_gelu, conv3x3, dropout, gelu, im2col, loss, optim, pooling)
+    dispatchers = [f for module in modules for f in vars(module).values()
                    if isinstance(f, numba.core.registry.CPUDispatcher) and f._cache is not None
                    and type(f._cache).__name__ == "FunctionCache"]
     assert len(dispatchers) >= 10
@@ -324,6 +325,23 @@ def test_cross_entropy_equals_reference(dtype, mean, targets_dtype):
     assert grad.dtype == dtype
     np.testing.assert_allclose(grad, K.cross_entropy_backward_reference(log_p, targets, 0.2), **tol)
     np.testing.assert_allclose(grad.sum(axis=1), 0.0, atol=1e-6)    # softmax sums to 1, the one-hot too
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("transposed", [False, True])                 # any strides
+def test_dropout_gives_the_reference_bits(dtype, transposed):
+    x = rng.standard_normal((5, 7)).astype(dtype)
+    x[0, :3] = [np.inf, -2.0, np.nan]                 # dropped: NaN, -0.0 and NaN, as x * 0 gives them
+    u = rng.random(x.shape)
+    u[0, :3] = 0.0
+    u[1, 0] = 0.25                                    # exactly p: kept (u >= p)
+    if transposed:
+        x, u = x.T, u.T
+    with np.errstate(invalid="ignore"):
+        got, want = K.dropout_forward(x, u, 0.25, 4 / 3), K.dropout_forward_reference(x, u, 0.25, 4 / 3)
+    for g, w in zip(got, want):
+        assert g.dtype == dtype and g.shape == x.shape
+        np.testing.assert_array_equal(g.view(np.uint8), np.ascontiguousarray(w).view(np.uint8))
 
 
 def test_cross_entropy_kernel_reports_a_bad_target_and_propagates_nan():

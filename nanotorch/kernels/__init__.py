@@ -15,6 +15,7 @@ edit starts a fresh cache, and a process still running the old code writes only 
 - ``pooling``  — max pooling forward (value and argmax, or the value alone) and its gradient scatter;
   global average pooling
 - ``loss``     — cross-entropy: log-softmax with the loss, and its gradient
+- ``dropout``  — dropout's mask and product
 - ``gelu``     — exact (erf) and tanh GELU with their derivatives (float32: a vectorised erf)
 - ``batchnorm_gelu`` — BatchNorm + GELU fused each way, channel statistics, and BatchNorm's running-statistics update
 - ``optim``    — the squared norm of clip_grad_norm_ and SGD's update, one pass each
@@ -54,6 +55,7 @@ try:          # the kernels' dispatchers choose their cache folder as they are d
                                            flip_transpose_reference, conv3x3_same_reference,
                                            conv3x3_same_grad_weight_reference)
     from nanotorch.kernels import batchnorm_gelu  # noqa: F401  (imported by nn/fused.py; cached here too)
+    from nanotorch.kernels.dropout import dropout_forward, dropout_forward_reference
     from nanotorch.kernels.loss import (cross_entropy_forward, cross_entropy_backward, cross_entropy_forward_reference,
                                         cross_entropy_backward_reference)
     from nanotorch.kernels.optim import sum_of_squares, sum_of_squares_reference, sgd_update, sgd_update_reference
@@ -67,4 +69,5 @@ __all__ = ["im2col", "col2im", "im2col_reference", "col2im_reference", "maxpool2
            "gelu_forward_reference", "pad_planes", "conv3x3_same", "conv3x3_same_grad_weight", "flip_transpose",
            "flip_transpose_reference", "conv3x3_same_reference", "conv3x3_same_grad_weight_reference", "sum_of_squares",
            "sum_of_squares_reference", "sgd_update", "sgd_update_reference", "cross_entropy_forward",
-           "cross_entropy_backward", "cross_entropy_forward_reference", "cross_entropy_backward_reference"]
+           "cross_entropy_backward", "cross_entropy_forward_reference", "cross_entropy_backward_reference",
+           "dropout_forward", "dropout_forward_reference"]

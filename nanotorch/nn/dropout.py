@@ -7,6 +7,7 @@ by 1 / (1 - p), so the expected output equals the input and evaluation is the id
 """
 import numpy as np
 
+from nanotorch.kernels import dropout_forward
 from nanotorch.nn._checks import check_grad, check_input
 from nanotorch.nn.module import Module
 from nanotorch.random import default_generator
@@ -30,11 +31,12 @@ class Dropout(Module):
             return x
         if self.p == 1.0:
             mask = np.zeros_like(x)
+            out = x * mask
         else:
             rng = self.generator if self.generator is not None else default_generator()
-            mask = (rng.random(x.shape) >= self.p) * x.dtype.type(1.0 / (1.0 - self.p))     # bool * scale: x's dtype
+            out, mask = dropout_forward(x, rng.random(x.shape), self.p, 1.0 / (1.0 - self.p))   # kernels/dropout.py
         self.save_for_backward(mask, x.shape)
-        return x * mask
+        return out
 
     def backward(self, dout):
         mask, shape = self.saved_for_backward()
