@@ -105,10 +105,10 @@ def test_maxpool_2x2_fast_path_equals_reference(shape, ceil):
     ref_out, ref_window = K.maxpool2x2_reference(x, oh, ow)
     assert window.dtype == np.int8
     np.testing.assert_array_equal(out, ref_out)
-    np.testing.assert_array_equal(window, ref_window)       # which pixel won: the general kernel's argmax
+    np.testing.assert_array_equal(window, ref_window)       # which pixel won
     np.testing.assert_array_equal(K.maxpool2x2_max(x, oh, ow), ref_out)       # the max alone (no_grad)
     general_arg = K.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0, oh, ow)[1]
-    np.testing.assert_array_equal(K.maxpool2x2_reference(x, oh, ow)[1],
+    np.testing.assert_array_equal(ref_window,               # the same pixels as the general kernel's argmax
                                   (2 * (general_arg // w - 2 * np.arange(oh)[:, None])
                                    + general_arg % w - 2 * np.arange(ow)[None, :]))
     d = rng.standard_normal(out.shape).astype(np.float32)
