@@ -2,7 +2,7 @@
 
 ``set_num_threads(n)``, like torch.set_num_threads: with n >= 2 the kernels that do most of a
 step's work (the direct 3x3 convolution and its two gradients, padding, BatchNorm + GELU, max
-pooling) split into independent tasks spread over n Numba threads (nanotorch/kernels/tasks.py),
+pooling, the 3x3 im2col) split into independent tasks spread over n Numba threads (nanotorch/kernels/tasks.py),
 on layers of at least MIN_PARALLEL_SIZE values. Until it is called, nanotorch's kernels run on
 the calling thread (and NumPy's BLAS keeps its own default thread count). Results match one
 thread's to rounding, and a given thread count gives the same bits on every run

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from nanotorch import kernels as K
+from nanotorch.kernels.im2col import _col2im_general
 from nanotorch.nn.pooling import pool_output_size
 
 rng = np.random.default_rng(0)
@@ -10,7 +11,8 @@ rng = np.random.default_rng(0)
 # (N, C, H, W, kh, kw, sh, sw, ph, pw)
 CONV_SHAPES = [(2, 3, 7, 7, 3, 3, 1, 1, 1, 1), (1, 1, 5, 8, 3, 3, 1, 1, 0, 0), (3, 2, 7, 7, 3, 3, 2, 2, 1, 1),
                (2, 4, 5, 8, 2, 3, 2, 1, 0, 1), (4, 16, 28, 28, 3, 3, 1, 1, 1, 1), (2, 3, 6, 6, 1, 1, 1, 1, 0, 0),
-                (1, 2, 4, 5, 5, 5, 3, 3, 2, 2), (2, 1, 3, 3, 3, 3, 1, 1, 2, 2)]
+                (1, 2, 4, 5, 5, 5, 3, 3, 2, 2), (2, 1, 3, 3, 3, 3, 1, 1, 2, 2), (2, 2, 4, 3, 5, 5, 1, 1, 2, 2),
+                (2, 1, 2, 3, 7, 9, 1, 1, 3, 4)]       # "same" outputs of other kernels, padding wider than the image
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -26,39 +28,40 @@ def test_im2col_and_col2im_equal_reference(shape, dtype):
                                K.col2im_reference(d, n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow), rtol=1e-5, atol=1e-5)
 
 
-# stride 1 with the output as large as the input takes the kernels' "same" path: odd kernels,
-# one-sided padding, images smaller than the kernel, a single pixel
-SAME_SHAPES = [(2, 3, 7, 7, 3, 3, 1, 1), (1, 2, 5, 8, 3, 3, 1, 1), (3, 1, 1, 1, 3, 3, 1, 1), (2, 2, 4, 3, 5, 5, 2, 2),
-               (2, 2, 4, 6, 1, 3, 0, 1), (2, 2, 6, 4, 3, 1, 1, 0), (1, 3, 2, 2, 5, 5, 2, 2), (4, 12, 28, 28, 3, 3, 1, 1),
-               (2, 2, 5, 5, 1, 1, 0, 0), (2, 2, 1, 1, 5, 5, 2, 2), (2, 1, 2, 3, 7, 9, 3, 4)]   # padding wider than the image
+# 3x3 kernels with stride 1 and padding 1 take the kernels' 3x3 path (planes of at least 2x2):
+# odd sizes, the smallest planes, one row or column (the general loop), the model's shapes
+SAME_3X3_SHAPES = [(2, 3, 7, 7), (1, 2, 5, 8), (2, 2, 2, 2), (2, 2, 2, 3), (2, 2, 3, 2), (3, 1, 1, 1), (2, 2, 1, 5),
+                   (2, 2, 4, 1), (4, 20, 7, 7), (4, 24, 4, 4), (4, 12, 28, 28)]
 
 
+@pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("overwrite", [False, True])
-@pytest.mark.parametrize("shape", SAME_SHAPES)
-def test_same_convolution_path_equals_reference(shape, overwrite):
-    n, c, h, w, kh, kw, ph, pw = shape
+@pytest.mark.parametrize("shape", SAME_3X3_SHAPES)
+def test_3x3_path_equals_reference(shape, overwrite, parallel):
+    n, c, h, w = shape
     x = rng.standard_normal((n, c, h, w))
-    cols = K.im2col(x, kh, kw, 1, 1, ph, pw, h, w)
-    np.testing.assert_array_equal(cols, K.im2col_reference(x, kh, kw, 1, 1, ph, pw, h, w))
+    cols = K.im2col(x, 3, 3, 1, 1, 1, 1, h, w, parallel)
+    np.testing.assert_array_equal(cols, K.im2col_reference(x, 3, 3, 1, 1, 1, 1, h, w))
     d = rng.standard_normal(cols.shape)
-    want = K.col2im_reference(d, n, c, h, w, kh, kw, 1, 1, ph, pw, h, w)
     d_before = d.copy()
-    np.testing.assert_allclose(K.col2im(d, n, c, h, w, kh, kw, 1, 1, ph, pw, h, w, overwrite), want,
+    dx = K.col2im(d, n, c, h, w, 3, 3, 1, 1, 1, 1, h, w, overwrite)
+    np.testing.assert_allclose(dx, K.col2im_reference(d_before, n, c, h, w, 3, 3, 1, 1, 1, 1, h, w),
                                rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(dx, _col2im_general(d_before, n, c, h, w, 3, 3, 1, 1, 1, 1, h, w))   # same order
     if not overwrite:
         np.testing.assert_array_equal(d, d_before)          # cols untouched unless the caller allows it
 
 
-def test_same_path_col2im_scratch_stays_inside_its_view():
+def test_3x3_path_col2im_scratch_stays_inside_its_view():
     """overwrite_cols lets col2im zero entries of cols, but only inside the array it was given."""
-    big = np.arange(1.0, 21.0).reshape(5, 4)
+    big = np.arange(1.0, 9 * 10 + 1).reshape(9, 10)
     before = big.copy()
-    dx = K.col2im(big[:, :2], 2, 1, 1, 1, 1, 5, 1, 1, 0, 2, 1, 1, True)     # 1x5 kernel, padding 2, 1x1 images
-    np.testing.assert_array_equal(dx, K.col2im_reference(before[:, :2], 2, 1, 1, 1, 1, 5, 1, 1, 0, 2, 1, 1))
-    np.testing.assert_array_equal(big[:, 2:], before[:, 2:])
+    dx = K.col2im(big[:, :8], 2, 1, 2, 2, 3, 3, 1, 1, 1, 1, 2, 2, True)      # 2x2 images, columns 0..7
+    np.testing.assert_array_equal(dx, K.col2im_reference(before[:, :8], 2, 1, 2, 2, 3, 3, 1, 1, 1, 1, 2, 2))
+    np.testing.assert_array_equal(big[:, 8:], before[:, 8:])
 
 
-def test_same_path_reads_non_contiguous_input():
+def test_3x3_path_reads_non_contiguous_input():
     x = rng.standard_normal((5, 5, 3, 2)).transpose(3, 2, 0, 1)             # (2, 3, 5, 5), not contiguous
     np.testing.assert_array_equal(K.im2col(x, 3, 3, 1, 1, 1, 1, 5, 5), K.im2col_reference(x, 3, 3, 1, 1, 1, 1, 5, 5))
 

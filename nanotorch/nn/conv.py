@@ -101,7 +101,8 @@ class Conv2d(Module):
             z = conv3x3_same(inputs, weight, h, w, True, par)       # (OC, N, H*W)
         else:
             oh, ow = self.output_shape(h, w)
-            inputs = im2col(x, *self.kernel_size, *self.stride, *self.padding, oh, ow)   # (C*KH*KW, N*OH*OW)
+            inputs = im2col(x, *self.kernel_size, *self.stride, *self.padding, oh, ow,   # (C*KH*KW, N*OH*OW)
+                            parallel(x.size * 9))                    # by the size of the 3x3 path's columns
             z = (weight.reshape(self.out_channels, -1) @ inputs).reshape(self.out_channels, n, oh * ow)
         if self.bias is not None:
             z += self.bias.data.astype(x.dtype, copy=False)[:, None, None]
