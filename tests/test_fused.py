@@ -5,6 +5,7 @@ import pytest
 import nanotorch as nt
 from nanotorch import nn
 from nanotorch.kernels import batchnorm_gelu as K
+from nanotorch.kernels import pad_planes
 from nanotorch.nn.fused import ConvBNGELU
 
 rng = np.random.default_rng(0)
@@ -36,6 +37,12 @@ def test_bn_gelu_kernels_equal_reference(dtype, training):
         np.testing.assert_allclose(g, w, **(tol if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)))
     with pytest.raises(ValueError, match="z.shape"):
         K.bn_gelu_forward(z, mean[:4], var, gamma, beta, training, 0.3, 1e-5)
+    for parallel in (False, True):                          # dz written padded for the direct convolution
+        dzp = K.bn_gelu_backward(da, xhat, d, inv_std, gamma, training, np.zeros(5), np.zeros(5), parallel, 7)
+        plain = K.bn_gelu_backward(da, xhat, d, inv_std, gamma, training, np.zeros(5), np.zeros(5), parallel)
+        np.testing.assert_array_equal(dzp, pad_planes(plain.reshape(5, 3, 6, 7), channels_first=True))
+    with pytest.raises(ValueError, match="padded_width"):
+        K.bn_gelu_backward(da, xhat, d, inv_std, gamma, training, np.zeros(5), np.zeros(5), False, 5)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -59,10 +66,12 @@ def test_update_running_stats_equals_reference(dtype, stats_dtype):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("shape, stride, padding", [((2, 3, 7, 7), 1, 1), ((1, 1, 5, 8), 2, 0), ((4, 4, 28, 28), 1, 1)])
-def test_conv_bn_gelu_equals_its_three_layers(dtype, mode, shape, stride, padding):
+@pytest.mark.parametrize("shape, stride, padding, bias", [((2, 3, 7, 7), 1, 1, False), ((1, 1, 5, 8), 2, 0, False),
+                                                         ((4, 4, 28, 28), 1, 1, False), ((2, 3, 16, 14), 1, 1, True)])
+def test_conv_bn_gelu_equals_its_three_layers(dtype, mode, shape, stride, padding, bias):
+    """The 28x28 and 16x14 cases take the direct kernel (with a bias, its gradient is not written padded)."""
     nt.manual_seed(0)
-    fused = ConvBNGELU(shape[1], 5, 3, stride=stride, padding=padding).to(dtype)
+    fused = ConvBNGELU(shape[1], 5, 3, stride=stride, padding=padding, bias=bias).to(dtype)
     x = rng.standard_normal(shape).astype(dtype)
     for _ in range(2):
         fused(x * 1.5 + 0.3)                  # running statistics away from their start

@@ -65,9 +65,9 @@ def _bn_gelu_training(z, v, p):
     return (*bn_gelu_forward(z, running_mean, running_var, v, v, True, 0.1, 1e-5, p), running_mean, running_var)
 
 
-def _bn_gelu_backward(da, xhat, d, inv_std, v, p):
+def _bn_gelu_backward(da, xhat, d, inv_std, v, p, padded_width=0):
     dgamma, dbeta = np.zeros_like(v), np.zeros_like(v)
-    return bn_gelu_backward(da, xhat, d, inv_std, v, True, dgamma, dbeta, p), dgamma, dbeta
+    return bn_gelu_backward(da, xhat, d, inv_std, v, True, dgamma, dbeta, p, padded_width), dgamma, dbeta
 
 
 def _kernel_runs(rng, dtype):
@@ -95,6 +95,7 @@ def _kernel_runs(rng, dtype):
             "bn_gelu_forward (eval)": lambda p: bn_gelu_forward(z, stats, stats, v, v, False, 0.0, 1e-5, p),
             "bn_gelu_inference": lambda p: bn_gelu_inference(z, v, v, p),
             "bn_gelu_backward": lambda p: _bn_gelu_backward(da, xhat, d, inv_std, v, p),
+            "bn_gelu_backward (padded)": lambda p: _bn_gelu_backward(da, xhat, d, inv_std, v, p, 13),
             "maxpool2x2_forward": lambda p: maxpool2x2_forward(xe, 5, 6, p),
             "maxpool2x2_max": lambda p: maxpool2x2_max(xe, 5, 6, p),
             "maxpool2d_backward (window codes)": lambda p: maxpool2d_backward(dout, window, 10, 12, p, True),

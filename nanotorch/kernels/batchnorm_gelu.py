@@ -21,16 +21,22 @@ same task as the normalisation: one kernel where there were three calls and six 
 operations (measured only together with the other changes of that session, README: Performance).
 The forward also folds them into the running statistics, and the backward adds dgamma and dbeta
 into the parameters' gradients: a layer's BatchNorm is one call each way, with no Python between.
-Tried and left out: the backward writing dz padded, so that the direct convolution's backward
-needs no padding pass (the version that saved 25% of the two passes rounded differently in the
-process that compiled it than once loaded from Numba's cache, see tests/test_kernels.py; the one
-that did not was no faster), and recomputing xhat from z instead of storing it (the same
-rounding trouble).
+For the direct convolution the backward also pads dz (``padded_width``): each channel's task
+copies its planes, just computed and still in its cache, into the zero-bordered planes that the
+convolution's backward reads, so that no separate padding pass reads them back from the other
+core's cache. The arithmetic stays the same loops, and the copy does none, so the bits are those
+of padding afterwards (an earlier attempt that wrote the final dz straight into the padded planes
+rounded differently in the process that compiled it than once loaded from Numba's cache; see
+tests/test_kernels.py). Alone, for 4 x 16 x 28 x 28: 30.3 -> 14.2 us on two threads (24.3 -> 23.2
+on one); in a training step, paired against the separate padding, 0.949 and 0.952 on two threads
+(the host in a slow phase; ~0.98 in a quiet one), 0.995 on one. Tried and left out:
+recomputing xhat from z instead of storing it (the same rounding trouble).
 The references compose the plain NumPy formulas.
 """
 import numpy as np
 from numba import njit, prange
 
+from nanotorch.kernels.conv3x3 import _pad_plane
 from nanotorch.kernels.gelu import FAST, gelu, gelu_and_grad, gelu_forward_reference
 from nanotorch.kernels.tasks import PRANGE
 
@@ -150,21 +156,34 @@ def _inference_channel(z, k, b, c, a):
 
 
 @njit(cache=True, nogil=True, **PRANGE, **FAST)
-def bn_gelu_backward(da, xhat, d, inv_std, gamma, training, dgamma, dbeta, parallel=False):
+def bn_gelu_backward(da, xhat, d, inv_std, gamma, training, dgamma, dbeta, parallel=False, padded_width=0):
     """da: (N, C, L); xhat, d: (C, N, L); inv_std, gamma: (C,) in xhat's dtype -> dz (C, N, L), see the
     module docstring. Adds each channel's dgamma and dbeta (float64 sums) into ``dgamma`` and ``dbeta``
-    (C,): the parameters' gradients, as ``grad += sums`` would (and without its 1.4 us a call)."""
-    c_ = xhat.shape[0]
+    (C,): the parameters' gradients, as ``grad += sums`` would (and without its 1.4 us a call).
+
+    ``padded_width`` W > 0: dz comes out as pad_planes(dz as (C, N, L / W, W), channels_first=True)
+    would give it, (N, C, (L / W + 2) * (W + 2) + 2), for the direct convolution's backward: each
+    channel's task copies its planes into their zero borders right after computing them, while they
+    are in its cache (the arithmetic is the same loops either way, so the same bits)."""
+    c_, n_, l_ = xhat.shape
     if dgamma.size != c_ or dbeta.size != c_:
         raise ValueError("bn_gelu_backward: expected dgamma and dbeta of xhat.shape[0] values")
+    if padded_width < 0 or (padded_width > 0 and l_ % padded_width != 0):
+        raise ValueError("bn_gelu_backward: padded_width must divide the planes' size")
     dz = np.empty_like(xhat)
+    h_ = l_ // padded_width if padded_width > 0 else 0
+    dzp = np.empty((n_, c_, (h_ + 2) * (padded_width + 2) + 2) if padded_width > 0 else (0, 0, 0), dtype=xhat.dtype)
     if parallel:
         for c in prange(c_):
             _backward_channel(da, xhat, d, inv_std[c], gamma[c], training, c, dz, dgamma, dbeta)
+            for n in range(dzp.shape[0]):
+                _pad_plane(dz[c, n].reshape(h_, padded_width), dzp[n, c])
     else:
         for c in range(c_):
             _backward_channel(da, xhat, d, inv_std[c], gamma[c], training, c, dz, dgamma, dbeta)
-    return dz
+            for n in range(dzp.shape[0]):
+                _pad_plane(dz[c, n].reshape(h_, padded_width), dzp[n, c])
+    return dzp if padded_width > 0 else dz
 
 
 @njit(nogil=True, inline="always", **FAST)

@@ -8,6 +8,7 @@ three layers run one by one) — but it does not materialise BatchNorm's output 
                (the batch's mean and var computed, and the running statistics updated, in the same call)
     backward:  dz = bn_gelu_backward(da, xhat, d, inv_std, ...)  (adding dgamma, dbeta into the grads);
                dx = conv's backward of dz
+               (for the direct 3x3 kernel, dz comes out already in its zero-bordered planes)
 
 z and dz stay in the (C, N, H*W) layout of the convolution's matrix product; the fused loops read
 and write across the two layouts, so the block never copies a transpose.
@@ -66,7 +67,9 @@ class ConvBNGELU(Sequential):
         xhat, d, inv_std, training, shape = self.saved_for_backward()
         check_grad(self, da, shape)
         n, c, h, w = shape
+        padded = conv.saved_for_backward()[2] and conv.bias is None   # the direct kernel's backward reads dz padded
         dz = bn_gelu_backward(np.ascontiguousarray(da).reshape(n, c, h * w), xhat, d, inv_std,
                               bn.weight.data.astype(da.dtype, copy=False), training,
-                              bn.weight.grad_to_accumulate(), bn.bias.grad_to_accumulate(), parallel(da.size))
-        return conv.backward_channels_first(dz)
+                              bn.weight.grad_to_accumulate(), bn.bias.grad_to_accumulate(), parallel(da.size),
+                              w if padded else 0)
+        return conv.backward_channels_first(dz, padded)
