@@ -304,6 +304,7 @@ def test_direct_conv3x3_equals_reference(shape, dtype):
     np.testing.assert_array_equal(dzp, K.pad_planes(dz_cf.transpose(1, 0, 2, 3)))   # through a strided view
     np.testing.assert_array_equal(K.flip_transpose(wt), K.flip_transpose_reference(wt))
     dx = K.conv3x3_same(dzp, K.flip_transpose(wt), h, w, False).reshape(x.shape)
+    np.testing.assert_array_equal(K.conv3x3_same(dzp, wt, h, w, False, False, True).reshape(x.shape), dx)
     dcols = wt.reshape(oc, -1).T @ dz.transpose(1, 0, 2, 3).reshape(oc, -1)
     np.testing.assert_allclose(dx, K.col2im_reference(dcols, n, c, h, w, 3, 3, 1, 1, 1, 1, h, w), **tol)
     np.testing.assert_allclose(K.conv3x3_same_grad_weight(xp, dzp, h, w),

@@ -90,6 +90,7 @@ def _kernel_runs(rng, dtype):
             "pad_planes (channels first)": lambda p: pad_planes(x_cf, p, True),
             "conv3x3_same": lambda p: conv3x3_same(xp, w, 9, 11, True, p),
             "conv3x3_same (N, OC, L)": lambda p: conv3x3_same(xp, w, 9, 11, False, p),
+            "conv3x3_same (flipped)": lambda p: conv3x3_same(dzp, w, 9, 11, False, p, True),
             "conv3x3_same_grad_weight": lambda p: conv3x3_same_grad_weight(xp, dzp, 9, 11, p),
             "bn_gelu_forward (training)": lambda p: _bn_gelu_training(z, v, p),
             "bn_gelu_forward (eval)": lambda p: bn_gelu_forward(z, stats, stats, v, v, False, 0.0, 1e-5, p),

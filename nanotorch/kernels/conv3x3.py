@@ -94,17 +94,28 @@ def _shifted(x, wp, m):
 
 
 @njit(cache=True, nogil=True, **PRANGE, **FAST)
-def conv3x3_same(xp, w, h_, w_, channels_first, parallel=False):
+def conv3x3_same(xp, w, h_, w_, channels_first, parallel=False, flipped=False):
     """xp: (N, C, P) from pad_planes; w: (OC, C, 3, 3) -> out (OC, N, H*W) if channels_first, else
-    (N, OC, H*W). One task per image and group of four output channels (w is padded with zero
-    channels to a multiple of 4); ``parallel`` spreads them over Numba's threads (tasks.py)."""
+    (N, OC, H*W). One task per image and group of four output channels (w is copied into groups of
+    four, padded with zero channels); ``parallel`` spreads them over Numba's threads (tasks.py).
+    ``flipped``: w is (C, OC, 3, 3), a forward's weight, and the kernel is flip_transpose(w): the
+    input gradient's (transposed and flipped as it is copied, with no call of its own)."""
     n_, c_, plane = xp.shape
-    oc_ = w.shape[0]
-    if plane != (h_ + 2) * (w_ + 2) + 2 or w.shape[1] != c_ or w.shape[2] != 3 or w.shape[3] != 3:
-        raise ValueError("conv3x3_same: expected xp (N, C, (h+2)*(w+2)+2) from pad_planes and w (OC, C, 3, 3)")
+    oc_ = w.shape[1] if flipped else w.shape[0]
+    if (plane != (h_ + 2) * (w_ + 2) + 2 or w.shape[0 if flipped else 1] != c_ or w.shape[2] != 3
+            or w.shape[3] != 3):
+        raise ValueError("conv3x3_same: expected xp (N, C, (h+2)*(w+2)+2) from pad_planes and w (OC, C, 3, 3) "
+                         "(or (C, OC, 3, 3) when flipped)")
     w4 = np.empty((-(-oc_ // 4) * 4, c_, 3, 3), dtype=w.dtype)
     w4[:] = 0
-    w4[:oc_] = w
+    if flipped:
+        for o in range(oc_):
+            for c in range(c_):
+                for i in range(3):
+                    for j in range(3):
+                        w4[o, c, i, j] = w[c, o, 2 - i, 2 - j]
+    else:
+        w4[:oc_] = w
     out = np.empty((oc_, n_, h_ * w_) if channels_first else (n_, oc_, h_ * w_), dtype=xp.dtype)
     groups = w4.shape[0] // 4
     if parallel:
