@@ -383,3 +383,22 @@ def test_sgd_update_gives_the_reference_bits(dtype, momentum, dampening, weight_
         np.testing.assert_array_equal(g, g_before)
         if momentum:
             np.testing.assert_array_equal(buf[0], buf[1])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, k, o", [(4, 28, 56), (4, 56, 10), (1, 5, 3), (3, 7, 1), (5, 1, 4)])
+def test_linear_kernels_equal_reference(n, k, o, dtype):
+    x, w, b = (rng.standard_normal(s).astype(dtype) for s in ((n, k), (o, k), (o,)))
+    dy = rng.standard_normal((n, o)).astype(dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(K.linear_forward(x, w, b, True), K.linear_forward_reference(x, w, b), **tol)
+    np.testing.assert_allclose(K.linear_forward(x, w, b, False), K.linear_forward_reference(x, w, None), **tol)
+    dw, db = np.full((o, k), 0.5, dtype), np.full(o, -0.25, dtype)          # the gradients are added into these
+    dx = K.linear_backward(dy, x, w, dw, db, True)
+    for got, want in zip((dx, dw - 0.5, db + 0.25), K.linear_backward_reference(dy, x, w)):
+        np.testing.assert_allclose(got, want, **tol)
+    db_before = db.copy()
+    K.linear_backward(dy, x, w, dw, db, False)
+    np.testing.assert_array_equal(db, db_before)                           # no bias: db untouched
+    with pytest.raises(ValueError, match="w \\(out, in\\)"):
+        K.linear_forward(x, w[:, :-1] if k > 1 else w[:0], b, True)

@@ -16,6 +16,7 @@ edit starts a fresh cache, and a process still running the old code writes only 
   global average pooling
 - ``loss``     — cross-entropy: log-softmax with the loss, and its gradient
 - ``dropout``  — dropout's mask and product
+- ``linear``   — a small Linear layer's product, and its three gradients in one call
 - ``gelu``     — exact (erf) and tanh GELU with their derivatives (float32: a vectorised erf)
 - ``batchnorm_gelu`` — BatchNorm + GELU fused each way, channel statistics, and BatchNorm's running-statistics update
 - ``optim``    — the squared norm of clip_grad_norm_ and SGD's update, one pass each
@@ -56,6 +57,8 @@ try:          # the kernels' dispatchers choose their cache folder as they are d
                                            conv3x3_same_grad_weight_reference)
     from nanotorch.kernels import batchnorm_gelu  # noqa: F401  (imported by nn/fused.py; cached here too)
     from nanotorch.kernels.dropout import dropout_forward, dropout_forward_reference
+    from nanotorch.kernels.linear import (linear_forward, linear_backward, linear_forward_reference,
+                                          linear_backward_reference)
     from nanotorch.kernels.loss import (cross_entropy_forward, cross_entropy_backward, cross_entropy_forward_reference,
                                         cross_entropy_backward_reference)
     from nanotorch.kernels.optim import sum_of_squares, sum_of_squares_reference, sgd_update, sgd_update_reference
@@ -70,4 +73,5 @@ __all__ = ["im2col", "col2im", "im2col_reference", "col2im_reference", "maxpool2
            "flip_transpose_reference", "conv3x3_same_reference", "conv3x3_same_grad_weight_reference", "sum_of_squares",
            "sum_of_squares_reference", "sgd_update", "sgd_update_reference", "cross_entropy_forward",
            "cross_entropy_backward", "cross_entropy_forward_reference", "cross_entropy_backward_reference",
-           "dropout_forward", "dropout_forward_reference"]
+           "dropout_forward", "dropout_forward_reference", "linear_forward", "linear_backward",
+           "linear_forward_reference", "linear_backward_reference"]

@@ -5,10 +5,14 @@ Linear (x: (N, in), W: (out, in), b: (out,)):   y = x W^T + b
     db = sum_n dy   (out,)
     dx = dy W       (N, in)
 
+Small layers (N * in * out below kernels/linear.py's SMALL_LINEAR, the MNIST model's head) run
+the three products as compiled loops, one call each way; larger ones call BLAS.
+
 Flatten(start_dim=1, end_dim=-1) only reshapes, so its backward reshapes back.
 """
 import numpy as np
 
+from nanotorch.kernels.linear import SMALL_LINEAR, linear_backward, linear_forward
 from nanotorch.nn._checks import check_grad, check_input
 from nanotorch.nn.init import default_weight_and_bias
 from nanotorch.nn.module import Module, Parameter
@@ -33,18 +37,24 @@ class Linear(Module):
             raise ValueError(f"Linear expects {self.in_features} input features (N, {self.in_features}), "
                              f"got shape {x.shape}")
         self.save_for_backward(x)
-        y = x @ self.weight.data.astype(x.dtype, copy=False).T
-        if self.bias is not None:
-            y += self.bias.data.astype(x.dtype, copy=False)
-        return y
+        w = self.weight.data.astype(x.dtype, copy=False)
+        b = self.bias.data.astype(x.dtype, copy=False) if self.bias is not None else None
+        if x.size * self.out_features < SMALL_LINEAR:        # one compiled call (kernels/linear.py)
+            return linear_forward(np.ascontiguousarray(x), w, w[0] if b is None else b, b is not None)
+        return x @ w.T + b if b is not None else x @ w.T
 
     def backward(self, dy):
         x, = self.saved_for_backward()
         check_grad(self, dy, (x.shape[0], self.out_features))
+        w = self.weight.data.astype(dy.dtype, copy=False)
+        if x.size * self.out_features < SMALL_LINEAR:         # adds dW and db into the grads itself
+            dw = self.weight.grad_to_accumulate()
+            db = self.bias.grad_to_accumulate() if self.bias is not None else dw[0]
+            return linear_backward(np.ascontiguousarray(dy), np.ascontiguousarray(x), w, dw, db, self.bias is not None)
         self.weight.accumulate_grad(dy.T @ x)
         if self.bias is not None:
             self.bias.accumulate_grad(dy.sum(axis=0))
-        return dy @ self.weight.data.astype(dy.dtype, copy=False)
+        return dy @ w
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
