@@ -59,21 +59,24 @@ def maxpool2x2_forward(x, oh, ow, parallel=False):
     drops a last row or column) are first copied to 2 * oh x 2 * ow planes (``tiled_planes``). One
     task per output row; ``parallel`` spreads them over Numba's threads (tasks.py).
     """
-    n_, c_, h_, w_ = x.shape
-    if h_ != 2 * oh or w_ != 2 * ow:
-        return _maxpool2x2_rows(tiled_planes(x, oh, ow), oh, ow, parallel)
-    return _maxpool2x2_rows(np.ascontiguousarray(x), oh, ow, parallel)
+    return _maxpool2x2_rows(_whole_windows(x, oh, ow), oh, ow, parallel)
+
+
+@njit(nogil=True)
+def _whole_windows(x, oh, ow):
+    """x as C-contiguous planes of 2 * oh x 2 * ow (tiled_planes when its size is another)."""
+    if x.shape[2] != 2 * oh or x.shape[3] != 2 * ow:
+        return tiled_planes(x, oh, ow)
+    return np.ascontiguousarray(x)
 
 
 @njit(nogil=True, **PRANGE)
 def _maxpool2x2_rows(x, oh, ow, parallel):
-    """maxpool2x2_forward of a C-contiguous x of 2 * oh x 2 * ow planes."""
+    """maxpool2x2_forward of C-contiguous planes of 2 * oh x 2 * ow."""
     n_, c_, _, w_ = x.shape
     rows = n_ * c_ * oh
-    out = np.empty((n_, c_, oh, ow), dtype=x.dtype)
-    window = np.empty((n_, c_, oh, ow), dtype=np.int8)
-    pairs = x.reshape(rows, 2, w_)
-    out_rows, window_rows = out.reshape(rows, ow), window.reshape(rows, ow)
+    out, window = np.empty((n_, c_, oh, ow), dtype=x.dtype), np.empty((n_, c_, oh, ow), dtype=np.int8)
+    pairs, out_rows, window_rows = x.reshape(rows, 2, w_), out.reshape(rows, ow), window.reshape(rows, ow)
     if parallel:
         for r in prange(rows):
             _argmax_row(pairs[r, 0], pairs[r, 1], out_rows[r], window_rows[r])
@@ -129,10 +132,7 @@ def maxpool2x2_max(x, oh, ow, parallel=False):
     the same as ``maxpool2x2_forward``'s (NaN wins), except that a window whose maximum is a tie
     between +0.0 and -0.0 may give the other zero: which of two tied inputs won is not kept.
     """
-    n_, c_, h_, w_ = x.shape
-    if h_ != 2 * oh or w_ != 2 * ow:
-        return _maxpool2x2_max_rows(tiled_planes(x, oh, ow), oh, ow, parallel)
-    return _maxpool2x2_max_rows(np.ascontiguousarray(x), oh, ow, parallel)
+    return _maxpool2x2_max_rows(_whole_windows(x, oh, ow), oh, ow, parallel)
 
 
 @njit(nogil=True, **PRANGE)
@@ -140,8 +140,7 @@ def _maxpool2x2_max_rows(x, oh, ow, parallel):
     n_, c_, _, w_ = x.shape
     rows = n_ * c_ * oh
     out = np.empty((n_, c_, oh, ow), dtype=x.dtype)
-    pairs = x.reshape(rows, 2, w_)
-    out_rows = out.reshape(rows, ow)
+    pairs, out_rows = x.reshape(rows, 2, w_), out.reshape(rows, ow)
     if parallel:
         for r in prange(rows):
             _max_row(pairs[r, 0], pairs[r, 1], out_rows[r])
