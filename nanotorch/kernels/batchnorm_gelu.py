@@ -36,7 +36,7 @@ The references compose the plain NumPy formulas.
 import numpy as np
 from numba import njit, prange
 
-from nanotorch.kernels.conv3x3 import _pad_plane
+from nanotorch.kernels.conv3x3 import pad_plane
 from nanotorch.kernels.gelu import FAST, gelu, gelu_and_grad, gelu_forward_reference
 from nanotorch.kernels.tasks import PRANGE
 
@@ -177,12 +177,12 @@ def bn_gelu_backward(da, xhat, d, inv_std, gamma, training, dgamma, dbeta, paral
         for c in prange(c_):
             _backward_channel(da, xhat, d, inv_std[c], gamma[c], training, c, dz, dgamma, dbeta)
             for n in range(dzp.shape[0]):
-                _pad_plane(dz[c, n].reshape(h_, padded_width), dzp[n, c])
+                pad_plane(dz[c, n].reshape(h_, padded_width), dzp[n, c])
     else:
         for c in range(c_):
             _backward_channel(da, xhat, d, inv_std[c], gamma[c], training, c, dz, dgamma, dbeta)
             for n in range(dzp.shape[0]):
-                _pad_plane(dz[c, n].reshape(h_, padded_width), dzp[n, c])
+                pad_plane(dz[c, n].reshape(h_, padded_width), dzp[n, c])
     return dzp if padded_width > 0 else dz
 
 

@@ -60,17 +60,17 @@ def pad_planes(x, parallel=False, channels_first=False):
     out = np.empty((n_, c_, (h_ + 2) * (w_ + 2) + 2), dtype=x.dtype)
     if parallel:
         for plane in prange(n_ * c_):
-            _pad_plane(x[plane % c_, plane // c_] if channels_first else x[plane // c_, plane % c_],
+            pad_plane(x[plane % c_, plane // c_] if channels_first else x[plane // c_, plane % c_],
                        out[plane // c_, plane % c_])
     else:
         for plane in range(n_ * c_):
-            _pad_plane(x[plane % c_, plane // c_] if channels_first else x[plane // c_, plane % c_],
+            pad_plane(x[plane % c_, plane // c_] if channels_first else x[plane // c_, plane % c_],
                        out[plane // c_, plane % c_])
     return out
 
 
 @njit(nogil=True)
-def _pad_plane(x, flat):
+def pad_plane(x, flat):
     """x: (H, W) -> flat, its padded plane. Writes each value once: the image rows, and zeros only on
     the border (15-25% faster than zeroing the whole plane first)."""
     h_, w_ = x.shape
