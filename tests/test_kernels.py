@@ -122,6 +122,22 @@ def test_maxpool_2x2_fast_path_equals_reference(shape, ceil):
     np.testing.assert_array_equal(dx, K.maxpool2d_backward(d, general_arg, h, w))
 
 
+@pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64, np.float64])
+@pytest.mark.parametrize("shape, ceil", [((1, 2, 3, 3), True), ((2, 1, 5, 4), True), ((1, 1, 3, 5), False)])
+def test_maxpool_2x2_odd_sizes_of_any_dtype(shape, ceil, dtype):
+    """Odd sizes are extended to whole windows (-inf, or an integer array's smallest value): the
+    added pixels never win, even where the image's own pixels are all at that value."""
+    n, c, h, w = shape
+    oh, ow = pool_output_size(h, 2, 2, 0, ceil), pool_output_size(w, 2, 2, 0, ceil)
+    x = -rng.integers(0, 4, size=shape).astype(dtype)               # ties with the smallest value too
+    out, window = K.maxpool2x2_forward(x, oh, ow)
+    ref_out, ref_arg = K.maxpool2d_forward(x, 2, 2, 2, 2, 0, 0, oh, ow)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(window, 2 * (ref_arg // w - 2 * np.arange(oh)[:, None])
+                                  + ref_arg % w - 2 * np.arange(ow)[None, :])
+    np.testing.assert_array_equal(K.maxpool2x2_max(x, oh, ow), ref_out)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_global_avg_pool_equals_reference(dtype):
     x = rng.standard_normal((3, 5, 7, 6)).astype(dtype)
@@ -402,3 +418,5 @@ def test_linear_kernels_equal_reference(n, k, o, dtype):
     np.testing.assert_array_equal(db, db_before)                           # no bias: db untouched
     with pytest.raises(ValueError, match="w \\(out, in\\)"):
         K.linear_forward(x, w[:, :-1] if k > 1 else w[:0], b, True)
+    with pytest.raises(ValueError, match="db \\(out,\\)"):
+        K.linear_backward(dy, x, w, dw, db[:-1], True)

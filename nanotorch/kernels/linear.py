@@ -44,8 +44,9 @@ def linear_backward(dy, x, w, dw, db, has_bias):
     db (out,) into the given gradient arrays."""
     n_, in_ = x.shape
     out_ = w.shape[0]
-    if dy.shape[0] != n_ or dy.shape[1] != out_ or w.shape[1] != in_ or dw.shape[0] != out_ or dw.shape[1] != in_:
-        raise ValueError("linear_backward: expected dy (N, out), x (N, in), w and dw (out, in)")
+    if (dy.shape[0] != n_ or dy.shape[1] != out_ or w.shape[1] != in_ or dw.shape[0] != out_ or dw.shape[1] != in_
+            or (has_bias and db.size != out_)):
+        raise ValueError("linear_backward: expected dy (N, out), x (N, in), w and dw (out, in), db (out,)")
     dx = np.zeros((n_, in_), dtype=dy.dtype)
     for o in range(out_):
         dwo, wo = dw[o], w[o]

@@ -88,13 +88,15 @@ def _maxpool2x2_rows(x, oh, ow, parallel):
 
 @njit(cache=True, nogil=True)
 def tiled_planes(x, oh, ow):
-    """x: (N, C, H, W) -> (N, C, 2 * oh, 2 * ow), the planes cut or extended with -inf so that the
-    2x2 windows tile them. -inf never wins a window over a pixel of the image (ties go to the first
-    in scan order, which is always in the image), so the maxima and window codes are those of the
-    windows cut at the edge."""
+    """x: (N, C, H, W) -> (N, C, 2 * oh, 2 * ow), the planes cut or extended with -inf (for an
+    integer x, its smallest value) so that the 2x2 windows tile them. The added pixels never win a
+    window over a pixel of the image: they are never larger, and ties go to the first in scan
+    order, which is always in the image. So the maxima and window codes are those of the windows
+    cut at the edge."""
     n_, c_, h_, w_ = x.shape
     out = np.empty((n_, c_, 2 * oh, 2 * ow), dtype=x.dtype)
-    low = -np.inf
+    integer = x.dtype.type(0.5) == 0                     # -inf has no integer value
+    low = x.min() if integer else x.dtype.type(-np.inf)
     for n in range(n_):
         for c in range(c_):
             for y in range(2 * oh):

@@ -8,7 +8,7 @@ three layers run one by one) — but it does not materialise BatchNorm's output 
                (the batch's mean and var computed, and the running statistics updated, in the same call)
     backward:  dz = bn_gelu_backward(da, xhat, d, inv_std, ...)  (adding dgamma, dbeta into the grads);
                dx = conv's backward of dz
-               (for the direct 3x3 kernel, dz comes out already in its zero-bordered planes)
+               (for the direct 3x3 kernel with no bias, dz comes out already in its zero-bordered planes)
 
 z and dz stay in the (C, N, H*W) layout of the convolution's matrix product; the fused loops read
 and write across the two layouts, so the block never copies a transpose.
