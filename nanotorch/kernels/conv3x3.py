@@ -99,7 +99,7 @@ def conv3x3_same(xp, w, h_, w_, channels_first, parallel=False, flipped=False):
     (N, OC, H*W). One task per image and group of four output channels (w is copied into groups of
     four, padded with zero channels); ``parallel`` spreads them over Numba's threads (tasks.py).
     ``flipped``: w is (C, OC, 3, 3), a forward's weight, and the kernel is flip_transpose(w): the
-    input gradient's (transposed and flipped as it is copied, with no call of its own)."""
+    input gradient's (flipped inside this call, so the layer makes no call of its own for it)."""
     n_, c_, plane = xp.shape
     oc_ = w.shape[1] if flipped else w.shape[0]
     if (plane != (h_ + 2) * (w_ + 2) + 2 or w.shape[0 if flipped else 1] != c_ or w.shape[2] != 3
@@ -109,11 +109,7 @@ def conv3x3_same(xp, w, h_, w_, channels_first, parallel=False, flipped=False):
     w4 = np.empty((-(-oc_ // 4) * 4, c_, 3, 3), dtype=w.dtype)
     w4[:] = 0
     if flipped:
-        for o in range(oc_):
-            for c in range(c_):
-                for i in range(3):
-                    for j in range(3):
-                        w4[o, c, i, j] = w[c, o, 2 - i, 2 - j]
+        w4[:oc_] = flip_transpose(w)
     else:
         w4[:oc_] = w
     out = np.empty((oc_, n_, h_ * w_) if channels_first else (n_, oc_, h_ * w_), dtype=xp.dtype)

@@ -93,6 +93,15 @@ def _three_rows(cols, row, start, size):
     return cols[row, start:start + size], cols[row + 1, start:start + size], cols[row + 2, start:start + size]
 
 
+@njit(inline="always")
+def _zero_wrapped(d0, d2, h_, w_):
+    """Zero the entries of one image's j = 0 and j = 2 rows whose shift wrapped around to the
+    neighbouring image row: column x = 0 of d0 and x = W - 1 of d2 (they read the padding)."""
+    for y in range(h_):
+        d0[y * w_] = 0
+        d2[y * w_ + w_ - 1] = 0
+
+
 @njit(nogil=True)
 def _im2col_3x3_channel(planes, cols, c, h_, w_):
     """The nine rows of cols of input channel c: planes (N, C, H*W) -> cols[9c:9c + 9]."""
@@ -115,9 +124,7 @@ def _im2col_3x3_channel(planes, cols, c, h_, w_):
             d0[hi - 1], d1[hi - 1] = src[b + m], src[b + m + 1]    # d2[hi - 1] is x = W - 1: likewise
             for p in range(hi, hw):
                 d0[p] = d1[p] = d2[p] = 0
-            for y in range(h_):                                    # wrapped to the next image row
-                d0[y * w_] = 0
-                d2[y * w_ + w_ - 1] = 0
+            _zero_wrapped(d0, d2, h_, w_)                          # wrapped to the next image row
 
 
 @njit(nogil=True)
@@ -129,9 +136,7 @@ def _col2im_3x3_channel(cols, dx, c, h_, w_):
         b, m = lo + si, hi - lo - 2             # dst[b + t] takes d1[lo + t], d0[lo + t + 1], d2[lo + t - 1]
         for n in range(dx.shape[0]):
             d0, d1, d2 = _three_rows(cols, 9 * c + 3 * i, n * hw, hw)
-            for y in range(h_):                                    # they came from the padding
-                d0[y * w_] = 0
-                d2[y * w_ + w_ - 1] = 0
+            _zero_wrapped(d0, d2, h_, w_)                          # they came from the padding
             dst = dx[n, c]
             dst[b] = (dst[b] + d0[lo + 1]) + d1[lo]                # d2[lo - 1] is outside [lo, hi)
             f, g0, g1, g2 = dst[b + 1:b + 1 + m], d0[lo + 2:lo + 2 + m], d1[lo + 1:lo + 1 + m], d2[lo:lo + m]
