@@ -39,9 +39,10 @@ def test_bn_gelu_kernels_equal_reference(dtype, training):
         K.bn_gelu_forward(z, mean[:4], var, gamma, beta, training, 0.3, 1e-5)
     # dz written padded for the direct convolution. Both calls pass every argument, as the fused layer
     # does, so that both run one compiled specialization: a float64 prange kernel compiled in this
-    # process can round differently in the last bit from the same kernel loaded from Numba's cache,
-    # and two specializations, one cached and one not, then disagreed (seen after a script had
-    # cached only the unpadded one).
+    # process can round differently in the last bit from the same kernel loaded from Numba's cache
+    # (Numba optimises the two differently: numba/numba#10617), and two specializations, one cached
+    # and one not, then disagreed (seen after a script had cached only the unpadded one). The
+    # float32 kernels of a training run are checked compiled against cached in test_kernels.py.
     for parallel in (False, True):
         dzp = K.bn_gelu_backward(da, xhat, d, inv_std, gamma, training, np.zeros(5), np.zeros(5), parallel, 7)
         plain = K.bn_gelu_backward(da, xhat, d, inv_std, gamma, training, np.zeros(5), np.zeros(5), parallel, 0)
