@@ -36,7 +36,7 @@ The references compose the plain NumPy formulas.
 import numpy as np
 from numba import njit, prange
 
-from nanotorch.kernels.conv3x3 import pad_plane
+from nanotorch.kernels.conv3x3 import pad_plane, padded_size
 from nanotorch.kernels.gelu import FAST, gelu, gelu_and_grad, gelu_forward_reference
 from nanotorch.kernels.tasks import PRANGE
 
@@ -162,7 +162,7 @@ def bn_gelu_backward(da, xhat, d, inv_std, gamma, training, dgamma, dbeta, paral
     (C,): the parameters' gradients, as ``grad += sums`` would (and without its 1.4 us a call).
 
     ``padded_width`` W > 0: dz comes out as pad_planes(dz as (C, N, L / W, W), channels_first=True)
-    would give it, (N, C, (L / W + 2) * (W + 2) + 2), for the direct convolution's backward: each
+    would give it, (N, C, padded_size(L / W, W)), for the direct convolution's backward: each
     channel's task copies its planes into their zero borders right after computing them, while they
     are in its cache (the arithmetic is the same loops either way, so the same bits)."""
     c_, n_, l_ = xhat.shape
@@ -172,7 +172,7 @@ def bn_gelu_backward(da, xhat, d, inv_std, gamma, training, dgamma, dbeta, paral
         raise ValueError("bn_gelu_backward: padded_width must divide the planes' size")
     dz = np.empty_like(xhat)
     h_ = l_ // padded_width if padded_width > 0 else 0
-    dzp = np.empty((n_, c_, (h_ + 2) * (padded_width + 2) + 2) if padded_width > 0 else (0, 0, 0), dtype=xhat.dtype)
+    dzp = np.empty((n_, c_, padded_size(h_, padded_width)) if padded_width > 0 else (0, 0, 0), dtype=xhat.dtype)
     if parallel:
         for c in prange(c_):
             _backward_channel(da, xhat, d, inv_std[c], gamma[c], training, c, dz, dgamma, dbeta)

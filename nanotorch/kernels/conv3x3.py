@@ -49,7 +49,7 @@ from nanotorch.kernels.tasks import PRANGE
 
 @njit(cache=True, nogil=True, **PRANGE)
 def pad_planes(x, parallel=False, channels_first=False):
-    """x: (N, C, H, W), any strides -> (N, C, (H+2)*(W+2) + 2): each plane with a zero border, flat,
+    """x: (N, C, H, W), any strides -> (N, C, padded_size(H, W)): each plane with a zero border, flat,
     plus two zeros at the end so the last shifted read stays inside. One task per plane.
     ``channels_first``: x is (C, N, H, W) instead, as a gradient comes from the layer above (its
     planes read contiguously: 1.5-1.9x faster than through a transposed view); the output is the same."""
@@ -57,7 +57,7 @@ def pad_planes(x, parallel=False, channels_first=False):
         c_, n_, h_, w_ = x.shape
     else:
         n_, c_, h_, w_ = x.shape
-    out = np.empty((n_, c_, (h_ + 2) * (w_ + 2) + 2), dtype=x.dtype)
+    out = np.empty((n_, c_, padded_size(h_, w_)), dtype=x.dtype)
     if parallel:
         for plane in prange(n_ * c_):
             pad_plane(x[plane % c_, plane // c_] if channels_first else x[plane // c_, plane % c_],
@@ -67,6 +67,12 @@ def pad_planes(x, parallel=False, channels_first=False):
             pad_plane(x[plane % c_, plane // c_] if channels_first else x[plane // c_, plane % c_],
                        out[plane // c_, plane % c_])
     return out
+
+
+@njit(nogil=True)
+def padded_size(h_, w_):
+    """The length of a padded plane: H + 2 rows of W + 2 values, and two zeros after them."""
+    return (h_ + 2) * (w_ + 2) + 2
 
 
 @njit(nogil=True)
@@ -102,7 +108,7 @@ def conv3x3_same(xp, w, h_, w_, channels_first, parallel=False, flipped=False):
     input gradient's (flipped inside this call, so the layer makes no call of its own for it)."""
     n_, c_, plane = xp.shape
     oc_ = w.shape[1] if flipped else w.shape[0]
-    if (plane != (h_ + 2) * (w_ + 2) + 2 or w.shape[0 if flipped else 1] != c_ or w.shape[2] != 3
+    if (plane != padded_size(h_, w_) or w.shape[0 if flipped else 1] != c_ or w.shape[2] != 3
             or w.shape[3] != 3):
         raise ValueError("conv3x3_same: expected xp (N, C, (h+2)*(w+2)+2) from pad_planes and w (OC, C, 3, 3) "
                          "(or (C, OC, 3, 3) when flipped)")
@@ -179,7 +185,7 @@ def conv3x3_same_grad_weight(xp, dzp, h_, w_, parallel=False):
     n_, c_, plane = xp.shape
     oc_ = dzp.shape[1]
     wp = w_ + 2
-    if plane != (h_ + 2) * wp + 2 or dzp.shape[0] != n_ or dzp.shape[2] != plane:
+    if plane != padded_size(h_, w_) or dzp.shape[0] != n_ or dzp.shape[2] != plane:
         raise ValueError("conv3x3_same_grad_weight: expected xp (N, C, P) and dzp (N, OC, P) from pad_planes, "
                          "P = (h+2)*(w+2)+2")
     dw = np.empty((oc_, c_, 3, 3), dtype=xp.dtype)
