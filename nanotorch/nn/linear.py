@@ -41,7 +41,10 @@ class Linear(Module):
         b = self.bias.data.astype(x.dtype, copy=False) if self.bias is not None else None
         if x.size * self.out_features < SMALL_LINEAR:        # one compiled call (kernels/linear.py)
             return linear_forward(np.ascontiguousarray(x), w, w[0] if b is None else b, b is not None)
-        return x @ w.T + b if b is not None else x @ w.T
+        y = x @ w.T
+        if b is not None:
+            y += b
+        return y
 
     def backward(self, dy):
         x, = self.saved_for_backward()
