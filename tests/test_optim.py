@@ -417,10 +417,11 @@ SGD_CONFIGS = {
 
 
 def sgd_trajectories(config, dtype, steps=50, scheduled=False, missing_grads=False):
-    """Run nanotorch's and PyTorch's SGD side by side on the same random gradients."""
+    """Run nanotorch's and PyTorch's SGD side by side on the same random gradients. The shapes
+    include one of 1,001 values, so that PyTorch's vectorised loop runs as well as its scalar one."""
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(7)
-    shapes = [(4, 3), (5,), (2, 3, 2)]
+    shapes = [(4, 3), (5,), (2, 3, 2), (1001,)]
     start = [rng.standard_normal(s).astype(dtype) for s in shapes]
     grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(steps)]
 
@@ -444,26 +445,69 @@ def sgd_trajectories(config, dtype, steps=50, scheduled=False, missing_grads=Fal
     return ours, theirs, opt, t_opt
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", SGD_CONFIGS)
-def test_sgd_trajectories_match_torch_float64(name):
-    ours, theirs, opt, t_opt = sgd_trajectories(SGD_CONFIGS[name], np.float64)
+def test_sgd_trajectories_match_torch_bit_for_bit(name, dtype):
+    """Each of PyTorch's ``add_(y, alpha=a)`` is one fused multiply-add on the CPU, and so is ours."""
+    ours, theirs, opt, t_opt = sgd_trajectories(SGD_CONFIGS[name], dtype)
     for p, tp in zip(ours, theirs):
-        assert p.data.dtype == np.float64
-        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=0, atol=1e-12)
+        assert p.data.dtype == dtype
+        np.testing.assert_array_equal(p.data, tp.detach().numpy())
         if "momentum" in SGD_CONFIGS[name]:
-            np.testing.assert_allclose(opt.state[p]["momentum_buffer"],
-                                       t_opt.state[tp]["momentum_buffer"].numpy(), rtol=0, atol=1e-12)
+            np.testing.assert_array_equal(opt.state[p]["momentum_buffer"], t_opt.state[tp]["momentum_buffer"].numpy())
 
 
-def test_sgd_with_one_cycle_and_missing_grads_matches_torch_float64():
-    ours, theirs, _, _ = sgd_trajectories(SGD_CONFIGS["combination"], np.float64,
-                                          scheduled=True, missing_grads=True)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sgd_with_one_cycle_and_missing_grads_matches_torch_bit_for_bit(dtype):
+    ours, theirs, _, _ = sgd_trajectories(SGD_CONFIGS["combination"], dtype, scheduled=True, missing_grads=True)
     for p, tp in zip(ours, theirs):
-        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(p.data, tp.detach().numpy())
 
 
-def test_sgd_trajectories_match_torch_float32():
-    ours, theirs, _, _ = sgd_trajectories(SGD_CONFIGS["combination_damped"], np.float32)
-    for p, tp in zip(ours, theirs):
-        assert p.data.dtype == np.float32
-        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-5, atol=1e-6)
+def test_sgd_on_non_contiguous_parameters_matches_the_contiguous_update():
+    """A parameter that is a strided view takes the same loop, on contiguous copies written back."""
+    rng = np.random.default_rng(3)
+    base, grads = rng.standard_normal((6, 8)), rng.standard_normal((3, 6, 4))
+    strided, plain = Parameter(base.copy()[:, ::2]), Parameter(np.ascontiguousarray(base[:, ::2]))
+    assert not strided.data.flags.c_contiguous
+    opts = [SGD([q], lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True) for q in (strided, plain)]
+    for g in grads:
+        for q, opt in zip((strided, plain), opts):
+            q.grad = g.copy()
+            opt.step()
+    np.testing.assert_array_equal(strided.data, plain.data)
+    np.testing.assert_array_equal(opts[0].state[strided]["momentum_buffer"], opts[1].state[plain]["momentum_buffer"])
+
+
+# --- SGD's kernel: every multiply-add rounded once -----------------------------------------------
+def test_fma_rounds_once():
+    from numba import njit
+    from nanotorch.kernels.optim import fma
+    compiled = njit(lambda a, b, c: fma(a, b, c))
+    for t in (np.float32, np.float64):
+        eps = np.finfo(t).eps
+        a, b, c = t(1 + eps), t(1 - eps), t(-1)            # a * b = 1 - eps^2 exactly; rounded, it is 1
+        assert t(a * b) + c == 0
+        assert compiled(a, b, c) == fma(a, b, c) == -t(eps) * t(eps)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("momentum, dampening, weight_decay, nesterov",
+                         [(0.0, 0.0, 0.0, False), (0.9, 0.0, 0.0, False), (0.85, 0.1, 0.01, False), (0.9, 0.0, 0.05, True)])
+def test_sgd_update_compiled_equals_its_python_body(dtype, momentum, dampening, weight_decay, nesterov):
+    """The kernel against its own body run as Python (what NUMBA_DISABLE_JIT=1 runs), whose fma is
+    exact by fractions in float64; three steps, the first starting the momentum buffer."""
+    from nanotorch.kernels.optim import sgd_update
+    rng = np.random.default_rng(11)
+    p0 = rng.standard_normal(61).astype(dtype)
+    p, buf = [p0.copy(), p0.copy()], [np.empty(61, dtype) for _ in range(2)]
+    for step in range(3):
+        g = rng.standard_normal(61).astype(dtype)
+        g_before = g.copy()
+        args = (0.1 / (step + 1), momentum, dampening, weight_decay, nesterov, step == 0)
+        sgd_update(p[0], g, buf[0], *args)
+        sgd_update.py_func(p[1], g, buf[1], *args)
+        np.testing.assert_array_equal(p[0], p[1])
+        np.testing.assert_array_equal(g, g_before)
+        if momentum:
+            np.testing.assert_array_equal(buf[0], buf[1])

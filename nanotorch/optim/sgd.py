@@ -3,12 +3,12 @@ import numbers
 
 import numpy as np
 
-from nanotorch.kernels.optim import sgd_update, sgd_update_reference
+from nanotorch.kernels.optim import sgd_update
 from nanotorch.optim.optimizer import Optimizer
 
 
 class SGD(Optimizer):
-    r"""PyTorch's SGD, step for step. For each parameter p with a gradient, at step t:
+    r"""PyTorch's SGD, step for step and bit for bit. For each parameter p with a gradient, at step t:
 
         g   = grad + weight_decay * p                        (if weight_decay != 0)
         buf = g                                              (if momentum != 0, first step)
@@ -16,6 +16,8 @@ class SGD(Optimizer):
         g   = g + momentum * buf   if nesterov   else   buf  (if momentum != 0)
         p   = p - lr * g
 
+    with each ``x + a * y`` rounded once (a fused multiply-add, as PyTorch's CPU ``add_(y, alpha=a)``
+    computes it; kernels/optim.py), so that float32 runs give PyTorch's bits too.
     This is PyTorch's form: the learning rate multiplies the whole buffer, so changing lr
     mid-run (a scheduler) rescales past momentum too (unlike Sutskever's ``v = m v - lr g``).
     Parameters whose ``grad`` is None are skipped and keep their buffer. ``p.data`` is
@@ -76,10 +78,14 @@ class SGD(Optimizer):
                 args = (lr, momentum, dampening, weight_decay, nesterov, first)
                 unused_or_buf = p.data if buf is None else buf            # without momentum the loop never reads it
                 if _one_contiguous_dtype(p.data, p.grad, unused_or_buf):
-                    sgd_update(p.data.reshape(-1), p.grad.reshape(-1), unused_or_buf.reshape(-1),   # kernels/optim.py
-                               *args)
-                else:
-                    sgd_update_reference(p.data, p.grad, buf, *args)           # the same formula in NumPy
+                    sgd_update(p.data.reshape(-1), p.grad.reshape(-1), unused_or_buf.reshape(-1), *args)
+                else:                                                     # the same loop on contiguous copies
+                    data, buf_ = np.ascontiguousarray(p.data), np.ascontiguousarray(unused_or_buf, p.data.dtype)
+                    sgd_update(data.reshape(-1), np.ascontiguousarray(p.grad, p.data.dtype).reshape(-1),
+                               buf_.reshape(-1), *args)
+                    p.data[...] = data
+                    if buf is not None:
+                        buf[...] = buf_
         return loss
 
 
