@@ -1,4 +1,4 @@
-"""Checkpoints as NumPy .npz files: written atomically, read with allow_pickle=False.
+"""Checkpoints as NumPy .npz files: written atomically (mnist/files.py), read with allow_pickle=False.
 
 model.npz       the model's state_dict, keyed as PyTorch keys it ('0.0.weight', '0.1.running_mean', ...)
 checkpoint.npz  everything a resumed run needs, under prefixes:
@@ -9,34 +9,13 @@ checkpoint.npz  everything a resumed run needs, under prefixes:
 """
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from nanotorch.optim import flatten_state_dict, unflatten_state_dict
+from mnist.files import write_atomic
 from mnist.model import build_model
-
-
-def write_atomic(path, write, mode="wb"):
-    """Call write(file) on a temp file in path's folder, then os.replace it into place: readers see
-    the old file or the new one, never half of one; on any error the temp file is removed."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)           # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_npz_atomic(path, arrays):

@@ -30,6 +30,8 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
+from mnist.files import move_into_place
+
 log = logging.getLogger(__name__)
 
 # Tried in this order. The S3 and GCS copies are the ones torchvision and TensorFlow use; the
@@ -243,6 +245,8 @@ def _fetch_verified(url, gz_name, directory, expected, timeout, attempts, backof
 
     The temp file lives in the same directory so that os.replace is an atomic rename: other
     processes see either no file or the complete, verified one, never a partial download.
+    mnist.files.move_into_place fsyncs it first and gives it the usual mode (0o666 & ~umask),
+    so a shared data folder stays readable by everyone who shares it.
     """
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{gz_name}.", suffix=".part")
     try:
@@ -257,7 +261,7 @@ def _fetch_verified(url, gz_name, directory, expected, timeout, attempts, backof
         # Some servers strip the gzip layer (Content-Encoding); keep the file under the name
         # that matches what it is.
         destination = directory / (gz_name if is_gzip else gz_name[: -len(".gz")])
-        os.replace(tmp, destination)
+        move_into_place(tmp, destination)
         return destination
     finally:
         if os.path.exists(tmp):

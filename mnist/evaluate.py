@@ -1,6 +1,8 @@
 """Evaluate a trained model on the MNIST test set: overall and per-class accuracy, confusion matrix.
 
-    python -m mnist.evaluate RUN_DIR_OR_CHECKPOINT [--data-dir DIR] [--batch-size 64]
+    python -m mnist.evaluate RUN_DIR_OR_CHECKPOINT [--data-dir DIR] [--batch-size 64] [--threads N]
+
+A run directory is scored by its model.npz, or by its checkpoint.npz if the run was interrupted.
 """
 import argparse
 import os
@@ -55,17 +57,35 @@ def evaluate(model, images, labels, batch_size=64, threads=None):
             "confusion": confusion, "predictions": pred, "logits": logits}
 
 
+def model_path(path):
+    """The file to score: path itself, or in a run directory its model.npz, else (a run that was
+    interrupted before it finished) its checkpoint.npz."""
+    if not os.path.isdir(path):
+        return path
+    for name in ("model.npz", "checkpoint.npz"):
+        if os.path.exists(os.path.join(path, name)):
+            if name == "checkpoint.npz":
+                print(f"note: {path} has no model.npz (the run did not finish): scoring its checkpoint.npz",
+                      file=sys.stderr)
+            return os.path.join(path, name)
+    raise FileNotFoundError(f"{path} holds neither model.npz nor checkpoint.npz: train into it first "
+                            f"with python -m mnist.train --out {path}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m mnist.evaluate", description=__doc__.splitlines()[0])
-    ap.add_argument("path", help="a run directory (holding model.npz) or a checkpoint .npz")
+    ap.add_argument("path", help="a run directory (its model.npz, else its checkpoint.npz) or an .npz file")
     ap.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $NANOTORCH_DATA/mnist or the cache)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None,
                     help="threads evaluating batches side by side (default: 2, or 1 on a 1-core machine)")
     args = ap.parse_args(argv)
-    path = os.path.join(args.path, "model.npz") if os.path.isdir(args.path) else args.path
+    if args.batch_size < 1:
+        ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        ap.error(f"--threads must be >= 1, got {args.threads}")
     try:
-        model = load_model(path)
+        model = load_model(model_path(args.path))
         images, labels = load_mnist("test", data_dir=args.data_dir)
     except (ValueError, OSError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -10,6 +10,11 @@ gradient-norm clipping at 1.0; dropout 0.15; one epoch. One training step reads 
 
 The run directory gets model.npz, checkpoint.npz (for --resume), metrics.json, log.csv,
 config.json and the pictures of mnist.visualize.
+
+--resume CHECKPOINT continues that run exactly as it was configured: the recipe flags (those of
+RECIPE, and --limit) may be left out or repeated with the same values, but not changed (a new
+run changes the recipe); output flags (--out, --threads, --log-every, ...) may differ. log.csv
+is cut back to the checkpoint's step, then appended to.
 """
 import argparse
 import csv
@@ -28,10 +33,12 @@ from nanotorch.nn.utils import clip_grad_norm_
 from mnist.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint, save_json_atomic, save_model
 from mnist.data import iterate_batches, load_mnist, normalize, num_batches
 from mnist.evaluate import evaluate
+from mnist.files import write_atomic
 from mnist.model import build_model, count_parameters
 
 RECIPE = dict(batch_size=4, lr=0.001, momentum=0.9, max_lr=0.1, pct_start=0.25, anneal_strategy="cos",
               clip=1.0, dropout=0.15, epochs=1, seed=0)
+RESUMED_AS_SAVED = (*RECIPE, "limit")      # what --resume takes from the checkpoint and won't let change
 
 
 class TrainingDiverged(RuntimeError):
@@ -84,15 +91,23 @@ def parse_args(argv=None):
     ap.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    if args.resume:              # the run's own options, except those given again on this command line
+    if args.resume:              # the run's own options; a recipe flag given again must repeat them
         try:
             saved = checkpoint_state(args.resume)["config"]
         except (ValueError, OSError, KeyError) as e:
             ap.error(f"--resume {args.resume}: {e}")
         ap.set_defaults(**{k: v for k, v in saved.items() if k in vars(args)})
         args = ap.parse_args(argv)
+        changed = [f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}"
+                   for k in RESUMED_AS_SAVED if k in saved and getattr(args, k) != saved[k]]
+        if changed:
+            ap.error("--resume continues the run as it was configured: " + "; ".join(changed) +
+                     " (start a new run to change the recipe)")
     if args.epochs < 1 or args.batch_size < 1:
         ap.error("--epochs and --batch-size must be >= 1")
+    for flag in ("threads", "log_every", "checkpoint_every"):
+        if getattr(args, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.limit is not None and args.limit < args.batch_size:
         ap.error(f"--limit must be at least the batch size ({args.batch_size})")
     return args
@@ -133,14 +148,26 @@ def train_step(model, criterion, optimizer, scheduler, x, y, clip):
 
 
 class CsvLog:
-    """log.csv: one row every --log-every steps, with the window's mean loss and accuracy."""
+    """log.csv: one row every --log-every steps, with the window's mean loss and accuracy.
+
+    resume_step: continue the log of a run resumed from that step. Rows past it (written after the
+    checkpoint, before a crash) are dropped first, atomically, so the steps keep increasing.
+    """
     COLUMNS = ["step", "epoch", "loss", "accuracy", "lr", "momentum", "grad_norm"]
 
-    def __init__(self, path, append):
-        new = not (append and os.path.exists(path))
-        self.file = open(path, "a" if not new else "w", newline="")
+    def __init__(self, path, resume_step=None):
+        rows = []
+        if resume_step is not None and os.path.exists(path):
+            with open(path, newline="") as f:
+                rows = list(csv.reader(f))
+        if rows:
+            header, body = rows[0], rows[1:]
+            kept = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= resume_step]
+            if len(kept) < len(body):
+                write_atomic(path, lambda f: csv.writer(f).writerows([header, *kept]), mode="w")
+        self.file = open(path, "a" if rows else "w", newline="")
         self.writer = csv.writer(self.file)
-        if new:
+        if not rows:
             self.writer.writerow(self.COLUMNS)
 
     def write(self, *row):
@@ -162,6 +189,8 @@ def train(args):
     train_x, train_y = load_mnist("train", data_dir=args.data_dir)
     test_x, test_y = load_mnist("test", data_dir=args.data_dir)
     if args.limit:
+        if args.limit > len(train_x):
+            raise ValueError(f"--limit {args.limit} asks for more training images than the {len(train_x)} there are")
         train_x, train_y = train_x[:args.limit], train_y[:args.limit]
 
     steps_per_epoch = num_batches(len(train_x), args.batch_size)
@@ -181,19 +210,21 @@ def train(args):
     save_json_atomic(os.path.join(run_dir, "config.json"), config)
     print(f"training on {len(train_x)} images, batch {args.batch_size}, {total_steps} steps, into {run_dir}")
 
-    saved_step = step if args.resume else None     # the step of the last checkpoint written
+    last_saved = (args.resume, step) if args.resume else None     # (path, step) of the last good checkpoint
 
     def checkpoint():
-        nonlocal saved_step
+        """Save checkpoint.npz unless the model holds NaN or inf; returns whether it saved."""
+        nonlocal last_saved
         if not all(np.isfinite(v).all() for v in model.state_dict().values()):
             print(f"\nnot saving a checkpoint at step {step}: the model holds NaN or inf", file=sys.stderr)
-            return
+            return False
         save_checkpoint(os.path.join(run_dir, "checkpoint.npz"), model, optimizer, scheduler, {
             "rng": nt.default_generator().bit_generator.state,
             "step": step, "total_steps": total_steps, "train_seconds": train_seconds, "config": config})
-        saved_step = step
+        last_saved = (os.path.join(run_dir, "checkpoint.npz"), step)
+        return True
 
-    log = CsvLog(os.path.join(run_dir, "log.csv"), append=bool(args.resume))
+    log = CsvLog(os.path.join(run_dir, "log.csv"), resume_step=step if args.resume else None)
     history, result = [], None
     model.train()
     with StopAtStepBoundary() as stop:
@@ -209,10 +240,11 @@ def train(args):
                                                          normalize(images), labels.astype(np.int64), args.clip)
                 except TrainingDiverged as e:
                     log.close()
-                    kept = (f"the last good checkpoint is {run_dir}/checkpoint.npz (step {saved_step})"
-                            if saved_step is not None else "no checkpoint had been saved yet")
+                    kept = (f"the last good checkpoint is {last_saved[0]} (step {last_saved[1]})"
+                            if last_saved else "no checkpoint had been saved yet")
                     raise TrainingDiverged(f"{e} at step {step + 1}. Training stopped; {kept}. "
-                                           "Try a lower --max-lr, or keep --clip on.") from None
+                                           "Start a new run with a lower --max-lr, or with --clip on "
+                                           "(--resume continues the same recipe).") from None
                 step += 1
                 bar.update(1)
 
@@ -228,15 +260,22 @@ def train(args):
                     bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{acc:.3f}", lr=f"{group['lr']:.4f}",
                                     img_s=f"{rate * args.batch_size:.0f}", refresh=False)
                     window_loss = window_correct = window_seen = 0
+                saved_now = False
                 if step % args.checkpoint_every == 0 or stop.requested:
                     now = time.perf_counter()
                     train_seconds, started = train_seconds + now - started, now
-                    checkpoint()
+                    saved_now = checkpoint()
                 if stop.requested:
                     bar.close()
                     log.close()
-                    print(f"\ninterrupted at step {step}/{total_steps}; saved {run_dir}/checkpoint.npz\n"
-                          f"resume with: python -m mnist.train --resume {run_dir}/checkpoint.npz", file=sys.stderr)
+                    if last_saved is None:
+                        print(f"\ninterrupted at step {step}/{total_steps}; no checkpoint was saved, "
+                              "so there is nothing to resume", file=sys.stderr)
+                    else:
+                        ckpt, at = last_saved
+                        saved = f"saved {ckpt}" if saved_now else f"the last checkpoint saved is {ckpt} (step {at})"
+                        print(f"\ninterrupted at step {step}/{total_steps}; {saved}\n"
+                              f"resume with: python -m mnist.train --resume {ckpt}", file=sys.stderr)
                     raise KeyboardInterrupt
             train_seconds += time.perf_counter() - started
             bar.close()
@@ -266,7 +305,7 @@ def main(argv=None):
         run_dir, m = train(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as e:      # TrainingDiverged, bad data, ...
+    except (ValueError, OSError, RuntimeError) as e:    # TrainingDiverged, bad data, an unwritable --out, ...
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"done: test accuracy {100 * m['test_accuracy']:.2f}% after {m['epochs']} epoch(s), "

@@ -29,6 +29,7 @@ from matplotlib import ticker  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch, Rectangle  # noqa: E402
 
+from mnist.files import write_atomic  # noqa: E402
 from mnist.summary import summarize  # noqa: E402
 from nanotorch import nn  # noqa: E402
 
@@ -74,11 +75,14 @@ def _figure(figsize):
 
 
 def _save(fig, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with plt.rc_context(STYLE):
-        fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    """Write fig to path atomically (a reader never sees half a picture), in the format its
+    extension names (PNG without one); close the figure either way."""
+    fmt = os.path.splitext(path)[1][1:].lower() or "png"
+    try:
+        with plt.rc_context(STYLE):
+            write_atomic(path, lambda f: fig.savefig(f, dpi=DPI, format=fmt))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -549,9 +553,12 @@ def main(argv=None):
     ap.add_argument("--test-images", type=int, default=None, metavar="N",
                     help="use only the first N test images (default: all 10,000)")
     args = ap.parse_args(argv)
+    if args.test_images is not None and args.test_images < 1:
+        ap.error(f"--test-images must be >= 1 (the feature maps show the first one), got {args.test_images}")
     try:
         paths = visualize_run(args.run_dir, args.data_dir, args.test_images)
-    except (FileNotFoundError, ValueError) as e:     # no model.npz, a corrupt file, a bad log.csv
+    except (ValueError, OSError, RuntimeError) as e:  # no model.npz, a corrupt file, a bad log.csv,
+        # an unwritable run directory, a failed download (mnist.data.MnistDownloadError)
         print(f"error: {e}", file=sys.stderr)
         return 1
     for p in paths:

@@ -323,6 +323,24 @@ def test_download_falls_back_to_the_next_mirror(tmp_path, server, caplog, monkey
     assert images.shape == (7, 28, 28) and labels.shape == (7,)
 
 
+def test_downloaded_files_get_the_usual_mode_and_are_synced(tmp_path, server, monkeypatch):
+    """Not mkstemp's 0600: a shared $NANOTORCH_DATA must stay readable by the others sharing it."""
+    root, base = server
+    contents = fake_mnist()
+    write_files(root / "mnist", contents)
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    umask = os.umask(0o022)
+    try:
+        paths = download_mnist(tmp_path / "cache", mirrors=[f"{base}/mnist/"], checksums=checksums_of(contents),
+                               **FAST)
+    finally:
+        os.umask(umask)
+    assert len(paths) == 4 and len(synced) == 4
+    for path in paths:
+        assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~0o022), path
+
+
 def test_load_mnist_downloads_only_its_split(tmp_path, server):
     root, base = server
     contents = fake_mnist()

@@ -194,16 +194,38 @@ def test_cli_evaluate(short_run):
     assert sum(int(n) for _, _, n in per_class) == 10000
 
 
+def resume_usage_error(capsys, *argv):
+    """main(argv) must stop as a usage error (exit 2, argparse's way); returns what it printed."""
+    with pytest.raises(SystemExit) as exit_:
+        main(list(argv))
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
 @requires_mnist
 def test_resume_with_other_epochs_is_a_clear_error(short_run, capsys):
     out, _ = short_run
     ckpt, config = out / "checkpoint.npz", out / "config.json"
     before = ckpt.read_bytes(), config.read_bytes()
-    assert main(["--resume", str(ckpt), "--limit", "4000", "--epochs", "2", *QUICK]) == 1
-    err = capsys.readouterr().err
-    assert "was trained for 1000 steps in all; this command asks for 2000" in err
-    assert "--epochs" in err and "Traceback" not in err
+    err = resume_usage_error(capsys, "--resume", str(ckpt), "--limit", "4000", "--epochs", "2", *QUICK)
+    assert "--resume continues the run as it was configured: --epochs 2 differs from the run's 1" in err
+    assert "start a new run" in err and "--limit 4000 differs" not in err      # it repeats the run's
     assert (ckpt.read_bytes(), config.read_bytes()) == before     # nothing in the run was touched
+
+
+@requires_mnist
+def test_resume_refuses_a_changed_recipe_and_allows_other_output_flags(short_run, capsys):
+    out, _ = short_run
+    ckpt = str(out / "checkpoint.npz")
+    err = resume_usage_error(capsys, "--resume", ckpt, "--max-lr", "0.01", *QUICK)
+    assert "--max-lr 0.01 differs from the run's 0.1" in err and "start a new run" in err
+    err = resume_usage_error(capsys, "--resume", ckpt, "--seed", "1", "--anneal-strategy", "linear", "--limit", "400")
+    assert all(f in err for f in ("--seed 1 differs from the run's 0",
+                                  "--anneal-strategy linear differs from the run's cos",
+                                  "--limit 400 differs from the run's 4000"))
+    args = parse_args(["--resume", ckpt, "--max-lr", "0.1", "--out", str(out / "elsewhere"), "--threads", "1",
+                       "--log-every", "7", "--checkpoint-every", "9", "--data-dir", str(out), *QUICK])
+    assert (args.max_lr, args.limit, args.log_every, args.threads) == (0.1, 4000, 7, 1)
 
 
 @requires_mnist
@@ -308,6 +330,47 @@ def test_printed_resume_command_resumes(tmp_path, small_test_set, monkeypatch, c
     assert (state["config"]["limit"], state["config"]["seed"]) == (4000, 5)
 
 
+@requires_mnist
+def test_resume_after_a_crash_drops_the_log_rows_past_the_checkpoint(tmp_path, small_test_set, monkeypatch):
+    ctrl_c_after(monkeypatch, 13)
+    assert main([*RESUME_RUN, "--out", str(tmp_path)]) == 130           # checkpoint at step 13
+    log = tmp_path / "log.csv"
+    with open(log, "a", newline="") as f:      # as if it had run on to step 20 and crashed before a checkpoint
+        csv.writer(f).writerows([[15, 1, 9.99, 0.5, 0.1, 0.9, 1.0], [20, 1, 9.99, 0.5, 0.1, 0.9, 1.0]])
+    monkeypatch.setattr(train_mod, "train_step", REAL_TRAIN_STEP)
+    assert main([*RESUME_RUN, "--resume", str(tmp_path / "checkpoint.npz")]) == 0
+    rows = read_log(log)
+    assert rows[0] == LOG_HEADER
+    assert [int(r[0]) for r in rows[1:]] == list(range(5, 61, 5))        # strictly increasing, none twice
+    assert "9.99" not in log.read_text()
+
+
+@requires_mnist
+@pytest.mark.parametrize("checkpoint_every, last_saved", [(1000, None), (2, 2)])
+def test_ctrl_c_message_names_only_a_checkpoint_that_was_saved(tmp_path, small_test_set, monkeypatch, capsys,
+                                                               checkpoint_every, last_saved):
+    """Ctrl-C at step 3 with a NaN in a BatchNorm's running mean (training goes on; saving doesn't)."""
+    calls = [0]
+
+    def train_step(model, *args, **kwargs):
+        out = REAL_TRAIN_STEP(model, *args, **kwargs)
+        calls[0] += 1
+        if calls[0] == 3:
+            model[0][1].running_mean[0] = np.nan
+            signal.raise_signal(signal.SIGINT)
+        return out
+    monkeypatch.setattr(train_mod, "train_step", train_step)
+    assert main(["--limit", "40", "--checkpoint-every", str(checkpoint_every), *QUICK, "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert "not saving a checkpoint at step 3" in err and "saved " + str(tmp_path) not in err
+    if last_saved is None:
+        assert "no checkpoint was saved" in err and "resume with" not in err
+        assert not (tmp_path / "checkpoint.npz").exists()
+    else:
+        assert f"the last checkpoint saved is {tmp_path}/checkpoint.npz (step 2)" in err
+        assert checkpoint_state(tmp_path / "checkpoint.npz")["step"] == 2
+
+
 # ----------------------------------------------------------------------------- 4. Ctrl-C in a real process
 
 @requires_mnist
@@ -355,6 +418,7 @@ def test_nan_loss_stops_training(tmp_path, small_test_set, capsys):
     found = re.search(r"error: the loss became (nan|inf|-inf) at step (\d+)\b", err)
     assert found, err
     assert f"{tmp_path}/checkpoint.npz" in err and "--max-lr" in err
+    assert "Start a new run" in err and "--resume continues the same recipe" in err
     diverged_at = int(found.group(2))
     saved = checkpoint_state(tmp_path / "checkpoint.npz")["step"]       # the last step whose state was finite
     assert saved < diverged_at and f"(step {saved})" in err

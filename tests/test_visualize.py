@@ -8,6 +8,7 @@ import math
 import os
 import struct
 
+import matplotlib.figure
 import numpy as np
 import pytest
 
@@ -131,6 +132,21 @@ def test_misclassified(tmp_path, wrong):
     visualize.plot_misclassified(images, labels, predictions, probs.max(axis=1), str(tmp_path / "y.png"),
                                  max_images=4)
     assert png_size(str(tmp_path / "y.png")) == expected(visualize.misclassified_figsize(4))
+
+
+def test_a_failed_save_leaves_the_old_picture_and_no_temp_file(model, tmp_path, monkeypatch):
+    path = visualize.plot_first_layer_filters(model, str(tmp_path / "f.png"))
+    before = open(path, "rb").read()
+
+    def savefig_fails_halfway(fig, fname, **kwargs):
+        with open(fname, "wb") if isinstance(fname, (str, os.PathLike)) else fname as f:
+            f.write(before[:100])
+        raise OSError("No space left on device")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig_fails_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        visualize.plot_first_layer_filters(model, path)
+    assert open(path, "rb").read() == before
+    assert os.listdir(tmp_path) == ["f.png"]
 
 
 def test_run_without_a_model_says_what_it_needs(tmp_path, capsys):

@@ -1,0 +1,38 @@
+"""Atomic file writes: readers see the old file or the new one, never half of one.
+
+A file is written to a temp file in its destination's folder (so the final rename stays on one
+file system and is atomic), then ``move_into_place`` syncs it, gives it the mode a newly created
+file gets, and renames it onto the destination.
+"""
+import os
+import tempfile
+
+
+def move_into_place(tmp, path):
+    """fsync the closed temp file ``tmp``, give it mode 0o666 & ~umask (mkstemp makes 0600, which
+    other users of a shared folder could not read), then os.replace it onto ``path``."""
+    fd = os.open(tmp, os.O_RDWR)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
+def write_atomic(path, write, mode="wb"):
+    """Call write(file) on a temp file in path's folder (created if missing), then move_into_place;
+    on any error the temp file is removed and the old file, if any, is left as it was."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+        move_into_place(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

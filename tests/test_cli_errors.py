@@ -1,0 +1,96 @@
+"""The command lines (mnist.train, mnist.evaluate, mnist.visualize) answer bad flags and failing files
+with a one-line error naming what was expected: a usage error (exit 2) for a flag out of range,
+``error: ...`` and exit 1 for a file or folder that can't be read or written; never a traceback.
+
+Everything here runs in-process on tiny synthetic data (load_mnist patched): no MNIST files needed.
+"""
+import numpy as np
+import pytest
+
+import mnist.evaluate as evaluate_mod
+import mnist.train as train_mod
+from mnist import data, visualize
+from mnist.checkpoint import save_model, save_npz_atomic
+from mnist.data import MnistDownloadError
+from mnist.model import build_model
+
+QUICK = ["--quiet", "--no-plots"]
+
+
+def usage_error(main, argv, capsys):
+    """main(argv) must exit 2 (argparse's usage error); returns what it printed."""
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+def tiny_mnist(n=12):
+    """A load_mnist returning n blank digits for either split."""
+    images, labels = np.zeros((n, 28, 28), np.uint8), (np.arange(n) % 10).astype(np.uint8)
+    return lambda split="train", data_dir=None, **kw: (images, labels)
+
+
+# ----------------------------------------------------------------------------- flags out of range
+
+@pytest.mark.parametrize("flag", ["--log-every", "--checkpoint-every", "--threads"])
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_train_counts_must_be_at_least_one(flag, value, capsys):
+    assert f"{flag} must be >= 1, got {value}" in usage_error(train_mod.main, [flag, value], capsys)
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--threads"])
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_evaluate_counts_must_be_at_least_one(tmp_path, flag, value, capsys):
+    assert f"{flag} must be >= 1, got {value}" in usage_error(evaluate_mod.main, [str(tmp_path), flag, value],
+                                                              capsys)
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_visualize_test_images_must_be_at_least_one(tmp_path, value, capsys):
+    err = usage_error(visualize.main, [str(tmp_path), "--test-images", value], capsys)
+    assert "--test-images must be >= 1" in err and f"got {value}" in err
+
+
+def test_train_limit_above_the_training_set_names_its_size(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    assert train_mod.main(["--limit", "20", *QUICK, "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "error: --limit 20 asks for more training images than the 12 there are" in err
+
+
+# ----------------------------------------------------------------------------- files and folders
+
+def test_train_out_under_a_regular_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert train_mod.main(["--limit", "40", *QUICK, "--out", str(tmp_path / "file" / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "file") in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("error", [MnistDownloadError("Could not download t10k-images-idx3-ubyte.gz"),
+                                   PermissionError(13, "Permission denied", "/data/mnist")],
+                         ids=["offline", "unreadable"])
+def test_visualize_reports_a_failing_data_folder(tmp_path, monkeypatch, capsys, error):
+    save_model(str(tmp_path / "model.npz"), build_model())
+
+    def load_mnist(*args, **kwargs):
+        raise error
+    monkeypatch.setattr(data, "load_mnist", load_mnist)
+    assert visualize.main([str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"error: {error}\n"
+
+
+def test_evaluate_an_interrupted_run_scores_its_checkpoint(tmp_path, monkeypatch, capsys):
+    state = build_model().state_dict()
+    save_npz_atomic(str(tmp_path / "checkpoint.npz"), {f"model/{k}": v for k, v in state.items()})
+    monkeypatch.setattr(evaluate_mod, "load_mnist", tiny_mnist(12))
+    assert evaluate_mod.main([str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "has no model.npz" in err and "checkpoint.npz" in err
+    assert "test accuracy:" in out and "/12)" in out
+
+
+def test_evaluate_a_folder_without_a_model(tmp_path, capsys):
+    assert evaluate_mod.main([str(tmp_path)]) == 1
+    assert f"error: {tmp_path} holds neither model.npz nor checkpoint.npz" in capsys.readouterr().err
