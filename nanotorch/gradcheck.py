@@ -16,6 +16,7 @@ windows, so check them with a smaller eps (1e-7). Randomness (dropout) is replay
 and the global one, is reset to its state at the start before each forward.
 """
 import copy
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,24 +49,65 @@ def _replaying(module):
     return run
 
 
+@contextmanager
+def _buffers_restored(module):
+    """Put every buffer back as it was afterwards: a check's many forwards move BatchNorm's running
+    statistics and batch count, and must leave the module as they found it."""
+    saved = [(mod, name, np.array(getattr(mod, name), copy=True)) for mod in module.modules() for name in mod._buffers]
+    try:
+        yield
+    finally:
+        for mod, name, value in saved:
+            object.__setattr__(mod, name, value)
+
+
+def _check_float64(fn, module, x, named):
+    """float32 would round each perturbation eps away: differences of ~1e-3 that look like a backward bug."""
+    if x.dtype != np.float64:
+        raise TypeError(f"{fn} needs a float64 input for accurate differences, got {x.dtype}: "
+                        "pass x.astype(np.float64)")
+    for name, p in named.items():
+        if p.data.dtype != np.float64:
+            raise TypeError(f"{fn}: parameter {name!r} is {p.data.dtype}, float64 expected: call module.double()")
+
+
+def _backward(fn, module, upstream, check_input):
+    """module.backward(upstream): the input's gradient, which must be there if it is to be checked."""
+    dx = module.backward(upstream.copy())
+    if dx is None and check_input:
+        raise ValueError(f"{fn}: {type(module).__name__}.backward returned None instead of the input's gradient "
+                         "(a Conv2d with input_requires_grad=False skips it): pass check_input=False "
+                         "to check the parameters only")
+    return dx
+
+
 def gradcheck(module, x, eps=1e-6, floor=1e-8, seed=0, params=None, check_input=True, max_entries=None):
     """Check ``module.backward`` against central differences; returns a GradcheckResult.
 
     module: a nanotorch Module (use float64: ``module.double()``); x: float64 array.
     params: names of the parameters to check (default: all of ``module.named_parameters()``).
+    check_input: also check the input's gradient (False for a module whose backward returns None).
     max_entries: check at most this many randomly chosen entries of each tensor (default: every entry).
     """
-    if x.dtype != np.float64:
-        raise TypeError(f"gradcheck needs a float64 input for accurate differences, got {x.dtype}")
+    named = dict(module.named_parameters())
+    unknown = [n for n in (params or ()) if n not in named]
+    if unknown:
+        raise ValueError(f"gradcheck: no parameter named {', '.join(map(repr, unknown))} in "
+                         f"{type(module).__name__}; expected names from {list(named)}")
+    named = {n: named[n] for n in (params if params is not None else named)}
+    _check_float64("gradcheck", module, x, named)
+    with _buffers_restored(module):
+        return _gradcheck(module, x, eps, floor, seed, named, check_input, max_entries)
+
+
+def _gradcheck(module, x, eps, floor, seed, named, check_input, max_entries):
     run = _replaying(module)
-    buffers = {k: np.array(v, copy=True) for k, v in module.named_buffers()}
     out = run(x)
     upstream = np.random.default_rng(seed).standard_normal(out.shape)
     module.zero_grad()
-    analytic = {"input": module.backward(upstream.copy())}
-    named = dict(module.named_parameters())
-    for name in (params if params is not None else named):
-        analytic[name] = named[name].grad if named[name].grad is not None else np.zeros_like(named[name].data)
+    analytic = {"input": _backward("gradcheck", module, upstream, check_input)}
+    for name, p in named.items():
+        analytic[name] = p.grad if p.grad is not None else np.zeros_like(p.data)
 
     targets = ([("input", x)] if check_input else []) + [(n, named[n].data) for n in analytic if n != "input"]
     result = GradcheckResult(0.0, "nothing checked")
@@ -94,32 +136,33 @@ def gradcheck(module, x, eps=1e-6, floor=1e-8, seed=0, params=None, check_input=
         result.scaled_errors[name] = float(np.abs(a - numeric).max() / max(np.abs(a).max(), floor))
         if err >= result.max_error:
             result.max_error, result.where = err, f"{name}{list(int(i) for i in worst)}"
-
-    # leave the module as we found it: the many forwards above moved BatchNorm's running statistics
-    for mod_name, mod in module.named_modules():
-        for b in mod._buffers:
-            key = f"{mod_name}.{b}" if mod_name else b
-            object.__setattr__(mod, b, buffers[key])
     return result
 
 
-def gradcheck_directional(module, x, eps=1e-6, seed=0):
+def gradcheck_directional(module, x, eps=1e-6, seed=0, check_input=True):
     """One check that covers every entry of the input and of every parameter at once.
 
     Along a random direction v (one for x, one for each parameter) the chain rule gives
     d/dt L(x + t v_x, theta + t v_theta) = <dL/dx, v_x> + sum <dL/dtheta, v_theta>; both sides are
     computed (the left by central differences) and their relative difference returned.
+    check_input=False keeps x fixed (v_x = 0), for a module whose backward returns None.
     """
+    _check_float64("gradcheck_directional", module, x, dict(module.named_parameters()))
+    with _buffers_restored(module):
+        return _directional(module, x, eps, seed, check_input)
+
+
+def _directional(module, x, eps, seed, check_input):
     run = _replaying(module)
     rng = np.random.default_rng(seed)
     upstream = rng.standard_normal(run(x).shape)
     module.zero_grad()
-    dx = module.backward(upstream.copy())
+    dx = _backward("gradcheck_directional", module, upstream, check_input)
     params = module.parameters()
-    v_x = rng.standard_normal(x.shape)
+    v_x = rng.standard_normal(x.shape) if check_input else np.zeros_like(x)
     v_p = [rng.standard_normal(p.data.shape) for p in params]
-    analytic = float(np.sum(dx * v_x) + sum(np.sum((p.grad if p.grad is not None else 0) * v)
-                                             for p, v in zip(params, v_p)))
+    analytic = float((np.sum(dx * v_x) if check_input else 0.0)
+                     + sum(np.sum((p.grad if p.grad is not None else 0) * v) for p, v in zip(params, v_p)))
     originals = [p.data.copy() for p in params]
 
     def shifted(t):

@@ -40,20 +40,20 @@ from threadpoolctl import threadpool_limits
 if "NUMBA_THREADING_LAYER_PRIORITY" not in os.environ:                  # the user's choice wins
     numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]   # read when the pool starts
 _state = {"parallel": False, "owner": None, "forked": False}
-_blas_limits = None          # the threadpoolctl limiter, kept (its original limits can be restored)
 MIN_PARALLEL_SIZE = 8192
 
 
 def set_num_threads(n):
     """Use n threads: the calling thread's big kernels spread over n Numba threads when n >= 2;
-    BLAS on one thread."""
-    global _blas_limits
+    BLAS on one thread. n above NUMBA_NUM_THREADS (by default the number of cores) is capped to it
+    without an error, as torch.set_num_threads does not refuse large n; get_num_threads() tells the
+    number used."""
     n = int(n)
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
     n = min(n, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n)
-    _blas_limits = threadpool_limits(limits=1, user_api="blas")
+    threadpool_limits(limits=1, user_api="blas")       # stays in force: nothing restores the old limits
     _state["parallel"], _state["owner"] = n >= 2 and not _state["forked"], threading.get_ident()
 
 

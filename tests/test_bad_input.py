@@ -221,6 +221,41 @@ def test_constructor_errors(make, name, fragments):
         make()
 
 
+@pytest.mark.parametrize("make, name, fragments", [
+    pytest.param(lambda: nn.Conv2d(3.0, 4, 3), "Conv2d", ["in_channels", "int", "3.0"], id="Conv2d-float-in"),
+    pytest.param(lambda: nn.Conv2d(3, 4.7, 3), "Conv2d", ["out_channels", "int", "4.7"], id="Conv2d-float-out"),
+    pytest.param(lambda: nn.Conv2d(True, 4, 3), "Conv2d", ["in_channels", "int", "bool"], id="Conv2d-bool-in"),
+    pytest.param(lambda: nn.Linear(4.0, 2), "Linear", ["in_features", "int", "4.0"], id="Linear-float-in"),
+    pytest.param(lambda: nn.Linear(4, "2"), "Linear", ["out_features", "int", "str"], id="Linear-str-out"),
+])
+def test_constructor_counts_must_be_ints(make, name, fragments):
+    with raises(TypeError, name, *fragments):
+        make()
+
+
+@pytest.mark.parametrize("make, name, fragments", [
+    pytest.param(lambda: nn.AdaptiveAvgPool2d(-1), "AdaptiveAvgPool2d", ["output_size", ">= 1", "-1"], id="neg"),
+    pytest.param(lambda: nn.AdaptiveAvgPool2d((2, 0)), "AdaptiveAvgPool2d", ["output_size", ">= 1"], id="zero"),
+    pytest.param(lambda: nn.Dropout(True), "Dropout", [r"\[0, 1\]", "True"], id="Dropout-bool"),
+])
+def test_more_constructor_errors(make, name, fragments):
+    with raises(ValueError, name, *fragments):
+        make()
+
+
+def test_numpy_numbers_are_accepted_by_constructors():
+    assert nn.Dropout(np.float32(0.5)).p == 0.5
+    assert nn.Conv2d(np.int64(3), np.int32(4), 3).in_channels == 3
+    assert nn.Linear(np.int64(4), 2).in_features == 4
+    assert nn.AdaptiveAvgPool2d(7)(floats(1, 1, 3, 3)).shape == (1, 1, 7, 7)   # larger than the input is fine
+
+
+@pytest.mark.parametrize("layer", [nn.GELU(), nn.ReLU(), nn.Dropout(0.5)], ids=lambda m: type(m).__name__)
+def test_0d_input_to_an_elementwise_layer_says_what_it_expects(layer):
+    with raises(ValueError, type(layer).__name__, "1-D to 8-D", re.escape("()")):
+        layer(np.array(1.0))
+
+
 def test_maxpool_padding_of_exactly_half_the_kernel_is_allowed():
     assert nn.MaxPool2d(2, padding=1)(floats(1, 1, 4, 4)).shape == (1, 1, 3, 3)
 

@@ -74,10 +74,21 @@ def test_nonfinite_norm():
     assert np.isnan(q.grad).all()  # scaled by the nan coefficient, as PyTorch does
 
 
-@pytest.mark.parametrize("max_norm", [0.0, -1.0, float("nan")])
-def test_rejects_non_positive_max_norm(max_norm):
-    with pytest.raises(ValueError, match="max_norm"):
+@pytest.mark.parametrize("max_norm", [-1.0, float("nan")])
+def test_rejects_negative_max_norm(max_norm):
+    with pytest.raises(ValueError, match="max_norm must be >= 0"):
         clip_grad_norm_([with_grad([1.0])], max_norm=max_norm)
+
+
+@pytest.mark.parametrize("grad", [[3.0, 4.0], [0.0, 0.0]])
+def test_max_norm_zero_zeroes_the_gradients_like_torch(grad):
+    torch = pytest.importorskip("torch")
+    p = with_grad(grad)
+    tp = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    tp.grad = torch.tensor(grad, dtype=torch.float64)
+    assert clip_grad_norm_([p], max_norm=0) == torch.nn.utils.clip_grad_norm_([tp], max_norm=0).item()
+    np.testing.assert_array_equal(p.grad, tp.grad.numpy())
+    np.testing.assert_array_equal(p.grad, [0.0, 0.0])
 
 
 def test_importable_as_nn_utils():

@@ -139,3 +139,41 @@ def test_layer_keeps_float32(case, mode):
     dx = layer.backward(np.ones_like(y))
     assert y.dtype == dx.dtype == np.float32, case
     assert all(p.grad.dtype == np.float32 for p in layer.parameters()), case
+
+
+# --- what gradcheck refuses, and what it leaves behind ------------------------------------------------------
+@pytest.mark.parametrize("check", [gradcheck, gradcheck_directional])
+def test_checks_leave_batchnorm_buffers_as_they_were(check):
+    nt.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.GELU()).double()
+    before = model.state_dict()
+    check(model, np.random.default_rng(0).standard_normal((2, 1, 4, 4)))
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+
+
+@pytest.mark.parametrize("check", [gradcheck, gradcheck_directional])
+def test_float32_parameters_are_refused(check):
+    layer = nn.Linear(3, 2)                                       # float32, not .double()
+    with pytest.raises(TypeError, match=r"parameter 'weight' is float32.*module\.double\(\)"):
+        check(layer, np.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("check", [gradcheck, gradcheck_directional])
+def test_backward_without_input_gradient_asks_for_check_input_false(check):
+    nt.manual_seed(0)
+    conv = nn.Conv2d(2, 3, 3).double()
+    conv.input_requires_grad = False
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5))
+    with pytest.raises(ValueError, match=r"Conv2d\.backward returned None.*check_input=False"):
+        check(conv, x)
+    result = check(conv, x, check_input=False)
+    assert (result.max_error if check is gradcheck else result) < TOL
+    if check is gradcheck:
+        assert set(result.errors) == {"weight", "bias"}
+
+
+def test_unknown_parameter_name_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"no parameter named 'wieght'.*\['weight', 'bias'\]"):
+        gradcheck(nn.Linear(3, 2).double(), np.zeros((2, 3)), params=["wieght"])
+    assert set(gradcheck(nn.Linear(3, 2).double(), np.ones((2, 3)), params=["bias"]).errors) == {"input", "bias"}

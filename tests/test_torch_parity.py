@@ -320,6 +320,55 @@ def test_cross_entropy_matches_torch(reduction, n, k, scale, grad_out):
     close(grad, zt.grad, "d loss / d logits")
 
 
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_of_an_empty_batch_matches_torch(reduction):
+    """N = 0: the loss is nan ('mean') or 0 ('sum') and the gradient an empty (0, K) array, as torch."""
+    logits, targets = np.zeros((0, 4)), np.zeros(0, dtype=np.int64)
+    crit = nt_nn.CrossEntropyLoss(reduction=reduction)
+    loss = crit(logits, targets)
+    zt = torch.zeros((0, 4), dtype=torch.float64, requires_grad=True)
+    loss_t = torch.nn.CrossEntropyLoss(reduction=reduction)(zt, torch.from_numpy(targets))
+    np.testing.assert_equal(float(loss), loss_t.item())
+    loss_t.backward()
+    close(crit.backward(), zt.grad, "d loss / d logits")
+
+
+# --- Flatten's dims and parameters set to None -------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5), (3,), ()])
+def test_flatten_dims_match_torch(shape):
+    """Every (start_dim, end_dim) in and out of range: the same shape, or the same kind of error."""
+    x = np.random.default_rng(0).standard_normal(shape)
+    rank = max(len(shape), 1)
+    for start in range(-rank - 1, rank + 1):
+        for end in range(-rank - 1, rank + 1):
+            try:
+                want = tuple(torch.nn.Flatten(start, end)(torch.from_numpy(x)).shape)
+            except (IndexError, RuntimeError) as e:
+                with pytest.raises(type(e)):
+                    nt_nn.Flatten(start, end)(x)
+                continue
+            assert nt_nn.Flatten(start, end)(x).shape == want, (shape, start, end)
+
+
+def test_bias_set_to_none_gives_torchs_state_dict():
+    ours, theirs = nt_nn.Conv2d(2, 3, 3), torch.nn.Conv2d(2, 3, 3)
+    ours.bias, theirs.bias = None, None
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["weight"]
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    theirs.double().load_state_dict(torch_state(ours.double()))                 # strict
+    x = np.random.default_rng(0).standard_normal((2, 2, 5, 5))
+    close(ours(x), theirs(torch.from_numpy(x)), "conv without its bias")
+
+
+def test_sequential_slice_matches_torch():
+    build = lambda nn: nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))   # noqa: E731
+    ours, theirs = make_pair(build, np.random.default_rng(0))
+    assert type(ours[1:]) is nt_nn.Sequential
+    assert list(ours[1:].state_dict()) == list(theirs[1:].state_dict())
+    x = np.random.default_rng(1).standard_normal((5, 3))
+    close(ours[1:](x), theirs[1:](torch.from_numpy(x)), "model[1:]")
+
+
 # --- the seed model ---------------------------------------------------------------------------------------
 def torch_seed_model():
     tnn = torch.nn

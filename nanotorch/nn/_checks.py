@@ -1,4 +1,6 @@
 """Input checks shared by the layers: bad input gets an error that names the layer and what it expected."""
+import numbers
+
 import numpy as np
 
 
@@ -14,7 +16,10 @@ def check_input(layer, x, ndims, channels=None, what="input"):
         raise TypeError(f"{name} expects a float32 or float64 {what}, got dtype {x.dtype} "
                         f"(convert with x.astype(np.float32))")
     if x.ndim not in ndims:
-        shapes = " or ".join({2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)"}.get(d, f"{d}-D") for d in ndims)
+        if len(ndims) > 3:                                     # elementwise layers: any rank in a range
+            shapes = f"{min(ndims)}-D to {max(ndims)}-D"
+        else:
+            shapes = " or ".join({2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)"}.get(d, f"{d}-D") for d in ndims)
         raise ValueError(f"{name} expects a {shapes} {what}, got shape {x.shape} ({x.ndim}-D)")
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} expects {channels} channels at axis 1 of its {what} (N, C, ...), "
@@ -23,6 +28,13 @@ def check_input(layer, x, ndims, channels=None, what="input"):
 
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))   # dtype objects: comparing with them is 4x faster than with the types
+
+
+def check_int(layer, v, name):
+    """A count such as in_channels must be an int (a NumPy integer will do, a bool or 3.0 will not)."""
+    if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+        raise TypeError(f"{type(layer).__name__}: {name} must be an int, got {v!r} ({type(v).__name__})")
+    return int(v)
 
 
 def pair(layer, v, name):

@@ -32,7 +32,7 @@ their (OC, N, OH*OW) layout, for a fused layer that reads and writes that layout
 import numpy as np
 
 from nanotorch.kernels import col2im, conv3x3_same, conv3x3_same_grad_weight, im2col, pad_planes
-from nanotorch.nn._checks import check_grad, check_input, pair
+from nanotorch.nn._checks import check_grad, check_input, check_int, pair
 from nanotorch.nn.init import default_weight_and_bias
 from nanotorch.nn.module import Module, Parameter
 from nanotorch.threads import parallel
@@ -47,7 +47,8 @@ class Conv2d(Module):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         super().__init__()
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.in_channels = check_int(self, in_channels, "in_channels")
+        self.out_channels = check_int(self, out_channels, "out_channels")
         self.kernel_size = pair(self, kernel_size, "kernel_size")
         self.stride, self.padding = pair(self, stride, "stride"), pair(self, padding, "padding")
         if min(self.in_channels, self.out_channels, *self.kernel_size, *self.stride) < 1 or min(self.padding) < 0:

@@ -5,6 +5,8 @@ by 1 / (1 - p), so the expected output equals the input and evaluation is the id
 
 ``generator`` is a numpy Generator (default: the global one that ``nanotorch.manual_seed`` seeds).
 """
+import numbers
+
 import numpy as np
 
 from nanotorch.kernels import dropout_forward
@@ -18,7 +20,7 @@ class Dropout(Module):
 
     def __init__(self, p=0.5, generator=None):
         super().__init__()
-        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+        if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0.0 <= p <= 1.0:     # np.float32 too
             raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p}")
         self.p = float(p)
         self.generator = generator

@@ -14,7 +14,10 @@ z and dz stay in the (C, N, H*W) layout of the convolution's matrix product; the
 and write across the two layouts, so the block never copies a transpose.
 
 The maths is BatchNorm2d's and GELU's (nanotorch/nn/batchnorm.py, activation.py); the fused
-loops are in nanotorch/kernels/batchnorm_gelu.py.
+loops are in nanotorch/kernels/batchnorm_gelu.py. They compute exact GELU after an affine BatchNorm
+in the block's own mode; if the children no longer fit that (``block[2].approximate = 'tanh'``,
+an affine=False BatchNorm put in, ``block[1].eval()`` alone), the block runs them one by one, as
+the Sequential it is.
 """
 import numpy as np
 
@@ -37,7 +40,20 @@ class ConvBNGELU(Sequential):
                          BatchNorm2d(out_channels), GELU())
         self.cache = None
 
+    def uses_fused_kernels(self):
+        """Whether the fused kernels compute what the children would: a Conv2d, then an affine BatchNorm2d
+        of its channels in the block's mode, then exact GELU (a subclass may compute something else)."""
+        if len(self) != 3:
+            return False
+        conv, bn, act = self
+        return (type(conv) is Conv2d and type(bn) is BatchNorm2d and type(act) is GELU
+                and act.approximate == "none" and bn.training == self.training
+                and bn.weight is not None and bn.bias is not None and bn.num_features == conv.out_channels)
+
     def forward(self, x):
+        if not self.uses_fused_kernels():
+            self.save_for_backward(None)          # the children keep their own caches
+            return super().forward(x)
         conv, bn, _ = self
         oh, ow = conv._check(x)
         n, c = x.shape[0], conv.out_channels
@@ -63,6 +79,8 @@ class ConvBNGELU(Sequential):
         return bn_gelu_inference(conv.forward_channels_first(x), scale, shift, par)
 
     def backward(self, da):
+        if self.saved_for_backward()[0] is None:  # the forward ran the children one by one
+            return super().backward(da)
         conv, bn, _ = self
         xhat, d, inv_std, training, shape = self.saved_for_backward()
         check_grad(self, da, shape)

@@ -10,10 +10,12 @@ the three products as compiled loops, one call each way; larger ones call BLAS.
 
 Flatten(start_dim=1, end_dim=-1) only reshapes, so its backward reshapes back.
 """
+import math
+
 import numpy as np
 
 from nanotorch.kernels.linear import SMALL_LINEAR, linear_backward, linear_forward
-from nanotorch.nn._checks import check_grad, check_input
+from nanotorch.nn._checks import check_grad, check_input, check_int
 from nanotorch.nn.init import default_weight_and_bias
 from nanotorch.nn.module import Module, Parameter
 
@@ -23,9 +25,11 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
+        in_features = check_int(self, in_features, "in_features")
+        out_features = check_int(self, out_features, "out_features")
         if in_features < 1 or out_features < 1:
             raise ValueError(f"Linear: in_features and out_features must be >= 1, got {in_features}, {out_features}")
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features, self.out_features = in_features, out_features
         w, b = default_weight_and_bias((out_features, in_features), in_features, bias)
         self.weight = Parameter(w)
         self.bias = Parameter(b) if bias else None
@@ -63,8 +67,18 @@ class Linear(Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
+def _wrap_dim(d, ndim):
+    """A dim in [-ndim, ndim) -> [0, ndim), as PyTorch (which treats a 0-d input as 1-d)."""
+    rank = max(ndim, 1)
+    if not -rank <= d < rank:
+        raise IndexError(f"Flatten: dimension out of range (expected to be in range of [{-rank}, {rank - 1}], "
+                         f"but got {d}) for an input with {ndim} dimensions")
+    return d % rank
+
+
 class Flatten(Module):
-    """x: (N, d1, d2, ...) -> (N, d1*d2*...) for the default dims."""
+    """x: (N, d1, d2, ...) -> (N, d1*d2*...) for the default dims; dims start_dim..end_dim become one
+    (a 0-d input becomes (1,) when both are 0 or -1, as in PyTorch)."""
 
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
@@ -74,9 +88,12 @@ class Flatten(Module):
     def forward(self, x):
         if not isinstance(x, np.ndarray):
             raise TypeError(f"Flatten expects a numpy array, got {type(x).__name__}")
-        start = self.start_dim % x.ndim
-        end = self.end_dim % x.ndim
-        out = x.reshape(x.shape[:start] + (-1,) + x.shape[end + 1:])
+        start, end = _wrap_dim(self.start_dim, x.ndim), _wrap_dim(self.end_dim, x.ndim)
+        if start > end:
+            raise RuntimeError(f"Flatten: start_dim cannot come after end_dim, got start_dim={self.start_dim} "
+                               f"(dim {start}) and end_dim={self.end_dim} (dim {end}) for input shape {x.shape}")
+        # the product, not -1: a (0, 3, 4) batch flattens to (0, 12), which reshape cannot infer
+        out = x.reshape(x.shape[:start] + (math.prod(x.shape[start:end + 1]),) + x.shape[end + 1:])
         self.save_for_backward(x.shape, out.shape)
         return out
 

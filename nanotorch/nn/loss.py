@@ -42,8 +42,8 @@ class CrossEntropyLoss(Module):
 
     def backward(self, grad_out=1.0):
         log_p, targets = self.saved_for_backward()
-        n = log_p.shape[0]
-        return cross_entropy_backward(log_p, targets, grad_out / n if self.reduction == "mean" else grad_out)
+        n = log_p.shape[0]             # N = 0: an empty (0, K) gradient, as PyTorch (not grad_out / 0)
+        return cross_entropy_backward(log_p, targets, grad_out / max(n, 1) if self.reduction == "mean" else grad_out)
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}"

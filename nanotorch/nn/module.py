@@ -85,6 +85,11 @@ class Module:
             raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
         if isinstance(value, Parameter):
             self._parameters[name] = value
+        elif name in self._parameters:     # as PyTorch: None keeps the name with no parameter, which
+            if value is not None:           # parameters() and state_dict() skip (conv.bias = None)
+                raise TypeError(f"cannot assign '{type(value).__module__}.{type(value).__name__}' as parameter "
+                                f"'{name}' (nanotorch.nn.Parameter or None expected)")
+            self._parameters[name] = None
         elif isinstance(value, Module):
             self._modules[name] = value
         object.__setattr__(self, name, value)
@@ -132,7 +137,8 @@ class Module:
     def named_parameters(self, prefix=""):
         for mod_name, mod in self.named_modules(prefix):
             for name, p in mod._parameters.items():
-                yield (f"{mod_name}.{name}" if mod_name else name), p
+                if p is not None:
+                    yield (f"{mod_name}.{name}" if mod_name else name), p
 
     def parameters(self):
         return [p for _, p in self.named_parameters()]
@@ -163,6 +169,8 @@ class Module:
         dtype = np.dtype(dtype)
         for m in self.modules():
             for p in m._parameters.values():
+                if p is None:
+                    continue
                 p.data = p.data.astype(dtype)
                 p.grad = None if p.grad is None else p.grad.astype(dtype)
             for name in m._buffers:
@@ -183,7 +191,8 @@ class Module:
         order: module by module, each module's parameters before its buffers."""
         for mod_name, mod in self.named_modules():
             for name, p in mod._parameters.items():
-                yield (f"{mod_name}.{name}" if mod_name else name), mod, name, True, p.data
+                if p is not None:
+                    yield (f"{mod_name}.{name}" if mod_name else name), mod, name, True, p.data
             for name in mod._buffers:
                 yield (f"{mod_name}.{name}" if mod_name else name), mod, name, False, getattr(mod, name)
 
@@ -240,6 +249,12 @@ class Sequential(Module):
             setattr(self, str(i), layer)
 
     def __getitem__(self, i):
+        """A child, or for a slice a Sequential of those children under their own names (as PyTorch)."""
+        if isinstance(i, slice):
+            part = Sequential()
+            for name, layer in list(self._modules.items())[i]:
+                setattr(part, name, layer)
+            return part
         return list(self._modules.values())[i]
 
     def __len__(self):

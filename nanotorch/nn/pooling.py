@@ -81,6 +81,8 @@ class AdaptiveAvgPool2d(Module):
     def __init__(self, output_size):
         super().__init__()
         self.output_size = pair(self, output_size, "output_size")
+        if min(self.output_size) < 1:           # any size >= 1 works, also larger than the input
+            raise ValueError(f"AdaptiveAvgPool2d: output_size must be >= 1, got {output_size}")
         self.cache = None
 
     def _windows(self, size, out):

@@ -40,11 +40,15 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         g_i  <- coef * g_i        for every gradient, also when coef == 1 (as PyTorch does)
 
     The 1e-6 keeps the division finite for all-zero gradients and leaves the clipped norm just
-    under max_norm.
+    under max_norm; max_norm = 0 zeroes the gradients, as in PyTorch.
+
+    The total norm is accumulated in float64 (PyTorch accumulates in the gradients' dtype) and then
+    rounded to the gradients' dtype, so for float32 gradients it can differ from PyTorch's by ~1 ulp.
 
     Args:
         parameters: a Parameter or an iterable of Parameters; those with ``grad`` None are ignored.
-        max_norm: largest allowed total norm, > 0.
+        max_norm: largest allowed total norm, >= 0. A negative one is refused (PyTorch would
+            multiply the gradients by it, turning them around).
         norm_type: p of the p-norm: a float, or ``inf`` / ``'inf'`` for the max-norm. Default: 2.
         error_if_nonfinite: raise RuntimeError if the total norm is nan or +-inf
             (otherwise the gradients are scaled by the non-finite coefficient). Default: False.
@@ -58,8 +62,8 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     else:
         parameters = list(parameters)  # an iterator would be used up by the first pass
     max_norm = float(max_norm)
-    if not max_norm > 0:
-        raise ValueError(f"clip_grad_norm_: max_norm must be > 0, got {max_norm}")
+    if not max_norm >= 0:
+        raise ValueError(f"clip_grad_norm_: max_norm must be >= 0, got {max_norm}")
     norm_type = float(norm_type)
     if math.isnan(norm_type):
         raise ValueError("clip_grad_norm_: norm_type must be a number or inf, got nan")

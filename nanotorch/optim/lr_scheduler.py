@@ -173,7 +173,8 @@ class OneCycleLR(LRScheduler):
 
         self.cycle_momentum = cycle_momentum
         if cycle_momentum:
-            # Cycling momentum into a momentum-free SGD would silently switch momentum on.
+            # Only optimisers without a momentum hyper-parameter are refused; SGD always has one
+            # (0 by default) and gets max_momentum, as in PyTorch.
             if "momentum" not in optimizer.defaults:
                 raise ValueError(f"cycle_momentum=True needs an optimiser with momentum, "
                                  f"{type(optimizer).__name__} has none: pass cycle_momentum=False")

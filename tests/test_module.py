@@ -1,0 +1,128 @@
+"""Module bookkeeping as PyTorch keeps it: parameters set to None, Sequential slices, Flatten's dims,
+and the fused ConvBNGELU falling back to its children when they no longer fit its kernels."""
+import numpy as np
+import pytest
+
+import nanotorch as nt
+from nanotorch import nn, optim
+
+
+def floats(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+# --- a parameter set to None ------------------------------------------------------------------------------
+def test_parameter_set_to_none_leaves_parameters_and_state_dict():
+    conv = nn.Conv2d(1, 2, 3)
+    conv.bias = None
+    assert [n for n, _ in conv.named_parameters()] == ["weight"]
+    assert list(conv.state_dict()) == ["weight"]
+    assert conv.parameters() == [conv.weight]
+    conv.double().zero_grad()                      # nothing iterating the parameters trips on the None
+    y = conv(floats(2, 1, 5, 5))
+    conv.backward(np.ones_like(y))
+    opt = optim.SGD(conv.parameters(), lr=0.1)
+    opt.step()
+    conv.load_state_dict(conv.state_dict())
+    with pytest.raises(ValueError, match=r"unexpected keys: \['bias'\]"):
+        conv.load_state_dict({**conv.state_dict(), "bias": np.zeros(2)})
+
+
+def test_parameter_set_back_keeps_its_place():
+    lin = nn.Linear(3, 2)
+    lin.bias = None
+    lin.bias = nn.Parameter(np.zeros(2, dtype=np.float32))
+    assert list(lin.state_dict()) == ["weight", "bias"]
+
+
+def test_assigning_an_array_to_a_parameter_is_a_type_error():
+    conv = nn.Conv2d(1, 2, 3)
+    with pytest.raises(TypeError, match=r"cannot assign 'numpy.ndarray' as parameter 'bias' "
+                                        r"\(nanotorch.nn.Parameter or None expected\)"):
+        conv.bias = np.zeros(2, dtype=np.float32)
+    assert isinstance(conv.bias, nn.Parameter) and list(conv.state_dict()) == ["weight", "bias"]
+
+
+# --- Sequential slices --------------------------------------------------------------------------------------
+def test_sequential_slice_is_a_sequential_with_the_original_keys():
+    nt.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    tail = model[1:]
+    assert type(tail) is nn.Sequential and len(tail) == 2
+    assert tail[1] is model[2] and model[-1] is model[2]
+    assert list(tail.state_dict()) == ["2.weight", "2.bias"]            # as torch keeps them
+    x = floats(5, 4)
+    np.testing.assert_array_equal(tail(model[:1](x)), model(x))
+    assert len(model[::2]) == 2 and len(model[3:]) == 0
+
+
+# --- Flatten's dims, as torch.flatten checks them -----------------------------------------------------------
+@pytest.mark.parametrize("start, end, shape", [
+    (1, -1, (2, 60)), (0, -1, (120,)), (-4, 3, (120,)), (3, 3, (2, 3, 4, 5)), (-1, -1, (2, 3, 4, 5)),
+    (1, 2, (2, 12, 5)),
+])
+def test_flatten_dims(start, end, shape):
+    f = nn.Flatten(start, end)
+    x = floats(2, 3, 4, 5)
+    assert f(x).shape == shape
+    np.testing.assert_array_equal(f.backward(f(x)), x)
+
+
+@pytest.mark.parametrize("start, end, got", [(5, -1, 5), (-9, -1, -9), (1, 4, 4)])
+def test_flatten_dim_out_of_range(start, end, got):
+    with pytest.raises(IndexError, match=rf"Flatten: .*expected to be in range of \[-4, 3\], but got {got}\b"):
+        nn.Flatten(start, end)(floats(2, 3, 4, 5))
+
+
+@pytest.mark.parametrize("start, end", [(2, 1), (3, -2)])
+def test_flatten_start_after_end(start, end):
+    with pytest.raises(RuntimeError, match="Flatten: start_dim cannot come after end_dim"):
+        nn.Flatten(start, end)(floats(2, 3, 4, 5))
+
+
+def test_flatten_0d_and_empty_batch():
+    f = nn.Flatten(0, -1)
+    assert f(np.array(3.0)).shape == (1,) and f.backward(np.ones(1)).shape == ()
+    with pytest.raises(IndexError, match=r"range of \[-1, 0\], but got 1\b"):
+        nn.Flatten()(np.array(3.0))                    # start_dim=1 does not exist, as in torch
+    assert nn.Flatten()(np.zeros((0, 3, 4))).shape == (0, 12)
+
+
+# --- ConvBNGELU runs its children when they no longer fit the fused kernels ------------------------------
+def _set_child(i, layer):
+    return lambda block: setattr(block, str(i), layer.double())
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda b: setattr(b[2], "approximate", "tanh"), id="gelu-tanh"),
+    pytest.param(_set_child(1, nn.BatchNorm2d(3, affine=False)), id="batchnorm-affine-False"),
+    pytest.param(lambda b: b[1].eval(), id="batchnorm-eval-in-a-training-block"),
+    pytest.param(_set_child(2, nn.ReLU()), id="relu-instead-of-gelu"),
+])
+def test_conv_bn_gelu_falls_back_to_its_children(change):
+    nt.manual_seed(0)
+    block = nn.ConvBNGELU(2, 3, 3, padding=1).double()
+    change(block)
+    assert not block.uses_fused_kernels()
+    conv, bn, act = block
+    x, dy = floats(2, 2, 5, 5), floats(2, 3, 5, 5, seed=1)
+    before = block.state_dict()
+    want = act(bn(conv(x)))                                       # the children one by one
+    want_dx = conv.backward(bn.backward(act.backward(dy)))
+    want_grads = {n: p.grad.copy() for n, p in block.named_parameters()}
+    want_state = block.state_dict()
+    block.zero_grad()
+    block.load_state_dict(before)                                 # BatchNorm's statistics as they were
+    np.testing.assert_allclose(block(x), want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(block.backward(dy), want_dx, rtol=1e-12, atol=1e-12)
+    for n, p in block.named_parameters():
+        np.testing.assert_allclose(p.grad, want_grads[n], rtol=1e-12, atol=1e-12, err_msg=n)
+    for k, v in block.state_dict().items():
+        np.testing.assert_allclose(v, want_state[k], rtol=1e-12, atol=1e-12, err_msg=k)
+
+
+def test_conv_bn_gelu_still_fuses_by_default():
+    block = nn.ConvBNGELU(2, 3, 3, padding=1)
+    assert block.uses_fused_kernels()
+    block(floats(2, 2, 5, 5).astype(np.float32))
+    assert block.cache[0] is not None                    # the fused forward's saved tensors
