@@ -8,12 +8,10 @@ from nanotorch.kernels import batchnorm_gelu as K
 from nanotorch.kernels import pad_planes
 from nanotorch.nn.fused import ConvBNGELU
 
-rng = np.random.default_rng(0)
-
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("training", [True, False])
-def test_bn_gelu_kernels_equal_reference(dtype, training):
+def test_bn_gelu_kernels_equal_reference(dtype, training, rng):
     z = (rng.standard_normal((5, 3, 6 * 7)) * 2 + 1).astype(dtype)      # (C, N, L)
     running = (rng.standard_normal(5).astype(dtype), rng.uniform(0.5, 2, 5).astype(dtype))
     mean, var = running[0].copy(), running[1].copy()                    # updated in place when training
@@ -23,8 +21,9 @@ def test_bn_gelu_kernels_equal_reference(dtype, training):
     a, xhat, d, inv_std = K.bn_gelu_forward(z, mean, var, gamma, beta, training, 0.3, 1e-5)
     a_ref, xhat_ref, d_ref, inv_std_ref = K.bn_gelu_forward_reference(z, mean_ref, var_ref, gamma, beta, training, 0.3,
                                                                       1e-5)
-    np.testing.assert_allclose(mean, mean_ref, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(var, var_ref, rtol=1e-6)
+    stats_tol = dict(rtol=1e-13, atol=1e-15) if dtype == np.float64 else dict(rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(mean, mean_ref, **stats_tol)
+    np.testing.assert_allclose(var, var_ref, **stats_tol)
     assert (mean != running[0]).all() if training else (mean == running[0]).all() and (var == running[1]).all()
     assert inv_std.dtype == dtype
     for got, want in ((a, a_ref), (xhat, xhat_ref), (d, d_ref), (inv_std, inv_std_ref)):
@@ -53,7 +52,7 @@ def test_bn_gelu_kernels_equal_reference(dtype, training):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("stats_dtype", [np.float32, np.float64])
-def test_update_running_stats_equals_reference(dtype, stats_dtype):
+def test_update_running_stats_equals_reference(dtype, stats_dtype, rng):
     mean, var = rng.standard_normal(6).astype(stats_dtype), rng.uniform(0.1, 3, 6).astype(stats_dtype)
     for f, m in ((0.1, 4 * 28 * 28), (1.0, 2), (1 / 3, 7)):     # 1.0: momentum=None's first batch
         got = (rng.standard_normal(6).astype(dtype), rng.uniform(0.5, 2, 6).astype(dtype))
@@ -74,7 +73,7 @@ def test_update_running_stats_equals_reference(dtype, stats_dtype):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("shape, stride, padding, bias", [((2, 3, 7, 7), 1, 1, False), ((1, 1, 5, 8), 2, 0, False),
                                                          ((4, 4, 28, 28), 1, 1, False), ((2, 3, 16, 14), 1, 1, True)])
-def test_conv_bn_gelu_equals_its_three_layers(dtype, mode, shape, stride, padding, bias):
+def test_conv_bn_gelu_equals_its_three_layers(dtype, mode, shape, stride, padding, bias, rng):
     """The 28x28 and 16x14 cases take the direct kernel (with a bias, its gradient is not written padded)."""
     nt.manual_seed(0)
     fused = ConvBNGELU(shape[1], 5, 3, stride=stride, padding=padding, bias=bias).to(dtype)
@@ -101,7 +100,7 @@ def test_conv_bn_gelu_equals_its_three_layers(dtype, mode, shape, stride, paddin
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_no_grad_forward_is_the_same_forward_and_keeps_nothing(mode, dtype):
+def test_no_grad_forward_is_the_same_forward_and_keeps_nothing(mode, dtype, rng):
     nt.manual_seed(0)
     block = ConvBNGELU(3, 4, 3, padding=1).to(dtype)
     x = rng.standard_normal((2, 3, 7, 7)).astype(dtype)
@@ -112,21 +111,25 @@ def test_no_grad_forward_is_the_same_forward_and_keeps_nothing(mode, dtype):
     block.load_state_dict(state)
     with nt.no_grad():
         y_no_grad = block(x)
-    np.testing.assert_allclose(y_no_grad, y, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(y_no_grad, y, **tol)
     with pytest.raises(RuntimeError, match="before forward"):
         block.backward(np.ones_like(y))
     assert nt.is_grad_enabled()
 
 
-def test_bn_gelu_inference_kernel_equals_reference():
-    z = rng.standard_normal((5, 3, 37)).astype(np.float32)
-    scale, shift = rng.standard_normal(5).astype(np.float32), rng.standard_normal(5).astype(np.float32)
-    np.testing.assert_allclose(K.bn_gelu_inference(z, scale, shift), K.bn_gelu_inference_reference(z, scale, shift),
-                               rtol=2e-6, atol=2e-6)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bn_gelu_inference_kernel_equals_reference(dtype, rng):
+    z = rng.standard_normal((5, 3, 37)).astype(dtype)
+    scale, shift = rng.standard_normal(5).astype(dtype), rng.standard_normal(5).astype(dtype)
+    tol = dict(rtol=1e-12, atol=1e-13) if dtype == np.float64 else dict(rtol=2e-6, atol=2e-6)
+    a = K.bn_gelu_inference(z, scale, shift)
+    assert a.dtype == dtype
+    np.testing.assert_allclose(a, K.bn_gelu_inference_reference(z, scale, shift), **tol)
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_conv_bn_gelu_gradcheck(mode):
+def test_conv_bn_gelu_gradcheck(mode, rng):
     nt.manual_seed(0)
     block = ConvBNGELU(2, 3, 3, padding=1).double()
     block(rng.standard_normal((2, 2, 5, 8)) + 1)

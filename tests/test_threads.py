@@ -4,8 +4,10 @@ for them spreads its kernels, and a forked child still trains."""
 import os
 import threading
 
+import numba
 import numpy as np
 import pytest
+from threadpoolctl import ThreadpoolController
 
 import nanotorch as nt
 from nanotorch import nn, optim, threads
@@ -18,9 +20,21 @@ from mnist.model import build_model
 
 @pytest.fixture
 def restore_threads():
-    before = nt.get_num_threads()
+    """Puts back everything set_num_threads changes: nanotorch's state (whether and which thread
+    spreads its kernels), Numba's thread count and the BLAS libraries' thread counts."""
+    state, numba_threads = dict(threads._state), numba.get_num_threads()
+    blas = [(lib, lib.num_threads) for lib in ThreadpoolController().select(user_api="blas").lib_controllers]
     yield
-    nt.set_num_threads(before)
+    numba.set_num_threads(numba_threads)
+    for lib, n in blas:
+        lib.set_num_threads(n)
+    threads._state.update(state)
+
+
+# With NUMBA_NUM_THREADS=1 (or one core) set_num_threads(2) gives one thread: these tests would
+# compare one thread with one
+needs_two_threads = pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
+                                       reason="NUMBA_NUM_THREADS < 2: set_num_threads(2) would give one thread")
 
 
 def train(steps, n_threads, direct=False):
@@ -48,10 +62,12 @@ def train(steps, n_threads, direct=False):
     return flat.data.copy(), flat.grad.copy()
 
 
+@needs_two_threads
 @pytest.mark.parametrize("direct", [False, True])
 def test_training_on_two_threads_matches_one_and_repeats_bitwise(direct, restore_threads):
     w1, g1 = train(4, 1, direct)
     w2, g2 = train(4, 2, direct)
+    assert nt.get_num_threads() == 2
     np.testing.assert_allclose(g2, g1, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(w2, w1, rtol=1e-5, atol=1e-7)
     w2_again, g2_again = train(4, 2, direct)                  # same seed, same threads: same bits
@@ -117,6 +133,7 @@ def test_every_task_loop_gives_the_same_numbers_in_parallel(dtype, restore_threa
             np.testing.assert_array_equal(p2, p, err_msg=name)
 
 
+@needs_two_threads
 def test_only_the_thread_that_set_the_count_spreads_its_kernels(restore_threads):
     big = threads.MIN_PARALLEL_SIZE
     nt.set_num_threads(2)
@@ -133,8 +150,10 @@ def test_only_the_thread_that_set_the_count_spreads_its_kernels(restore_threads)
         nt.set_num_threads(0)
 
 
+@needs_two_threads
 def test_evaluating_on_two_threads_gives_the_same_logits(restore_threads):
     nt.set_num_threads(2)
+    assert nt.get_num_threads() == 2
     nt.manual_seed(0)
     model = build_model()
     x = np.random.default_rng(0).standard_normal((40, 1, 28, 28)).astype(np.float32)

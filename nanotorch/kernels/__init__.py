@@ -52,8 +52,8 @@ try:          # the kernels' dispatchers choose their cache folder as they are d
                                            global_avg_pool, global_avg_pool_backward, global_avg_pool_reference,
                                            global_avg_pool_backward_reference)
     from nanotorch.kernels.gelu import gelu_forward, gelu_forward_reference
-    from nanotorch.kernels.conv3x3 import (pad_planes, conv3x3_same, conv3x3_same_grad_weight, flip_transpose,
-                                           flip_transpose_reference, conv3x3_same_reference,
+    from nanotorch.kernels.conv3x3 import (pad_planes, pad_planes_reference, conv3x3_same, conv3x3_same_grad_weight,
+                                           flip_transpose, flip_transpose_reference, conv3x3_same_reference,
                                            conv3x3_same_grad_weight_reference)
     from nanotorch.kernels import batchnorm_gelu  # noqa: F401  (imported by nn/fused.py; cached here too)
     from nanotorch.kernels.dropout import dropout_forward, dropout_forward_reference
@@ -69,7 +69,8 @@ __all__ = ["im2col", "col2im", "im2col_reference", "col2im_reference", "maxpool2
            "maxpool2x2_max", "maxpool2d_backward", "maxpool2d_forward_reference", "maxpool2d_backward_reference",
            "maxpool2x2_reference", "maxpool2x2_backward_reference", "global_avg_pool",
            "global_avg_pool_backward", "global_avg_pool_reference", "global_avg_pool_backward_reference", "gelu_forward",
-           "gelu_forward_reference", "pad_planes", "conv3x3_same", "conv3x3_same_grad_weight", "flip_transpose",
+           "gelu_forward_reference", "pad_planes", "pad_planes_reference", "conv3x3_same", "conv3x3_same_grad_weight",
+           "flip_transpose",
            "flip_transpose_reference", "conv3x3_same_reference", "conv3x3_same_grad_weight_reference", "sum_of_squares",
            "sum_of_squares_reference", "sgd_update", "sgd_update_reference", "cross_entropy_forward",
            "cross_entropy_backward", "cross_entropy_forward_reference", "cross_entropy_backward_reference",

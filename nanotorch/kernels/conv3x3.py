@@ -69,6 +69,16 @@ def pad_planes(x, parallel=False, channels_first=False):
     return out
 
 
+def pad_planes_reference(x, channels_first=False):
+    """Plain NumPy: x (N, C, H, W) (or (C, N, H, W) with ``channels_first``) -> (N, C, (H+2)*(W+2) + 2):
+    each plane with a zero border, flat, then two zeros."""
+    if channels_first:
+        x = x.transpose(1, 0, 2, 3)
+    n_, c_ = x.shape[:2]
+    flat = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))).reshape(n_, c_, -1)
+    return np.pad(flat, ((0, 0), (0, 0), (0, 2)))
+
+
 @njit(nogil=True)
 def padded_size(h_, w_):
     """The length of a padded plane: H + 2 rows of W + 2 values, and two zeros after them."""
