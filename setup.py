@@ -8,6 +8,6 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["nanotorch", "nanotorch.*", "mnist", "benchmarks"]),
     python_requires=">=3.10",
-    install_requires=["numpy", "numba", "matplotlib", "requests", "tqdm", "threadpoolctl"],
+    install_requires=["numpy", "numba", "matplotlib>=3.6", "requests", "tqdm", "threadpoolctl"],
     extras_require={"test": ["pytest"]},
 )

@@ -7,7 +7,9 @@ For each layer shape and batch size, each implementation's forward, grad-input a
 (or, for the nn.Conv2d layer, its whole backward) is first checked against the naive reference,
 then timed (median of interleaved repeats). Reported: microseconds per call, GFLOP/s with
 2*N*Cout*H*W*Cin*9 flops per op (twice that for a whole backward), and that rate as a percentage
-of this machine's float32 SGEMM peak, measured at start at the same thread count.
+of this machine's float32 SGEMM peak, measured at start with as many BLAS threads as --threads
+(the timed kernels themselves run BLAS on one thread, as nanotorch does, and Numba and torch on
+--threads).
 Writes conv_kernels.csv (and conv_kernels.png) to --out, default benchmarks/results/.
 
 To add an implementation, register a factory (see ``register``):
@@ -26,6 +28,7 @@ import time
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from threadpoolctl import threadpool_limits
 
 from benchmarks.common import (RESULTS_DIR, format_table, settle, sgemm_peak, threads, timeit_many, try_import_torch,
                                write_csv)
@@ -164,9 +167,8 @@ def _gemm_ops(x, w, dout, to_cols, from_cols):
 def _im2col_numba(x, w, dout, p):
     n, c, h, wd = x.shape
     k, (oh, ow) = w.shape[-1], dout.shape[2:]
-    per_image = im2col(x, k, k, 1, 1, p, p, oh, ow).ndim == 3          # the older layout's col2im has no n
     return _gemm_ops(x, w, dout, lambda a: im2col(a, k, k, 1, 1, p, p, oh, ow),
-                     lambda cols: col2im(cols, *((c,) if per_image else (n, c)), h, wd, k, k, 1, 1, p, p, oh, ow))
+                     lambda cols: col2im(cols, n, c, h, wd, k, k, 1, 1, p, p, oh, ow))
 
 
 @register("im2col_stride")
@@ -311,7 +313,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.conv_kernels", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="batch 4, two layers, few repeats, no plot (CI smoke)")
     ap.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 4 128)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for BLAS, Numba and torch")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for Numba's kernels, torch and the SGEMM peak (BLAS inside the kernels: one)")
     ap.add_argument("--impl", nargs="+", default=None, choices=sorted(IMPLEMENTATIONS), help="default: all")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per op (default 7, quick 3)")
     ap.add_argument("--out", default=str(RESULTS_DIR))
@@ -328,8 +330,9 @@ def main(argv=None):
     impls = args.impl or list(IMPLEMENTATIONS)
     started = time.perf_counter()
     with threads(args.threads, try_import_torch()) as info:
-        peak = sgemm_peak(tries=3 if args.quick else 5)
-        print(f"threads {info}; float32 SGEMM peak (1024^3 np.matmul): {peak:.1f} GFLOP/s")
+        with threadpool_limits(limits=args.threads, user_api="blas"):
+            peak = sgemm_peak(tries=3 if args.quick else 5)
+        print(f"threads {info}; float32 SGEMM peak (1024^3 np.matmul, {args.threads} BLAS threads): {peak:.1f} GFLOP/s")
         if try_import_torch() is None and "torch" in impls:
             print("torch is not installed: its rows are skipped")
         rows = []

@@ -168,7 +168,7 @@ def train_torch(torch, batches, state):
     return time.perf_counter() - start, statistics.fmean(losses), model
 
 
-def eval_torch(torch, model, x, batch_size=1000):
+def eval_torch(torch, model, x, batch_size):
     model.eval()
     with torch.no_grad():
         return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
