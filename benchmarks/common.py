@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mnist.files import write_atomic
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -137,14 +139,14 @@ def peak_rss_mb():
 
 
 def write_csv(path, rows):
-    """Write a list of dicts (all with the first row's keys) as CSV; floats get 6 significant digits."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    """Write a list of dicts (all with the first row's keys) as CSV, atomically; floats get 6 significant digits."""
+    def write(f):
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
+    path = Path(path)
+    write_atomic(path, write, mode="w")
     return path
 
 

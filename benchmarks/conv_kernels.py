@@ -34,6 +34,7 @@ from benchmarks.common import (RESULTS_DIR, format_table, settle, sgemm_peak, th
                                write_csv)
 from nanotorch import nn
 from nanotorch.threads import parallel
+from mnist.files import write_atomic
 from nanotorch.kernels import col2im, conv3x3_same, conv3x3_same_grad_weight, flip_transpose, im2col, pad_planes
 
 # The seven 3x3 convolutions (padding 1) of mnist.model: (in channels, out channels, height = width).
@@ -304,7 +305,7 @@ def plot(rows, peak, path):
                xticklabels=layers)
     axes[0, 0].legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
     return path
 

@@ -31,6 +31,7 @@ from benchmarks.common import (RESULTS_DIR, format_table, peak_rss_mb, seconds_s
                                threads, torch_threads, try_import_torch, write_csv)
 from nanotorch import nn
 from mnist.data import iterate_batches, load_mnist, normalize
+from mnist.files import write_atomic
 from mnist.evaluate import predict_logits
 from mnist.model import CHANNELS
 from mnist.train import RECIPE, build_trainer, train_step
@@ -281,8 +282,7 @@ def report(result, out):
     os.makedirs(out, exist_ok=True)
     write_csv(os.path.join(out, "epoch.csv"), rows)
     write_csv(os.path.join(out, "epoch_profile.csv"), result["profile"])
-    with open(os.path.join(out, "epoch.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_atomic(os.path.join(out, "epoch.json"), lambda f: json.dump(result, f, indent=2), mode="w")
     print(f"wrote {out}/epoch.csv, epoch_profile.csv, epoch.json")
 
 
