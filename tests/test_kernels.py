@@ -420,9 +420,12 @@ def test_sum_of_squares_equals_reference(dtype, rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("momentum, dampening, weight_decay, nesterov",
                          [(0.0, 0.0, 0.0, False), (0.9, 0.0, 0.0, False), (0.85, 0.1, 0.01, False), (0.9, 0.0, 0.05, True)])
-def test_sgd_update_gives_the_reference_bits(dtype, momentum, dampening, weight_decay, nesterov, rng):
+@pytest.mark.parametrize("other", ["reference", "python body"])
+def test_sgd_update_gives_the_reference_bits(dtype, momentum, dampening, weight_decay, nesterov, other, rng):
     """Three steps (the first starts the momentum buffer) of the compiled loop and of the NumPy formula,
-    whose multiply-adds round once as the kernel's fused ones do (float64 by fractions)."""
+    or of the loop's own body run as Python (what NUMBA_DISABLE_JIT=1 runs), whose multiply-adds round
+    once as the kernel's fused ones do (float64 by fractions)."""
+    twin = K.sgd_update_reference if other == "reference" else K.sgd_update.py_func
     p0 = rng.standard_normal(1001).astype(dtype)
     p, buf = [p0.copy(), p0.copy()], [np.empty(1001, dtype) for _ in range(2)]
     for step in range(3):
@@ -430,7 +433,7 @@ def test_sgd_update_gives_the_reference_bits(dtype, momentum, dampening, weight_
         g_before = g.copy()
         args = (0.1 / (step + 1), momentum, dampening, weight_decay, nesterov, step == 0)
         K.sgd_update(p[0], g, buf[0], *args)
-        K.sgd_update_reference(p[1], g, buf[1], *args)
+        twin(p[1], g, buf[1], *args)
         np.testing.assert_array_equal(p[0], p[1])
         np.testing.assert_array_equal(g, g_before)
         if momentum:

@@ -490,24 +490,3 @@ def test_fma_rounds_once():
         assert t(a * b) + c == 0
         assert compiled(a, b, c) == fma(a, b, c) == -t(eps) * t(eps)
 
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("momentum, dampening, weight_decay, nesterov",
-                         [(0.0, 0.0, 0.0, False), (0.9, 0.0, 0.0, False), (0.85, 0.1, 0.01, False), (0.9, 0.0, 0.05, True)])
-def test_sgd_update_compiled_equals_its_python_body(dtype, momentum, dampening, weight_decay, nesterov):
-    """The kernel against its own body run as Python (what NUMBA_DISABLE_JIT=1 runs), whose fma is
-    exact by fractions in float64; three steps, the first starting the momentum buffer."""
-    from nanotorch.kernels.optim import sgd_update
-    rng = np.random.default_rng(11)
-    p0 = rng.standard_normal(61).astype(dtype)
-    p, buf = [p0.copy(), p0.copy()], [np.empty(61, dtype) for _ in range(2)]
-    for step in range(3):
-        g = rng.standard_normal(61).astype(dtype)
-        g_before = g.copy()
-        args = (0.1 / (step + 1), momentum, dampening, weight_decay, nesterov, step == 0)
-        sgd_update(p[0], g, buf[0], *args)
-        sgd_update.py_func(p[1], g, buf[1], *args)
-        np.testing.assert_array_equal(p[0], p[1])
-        np.testing.assert_array_equal(g, g_before)
-        if momentum:
-            np.testing.assert_array_equal(buf[0], buf[1])
