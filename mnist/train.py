@@ -1,8 +1,10 @@
 """Train the seed network on MNIST: python -m mnist.train [--epochs 1] [--seed 0] [--out DIR] ...
 
-The recipe (every default below): batch 4; SGD, lr 0.001 and momentum 0.9, both then driven by a
-OneCycle schedule (max lr 0.1, 25% warm-up, cosine annealing, momentum cycled 0.95 -> 0.85 -> 0.95);
-gradient-norm clipping at 1.0; dropout 0.15; one epoch. One training step reads like PyTorch's:
+The recipe (every default below): batch 4; SGD with momentum, whose lr and momentum a OneCycle
+schedule sets at every step (lr 0.004 = max_lr / 25 up to max_lr 0.1 over the first 25% of the
+steps, then a cosine down to 4e-7; momentum 0.95 -> 0.85 -> 0.95); gradient-norm clipping at 1.0;
+dropout 0.15; one epoch. SGD's own lr 0.001 and momentum 0.9 (--lr, --momentum) are overridden by
+the schedule as soon as it is built, as in PyTorch. One training step reads like PyTorch's:
 
     logits = model(x); loss = criterion(logits, y)            # forward
     optimizer.zero_grad(); model.backward(criterion.backward())  # backward, by hand

@@ -27,7 +27,7 @@ def check_input(layer, x, ndims, channels=None, what="input"):
     return x
 
 
-_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))   # dtype objects: comparing with them is 4x faster than with the types
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))   # dtype objects: faster to compare with than the types
 
 
 def check_int(layer, v, name):

@@ -1,6 +1,7 @@
 """BatchNorm1d and BatchNorm2d: normalise each channel over the batch (and space), then scale and shift.
 
-Training (statistics over the m = N*H*W values of a channel; axes (0, 2, 3) for 2-D, (0,) or (0, 2) for 1-D):
+Training (statistics over the m values of a channel: N*H*W for 2-D, N or N*L for 1-D; axes (0, 2, 3),
+(0,) or (0, 2)):
 
     mu = mean(x),  var = mean((x - mu)^2)              the biased variance normalises
     xhat = (x - mu) / sqrt(var + eps),  y = gamma * xhat + beta
@@ -12,7 +13,10 @@ Backward in training (mu and var depend on every x of the channel, hence the two
     dbeta  = sum(dy),   dgamma = sum(dy * xhat),   g = gamma * dy
     dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)
 
-  (from d xhat_i / d x_j = (delta_ij - 1/m - xhat_i xhat_j / m) / sqrt(var + eps)).
+  Derivation: d mu / d x_j = 1/m and d var / d x_j = 2 (x_j - mu) / m, so with s = 1 / sqrt(var + eps),
+  d s / d x_j = -s^3 (x_j - mu) / m; xhat_i = (x_i - mu) s, and the product rule gives
+      d xhat_i / d x_j = (delta_ij - 1/m - xhat_i xhat_j / m) * s.
+  dx_j = sum_i g_i d xhat_i / d x_j is the line above.
 
 Evaluation uses the running statistics, which are constants, so dx = gamma * dy / sqrt(running_var + eps).
 """
@@ -70,7 +74,7 @@ class _BatchNorm(Module):
     def _count_batch(self):
         """Count a training batch; returns the factor its statistics get in the running ones:
         ``momentum``, or 1 / batches so far when momentum is None (a cumulative average)."""
-        self.num_batches_tracked[()] += 1          # in place, on the 0-d array: 1.0 -> 0.1 us (NumPy's scalar path)
+        self.num_batches_tracked[()] += 1          # in place on the 0-d array (NumPy's fast scalar path)
         return float(1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum)
 
     def backward(self, dy):

@@ -9,9 +9,15 @@ Forward (x: (N, C, H, W), weight W: (OC, C, KH, KW), bias b: (OC,)):
 Backward, from dout (N, OC, OH, OW) laid out as D: (OC, N*OH*OW) like Z:
 
     dW2   = D @ cols^T                     each weight meets every column it multiplied
+    dW    = dW2.reshape(OC, C, KH, KW)
     db    = D summed over its columns      the bias is added to every output pixel
-    dcols = W2^T @ D                       the product rule for the matrix product
+    dcols = W2^T @ D                       Z is linear in cols: the gradient flows back through W2^T
     dx    = col2im(dcols)                  im2col copied pixels; the adjoint of a copy is a sum
+
+Read the plain versions first: ``im2col_reference`` and ``col2im_reference`` at the end of
+nanotorch/kernels/im2col.py (NumPy slicing, one slice per kernel offset), and
+``conv3x3_same_reference`` in nanotorch/kernels/conv3x3.py for the direct kernel below. The
+compiled kernels compute the same numbers; the tests check that they do.
 
 For a 3x3 convolution with stride 1 and padding 1 (on planes at least 14 wide), the same four
 results come from a direct convolution with no columns (nanotorch/kernels/conv3x3.py):
@@ -23,7 +29,7 @@ work over two threads, with the same results up to rounding (nanotorch/threads.p
 
 ``input_requires_grad = False`` skips dx (the backward returns None), as PyTorch does for an
 input that does not require grad: the first layer of a network, whose input is the data, has no
-use for it (mnist.train sets it; conv1's dx was 1% of a training step).
+use for it (mnist.train sets it).
 
 ``forward_channels_first`` / ``backward_channels_first`` are the same steps with Z and D left in
 their (OC, N, OH*OW) layout, for a fused layer that reads and writes that layout directly
@@ -127,8 +133,8 @@ class Conv2d(Module):
             weight = self.weight.data.astype(dz.dtype, copy=False)      # used transposed and flipped
             return conv3x3_same(dzp, weight, h, w, False, par, True).reshape(n, c, h, w)
         d = dz.reshape(self.out_channels, -1)
-        # dW2 = D @ cols^T, computed as (cols @ D^T)^T with D^T copied contiguous: OpenBLAS runs this
-        # orientation 1.7x faster here, and the copy saves 20-25% more (conv6: 33 -> 25 -> 20 us).
+        # dW2 = D @ cols^T, computed as (cols @ D^T)^T with D^T copied contiguous: the same numbers,
+        # in the orientation and layout that OpenBLAS runs fastest for these shapes.
         self.weight.accumulate_grad((inputs @ np.ascontiguousarray(d.T)).T.reshape(self.weight.shape))
         if not self.input_requires_grad:
             return None

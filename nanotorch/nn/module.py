@@ -78,6 +78,7 @@ class Module:
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_buffers", [])
         object.__setattr__(self, "training", True)
+        object.__setattr__(self, "cache", None)          # what the last forward saved for the backward
 
     # --- registration -------------------------------------------------------------
     def __setattr__(self, name, value):
@@ -112,7 +113,7 @@ class Module:
 
     def save_for_backward(self, *values):
         """Keep what the backward will need (nothing inside ``nanotorch.no_grad()``)."""
-        self.__dict__["cache"] = values if is_grad_enabled() else None     # skips __setattr__'s checks: 1 us a call
+        self.__dict__["cache"] = values if is_grad_enabled() else None     # (past __setattr__'s checks: a hot path)
 
     def saved_for_backward(self):
         """What the last forward kept, as a tuple; an error if there was no forward to back up."""

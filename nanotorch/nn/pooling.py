@@ -1,7 +1,10 @@
 """Pooling: MaxPool2d and AdaptiveAvgPool2d.
 
 MaxPool2d:  out = max over each window; the max passes its gradient to the one input that won
-            (d max / d x_i = 1 for the argmax, 0 for the rest). Kernels in nanotorch/kernels/pooling.py.
+            (d max / d x_i = 1 for the argmax, 0 for the rest). Where windows overlap, an input that
+            wins several gets the sum of their gradients. Plain NumPy versions:
+            maxpool2d_forward_reference / maxpool2d_backward_reference in nanotorch/kernels/pooling.py,
+            beside the compiled kernels the layer runs.
             Output size, as PyTorch:  O = floor_or_ceil((H + 2p - k) / s) + 1, and with ceil_mode the
             last window must start inside the input or the left padding: if (O - 1) s >= H + p, O -= 1.
 

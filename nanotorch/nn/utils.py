@@ -96,7 +96,7 @@ def flatten_parameters(parameters):
     Each parameter's ``data`` becomes a view of its slice of ``flat.data`` and its ``grad`` a view
     of its slice of ``flat.grad``, so layers keep reading and accumulating into their own arrays
     while an optimiser or ``clip_grad_norm_`` given ``[flat]`` does one vector operation where it
-    did one per parameter (35 for the MNIST model). The numbers are the same: SGD is elementwise,
+    did one per parameter (25 for the MNIST model). The numbers are the same: SGD is elementwise,
     and the norm of all gradients is the norm of their concatenation.
 
     Gradients become fixed buffers (zero_grad zeroes them in place). Cast the model (``.to``)
