@@ -10,26 +10,24 @@ thread's to rounding, and a given thread count gives the same bits on every run
 
 Only the thread that called set_num_threads spreads its kernels over threads (``parallel()``);
 any other thread runs them alone, on its own core. mnist.evaluate relies on it: two threads
-evaluate batches side by side, each on one core, which beat one thread on two cores (12,550-12,960
-against 11,090-11,210 images/s at batches of 64 and 256, predict_logits alone). A forked child
-runs its kernels on its own thread for good, whatever it asks for: GNU OpenMP, Numba's fastest
-thread pool here, terminates a forked child that enters it once the parent has started it
-(which loading any of the kernels does), so the child never enters it.
+evaluate batches side by side, each on one core, which is faster than one thread whose kernels
+fork and join on two cores. A forked child runs its kernels on its own thread for good, whatever
+it asks for: GNU OpenMP, Numba's fastest thread pool here, terminates a forked child that enters
+it once the parent has started it (which loading any of the kernels does), so the child never
+enters it.
 
-Numba is asked to prefer OpenMP (then TBB, then its own "workqueue"): the figures here are
-OpenMP's, and the workqueue pool cannot be entered by two threads at once.
+Numba is asked to prefer OpenMP (then TBB, then its own "workqueue"): its fork-join is the
+cheapest here (~1.5 us; the workqueue pool's takes tens of microseconds), and the workqueue pool
+cannot be entered by two threads at once.
 
-BLAS stays at one thread: Numba's OpenMP threads spin for a while after each kernel, and two
-OpenBLAS threads beside them made evaluation 3-6x slower (1,700-2,800 against 7,500-10,200
-images/s). The im2col convolutions of the 7x7 and 4x4 layers and the Linear layers are small.
+The work is split inside each kernel, over Numba's threads, rather than handed between Python
+threads: a hand-over between Python threads costs 40-60 us, against ~1.5 us for a fork-join. Below
+MIN_PARALLEL_SIZE even a fork-join costs more than it saves (a BatchNorm + GELU of 28 channels of
+4x4 planes runs slower on two threads than on one).
 
-Measured on the 2-core machine, a training step of the MNIST recipe at batch 4 (alternating runs
-of 200 steps, median): 1.95-2.17 ms before, 1.58-1.63 ms with the kernels on two threads. Before,
-a second Python thread computed the convolutions' weight gradients during the backward; a hand-
-over between Python threads costs 40-60 us, an OpenMP fork-join of Numba's 1.5 us (its "workqueue"
-pool: 77 us). Below MIN_PARALLEL_SIZE a fork-join costs more than it saves (a BatchNorm + GELU of
-28 channels of 4x4: 6.3 us alone, 9.4 us on two threads). On one thread, 2.06-2.07 ms before and
-2.13-2.15 ms now.
+BLAS stays at one thread: Numba's OpenMP threads spin for a while after each kernel, and OpenBLAS
+threads beside them compete for the same cores (evaluation ran several times slower). The im2col
+convolutions of the MNIST model's layers on 7x7 and 4x4 planes and the Linear layers are small.
 """
 import os
 import threading

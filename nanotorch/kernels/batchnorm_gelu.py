@@ -1,36 +1,35 @@
 """BatchNorm followed by GELU, fused: one pass over the activations forward and two backward.
 
 z: (C, N, L) — a convolution's output as its GEMM leaves it (channel first, spatial axes flat);
-the block's output a and incoming gradient da are (N, C, L), the layout of the next layer. Per channel c:
+the block's output a and incoming gradient da are (N, C, L), the layout of the next layer. Per channel c,
+with u BatchNorm's output and d = GELU'(u):
 
     forward:   mean_c, var_c over (n, l) when training (else the running statistics are given)
                xhat = (z - mean_c) * inv_std_c,   inv_std_c = 1 / sqrt(var_c + eps)
                u = gamma_c * xhat + beta_c,   a = GELU(u),   keeping d = GELU'(u) for the backward
-    backward:  g = da * d                                          (through GELU)
-               dbeta_c = sum g,   dgamma_c = sum g * xhat          (over n and l)
-               dz = gamma_c * inv_std_c * (g - dbeta_c / m - xhat * dgamma_c / m)    (training)
-               dz = gamma_c * inv_std_c * g                                          (evaluation)
+    backward:  du = da * d                                         (dL/du, through GELU)
+               dbeta_c = sum du,   dgamma_c = sum du * xhat        (over n and l)
+               dz = gamma_c * inv_std_c * (du - dbeta_c / m - xhat * dgamma_c / m)    (training)
+               dz = gamma_c * inv_std_c * du                                          (evaluation)
 
 This is BatchNorm2d's backward (nanotorch/nn/batchnorm.py) with GELU's chained in front; the
-sums of g and g * xhat are the parameter gradients, which is why they come out for free. The
+sums of du and du * xhat are the parameter gradients, which is why they come out for free. The
 kernels move between layouts as they go, so no transpose is ever copied.
 
 Each channel is one task (tasks.py), statistics and all: with ``parallel`` the channels spread
 over Numba's threads. Sums are accumulated in float64. The batch statistics are computed in the
-same task as the normalisation: one kernel where there were three calls and six small NumPy
-operations (measured only together with the other changes of that session, README: Performance).
-The forward also folds them into the running statistics, and the backward adds dgamma and dbeta
-into the parameters' gradients: a layer's BatchNorm is one call each way, with no Python between.
+same task as the normalisation, the forward folds them into the running statistics, and the
+backward adds dgamma and dbeta into the parameters' gradients: a layer's BatchNorm is one call
+each way, with no Python between.
 For the direct convolution the backward also pads dz (``padded_width``): each channel's task
-copies its planes, just computed and still in its cache, into the zero-bordered planes that the
-convolution's backward reads, so that no separate padding pass reads them back from the other
+copies its planes, just computed and still in its core's cache, into the zero-bordered planes that
+the convolution's backward reads, so that no separate padding pass reads them back from the other
 core's cache. The arithmetic stays the same loops, and the copy does none, so the bits are those
-of padding afterwards (an earlier attempt that wrote the final dz straight into the padded planes
-rounded differently in the process that compiled it than once loaded from Numba's cache; see
-tests/test_kernels.py). Alone, for 4 x 16 x 28 x 28: 30.3 -> 14.2 us on two threads (24.3 -> 23.2
-on one); in a training step, paired against the separate padding, 0.949 and 0.952 on two threads
-(the host in a slow phase; ~0.98 in a quiet one), 0.995 on one. Tried and left out:
-recomputing xhat from z instead of storing it (the same rounding trouble).
+of padding afterwards. It is a copy, not dz written straight into the padded planes (and xhat
+is stored, not recomputed from z), because a kernel written that way can round differently when
+compiled in the running process than when loaded from Numba's cache (LLVM fuses its multiply-adds
+differently); tests/test_kernels.py compiles in one fresh process, loads in another, and asserts
+the same bits.
 The references compose the plain NumPy formulas.
 """
 import numpy as np
@@ -72,8 +71,8 @@ def update_running_stats(running_mean, running_var, mean, var, f, m):
         running_var  <- (1 - f) * running_var  + f * var * m / (m - 1)        (the unbiased variance)
 
     computed in the running statistics' dtype (the unbiased variance in float64, then rounded), as
-    the reference below; one compiled call instead of nine small NumPy operations (6.5 -> ~1 us a
-    layer)."""
+    the reference below. Compiled because in NumPy it is nine small operations, each mostly call
+    overhead for a few dozen values."""
     c_ = running_mean.size
     if running_var.size != c_ or mean.size != c_ or var.size != c_:
         raise ValueError("update_running_stats: expected running_mean, running_var, mean and var of one size")

@@ -9,9 +9,9 @@ nine shifts s = i * Wp + j (i, j in 0..2), so a whole output plane is nine shift
 (positions with x >= W straddle two rows: they are computed and dropped). Each inner loop runs
 over contiguous memory and vectorises; four output channels share every input load. One pass
 takes one kernel row i of the four channels: 12 multiply-adds per 3 input loads and 4 loads and
-4 stores of the sums, with the 12 weights held in registers. (A pass over all nine taps, 36
-multiply-adds per 9 input loads, needed 36 weights: more than the registers, and reloading them
-cost more than the extra passes over the sums. The row passes ran 4-24% faster, same bits.)
+4 stores of the sums, with the 12 weights held in registers. (A pass over all nine taps would
+need 36 weights, more than the registers hold; reloading them costs more than the extra passes
+over the sums.)
 
 The backward is two more of the same sums (dz padded like x):
 
@@ -26,19 +26,10 @@ im2col + GEMM and PyTorch give. Training never gets there: the loss is already N
 mnist.train stops before the backward.
 
 nn.Conv2d uses it for every 3x3 convolution with stride 1 and padding 1 on planes at least 14
-wide; on 7x7 and 4x4 planes the rows are too short to vectorise and it is 1.5-2x slower than
-im2col + GEMM (benchmarks.conv_kernels, batch 4). Measured on the 2-core machine:
-- a training step of the MNIST recipe (batch 4), against im2col + GEMM everywhere, in two sets of
-  alternating 200-step runs (when a second Python thread computed the weight gradients): median
-  2.44 -> 2.12 ms and 2.85 -> 2.45 ms on two threads (0.90 as the median ratio of pairs),
-  2.38 -> 2.38 and 2.77 -> 2.55 ms on one;
-- evaluating the test set on two threads: 9,900 -> 10,400 images/s in batches of 16;
-- alone (benchmarks.conv_kernels, one thread): within 20% of im2col + GEMM at batch 4; at batch
-  128, where the columns of a 28x28 layer (14-43 MB) no longer fit in cache, 2-9x faster on the
-  28x28 layers and 1.6-2x on the 14x14 one (conv4 12 -> 16: forward 5.5 ms against 32.0);
-- with its tasks (an image and four output channels; a pair of output channels and an input
-  channel for dw) on two threads, batch 4: 1.4-1.9x faster than on one for every layer but the
-  first (conv4 forward 152-158 -> 87-94 us, its dw 128-133 -> 69-74 us).
+wide. It builds no im2col columns (nine copies of the input, which outgrow the cache as the
+batch grows), and its tasks (an image and four output channels; for dw, a pair of output
+channels and an input channel) spread over threads. On 7x7 and 4x4 planes the rows are too short
+to vectorise and im2col + GEMM is faster (benchmarks.conv_kernels compares the two).
 """
 import numpy as np
 from numba import njit, prange
@@ -51,8 +42,8 @@ from nanotorch.kernels.tasks import PRANGE
 def pad_planes(x, parallel=False, channels_first=False):
     """x: (N, C, H, W), any strides -> (N, C, padded_size(H, W)): each plane with a zero border, flat,
     plus two zeros at the end so the last shifted read stays inside. One task per plane.
-    ``channels_first``: x is (C, N, H, W) instead, as a gradient comes from the layer above (its
-    planes read contiguously: 1.5-1.9x faster than through a transposed view); the output is the same."""
+    ``channels_first``: x is (C, N, H, W) instead, as a gradient comes from the layer above, so that
+    its planes are read contiguously rather than through a transposed view; the output is the same."""
     if channels_first:
         c_, n_, h_, w_ = x.shape
     else:
@@ -88,7 +79,7 @@ def padded_size(h_, w_):
 @njit(nogil=True)
 def pad_plane(x, flat):
     """x: (H, W) -> flat, its padded plane. Writes each value once: the image rows, and zeros only on
-    the border (15-25% faster than zeroing the whole plane first)."""
+    the border (zeroing the whole plane first would write the interior twice)."""
     h_, w_ = x.shape
     wp = w_ + 2
     flat[:wp + 1] = 0                                  # the top border row and row 1's left zero
@@ -257,7 +248,8 @@ def _two_channel_taps(x, d, e, dw_d, dw_e, both, wp, m):
 @njit(cache=True, nogil=True)
 def flip_transpose(w):
     """w: (OC, C, 3, 3) -> (C, OC, 3, 3) flipped in both spatial axes: the kernel of dx = conv(dz).
-    (NumPy's copy of the reversed, transposed view took 2-6 us a layer; this loop well under 1.)"""
+    A compiled loop: for so few values NumPy's copy of the reversed, transposed view is mostly
+    call overhead."""
     oc_, c_ = w.shape[:2]
     out = np.empty((c_, oc_, 3, 3), dtype=w.dtype)
     for o in range(oc_):

@@ -21,10 +21,8 @@ Precision per dtype (``gelu_and_grad`` picks by the element type at compile time
   2.5e-7 for dy/dx (PyTorch's own float32 GELU: 3.3e-7 and 2.5e-7 on the same test points). That
   bound is absolute: Phi = (1 + erf) / 2 cancels for x < -3, where GELU itself is tiny
   (|y| < 4e-3), so the relative error grows there.
-  Measured on the 2-core machine, one thread, float32: GELU and GELU' 0.66 ns a value, GELU alone
-  0.38 (on 802,816 values). The first float32 version, Abramowitz & Stegun's erfc (7.1.26) times
-  the exp, took 0.82-0.91 ns for both, and a float64-arithmetic version before it 2.2. Evaluating
-  the test set on one thread in batches of 64: 150-166 -> 131-136 us an image.
+  With no library call and no branch the loops vectorise; GELU alone needs no exp, which makes it
+  about half the cost of GELU with GELU' (~0.4 against ~0.7 ns a value on one core).
 NumPy has no erf, which is why GELU needs compiled loops at all.
 """
 import math

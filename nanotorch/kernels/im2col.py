@@ -3,8 +3,8 @@
 Layout (the whole batch side by side, so each product is a single large GEMM):
 
     x    : (N, C, H, W)
-    cols : (C*KH*KW, N*OH*OW)      cols[(c*KH + i)*KW + j, (n*OH + y)*OW + x]
-                                      = x[n, c, y*sh - ph + i, x*sw - pw + j]   (0 outside the image)
+    cols : (C*KH*KW, N*OH*OW)      cols[(c*KH + i)*KW + j, (n*OH + oy)*OW + ox]
+                                      = x[n, c, oy*sh - ph + i, ox*sw - pw + j]   (0 outside the image)
 
 so that the convolution is ``W.reshape(OC, C*KH*KW) @ cols``, of shape (OC, N*OH*OW). col2im is
 the adjoint (transpose) of im2col: every column entry is *added* back to the pixel it was copied
@@ -12,27 +12,22 @@ from, which is exactly the gradient of a copy.
 
 Two versions of each loop:
 - general (any kernel, stride, padding): tests every index against the image border; LLVM turns
-  that test into masked vector instructions, 3x faster than splitting each row into border and
-  interior.
-- 3x3 with stride 1 and padding 1 (the MNIST model's 7x7 and 4x4 layers): with output and input
-  planes the same size, the pixels that kernel offset (i, j) reads are the whole input plane shifted
-  by s = (i - 1) * W + (j - 1) in its flat layout. So the three rows of kernel row i (j = 0, 1, 2)
+  that test into masked vector instructions, which is faster than splitting each row into border
+  and interior.
+- 3x3 with stride 1 and padding 1 (the MNIST model's layers on 7x7 and 4x4 planes): with output
+  and input planes the same size, the pixels that kernel offset (i, j) reads are the whole input
+  plane shifted by s = (i - 1) * W + (j - 1) in its flat layout. So the three rows of kernel row i (j = 0, 1, 2)
   are three contiguous copies of one stretch of the plane, one element apart, made in one loop
   per image; then the entries that read the padding are set to zero: the first (i = 0) or last
-  (i = 2) image row, and the column that wrapped around to the neighbouring image row (x = 0 for
-  j = 0, x = W - 1 for j = 2). col2im is the same stretch added back, the three rows in one loop
+  (i = 2) image row, and the column that wrapped around to the neighbouring image row (ox = 0 for
+  j = 0, ox = W - 1 for j = 2). col2im is the same stretch added back, the three rows in one loop
   and in the same order as the general loop adds them (the same bits), after zeroing the wrapped
   entries of cols (which the sum must skip). im2col runs one task per input channel (tasks.py):
   a channel's nine rows of cols are written by that task alone.
   LLVM vectorises a loop in blocks of 32-64 values, so the short rows of these small planes run
-  mostly as scalar code; the gain is in making a third as many loops. Measured alone on one
-  thread (4 images): im2col 14.4 -> 10.2 us (20x7x7) and 14.0 -> 9.4 us (24x4x4), 7.0-7.2 and 6.9
-  on two threads; col2im 11.0 -> 8.1 and 9.8 -> 8.3 us. In a training step, against the version
-  before (one loop per kernel offset and image, for any "same" kernel; paired 50-step blocks):
-  0.970 and 0.968 on two threads, 0.995 on one; im2col's split alone, against the same code
-  with im2col on one thread: 0.984 and 0.997. col2im stays on one thread: without a task loop
-  it took 8.1 us, as long as split over two (8.3-8.4), and a fifteenth argument would cost 2 us a
-  call in Numba's dispatcher.
+  mostly as scalar code: what counts is running a third as many loops. col2im stays on one thread:
+  split over two it runs no faster, and a fifteenth argument (``parallel``) would cost ~2 us a call
+  in Numba's dispatcher.
 """
 import numpy as np
 from numba import njit, prange
@@ -96,7 +91,7 @@ def _three_rows(cols, row, start, size):
 @njit(inline="always")
 def _zero_wrapped(d0, d2, h_, w_):
     """Zero the entries of one image's j = 0 and j = 2 rows whose shift wrapped around to the
-    neighbouring image row: column x = 0 of d0 and x = W - 1 of d2 (they read the padding)."""
+    neighbouring image row: column ox = 0 of d0 and ox = W - 1 of d2 (they read the padding)."""
     for y in range(h_):
         d0[y * w_] = 0
         d2[y * w_ + w_ - 1] = 0
@@ -120,8 +115,8 @@ def _im2col_3x3_channel(planes, cols, c, h_, w_):
                 e0[p] = s0[p]
                 e1[p] = s1[p]
                 e2[p] = s2[p]
-            d1[lo], d2[lo] = src[b], src[b + 1]                    # d0[lo] is x = 0: zeroed below
-            d0[hi - 1], d1[hi - 1] = src[b + m], src[b + m + 1]    # d2[hi - 1] is x = W - 1: likewise
+            d1[lo], d2[lo] = src[b], src[b + 1]                    # d0[lo] is ox = 0: zeroed below
+            d0[hi - 1], d1[hi - 1] = src[b + m], src[b + m + 1]    # d2[hi - 1] is ox = W - 1: likewise
             for p in range(hi, hw):
                 d0[p] = d1[p] = d2[p] = 0
             _zero_wrapped(d0, d2, h_, w_)                          # wrapped to the next image row

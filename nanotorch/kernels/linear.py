@@ -6,9 +6,9 @@
                dx[n, :]  = sum over o of dy[n, o] * w[o, :]
 
 For the MNIST model's head (batch 4: 28 -> 56 and 56 -> 10) a BLAS call costs more than its
-arithmetic: nn.Linear's NumPy forward (a matrix product and the bias) took 3.1-3.8 us alone and its
-backward (two products, a sum over the batch, two additions into the gradients) 4.9-5.1 us. These
-loops do the same in one call each way; nn.Linear uses them below SMALL_LINEAR multiply-adds and
+arithmetic, and in NumPy the forward is two calls (a matrix product and the bias) and the backward
+five (two products, a sum over the batch, two additions into the gradients). These loops do the
+same in one call each way; nn.Linear uses them below SMALL_LINEAR multiply-adds and
 BLAS above, where its blocking wins. The backward's sums run along contiguous rows, in order (the
 same bits on every run and every thread count); the forward's dot products are reassociated so
 that they vectorise, which rounds differently from BLAS's order (both are float32 sums).

@@ -1,9 +1,9 @@
 """The update's vector loops: the squared norm that clip_grad_norm_ needs and SGD's step.
 
 With the model's parameters flattened into one vector (nn.utils.flatten_parameters), clipping and
-the optimiser step are a few passes over its 18,582 values. In NumPy each pass is a separate call
-with a temporary array (the float64 copy for the norm, lr * g, ...): on the 2-core machine 13 us
-for the norm and 9.2 us for SGD's update, against 1.9 and 2.5 us for these loops.
+the optimiser step are a few passes over its 18,582 values. In NumPy each pass would be a
+separate call with a temporary array (the float64 copy for the norm, lr * g, ...); these loops
+make one pass each, with no temporaries.
 
 SGD's loop does PyTorch's operations in PyTorch's order, so its bits are PyTorch's: each
 ``x.add_(y, alpha=a)`` of torch.optim.SGD is a fused multiply-add on the CPU (ATen's vectorised

@@ -52,12 +52,12 @@ def maxpool2x2_forward(x, oh, ow, parallel=False):
 
     With H = 2 * oh and W = 2 * ow the windows tile the batch: seen as N*C*oh pairs of rows of
     width W, output row r is the max over input rows 2r and 2r + 1, whatever plane they belong to.
-    One pass over all of those pairs, with no work per plane (2.5x faster than two passes per plane
-    on 4x4 planes, 1.3x on 28x28). Within a window the top pair's winner (right only if larger, or
-    NaN), then the bottom pair's, then the bottom one only if larger (or NaN): PyTorch's scan order,
-    first of equal values. Other sizes (odd ones: ceil_mode keeps a last, cut window; floor mode
-    drops a last row or column) are first copied to 2 * oh x 2 * ow planes (``tiled_planes``). One
-    task per output row; ``parallel`` spreads them over Numba's threads (tasks.py).
+    One pass over all of those pairs, with no work per plane (which would dominate on 4x4 planes).
+    Within a window the top pair's winner (right only if larger, or NaN), then the bottom pair's,
+    then the bottom one only if larger (or NaN): PyTorch's scan order, first of equal values. Other
+    sizes (odd ones: ceil_mode keeps a last, cut window; floor mode drops a last row or column) are
+    first copied to 2 * oh x 2 * ow planes (``tiled_planes``). One task per output row;
+    ``parallel`` spreads them over Numba's threads (tasks.py).
     """
     return _maxpool2x2_rows(_whole_windows(x, oh, ow), oh, ow, parallel)
 
@@ -193,7 +193,8 @@ def _scatter_plane(dout, arg, dx, w_, windows):
 @njit(cache=True, nogil=True)
 def global_avg_pool(x):
     """x: (N, C, H, W) -> (N, C, 1, 1), each plane's mean: its sum in x's dtype, in order, over H * W.
-    (NumPy's reshape, sum and division took 5 us for the model's 4 x 28 x 2 x 2, ~8 inside a step.)"""
+    A compiled loop: for the model's 4 x 28 x 2 x 2, NumPy's reshape, sum and division are mostly
+    call overhead."""
     n_, c_, h_, w_ = x.shape
     t = x.dtype.type
     count = t(h_ * w_)

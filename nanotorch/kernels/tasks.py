@@ -19,10 +19,9 @@ forked child uses (GNU OpenMP terminates a child of a process that started it as
 child enters it). nanotorch.threads decides which one runs.
 
 Most task functions are inlined into the loops (``inline="always"``, in Numba's IR): the same
-bits, and faster by what a call per task cost (each kernel alone, one thread: conv3x3's weight
-gradient 6-20%, BatchNorm + GELU up to 17% on the small layers, pooling 7-16%). Not all: inlined,
-maxpool2d_backward's scatter ran 8-50x slower, the padding 20x and conv3x3_same's task 20-60%
-(the compiler then vectorised their loops worse), so they stay calls.
+bits, without a call per task. Not all: inlined, maxpool2d_backward's scatter and the padding
+ran many times slower and conv3x3_same's task markedly slower (the compiler then vectorises their
+loops worse), so they stay calls.
 
 ``PRANGE`` turns on only Numba's prange rewrite: with its other parallel rewrites on, np.zeros
 and .sum() inside a kernel would enter the thread pool too, even on the plain path.
