@@ -150,7 +150,8 @@ def train_step(model, criterion, optimizer, scheduler, x, y, clip):
 
 
 class CsvLog:
-    """log.csv: one row every --log-every steps, with the window's mean loss and accuracy.
+    """log.csv: one row every --log-every steps: the window's mean loss and accuracy, and the logged
+    step's own lr, momentum and gradient norm (before clipping; NaN with --clip 0).
 
     resume_step: continue the log of a run resumed from that step. Rows past it (written after the
     checkpoint, before a crash) are dropped first, atomically, so the steps keep increasing.
@@ -281,12 +282,12 @@ def train(args):
                     raise KeyboardInterrupt
             train_seconds += time.perf_counter() - started
             bar.close()
-            result = evaluate(model, test_x, test_y)
+            result = evaluate(model, test_x, test_y, threads=args.threads)
             print(f"epoch {epoch + 1}: test accuracy {100 * result['accuracy']:.2f}%")
             checkpoint()
     log.close()
     if result is None:                             # resumed from a checkpoint of a finished run
-        result = evaluate(model, test_x, test_y)
+        result = evaluate(model, test_x, test_y, threads=args.threads)
 
     save_model(os.path.join(run_dir, "model.npz"), model)
     metrics = {"test_accuracy": result["accuracy"], "per_class_accuracy": result["per_class_accuracy"],
