@@ -146,7 +146,7 @@ def write_csv(path, rows):
         for row in rows:
             writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()})
     path = Path(path)
-    write_atomic(path, write, mode="w")
+    write_atomic(path, write, mode="w", newline="")
     return path
 
 

@@ -7,6 +7,10 @@ file gets, and renames it onto the destination.
 import os
 import tempfile
 
+_UMASK = os.umask(0)            # read once, at import: setting it back and forth later would race with
+os.umask(_UMASK)                # other threads creating files
+
+
 
 def move_into_place(tmp, path):
     """fsync the closed temp file ``tmp``, give it mode 0o666 & ~umask (mkstemp makes 0600, which
@@ -16,20 +20,19 @@ def move_into_place(tmp, path):
         os.fsync(fd)
     finally:
         os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     os.replace(tmp, path)
 
 
-def write_atomic(path, write, mode="wb"):
+def write_atomic(path, write, mode="wb", newline=None):
     """Call write(file) on a temp file in path's folder (created if missing), then move_into_place;
-    on any error the temp file is removed and the old file, if any, is left as it was."""
+    on any error the temp file is removed and the old file, if any, is left as it was. ``mode`` and
+    ``newline`` as open()'s (csv files want newline="")."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, newline=newline) as f:
             write(f)
         move_into_place(tmp, path)
     except BaseException:

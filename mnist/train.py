@@ -98,10 +98,14 @@ def parse_args(argv=None):
             saved = checkpoint_state(args.resume)["config"]
         except (ValueError, OSError, KeyError) as e:
             ap.error(f"--resume {args.resume}: {e}")
+        missing = [f"--{k.replace('_', '-')}" for k in RESUMED_AS_SAVED if k not in saved]
+        if missing:
+            ap.error(f"--resume {args.resume}: the checkpoint does not record {', '.join(missing)} "
+                     "(written by another program or an older mnist.train?), so the run cannot be continued exactly")
         ap.set_defaults(**{k: v for k, v in saved.items() if k in vars(args)})
         args = ap.parse_args(argv)
         changed = [f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}"
-                   for k in RESUMED_AS_SAVED if k in saved and getattr(args, k) != saved[k]]
+                   for k in RESUMED_AS_SAVED if getattr(args, k) != saved[k]]
         if changed:
             ap.error("--resume continues the run as it was configured: " + "; ".join(changed) +
                      " (start a new run to change the recipe)")
@@ -167,7 +171,7 @@ class CsvLog:
             header, body = rows[0], rows[1:]
             kept = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= resume_step]
             if len(kept) < len(body):
-                write_atomic(path, lambda f: csv.writer(f).writerows([header, *kept]), mode="w")
+                write_atomic(path, lambda f: csv.writer(f).writerows([header, *kept]), mode="w", newline="")
         self.file = open(path, "a" if rows else "w", newline="")
         self.writer = csv.writer(self.file)
         if not rows:
@@ -205,8 +209,9 @@ def train(args):
         nt.default_generator().bit_generator.state = state["rng"]
         step, train_seconds = state["step"], state["train_seconds"]
         if state["total_steps"] != total_steps:
-            raise ValueError(f"{args.resume} was trained for {state['total_steps']} steps in all; this command "
-                             f"asks for {total_steps}: resume with the same --epochs, --batch-size and --limit")
+            raise ValueError(f"{args.resume} was trained for {state['total_steps']} steps in all; with the same "
+                             f"recipe this data gives {total_steps}: resume with the training set the run used "
+                             "(--data-dir)")
     else:
         from mnist.summary import format_summary, summarize
         print(format_summary(summarize(model)))

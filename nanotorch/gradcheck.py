@@ -121,11 +121,13 @@ def _gradcheck(module, x, eps, floor, seed, named, check_input, max_entries):
         for idx in indices:
             checked[idx] = True
             old = arr[idx]
-            arr[idx] = old + eps
-            plus = run(x)
-            arr[idx] = old - eps
-            minus = run(x)
-            arr[idx] = old
+            try:
+                arr[idx] = old + eps
+                plus = run(x)
+                arr[idx] = old - eps
+                minus = run(x)
+            finally:
+                arr[idx] = old                 # the caller's x and parameters as they were, even on an error
             # difference the outputs before the dot product: summing L first would cancel away digits
             numeric[idx] = np.sum((plus - minus) * upstream) / (2 * eps)
         a = np.where(checked, analytic[name], 0.0)
@@ -170,7 +172,9 @@ def _directional(module, x, eps, seed, check_input):
             p.data[...] = o + t * v
         return run(x + t * v_x)
 
-    numeric = float(np.sum((shifted(eps) - shifted(-eps)) * upstream) / (2 * eps))
-    for p, o in zip(params, originals):
-        p.data[...] = o
+    try:
+        numeric = float(np.sum((shifted(eps) - shifted(-eps)) * upstream) / (2 * eps))
+    finally:
+        for p, o in zip(params, originals):
+            p.data[...] = o
     return abs(analytic - numeric) / max(abs(analytic) + abs(numeric), 1e-12)

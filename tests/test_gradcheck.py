@@ -177,3 +177,23 @@ def test_unknown_parameter_name_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"no parameter named 'wieght'.*\['weight', 'bias'\]"):
         gradcheck(nn.Linear(3, 2).double(), np.zeros((2, 3)), params=["wieght"])
     assert set(gradcheck(nn.Linear(3, 2).double(), np.ones((2, 3)), params=["bias"]).errors) == {"input", "bias"}
+
+
+@pytest.mark.parametrize("check", [gradcheck, gradcheck_directional])
+def test_a_forward_that_raises_leaves_input_and_parameters_as_they_were(check):
+    class Flaky(nn.Linear):
+        calls = 0
+
+        def forward(self, x):
+            Flaky.calls += 1
+            if Flaky.calls == 3:                     # the first perturbed forward or two in
+                raise FloatingPointError("boom")
+            return super().forward(x)
+
+    layer = Flaky(3, 2).double()
+    x = np.random.default_rng(0).standard_normal((2, 3))
+    x0, w0 = x.copy(), layer.weight.data.copy()
+    with pytest.raises(FloatingPointError):
+        check(layer, x)
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(layer.weight.data, w0)

@@ -126,3 +126,38 @@ def test_conv_bn_gelu_still_fuses_by_default():
     assert block.uses_fused_kernels()
     block(floats(2, 2, 5, 5).astype(np.float32))
     assert block.cache[0] is not None                    # the fused forward's saved tensors
+
+
+# --- a child module set to None, BatchNorm without a bias --------------------------------------------------
+def test_child_set_to_none_leaves_modules_and_a_non_module_is_a_type_error():
+    seq = nn.Sequential(nn.Linear(3, 2), nn.ReLU())
+    setattr(seq, "1", None)
+    assert [n for n, _ in seq.named_modules()] == ["", "0"]
+    assert len(seq.children()) == 1
+    with pytest.raises(TypeError, match=r"as child module '0' \(nanotorch.nn.Module or None expected\)"):
+        setattr(seq, "0", np.zeros(3))
+
+
+def test_batchnorm_with_its_bias_set_to_none_runs_as_a_zero_bias():
+    x, dy = floats(4, 3, 5, 5), floats(4, 3, 5, 5, seed=1)
+    plain, no_bias = nn.BatchNorm2d(3).double(), nn.BatchNorm2d(3).double()
+    no_bias.bias = None
+    np.testing.assert_allclose(no_bias(x), plain(x), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(no_bias.backward(dy), plain.backward(dy), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(no_bias.weight.grad, plain.weight.grad, rtol=0, atol=1e-12)
+    assert list(no_bias.state_dict()) == ["weight", "running_mean", "running_var", "num_batches_tracked"]
+
+
+def test_block_backward_after_an_eval_forward_under_no_grad_is_an_error_and_touches_no_gradient():
+    """The fused evaluation path keeps nothing: a backward after it must not reuse an older cache
+    (here the fallback's, which would run BatchNorm's backward on stale values)."""
+    block = nn.ConvBNGELU(1, 2, 3, padding=1).double()
+    block[2].approximate = "tanh"                   # the children run one by one ...
+    block(floats(2, 1, 6, 6))
+    block[2].approximate = "none"                   # ... then the fused kernels, in eval under no_grad
+    block.eval()
+    with nt.no_grad():
+        y = block(floats(2, 1, 6, 6))
+    with pytest.raises(RuntimeError, match="backward called before forward"):
+        block.backward(np.ones_like(y))
+    assert block[1].weight.grad is None and block[0].weight.grad is None

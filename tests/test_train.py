@@ -29,7 +29,7 @@ import pytest
 import mnist.train as train_mod
 from mnist.checkpoint import load_model, save_npz_atomic
 from mnist.model import build_model
-from mnist.train import main, parse_args
+from mnist.train import RECIPE, main, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_FILES = {"model.npz", "checkpoint.npz", "metrics.json", "log.csv", "config.json"}
@@ -516,6 +516,24 @@ def test_load_model_refuses_pickled_arrays(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 7. atomic writes
+
+def test_resume_from_a_checkpoint_that_does_not_record_the_recipe_is_a_usage_error(tmp_path, capsys):
+    """A checkpoint whose config lacks a recipe setting cannot be continued exactly (parse_args reads
+    only the checkpoint's JSON state, so a file holding just that is enough here)."""
+    config = {k: v for k, v in {**RECIPE, "limit": None}.items() if k != "max_lr"}
+    path = tmp_path / "checkpoint.npz"
+    np.savez(path, state=np.array(json.dumps({"config": config})))
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--resume", str(path), "--max-lr", "0.5"])
+    assert exit_.value.code == 2
+    assert "does not record --max-lr" in capsys.readouterr().err
+
+
+def test_write_atomic_passes_newline_through(tmp_path):
+    from mnist.files import write_atomic
+    write_atomic(tmp_path / "rows.csv", lambda f: csv.writer(f).writerows([["a", 1], ["b", 2]]), mode="w", newline="")
+    assert (tmp_path / "rows.csv").read_bytes() == b"a,1\r\nb,2\r\n"             # csv's own line ends, untranslated
+
 
 def test_save_npz_atomic_writes_and_replaces_without_temp_files(tmp_path):
     path = tmp_path / "sub" / "m.npz"                          # the folder is created

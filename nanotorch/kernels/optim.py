@@ -7,10 +7,12 @@ make one pass each, with no temporaries.
 
 SGD's loop does PyTorch's operations in PyTorch's order, so its bits are PyTorch's: each
 ``x.add_(y, alpha=a)`` of torch.optim.SGD is a fused multiply-add on the CPU (ATen's vectorised
-``add`` is ``fmadd(y, alpha, x)``: one rounding), and ``buf.mul_(momentum)`` a plain product. Here
+``add`` is ``fmadd(y, alpha, x)``: one rounding, on its AVX2, AVX-512 and NEON builds; its scalar
+DEFAULT build rounds twice), and ``buf.mul_(momentum)`` a plain product. Here
 those are ``fma`` below (LLVM's ``llvm.fma``: one rounding, in hardware where the CPU has FMA) and
 a product; the loop is compiled without fastmath, so LLVM fuses nothing else.
 """
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -66,9 +68,19 @@ def fma_reference(a, b, c):
     float64 exactly, by fractions: slow, for tests."""
     a, b, c = np.asarray(a), np.asarray(b), np.asarray(c)
     if a.dtype == np.float64:
-        exact = np.vectorize(lambda x, y, z: float(Fraction(x) * Fraction(y) + Fraction(z)), otypes=[np.float64])
-        return exact(a, b, c)
+        return np.vectorize(_fma_exact, otypes=[np.float64])(a, b, c)
     return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(a.dtype)
+
+
+def _fma_exact(x, y, z):
+    """x * y + z for Python floats, rounded once (fractions are exact; float() rounds to nearest)."""
+    if not (math.isfinite(x) and math.isfinite(y) and math.isfinite(z)):
+        return x * y + z                                 # an inf or NaN comes out as the fused instruction's
+    exact = Fraction(x) * Fraction(y) + Fraction(z)
+    try:
+        return float(exact)
+    except OverflowError:
+        return math.inf if exact > 0 else -math.inf
 
 
 @njit(cache=True, nogil=True)

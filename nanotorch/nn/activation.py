@@ -29,7 +29,6 @@ class GELU(Module):
         if approximate not in ("none", "tanh"):
             raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
-        self.cache = None
 
     def forward(self, x):
         check_input(self, x, _ANY_RANK)
@@ -54,7 +53,6 @@ class ReLU(Module):
 
     def __init__(self):
         super().__init__()
-        self.cache = None
 
     def forward(self, x):
         check_input(self, x, _ANY_RANK)

@@ -23,7 +23,7 @@ Evaluation uses the running statistics, which are constants, so dx = gamma * dy 
 import numpy as np
 
 from nanotorch.kernels.batchnorm_gelu import update_running_stats
-from nanotorch.nn._checks import check_grad, check_input
+from nanotorch.nn._checks import check_grad, check_input, check_int
 from nanotorch.nn.module import Module, Parameter
 
 
@@ -32,9 +32,10 @@ class _BatchNorm(Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
         super().__init__()
-        if not isinstance(num_features, (int, np.integer)) or num_features < 1:
+        num_features = check_int(self, num_features, "num_features")
+        if num_features < 1:
             raise ValueError(f"{type(self).__name__}: num_features must be a positive int, got {num_features!r}")
-        self.num_features, self.eps, self.momentum, self.affine = int(num_features), float(eps), momentum, affine
+        self.num_features, self.eps, self.momentum, self.affine = num_features, float(eps), momentum, affine
         if affine:
             self.weight = Parameter(np.ones(num_features, dtype=np.float32))
             self.bias = Parameter(np.zeros(num_features, dtype=np.float32))
@@ -43,7 +44,6 @@ class _BatchNorm(Module):
         self.register_buffer("running_mean", np.zeros(num_features, dtype=np.float32))
         self.register_buffer("running_var", np.ones(num_features, dtype=np.float32))
         self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
-        self.cache = None
 
     def forward(self, x):
         check_input(self, x, self._ndims, self.num_features)
@@ -62,9 +62,8 @@ class _BatchNorm(Module):
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
         xhat = (x - mu.reshape(shape)) * inv_std.reshape(shape)
         self.save_for_backward(xhat, inv_std, axes, shape, self.training)
-        if not self.affine:
-            return xhat
-        return xhat * self.weight.data.astype(x.dtype).reshape(shape) + self.bias.data.astype(x.dtype).reshape(shape)
+        y = xhat if self.weight is None else xhat * self.weight.data.astype(x.dtype).reshape(shape)
+        return y if self.bias is None else y + self.bias.data.astype(x.dtype).reshape(shape)
 
     def _update_running_stats(self, mu, var, m):
         """Fold a batch's mean and biased variance (over m values a channel) into the running ones;
@@ -80,12 +79,12 @@ class _BatchNorm(Module):
     def backward(self, dy):
         xhat, inv_std, axes, shape, training = self.saved_for_backward()
         check_grad(self, dy, xhat.shape)
-        if self.affine:
+        if self.bias is not None:
             self.bias.accumulate_grad(dy.sum(axis=axes))
+        g = dy
+        if self.weight is not None:
             self.weight.accumulate_grad((dy * xhat).sum(axis=axes))
             g = dy * self.weight.data.astype(dy.dtype).reshape(shape)
-        else:
-            g = dy
         if not training:
             return g * inv_std.reshape(shape)
         mean_g = g.mean(axis=axes).reshape(shape)

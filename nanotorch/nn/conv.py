@@ -65,7 +65,6 @@ class Conv2d(Module):
         self.weight = Parameter(w)
         self.bias = Parameter(b) if bias else None
         self.input_requires_grad = True          # False: the backward adds dW (and db) and returns None
-        self.cache = None
 
     def output_shape(self, h, w):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding

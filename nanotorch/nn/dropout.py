@@ -24,7 +24,6 @@ class Dropout(Module):
             raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p}")
         self.p = float(p)
         self.generator = generator
-        self.cache = None
 
     def forward(self, x):
         check_input(self, x, tuple(range(1, 9)))

@@ -39,7 +39,6 @@ class ConvBNGELU(Sequential):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
         super().__init__(Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias),
                          BatchNorm2d(out_channels), GELU())
-        self.cache = None
 
     def uses_fused_kernels(self):
         """Whether the fused kernels compute what the children would: a Conv2d, then an affine BatchNorm2d
@@ -63,6 +62,7 @@ class ConvBNGELU(Sequential):
         par = parallel(n * c * oh * ow)                           # spread over threads? (nanotorch/threads.py)
         gamma, beta = bn.weight.data.astype(x.dtype, copy=False), bn.bias.data.astype(x.dtype, copy=False)
         if not self.training and not is_grad_enabled():
+            self.save_for_backward()                  # keeps nothing (no_grad): a backward now is an error
             return self._inference(x, gamma, beta, par).reshape(n, c, oh, ow)
         z = conv.forward_channels_first(x)                                       # (C, N, L)
         momentum = bn._count_batch() if self.training else 0.0    # the kernel updates the running statistics

@@ -33,7 +33,6 @@ class Linear(Module):
         w, b = default_weight_and_bias((out_features, in_features), in_features, bias)
         self.weight = Parameter(w)
         self.bias = Parameter(b) if bias else None
-        self.cache = None
 
     def forward(self, x):
         check_input(self, x, (2,))
@@ -83,7 +82,6 @@ class Flatten(Module):
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
         self.start_dim, self.end_dim = start_dim, end_dim
-        self.cache = None
 
     def forward(self, x):
         if not isinstance(x, np.ndarray):

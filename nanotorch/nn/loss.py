@@ -24,7 +24,6 @@ class CrossEntropyLoss(Module):
         if reduction not in ("mean", "sum"):
             raise ValueError(f"CrossEntropyLoss: reduction must be 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction
-        self.cache = None
 
     def forward(self, logits, targets):
         check_input(self, logits, (2,), what="logits")

@@ -93,6 +93,11 @@ class Module:
             self._parameters[name] = None
         elif isinstance(value, Module):
             self._modules[name] = value
+        elif name in self._modules:        # likewise for a child: None keeps the name, with no module
+            if value is not None:
+                raise TypeError(f"cannot assign '{type(value).__module__}.{type(value).__name__}' as child module "
+                                f"'{name}' (nanotorch.nn.Module or None expected)")
+            self._modules[name] = None
         object.__setattr__(self, name, value)
 
     def register_buffer(self, name, array):
@@ -127,13 +132,14 @@ class Module:
     def named_modules(self, prefix=""):
         yield prefix, self
         for name, child in self._modules.items():
-            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+            if child is not None:
+                yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
 
     def modules(self):
         return [m for _, m in self.named_modules()]
 
     def children(self):
-        return list(self._modules.values())
+        return [m for m in self._modules.values() if m is not None]
 
     def named_parameters(self, prefix=""):
         for mod_name, mod in self.named_modules(prefix):

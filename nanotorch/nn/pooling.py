@@ -43,7 +43,6 @@ class MaxPool2d(Module):
             raise ValueError(f"MaxPool2d: kernel_size and stride must be >= 1, got {kernel_size}, {stride}")
         if any(p < 0 or p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"MaxPool2d: padding must be between 0 and half the kernel size, got {padding}")
-        self.cache = None
 
     def output_shape(self, h, w):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
@@ -86,7 +85,6 @@ class AdaptiveAvgPool2d(Module):
         self.output_size = pair(self, output_size, "output_size")
         if min(self.output_size) < 1:           # any size >= 1 works, also larger than the input
             raise ValueError(f"AdaptiveAvgPool2d: output_size must be >= 1, got {output_size}")
-        self.cache = None
 
     def _windows(self, size, out):
         return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
