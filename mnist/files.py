@@ -11,7 +11,6 @@ _UMASK = os.umask(0)            # read once, at import: setting it back and fort
 os.umask(_UMASK)                # other threads creating files
 
 
-
 def move_into_place(tmp, path):
     """fsync the closed temp file ``tmp``, give it mode 0o666 & ~umask (mkstemp makes 0600, which
     other users of a shared folder could not read), then os.replace it onto ``path``."""
