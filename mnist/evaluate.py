@@ -62,12 +62,12 @@ def model_path(path):
     interrupted before it finished) its checkpoint.npz."""
     if not os.path.isdir(path):
         return path
-    for name in ("model.npz", "checkpoint.npz"):
-        if os.path.exists(os.path.join(path, name)):
-            if name == "checkpoint.npz":
-                print(f"note: {path} has no model.npz (the run did not finish): scoring its checkpoint.npz",
-                      file=sys.stderr)
-            return os.path.join(path, name)
+    model, checkpoint = os.path.join(path, "model.npz"), os.path.join(path, "checkpoint.npz")
+    if os.path.exists(model):
+        return model
+    if os.path.exists(checkpoint):
+        print(f"note: {path} has no model.npz (the run did not finish): scoring its checkpoint.npz", file=sys.stderr)
+        return checkpoint
     raise FileNotFoundError(f"{path} holds neither model.npz nor checkpoint.npz: train into it first "
                             f"with python -m mnist.train --out {path}")
 

@@ -109,9 +109,7 @@ def parse_args(argv=None):
         if changed:
             ap.error("--resume continues the run as it was configured: " + "; ".join(changed) +
                      " (start a new run to change the recipe)")
-    if args.epochs < 1 or args.batch_size < 1:
-        ap.error("--epochs and --batch-size must be >= 1")
-    for flag in ("threads", "log_every", "checkpoint_every"):
+    for flag in ("epochs", "batch_size", "threads", "log_every", "checkpoint_every"):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.limit is not None and args.limit < args.batch_size:
@@ -221,16 +219,15 @@ def train(args):
     last_saved = (args.resume, step) if args.resume else None     # (path, step) of the last good checkpoint
 
     def checkpoint():
-        """Save checkpoint.npz unless the model holds NaN or inf; returns whether it saved."""
+        """Save checkpoint.npz unless the model holds NaN or inf."""
         nonlocal last_saved
         if not all(np.isfinite(v).all() for v in model.state_dict().values()):
             print(f"\nnot saving a checkpoint at step {step}: the model holds NaN or inf", file=sys.stderr)
-            return False
+            return
         save_checkpoint(os.path.join(run_dir, "checkpoint.npz"), model, optimizer, scheduler, {
             "rng": nt.default_generator().bit_generator.state,
             "step": step, "total_steps": total_steps, "train_seconds": train_seconds, "config": config})
         last_saved = (os.path.join(run_dir, "checkpoint.npz"), step)
-        return True
 
     log = CsvLog(os.path.join(run_dir, "log.csv"), resume_step=step if args.resume else None)
     history, result = [], None
@@ -268,11 +265,10 @@ def train(args):
                     bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{acc:.3f}", lr=f"{group['lr']:.4f}",
                                     img_s=f"{rate * args.batch_size:.0f}", refresh=False)
                     window_loss = window_correct = window_seen = 0
-                saved_now = False
                 if step % args.checkpoint_every == 0 or stop.requested:
                     now = time.perf_counter()
                     train_seconds, started = train_seconds + now - started, now
-                    saved_now = checkpoint()
+                    checkpoint()
                 if stop.requested:
                     bar.close()
                     log.close()
@@ -281,7 +277,7 @@ def train(args):
                               "so there is nothing to resume", file=sys.stderr)
                     else:
                         ckpt, at = last_saved
-                        saved = f"saved {ckpt}" if saved_now else f"the last checkpoint saved is {ckpt} (step {at})"
+                        saved = f"saved {ckpt}" if at == step else f"the last checkpoint saved is {ckpt} (step {at})"
                         print(f"\ninterrupted at step {step}/{total_steps}; {saved}\n"
                               f"resume with: python -m mnist.train --resume {ckpt}", file=sys.stderr)
                     raise KeyboardInterrupt

@@ -61,7 +61,7 @@ def _buffers_restored(module):
             object.__setattr__(mod, name, value)
 
 
-def _check_float64(fn, module, x, named):
+def _check_float64(fn, x, named):
     """float32 would round each perturbation eps away: differences of ~1e-3 that look like a backward bug."""
     if x.dtype != np.float64:
         raise TypeError(f"{fn} needs a float64 input for accurate differences, got {x.dtype}: "
@@ -95,7 +95,7 @@ def gradcheck(module, x, eps=1e-6, floor=1e-8, seed=0, params=None, check_input=
         raise ValueError(f"gradcheck: no parameter named {', '.join(map(repr, unknown))} in "
                          f"{type(module).__name__}; expected names from {list(named)}")
     named = {n: named[n] for n in (params if params is not None else named)}
-    _check_float64("gradcheck", module, x, named)
+    _check_float64("gradcheck", x, named)
     with _buffers_restored(module):
         return _gradcheck(module, x, eps, floor, seed, named, check_input, max_entries)
 
@@ -149,7 +149,7 @@ def gradcheck_directional(module, x, eps=1e-6, seed=0, check_input=True):
     computed (the left by central differences) and their relative difference returned.
     check_input=False keeps x fixed (v_x = 0), for a module whose backward returns None.
     """
-    _check_float64("gradcheck_directional", module, x, dict(module.named_parameters()))
+    _check_float64("gradcheck_directional", x, dict(module.named_parameters()))
     with _buffers_restored(module):
         return _directional(module, x, eps, seed, check_input)
 

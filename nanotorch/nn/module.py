@@ -84,20 +84,16 @@ class Module:
     def __setattr__(self, name, value):
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
-        if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif name in self._parameters:     # as PyTorch: None keeps the name with no parameter, which
-            if value is not None:           # parameters() and state_dict() skip (conv.bias = None)
-                raise TypeError(f"cannot assign '{type(value).__module__}.{type(value).__name__}' as parameter "
-                                f"'{name}' (nanotorch.nn.Parameter or None expected)")
-            self._parameters[name] = None
-        elif isinstance(value, Module):
-            self._modules[name] = value
-        elif name in self._modules:        # likewise for a child: None keeps the name, with no module
-            if value is not None:
-                raise TypeError(f"cannot assign '{type(value).__module__}.{type(value).__name__}' as child module "
-                                f"'{name}' (nanotorch.nn.Module or None expected)")
-            self._modules[name] = None
+        for registry, kind, what in ((self._parameters, Parameter, "parameter"), (self._modules, Module, "child module")):
+            if isinstance(value, kind):
+                registry[name] = value
+                break
+            if name in registry:       # as PyTorch: None keeps the name with nothing under it, which
+                if value is not None:  # parameters(), named_modules() and state_dict() skip (conv.bias = None)
+                    raise TypeError(f"cannot assign '{type(value).__module__}.{type(value).__name__}' as {what} "
+                                    f"'{name}' (nanotorch.nn.{kind.__name__} or None expected)")
+                registry[name] = None
+                break
         object.__setattr__(self, name, value)
 
     def register_buffer(self, name, array):
@@ -174,12 +170,10 @@ class Module:
     def to(self, dtype):
         """Cast floating parameters and buffers to ``dtype`` (float32 to train, float64 to check)."""
         dtype = np.dtype(dtype)
+        for p in self.parameters():
+            p.data = p.data.astype(dtype)
+            p.grad = None if p.grad is None else p.grad.astype(dtype)
         for m in self.modules():
-            for p in m._parameters.values():
-                if p is None:
-                    continue
-                p.data = p.data.astype(dtype)
-                p.grad = None if p.grad is None else p.grad.astype(dtype)
             for name in m._buffers:
                 b = getattr(m, name)
                 if np.issubdtype(b.dtype, np.floating):

@@ -76,18 +76,14 @@ class SGD(Optimizer):
                     # PyTorch starts the buffer at g, not at 0: no bias towards zero at step 1.
                     buf = state["momentum_buffer"] = np.empty_like(p.data)
                 args = (lr, momentum, dampening, weight_decay, nesterov, first)
-                unused_or_buf = p.data if buf is None else buf            # without momentum the loop never reads it
-                if _one_contiguous_dtype(p.data, p.grad, unused_or_buf):
-                    sgd_update(p.data.reshape(-1), p.grad.reshape(-1), unused_or_buf.reshape(-1), *args)
-                else:                                                     # the same loop on contiguous copies
-                    data, buf_ = np.ascontiguousarray(p.data), np.ascontiguousarray(unused_or_buf, p.data.dtype)
-                    sgd_update(data.reshape(-1), np.ascontiguousarray(p.grad, p.data.dtype).reshape(-1),
-                               buf_.reshape(-1), *args)
+                # The loop takes contiguous arrays of p's dtype: the arrays themselves when they are
+                # (always, for the flat parameters of nn.utils.flatten_parameters), else copies written back.
+                dtype = p.data.dtype
+                data, grad = np.ascontiguousarray(p.data, dtype), np.ascontiguousarray(p.grad, dtype)
+                buf_ = data if buf is None else np.ascontiguousarray(buf, dtype)   # without momentum, never read
+                sgd_update(data.reshape(-1), grad.reshape(-1), buf_.reshape(-1), *args)
+                if data is not p.data:
                     p.data[...] = data
-                    if buf is not None:
-                        buf[...] = buf_
+                if buf is not None and buf_ is not buf:
+                    buf[...] = buf_
         return loss
-
-
-def _one_contiguous_dtype(*arrays):
-    return all(a.dtype == arrays[0].dtype and a.flags.c_contiguous for a in arrays)
