@@ -24,7 +24,8 @@ def raises(exc, layer, *fragments):
 
 
 def floats(*shape):
-    return np.random.default_rng(0).standard_normal(shape)
+    """float32, the layers' default dtype (a float64 input to a float32 layer is its own error)."""
+    return np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
 
 
 # --- wrong number of dimensions -----------------------------------------------------------------------------
@@ -301,3 +302,50 @@ def test_load_state_dict_lists_every_problem_at_once_with_full_key_paths():
                 "missing", re.escape("2.1.num_batches_tracked"),
                 "unexpected", re.escape("17.weight")):
         model.load_state_dict(state)
+
+
+# --- an input (or gradient) of another dtype than the layer's parameters ----------------------------------
+@pytest.mark.parametrize("build, shape", [
+    pytest.param(lambda: nn.Conv2d(2, 3, 3, padding=1), (2, 2, 5, 16), id="Conv2d"),
+    pytest.param(lambda: nn.ConvBNGELU(2, 3, 3, padding=1), (2, 2, 5, 16), id="ConvBNGELU"),
+    pytest.param(lambda: nn.Linear(4, 2), (3, 4), id="Linear"),
+    pytest.param(lambda: nn.BatchNorm2d(2), (3, 2, 4, 4), id="BatchNorm2d"),
+    pytest.param(lambda: nn.BatchNorm1d(2, affine=False), (3, 2), id="BatchNorm1d-no-affine"),
+])
+@pytest.mark.parametrize("layer_dtype, x_dtype", [(np.float32, np.float64), (np.float64, np.float32)])
+def test_input_of_another_dtype_than_the_parameters(build, shape, layer_dtype, x_dtype):
+    """PyTorch refuses the mix; computing silently in the input's dtype would turn a float64 check
+    into a float32 run (or write float64 gradients into float32 ones)."""
+    layer = build().to(layer_dtype)
+    name = type(layer).__name__ if not isinstance(layer, nn.ConvBNGELU) else "Conv2d"
+    x = floats(*shape)
+    with raises(TypeError, name, np.dtype(layer_dtype).name, np.dtype(x_dtype).name, r"\.to\("):
+        layer(x.astype(x_dtype))
+    y = layer(x.astype(layer_dtype))
+    with raises(TypeError, type(layer).__name__, "gradient of the output's dtype"):
+        layer.backward(np.ones_like(y, dtype=x_dtype))
+
+
+# --- PyTorch's positional arguments that nanotorch does not implement -----------------------------------
+@pytest.mark.parametrize("build, fragment", [
+    pytest.param(lambda: nn.Conv2d(2, 4, 3, 1, 1, 2), "dilation", id="Conv2d-dilation"),
+    pytest.param(lambda: nn.Conv2d(2, 4, 3, 1, 1, 1, 2), "groups", id="Conv2d-groups"),
+    pytest.param(lambda: nn.ConvBNGELU(2, 4, 3, 1, 1, 2), "dilation", id="ConvBNGELU-dilation"),
+    pytest.param(lambda: nn.MaxPool2d(3, 2, 1, 2), "dilation", id="MaxPool2d-dilation"),
+    pytest.param(lambda: nn.MaxPool2d(3, 2, 1, 1, True), "return_indices", id="MaxPool2d-return_indices"),
+    pytest.param(lambda: nn.Dropout(0.5, True), "inplace", id="Dropout-inplace"),
+    pytest.param(lambda: nn.ReLU(True), "inplace", id="ReLU-inplace"),
+    pytest.param(lambda: nn.CrossEntropyLoss(np.ones(3)), "weight", id="CrossEntropyLoss-weight"),
+    pytest.param(lambda: nn.CrossEntropyLoss(ignore_index=0), "ignore_index", id="CrossEntropyLoss-ignore_index"),
+    pytest.param(lambda: nn.CrossEntropyLoss(label_smoothing=0.1), "label_smoothing", id="CrossEntropyLoss-smoothing"),
+])
+def test_pytorch_arguments_not_implemented_are_refused_not_ignored(build, fragment):
+    """They sit where PyTorch's do, so Conv2d(c, c, 3, 1, d, d) is not read as bias=d (it used to be)."""
+    with pytest.raises(NotImplementedError, match=rf"{fragment}=.* not implemented in nanotorch"):
+        build()
+
+
+def test_pytorch_positional_arguments_at_their_defaults_land_where_pytorchs_do():
+    assert nn.Conv2d(2, 4, 3, 1, 1, 1, 1, False).bias is None
+    assert nn.MaxPool2d(2, 2, 0, 1, False, True).ceil_mode
+    assert nn.CrossEntropyLoss(None, None, -100, None, "sum").reduction == "sum"

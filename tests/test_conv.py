@@ -50,7 +50,7 @@ def test_without_input_grad_the_backward_returns_none_and_the_same_parameter_gra
     conv = layers[1][0] if fused else layers[1]
     conv.input_requires_grad = False
     rng = np.random.default_rng(3)
-    x, dout = rng.standard_normal((2, 3, 6, width)), rng.standard_normal((2, 4, 6, width))
+    x, dout = rng.standard_normal((2, 3, 6, width), np.float32), rng.standard_normal((2, 4, 6, width), np.float32)
     dxs = []
     for layer in layers:
         layer(x)

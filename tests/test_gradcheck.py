@@ -89,7 +89,7 @@ def test_dropout_train_really_drops_and_is_replayed():
 def test_cross_entropy_gradcheck():
     rng = np.random.default_rng(0)
     for reduction in ("mean", "sum"):
-        crit = nn.CrossEntropyLoss(reduction)
+        crit = nn.CrossEntropyLoss(reduction=reduction)
         z, t = rng.standard_normal((5, 7)), rng.integers(0, 7, 5)
         crit(z, t)
         analytic = crit.backward()

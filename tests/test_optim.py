@@ -161,6 +161,21 @@ def test_sgd_rejects_bad_group_and_bad_params():
         SGD([{"params": [p]}, {"params": [p]}], lr=0.1)
 
 
+def test_sgd_refuses_a_saved_state_it_would_not_follow():
+    """A torch.optim.SGD state_dict carries maximize (and foreach, fused...): a maximize=True state
+    loaded here would have been followed by steps the wrong way; it is refused, and the optimiser
+    is left as it was."""
+    opt = SGD([param([1.0])], lr=0.1, momentum=0.9)
+    saved = opt.state_dict()
+    saved["param_groups"][0].update(maximize=True, foreach=None, lr=0.5)
+    with pytest.raises(NotImplementedError, match="maximize"):
+        opt.load_state_dict(saved)
+    assert opt.param_groups[0]["lr"] == 0.1
+    saved["param_groups"][0].update(maximize=False)
+    opt.load_state_dict(saved)                    # PyTorch's defaults are fine
+    assert opt.param_groups[0]["lr"] == 0.5
+
+
 # --- OneCycleLR: closed form ------------------------------------------------------------------
 def one_cycle(total_steps=100, max_lr=0.1, momentum=0.9, **kwargs):
     opt = SGD([param([1.0])], lr=0.001, momentum=momentum)

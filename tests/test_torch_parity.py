@@ -478,3 +478,21 @@ def test_default_init_is_uniform_within_one_over_sqrt_fan_in(build, fan_in):
         b = layer.bias.data if lib == "nanotorch" else layer.bias.detach().numpy()
         assert np.abs(b).max() <= bound * (1 + 1e-6), f"{lib}: bias beyond the bound {bound}"
         assert np.unique(b).size == b.size, f"{lib}: bias is not random"
+
+
+# --- the same signatures --------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", [
+    "nn.Conv2d", "nn.BatchNorm1d", "nn.BatchNorm2d", "nn.GELU", "nn.ReLU", "nn.MaxPool2d", "nn.AdaptiveAvgPool2d",
+    "nn.Linear", "nn.Flatten", "nn.Dropout", "nn.CrossEntropyLoss", "nn.utils.clip_grad_norm_", "optim.SGD",
+    "optim.lr_scheduler.OneCycleLR"])
+def test_positional_arguments_are_pytorchs_in_order_with_its_defaults(path):
+    """Every argument that can be passed by position is PyTorch's argument at that position, with
+    PyTorch's default: a call written for PyTorch means the same here (or is refused, for the
+    arguments nanotorch takes only at their default)."""
+    import inspect
+    import operator
+    ours, theirs = operator.attrgetter(path)(nanotorch), operator.attrgetter(path)(torch)
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ours_args = [p for p in inspect.signature(ours).parameters.values() if p.kind in positional]
+    theirs_args = list(inspect.signature(theirs).parameters.values())[:len(ours_args)]
+    assert [(p.name, p.default) for p in ours_args] == [(p.name, p.default) for p in theirs_args]

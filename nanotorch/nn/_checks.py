@@ -4,10 +4,11 @@ import numbers
 import numpy as np
 
 
-def check_input(layer, x, ndims, channels=None, what="input"):
-    """Validate a layer's input: a floating array with one of ``ndims`` dimensions and ``channels`` at axis 1.
+def check_input(layer, x, ndims, channels=None, what="input", dtype=None):
+    """Validate a layer's input: a floating array with one of ``ndims`` dimensions and ``channels`` at axis 1,
+    of ``dtype`` if given (a layer with parameters computes in theirs: no silent mixing, as in PyTorch).
 
-    Raises TypeError for a non-array or an integer array, ValueError for a wrong shape.
+    Raises TypeError for a non-array or a wrong dtype, ValueError for a wrong shape.
     """
     name = type(layer).__name__
     if not isinstance(x, np.ndarray):
@@ -24,6 +25,9 @@ def check_input(layer, x, ndims, channels=None, what="input"):
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} expects {channels} channels at axis 1 of its {what} (N, C, ...), "
                          f"got shape {x.shape} with {x.shape[1]}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name} expects a {dtype} {what}, the dtype of its parameters, got {x.dtype} "
+                        f"(convert the input with x.astype(np.{dtype}), or the model with .to(np.{x.dtype}))")
     return x
 
 
@@ -46,10 +50,21 @@ def pair(layer, v, name):
     return int(v[0]), int(v[1])
 
 
-def check_grad(layer, dout, shape):
-    """The upstream gradient of a backward must have the shape of the forward's output."""
+def check_grad(layer, dout, shape, dtype=None):
+    """The upstream gradient of a backward must have the shape of the forward's output (and its dtype, if given)."""
     if not isinstance(dout, np.ndarray) or dout.shape != tuple(shape):
         got = dout.shape if isinstance(dout, np.ndarray) else type(dout).__name__
         raise ValueError(f"{type(layer).__name__}.backward expects a gradient of the output's shape "
                          f"{tuple(shape)}, got {got}")
+    if dtype is not None and dout.dtype != dtype:
+        raise TypeError(f"{type(layer).__name__}.backward expects a gradient of the output's dtype {dtype}, "
+                        f"got {dout.dtype}")
     return dout
+
+
+def only_default(layer, name, value, default):
+    """A PyTorch argument that nanotorch takes, so that positional arguments land where PyTorch's do,
+    but implements only at its default: any other value is refused, never silently ignored."""
+    if value is not default and (isinstance(value, np.ndarray) or value != default):
+        raise NotImplementedError(f"{type(layer).__name__}: {name}={value!r} is not implemented in nanotorch "
+                                  f"(only the default, {name}={default!r})")

@@ -15,7 +15,7 @@ import numpy as np
 from nanotorch.grad_mode import is_grad_enabled
 from nanotorch.kernels import gelu_forward
 from nanotorch.kernels.gelu import gelu_inference
-from nanotorch.nn._checks import check_grad, check_input
+from nanotorch.nn._checks import check_grad, check_input, only_default
 from nanotorch.nn.module import Module
 
 _ANY_RANK = tuple(range(1, 9))
@@ -51,8 +51,9 @@ class GELU(Module):
 class ReLU(Module):
     """x: any shape -> same shape."""
 
-    def __init__(self):
+    def __init__(self, inplace=False):
         super().__init__()
+        only_default(self, "inplace", inplace, False)
 
     def forward(self, x):
         check_input(self, x, _ANY_RANK)

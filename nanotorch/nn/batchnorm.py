@@ -46,7 +46,8 @@ class _BatchNorm(Module):
         self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
 
     def forward(self, x):
-        check_input(self, x, self._ndims, self.num_features)
+        check_input(self, x, self._ndims, self.num_features,
+                    dtype=(self.weight.data if self.weight is not None else self.running_mean).dtype)
         axes = (0,) + tuple(range(2, x.ndim))                   # every axis but the channel's
         shape = (1, -1) + (1,) * (x.ndim - 2)                   # broadcast a (C,) vector over x
         if self.training:
@@ -58,12 +59,12 @@ class _BatchNorm(Module):
             var = x.var(axis=axes)
             self._update_running_stats(mu, var, m)
         else:
-            mu, var = self.running_mean.astype(x.dtype), self.running_var.astype(x.dtype)
+            mu, var = self.running_mean, self.running_var
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
         xhat = (x - mu.reshape(shape)) * inv_std.reshape(shape)
         self.save_for_backward(xhat, inv_std, axes, shape, self.training)
-        y = xhat if self.weight is None else xhat * self.weight.data.astype(x.dtype).reshape(shape)
-        return y if self.bias is None else y + self.bias.data.astype(x.dtype).reshape(shape)
+        y = xhat if self.weight is None else xhat * self.weight.data.reshape(shape)
+        return y if self.bias is None else y + self.bias.data.reshape(shape)
 
     def _update_running_stats(self, mu, var, m):
         """Fold a batch's mean and biased variance (over m values a channel) into the running ones;
@@ -78,13 +79,13 @@ class _BatchNorm(Module):
 
     def backward(self, dy):
         xhat, inv_std, axes, shape, training = self.saved_for_backward()
-        check_grad(self, dy, xhat.shape)
+        check_grad(self, dy, xhat.shape, xhat.dtype)
         if self.bias is not None:
             self.bias.accumulate_grad(dy.sum(axis=axes))
         g = dy
         if self.weight is not None:
             self.weight.accumulate_grad((dy * xhat).sum(axis=axes))
-            g = dy * self.weight.data.astype(dy.dtype).reshape(shape)
+            g = dy * self.weight.data.reshape(shape)
         if not training:
             return g * inv_std.reshape(shape)
         mean_g = g.mean(axis=axes).reshape(shape)

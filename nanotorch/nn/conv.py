@@ -38,7 +38,7 @@ their (OC, N, OH*OW) layout, for a fused layer that reads and writes that layout
 import numpy as np
 
 from nanotorch.kernels import col2im, conv3x3_same, conv3x3_same_grad_weight, im2col, pad_planes
-from nanotorch.nn._checks import check_grad, check_input, check_int, pair
+from nanotorch.nn._checks import check_grad, check_input, check_int, only_default, pair
 from nanotorch.nn.init import default_weight_and_bias
 from nanotorch.nn.module import Module, Parameter
 from nanotorch.threads import parallel
@@ -51,8 +51,10 @@ class Conv2d(Module):
     # (nanotorch/kernels/conv3x3.py) instead of im2col + GEMM; narrower rows do not vectorise.
     direct_min_width = 14
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True):
         super().__init__()
+        only_default(self, "dilation", pair(self, dilation, "dilation"), (1, 1))    # (PyTorch's argument order)
+        only_default(self, "groups", groups, 1)
         self.in_channels = check_int(self, in_channels, "in_channels")
         self.out_channels = check_int(self, out_channels, "out_channels")
         self.kernel_size = pair(self, kernel_size, "kernel_size")
@@ -72,7 +74,7 @@ class Conv2d(Module):
 
     def _check(self, x):
         """Validate an input; returns the output's (OH, OW)."""
-        check_input(self, x, (4,), self.in_channels)
+        check_input(self, x, (4,), self.in_channels, dtype=self.weight.data.dtype)
         oh, ow = self.output_shape(*x.shape[2:])
         if oh < 1 or ow < 1:
             raise ValueError(f"Conv2d: input {x.shape[2]}x{x.shape[3]} with padding {self.padding} is smaller "
@@ -87,7 +89,7 @@ class Conv2d(Module):
     def backward(self, dout):
         """dout: (N, OC, OH, OW) -> dx: (N, C, H, W) (None if not input_requires_grad); adds dW, db."""
         _, (n, _, h, w), direct = self.saved_for_backward()
-        check_grad(self, dout, (n, self.out_channels, *self.output_shape(h, w)))
+        check_grad(self, dout, (n, self.out_channels, *self.output_shape(h, w)), self.weight.data.dtype)
         dz = dout.reshape(n, self.out_channels, -1).transpose(1, 0, 2)         # (OC, N, OH*OW), a view
         return self.backward_channels_first(dz)
 
@@ -99,7 +101,7 @@ class Conv2d(Module):
     def forward_channels_first(self, x):
         """x: (N, C, H, W) -> Z: (OC, N, OH*OW), keeping the columns (or the padded input) for the backward."""
         n, c, h, w = x.shape
-        weight = self.weight.data.astype(x.dtype, copy=False)
+        weight = self.weight.data
         direct = self.uses_direct_kernel(x.shape)
         if direct:
             par = parallel(min(x.size, n * self.out_channels * h * w))   # spread over threads? (nanotorch/threads.py)
@@ -111,7 +113,7 @@ class Conv2d(Module):
                             parallel(x.size * 9))                    # by the size of the 3x3 path's columns
             z = (weight.reshape(self.out_channels, -1) @ inputs).reshape(self.out_channels, n, oh * ow)
         if self.bias is not None:
-            z += self.bias.data.astype(x.dtype, copy=False)[:, None, None]
+            z += self.bias.data[:, None, None]
         self.save_for_backward(inputs, x.shape, direct)
         return z
 
@@ -129,15 +131,15 @@ class Conv2d(Module):
             self.weight.accumulate_grad(conv3x3_same_grad_weight(inputs, dzp, h, w, par))
             if not self.input_requires_grad:
                 return None
-            weight = self.weight.data.astype(dz.dtype, copy=False)      # used transposed and flipped
-            return conv3x3_same(dzp, weight, h, w, False, par, True).reshape(n, c, h, w)
+            # the weight used transposed and flipped
+            return conv3x3_same(dzp, self.weight.data, h, w, False, par, True).reshape(n, c, h, w)
         d = dz.reshape(self.out_channels, -1)
         # dW2 = D @ cols^T, computed as (cols @ D^T)^T with D^T copied contiguous: the same numbers,
         # in the orientation and layout that OpenBLAS runs fastest for these shapes.
         self.weight.accumulate_grad((inputs @ np.ascontiguousarray(d.T)).T.reshape(self.weight.shape))
         if not self.input_requires_grad:
             return None
-        w2 = self.weight.data.reshape(self.out_channels, -1).astype(dz.dtype, copy=False)
+        w2 = self.weight.data.reshape(self.out_channels, -1)
         oh, ow = self.output_shape(h, w)
         return col2im(w2.T @ d, n, c, h, w, *self.kernel_size, *self.stride, *self.padding, oh, ow,
                       overwrite_cols=True)                 # dcols is a temporary

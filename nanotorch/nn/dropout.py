@@ -10,7 +10,7 @@ import numbers
 import numpy as np
 
 from nanotorch.kernels import dropout_forward
-from nanotorch.nn._checks import check_grad, check_input
+from nanotorch.nn._checks import check_grad, check_input, only_default
 from nanotorch.nn.module import Module
 from nanotorch.random import default_generator
 
@@ -18,8 +18,9 @@ from nanotorch.random import default_generator
 class Dropout(Module):
     """x: any shape -> same shape."""
 
-    def __init__(self, p=0.5, generator=None):
+    def __init__(self, p=0.5, inplace=False, *, generator=None):
         super().__init__()
+        only_default(self, "inplace", inplace, False)
         if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0.0 <= p <= 1.0:     # np.float32 too
             raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p}")
         self.p = float(p)

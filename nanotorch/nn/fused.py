@@ -36,19 +36,20 @@ class ConvBNGELU(Sequential):
     """x: (N, C_in, H, W) -> (N, C_out, OH, OW). Arguments as Conv2d's; the conv has no bias by
     default, since BatchNorm subtracts the channel mean right after it."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False):
-        super().__init__(Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias),
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=False):
+        super().__init__(Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias),
                          BatchNorm2d(out_channels), GELU())
 
     def uses_fused_kernels(self):
         """Whether the fused kernels compute what the children would: a Conv2d, then an affine BatchNorm2d
-        of its channels in the block's mode, then exact GELU (a subclass may compute something else)."""
+        of its channels, of its dtype, in the block's mode, then exact GELU (a subclass may compute something else)."""
         if len(self._modules) != 3:               # (runs every forward, so it reads _modules directly)
             return False
         conv, bn, act = self._modules.values()
         return (type(conv) is Conv2d and type(bn) is BatchNorm2d and type(act) is GELU
                 and act.approximate == "none" and bn.training == self.training
-                and bn.weight is not None and bn.bias is not None and bn.num_features == conv.out_channels)
+                and bn.weight is not None and bn.bias is not None and bn.num_features == conv.out_channels
+                and bn.weight.data.dtype == conv.weight.data.dtype)
 
     def forward(self, x):
         if not self.uses_fused_kernels():
@@ -60,7 +61,7 @@ class ConvBNGELU(Sequential):
         if self.training and n * oh * ow < 2:
             raise ValueError(f"ConvBNGELU: expected more than 1 value per channel when training, got input {x.shape}")
         par = parallel(n * c * oh * ow)                           # spread over threads? (nanotorch/threads.py)
-        gamma, beta = bn.weight.data.astype(x.dtype, copy=False), bn.bias.data.astype(x.dtype, copy=False)
+        gamma, beta = bn.weight.data, bn.bias.data
         if not self.training and not is_grad_enabled():
             self.save_for_backward()                  # keeps nothing (no_grad): a backward now is an error
             return self._inference(x, gamma, beta, par).reshape(n, c, oh, ow)
@@ -75,8 +76,8 @@ class ConvBNGELU(Sequential):
         """Evaluation under no_grad, keeping nothing: BatchNorm folds into a = GELU(scale * z + shift),
         and GELU without its derivative has a cheaper formula (kernels/gelu.py: gelu_fast)."""
         conv, bn, _ = self
-        scale = gamma * (1.0 / np.sqrt(bn.running_var.astype(x.dtype) + x.dtype.type(bn.eps)))   # as BatchNorm2d
-        shift = beta - bn.running_mean.astype(x.dtype) * scale
+        scale = gamma * (1.0 / np.sqrt(bn.running_var + x.dtype.type(bn.eps)))   # as BatchNorm2d
+        shift = beta - bn.running_mean * scale
         return bn_gelu_inference(conv.forward_channels_first(x), scale, shift, par)
 
     def backward(self, da):
@@ -84,11 +85,11 @@ class ConvBNGELU(Sequential):
             return super().backward(da)
         conv, bn, _ = self
         xhat, d, inv_std, training, shape = self.saved_for_backward()
-        check_grad(self, da, shape)
+        check_grad(self, da, shape, conv.weight.data.dtype)
         n, c, h, w = shape
         padded = conv.saved_for_backward()[2] and conv.bias is None   # the direct kernel's backward reads dz padded
         dz = bn_gelu_backward(np.ascontiguousarray(da).reshape(n, c, h * w), xhat, d, inv_std,
-                              bn.weight.data.astype(da.dtype, copy=False), training,
+                              bn.weight.data, training,
                               bn.weight.grad_to_accumulate(), bn.bias.grad_to_accumulate(), parallel(da.size),
                               w if padded else 0)
         return conv.backward_channels_first(dz, padded)

@@ -35,13 +35,13 @@ class Linear(Module):
         self.bias = Parameter(b) if bias else None
 
     def forward(self, x):
-        check_input(self, x, (2,))
+        check_input(self, x, (2,), dtype=self.weight.data.dtype)
         if x.shape[1] != self.in_features:
             raise ValueError(f"Linear expects {self.in_features} input features (N, {self.in_features}), "
                              f"got shape {x.shape}")
         self.save_for_backward(x)
-        w = self.weight.data.astype(x.dtype, copy=False)
-        b = self.bias.data.astype(x.dtype, copy=False) if self.bias is not None else None
+        w = self.weight.data
+        b = self.bias.data if self.bias is not None else None
         if x.size * self.out_features < SMALL_LINEAR:        # one compiled call (kernels/linear.py)
             return linear_forward(np.ascontiguousarray(x), w, w[0] if b is None else b, b is not None)
         y = x @ w.T
@@ -51,8 +51,8 @@ class Linear(Module):
 
     def backward(self, dy):
         x, = self.saved_for_backward()
-        check_grad(self, dy, (x.shape[0], self.out_features))
-        w = self.weight.data.astype(dy.dtype, copy=False)
+        check_grad(self, dy, (x.shape[0], self.out_features), x.dtype)
+        w = self.weight.data
         if x.size * self.out_features < SMALL_LINEAR:         # adds dW and db into the grads itself
             dw = self.weight.grad_to_accumulate()
             db = self.bias.grad_to_accumulate() if self.bias is not None else dw[0]

@@ -12,15 +12,20 @@ beside them).
 import numpy as np
 
 from nanotorch.kernels import cross_entropy_backward, cross_entropy_forward
-from nanotorch.nn._checks import check_input
+from nanotorch.nn._checks import check_input, only_default
 from nanotorch.nn.module import Module
 
 
 class CrossEntropyLoss(Module):
     """``loss = crit(logits, targets)`` returns the loss; ``crit.backward()`` returns d loss / d logits."""
 
-    def __init__(self, reduction="mean"):
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
+                 label_smoothing=0.0):
         super().__init__()
+        for name, value, default in (("weight", weight, None), ("size_average", size_average, None),   # (PyTorch's
+                                     ("ignore_index", ignore_index, -100), ("reduce", reduce, None),   # argument
+                                     ("label_smoothing", label_smoothing, 0.0)):                      # order)
+            only_default(self, name, value, default)
         if reduction not in ("mean", "sum"):
             raise ValueError(f"CrossEntropyLoss: reduction must be 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction

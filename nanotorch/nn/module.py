@@ -9,8 +9,14 @@ forward (its *cache*) and implements
 Parameter gradients accumulate until zeroed, as in PyTorch. Children and parameters
 are registered on assignment, so ``state_dict()`` keys follow PyTorch's
 (``0.weight``, ``bn.running_mean``, ...) and weights can move between the two.
+
+The cache holds one forward's values, which sets three rules PyTorch's autograd does not have:
+a backward works from the last forward; a second backward of the same forward adds the
+gradients again (as PyTorch's ``retain_graph=True``); and a module instance can be used only
+once in a model, so assigning one that is already there is refused (share weights by sharing
+the Parameter instead).
 """
-from collections import OrderedDict
+from collections import OrderedDict, namedtuple
 
 import numpy as np
 
@@ -28,6 +34,18 @@ class Parameter:
         self.data = np.asarray(data)
         self._grad = None
         self._grad_is_view = False
+
+    @property
+    def requires_grad(self):
+        """Always True: every backward computes every parameter's gradient (there is no autograd
+        graph to prune). To freeze a parameter, leave it out of the optimiser's parameters."""
+        return True
+
+    @requires_grad.setter
+    def requires_grad(self, value):
+        if not value:
+            raise NotImplementedError("nanotorch cannot freeze a Parameter (requires_grad=False): every backward "
+                                      "computes every gradient; leave the parameter out of the optimiser instead")
 
     @property
     def grad(self):
@@ -70,6 +88,9 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
 class Module:
     """Base class of every layer (see the module docstring for the contract)."""
 
@@ -86,6 +107,8 @@ class Module:
             raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
         for registry, kind, what in ((self._parameters, Parameter, "parameter"), (self._modules, Module, "child module")):
             if isinstance(value, kind):
+                if kind is Module and registry.get(name) is not value:
+                    self._check_new_child(name, value)
                 registry[name] = value
                 break
             if name in registry:       # as PyTorch: None keeps the name with nothing under it, which
@@ -95,6 +118,23 @@ class Module:
                 registry[name] = None
                 break
         object.__setattr__(self, name, value)
+
+    def _check_new_child(self, name, child):
+        """A module instance may appear only once in a model: its cache holds one forward's values,
+        so a second use in the same forward pass would overwrite what the first use's backward needs
+        (PyTorch's autograd keeps both; nanotorch refuses). Checked against this module's own tree,
+        leaving out the child that ``name`` replaces."""
+        where = {id(self): "the model itself"}
+        for other, m in self._modules.items():
+            if other != name and m is not None:
+                where.update((id(sub), f"'{path}'") for path, sub in m.named_modules(other, remove_duplicate=False))
+        for _, sub in child.named_modules(remove_duplicate=False):
+            if id(sub) in where:
+                raise ValueError(
+                    f"{type(self).__name__}: cannot add '{name}': its {type(sub).__name__} is already in this model "
+                    f"({where[id(sub)]}). A layer keeps what its last forward saved for its backward, so one "
+                    "instance cannot be used twice: create another (to share weights, share the Parameter: "
+                    "b.weight = a.weight)")
 
     def register_buffer(self, name, array):
         """A saved, non-trainable array (BatchNorm's running statistics)."""
@@ -125,11 +165,21 @@ class Module:
         return self.cache
 
     # --- traversal --------------------------------------------------------------------
-    def named_modules(self, prefix=""):
-        yield prefix, self
-        for name, child in self._modules.items():
-            if child is not None:
-                yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+    def named_modules(self, prefix="", remove_duplicate=True):
+        """(name, module) for this module and every descendant, depth first; as PyTorch's, a
+        module reached twice is listed once unless ``remove_duplicate=False``."""
+        seen = set()
+
+        def walk(module, path):
+            if remove_duplicate:
+                if id(module) in seen:
+                    return
+                seen.add(id(module))
+            yield path, module
+            for name, child in module._modules.items():
+                if child is not None:
+                    yield from walk(child, f"{path}.{name}" if path else name)
+        return walk(self, prefix)
 
     def modules(self):
         return [m for _, m in self.named_modules()]
@@ -138,9 +188,13 @@ class Module:
         return [m for m in self._modules.values() if m is not None]
 
     def named_parameters(self, prefix=""):
+        """A Parameter shared by two modules (tied weights: b.weight = a.weight) is listed once, under
+        its first name, as in PyTorch; its gradient is the sum of both uses' (each backward adds)."""
+        seen = set()
         for mod_name, mod in self.named_modules(prefix):
             for name, p in mod._parameters.items():
-                if p is not None:
+                if p is not None and id(p) not in seen:
+                    seen.add(id(p))
                     yield (f"{mod_name}.{name}" if mod_name else name), p
 
     def parameters(self):
@@ -153,6 +207,8 @@ class Module:
 
     # --- modes and gradients ------------------------------------------------------------
     def train(self, mode=True):
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"{type(self).__name__}.train: mode must be a bool, got {mode!r}")
         for m in self.modules():
             object.__setattr__(m, "training", bool(mode))
         return self
@@ -189,8 +245,8 @@ class Module:
     # --- saving and loading ----------------------------------------------------------------
     def _state_entries(self):
         """(key, module, name, is_parameter, array) for every parameter and buffer, in PyTorch's
-        order: module by module, each module's parameters before its buffers."""
-        for mod_name, mod in self.named_modules():
+        order: module by module, each module's parameters before its buffers (a shared one under each name)."""
+        for mod_name, mod in self.named_modules(remove_duplicate=False):
             for name, p in mod._parameters.items():
                 if p is not None:
                     yield (f"{mod_name}.{name}" if mod_name else name), mod, name, True, p.data
@@ -202,7 +258,8 @@ class Module:
         return OrderedDict((key, np.array(array, copy=True)) for key, _, _, _, array in self._state_entries())
 
     def load_state_dict(self, state_dict, strict=True):
-        """Copy arrays into the model; a mismatch raises one error listing every bad key."""
+        """Copy arrays into the model; a mismatch raises one error listing every bad key. Returns
+        ``(missing_keys, unexpected_keys)`` as PyTorch does (both empty unless ``strict=False``)."""
         own = OrderedDict((key, (mod, name, is_param, array))
                           for key, mod, name, is_param, array in self._state_entries())
         missing = [k for k in own if k not in state_dict]
@@ -224,7 +281,7 @@ class Module:
                 have[...] = np.asarray(state_dict[key])
             else:
                 object.__setattr__(mod, name, np.array(state_dict[key], dtype=have.dtype, copy=True))
-        return self
+        return IncompatibleKeys(missing, unexpected)
 
     # --- printing ----------------------------------------------------------------------------
     def extra_repr(self):

@@ -17,7 +17,7 @@ from nanotorch.grad_mode import is_grad_enabled
 from nanotorch.threads import parallel
 from nanotorch.kernels import (global_avg_pool, global_avg_pool_backward, maxpool2d_backward, maxpool2d_forward,
                                maxpool2x2_forward, maxpool2x2_max)
-from nanotorch.nn._checks import check_grad, check_input, pair
+from nanotorch.nn._checks import check_grad, check_input, only_default, pair
 from nanotorch.nn.module import Module
 
 
@@ -33,8 +33,10 @@ def pool_output_size(size, k, s, p, ceil_mode):
 class MaxPool2d(Module):
     """x: (N, C, H, W) -> (N, C, OH, OW)."""
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__()
+        only_default(self, "dilation", pair(self, dilation, "dilation"), (1, 1))    # (PyTorch's argument order)
+        only_default(self, "return_indices", return_indices, False)
         self.kernel_size = pair(self, kernel_size, "kernel_size")
         self.stride = pair(self, stride if stride is not None else kernel_size, "stride")
         self.padding = pair(self, padding, "padding")

@@ -43,7 +43,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     under max_norm; max_norm = 0 zeroes the gradients, as in PyTorch.
 
     The total norm is accumulated in float64 (PyTorch accumulates in the gradients' dtype) and then
-    rounded to the gradients' dtype, so for float32 gradients it can differ from PyTorch's by ~1 ulp.
+    rounded to the gradients' dtype, so for float32 gradients it can differ from PyTorch's by ~1 ulp;
+    and where the squares of float32 gradients overflow float32 (|g| above ~1.8e19) PyTorch's norm
+    is inf (and error_if_nonfinite raises) while this one is the finite true norm.
 
     Args:
         parameters: a Parameter or an iterable of Parameters; those with ``grad`` None are ignored.

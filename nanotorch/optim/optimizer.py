@@ -157,10 +157,11 @@ class Optimizer:
                 restored[key] = value
             state[p] = restored
 
-        self.state = state
-        self.param_groups = [
-            {**{k: copy.deepcopy(v) for k, v in saved.items() if k != "params"}, "params": group["params"]}
-            for group, saved in zip(self.param_groups, saved_groups)]
+        groups = [{**{k: copy.deepcopy(v) for k, v in saved.items() if k != "params"}, "params": group["params"]}
+                  for group, saved in zip(self.param_groups, saved_groups)]
+        for group in groups:
+            self._check_group(group)          # the saved hyper-parameters must be ones this optimiser runs
+        self.state, self.param_groups = state, groups
 
     def __repr__(self):
         lines = [f"{type(self).__name__} ("]
