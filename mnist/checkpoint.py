@@ -30,6 +30,9 @@ def load_npz(path):
     """Every array of an .npz, loaded without pickle; a clear error for a missing or corrupt file."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if not zipfile.is_zipfile(path):            # (else NumPy reads a text file as "pickled data")
+        raise ValueError(f"{path} is not a readable .npz file: not the zip of arrays that np.savez writes "
+                         "(as model.npz and checkpoint.npz are)")
     try:
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
@@ -49,9 +52,14 @@ def model_state_from(arrays):
 
 
 def load_model(path, dropout=0.15):
-    """Build the seed network and load weights from model.npz or checkpoint.npz (mismatches raise)."""
+    """Build the seed network and load weights from model.npz or checkpoint.npz (mismatches raise,
+    and so do weights holding NaN or inf, which would only predict one class)."""
     model = build_model(dropout=dropout)
-    model.load_state_dict(model_state_from(load_npz(path)))
+    state = model_state_from(load_npz(path))
+    model.load_state_dict(state)
+    bad = [k for k, v in state.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{path}: the weights hold NaN or inf ({', '.join(bad)})")
     return model.eval()
 
 
@@ -69,11 +77,24 @@ def checkpoint_state(path):
     return _state_of(path, load_npz(path))
 
 
+STATE_KEYS = ("rng", "step", "total_steps", "train_seconds", "config")
+
+
 def _state_of(path, arrays):
     if "state" not in arrays:
         raise ValueError(f"{path} holds model weights only (no optimiser or schedule state): "
                          "--resume needs a checkpoint.npz written by mnist.train")
-    return json.loads(str(arrays["state"]))
+    try:
+        state = json.loads(str(arrays["state"]))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: its 'state' entry is not the JSON that mnist.train writes ({e})") from None
+    missing = [k for k in STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path}: its 'state' entry lacks {', '.join(missing)}: not a checkpoint of mnist.train")
+    step, total = state["step"], state["total_steps"]
+    if not (isinstance(step, int) and isinstance(total, int) and 0 <= step <= total):
+        raise ValueError(f"{path}: step {step!r} of total_steps {total!r} is not a step of the run")
+    return state
 
 
 def load_checkpoint(path, model, optimizer, scheduler):
@@ -81,6 +102,11 @@ def load_checkpoint(path, model, optimizer, scheduler):
     arrays = load_npz(path)
     state = _state_of(path, arrays)
     model.load_state_dict(model_state_from(arrays))
-    optimizer.load_state_dict(unflatten_state_dict(arrays, prefix="optimizer."))
-    scheduler.load_state_dict(unflatten_state_dict(arrays, prefix="scheduler."))
+    for name, part in (("optimizer", optimizer), ("scheduler", scheduler)):
+        saved = unflatten_state_dict(arrays, prefix=f"{name}.")
+        try:
+            part.load_state_dict(saved)
+        except (KeyError, TypeError, ValueError, NotImplementedError) as e:
+            raise ValueError(f"{path}: the {name}'s state does not fit this run's {type(part).__name__} "
+                             f"({type(e).__name__}: {e})") from None
     return state

@@ -171,7 +171,9 @@ def format_summary(rows):
 
 
 def main(argv=None):
+    import argparse
     from mnist.model import build_model
+    argparse.ArgumentParser(prog="python -m mnist.summary", description=__doc__.splitlines()[0]).parse_args(argv)
     print(format_summary(summarize(build_model())))
     return 0
 

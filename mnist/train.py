@@ -48,14 +48,15 @@ class TrainingDiverged(RuntimeError):
 
 
 class StopAtStepBoundary:
-    """Ctrl-C asks the loop to stop after the current step (so a checkpoint is never half-updated);
-    a second Ctrl-C interrupts at once."""
+    """Ctrl-C (or SIGTERM, as `kill` and `timeout` send) asks the loop to stop after the current step,
+    so that a checkpoint is saved and never half-updated; a second one interrupts at once."""
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
 
     def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self._handler)
+        self.previous = [signal.signal(s, self._handler) for s in self.SIGNALS]
         return self
 
     def _handler(self, signum, frame):
@@ -64,7 +65,8 @@ class StopAtStepBoundary:
         self.requested = True
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
+        for s, previous in zip(self.SIGNALS, self.previous):
+            signal.signal(s, previous)
 
 
 def parse_args(argv=None):
@@ -102,7 +104,8 @@ def parse_args(argv=None):
         if missing:
             ap.error(f"--resume {args.resume}: the checkpoint does not record {', '.join(missing)} "
                      "(written by another program or an older mnist.train?), so the run cannot be continued exactly")
-        ap.set_defaults(**{k: v for k, v in saved.items() if k in vars(args)})
+        # (not its --out: a resumed run writes next to its checkpoint unless --out says otherwise)
+        ap.set_defaults(**{k: v for k, v in saved.items() if k in vars(args) and k != "out"})
         args = ap.parse_args(argv)
         changed = [f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}"
                    for k in RESUMED_AS_SAVED if getattr(args, k) != saved[k]]
@@ -112,6 +115,12 @@ def parse_args(argv=None):
     for flag in ("epochs", "batch_size", "threads", "log_every", "checkpoint_every"):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    for flag, low, high, what in (("max_lr", 0, math.inf, "> 0"), ("lr", 0, math.inf, ">= 0"),
+                                  ("momentum", 0, math.inf, ">= 0"), ("clip", 0, math.inf, ">= 0 (0: no clipping)"),
+                                  ("pct_start", 0, 1, "in [0, 1]"), ("dropout", 0, 1, "in [0, 1]")):
+        value = getattr(args, flag)              # (NaN fails every comparison, so it is refused too)
+        if not (low <= value <= high and math.isfinite(value)) or (flag == "max_lr" and value == 0):
+            ap.error(f"--{flag.replace('_', '-')} must be a finite number {what}, got {value}")
     if args.limit is not None and args.limit < args.batch_size:
         ap.error(f"--limit must be at least the batch size ({args.batch_size})")
     return args
@@ -156,7 +165,8 @@ class CsvLog:
     step's own lr, momentum and gradient norm (before clipping; NaN with --clip 0).
 
     resume_step: continue the log of a run resumed from that step. Rows past it (written after the
-    checkpoint, before a crash) are dropped first, atomically, so the steps keep increasing.
+    checkpoint, before a crash) are dropped first, atomically, so the steps keep increasing. (The
+    first row after a resume averages only the steps since the checkpoint: windows are not saved.)
     """
     COLUMNS = ["step", "epoch", "loss", "accuracy", "lr", "momentum", "grad_norm"]
 
@@ -183,13 +193,30 @@ class CsvLog:
         self.file.close()
 
 
+RUN_FILES = ("config.json", "log.csv", "checkpoint.npz", "model.npz", "metrics.json")
+
+
+def check_run_dir(run_dir, resume):
+    """A run directory is a new or empty folder, or, when resuming, the checkpoint's own folder:
+    a new run into another run's folder would mix its files with the old run's (or, with a run
+    still going there, interleave two logs)."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ValueError(f"--out {run_dir} is a file, not a folder")
+    if resume and os.path.isdir(run_dir) and os.path.samefile(os.path.dirname(os.path.abspath(resume)), run_dir):
+        return                                     # the resumed run's own folder
+    held = [f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f))]
+    if held:
+        raise ValueError(f"{run_dir} already holds a run ({', '.join(held)}): continue it with --resume "
+                         f"{os.path.join(run_dir, 'checkpoint.npz')}, or give another --out (or delete that folder)")
+
+
 def train(args):
     """Run the recipe described by ``args``; returns (run_dir, metrics dict)."""
     nt.set_num_threads(args.threads)
     config = {k: v for k, v in vars(args).items() if k not in ("resume", "quiet", "no_plots")}
     run_dir = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume
                            else os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
-    os.makedirs(run_dir, exist_ok=True)
+    check_run_dir(run_dir, args.resume)
 
     train_x, train_y = load_mnist("train", data_dir=args.data_dir)
     test_x, test_y = load_mnist("test", data_dir=args.data_dir)
@@ -213,6 +240,7 @@ def train(args):
     else:
         from mnist.summary import format_summary, summarize
         print(format_summary(summarize(model)))
+    os.makedirs(run_dir, exist_ok=True)            # (only now: a run that fails its checks leaves no folder)
     save_json_atomic(os.path.join(run_dir, "config.json"), config)
     print(f"training on {len(train_x)} images, batch {args.batch_size}, {total_steps} steps, into {run_dir}")
 
@@ -299,7 +327,11 @@ def train(args):
     save_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
     if not args.no_plots:                          # the test set and its evaluation are at hand: reuse them
         from mnist.visualize import visualize_run
-        visualize_run(run_dir, test_set=(test_x, test_y), evaluation=result)
+        try:
+            visualize_run(run_dir, test_set=(test_x, test_y), evaluation=result)
+        except (ValueError, OSError, RuntimeError) as e:   # the run itself is saved: not a failed run
+            print(f"warning: the pictures were not drawn ({e}); python -m mnist.visualize {run_dir} "
+                  "draws them again", file=sys.stderr)
     return run_dir, metrics
 
 

@@ -59,7 +59,82 @@ def test_train_limit_above_the_training_set_names_its_size(tmp_path, monkeypatch
     assert "error: --limit 20 asks for more training images than the 12 there are" in err
 
 
+@pytest.mark.parametrize("flag, value", [("--max-lr", "nan"), ("--max-lr", "inf"), ("--max-lr", "0"), ("--max-lr", "-0.1"),
+                                         ("--clip", "nan"), ("--clip", "-1"), ("--lr", "nan"), ("--momentum", "-0.5"),
+                                         ("--pct-start", "1.5"), ("--dropout", "1.5"), ("--dropout", "nan")])
+def test_train_recipe_numbers_out_of_range_are_usage_errors(flag, value, capsys):
+    """Refused as the command line is read, naming the flag (NaN used to start training and fail at
+    step 2 with advice to lower the lr; --clip -1 silently turned clipping off)."""
+    err = usage_error(train_mod.main, [flag, value], capsys)
+    assert f"{flag} must be a finite number" in err and f"got {value}" in err
+
+
 # ----------------------------------------------------------------------------- files and folders
+
+def test_train_refuses_an_out_folder_that_holds_a_run(tmp_path, monkeypatch, capsys):
+    """A new run into another run's folder would leave the old model.npz beside the new log (or, with
+    both running, interleave two logs): refused before anything is written, with the ways out."""
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    assert train_mod.main(["--limit", "12", *QUICK, "--out", str(tmp_path)]) == 0
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir()}
+    assert train_mod.main(["--limit", "12", "--seed", "1", *QUICK, "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path} already holds a run" in err and f"--resume {tmp_path / 'checkpoint.npz'}" in err
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+
+
+def test_train_out_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert train_mod.main(["--limit", "40", *QUICK, "--out", str(tmp_path / "file")]) == 1
+    assert f"error: --out {tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_resume_writes_next_to_its_checkpoint_not_into_the_folder_it_was_trained_in(tmp_path, monkeypatch, capsys):
+    """A run folder copied elsewhere and resumed continues there; the original is left alone (the
+    saved config's --out used to win, overwriting the original run's files)."""
+    import shutil
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    first, copy = tmp_path / "first", tmp_path / "copy"
+    assert train_mod.main(["--limit", "12", "--epochs", "2", "--checkpoint-every", "3", *QUICK,
+                           "--out", str(first)]) == 0
+    shutil.copytree(first, copy)
+    before = {f.name: f.read_bytes() for f in first.iterdir()}
+    assert train_mod.main(["--resume", str(copy / "checkpoint.npz"), *QUICK]) == 0
+    assert f"-> {copy}" in capsys.readouterr().out
+    assert {f.name: f.read_bytes() for f in first.iterdir()} == before
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda a: a.pop("optimizer.param_groups[0].lr"), "optimizer's state does not fit"),
+    (lambda a: a.update({"optimizer.param_groups[0].lr": np.array("fast")}), "optimizer's state does not fit"),
+    (lambda a: a.update(state=np.array("{not json")), "'state' entry is not the JSON"),
+    (lambda a: a.update(state=np.array('{"config": {}}')), "'state' entry lacks rng"),
+])
+def test_resume_from_a_damaged_checkpoint_names_what_is_wrong(tmp_path, monkeypatch, capsys, edit, fragment):
+    """No KeyError or Numba typing traceback: an error naming the file and the part that does not fit."""
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    assert train_mod.main(["--limit", "12", *QUICK, "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    path = tmp_path / "run" / "checkpoint.npz"
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    edit(arrays)
+    np.savez(path, **arrays)
+    try:
+        code = train_mod.main(["--resume", str(path), *QUICK])
+    except SystemExit as e:                       # (a state that parse_args reads is a usage error)
+        code = e.code
+    err = capsys.readouterr().err
+    assert code in (1, 2) and str(path) in err and fragment in err and "Traceback" not in err
+
+
+def test_evaluate_refuses_weights_holding_nan(tmp_path, capsys):
+    state = build_model().state_dict()
+    state["0.0.weight"][0, 0, 0, 0] = np.nan
+    save_npz_atomic(str(tmp_path / "model.npz"), state)
+    assert evaluate_mod.main([str(tmp_path)]) == 1
+    assert "the weights hold NaN or inf (0.0.weight)" in capsys.readouterr().err
+
 
 def test_train_out_under_a_regular_file(tmp_path, capsys):
     (tmp_path / "file").write_text("")

@@ -73,5 +73,5 @@ def test_format_summary_has_every_row_and_the_total(capsys):
     for r in rows:
         assert r["name"] in text
     assert "16 x 14 x 14" in text and "conv3x3 1->4" in text
-    summary.main()
+    summary.main([])
     assert capsys.readouterr().out == text + "\n"

@@ -374,7 +374,9 @@ def test_ctrl_c_message_names_only_a_checkpoint_that_was_saved(tmp_path, small_t
 # ----------------------------------------------------------------------------- 4. Ctrl-C in a real process
 
 @requires_mnist
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, signum):
+    """Ctrl-C, and SIGTERM (what kill and timeout send), stop after the current step with a checkpoint."""
     log = tmp_path / "log.csv"
     proc = subprocess.Popen([sys.executable, "-m", "mnist.train", "--limit", "4000", "--log-every", "5",
                              "--out", str(tmp_path), *QUICK], cwd=REPO, stdout=subprocess.PIPE,
@@ -386,7 +388,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
                 out, err = proc.communicate(timeout=60)
                 pytest.fail(f"no progress before SIGINT (exit {proc.returncode}):\n{out}\n{err}")
             time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -488,7 +490,7 @@ def test_load_model_corrupt_file(tmp_path, content):
         save_state(path, build_model().state_dict())
         content = path.read_bytes()[:1000]
     path.write_bytes(content)
-    with pytest.raises(ValueError, match="is not a readable .npz checkpoint"):
+    with pytest.raises(ValueError, match="is not a readable .npz"):
         load_model(str(path))
 
 
@@ -522,7 +524,8 @@ def test_resume_from_a_checkpoint_that_does_not_record_the_recipe_is_a_usage_err
     only the checkpoint's JSON state, so a file holding just that is enough here)."""
     config = {k: v for k, v in {**RECIPE, "limit": None}.items() if k != "max_lr"}
     path = tmp_path / "checkpoint.npz"
-    np.savez(path, state=np.array(json.dumps({"config": config})))
+    state = {"config": config, "rng": {}, "step": 0, "total_steps": 1, "train_seconds": 0.0}
+    np.savez(path, state=np.array(json.dumps(state)))
     with pytest.raises(SystemExit) as exit_:
         parse_args(["--resume", str(path), "--max-lr", "0.5"])
     assert exit_.value.code == 2
