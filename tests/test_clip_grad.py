@@ -98,7 +98,7 @@ def test_importable_as_nn_utils():
 
 
 # --- parity with PyTorch ----------------------------------------------------------------------
-@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf, 3.0])
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf, 3.0, 0.0, -math.inf])   # (0: counts parameters)
 @pytest.mark.parametrize("max_norm", [0.5, 1e3])  # clipping, and coefficient clamped to 1
 def test_matches_torch_float64(norm_type, max_norm):
     torch = pytest.importorskip("torch")

@@ -33,7 +33,9 @@ def test_bn_gelu_kernels_equal_reference(dtype, training, rng):
     dz = K.bn_gelu_backward(da, xhat, d, inv_std, gamma, training, dgamma, dbeta)
     want = K.bn_gelu_backward_reference(da, xhat, d, inv_std, gamma, training)
     for g, w in zip((dz, dgamma - 0.5, dbeta + 0.25), want):
-        np.testing.assert_allclose(g, w, **(tol if dtype == np.float64 else dict(rtol=1e-4, atol=1e-4)))
+        # float32: the reference sums in float64 as the kernel does; dz differs by float32 roundings
+        # (the kernel's fused multiply-adds): 1.6e-6 relative at most over 20 random channels sets
+        np.testing.assert_allclose(g, w, **(tol if dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)))
     with pytest.raises(ValueError, match="z.shape"):
         K.bn_gelu_forward(z, mean[:4], var, gamma, beta, training, 0.3, 1e-5)
     # dz written padded for the direct convolution. Both calls pass every argument, as the fused layer

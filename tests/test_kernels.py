@@ -86,9 +86,10 @@ def test_maxpool_equals_reference(shape, dtype, rng):
     n, c, h, w, k, s, p, ceil = shape
     oh, ow = pool_output_size(h, k, s, p, ceil), pool_output_size(w, k, s, p, ceil)
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    x[0, 0, :2, :2] = np.nan                                 # several NaNs in one window: the last one wins
     out, arg = K.maxpool2d_forward(x, k, k, s, s, p, p, oh, ow)
     ref_out, ref_arg = K.maxpool2d_forward_reference(x, k, k, s, s, p, p, oh, ow)
-    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(out, ref_out)              # (equal_nan: NaN in the same places)
     np.testing.assert_array_equal(arg, ref_arg)
     d = rng.standard_normal(out.shape).astype(dtype)
     np.testing.assert_allclose(K.maxpool2d_backward(d, arg, h, w), K.maxpool2d_backward_reference(d, arg, h, w),

@@ -340,7 +340,7 @@ def test_state_dict_layout_is_pytorchs_and_copies_arrays():
     assert opt.state_dict()["state"] == {}
     train(params, opt, sched, 2, np.random.default_rng(0))
     sd = opt.state_dict()
-    assert sorted(sd["state"]) == [0, 1, 2] or sorted(sd["state"]) == [0, 2]
+    assert sorted(sd["state"]) == [0, 1, 2]        # (with this seed param 1 has a gradient in both steps)
     assert sd["param_groups"][0]["params"] == [0, 1, 2]
     assert {"lr", "momentum", "dampening", "weight_decay", "nesterov", "initial_lr", "max_lr",
             "min_lr", "max_momentum", "base_momentum"} <= set(sd["param_groups"][0])

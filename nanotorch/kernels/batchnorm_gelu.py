@@ -1,4 +1,6 @@
-"""BatchNorm followed by GELU, fused: one pass over the activations forward and two backward.
+"""BatchNorm followed by GELU, fused: one call each way, each channel's values read while in cache
+(forward: two passes for the batch statistics when training, then one that writes a, xhat and d;
+backward: one pass for the two sums, one for dz).
 
 z: (C, N, L) — a convolution's output as its GEMM leaves it (channel first, spatial axes flat);
 the block's output a and incoming gradient da are (N, C, L), the layout of the next layer. Per channel c,
@@ -235,9 +237,9 @@ def bn_gelu_inference_reference(z, scale, shift):
 
 def bn_gelu_backward_reference(da, xhat, d, inv_std, gamma, training):
     g = da.transpose(1, 0, 2) * d
-    dbeta, dgamma = g.sum(axis=(1, 2)), (g * xhat).sum(axis=(1, 2))
+    dbeta, dgamma = g.sum(axis=(1, 2), dtype=np.float64), (g * xhat).sum(axis=(1, 2), dtype=np.float64)  # as the kernel
     m = g.shape[1] * g.shape[2]
     if training:
-        g = g - (dbeta / m)[:, None, None] - xhat * (dgamma / m)[:, None, None]
+        g = g - (dbeta / m).astype(da.dtype)[:, None, None] - xhat * (dgamma / m).astype(da.dtype)[:, None, None]
     dz = ((gamma * inv_std)[:, None, None] * g).astype(da.dtype)
     return dz, dgamma, dbeta

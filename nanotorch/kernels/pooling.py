@@ -1,7 +1,8 @@
 """Max pooling: the forward keeps the argmax of every window, the backward routes the gradient there.
 
     out[n, c, y, x] = max over the window of x[n, c, iy, ix]        (padding counts as -inf)
-    arg[n, c, y, x] = iy * W + ix of that max (the first one in scan order, as PyTorch; NaN wins)
+    arg[n, c, y, x] = iy * W + ix of that max (the first one in scan order, as PyTorch; a NaN wins,
+                      and of several NaNs the last one)
 
 The max is piecewise the identity on one input, so d out / d x is 1 at the argmax and 0 elsewhere:
 the backward adds each dout into dx at its argmax (windows may overlap, hence +=).
@@ -233,7 +234,8 @@ def global_avg_pool_backward_reference(dout, h_, w_):
 
 
 def maxpool2d_forward_reference(x, kh, kw, sh, sw, ph, pw, oh, ow):
-    """Plain NumPy max pooling: pad with -inf, gather every window, take max and first argmax."""
+    """Plain NumPy max pooling: pad with -inf, gather every window, take the first argmax (or the
+    last NaN, if the window has any: PyTorch's scan replaces its max by every NaN it meets)."""
     n_, c_, h_, w_ = x.shape
     big_h = max(h_ + 2 * ph, (oh - 1) * sh + kh)
     big_w = max(w_ + 2 * pw, (ow - 1) * sw + kw)
@@ -243,7 +245,8 @@ def maxpool2d_forward_reference(x, kh, kw, sh, sw, ph, pw, oh, ow):
     for i in range(kh):
         for j in range(kw):
             windows[..., i * kw + j] = xp[:, :, i:i + sh * oh:sh, j:j + sw * ow:sw]
-    k = windows.argmax(axis=-1)
+    nan = np.isnan(windows)
+    k = np.where(nan.any(axis=-1), kh * kw - 1 - np.argmax(nan[..., ::-1], axis=-1), windows.argmax(axis=-1))
     out = np.take_along_axis(windows, k[..., None], axis=-1)[..., 0]
     iy = np.arange(oh)[:, None] * sh - ph + k // kw
     ix = np.arange(ow)[None, :] * sw - pw + k % kw

@@ -13,7 +13,8 @@ Backward in training (mu and var depend on every x of the channel, hence the two
     dbeta  = sum(dy),   dgamma = sum(dy * xhat),   g = gamma * dy
     dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)
 
-  Derivation: d mu / d x_j = 1/m and d var / d x_j = 2 (x_j - mu) / m, so with s = 1 / sqrt(var + eps),
+  Derivation: d mu / d x_j = 1/m and d var / d x_j = 2 (x_j - mu) / m (the chain rule through mu
+  adds -2/m sum_i (x_i - mu) / m, which is 0 since the deviations sum to 0), so with s = 1 / sqrt(var + eps),
   d s / d x_j = -s^3 (x_j - mu) / m; xhat_i = (x_i - mu) s, and the product rule gives
       d xhat_i / d x_j = (delta_ij - 1/m - xhat_i xhat_j / m) * s.
   dx_j = sum_i g_i d xhat_i / d x_j is the line above.

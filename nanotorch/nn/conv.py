@@ -4,7 +4,8 @@ Forward (x: (N, C, H, W), weight W: (OC, C, KH, KW), bias b: (OC,)):
 
     cols = im2col(x)                       (C*KH*KW, N*OH*OW): one column per output pixel
     Z    = W2 @ cols + b                   W2 = W.reshape(OC, C*KH*KW); Z: (OC, N*OH*OW)
-    out  = Z as (N, OC, OH, OW)            OH = (H + 2p - KH) // s + 1  (likewise OW)
+    out  = Z.reshape(OC, N, OH, OW) with its first two axes swapped: (N, OC, OH, OW)
+                                           OH = (H + 2p - KH) // s + 1  (likewise OW)
 
 Backward, from dout (N, OC, OH, OW) laid out as D: (OC, N*OH*OW) like Z:
 

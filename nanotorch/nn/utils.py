@@ -32,8 +32,9 @@ def _vector_norm(x, norm_type):
 def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
     r"""Rescale the gradients in place so that their total norm is at most ``max_norm``.
 
-    The total norm treats all gradients as one vector: the p-norm of the per-parameter
-    p-norms (for p = inf, the largest |g| anywhere):
+    The total norm is the p-norm of the per-parameter p-norms, which is the norm of all gradients
+    as one vector (for p = inf, the largest |g| anywhere) for every p but 0: there, as in PyTorch,
+    it counts the parameters with a non-zero gradient, not the non-zero entries.
 
         total = || ( ||g_1||_p, ||g_2||_p, ... ) ||_p
         coef  = min(max_norm / (total + 1e-6), 1)
@@ -99,7 +100,8 @@ def flatten_parameters(parameters):
     of its slice of ``flat.grad``, so layers keep reading and accumulating into their own arrays
     while an optimiser or ``clip_grad_norm_`` given ``[flat]`` does one vector operation where it
     did one per parameter (25 for the MNIST model). The numbers are the same: SGD is elementwise,
-    and the norm of all gradients is the norm of their concatenation.
+    and the norm of all gradients is the norm of their concatenation (except clip_grad_norm_'s
+    norm_type=0, which counts parameters: one flat parameter counts as one).
 
     Gradients become fixed buffers (zero_grad zeroes them in place). Cast the model (``.to``)
     before flattening: a cast makes new arrays, which the flat vector would no longer see.

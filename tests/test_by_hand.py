@@ -1,0 +1,34 @@
+"""Forward values a gradient check cannot see, worked out by hand (and matching PyTorch): output
+sizes in ceil mode, adaptive pooling's windows, ReLU's derivative at 0. Without these, such slips
+are caught only by the PyTorch parity tests, which skip when torch is not installed."""
+import numpy as np
+import pytest
+
+from nanotorch import nn
+from nanotorch.nn.pooling import pool_output_size
+
+
+@pytest.mark.parametrize("size, k, s, p, ceil, expected", [
+    (7, 2, 2, 0, False, 3),    # floor(5 / 2) + 1
+    (7, 2, 2, 0, True, 4),     # ceil(5 / 2) + 1: the model's 7x7 -> 4x4
+    (5, 3, 2, 1, True, 3),     # ceil(4 / 2) + 1; the last window starts at 4 - 1 = 3, inside
+    (4, 2, 3, 1, True, 2),     # ceil(4 / 3) + 1 = 3, but window 3 would start at 6 - 1 = 5, past the
+])                             # input and its left padding (6 >= 4 + 1): dropped, as PyTorch does
+def test_pool_output_size(size, k, s, p, ceil, expected):
+    assert pool_output_size(size, k, s, p, ceil) == expected
+    assert nn.MaxPool2d(k, s, p, ceil_mode=ceil)(np.zeros((1, 1, size, size), np.float32)).shape[2:] == (expected,) * 2
+
+
+def test_adaptive_avg_pool_windows_overlap_as_pytorchs():
+    """5 columns into 3: windows [floor(i*5/3), ceil((i+1)*5/3)) = [0, 2), [1, 4), [3, 5)."""
+    x = np.arange(5, dtype=np.float64).reshape(1, 1, 1, 5)
+    pool = nn.AdaptiveAvgPool2d((1, 3))
+    np.testing.assert_array_equal(pool(x)[0, 0, 0], [0.5, 2.0, 3.5])
+    dx = pool.backward(np.ones((1, 1, 1, 3)))
+    np.testing.assert_allclose(dx[0, 0, 0], [1 / 2, 1 / 2 + 1 / 3, 1 / 3, 1 / 3 + 1 / 2, 1 / 2])
+
+
+def test_relu_derivative_at_zero_is_zero():
+    relu = nn.ReLU()
+    relu(np.array([[-1.0, 0.0, -0.0, 2.0]]))
+    np.testing.assert_array_equal(relu.backward(np.ones((1, 4))), [[0.0, 0.0, 0.0, 1.0]])
