@@ -349,3 +349,25 @@ def test_pytorch_positional_arguments_at_their_defaults_land_where_pytorchs_do()
     assert nn.Conv2d(2, 4, 3, 1, 1, 1, 1, False).bias is None
     assert nn.MaxPool2d(2, 2, 0, 1, False, True).ceil_mode
     assert nn.CrossEntropyLoss(None, None, -100, None, "sum").reduction == "sum"
+
+
+# --- empty batches and empty planes ---------------------------------------------------------------------
+@pytest.mark.parametrize("build, shape", [
+    pytest.param(lambda: nn.Conv2d(3, 4, 3, padding=1), (0, 3, 28, 28), id="Conv2d-direct"),
+    pytest.param(lambda: nn.Conv2d(3, 4, 3), (0, 3, 5, 5), id="Conv2d-im2col"),
+    pytest.param(lambda: nn.Linear(3, 2), (0, 3), id="Linear"),
+    pytest.param(lambda: nn.MaxPool2d(2), (0, 3, 4, 4), id="MaxPool2d"),
+])
+def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(build, shape):
+    """As PyTorch: an empty batch is not an error (the backward's reshape used to fail for Conv2d)."""
+    layer = build()
+    y = layer(np.zeros(shape, np.float32))
+    assert y.shape[0] == 0
+    assert layer.backward(np.zeros_like(y)).shape == shape
+    for p in layer.parameters():
+        np.testing.assert_array_equal(p.grad, 0)
+
+
+def test_adaptive_avg_pool_of_an_empty_plane():
+    with raises(ValueError, "AdaptiveAvgPool2d", r"at least 1x1", re.escape("(2, 3, 0, 4)")):
+        nn.AdaptiveAvgPool2d(1)(np.zeros((2, 3, 0, 4), np.float32))

@@ -91,7 +91,7 @@ class Conv2d(Module):
         """dout: (N, OC, OH, OW) -> dx: (N, C, H, W) (None if not input_requires_grad); adds dW, db."""
         _, (n, _, h, w), direct = self.saved_for_backward()
         check_grad(self, dout, (n, self.out_channels, *self.output_shape(h, w)), self.weight.data.dtype)
-        dz = dout.reshape(n, self.out_channels, -1).transpose(1, 0, 2)         # (OC, N, OH*OW), a view
+        dz = dout.reshape(n, self.out_channels, dout.shape[2] * dout.shape[3]).transpose(1, 0, 2)  # (OC, N, OH*OW): a view
         return self.backward_channels_first(dz)
 
     def uses_direct_kernel(self, x_shape):

@@ -94,6 +94,8 @@ class AdaptiveAvgPool2d(Module):
     def forward(self, x):
         check_input(self, x, (4,))
         n, c, h, w = x.shape
+        if h < 1 or w < 1:
+            raise ValueError(f"AdaptiveAvgPool2d: expected an input of at least 1x1 pixels, got shape {x.shape}")
         oh, ow = self.output_size
         if (oh, ow) == (1, 1):
             out = global_avg_pool(x)                                    # one compiled loop (kernels/pooling.py)
