@@ -463,14 +463,15 @@ def test_linear_kernels_equal_reference(n, k, o, dtype, rng):
 
 
 def test_gelu_float32_far_tails_keep_the_sign_and_a_bounded_derivative():
-    """Beyond the erf fit's range Phi is clamped to [0, 1]: GELU of a large negative u is -0.0 (a
-    negative Phi would make it positive, growing with |u|), of a large positive u is u, and the
-    derivative stays within [0, 1] up to float32 rounding (no u * phi(9) blowing up)."""
+    """Beyond the erf fit's range Phi is kept >= 0: GELU of a large negative u is -0.0 (a negative
+    Phi would make it positive, growing with |u|), of a large positive u is u to float32 rounding,
+    and the derivative stays within [0, 1] to float32 rounding (no u * phi(9) blowing up)."""
     from nanotorch.kernels.gelu import gelu_inference
     x = np.array([-1e30, -1e4, -100.0, -7.0, -5.7, -5.5, -5.2, 5.7, 9.5, 100.0, 1e4, 1e30], dtype=np.float32)
     y, d = K.gelu_forward(x)
     for got in (y, gelu_inference(x)):
         neg = x < 0
         assert np.all(got[neg] <= 0) and np.all(np.signbit(got[x < -5.7]))
-        np.testing.assert_array_equal(got[x >= 9.5], x[x >= 9.5])
-    assert np.all(np.abs(d[x < -5.7]) < 1e-10) and np.all(d[x >= 9.5] == 1)
+        np.testing.assert_allclose(got[x >= 9.5], x[x >= 9.5], rtol=2.5e-7, atol=0)
+    assert np.all(np.abs(d[x < -5.7]) < 1e-10)
+    np.testing.assert_allclose(d[x >= 9.5], 1, rtol=2.5e-7, atol=0)

@@ -80,13 +80,14 @@ ERF_Q = (F(1.0), F(0.5229296542160107), F(0.12079889732495148), F(0.015550923926
 def _phi_cdf(u):
     """Phi(u) = (1 + erf(z)) / 2 for float32 u, z = u / sqrt 2 clamped to [-4, 4] (beyond, erf(z)
     rounds to +-1 in float32), erf by the rational fit above: no exp, no branch. The result is
-    clamped to [0, 1]: the fit at z = -4 is a hair below -1, and a negative Phi would make GELU of a
-    large negative u positive (u * Phi = 0 there, and -0.0 for u < 0, as PyTorch's)."""
+    kept >= 0: the fit at z = -4 is a hair below -1, and a negative Phi would make GELU of a large
+    negative u positive, growing with |u| (with the max, u * Phi is -0.0 there, as PyTorch's). At
+    the other end Phi may be 1 + 1.2e-7 (one float32 step): within the stated error, not clamped."""
     z = min(max(u * F(SQRT_HALF), F(-4.0)), F(4.0))
     t = z * z
     p = ERF_P[0] + t * (ERF_P[1] + t * (ERF_P[2] + t * (ERF_P[3] + t * (ERF_P[4] + t * (ERF_P[5] + t * ERF_P[6])))))
     q = ERF_Q[0] + t * (ERF_Q[1] + t * (ERF_Q[2] + t * (ERF_Q[3] + t * ERF_Q[4])))
-    return min(max(F(0.5) + F(0.5) * (z * p / q), F(0.0)), F(1.0))
+    return max(F(0.5) + F(0.5) * (z * p / q), F(0.0))
 
 
 @njit(inline="always", **FAST)
