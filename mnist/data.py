@@ -223,7 +223,10 @@ def download_mnist(data_dir=None, mirrors=None, splits=("train", "test"), checks
 def _download(gz_name, directory, mirrors, checksums, timeout, attempts, backoff, progress):
     """Fetch one file from the first mirror that serves a good copy; return its path."""
     expected = checksums[gz_name[: -len(".gz")]]
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _unwritable(gz_name, directory, e) from None
     failures = []
     for i, mirror in enumerate(mirrors):
         url = mirror.rstrip("/") + "/" + gz_name
@@ -248,7 +251,10 @@ def _fetch_verified(url, gz_name, directory, expected, timeout, attempts, backof
     mnist.files.move_into_place fsyncs it first and gives it the usual mode (0o666 & ~umask),
     so a shared data folder stays readable by everyone who shares it.
     """
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{gz_name}.", suffix=".part")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{gz_name}.", suffix=".part")
+    except OSError as e:
+        raise _unwritable(gz_name, directory, e) from None
     try:
         with os.fdopen(fd, "wb") as f:
             _get(url, f, gz_name, timeout, attempts, backoff, progress)
@@ -266,6 +272,12 @@ def _fetch_verified(url, gz_name, directory, expected, timeout, attempts, backof
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _unwritable(gz_name, directory, e):
+    """The error for a missing file whose folder cannot take a download (rather than the temp file's name)."""
+    return OSError(e.errno, f"{gz_name} is missing from {directory}, which cannot be written to download it into "
+                            f"({e.strerror}).\n{_where_to_put(directory)}")
 
 
 def _get(url, f, label, timeout, attempts, backoff, progress):

@@ -28,8 +28,11 @@ def write_atomic(path, write, mode="wb", newline=None):
     on any error the temp file is removed and the old file, if any, is left as it was. ``mode`` and
     ``newline`` as open()'s (csv files want newline="")."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    except OSError as e:                       # named after the file wanted, not the temp file
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, mode, newline=newline) as f:
             write(f)

@@ -352,6 +352,19 @@ def test_load_mnist_downloads_only_its_split(tmp_path, server):
     assert sorted(p.name for p in target.iterdir()) == sorted(data.SPLITS["test"])
 
 
+def test_a_missing_file_in_a_folder_that_cannot_be_written(tmp_path, monkeypatch):
+    """The error says the file is missing and the folder is not writable (it named the download's
+    temp file). Root ignores permissions, so the refusal is simulated."""
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".t10k-images-idx3-ubyte.gz.x.part"))
+    monkeypatch.setattr(data.tempfile, "mkstemp", refuse)
+    with pytest.raises(OSError) as info:
+        load_mnist("test", data_dir=tmp_path, mirrors=["http://127.0.0.1:9/"])
+    message = str(info.value)
+    assert f"t10k-images-idx3-ubyte.gz is missing from {tmp_path}, which cannot be written" in message
+    assert "Permission denied" in message and ".part" not in message and "--data-dir" in message
+
+
 def test_corrupt_mirror_is_skipped(tmp_path, server, caplog):
     root, base = server
     contents = fake_mnist()

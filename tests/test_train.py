@@ -532,6 +532,15 @@ def test_resume_from_a_checkpoint_that_does_not_record_the_recipe_is_a_usage_err
     assert "does not record --max-lr" in capsys.readouterr().err
 
 
+def test_write_atomic_in_a_folder_that_cannot_be_written_names_the_file(tmp_path, monkeypatch):
+    from mnist import files
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".tmp-abc"))
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    with pytest.raises(OSError, match=rf"cannot write {re.escape(str(tmp_path / 'config.json'))}: Permission denied"):
+        files.write_atomic(str(tmp_path / "config.json"), lambda f: f.write(b"{}"))
+
+
 def test_write_atomic_passes_newline_through(tmp_path):
     from mnist.files import write_atomic
     write_atomic(tmp_path / "rows.csv", lambda f: csv.writer(f).writerows([["a", 1], ["b", 2]]), mode="w", newline="")
