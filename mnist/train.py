@@ -171,7 +171,7 @@ class CsvLog:
     COLUMNS = ["step", "epoch", "loss", "accuracy", "lr", "momentum", "grad_norm"]
 
     def __init__(self, path, resume_step=None):
-        rows = []
+        rows, self.last_loss = [], None            # last_loss: the last kept row's, when resuming
         if resume_step is not None and os.path.exists(path):
             with open(path, newline="") as f:
                 rows = list(csv.reader(f))
@@ -180,6 +180,8 @@ class CsvLog:
             kept = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= resume_step]
             if len(kept) < len(body):
                 write_atomic(path, lambda f: csv.writer(f).writerows([header, *kept]), mode="w", newline="")
+            if kept:
+                self.last_loss = float(kept[-1][header.index("loss")])
         self.file = open(path, "a" if rows else "w", newline="")
         self.writer = csv.writer(self.file)
         if not rows:
@@ -323,7 +325,7 @@ def train(args):
                "train_seconds": round(train_seconds, 3), "images_per_second": round(step * args.batch_size /
                                                                                    max(train_seconds, 1e-9), 1),
                "params": count_parameters(model), "epochs": args.epochs, "steps": step, "seed": args.seed,
-               "final_train_loss": history[-1][1] if history else None}
+               "final_train_loss": history[-1][1] if history else log.last_loss}   # (a resumed finished run)
     save_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
     if not args.no_plots:                          # the test set and its evaluation are at hand: reuse them
         from mnist.visualize import visualize_run

@@ -102,6 +102,9 @@ def test_resume_writes_next_to_its_checkpoint_not_into_the_folder_it_was_trained
     assert train_mod.main(["--resume", str(copy / "checkpoint.npz"), *QUICK]) == 0
     assert f"-> {copy}" in capsys.readouterr().out
     assert {f.name: f.read_bytes() for f in first.iterdir()} == before
+    import json                                   # a finished run resumed keeps its final loss (from log.csv)
+    loss, again = (json.loads((d / "metrics.json").read_text())["final_train_loss"] for d in (first, copy))
+    assert again == pytest.approx(loss, rel=1e-5)
 
 
 @pytest.mark.parametrize("edit, fragment", [
@@ -136,7 +139,8 @@ def test_evaluate_refuses_weights_holding_nan(tmp_path, capsys):
     assert "the weights hold NaN or inf (0.0.weight)" in capsys.readouterr().err
 
 
-def test_train_out_under_a_regular_file(tmp_path, capsys):
+def test_train_out_under_a_regular_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(40))     # (the folder is made after loading the data)
     (tmp_path / "file").write_text("")
     assert train_mod.main(["--limit", "40", *QUICK, "--out", str(tmp_path / "file" / "run")]) == 1
     err = capsys.readouterr().err
