@@ -115,11 +115,11 @@ def parse_args(argv=None):
     for flag in ("epochs", "batch_size", "threads", "log_every", "checkpoint_every"):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    for flag, low, high, what in (("max_lr", 0, math.inf, "> 0"), ("lr", 0, math.inf, ">= 0"),
-                                  ("momentum", 0, math.inf, ">= 0"), ("clip", 0, math.inf, ">= 0 (0: no clipping)"),
-                                  ("pct_start", 0, 1, "in [0, 1]"), ("dropout", 0, 1, "in [0, 1]")):
+    for flag, ok, what in (("max_lr", lambda v: v > 0, "> 0"), ("lr", lambda v: v >= 0, ">= 0"),
+                           ("momentum", lambda v: v >= 0, ">= 0"), ("clip", lambda v: v >= 0, ">= 0 (0: no clipping)"),
+                           ("pct_start", lambda v: 0 <= v < 1, "in [0, 1)"), ("dropout", lambda v: 0 <= v <= 1, "in [0, 1]")):
         value = getattr(args, flag)              # (NaN fails every comparison, so it is refused too)
-        if not (low <= value <= high and math.isfinite(value)) or (flag == "max_lr" and value == 0):
+        if not (math.isfinite(value) and ok(value)):
             ap.error(f"--{flag.replace('_', '-')} must be a finite number {what}, got {value}")
     if args.limit is not None and args.limit < args.batch_size:
         ap.error(f"--limit must be at least the batch size ({args.batch_size})")
@@ -180,8 +180,10 @@ class CsvLog:
             kept = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= resume_step]
             if len(kept) < len(body):
                 write_atomic(path, lambda f: csv.writer(f).writerows([header, *kept]), mode="w", newline="")
-            if kept:
-                self.last_loss = float(kept[-1][header.index("loss")])
+            try:                                   # (6 significant digits, as written)
+                self.last_loss = float(kept[-1][header.index("loss")]) if kept else None
+            except ValueError:                     # a log edited by hand: no final loss, not a failed resume
+                pass
         self.file = open(path, "a" if rows else "w", newline="")
         self.writer = csv.writer(self.file)
         if not rows:
@@ -200,16 +202,18 @@ RUN_FILES = ("config.json", "log.csv", "checkpoint.npz", "model.npz", "metrics.j
 
 def check_run_dir(run_dir, resume):
     """A run directory is a new or empty folder, or, when resuming, the checkpoint's own folder:
-    a new run into another run's folder would mix its files with the old run's (or, with a run
-    still going there, interleave two logs)."""
+    a new run into another run's folder would mix its files with the old run's. (Checked at the
+    start, not locked: two runs started into one folder within a second can both pass.)"""
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise ValueError(f"--out {run_dir} is a file, not a folder")
     if resume and os.path.isdir(run_dir) and os.path.samefile(os.path.dirname(os.path.abspath(resume)), run_dir):
         return                                     # the resumed run's own folder
     held = [f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f))]
     if held:
-        raise ValueError(f"{run_dir} already holds a run ({', '.join(held)}): continue it with --resume "
-                         f"{os.path.join(run_dir, 'checkpoint.npz')}, or give another --out (or delete that folder)")
+        ckpt = os.path.join(run_dir, "checkpoint.npz")
+        resume = f"continue it with --resume {ckpt}, or " if "checkpoint.npz" in held else ""
+        raise ValueError(f"{run_dir} already holds a run ({', '.join(held)}): {resume}give another --out "
+                         "(or delete that folder)")
 
 
 def train(args):
@@ -229,6 +233,9 @@ def train(args):
 
     steps_per_epoch = num_batches(len(train_x), args.batch_size)
     total_steps = args.epochs * steps_per_epoch
+    if args.pct_start * total_steps == 1:        # (a warm-up ending at step 0: PyTorch's formula divides by 0)
+        raise ValueError(f"--pct-start {args.pct_start} of {total_steps} steps is a warm-up of one step, which "
+                         "OneCycleLR cannot anneal over: choose another --pct-start")
     model, criterion, optimizer, scheduler = build_trainer(args, total_steps)
     step, train_seconds = 0, 0.0
     if args.resume:

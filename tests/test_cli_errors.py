@@ -61,7 +61,8 @@ def test_train_limit_above_the_training_set_names_its_size(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("flag, value", [("--max-lr", "nan"), ("--max-lr", "inf"), ("--max-lr", "0"), ("--max-lr", "-0.1"),
                                          ("--clip", "nan"), ("--clip", "-1"), ("--lr", "nan"), ("--momentum", "-0.5"),
-                                         ("--pct-start", "1.5"), ("--dropout", "1.5"), ("--dropout", "nan")])
+                                         ("--pct-start", "1.5"), ("--pct-start", "1"), ("--dropout", "1.5"),
+                                         ("--dropout", "nan")])
 def test_train_recipe_numbers_out_of_range_are_usage_errors(flag, value, capsys):
     """Refused as the command line is read, naming the flag (NaN used to start training and fail at
     step 2 with advice to lower the lr; --clip -1 silently turned clipping off)."""
@@ -81,6 +82,23 @@ def test_train_refuses_an_out_folder_that_holds_a_run(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err
     assert f"{tmp_path} already holds a run" in err and f"--resume {tmp_path / 'checkpoint.npz'}" in err
     assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
+
+
+def test_train_pct_start_that_leaves_a_one_step_warm_up(tmp_path, monkeypatch, capsys):
+    """0.1 of 10 steps: OneCycleLR's warm-up would end at step 0 and its formula divide by zero
+    (PyTorch's too), after the whole run; refused before training."""
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(40))
+    assert train_mod.main(["--limit", "40", "--pct-start", "0.1", *QUICK, "--out", str(tmp_path / "run")]) == 1
+    assert "--pct-start 0.1 of 10 steps is a warm-up of one step" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_holding_a_run_without_checkpoint_is_not_offered_for_resume(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    (tmp_path / "log.csv").write_text("step\n")
+    assert train_mod.main(["--limit", "12", *QUICK, "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "already holds a run (log.csv): give another --out" in err and "--resume" not in err
 
 
 def test_train_out_that_is_a_file(tmp_path, capsys):

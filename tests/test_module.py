@@ -163,27 +163,43 @@ def test_block_backward_after_an_eval_forward_under_no_grad_is_an_error_and_touc
     assert block[1].weight.grad is None and block[0].weight.grad is None
 
 
-# --- one instance once in a model; shared Parameters listed once ------------------------------------------
+# --- a module run twice in one Sequential; shared Parameters listed once ------------------------------------
 @pytest.mark.parametrize("build", [
     pytest.param(lambda act: nn.Sequential(nn.Linear(4, 4), act, nn.Linear(4, 4), act), id="same-ReLU-twice"),
     pytest.param(lambda act: nn.Sequential(nn.Sequential(act), nn.Sequential(nn.Linear(4, 4), act)), id="nested"),
+    pytest.param(lambda act: setattr(nn.Sequential(nn.Linear(4, 4), act), "extra", act), id="assigned-later"),
 ])
-def test_a_module_used_twice_in_a_model_is_refused(build):
-    """Its cache holds one forward's values, so the second use would silently corrupt the first's
-    backward (measured before the check: dx off by 0.55): the assignment is refused instead."""
-    with pytest.raises(ValueError, match=r"ReLU is already in this model .*cannot be used twice"):
+def test_a_module_a_sequential_would_run_twice_is_refused(build):
+    """Its cache holds one call's values, so the second call would silently corrupt the first's
+    backward (measured before the check: dx off by 0.55): the Sequential refuses it instead."""
+    with pytest.raises(ValueError, match=r"ReLU at '.*' is already at '.*', so forward would run it twice"):
         build(nn.ReLU())
 
 
-def test_a_module_cannot_contain_itself_but_can_wrap_the_child_it_replaces():
+def test_a_sequential_cannot_contain_itself_but_can_wrap_the_child_it_replaces():
     seq = nn.Sequential(nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="the model itself"):
+    with pytest.raises(ValueError, match="already at this Sequential"):
         seq.loop = seq
     holder = nn.Sequential()
     holder.block = nn.Linear(2, 2)
     holder.block = nn.Sequential(holder.block, nn.ReLU())       # the old child, wrapped: allowed
     holder.block = holder.block                                  # and assigned to itself
     assert [n for n, _ in holder.named_modules()] == ["", "block", "block.0", "block.1"]
+
+
+def test_a_module_may_hold_a_handle_to_a_layer_and_swap_its_children():
+    """What a hand-written forward does with its children is its own business, as in PyTorch: a
+    second name for a layer (which named_modules lists once), or two children swapped."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Linear(3, 3), nn.GELU())
+            self.first = self.features[0]
+            self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 2)
+            self.a, self.b = self.b, self.a
+    net = Net()
+    assert [n for n, _ in net.named_modules()] == ["", "features", "features.0", "features.1", "a", "b"]
+    assert len(net.parameters()) == 6 and "first.weight" in net.state_dict()
 
 
 def test_a_shared_parameter_is_listed_once_and_gets_both_uses_gradients():

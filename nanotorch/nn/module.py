@@ -12,9 +12,10 @@ are registered on assignment, so ``state_dict()`` keys follow PyTorch's
 
 The cache holds one forward's values, which sets three rules PyTorch's autograd does not have:
 a backward works from the last forward; a second backward of the same forward adds the
-gradients again (as PyTorch's ``retain_graph=True``); and a module instance can be used only
-once in a model, so assigning one that is already there is refused (share weights by sharing
-the Parameter instead).
+gradients again (as PyTorch's ``retain_graph=True``); and a module instance must not run twice
+in one forward pass, since its second call overwrites what the first call's backward needs
+(share weights by sharing the Parameter instead: ``b.weight = a.weight``). A Sequential refuses
+a module that it would run twice; a hand-written forward must keep the rule itself.
 """
 from collections import OrderedDict, namedtuple
 
@@ -107,8 +108,6 @@ class Module:
             raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
         for registry, kind, what in ((self._parameters, Parameter, "parameter"), (self._modules, Module, "child module")):
             if isinstance(value, kind):
-                if kind is Module and registry.get(name) is not value:
-                    self._check_new_child(name, value)
                 registry[name] = value
                 break
             if name in registry:       # as PyTorch: None keeps the name with nothing under it, which
@@ -118,23 +117,6 @@ class Module:
                 registry[name] = None
                 break
         object.__setattr__(self, name, value)
-
-    def _check_new_child(self, name, child):
-        """A module instance may appear only once in a model: its cache holds one forward's values,
-        so a second use in the same forward pass would overwrite what the first use's backward needs
-        (PyTorch's autograd keeps both; nanotorch refuses). Checked against this module's own tree,
-        leaving out the child that ``name`` replaces."""
-        where = {id(self): "the model itself"}
-        for other, m in self._modules.items():
-            if other != name and m is not None:
-                where.update((id(sub), f"'{path}'") for path, sub in m.named_modules(other, remove_duplicate=False))
-        for _, sub in child.named_modules(remove_duplicate=False):
-            if id(sub) in where:
-                raise ValueError(
-                    f"{type(self).__name__}: cannot add '{name}': its {type(sub).__name__} is already in this model "
-                    f"({where[id(sub)]}). A layer keeps what its last forward saved for its backward, so one "
-                    "instance cannot be used twice: create another (to share weights, share the Parameter: "
-                    "b.weight = a.weight)")
 
     def register_buffer(self, name, array):
         """A saved, non-trainable array (BatchNorm's running statistics)."""
@@ -304,14 +286,35 @@ class Sequential(Module):
         for i, layer in enumerate(layers):
             if not isinstance(layer, Module):
                 raise TypeError(f"Sequential: item {i} is a {type(layer).__name__}, expected a Module")
-            setattr(self, str(i), layer)
+        self._refuse_running_twice(dict(enumerate(layers)))
+        for i, layer in enumerate(layers):
+            Module.__setattr__(self, str(i), layer)
+
+    def __setattr__(self, name, value):
+        if isinstance(value, Module) and self._modules.get(name) is not value:
+            self._refuse_running_twice({**{n: m for n, m in self._modules.items() if n != name}, name: value})
+        super().__setattr__(name, value)
+
+    def _refuse_running_twice(self, children):
+        """forward runs every child, and a child Sequential every one of its own: a module reached
+        twice that way would run twice in one pass, and its backward would see only the second
+        call's values (wrong gradients, silently). Refused, as is this Sequential inside itself."""
+        seen = {id(self): "this Sequential"}
+        for name, child in children.items():
+            for path, m in _runs(child, str(name)):
+                if id(m) in seen:
+                    raise ValueError(
+                        f"Sequential: its {type(m).__name__} at '{path}' is already at {seen[id(m)]}, so forward "
+                        "would run it twice, and a layer keeps only its last call's values for the backward: "
+                        "use another instance (to share weights, share the Parameter: b.weight = a.weight)")
+                seen[id(m)] = f"'{path}'"
 
     def __getitem__(self, i):
         """A child, or for a slice a Sequential of those children under their own names (as PyTorch)."""
         if isinstance(i, slice):
             part = Sequential()
             for name, layer in list(self._modules.items())[i]:
-                setattr(part, name, layer)
+                Module.__setattr__(part, name, layer)          # (part of a valid Sequential: nothing to check)
             return part
         return list(self._modules.values())[i]
 
@@ -330,3 +333,12 @@ class Sequential(Module):
         for layer in reversed(self._modules.values()):
             grad_out = layer.backward(grad_out)
         return grad_out
+
+
+def _runs(module, path):
+    """(path, module) for ``module`` and, if it is a Sequential, everything its forward runs."""
+    yield path, module
+    if isinstance(module, Sequential):
+        for name, child in module._modules.items():
+            if child is not None:
+                yield from _runs(child, f"{path}.{name}")
