@@ -40,6 +40,11 @@ def load_npz(path):
         raise ValueError(f"{path} is not a readable .npz checkpoint ({e})") from e
 
 
+def nonfinite_keys(state):
+    """The keys of a state_dict whose floating arrays hold NaN or inf (weights that would only predict one class)."""
+    return [k for k, v in state.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()]
+
+
 def save_model(path, model):
     save_npz_atomic(path, model.state_dict())
 
@@ -57,7 +62,7 @@ def load_model(path, dropout=0.15):
     model = build_model(dropout=dropout)
     state = model_state_from(load_npz(path))
     model.load_state_dict(state)
-    bad = [k for k, v in state.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()]
+    bad = nonfinite_keys(state)
     if bad:
         raise ValueError(f"{path}: the weights hold NaN or inf ({', '.join(bad)})")
     return model.eval()

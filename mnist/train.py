@@ -32,7 +32,8 @@ from tqdm import tqdm
 import nanotorch as nt
 from nanotorch import nn, optim
 from nanotorch.nn.utils import clip_grad_norm_
-from mnist.checkpoint import checkpoint_state, load_checkpoint, save_checkpoint, save_json_atomic, save_model
+from mnist.checkpoint import (checkpoint_state, load_checkpoint, nonfinite_keys, save_checkpoint, save_json_atomic,
+                              save_model)
 from mnist.data import iterate_batches, load_mnist, normalize, num_batches
 from mnist.evaluate import evaluate
 from mnist.files import write_atomic
@@ -211,8 +212,8 @@ def check_run_dir(run_dir, resume):
     held = [f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f))]
     if held:
         ckpt = os.path.join(run_dir, "checkpoint.npz")
-        resume = f"continue it with --resume {ckpt}, or " if "checkpoint.npz" in held else ""
-        raise ValueError(f"{run_dir} already holds a run ({', '.join(held)}): {resume}give another --out "
+        hint = f"continue it with --resume {ckpt}, or " if "checkpoint.npz" in held else ""
+        raise ValueError(f"{run_dir} already holds a run ({', '.join(held)}): {hint}give another --out "
                          "(or delete that folder)")
 
 
@@ -258,7 +259,7 @@ def train(args):
     def checkpoint():
         """Save checkpoint.npz unless the model holds NaN or inf."""
         nonlocal last_saved
-        if not all(np.isfinite(v).all() for v in model.state_dict().values()):
+        if nonfinite_keys(model.state_dict()):
             print(f"\nnot saving a checkpoint at step {step}: the model holds NaN or inf", file=sys.stderr)
             return
         save_checkpoint(os.path.join(run_dir, "checkpoint.npz"), model, optimizer, scheduler, {
