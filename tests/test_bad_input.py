@@ -351,21 +351,54 @@ def test_pytorch_positional_arguments_at_their_defaults_land_where_pytorchs_do()
     assert nn.CrossEntropyLoss(None, None, -100, None, "sum").reduction == "sum"
 
 
+@pytest.mark.parametrize("size_average, reduce, reduction", [
+    (None, True, "mean"), (True, None, "mean"), (False, None, "sum"), (False, True, "sum"), (0, 1, "sum"),
+])
+def test_cross_entropy_deprecated_size_average_and_reduce_set_the_reduction(size_average, reduce, reduction):
+    """As in PyTorch (None means True), and they override ``reduction``, with a warning."""
+    with pytest.warns(UserWarning, match=rf"deprecated.*reduction='{reduction}'"):
+        crit = nn.CrossEntropyLoss(None, size_average, -100, reduce, "sum" if reduction == "mean" else "mean")
+    assert crit.reduction == reduction
+
+
+def test_cross_entropy_reduce_false_asks_for_reduction_none_which_is_refused():
+    with pytest.warns(UserWarning, match="reduction='none'"), raises(ValueError, "CrossEntropyLoss", "'none'"):
+        nn.CrossEntropyLoss(reduce=False)
+
+
 # --- empty batches and empty planes ---------------------------------------------------------------------
 @pytest.mark.parametrize("build, shape", [
     pytest.param(lambda: nn.Conv2d(3, 4, 3, padding=1), (0, 3, 28, 28), id="Conv2d-direct"),
     pytest.param(lambda: nn.Conv2d(3, 4, 3), (0, 3, 5, 5), id="Conv2d-im2col"),
     pytest.param(lambda: nn.Linear(3, 2), (0, 3), id="Linear"),
     pytest.param(lambda: nn.MaxPool2d(2), (0, 3, 4, 4), id="MaxPool2d"),
+    pytest.param(lambda: nn.BatchNorm2d(3), (0, 3, 4, 4), id="BatchNorm2d"),
+    pytest.param(lambda: nn.BatchNorm1d(3), (0, 3), id="BatchNorm1d"),
+    pytest.param(lambda: nn.BatchNorm1d(3), (2, 3, 0), id="BatchNorm1d-L0"),
+    pytest.param(lambda: nn.ConvBNGELU(3, 4, 3, padding=1), (0, 3, 6, 6), id="ConvBNGELU"),
+    pytest.param(lambda: build_model(), (0, 1, 28, 28), id="model"),
 ])
 def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(build, shape):
     """As PyTorch: an empty batch is not an error (the backward's reshape used to fail for Conv2d)."""
     layer = build()
     y = layer(np.zeros(shape, np.float32))
-    assert y.shape[0] == 0
+    assert y.size == 0
     assert layer.backward(np.zeros_like(y)).shape == shape
     for p in layer.parameters():
         np.testing.assert_array_equal(p.grad, 0)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_batchnorm_counts_an_empty_training_batch_and_keeps_its_running_statistics(momentum):
+    """As PyTorch: num_batches_tracked goes up, the running statistics have nothing to take in."""
+    for layer in (nn.BatchNorm2d(3, momentum=momentum), nn.ConvBNGELU(3, 3, 3, padding=1)):
+        bn = layer if isinstance(layer, nn.BatchNorm2d) else layer[1]
+        bn.momentum = momentum
+        bn.running_mean[...], bn.running_var[...] = 5.0, 7.0
+        layer(np.zeros((0, 3, 4, 4), np.float32))
+        assert int(bn.num_batches_tracked) == 1
+        np.testing.assert_array_equal(bn.running_mean, 5.0)
+        np.testing.assert_array_equal(bn.running_var, 7.0)
 
 
 def test_adaptive_avg_pool_of_an_empty_plane():

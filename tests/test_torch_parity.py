@@ -320,6 +320,37 @@ def test_cross_entropy_matches_torch(reduction, n, k, scale, grad_out):
     close(grad, zt.grad, "d loss / d logits")
 
 
+@pytest.mark.parametrize("build, shape", [
+    pytest.param(lambda nn: nn.BatchNorm2d(3), (0, 3, 4, 4), id="BatchNorm2d"),
+    pytest.param(lambda nn: nn.BatchNorm1d(3, momentum=None), (2, 3, 0), id="BatchNorm1d-cumulative"),
+])
+def test_batchnorm_of_an_empty_training_batch_matches_torch(build, shape):
+    """An empty output and zero gradients; the batch is counted and the running statistics kept."""
+    ours, theirs = build(nt_nn), build(torch.nn).double()
+    ours.running_mean[...], ours.running_var[...] = 5.0, 7.0
+    theirs.load_state_dict(torch_state(ours.to(np.float64)))
+    x = np.zeros(shape)
+    xt = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    y, yt = ours(x), theirs(xt)
+    close(y, yt, "output")
+    yt.sum().backward()
+    close(ours.backward(np.ones_like(y)), xt.grad, "d input")
+    for (name, p), pt in zip(ours.named_parameters(), theirs.parameters()):
+        close(p.grad, pt.grad, name)
+    for name, buf in theirs.state_dict().items():
+        close(ours.state_dict()[name], buf, name)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")          # both warn that the pair is deprecated
+@pytest.mark.parametrize("size_average", [None, True, False, 0, 1])
+@pytest.mark.parametrize("reduce", [None, True, 1])     # (a false one means "none": refused)
+def test_cross_entropy_deprecated_size_average_and_reduce_match_torch(size_average, reduce):
+    """PyTorch's deprecated pair, which overrides ``reduction`` (here 'sum') whenever either is given."""
+    ours = nt_nn.CrossEntropyLoss(size_average=size_average, reduce=reduce, reduction="sum")
+    theirs = torch.nn.CrossEntropyLoss(size_average=size_average, reduce=reduce, reduction="sum")
+    assert ours.reduction == theirs.reduction
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_cross_entropy_of_an_empty_batch_matches_torch(reduction):
     """N = 0: the loss is nan ('mean') or 0 ('sum') and the gradient an empty (0, K) array, as torch."""

@@ -20,6 +20,8 @@ Backward in training (mu and var depend on every x of the channel, hence the two
   dx_j = sum_i g_i d xhat_i / d x_j is the line above.
 
 Evaluation uses the running statistics, which are constants, so dx = gamma * dy / sqrt(running_var + eps).
+An empty batch in training (m = 0) is the same as PyTorch's: an empty output, zero parameter gradients,
+the batch counted in num_batches_tracked and nothing folded into the running statistics.
 """
 import numpy as np
 
@@ -51,19 +53,22 @@ class _BatchNorm(Module):
                     dtype=(self.weight.data if self.weight is not None else self.running_mean).dtype)
         axes = (0,) + tuple(range(2, x.ndim))                   # every axis but the channel's
         shape = (1, -1) + (1,) * (x.ndim - 2)                   # broadcast a (C,) vector over x
-        if self.training:
-            m = x.size // x.shape[1]
-            if m < 2:
+        m = x.size // x.shape[1]                               # values per channel
+        batch_stats = self.training and m > 0
+        if batch_stats:
+            if m == 1:
                 raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when "
                                  f"training, got input shape {x.shape}")
             mu = x.mean(axis=axes)
             var = x.var(axis=axes)
             self._update_running_stats(mu, var, m)
         else:
+            if self.training:          # an empty batch: counted, with nothing to fold in, as PyTorch does
+                self._count_batch()
             mu, var = self.running_mean, self.running_var
         inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
         xhat = (x - mu.reshape(shape)) * inv_std.reshape(shape)
-        self.save_for_backward(xhat, inv_std, axes, shape, self.training)
+        self.save_for_backward(xhat, inv_std, axes, shape, batch_stats)
         y = xhat if self.weight is None else xhat * self.weight.data.reshape(shape)
         return y if self.bias is None else y + self.bias.data.reshape(shape)
 

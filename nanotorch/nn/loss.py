@@ -9,6 +9,8 @@ Backward: d loss / d z = (softmax(z) - onehot(t)) / N, since d logsumexp / d z =
 Both directions are one compiled loop each (nanotorch/kernels/loss.py, with the NumPy formulas
 beside them).
 """
+import warnings
+
 import numpy as np
 
 from nanotorch.kernels import cross_entropy_backward, cross_entropy_forward
@@ -22,10 +24,11 @@ class CrossEntropyLoss(Module):
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
                  label_smoothing=0.0):
         super().__init__()
-        for name, value, default in (("weight", weight, None), ("size_average", size_average, None),   # (PyTorch's
-                                     ("ignore_index", ignore_index, -100), ("reduce", reduce, None),   # argument
-                                     ("label_smoothing", label_smoothing, 0.0)):                      # order)
+        for name, value, default in (("weight", weight, None), ("ignore_index", ignore_index, -100),
+                                     ("label_smoothing", label_smoothing, 0.0)):
             only_default(self, name, value, default)
+        if size_average is not None or reduce is not None:         # PyTorch's deprecated pair overrides reduction
+            reduction = _legacy_reduction(size_average, reduce)
         if reduction not in ("mean", "sum"):
             raise ValueError(f"CrossEntropyLoss: reduction must be 'mean' or 'sum', got {reduction!r}")
         self.reduction = reduction
@@ -51,3 +54,14 @@ class CrossEntropyLoss(Module):
 
     def extra_repr(self):
         return f"reduction={self.reduction!r}"
+
+
+def _legacy_reduction(size_average, reduce):
+    """PyTorch's deprecated ``size_average`` and ``reduce`` (each None meaning True) as a reduction:
+    reduce=False -> 'none', else size_average -> 'mean' or 'sum'; it warns, as PyTorch does."""
+    size_average = True if size_average is None else size_average
+    reduce = True if reduce is None else reduce
+    reduction = ("mean" if size_average else "sum") if reduce else "none"
+    warnings.warn(f"size_average and reduce are deprecated, as in PyTorch: use reduction={reduction!r} instead",
+                  UserWarning, stacklevel=3)
+    return reduction
