@@ -48,13 +48,21 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+class Stopped(KeyboardInterrupt):
+    """Training stopped by a signal; ``signum`` gives the exit status 128 + signum, as the shell's."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 class StopAtStepBoundary:
     """Ctrl-C (or SIGTERM, as `kill` and `timeout` send) asks the loop to stop after the current step,
     so that a checkpoint is saved and never half-updated; a second one interrupts at once."""
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
+        self.requested = None                      # the signal that asked, once one has
 
     def __enter__(self):
         self.previous = [signal.signal(s, self._handler) for s in self.SIGNALS]
@@ -62,8 +70,8 @@ class StopAtStepBoundary:
 
     def _handler(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            raise Stopped(signum)
+        self.requested = signum
 
     def __exit__(self, *exc):
         for s, previous in zip(self.SIGNALS, self.previous):
@@ -318,7 +326,7 @@ def train(args):
                         saved = f"saved {ckpt}" if at == step else f"the last checkpoint saved is {ckpt} (step {at})"
                         print(f"\ninterrupted at step {step}/{total_steps}; {saved}\n"
                               f"resume with: python -m mnist.train --resume {ckpt}", file=sys.stderr)
-                    raise KeyboardInterrupt
+                    raise Stopped(stop.requested)
             train_seconds += time.perf_counter() - started
             bar.close()
             result = evaluate(model, test_x, test_y, threads=args.threads)
@@ -349,8 +357,8 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         run_dir, m = train(args)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:                       # 130 for Ctrl-C, 143 for SIGTERM
+        return 128 + getattr(e, "signum", signal.SIGINT)
     except (ValueError, OSError, RuntimeError) as e:    # TrainingDiverged, bad data, an unwritable --out, ...
         print(f"error: {e}", file=sys.stderr)
         return 1
