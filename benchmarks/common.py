@@ -42,7 +42,7 @@ def threads(n, torch=None):
     import nanotorch as nt
     before = nt.get_num_threads()
     nt.set_num_threads(n)
-    info = {"threads": n, "numba": nt.get_num_threads(), "blas": 1, "torch": None}
+    info = {"threads": n, "numba": nt.get_num_threads(), "blas": 1, "blas_kernels": blas_kernels(), "torch": None}
     try:
         with contextlib.ExitStack() as stack:
             if torch is not None:
@@ -51,6 +51,16 @@ def threads(n, torch=None):
             yield info
     finally:
         nt.set_num_threads(before)
+
+
+def blas_kernels():
+    """Which kernels NumPy's BLAS runs, as threadpoolctl reports them (OpenBLAS's "Haswell" are AVX2,
+    "SkylakeX" AVX-512), and OPENBLAS_CORETYPE if the environment chose them: a machine that sets
+    OPENBLAS_CORETYPE=Haswell runs its products at about half the speed of an AVX-512 CPU's own choice."""
+    from threadpoolctl import threadpool_info
+    names = sorted({i.get("architecture") or "?" for i in threadpool_info() if i.get("user_api") == "blas"})
+    chosen = os.environ.get("OPENBLAS_CORETYPE")
+    return "/".join(names) + (f" (OPENBLAS_CORETYPE={chosen})" if chosen else "")
 
 
 @contextlib.contextmanager
