@@ -10,8 +10,10 @@ the schedule as soon as it is built, as in PyTorch. One training step reads like
     optimizer.zero_grad(); model.backward(criterion.backward())  # backward, by hand
     clip_grad_norm_(params, 1.0); optimizer.step(); scheduler.step()
 
-The run directory gets model.npz, checkpoint.npz (for --resume), metrics.json, log.csv,
-config.json and the pictures of mnist.visualize.
+The run directory (--out, or runs/<date-time>, with -2, -3, ... added if another run took that
+name in the same second) gets model.npz, checkpoint.npz (for --resume), metrics.json, log.csv,
+config.json and the pictures of mnist.visualize. A new run never writes into a folder that holds
+a run: one run claims a folder by creating its config.json, which only one process can.
 
 --resume CHECKPOINT continues that run exactly as it was configured: the recipe flags (those of
 RECIPE, and --limit) may be left out or repeated with the same values, but not changed (a new
@@ -211,12 +213,12 @@ RUN_FILES = ("config.json", "log.csv", "checkpoint.npz", "model.npz", "metrics.j
 
 def check_run_dir(run_dir, resume):
     """A run directory is a new or empty folder, or, when resuming, the checkpoint's own folder:
-    a new run into another run's folder would mix its files with the old run's. (Checked at the
-    start, not locked: two runs started into one folder within a second can both pass.)"""
+    a new run into another run's folder would mix its files with the old run's. Checked at the
+    start, before the data loads; claim_run_dir settles a race between two runs started at once."""
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise ValueError(f"--out {run_dir} is a file, not a folder")
-    if resume and os.path.isdir(run_dir) and os.path.samefile(os.path.dirname(os.path.abspath(resume)), run_dir):
-        return                                     # the resumed run's own folder
+    if resumes_in_place(run_dir, resume):
+        return
     held = [f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f))]
     if held:
         ckpt = os.path.join(run_dir, "checkpoint.npz")
@@ -225,13 +227,33 @@ def check_run_dir(run_dir, resume):
                          "(or delete that folder)")
 
 
+def resumes_in_place(run_dir, resume):
+    """Whether run_dir is the folder of the checkpoint being resumed (which holds its run already)."""
+    return bool(resume) and os.path.isdir(run_dir) and os.path.samefile(os.path.dirname(os.path.abspath(resume)),
+                                                                        run_dir)
+
+
+def claim_run_dir(run_dir):
+    """Make the run folder and claim it by creating its config.json, which only one process can do
+    (O_EXCL): of two runs started into one folder at once, one gets it. Returns False if a run
+    already holds the folder (the caller then gives check_run_dir's error, or another name)."""
+    os.makedirs(run_dir, exist_ok=True)
+    try:
+        os.close(os.open(os.path.join(run_dir, "config.json"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
 def train(args):
     """Run the recipe described by ``args``; returns (run_dir, metrics dict)."""
     nt.set_num_threads(args.threads)
     config = {k: v for k, v in vars(args).items() if k not in ("resume", "quiet", "no_plots")}
+    default_dir = not args.out and not args.resume      # runs/<date-time>, or -2, -3, ... if that is taken
     run_dir = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume
                            else os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
-    check_run_dir(run_dir, args.resume)
+    if not default_dir:
+        check_run_dir(run_dir, args.resume)
 
     train_x, train_y = load_mnist("train", data_dir=args.data_dir)
     test_x, test_y = load_mnist("test", data_dir=args.data_dir)
@@ -258,7 +280,13 @@ def train(args):
     else:
         from mnist.summary import format_summary, summarize
         print(format_summary(summarize(model)))
-    os.makedirs(run_dir, exist_ok=True)            # (only now: a run that fails its checks leaves no folder)
+    base, n = run_dir, 1                 # (only now: a run that fails its checks leaves no folder)
+    while not resumes_in_place(run_dir, args.resume) and not claim_run_dir(run_dir):
+        if not default_dir:
+            check_run_dir(run_dir, args.resume)          # raises: another run holds it
+            raise ValueError(f"{run_dir} was taken by another run as this one started: give another --out")
+        n += 1
+        run_dir = f"{base}-{n}"
     save_json_atomic(os.path.join(run_dir, "config.json"), config)
     print(f"training on {len(train_x)} images, batch {args.batch_size}, {total_steps} steps, into {run_dir}")
 

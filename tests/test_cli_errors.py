@@ -84,6 +84,43 @@ def test_train_refuses_an_out_folder_that_holds_a_run(tmp_path, monkeypatch, cap
     assert {f.name: f.read_bytes() for f in tmp_path.iterdir()} == before
 
 
+def test_of_two_runs_started_into_one_folder_at_once_only_one_trains(tmp_path, monkeypatch, capsys):
+    """Both pass the early check; the other run claims the folder (its config.json) while this one
+    loads the data: this one stops with the same error, leaving the other's files alone."""
+    out = tmp_path / "run"
+    load = tiny_mnist(12)
+
+    def other_run_claims_the_folder(split="train", data_dir=None, **kw):
+        out.mkdir(exist_ok=True)
+        if not (out / "config.json").exists():
+            (out / "config.json").write_text("the other run's")
+        return load(split)
+    monkeypatch.setattr(train_mod, "load_mnist", other_run_claims_the_folder)
+    assert train_mod.main(["--limit", "12", *QUICK, "--out", str(out)]) == 1
+    assert f"{out} already holds a run (config.json)" in capsys.readouterr().err
+    assert [f.name for f in out.iterdir()] == ["config.json"]
+    assert (out / "config.json").read_text() == "the other run's"
+
+
+def test_claim_run_dir_succeeds_once(tmp_path):
+    assert train_mod.claim_run_dir(str(tmp_path / "a" / "b"))
+    assert not train_mod.claim_run_dir(str(tmp_path / "a" / "b"))
+
+
+def test_a_default_run_folder_that_is_taken_gets_a_suffix(tmp_path, monkeypatch, capsys):
+    """Two runs started in the same second (say, two seeds launched together, without --out) would
+    both name their folder runs/<date-time>: the second trains into runs/<date-time>-2."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    monkeypatch.setattr(train_mod.time, "strftime", lambda fmt, *a: "20261126-120000")
+    (tmp_path / "runs" / "20261126-120000").mkdir(parents=True)
+    (tmp_path / "runs" / "20261126-120000" / "config.json").write_text("{}")
+    assert train_mod.main(["--limit", "12", *QUICK]) == 0
+    assert "-> runs/20261126-120000-2" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "20261126-120000-2" / "model.npz").exists()
+    assert [f.name for f in (tmp_path / "runs" / "20261126-120000").iterdir()] == ["config.json"]
+
+
 def test_train_pct_start_that_leaves_a_one_step_warm_up(tmp_path, monkeypatch, capsys):
     """0.1 of 10 steps: OneCycleLR's warm-up would end at step 0 and its formula divide by zero
     (PyTorch's too), after the whole run; refused before training."""
