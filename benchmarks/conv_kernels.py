@@ -19,7 +19,10 @@ To add an implementation, register a factory (see ``register``):
         return {"forward": lambda: my_conv(x, w, padding), "grad_input": ..., "grad_weight": ...}
 
 The SGEMM "peak" is what OpenBLAS reaches on a large product, not the CPU's theoretical peak:
-a library with better small-matrix kernels (torch's oneDNN) can exceed 100%.
+a library with better small-matrix kernels (torch's oneDNN) can exceed 100%. It also depends on
+which of OpenBLAS's kernels run, which the first line prints: an environment that sets
+OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU (as this project's Zen 5 machine does) gets the AVX2
+kernels at about half the AVX-512 ones' rate, and Numba's AVX-512 loops then pass 100%.
 """
 import argparse
 import os
