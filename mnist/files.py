@@ -2,7 +2,9 @@
 
 A file is written to a temp file in its destination's folder (so the final rename stays on one
 file system and is atomic), then ``move_into_place`` syncs it, gives it the mode a newly created
-file gets, and renames it onto the destination.
+file gets, and renames it onto the destination. ``write_new`` creates a file only if its name is
+free, complete or not at all: the finished temp file is hard-linked to the name, which fails if
+the name exists (so of several processes, one wins).
 """
 import os
 import tempfile
@@ -11,19 +13,34 @@ _UMASK = os.umask(0)            # read once, at import: setting it back and fort
 os.umask(_UMASK)                # other threads creating files
 
 
-def move_into_place(tmp, path):
+def move_into_place(tmp, path, replace=True):
     """fsync the closed temp file ``tmp``, give it mode 0o666 & ~umask (mkstemp makes 0600, which
-    other users of a shared folder could not read), then os.replace it onto ``path``."""
+    other users of a shared folder could not read), then os.replace it onto ``path`` (or, with
+    replace=False, os.link it to ``path``, raising FileExistsError if path exists, and remove tmp)."""
     fd = os.open(tmp, os.O_RDWR)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)
-    os.replace(tmp, path)
+    if replace:
+        os.replace(tmp, path)
+    else:
+        os.link(tmp, path)
+        os.unlink(tmp)
 
 
-def write_atomic(path, write, mode="wb", newline=None):
+def write_new(path, write, mode="wb"):
+    """write_atomic, but only if ``path`` does not exist yet: returns False, writing nothing, if it
+    does (or another process creates it first)."""
+    try:
+        write_atomic(path, write, mode, replace=False)
+    except FileExistsError:
+        return False
+    return True
+
+
+def write_atomic(path, write, mode="wb", newline=None, replace=True):
     """Call write(file) on a temp file in path's folder (created if missing), then move_into_place;
     on any error the temp file is removed and the old file, if any, is left as it was. ``mode`` and
     ``newline`` as open()'s (csv files want newline="")."""
@@ -36,7 +53,7 @@ def write_atomic(path, write, mode="wb", newline=None):
     try:
         with os.fdopen(fd, mode, newline=newline) as f:
             write(f)
-        move_into_place(tmp, path)
+        move_into_place(tmp, path, replace)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -22,6 +22,7 @@ is cut back to the checkpoint's step, then appended to.
 """
 import argparse
 import csv
+import json
 import math
 import os
 import signal
@@ -38,7 +39,7 @@ from mnist.checkpoint import (checkpoint_state, load_checkpoint, nonfinite_keys,
                               save_model)
 from mnist.data import iterate_batches, load_mnist, normalize, num_batches
 from mnist.evaluate import evaluate
-from mnist.files import write_atomic
+from mnist.files import write_atomic, write_new
 from mnist.model import build_model, count_parameters
 
 RECIPE = dict(batch_size=4, lr=0.001, momentum=0.9, max_lr=0.1, pct_start=0.25, anneal_strategy="cos",
@@ -233,16 +234,11 @@ def resumes_in_place(run_dir, resume):
                                                                         run_dir)
 
 
-def claim_run_dir(run_dir):
-    """Make the run folder and claim it by creating its config.json, which only one process can do
-    (O_EXCL): of two runs started into one folder at once, one gets it. Returns False if a run
-    already holds the folder (the caller then gives check_run_dir's error, or another name)."""
-    os.makedirs(run_dir, exist_ok=True)
-    try:
-        os.close(os.open(os.path.join(run_dir, "config.json"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return False
-    return True
+def claim_run_dir(run_dir, config):
+    """Make the run folder and claim it by creating its config.json, complete, which only one
+    process can do (mnist.files.write_new): of two runs started into one folder at once, one gets
+    it. Returns False if a run already holds the folder."""
+    return write_new(os.path.join(run_dir, "config.json"), lambda f: json.dump(config, f, indent=2), mode="w")
 
 
 def train(args):
@@ -280,14 +276,17 @@ def train(args):
     else:
         from mnist.summary import format_summary, summarize
         print(format_summary(summarize(model)))
-    base, n = run_dir, 1                 # (only now: a run that fails its checks leaves no folder)
-    while not resumes_in_place(run_dir, args.resume) and not claim_run_dir(run_dir):
-        if not default_dir:
-            check_run_dir(run_dir, args.resume)          # raises: another run holds it
-            raise ValueError(f"{run_dir} was taken by another run as this one started: give another --out")
-        n += 1
-        run_dir = f"{base}-{n}"
-    save_json_atomic(os.path.join(run_dir, "config.json"), config)
+    # Claim the folder only now (a run that fails its checks leaves none behind).
+    if resumes_in_place(run_dir, args.resume):           # the run's own folder: rewrite its config
+        save_json_atomic(os.path.join(run_dir, "config.json"), config)
+    elif default_dir:                                    # runs/<date-time>, or -2, -3, ... if taken
+        base, n = run_dir, 1
+        while not claim_run_dir(run_dir, config):
+            n += 1
+            run_dir = f"{base}-{n}"
+    elif not claim_run_dir(run_dir, config):             # --out: another run took it since the check
+        check_run_dir(run_dir, args.resume)              # (raises, naming what the folder holds)
+        raise ValueError(f"{run_dir} was taken by another run as this one started: give another --out")
     print(f"training on {len(train_x)} images, batch {args.batch_size}, {total_steps} steps, into {run_dir}")
 
     last_saved = (args.resume, step) if args.resume else None     # (path, step) of the last good checkpoint
@@ -302,6 +301,19 @@ def train(args):
             "rng": nt.default_generator().bit_generator.state,
             "step": step, "total_steps": total_steps, "train_seconds": train_seconds, "config": config})
         last_saved = (os.path.join(run_dir, "checkpoint.npz"), step)
+
+    def stop_here():
+        """After a Ctrl-C or SIGTERM, once the checkpoint is saved: say where to resume, and stop."""
+        log.close()
+        if last_saved is None:
+            print(f"\ninterrupted at step {step}/{total_steps}; no checkpoint was saved, "
+                  "so there is nothing to resume", file=sys.stderr)
+        else:
+            ckpt, at = last_saved
+            saved = f"saved {ckpt}" if at == step else f"the last checkpoint saved is {ckpt} (step {at})"
+            print(f"\ninterrupted at step {step}/{total_steps}; {saved}\n"
+                  f"resume with: python -m mnist.train --resume {ckpt}", file=sys.stderr)
+        raise Stopped(stop.requested)
 
     log = CsvLog(os.path.join(run_dir, "log.csv"), resume_step=step if args.resume else None)
     history, result = [], None
@@ -345,21 +357,14 @@ def train(args):
                     checkpoint()
                 if stop.requested:
                     bar.close()
-                    log.close()
-                    if last_saved is None:
-                        print(f"\ninterrupted at step {step}/{total_steps}; no checkpoint was saved, "
-                              "so there is nothing to resume", file=sys.stderr)
-                    else:
-                        ckpt, at = last_saved
-                        saved = f"saved {ckpt}" if at == step else f"the last checkpoint saved is {ckpt} (step {at})"
-                        print(f"\ninterrupted at step {step}/{total_steps}; {saved}\n"
-                              f"resume with: python -m mnist.train --resume {ckpt}", file=sys.stderr)
-                    raise Stopped(stop.requested)
+                    stop_here()
             train_seconds += time.perf_counter() - started
             bar.close()
             result = evaluate(model, test_x, test_y, threads=args.threads)
             print(f"epoch {epoch + 1}: test accuracy {100 * result['accuracy']:.2f}%")
             checkpoint()
+            if stop.requested:                     # it came during the evaluation
+                stop_here()
     log.close()
     if result is None:                             # resumed from a checkpoint of a finished run
         result = evaluate(model, test_x, test_y, threads=args.threads)
@@ -396,5 +401,18 @@ def main(argv=None):
     return 0
 
 
+def exit_with(status):
+    """sys.exit(status), except after a stop by Ctrl-C or SIGTERM (status 128 + the signal): then the
+    process ends by that signal, as Python itself does after a Ctrl-C, so that a shell loop running
+    several trainings stops too (a shell shows the status 128 + the signal either way)."""
+    signum = status - 128
+    if signum in (signal.SIGINT, signal.SIGTERM):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -5,15 +5,16 @@ L = sum(f(x) * g) has dL/dx = f.backward(g) and dL/dtheta = theta.grad. Each ent
 
     numeric = sum((f(v + eps) - f(v - eps)) * g) / (2 eps)    error O(eps^2) from the Taylor series
 
-plus a rounding error of about 1e-16 * |L| / eps, which a small eps magnifies: the default eps = 1e-5
-sits near the best trade-off for float64, (1e-16)^(1/3). With eps = 1e-6, small gradient entries of a
-conv + BatchNorm + GELU block showed relative errors of 1e-6, which moved with the BLAS kernels'
-rounding; with 1e-5, under 1e-8 for every layer in tests/test_gradcheck.py.
+plus a rounding error of about 1e-16 * |L| / eps, which a small eps magnifies; the error reported is
+relative:  |analytic - numeric| / max(|analytic| + |numeric|, floor). ``floor`` keeps entries that
+are zero up to rounding (e.g. a bias followed by BatchNorm) from dividing noise by noise. For deep
+networks, where many gradient entries are tiny and rounding noise is not, ``scaled_errors``
+measures each tensor's worst error against its largest entry.
 
-and the error reported is relative:  |analytic - numeric| / max(|analytic| + |numeric|, floor).
-``floor`` keeps entries that are zero up to rounding (e.g. a bias followed by BatchNorm) from
-dividing noise by noise. For deep networks, where many gradient entries are tiny and rounding
-noise is not, ``scaled_errors`` measures each tensor's worst error against its largest entry.
+The default eps = 1e-5 sits near the best trade-off for float64, (1e-16)^(1/3). With eps = 1e-6,
+small gradient entries of a conv + BatchNorm + GELU block showed relative errors of 1e-6, which
+moved with the BLAS kernels' rounding; with 1e-5, under 1e-8 for every layer in
+tests/test_gradcheck.py.
 
 Max pooling is not differentiable where two window entries tie; a perturbation larger than the
 gap between them flips the argmax and the difference quotient jumps. Deep networks have many

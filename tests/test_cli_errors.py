@@ -4,6 +4,8 @@ with a one-line error naming what was expected: a usage error (exit 2) for a fla
 
 Everything here runs in-process on tiny synthetic data (load_mnist patched): no MNIST files needed.
 """
+import json
+
 import numpy as np
 import pytest
 
@@ -102,9 +104,13 @@ def test_of_two_runs_started_into_one_folder_at_once_only_one_trains(tmp_path, m
     assert (out / "config.json").read_text() == "the other run's"
 
 
-def test_claim_run_dir_succeeds_once(tmp_path):
-    assert train_mod.claim_run_dir(str(tmp_path / "a" / "b"))
-    assert not train_mod.claim_run_dir(str(tmp_path / "a" / "b"))
+def test_claim_run_dir_succeeds_once_and_writes_the_whole_config(tmp_path):
+    """The claim and the config are one step: never an empty config.json that holds a folder."""
+    folder = tmp_path / "a" / "b"
+    assert train_mod.claim_run_dir(str(folder), {"seed": 1})
+    assert not train_mod.claim_run_dir(str(folder), {"seed": 2})
+    assert json.loads((folder / "config.json").read_text()) == {"seed": 1}
+    assert [f.name for f in folder.iterdir()] == ["config.json"]                # no temp file left
 
 
 def test_a_default_run_folder_that_is_taken_gets_a_suffix(tmp_path, monkeypatch, capsys):

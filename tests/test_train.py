@@ -331,6 +331,28 @@ def test_printed_resume_command_resumes(tmp_path, small_test_set, monkeypatch, c
 
 
 @requires_mnist
+def test_ctrl_c_during_the_evaluation_stops_after_it(tmp_path, small_test_set, monkeypatch, capsys):
+    """A Ctrl-C while the epoch's test images are scored (the last epoch's too) is not lost: the
+    run saves its checkpoint at the epoch's end and stops there; resuming finishes the run."""
+    real = train_mod.evaluate
+
+    def evaluate(*args, **kwargs):
+        result = real(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return result
+    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    assert main(["--limit", "40", "--epochs", "2", *QUICK, "--out", str(tmp_path)]) == 130
+    assert "interrupted at step 10/20; saved" in capsys.readouterr().err
+    assert checkpoint_state(tmp_path / "checkpoint.npz")["step"] == 10
+    assert main(["--resume", str(tmp_path / "checkpoint.npz"), *QUICK]) == 130          # the last epoch
+    assert "interrupted at step 20/20; saved" in capsys.readouterr().err
+    assert not (tmp_path / "model.npz").exists()
+    monkeypatch.setattr(train_mod, "evaluate", real)
+    assert main(["--resume", str(tmp_path / "checkpoint.npz"), *QUICK]) == 0            # scores it, saves all
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 20
+
+
+@requires_mnist
 def test_resume_after_a_crash_drops_the_log_rows_past_the_checkpoint(tmp_path, small_test_set, monkeypatch):
     ctrl_c_after(monkeypatch, 13)
     assert main([*RESUME_RUN, "--out", str(tmp_path)]) == 130           # checkpoint at step 13
@@ -375,9 +397,10 @@ def test_ctrl_c_message_names_only_a_checkpoint_that_was_saved(tmp_path, small_t
 
 @requires_mnist
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_saves_a_checkpoint_and_exits_128_plus_the_signal(tmp_path, signum):
+def test_ctrl_c_saves_a_checkpoint_and_ends_by_the_signal(tmp_path, signum):
     """Ctrl-C, and SIGTERM (what kill and timeout send), stop after the current step with a checkpoint;
-    the exit status is the shell's for the signal: 130 for Ctrl-C, 143 for SIGTERM."""
+    then the process ends by that signal, as Python does after a Ctrl-C (a shell shows 130 or 143,
+    and a shell loop of trainings stops)."""
     log = tmp_path / "log.csv"
     proc = subprocess.Popen([sys.executable, "-m", "mnist.train", "--limit", "4000", "--log-every", "5",
                              "--out", str(tmp_path), *QUICK], cwd=REPO, stdout=subprocess.PIPE,
@@ -395,7 +418,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_128_plus_the_signal(tmp_path, signu
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 128 + signum, err
+    assert proc.returncode == -signum, err
     assert "training on 4000 images" in out
     assert "Traceback" not in err
     step = int(re.search(r"interrupted at step (\d+)/1000", err).group(1))

@@ -84,7 +84,7 @@ class _BatchNorm(Module):
         return float(1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum)
 
     def backward(self, dy):
-        xhat, inv_std, axes, shape, training = self.saved_for_backward()
+        xhat, inv_std, axes, shape, batch_stats = self.saved_for_backward()
         check_grad(self, dy, xhat.shape, xhat.dtype)
         if self.bias is not None:
             self.bias.accumulate_grad(dy.sum(axis=axes))
@@ -92,7 +92,7 @@ class _BatchNorm(Module):
         if self.weight is not None:
             self.weight.accumulate_grad((dy * xhat).sum(axis=axes))
             g = dy * self.weight.data.reshape(shape)
-        if not training:
+        if not batch_stats:                    # mu and var were constants: the running statistics
             return g * inv_std.reshape(shape)
         mean_g = g.mean(axis=axes).reshape(shape)
         mean_gx = (g * xhat).mean(axis=axes).reshape(shape)
