@@ -335,8 +335,9 @@ def main(argv=None):
     started = time.perf_counter()
     with threads(args.threads, try_import_torch()) as info:
         with threadpool_limits(limits=args.threads, user_api="blas"):
-            peak = sgemm_peak(tries=3 if args.quick else 5)
-        print(f"threads {info}; float32 SGEMM peak (1024^3 np.matmul, {args.threads} BLAS threads): {peak:.1f} GFLOP/s")
+            peak = sgemm_peak()
+        print(f"threads {info}; float32 SGEMM peak, measured with {args.threads} BLAS thread(s) "
+              f"(1024^3 np.matmul): {peak:.1f} GFLOP/s")
         if try_import_torch() is None and "torch" in impls:
             print("torch is not installed: its rows are skipped")
         rows = []

@@ -25,6 +25,7 @@ import tempfile
 import time
 import zlib
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import requests
@@ -180,9 +181,24 @@ def _where_to_put(directory):
     names = ", ".join(name for pair in SPLITS.values() for name in pair)
     return (
         f"Put the MNIST files ({names}; gzipped or not) in {directory}, "
-        "or pass --data-dir DIR (DIR holds the files) / data_dir=DIR, "
-        "or set NANOTORCH_DATA=HOME (HOME/mnist holds the files)."
+        "or pass --data-dir DIR, the folder that holds them (data_dir=DIR in Python), "
+        "or set NANOTORCH_DATA to a folder whose mnist/ holds them."
     )
+
+
+def _found_nearby(directory):
+    """The folder one level up or down from `directory` (its parent, or its mnist/) that holds all
+    four files, if one does: the likely slip of naming the data home for its mnist/, or the reverse."""
+    for near in (directory.parent, directory / "mnist"):
+        if all(_find(near, name) for pair in SPLITS.values() for name in pair):
+            return near
+    return None
+
+
+def _look_there(directory, near):
+    also = f", or set NANOTORCH_DATA={near.parent} (a folder whose mnist/ holds the files)" if near.name == "mnist" else ""
+    return (f"The MNIST files are not in {directory} but in {near}: pass --data-dir {near} (data_dir= in "
+            f"Python){also}.")
 
 
 # ----------------------------------------------------------------------------- downloading
@@ -209,6 +225,10 @@ def download_mnist(data_dir=None, mirrors=None, splits=("train", "test"), checks
     timeout = TIMEOUT if timeout is None else timeout
     attempts = ATTEMPTS if attempts is None else attempts
     backoff = BACKOFF if backoff is None else backoff
+    missing = [name for split in splits for name in _split_files(split) if _find(directory, name) is None]
+    near = _found_nearby(directory) if missing else None
+    if near is not None:                 # a folder one level off: say so rather than download
+        raise FileNotFoundError(_look_there(directory, near))
     paths = []
     for split in splits:
         for gz_name in _split_files(split):
@@ -223,6 +243,7 @@ def download_mnist(data_dir=None, mirrors=None, splits=("train", "test"), checks
 def _download(gz_name, directory, mirrors, checksums, timeout, attempts, backoff, progress):
     """Fetch one file from the first mirror that serves a good copy; return its path."""
     expected = checksums[gz_name[: -len(".gz")]]
+    created = [d for d in (directory, *directory.parents) if not d.exists()]    # to remove again on failure
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -238,6 +259,11 @@ def _download(gz_name, directory, mirrors, checksums, timeout, attempts, backoff
             then = "; trying the next mirror" if i + 1 < len(mirrors) else ""
             log.warning("MNIST: %s failed: %s%s", url, e, then)
     answers = "\n".join(failures) or "  (no mirrors were given)"
+    for d in created:                    # innermost first; a folder that holds anything stays
+        try:
+            d.rmdir()
+        except OSError:
+            break
     raise MnistDownloadError(
         f"Could not download {gz_name}; every mirror failed:\n{answers}\n{_where_to_put(directory)}"
     )
@@ -302,10 +328,25 @@ def _get(url, f, label, timeout, attempts, backoff, progress):
             if 400 <= status < 500 and status not in (408, 429):
                 raise _MirrorFailed(answer) from e
         except requests.RequestException as e:
-            answer = f"{type(e).__name__}: {e}"
+            answer = _reason(e, url)
         if attempt < attempts:
             time.sleep(backoff * attempt)
     raise _MirrorFailed(f"{answer} (after {attempts} attempt(s))")
+
+
+def _reason(e, url):
+    """A failed request in one line (requests' own text repeats the URL and nests its cause twice)."""
+    host = urlparse(url).hostname
+    text = str(e)
+    if isinstance(e, requests.Timeout):
+        return f"{type(e).__name__}: {host} did not answer in time"
+    if isinstance(e, requests.ConnectionError):
+        if "NameResolutionError" in text or "Name or service not known" in text or "getaddrinfo" in text:
+            return f"ConnectionError: cannot resolve {host} (no network, or no DNS)"
+        if "refused" in text:
+            return f"ConnectionError: {host} refused the connection"
+        return f"ConnectionError: cannot connect to {host}"
+    return f"{type(e).__name__}: {text[:200]}"
 
 
 def _content_sha256(path):
@@ -331,9 +372,10 @@ def _load_verified(directory, gz_name, checksums, ndim):
     """Read one file after checking its decompressed content's SHA-256."""
     path = _find(directory, gz_name)
     if path is None:
+        near = _found_nearby(directory)
         raise FileNotFoundError(
-            f"MNIST file {gz_name} (or {gz_name[: -len('.gz')]}) not found in {directory}. "
-            f"Pass download=True to fetch it. {_where_to_put(directory)}"
+            f"MNIST file {gz_name} (or {gz_name[: -len('.gz')]}) not found in {directory}. " +
+            (_look_there(directory, near) if near else f"Pass download=True to fetch it. {_where_to_put(directory)}")
         )
     data, _ = _read_content(path)
     expected = checksums[gz_name[: -len(".gz")]]

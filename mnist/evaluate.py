@@ -60,16 +60,19 @@ def evaluate(model, images, labels, batch_size=64, threads=None):
 def model_path(path):
     """The file to score: path itself, or in a run directory its model.npz, else (a run that was
     interrupted before it finished) its checkpoint.npz."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: no such file or folder (a run folder, or its model.npz / checkpoint.npz)")
     if not os.path.isdir(path):
         return path
     model, checkpoint = os.path.join(path, "model.npz"), os.path.join(path, "checkpoint.npz")
     if os.path.exists(model):
         return model
     if os.path.exists(checkpoint):
-        print(f"note: {path} has no model.npz (the run did not finish): scoring its checkpoint.npz", file=sys.stderr)
+        print(f"note: {path} has no model.npz (the run did not finish): using its checkpoint.npz", file=sys.stderr)
         return checkpoint
-    raise FileNotFoundError(f"{path} holds neither model.npz nor checkpoint.npz: train into it first "
-                            f"with python -m mnist.train --out {path}")
+    train = (f"train into it first with python -m mnist.train --out {path}" if not os.listdir(path) else
+             "it is not a finished run, nor one stopped after a checkpoint")
+    raise FileNotFoundError(f"{path} holds neither model.npz nor checkpoint.npz: {train}")
 
 
 def main(argv=None):
@@ -94,6 +97,10 @@ def main(argv=None):
     print(f"test accuracy: {100 * r['accuracy']:.2f}% ({int((r['predictions'] == labels).sum())}/{len(labels)})")
     for digit, acc in enumerate(r["per_class_accuracy"]):
         print(f"  digit {digit}: {100 * acc:6.2f}%  ({int(r['confusion'][digit].sum())} images)")
+    print("confusion matrix (rows: the true digit, columns: the predicted one):")
+    print("     " + "".join(f"{d:>6}" for d in range(10)))
+    for digit, row in enumerate(r["confusion"]):
+        print(f"  {digit}  " + "".join(f"{int(v):>6}" for v in row))
     return 0
 
 

@@ -98,7 +98,8 @@ def parse_args(argv=None):
     ap.add_argument("--data-dir", default=None, help="folder with the MNIST files "
                     "(default: $NANOTORCH_DATA/mnist, else ~/.cache/nanotorch/mnist; downloaded if missing)")
     ap.add_argument("--out", default=None, help="run directory (default: runs/<timestamp>)")
-    ap.add_argument("--resume", default=None, metavar="CHECKPOINT", help="continue from a checkpoint.npz")
+    ap.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                    help="continue from a checkpoint.npz (or the run folder holding it)")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                     help="threads (default 2, or 1 on a 1-core machine): the big kernels spread over them "
                          "(nanotorch/threads.py); a given count repeats a run bit for bit, 1 and 2 agree to rounding")
@@ -107,6 +108,9 @@ def parse_args(argv=None):
     ap.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
+    resume = args.resume and (os.path.join(args.resume, "checkpoint.npz") if os.path.isdir(args.resume)
+                              else args.resume)       # a run folder stands for its checkpoint, as in mnist.evaluate
+    args.resume = resume
     if args.resume:              # the run's own options; a recipe flag given again must repeat them
         try:
             saved = checkpoint_state(args.resume)["config"]
@@ -119,6 +123,7 @@ def parse_args(argv=None):
         # (not its --out: a resumed run writes next to its checkpoint unless --out says otherwise)
         ap.set_defaults(**{k: v for k, v in saved.items() if k in vars(args) and k != "out"})
         args = ap.parse_args(argv)
+        args.resume = resume
         changed = [f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}"
                    for k in RESUMED_AS_SAVED if getattr(args, k) != saved[k]]
         if changed:

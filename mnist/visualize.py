@@ -8,7 +8,7 @@ picture) and returns the path. ``visualize_run`` writes all of them into a run d
     architecture.png     one box per layer: output shape, parameters, receptive field
     parameters.png       parameters per layer, conv weights and BatchNorm stacked
     filters.png          the first convolution's 3x3 filters
-    training_curves.png  loss, running accuracy, learning rate and momentum against step
+    training_curves.png  loss, accuracy, learning rate and momentum against step
     feature_maps.png     every conv block's output channels for one test digit
     confusion_matrix.png test-set confusion matrix and per-class accuracy
     misclassified.png    the test digits the model gets wrong, most confident first
@@ -301,41 +301,48 @@ def smooth(values, window):
 
 
 def plot_training_curves(log_csv_path, path):
-    """Loss (raw, faint, and smoothed), running training accuracy, and lr / momentum, against step."""
+    """Loss (each log row's mean, faint, and smoothed), training accuracy, and lr / momentum, against step."""
     log = read_log(log_csv_path)
     step = log["step"]
     window = max(1, len(step) // 50)
+    every = int(np.median(np.diff(step))) if len(step) > 1 else int(step[0])   # steps a row averages (--log-every)
+    dots = dict(marker="o", markersize=4) if len(step) <= 20 else {}            # a short run: its few rows seen
     fig = _figure(FIGSIZE["training_curves"])
     with plt.rc_context(STYLE):
         ax_loss, ax_acc, ax_lr = fig.subplots(3, 1, sharex=True, height_ratios=(1.2, 1, 0.9))
-        ax_loss.plot(step, log["loss"], color=COLORS["block"], alpha=0.25, linewidth=0.8,
-                     label="loss per step")
+        ax_loss.plot(step, log["loss"], color=COLORS["block"], alpha=0.25, linewidth=0.8, **dots,
+                     label=f"mean over each {every} steps")
         ax_loss.plot(step, smooth(log["loss"], window), color=COLORS["block"], linewidth=2,
-                     label=f"smoothed (EMA over ~{window} steps)")
+                     label=f"smoothed (EMA over ~{window * every} steps)")
         ax_loss.set_yscale("log")
         ax_loss.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax_loss.set_ylabel("training loss (log scale)")
         ax_loss.legend(loc="upper right")
 
         acc = 100 * log["accuracy"]
-        ax_acc.plot(step, acc, color=COLORS["fc"], linewidth=2)
-        ax_acc.set_ylabel("running accuracy (%)")
+        ax_acc.plot(step, acc, color=COLORS["fc"], linewidth=2, **dots)
+        ax_acc.set_ylabel(f"accuracy over each\n{every} steps (%)")
         ax_acc.set_ylim(max(0.0, min(acc.min(), 100) - 2), 100.5)
-        ax_acc.annotate(f"{acc[-1]:.2f}%", (step[-1], acc[-1]), xytext=(-4, -14),
-                        textcoords="offset points", ha="right", va="top", fontsize=9, color=COLORS["fc"])
+        low = acc[-1] < 50                      # the label above a low point, below a high one
+        ax_acc.annotate(f"{acc[-1]:.2f}%", (step[-1], acc[-1]), xytext=(-4, 8 if low else -14),
+                        textcoords="offset points", ha="right", va="bottom" if low else "top", fontsize=9,
+                        color=COLORS["fc"])
 
-        ax_lr.plot(step, log["lr"], color=COLORS["pool"], linewidth=2, label="learning rate")
+        ax_lr.plot(step, log["lr"], color=COLORS["pool"], linewidth=2, label="learning rate", **dots)
         ax_lr.set_ylabel("learning rate", color=COLORS["pool"])
         ax_lr.tick_params(axis="y", colors=COLORS["pool"])
         ax_mom = ax_lr.twinx()
-        ax_mom.plot(step, log["momentum"], color=COLORS["gap"], linewidth=2, linestyle="--", label="momentum")
+        ax_mom.plot(step, log["momentum"], color=COLORS["gap"], linewidth=2, linestyle="--", label="momentum", **dots)
         ax_mom.set_ylabel("momentum", color=COLORS["gap"])
         ax_mom.tick_params(axis="y", colors=COLORS["gap"])
         ax_mom.spines["right"].set_visible(True)
         ax_mom.grid(False)
         ax_lr.set_title("Schedule: learning rate (solid) and momentum (dashed)")
         ax_lr.set_xlabel("step")
-        ax_lr.set_xlim(step[0], step[-1])
+        if step[-1] > step[0]:
+            ax_lr.set_xlim(step[0], step[-1])
+        else:                                   # one row: centred
+            ax_lr.set_xlim(0, 2 * step[0])
 
         if "epoch" in log:                      # dotted lines where each epoch ends, numbered on top
             epoch = log["epoch"]
@@ -349,7 +356,7 @@ def plot_training_curves(log_csv_path, path):
                 top.set_xticks(ends[every - 1::every], [str(k) for k in range(every, len(ends) + 1, every)])
                 top.set_xlabel("end of epoch", fontsize=9, color="#666666")
                 top.tick_params(labelsize=8.5, colors="#666666")
-        fig.suptitle("Training: loss, running accuracy and schedule", fontsize=14)
+        fig.suptitle("Training: loss, accuracy and schedule", fontsize=14)
     return _save(fig, path)
 
 
@@ -503,7 +510,8 @@ def _softmax(logits):
 def visualize_run(run_dir, data_dir=None, test_images=None, test_set=None, evaluation=None):
     """Write every picture into run_dir and return their paths.
 
-    Needs run_dir/model.npz (from ``python -m mnist.train --out run_dir``); run_dir/log.csv is
+    Needs run_dir/model.npz (from ``python -m mnist.train --out run_dir``; a run stopped before
+    the end has its checkpoint.npz, which serves instead); run_dir/log.csv is
     optional (the curves are skipped with a note without it). The test-set pictures load MNIST
     (data_dir: see mnist.data.resolve_data_dir); test_images limits them to the first N digits.
     A caller that has the test set and the model's ``mnist.evaluate.evaluate`` of it already (the
@@ -511,16 +519,12 @@ def visualize_run(run_dir, data_dir=None, test_images=None, test_set=None, evalu
     """
     from mnist.checkpoint import load_model
     from mnist.data import load_mnist
-    from mnist.evaluate import evaluate
+    from mnist.evaluate import evaluate, model_path
 
-    model_path = os.path.join(run_dir, "model.npz")
-    if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"{run_dir} is not a directory: train first with "
-                                f"python -m mnist.train --out {run_dir}")
-    if not os.path.exists(model_path):
-        raise FileNotFoundError(f"{run_dir} has no model.npz: train first with "
-                                f"python -m mnist.train --out {run_dir}")
-    model = load_model(model_path)
+    if os.path.isfile(run_dir):
+        raise FileNotFoundError(f"{run_dir} is a file: mnist.visualize takes a run folder "
+                                f"({os.path.dirname(run_dir) or '.'}, say)")
+    model = load_model(model_path(run_dir))          # model.npz, or an unfinished run's checkpoint.npz
 
     def out(name):
         return os.path.join(run_dir, name)

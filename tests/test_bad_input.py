@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 
-from nanotorch import nn
+from nanotorch import nn, optim
 from mnist.model import build_model
 
 
@@ -214,7 +214,7 @@ def test_batchnorm_train_with_one_value_per_channel(layer, shape):
                  id="MaxPool2d-pad-rect"),
     pytest.param(lambda: nn.MaxPool2d(2, stride=0), "MaxPool2d", ["stride", ">= 1"], id="MaxPool2d-stride-0"),
     pytest.param(lambda: nn.Linear(0, 3), "Linear", ["in_features", ">= 1"], id="Linear-0-in"),
-    pytest.param(lambda: nn.CrossEntropyLoss(reduction="avg"), "CrossEntropyLoss", ["'avg'", "'mean'"],
+    pytest.param(lambda: nn.CrossEntropyLoss(reduction="avg"), "CrossEntropyLoss", ["'avg'", "'mean'", "'none'"],
                  id="CrossEntropyLoss-reduction"),
 ])
 def test_constructor_errors(make, name, fragments):
@@ -336,13 +336,68 @@ def test_input_of_another_dtype_than_the_parameters(build, shape, layer_dtype, x
     pytest.param(lambda: nn.Dropout(0.5, True), "inplace", id="Dropout-inplace"),
     pytest.param(lambda: nn.ReLU(True), "inplace", id="ReLU-inplace"),
     pytest.param(lambda: nn.CrossEntropyLoss(np.ones(3)), "weight", id="CrossEntropyLoss-weight"),
-    pytest.param(lambda: nn.CrossEntropyLoss(ignore_index=0), "ignore_index", id="CrossEntropyLoss-ignore_index"),
     pytest.param(lambda: nn.CrossEntropyLoss(label_smoothing=0.1), "label_smoothing", id="CrossEntropyLoss-smoothing"),
 ])
 def test_pytorch_arguments_not_implemented_are_refused_not_ignored(build, fragment):
     """They sit where PyTorch's do, so Conv2d(c, c, 3, 1, d, d) is not read as bias=d (it used to be)."""
     with pytest.raises(NotImplementedError, match=rf"{fragment}=.* not implemented in nanotorch"):
         build()
+
+
+@pytest.mark.parametrize("build, fragment", [
+    pytest.param(lambda: nn.Conv2d(2, 4, 3, padding_mode="reflect"), "padding_mode", id="Conv2d-padding_mode"),
+    pytest.param(lambda: nn.BatchNorm2d(3, track_running_stats=False), "track_running_stats", id="BatchNorm2d-track"),
+    pytest.param(lambda: nn.Conv2d(2, 4, 2, padding="same"), "even kernel_size", id="Conv2d-same-even-kernel"),
+    pytest.param(lambda: nn.Linear(2, 3, device="cuda"), "device='cuda'", id="Linear-cuda"),
+    pytest.param(lambda: optim.SGD([nn.Parameter(np.zeros(2, np.float32))], maximize=True), "maximize",
+                 id="SGD-maximize"),
+])
+def test_more_pytorch_arguments_not_implemented(build, fragment):
+    with pytest.raises(NotImplementedError, match=fragment):
+        build()
+
+
+def test_pytorch_keyword_arguments_at_their_defaults_are_accepted():
+    """Code written for PyTorch that spells out its defaults (or picks its implementation) runs."""
+    conv = nn.Conv2d(2, 4, 3, padding="same", padding_mode="zeros", device="cpu", dtype=np.float64)
+    assert conv.padding == (1, 1) and conv.weight.dtype == np.float64 and conv.bias.dtype == np.float64
+    assert nn.Conv2d(2, 4, 3, padding="valid").padding == (0, 0)
+    assert nn.Linear(2, 3, True, "cpu", "float32").weight.dtype == np.float32
+    bn = nn.BatchNorm2d(3, 1e-5, 0.1, True, True, None, np.float64, bias=False)
+    assert bn.bias is None and bn.running_mean.dtype == np.float64 and list(bn.state_dict()) == [
+        "weight", "running_mean", "running_var", "num_batches_tracked"]
+    p = nn.Parameter(np.zeros(2, np.float32))
+    optim.SGD([p], lr=0.1, maximize=False, foreach=True, differentiable=False, fused=False)
+    p.grad = np.ones(2, np.float32)
+    assert nn.utils.clip_grad_norm_([p], 1.0, foreach=True) == np.float32(np.sqrt(2))
+
+
+@pytest.mark.parametrize("build, exc, fragments", [
+    pytest.param(lambda: nn.Conv2d(2, 4, 3, stride=2, padding="same"), ValueError, ["strided"], id="same-strided"),
+    pytest.param(lambda: nn.Conv2d(2, 4, 3, padding="full"), ValueError, ["'full'", "'same'"], id="padding-word"),
+    pytest.param(lambda: nn.Linear(2, 3, dtype=np.int32), TypeError, ["float32 or float64", "int32"], id="int-dtype"),
+])
+def test_constructor_argument_errors_name_what_was_expected(build, exc, fragments):
+    with pytest.raises(exc) as info:
+        build()
+    for f in fragments:
+        assert f in str(info.value)
+
+
+def test_a_gradient_assigned_by_hand_must_be_the_parameters_twin():
+    """The optimisers' compiled loops read grad as data's twin: a grad of another size once made
+    SGD read past its end (wrong numbers, or a crash); now it is refused when assigned, as in PyTorch."""
+    p = nn.Parameter(np.zeros(3, np.float32))
+    for bad, exc, fragment in ((np.ones(1, np.float32), ValueError, r"\(3,\) and dtype float32, got \(1,\)"),
+                               (np.ones((3, 1), np.float32), ValueError, r"got \(3, 1\)"),
+                               (np.ones(3, np.float64), ValueError, "float64"),
+                               ([1.0, 2.0, 3.0], TypeError, "list")):
+        with pytest.raises(exc, match=fragment):
+            p.grad = bad
+        assert p.grad is None
+    p.grad = np.ones(3, np.float32)
+    with pytest.raises(TypeError, match="floating-point"):
+        nn.Parameter(np.array([1, 2, 3]))
 
 
 def test_pytorch_positional_arguments_at_their_defaults_land_where_pytorchs_do():
@@ -361,9 +416,24 @@ def test_cross_entropy_deprecated_size_average_and_reduce_set_the_reduction(size
     assert crit.reduction == reduction
 
 
-def test_cross_entropy_reduce_false_asks_for_reduction_none_which_is_refused():
-    with pytest.warns(UserWarning, match="reduction='none'"), raises(ValueError, "CrossEntropyLoss", "'none'"):
-        nn.CrossEntropyLoss(reduce=False)
+def test_cross_entropy_reduce_false_is_reduction_none():
+    with pytest.warns(UserWarning, match="reduction='none'"):
+        assert nn.CrossEntropyLoss(reduce=False).reduction == "none"
+
+
+def test_cross_entropy_reduction_none_backward_needs_a_gradient_per_row():
+    crit = nn.CrossEntropyLoss(reduction="none")
+    assert crit(floats(3, 4), np.array([0, 1, 2])).shape == (3,)
+    for bad in (None, 1.0, np.ones(2)):
+        with raises(ValueError, "CrossEntropyLoss", re.escape("(3,)")):
+            crit.backward(bad)
+
+
+def test_cross_entropy_bad_target_names_ignore_index():
+    with raises(ValueError, "CrossEntropyLoss", re.escape("[0, 4)"), "ignore_index", "-1", "row 1"):
+        nn.CrossEntropyLoss(ignore_index=-1)(floats(3, 4), np.array([0, -2, 1]))
+    with raises(TypeError, "CrossEntropyLoss", "ignore_index"):
+        nn.CrossEntropyLoss(ignore_index=0.5)
 
 
 # --- empty batches and empty planes ---------------------------------------------------------------------

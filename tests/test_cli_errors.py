@@ -234,3 +234,23 @@ def test_evaluate_an_interrupted_run_scores_its_checkpoint(tmp_path, monkeypatch
 def test_evaluate_a_folder_without_a_model(tmp_path, capsys):
     assert evaluate_mod.main([str(tmp_path)]) == 1
     assert f"error: {tmp_path} holds neither model.npz nor checkpoint.npz" in capsys.readouterr().err
+    assert evaluate_mod.main([str(tmp_path / "nowhere")]) == 1
+    assert f"error: {tmp_path / 'nowhere'}: no such file or folder" in capsys.readouterr().err
+
+
+def test_visualize_an_interrupted_run_draws_from_its_checkpoint(tmp_path, monkeypatch, capsys):
+    state = build_model().state_dict()
+    save_npz_atomic(str(tmp_path / "checkpoint.npz"), {f"model/{k}": v for k, v in state.items()})
+    monkeypatch.setattr(data, "load_mnist", tiny_mnist(12))
+    assert visualize.main([str(tmp_path), "--test-images", "12"]) == 0
+    assert "checkpoint.npz" in capsys.readouterr().err
+    assert (tmp_path / "architecture.png").exists() and (tmp_path / "confusion_matrix.png").exists()
+    assert visualize.main([str(tmp_path / "checkpoint.npz")]) == 1                # a file: its folder is meant
+    assert f"takes a run folder ({tmp_path}, say)" in capsys.readouterr().err
+
+
+def test_train_resume_takes_the_run_folder_for_its_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    assert train_mod.main(["--limit", "12", "--checkpoint-every", "1", *QUICK, "--out", str(tmp_path)]) == 0
+    assert train_mod.main(["--resume", str(tmp_path), *QUICK]) == 0               # the folder, not .../checkpoint.npz
+    assert f"-> {tmp_path}" in capsys.readouterr().out

@@ -216,6 +216,37 @@ def test_missing_without_download_says_where_to_put_files(tmp_path):
     assert "--data-dir" in message and "NANOTORCH_DATA" in message
 
 
+@pytest.mark.parametrize("given, home", [("mnist/mnist", "."), (".", ".")], ids=["one-down", "one-up"])
+def test_a_data_folder_one_level_off_is_named_not_downloaded_into(tmp_path, given, home, monkeypatch):
+    """NANOTORCH_DATA set to the mnist/ folder itself, or --data-dir to the data home: the error
+    names the folder that holds the files, at once, and nothing is created or downloaded."""
+    contents = fake_mnist()
+    write_files(tmp_path / "mnist", contents)
+    monkeypatch.setattr(data, "_download", lambda *a, **k: pytest.fail("tried to download"))
+    kw = dict(checksums=checksums_of(contents))
+    if given == ".":
+        call = lambda: load_mnist("train", data_dir=tmp_path, **kw)            # noqa: E731
+    else:
+        monkeypatch.setenv("NANOTORCH_DATA", str(tmp_path / "mnist"))
+        call = lambda: load_mnist("train", **kw)                                # noqa: E731
+    with pytest.raises(FileNotFoundError) as info:
+        call()
+    message = str(info.value)
+    assert f"in {tmp_path / 'mnist'}: pass --data-dir {tmp_path / 'mnist'}" in message
+    assert f"NANOTORCH_DATA={tmp_path}" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist"]
+    assert not (tmp_path / "mnist" / "mnist").exists()
+
+
+def test_a_failed_connection_is_one_short_line():
+    e = data.requests.ConnectionError("HTTPSConnectionPool(host='h.example', port=443): Max retries exceeded "
+                                      "(Caused by NameResolutionError(\"Failed to resolve 'h.example'\"))")
+    assert data._reason(e, "https://h.example/mnist/x.gz") == \
+        "ConnectionError: cannot resolve h.example (no network, or no DNS)"
+    assert data._reason(data.requests.ReadTimeout("..."), "https://h.example/x") == \
+        "ReadTimeout: h.example did not answer in time"
+
+
 def test_unknown_split(tmp_path):
     with pytest.raises(ValueError, match="split"):
         load_mnist("validation", data_dir=tmp_path, download=False)
@@ -416,7 +447,7 @@ def test_every_mirror_failing(tmp_path, server, caplog, monkeypatch):
     assert "after 2 attempt(s)" in message  # connection errors are retried, 404s are not
     assert f"{base}/corrupt/train-images-idx3-ubyte.gz: checksum mismatch" in message
     assert str(target) in message and "--data-dir" in message and "NANOTORCH_DATA" in message
-    assert list(target.iterdir()) == []  # no partial or temp file left behind
+    assert not target.exists()  # no partial or temp file left behind, nor the folder made for them
 
 
 # ----------------------------------------------------------------------------- real MNIST

@@ -36,6 +36,8 @@ CASES = {
     "batchnorm1d_3d": (lambda: nn.BatchNorm1d(3), (2, 3, 7)),
     "batchnorm1d_no_affine": (lambda: nn.BatchNorm1d(3, affine=False), (4, 3)),
     "batchnorm2d_no_affine": (lambda: nn.BatchNorm2d(2, affine=False), (2, 2, 3, 5)),
+    "batchnorm2d_no_bias": (lambda: nn.BatchNorm2d(2, bias=False), (2, 2, 3, 5)),
+    "conv_same_3x5_kernel": (lambda: nn.Conv2d(2, 3, (3, 5), padding="same"), (2, 2, 5, 6)),
     "gelu": (lambda: nn.GELU(), (2, 3, 5, 8)),
     "gelu_tanh": (lambda: nn.GELU("tanh"), (2, 3, 5, 8)),
     "relu": (lambda: nn.ReLU(), (2, 3, 7, 7)),
@@ -113,19 +115,20 @@ def test_dropout_train_really_drops_and_is_replayed():
 def test_cross_entropy_gradcheck(grad_out):
     """d (grad_out * loss) / d logits: the upstream gradient must scale the result."""
     rng = np.random.default_rng(0)
-    for reduction in ("mean", "sum"):
-        crit = nn.CrossEntropyLoss(reduction=reduction)
-        z, t = rng.standard_normal((5, 7)), rng.integers(0, 7, 5)
+    for reduction, ignore_index in (("mean", -100), ("sum", -100), ("mean", 3), ("none", -100), ("none", 3)):
+        crit = nn.CrossEntropyLoss(reduction=reduction, ignore_index=ignore_index)
+        z, t = rng.standard_normal((5, 7)), np.array([3, 0, 6, 3, 2])
+        upstream = grad_out * rng.random(5) if reduction == "none" else grad_out    # d L / d loss
         crit(z, t)
-        analytic = crit.backward(grad_out)
+        analytic = crit.backward(upstream)
         numeric = np.zeros_like(z)
         for idx in np.ndindex(z.shape):
             zp, zm = z.copy(), z.copy()
             zp[idx] += 1e-5
             zm[idx] -= 1e-5
-            numeric[idx] = grad_out * (crit(zp, t) - crit(zm, t)) / 2e-5
+            numeric[idx] = np.sum(upstream * (crit(zp, t) - crit(zm, t))) / 2e-5
         rel = np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), 1e-8)
-        assert rel.max() < TOL, reduction
+        assert rel.max() < TOL, (reduction, ignore_index)
 
 
 def _seed_model(mode):

@@ -238,3 +238,21 @@ def test_train_mode_must_be_a_bool_and_load_state_dict_returns_the_key_lists():
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert missing == ["1.running_var"] and unexpected == ["extra"]
     assert model.load_state_dict(model.state_dict()) == ([], [])
+
+
+def test_parameters_recurse_and_state_dict_prefix_as_pytorch():
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    assert model.parameters(recurse=False) == [] and len(model[0].parameters(recurse=False)) == 2
+    state = model.state_dict(prefix="net.")
+    assert list(state)[:2] == ["net.0.weight", "net.0.bias"]
+    into = {"other": 1}
+    assert model.state_dict(destination=into) is into and "1.running_mean" in into and into["other"] == 1
+    with pytest.raises(NotImplementedError, match="keep_vars"):
+        model.state_dict(keep_vars=True)
+
+
+def test_load_state_dict_error_is_a_runtime_error_as_in_pytorch_and_a_value_error():
+    model = nn.Sequential(nn.Linear(2, 2))
+    for exc in (RuntimeError, ValueError):
+        with pytest.raises(exc, match="missing keys"):
+            model.load_state_dict({})

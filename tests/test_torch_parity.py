@@ -40,7 +40,8 @@ def randomize_batchnorm(model, rng):
             m.running_var[...] = rng.uniform(0.5, 2.0, c)
             if m.affine:
                 m.weight.data[...] = rng.uniform(0.5, 1.5, c) * rng.choice([-1.0, 1.0], c)
-                m.bias.data[...] = rng.standard_normal(c)
+                if m.bias is not None:
+                    m.bias.data[...] = rng.standard_normal(c)
 
 
 def make_pair(build, rng, seed=0):
@@ -115,6 +116,10 @@ LAYER_CASES = [
     ("conv-k3-p1-direct-b2-9x16", lambda nn: nn.Conv2d(3, 5, 3, padding=1), (2, 3, 9, 16), MODES),
     ("conv-k3-p1-direct-nobias-1ch-b1-14x14", lambda nn: nn.Conv2d(1, 6, 3, padding=1, bias=False), (1, 1, 14, 14),
      MODES),
+    # padding given as PyTorch's strings; its other arguments at their defaults
+    ("conv-k3x5-same-5x8", lambda nn: nn.Conv2d(2, 3, (3, 5), padding="same"), (3, 2, 5, 8), MODES),
+    ("conv-k3-valid-5x8", lambda nn: nn.Conv2d(2, 3, 3, padding="valid", padding_mode="zeros", device="cpu"),
+     (3, 2, 5, 8), MODES),
     # MaxPool2d: ceil_mode, padding 1, stride != kernel, overlapping windows
     ("maxpool-2-floor-7x7", lambda nn: nn.MaxPool2d(2), (3, 2, 7, 7), MODES),
     ("maxpool-2-ceil-7x7", lambda nn: nn.MaxPool2d(2, ceil_mode=True), (3, 2, 7, 7), MODES),
@@ -160,6 +165,8 @@ LAYER_CASES = [
     ("bn2d-eps-momentum", lambda nn: nn.BatchNorm2d(2, eps=1e-3, momentum=0.3), (3, 2, 5, 8), MODES),
     ("bn2d-momentum-None", lambda nn: nn.BatchNorm2d(2, momentum=None), (3, 2, 5, 8), MODES),
     ("bn2d-noaffine", lambda nn: nn.BatchNorm2d(2, affine=False), (3, 2, 5, 8), MODES),
+    ("bn2d-nobias", lambda nn: nn.BatchNorm2d(2, bias=False), (3, 2, 5, 8), MODES),
+    ("bn1d-track-device", lambda nn: nn.BatchNorm1d(3, 1e-5, 0.1, True, True, "cpu"), (3, 3), MODES),
     # Flatten
     ("flatten", lambda nn: nn.Flatten(), (3, 2, 5, 8), MODES),
     ("flatten-b1-1ch", lambda nn: nn.Flatten(), (1, 1, 7, 7), MODES),
@@ -297,26 +304,37 @@ def test_parameter_grads_accumulate_like_torch(build):
 
 
 # --- CrossEntropyLoss -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("reduction", ["mean", "sum"])
-@pytest.mark.parametrize("n, k, scale, grad_out", [
-    pytest.param(1, 10, 1.0, 1.0, id="b1-k10"),
-    pytest.param(3, 10, 3.0, 1.0, id="b3-k10"),
-    pytest.param(4, 1, 1.0, 1.0, id="b4-k1"),
-    pytest.param(5, 3, 300.0, 1.0, id="b5-k3-huge-logits"),
-    pytest.param(3, 4, 1.0, 2.5, id="b3-k4-grad_out-2.5"),
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("n, k, scale, grad_out, ignore_index", [
+    pytest.param(1, 10, 1.0, 1.0, -100, id="b1-k10"),
+    pytest.param(3, 10, 3.0, 1.0, -100, id="b3-k10"),
+    pytest.param(4, 1, 1.0, 1.0, -100, id="b4-k1"),
+    pytest.param(5, 3, 300.0, 1.0, -100, id="b5-k3-huge-logits"),
+    pytest.param(3, 4, 1.0, 2.5, -100, id="b3-k4-grad_out-2.5"),
+    pytest.param(7, 3, 1.0, 1.0, 1, id="b7-k3-ignore-class-1"),
+    pytest.param(6, 4, 1.0, 2.5, -1, id="b6-k4-ignore-minus-1"),
+    pytest.param(3, 1, 1.0, 1.0, 0, id="b3-k1-every-row-ignored"),
 ])
-def test_cross_entropy_matches_torch(reduction, n, k, scale, grad_out):
+def test_cross_entropy_matches_torch(reduction, n, k, scale, grad_out, ignore_index):
     rng = np.random.default_rng(5)
     logits = rng.standard_normal((n, k)) * scale
     targets = rng.integers(0, k, n)
-    crit, crit_t = nt_nn.CrossEntropyLoss(reduction=reduction), torch.nn.CrossEntropyLoss(reduction=reduction)
+    if ignore_index < 0:
+        targets[::3] = ignore_index                                     # every third row skipped
+    crit = nt_nn.CrossEntropyLoss(reduction=reduction, ignore_index=ignore_index)
+    crit_t = torch.nn.CrossEntropyLoss(reduction=reduction, ignore_index=ignore_index)
     loss = crit(logits, targets)
     zt = torch.from_numpy(logits.copy()).requires_grad_(True)
     loss_t = crit_t(zt, torch.from_numpy(targets))
-    assert np.ndim(loss) == 0
+    assert np.shape(loss) == ((n,) if reduction == "none" else ())
     close(loss, loss_t, "loss")
-    grad = crit.backward(grad_out) if grad_out != 1.0 else crit.backward()
-    loss_t.backward(torch.tensor(grad_out, dtype=torch.float64))
+    if reduction == "none":
+        upstream = grad_out * rng.random(n)
+        grad = crit.backward(upstream)
+        loss_t.backward(torch.from_numpy(upstream))
+    else:
+        grad = crit.backward(grad_out) if grad_out != 1.0 else crit.backward()
+        loss_t.backward(torch.tensor(grad_out, dtype=torch.float64))
     close(grad, zt.grad, "d loss / d logits")
 
 

@@ -150,9 +150,9 @@ def test_a_failed_save_leaves_the_old_picture_and_no_temp_file(model, tmp_path, 
 
 
 def test_run_without_a_model_says_what_it_needs(tmp_path, capsys):
-    with pytest.raises(FileNotFoundError, match=r"no model\.npz.*python -m mnist\.train --out"):
+    with pytest.raises(FileNotFoundError, match=r"neither model\.npz nor checkpoint\.npz.*python -m mnist\.train --out"):
         visualize.visualize_run(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="python -m mnist.train"):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
         visualize.visualize_run(str(tmp_path / "missing"))
     assert visualize.main([str(tmp_path)]) == 1
     assert "model.npz" in capsys.readouterr().err

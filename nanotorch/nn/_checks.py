@@ -68,3 +68,21 @@ def only_default(layer, name, value, default):
     if value is not default and (isinstance(value, np.ndarray) or value != default):
         raise NotImplementedError(f"{type(layer).__name__}: {name}={value!r} is not implemented in nanotorch "
                                   f"(only the default, {name}={default!r})")
+
+
+def check_device_and_dtype(layer, device, dtype):
+    """PyTorch's factory arguments: device None or 'cpu' (NumPy arrays live there); dtype None
+    (float32) or float32 / float64, returned as a NumPy dtype (None for float32) for ``.to``."""
+    name = type(layer).__name__
+    if device is not None and str(device) != "cpu":
+        raise NotImplementedError(f"{name}: device={device!r} is not implemented in nanotorch (only the CPU: "
+                                  "device=None or 'cpu')")
+    if dtype is None:
+        return None
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        dtype = None
+    if dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name}: dtype must be float32 or float64 (NumPy's), got {dtype!r}")
+    return dtype

@@ -26,27 +26,34 @@ the batch counted in num_batches_tracked and nothing folded into the running sta
 import numpy as np
 
 from nanotorch.kernels.batchnorm_gelu import update_running_stats
-from nanotorch.nn._checks import check_grad, check_input, check_int
+from nanotorch.nn._checks import check_device_and_dtype, check_grad, check_input, check_int, only_default
 from nanotorch.nn.module import Module, Parameter
 
 
 class _BatchNorm(Module):
     _ndims = ()
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
+                 dtype=None, *, bias=True):
+        """As PyTorch 2.13's (bias=False keeps gamma without beta);
+        track_running_stats=False is not implemented."""
         super().__init__()
+        only_default(self, "track_running_stats", track_running_stats, True)
+        dtype = check_device_and_dtype(self, device, dtype)
         num_features = check_int(self, num_features, "num_features")
         if num_features < 1:
             raise ValueError(f"{type(self).__name__}: num_features must be a positive int, got {num_features!r}")
         self.num_features, self.eps, self.momentum, self.affine = num_features, float(eps), momentum, affine
         if affine:
             self.weight = Parameter(np.ones(num_features, dtype=np.float32))
-            self.bias = Parameter(np.zeros(num_features, dtype=np.float32))
+            self.bias = Parameter(np.zeros(num_features, dtype=np.float32)) if bias else None
         else:
             self.weight = self.bias = None
         self.register_buffer("running_mean", np.zeros(num_features, dtype=np.float32))
         self.register_buffer("running_var", np.ones(num_features, dtype=np.float32))
         self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        if dtype is not None:
+            self.to(dtype)
 
     def forward(self, x):
         check_input(self, x, self._ndims, self.num_features,

@@ -39,7 +39,7 @@ their (OC, N, OH*OW) layout, for a fused layer that reads and writes that layout
 import numpy as np
 
 from nanotorch.kernels import col2im, conv3x3_same, conv3x3_same_grad_weight, im2col, pad_planes
-from nanotorch.nn._checks import check_grad, check_input, check_int, only_default, pair
+from nanotorch.nn._checks import check_device_and_dtype, check_grad, check_input, check_int, only_default, pair
 from nanotorch.nn.init import default_weight_and_bias
 from nanotorch.nn.module import Module, Parameter
 from nanotorch.threads import parallel
@@ -52,14 +52,18 @@ class Conv2d(Module):
     # (nanotorch/kernels/conv3x3.py) instead of im2col + GEMM; narrower rows do not vectorise.
     direct_min_width = 14
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
+                 padding_mode="zeros", device=None, dtype=None):
         super().__init__()
         only_default(self, "dilation", pair(self, dilation, "dilation"), (1, 1))    # (PyTorch's argument order)
         only_default(self, "groups", groups, 1)
+        only_default(self, "padding_mode", padding_mode, "zeros")
+        dtype = check_device_and_dtype(self, device, dtype)
         self.in_channels = check_int(self, in_channels, "in_channels")
         self.out_channels = check_int(self, out_channels, "out_channels")
         self.kernel_size = pair(self, kernel_size, "kernel_size")
-        self.stride, self.padding = pair(self, stride, "stride"), pair(self, padding, "padding")
+        self.stride = pair(self, stride, "stride")
+        self.padding = self._padding_pair(padding) if isinstance(padding, str) else pair(self, padding, "padding")
         if min(self.in_channels, self.out_channels, *self.kernel_size, *self.stride) < 1 or min(self.padding) < 0:
             raise ValueError(f"Conv2d: channels, kernel_size and stride must be >= 1 and padding >= 0, got "
                              f"in={in_channels} out={out_channels} k={kernel_size} s={stride} p={padding}")
@@ -68,6 +72,23 @@ class Conv2d(Module):
         self.weight = Parameter(w)
         self.bias = Parameter(b) if bias else None
         self.input_requires_grad = True          # False: the backward adds dW (and db) and returns None
+        if dtype is not None:
+            self.to(dtype)
+
+    def _padding_pair(self, padding):
+        """PyTorch's padding='valid' (none) and 'same' (the output as large as the input: stride 1,
+        k // 2 on each side of an odd kernel; an even one would need uneven padding, not implemented)."""
+        if padding == "valid":
+            return 0, 0
+        if padding != "same":
+            raise ValueError(f"Conv2d: padding must be an int, a pair of ints, 'valid' or 'same', got {padding!r}")
+        if self.stride != (1, 1):
+            raise ValueError(f"Conv2d: padding='same' is not supported for strided convolutions, as in PyTorch "
+                             f"(got stride={self.stride})")
+        if self.kernel_size[0] % 2 == 0 or self.kernel_size[1] % 2 == 0:
+            raise NotImplementedError(f"Conv2d: padding='same' with an even kernel_size {self.kernel_size} pads "
+                                      "unevenly, which is not implemented in nanotorch")
+        return self.kernel_size[0] // 2, self.kernel_size[1] // 2
 
     def output_shape(self, h, w):
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding

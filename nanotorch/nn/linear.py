@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from nanotorch.kernels.linear import SMALL_LINEAR, linear_backward, linear_forward
-from nanotorch.nn._checks import check_grad, check_input, check_int
+from nanotorch.nn._checks import check_device_and_dtype, check_grad, check_input, check_int
 from nanotorch.nn.init import default_weight_and_bias
 from nanotorch.nn.module import Module, Parameter
 
@@ -23,8 +23,9 @@ from nanotorch.nn.module import Module, Parameter
 class Linear(Module):
     """x: (N, in_features) -> (N, out_features)."""
 
-    def __init__(self, in_features, out_features, bias=True):
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         super().__init__()
+        dtype = check_device_and_dtype(self, device, dtype)
         in_features = check_int(self, in_features, "in_features")
         out_features = check_int(self, out_features, "out_features")
         if in_features < 1 or out_features < 1:
@@ -33,6 +34,8 @@ class Linear(Module):
         w, b = default_weight_and_bias((out_features, in_features), in_features, bias)
         self.weight = Parameter(w)
         self.bias = Parameter(b) if bias else None
+        if dtype is not None:
+            self.to(dtype)
 
     def forward(self, x):
         check_input(self, x, (2,), dtype=self.weight.data.dtype)

@@ -1,10 +1,14 @@
 """CrossEntropyLoss: log-softmax and negative log-likelihood in one step, as PyTorch.
 
-    logits z: (N, K), targets t: (N,) integers in [0, K)
+    logits z: (N, K), targets t: (N,) integers in [0, K), or ignore_index for a row to skip
     log p = z - logsumexp(z),  logsumexp(z) = max(z) + log sum exp(z - max(z))   (stable)
-    loss = -(1/N) sum_n log p[n, t_n]                         (reduction='mean'; 'sum' drops the 1/N)
+    nll_n = -log p[n, t_n]  over the M rows not ignored (0 for an ignored row)
+    loss  = (1/M) sum_n nll_n   (reduction='mean'; 'sum' drops the 1/M; 'none' returns nll itself)
 
-Backward: d loss / d z = (softmax(z) - onehot(t)) / N, since d logsumexp / d z = softmax(z).
+Backward: d nll_n / d z[n] = softmax(z[n]) - onehot(t_n), since d logsumexp / d z = softmax(z);
+the loss's gradient scales row n by d loss / d nll_n: 1/M for the mean, 1 for the sum, the
+upstream gradient's entry n for 'none', and 0 for an ignored row. With every row ignored the
+mean is 0/0 = NaN and the gradient zero, as in PyTorch.
 
 Both directions are one compiled loop each (nanotorch/kernels/loss.py, with the NumPy formulas
 beside them).
@@ -19,18 +23,25 @@ from nanotorch.nn.module import Module
 
 
 class CrossEntropyLoss(Module):
-    """``loss = crit(logits, targets)`` returns the loss; ``crit.backward()`` returns d loss / d logits."""
+    """``loss = crit(logits, targets)`` returns the loss; ``crit.backward()`` returns d loss / d logits
+    (with reduction='none', ``crit.backward(grad)`` takes d loss / d nll, one entry a row)."""
 
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
                  label_smoothing=0.0):
         super().__init__()
-        for name, value, default in (("weight", weight, None), ("ignore_index", ignore_index, -100),
-                                     ("label_smoothing", label_smoothing, 0.0)):
+        for name, value, default in (("weight", weight, None), ("label_smoothing", label_smoothing, 0.0)):
             only_default(self, name, value, default)
+        if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(f"CrossEntropyLoss: ignore_index must be an int, got {ignore_index!r}")
+        self.ignore_index = int(ignore_index)
         if size_average is not None or reduce is not None:         # PyTorch's deprecated pair overrides reduction
             reduction = _legacy_reduction(size_average, reduce)
-        if reduction not in ("mean", "sum"):
-            raise ValueError(f"CrossEntropyLoss: reduction must be 'mean' or 'sum', got {reduction!r}")
+        if reduction == "elementwise_mean":                        # PyTorch's old name, accepted with a warning
+            warnings.warn("reduction='elementwise_mean' is deprecated, as in PyTorch: use reduction='mean' instead",
+                          UserWarning, stacklevel=2)
+            reduction = "mean"
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"CrossEntropyLoss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         self.reduction = reduction
 
     def forward(self, logits, targets):
@@ -40,20 +51,31 @@ class CrossEntropyLoss(Module):
         if targets.shape != (n,) or targets.dtype.kind not in "iu":            # integers, signed or not
             raise ValueError(f"CrossEntropyLoss expects integer targets of shape ({n},), "
                              f"got {targets.dtype} {targets.shape}")
-        loss, log_p, bad = cross_entropy_forward(logits, targets, self.reduction == "mean")
+        nll, total, kept, log_p, bad = cross_entropy_forward(logits, targets, self.ignore_index)
         if bad >= 0:
-            raise ValueError(f"CrossEntropyLoss: targets must be class indices in [0, {k}), "
-                             f"got values from {targets.min()} to {targets.max()}")
-        self.save_for_backward(log_p, targets)
-        return logits.dtype.type(loss)
+            raise ValueError(f"CrossEntropyLoss: targets must be class indices in [0, {k}) or ignore_index "
+                             f"({self.ignore_index}), got {targets[bad]} (row {bad})")
+        self.save_for_backward(log_p, targets, kept)
+        if self.reduction == "none":
+            return nll
+        return logits.dtype.type(total if self.reduction == "sum" else total / kept if kept else np.nan)
 
-    def backward(self, grad_out=1.0):
-        log_p, targets = self.saved_for_backward()
-        n = log_p.shape[0]             # N = 0: an empty (0, K) gradient, as PyTorch (not grad_out / 0)
-        return cross_entropy_backward(log_p, targets, grad_out / max(n, 1) if self.reduction == "mean" else grad_out)
+    def backward(self, grad_out=None):
+        log_p, targets, kept = self.saved_for_backward()
+        n = log_p.shape[0]
+        if self.reduction == "none":
+            if grad_out is None or np.shape(grad_out) != (n,):
+                raise ValueError(f"CrossEntropyLoss(reduction='none').backward expects the gradient of the "
+                                 f"per-row losses, shape ({n},), got {None if grad_out is None else np.shape(grad_out)}")
+            scale = np.asarray(grad_out, dtype=np.float64)
+        else:
+            grad_out = 1.0 if grad_out is None else float(grad_out)
+            scale = np.full(n, grad_out / max(kept, 1) if self.reduction == "mean" else grad_out)
+        return cross_entropy_backward(log_p, targets, self.ignore_index, scale)
 
     def extra_repr(self):
-        return f"reduction={self.reduction!r}"
+        return f"reduction={self.reduction!r}" + (f", ignore_index={self.ignore_index}"
+                                                  if self.ignore_index != -100 else "")
 
 
 def _legacy_reduction(size_average, reduce):

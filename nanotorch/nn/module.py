@@ -33,6 +33,9 @@ class Parameter:
 
     def __init__(self, data):
         self.data = np.asarray(data)
+        if not np.issubdtype(self.data.dtype, np.floating):
+            raise TypeError(f"Parameter: expected floating-point data (only those have gradients, as in "
+                            f"PyTorch), got {self.data.dtype}")
         self._grad = None
         self._grad_is_view = False
 
@@ -54,6 +57,14 @@ class Parameter:
 
     @grad.setter
     def grad(self, value):
+        """None, or an array of the parameter's own shape and dtype (the optimisers' compiled loops
+        read grad as data's twin: anything else is refused here, as PyTorch refuses it)."""
+        if value is not None:
+            if not isinstance(value, np.ndarray):
+                raise TypeError(f"Parameter.grad: expected a numpy array or None, got {type(value).__name__}")
+            if value.shape != self.data.shape or value.dtype != self.data.dtype:
+                raise ValueError(f"Parameter.grad: expected an array of the parameter's shape {self.data.shape} "
+                                 f"and dtype {self.data.dtype}, got {value.shape} {value.dtype}")
         self._set_grad(value)
 
     def _set_grad(self, value):
@@ -90,6 +101,11 @@ class Parameter:
 
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+
+
+class StateDictMismatch(ValueError, RuntimeError):
+    """load_state_dict's error: a RuntimeError, as PyTorch raises, and a ValueError, as nanotorch's
+    other errors for bad input; ``except`` either catches it."""
 
 
 class Module:
@@ -169,18 +185,19 @@ class Module:
     def children(self):
         return [m for m in self._modules.values() if m is not None]
 
-    def named_parameters(self, prefix=""):
+    def named_parameters(self, prefix="", recurse=True):
         """A Parameter shared by two modules (tied weights: b.weight = a.weight) is listed once, under
-        its first name, as in PyTorch; its gradient is the sum of both uses' (each backward adds)."""
+        its first name, as in PyTorch; its gradient is the sum of both uses' (each backward adds).
+        recurse=False: this module's own parameters only."""
         seen = set()
-        for mod_name, mod in self.named_modules(prefix):
+        for mod_name, mod in (self.named_modules(prefix) if recurse else [(prefix, self)]):
             for name, p in mod._parameters.items():
                 if p is not None and id(p) not in seen:
                     seen.add(id(p))
                     yield (f"{mod_name}.{name}" if mod_name else name), p
 
-    def parameters(self):
-        return [p for _, p in self.named_parameters()]
+    def parameters(self, recurse=True):
+        return [p for _, p in self.named_parameters(recurse=recurse)]
 
     def named_buffers(self, prefix=""):
         for mod_name, mod in self.named_modules(prefix):
@@ -235,9 +252,17 @@ class Module:
             for name in mod._buffers:
                 yield (f"{mod_name}.{name}" if mod_name else name), mod, name, False, getattr(mod, name)
 
-    def state_dict(self):
-        """Copies of every parameter and buffer, keyed as PyTorch keys them."""
-        return OrderedDict((key, np.array(array, copy=True)) for key, _, _, _, array in self._state_entries())
+    def state_dict(self, *, destination=None, prefix="", keep_vars=False):
+        """Copies of every parameter and buffer, keyed as PyTorch keys them (each key after ``prefix``;
+        added to ``destination`` and returned, if given). keep_vars=True, which in PyTorch keeps the
+        autograd variables, is not implemented."""
+        if keep_vars:
+            raise NotImplementedError(f"{type(self).__name__}.state_dict: keep_vars=True is not implemented in "
+                                      "nanotorch (it returns copies; the live arrays are parameter.data)")
+        out = OrderedDict() if destination is None else destination
+        for key, _, _, _, array in self._state_entries():
+            out[prefix + key] = np.array(array, copy=True)
+        return out
 
     def load_state_dict(self, state_dict, strict=True):
         """Copy arrays into the model; a mismatch raises one error listing every bad key. Returns
@@ -255,7 +280,7 @@ class Module:
         problems = wrong + ([f"missing keys: {missing}"] if missing and strict else []) \
             + ([f"unexpected keys: {unexpected}"] if unexpected and strict else [])
         if problems:
-            raise ValueError(f"state_dict does not fit {type(self).__name__}:\n  " + "\n  ".join(problems))
+            raise StateDictMismatch(f"state_dict does not fit {type(self).__name__}:\n  " + "\n  ".join(problems))
         for key, (mod, name, is_param, have) in own.items():
             if key not in state_dict:
                 continue

@@ -29,7 +29,7 @@ def _vector_norm(x, norm_type):
     return np.sum(x ** norm_type) ** (1.0 / norm_type)
 
 
-def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False):
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
     r"""Rescale the gradients in place so that their total norm is at most ``max_norm``.
 
     The total norm is the p-norm of the per-parameter p-norms, which is the norm of all gradients
@@ -55,6 +55,8 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         norm_type: p of the p-norm: a float, or ``inf`` / ``'inf'`` for the max-norm. Default: 2.
         error_if_nonfinite: raise RuntimeError if the total norm is nan or +-inf
             (otherwise the gradients are scaled by the non-finite coefficient). Default: False.
+        foreach: chooses among PyTorch's implementations of this same computation; nanotorch
+            has one, so any value gives the numbers above.
 
     Returns:
         The total norm before clipping, a 0-d NumPy float in the gradients' dtype

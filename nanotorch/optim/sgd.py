@@ -30,15 +30,19 @@ class SGD(Optimizer):
         dampening: dampening for momentum. Default: 0.
         weight_decay: L2 penalty coefficient, >= 0. Default: 0.
         nesterov: Nesterov momentum; needs momentum > 0 and dampening == 0. Default: False.
+        maximize, differentiable: PyTorch's; only their default, False, is implemented.
+        foreach, fused: choose among PyTorch's implementations of this same update; nanotorch has
+            one (a compiled loop), so any value gives the numbers above.
 
     The momentum buffers live in ``self.state[p]['momentum_buffer']`` (same shape and dtype as p)
     and are saved by ``state_dict()``.
     """
 
-    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False):
+    def __init__(self, params, lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False, *,
+                 maximize=False, foreach=None, differentiable=False, fused=None):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening,
                         weight_decay=weight_decay, nesterov=nesterov)
-        self._check_group(defaults)
+        self._check_group(dict(defaults, maximize=maximize, differentiable=differentiable))
         super().__init__(params, defaults)
 
     def _check_group(self, group):
