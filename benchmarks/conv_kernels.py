@@ -306,8 +306,9 @@ def plot(rows, peak, path):
         ax.axhline(peak, color="k", ls="--", lw=1, label=f"SGEMM peak {peak:.0f}")
         ax.set(yscale="log", ylabel="GFLOP/s", title=f"{op}, batch {b}", xticks=range(len(layers)),
                xticklabels=layers)
-    axes[0, 0].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()       # one legend, below the panels
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 / len(batches), 1, 1))
     write_atomic(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
     return path
@@ -320,7 +321,7 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for Numba's kernels, torch and the SGEMM peak (BLAS inside the kernels: one)")
     ap.add_argument("--impl", nargs="+", default=None, choices=sorted(IMPLEMENTATIONS), help="default: all")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per op (default 7, quick 3)")
-    ap.add_argument("--out", default=str(RESULTS_DIR))
+    ap.add_argument("--out", default=str(RESULTS_DIR), help="folder for the CSV and the plot (default benchmarks/results/)")
     ap.add_argument("--plot", action=argparse.BooleanOptionalAction, default=None, help="default: on unless --quick")
     return ap.parse_args(argv)
 

@@ -208,7 +208,7 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="20 steps, 1 repeat, 1000 test images (CI smoke)")
     ap.add_argument("--data-dir", default=None, help="folder with the MNIST files (default $NANOTORCH_DATA/mnist)")
     ap.add_argument("--no-torch", action="store_true", help="measure nanotorch only")
-    ap.add_argument("--out", default=str(RESULTS_DIR))
+    ap.add_argument("--out", default=str(RESULTS_DIR), help="folder for the CSVs and epoch.json (default benchmarks/results/)")
     args = ap.parse_args(argv)
     args.steps = args.steps or (20 if args.quick else 300)
     args.repeats = args.repeats or (1 if args.quick else 5)

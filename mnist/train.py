@@ -138,6 +138,8 @@ def parse_args(argv=None):
         value = getattr(args, flag)              # (NaN fails every comparison, so it is refused too)
         if not (math.isfinite(value) and ok(value)):
             ap.error(f"--{flag.replace('_', '-')} must be a finite number {what}, got {value}")
+    if args.out == "":
+        ap.error("--out must name a folder (leave it out for runs/<date-time>)")
     if args.limit is not None and args.limit < args.batch_size:
         ap.error(f"--limit must be at least the batch size ({args.batch_size})")
     return args
@@ -292,7 +294,10 @@ def train(args):
     elif not claim_run_dir(run_dir, config):             # --out: another run took it since the check
         check_run_dir(run_dir, args.resume)              # (raises, naming what the folder holds)
         raise ValueError(f"{run_dir} was taken by another run as this one started: give another --out")
-    print(f"training on {len(train_x)} images, batch {args.batch_size}, {total_steps} steps, into {run_dir}")
+    if step == total_steps:                        # resumed from the checkpoint of a finished run
+        print(f"{run_dir}: the run's {total_steps} steps are done; scoring it and writing its results")
+    else:
+        print(f"training on {len(train_x)} images, batch {args.batch_size}, {total_steps} steps, into {run_dir}")
 
     last_saved = (args.resume, step) if args.resume else None     # (path, step) of the last good checkpoint
 

@@ -249,8 +249,15 @@ def test_visualize_an_interrupted_run_draws_from_its_checkpoint(tmp_path, monkey
     assert f"takes a run folder ({tmp_path}, say)" in capsys.readouterr().err
 
 
+def test_train_empty_out_is_a_usage_error(capsys):
+    assert "--out must name a folder" in usage_error(train_mod.main, ["--out", ""], capsys)
+
+
 def test_train_resume_takes_the_run_folder_for_its_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
     assert train_mod.main(["--limit", "12", "--checkpoint-every", "1", *QUICK, "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
     assert train_mod.main(["--resume", str(tmp_path), *QUICK]) == 0               # the folder, not .../checkpoint.npz
-    assert f"-> {tmp_path}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{tmp_path}: the run's 3 steps are done" in out and "training on" not in out
+    assert f"-> {tmp_path}" in out
