@@ -256,3 +256,16 @@ def test_load_state_dict_error_is_a_runtime_error_as_in_pytorch_and_a_value_erro
     for exc in (RuntimeError, ValueError):
         with pytest.raises(exc, match="missing keys"):
             model.load_state_dict({})
+
+
+def test_a_state_dict_without_batchnorms_count_loads_as_in_pytorch():
+    """PyTorch fills a missing num_batches_tracked (state dicts from before it existed) by keeping the
+    module's own; any other missing key is still an error."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    model[1].num_batches_tracked[()] = 7
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    assert model.load_state_dict(state) == ([], [])
+    assert int(model[1].num_batches_tracked) == 7
+    del state["1.running_mean"]
+    with pytest.raises(RuntimeError, match=r"missing keys: \['1.running_mean'\]"):
+        model.load_state_dict(state)

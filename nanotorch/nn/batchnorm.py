@@ -32,6 +32,7 @@ from nanotorch.nn.module import Module, Parameter
 
 class _BatchNorm(Module):
     _ndims = ()
+    _may_be_missing = ("num_batches_tracked",)   # as PyTorch: state dicts older than the count load
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, track_running_stats=True, device=None,
                  dtype=None, *, bias=True):

@@ -110,6 +110,7 @@ class StateDictMismatch(ValueError, RuntimeError):
 
 class Module:
     """Base class of every layer (see the module docstring for the contract)."""
+    _may_be_missing = ()        # buffers a state_dict may lack (kept as they are): BatchNorm's count
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -269,7 +270,8 @@ class Module:
         ``(missing_keys, unexpected_keys)`` as PyTorch does (both empty unless ``strict=False``)."""
         own = OrderedDict((key, (mod, name, is_param, array))
                           for key, mod, name, is_param, array in self._state_entries())
-        missing = [k for k in own if k not in state_dict]
+        missing = [k for k, (mod, name, _, _) in own.items() if k not in state_dict
+                   and name not in mod._may_be_missing]
         unexpected = [k for k in state_dict if k not in own]
         wrong = []
         for key, (mod, name, is_param, have) in own.items():
