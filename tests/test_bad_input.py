@@ -294,12 +294,12 @@ def test_load_state_dict_lists_every_problem_at_once_with_full_key_paths():
     state = model.state_dict()
     state["0.0.weight"] = np.zeros((4, 1, 5, 5), dtype=np.float32)     # wrong shape
     state["13.bias"] = np.zeros(57, dtype=np.float32)                  # wrong shape
-    del state["2.1.num_batches_tracked"]                               # missing
+    del state["2.1.running_var"]                                       # missing
     state["17.weight"] = np.zeros(3, dtype=np.float32)                 # unexpected
     with raises(ValueError, "Sequential",
                 re.escape("0.0.weight"), re.escape("(4, 1, 5, 5)"), re.escape("(4, 1, 3, 3)"),
                 re.escape("13.bias"), re.escape("(57,)"), re.escape("(56,)"),
-                "missing", re.escape("2.1.num_batches_tracked"),
+                "missing", re.escape("2.1.running_var"),
                 "unexpected", re.escape("17.weight")):
         model.load_state_dict(state)
 
