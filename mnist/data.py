@@ -20,6 +20,7 @@ import hashlib
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -186,11 +187,20 @@ def _where_to_put(directory):
     )
 
 
-def _found_nearby(directory):
-    """The folder one level up or down from `directory` (its parent, or its mnist/) that holds all
-    four files, if one does: the likely slip of naming the data home for its mnist/, or the reverse."""
+def _found_nearby(directory, checksums=None):
+    """The folder one level up or down from `directory` (its parent, or its mnist/) that holds the
+    four MNIST files, checked against their checksums (Fashion-MNIST's files have the same names),
+    if one does: the likely slip of naming the data home for its mnist/, or the reverse."""
+    checksums = SHA256 if checksums is None else checksums
+
+    def genuine(path):
+        try:
+            return _content_sha256(path)[0] == checksums[path.name.removesuffix(".gz")]
+        except (OSError, EOFError, zlib.error):
+            return False
     for near in (directory.parent, directory / "mnist"):
-        if all(_find(near, name) for pair in SPLITS.values() for name in pair):
+        paths = [_find(near, name) for pair in SPLITS.values() for name in pair]
+        if all(paths) and all(genuine(p) for p in paths):
             return near
     return None
 
@@ -226,7 +236,7 @@ def download_mnist(data_dir=None, mirrors=None, splits=("train", "test"), checks
     attempts = ATTEMPTS if attempts is None else attempts
     backoff = BACKOFF if backoff is None else backoff
     missing = [name for split in splits for name in _split_files(split) if _find(directory, name) is None]
-    near = _found_nearby(directory) if missing else None
+    near = _found_nearby(directory, checksums) if missing else None
     if near is not None:                 # a folder one level off: say so rather than download
         raise FileNotFoundError(_look_there(directory, near))
     paths = []
@@ -340,12 +350,14 @@ def _reason(e, url):
     text = str(e)
     if isinstance(e, requests.Timeout):
         return f"{type(e).__name__}: {host} did not answer in time"
+    if isinstance(e, (requests.exceptions.SSLError, requests.exceptions.ProxyError)):   # keep the cause: it says what to fix
+        cause = re.search(r"certificate verify failed[^'\"]*|Tunnel connection failed[^'\"]*", text)
+        return f"{type(e).__name__}: {host}: {cause.group(0) if cause else text[-200:]}"
     if isinstance(e, requests.ConnectionError):
         if "NameResolutionError" in text or "Name or service not known" in text or "getaddrinfo" in text:
             return f"ConnectionError: cannot resolve {host} (no network, or no DNS)"
-        if "refused" in text:
-            return f"ConnectionError: {host} refused the connection"
-        return f"ConnectionError: cannot connect to {host}"
+        errno_text = re.search(r"\[Errno -?\d+\] [^'\"]*", text)
+        return f"ConnectionError: cannot connect to {host}" + (f" ({errno_text.group(0)})" if errno_text else "")
     return f"{type(e).__name__}: {text[:200]}"
 
 
@@ -372,7 +384,7 @@ def _load_verified(directory, gz_name, checksums, ndim):
     """Read one file after checking its decompressed content's SHA-256."""
     path = _find(directory, gz_name)
     if path is None:
-        near = _found_nearby(directory)
+        near = _found_nearby(directory, checksums)
         raise FileNotFoundError(
             f"MNIST file {gz_name} (or {gz_name[: -len('.gz')]}) not found in {directory}. " +
             (_look_there(directory, near) if near else f"Pass download=True to fetch it. {_where_to_put(directory)}")

@@ -15,8 +15,14 @@ os.umask(_UMASK)                # other threads creating files
 
 def move_into_place(tmp, path, replace=True):
     """fsync the closed temp file ``tmp``, give it mode 0o666 & ~umask (mkstemp makes 0600, which
-    other users of a shared folder could not read), then os.replace it onto ``path`` (or, with
-    replace=False, os.link it to ``path``, raising FileExistsError if path exists, and remove tmp)."""
+    other users of a shared folder could not read), then move it to ``path``:
+
+    - replace=True: os.replace, over whatever ``path`` was;
+    - replace=False: only if ``path`` does not exist (else FileExistsError, tmp left for the
+      caller): os.link, which fails if the name is taken, then tmp removed. Where the file
+      system has no hard links (FAT, many FUSE mounts), the name is claimed by creating it empty
+      with O_EXCL, then os.replace'd by tmp: the same claim, with a moment when it is empty.
+    """
     fd = os.open(tmp, os.O_RDWR)
     try:
         os.fsync(fd)
@@ -25,8 +31,15 @@ def move_into_place(tmp, path, replace=True):
     os.chmod(tmp, 0o666 & ~_UMASK)
     if replace:
         os.replace(tmp, path)
-    else:
+        return
+    try:
         os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:                            # no hard links here
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.replace(tmp, path)
+    else:
         os.unlink(tmp)
 
 
@@ -41,9 +54,9 @@ def write_new(path, write, mode="wb"):
 
 
 def write_atomic(path, write, mode="wb", newline=None, replace=True):
-    """Call write(file) on a temp file in path's folder (created if missing), then move_into_place;
-    on any error the temp file is removed and the old file, if any, is left as it was. ``mode`` and
-    ``newline`` as open()'s (csv files want newline="")."""
+    """Call write(file) on a temp file in path's folder (created if missing), then move_into_place
+    (with ``replace``: see there); on any error the temp file is removed and the old file, if any,
+    is left as it was. ``mode`` and ``newline`` as open()'s (csv files want newline="")."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)

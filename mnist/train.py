@@ -23,6 +23,7 @@ is cut back to the checkpoint's step, then appended to.
 import argparse
 import csv
 import json
+import logging
 import math
 import os
 import signal
@@ -73,8 +74,11 @@ class StopAtStepBoundary:
 
     def _handler(self, signum, frame):
         if self.requested:
+            os.write(2, b"\nstopping at once: what was not in a checkpoint is lost\n")
             raise Stopped(signum)
         self.requested = signum
+        os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step (or the evaluation under way), "
+                    "with a checkpoint; again to stop at once\n".encode())
 
     def __exit__(self, *exc):
         for s, previous in zip(self.SIGNALS, self.previous):
@@ -108,9 +112,12 @@ def parse_args(argv=None):
     ap.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    resume = args.resume and (os.path.join(args.resume, "checkpoint.npz") if os.path.isdir(args.resume)
-                              else args.resume)       # a run folder stands for its checkpoint, as in mnist.evaluate
-    args.resume = resume
+    resume = args.resume
+    if resume and os.path.isdir(resume):                 # a run folder stands for its checkpoint, as in mnist.evaluate
+        if not os.path.exists(os.path.join(resume, "checkpoint.npz")):
+            done = " (its run finished: model.npz is there)" if os.path.exists(os.path.join(resume, "model.npz")) else ""
+            ap.error(f"--resume {resume}: the folder holds no checkpoint.npz{done}")
+        resume = args.resume = os.path.join(resume, "checkpoint.npz")
     if args.resume:              # the run's own options; a recipe flag given again must repeat them
         try:
             saved = checkpoint_state(args.resume)["config"]
@@ -413,10 +420,12 @@ def main(argv=None):
 
 def exit_with(status):
     """sys.exit(status), except after a stop by Ctrl-C or SIGTERM (status 128 + the signal): then the
-    process ends by that signal, as Python itself does after a Ctrl-C, so that a shell loop running
-    several trainings stops too (a shell shows the status 128 + the signal either way)."""
+    process ends by that signal, as Python itself does after an uncaught Ctrl-C, so that a shell
+    loop running several trainings stops too (a shell shows the status 128 + the signal either way).
+    Everything is written by then (the log closed, the checkpoint saved); the streams are flushed."""
     signum = status - 128
     if signum in (signal.SIGINT, signal.SIGTERM):
+        logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         signal.signal(signum, signal.SIG_DFL)

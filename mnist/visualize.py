@@ -311,7 +311,7 @@ def plot_training_curves(log_csv_path, path):
     with plt.rc_context(STYLE):
         ax_loss, ax_acc, ax_lr = fig.subplots(3, 1, sharex=True, height_ratios=(1.2, 1, 0.9))
         ax_loss.plot(step, log["loss"], color=COLORS["block"], alpha=0.25, linewidth=0.8, **dots,
-                     label=f"mean over each {every} steps")
+                     label=f"mean of each {every} steps")
         ax_loss.plot(step, smooth(log["loss"], window), color=COLORS["block"], linewidth=2,
                      label=f"smoothed (EMA over ~{window * every} steps)")
         ax_loss.set_yscale("log")
@@ -321,7 +321,7 @@ def plot_training_curves(log_csv_path, path):
 
         acc = 100 * log["accuracy"]
         ax_acc.plot(step, acc, color=COLORS["fc"], linewidth=2, **dots)
-        ax_acc.set_ylabel(f"accuracy over each\n{every} steps (%)")
+        ax_acc.set_ylabel(f"accuracy of each\n{every} steps (%)")
         ax_acc.set_ylim(max(0.0, min(acc.min(), 100) - 2), 100.5)
         low = acc[-1] < 50                      # the label above a low point, below a high one
         ax_acc.annotate(f"{acc[-1]:.2f}%", (step[-1], acc[-1]), xytext=(-4, 8 if low else -14),
@@ -522,7 +522,7 @@ def visualize_run(run_dir, data_dir=None, test_images=None, test_set=None, evalu
     from mnist.evaluate import evaluate, model_path
 
     if os.path.isfile(run_dir):
-        raise FileNotFoundError(f"{run_dir} is a file: mnist.visualize takes a run folder "
+        raise NotADirectoryError(f"{run_dir} is a file: mnist.visualize takes a run folder "
                                 f"({os.path.dirname(run_dir) or '.'}, say)")
     model = load_model(model_path(run_dir))          # model.npz, or an unfinished run's checkpoint.npz
 

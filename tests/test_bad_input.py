@@ -376,6 +376,8 @@ def test_pytorch_keyword_arguments_at_their_defaults_are_accepted():
     pytest.param(lambda: nn.Conv2d(2, 4, 3, stride=2, padding="same"), ValueError, ["strided"], id="same-strided"),
     pytest.param(lambda: nn.Conv2d(2, 4, 3, padding="full"), ValueError, ["'full'", "'same'"], id="padding-word"),
     pytest.param(lambda: nn.Linear(2, 3, dtype=np.int32), TypeError, ["float32 or float64", "int32"], id="int-dtype"),
+    pytest.param(lambda: nn.Linear(2, 3, dtype="bogus"), TypeError, ["float32 or float64", "'bogus'"], id="bad-dtype"),
+    pytest.param(lambda: nn.BatchNorm2d(2, dtype=np.float16), TypeError, ["float16"], id="half-dtype"),
 ])
 def test_constructor_argument_errors_name_what_was_expected(build, exc, fragments):
     with pytest.raises(exc) as info:
@@ -427,6 +429,11 @@ def test_cross_entropy_reduction_none_backward_needs_a_gradient_per_row():
     for bad in (None, 1.0, np.ones(2)):
         with raises(ValueError, "CrossEntropyLoss", re.escape("(3,)")):
             crit.backward(bad)
+
+
+def test_cross_entropy_elementwise_mean_is_mean_with_a_warning():
+    with pytest.warns(UserWarning, match="elementwise_mean.*deprecated"):
+        assert nn.CrossEntropyLoss(reduction="elementwise_mean").reduction == "mean"
 
 
 def test_cross_entropy_bad_target_names_ignore_index():

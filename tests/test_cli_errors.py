@@ -5,6 +5,7 @@ with a one-line error naming what was expected: a usage error (exit 2) for a fla
 Everything here runs in-process on tiny synthetic data (load_mnist patched): no MNIST files needed.
 """
 import json
+import os
 
 import numpy as np
 import pytest
@@ -104,8 +105,14 @@ def test_of_two_runs_started_into_one_folder_at_once_only_one_trains(tmp_path, m
     assert (out / "config.json").read_text() == "the other run's"
 
 
-def test_claim_run_dir_succeeds_once_and_writes_the_whole_config(tmp_path):
-    """The claim and the config are one step: never an empty config.json that holds a folder."""
+@pytest.mark.parametrize("hard_links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_claim_run_dir_succeeds_once_and_writes_the_whole_config(tmp_path, monkeypatch, hard_links):
+    """The claim and the config are one step: never an empty config.json that holds a folder.
+    On a file system without hard links (FAT, FUSE: os.link fails with EPERM) the claim still works."""
+    if not hard_links:
+        def no_link(src, dst):
+            raise PermissionError(1, "Operation not permitted")
+        monkeypatch.setattr(os, "link", no_link)
     folder = tmp_path / "a" / "b"
     assert train_mod.claim_run_dir(str(folder), {"seed": 1})
     assert not train_mod.claim_run_dir(str(folder), {"seed": 2})
@@ -247,6 +254,11 @@ def test_visualize_an_interrupted_run_draws_from_its_checkpoint(tmp_path, monkey
     assert (tmp_path / "architecture.png").exists() and (tmp_path / "confusion_matrix.png").exists()
     assert visualize.main([str(tmp_path / "checkpoint.npz")]) == 1                # a file: its folder is meant
     assert f"takes a run folder ({tmp_path}, say)" in capsys.readouterr().err
+
+
+def test_train_resume_of_a_folder_without_a_checkpoint_is_a_usage_error(tmp_path, capsys):
+    assert f"--resume {tmp_path}: the folder holds no checkpoint.npz" in usage_error(
+        train_mod.main, ["--resume", str(tmp_path)], capsys)
 
 
 def test_train_empty_out_is_a_usage_error(capsys):

@@ -216,8 +216,8 @@ def test_missing_without_download_says_where_to_put_files(tmp_path):
     assert "--data-dir" in message and "NANOTORCH_DATA" in message
 
 
-@pytest.mark.parametrize("given, home", [("mnist/mnist", "."), (".", ".")], ids=["one-down", "one-up"])
-def test_a_data_folder_one_level_off_is_named_not_downloaded_into(tmp_path, given, home, monkeypatch):
+@pytest.mark.parametrize("given", ["mnist/mnist", "."], ids=["one-down", "one-up"])
+def test_a_data_folder_one_level_off_is_named_not_downloaded_into(tmp_path, given, monkeypatch):
     """NANOTORCH_DATA set to the mnist/ folder itself, or --data-dir to the data home: the error
     names the folder that holds the files, at once, and nothing is created or downloaded."""
     contents = fake_mnist()
@@ -238,6 +238,15 @@ def test_a_data_folder_one_level_off_is_named_not_downloaded_into(tmp_path, give
     assert not (tmp_path / "mnist" / "mnist").exists()
 
 
+def test_files_of_the_same_names_one_level_off_but_not_mnist_are_not_named(tmp_path, monkeypatch):
+    """Fashion-MNIST's files have MNIST's names: a folder is named only if its files check out."""
+    contents = fake_mnist()
+    write_files(tmp_path / "mnist", fake_mnist(seed=1))                     # same names, other content
+    monkeypatch.setattr(data, "_download", lambda *a, **k: (_ for _ in ()).throw(MnistDownloadError("tried")))
+    with pytest.raises(MnistDownloadError, match="tried"):
+        load_mnist("train", data_dir=tmp_path, checksums=checksums_of(contents))
+
+
 def test_a_failed_connection_is_one_short_line():
     e = data.requests.ConnectionError("HTTPSConnectionPool(host='h.example', port=443): Max retries exceeded "
                                       "(Caused by NameResolutionError(\"Failed to resolve 'h.example'\"))")
@@ -245,6 +254,16 @@ def test_a_failed_connection_is_one_short_line():
         "ConnectionError: cannot resolve h.example (no network, or no DNS)"
     assert data._reason(data.requests.ReadTimeout("..."), "https://h.example/x") == \
         "ReadTimeout: h.example did not answer in time"
+    refused = data.requests.ConnectionError("HTTPSConnectionPool(...): Max retries exceeded (Caused by NewConnection"
+                                            "Error('...: Failed to establish a new connection: [Errno 111] "
+                                            "Connection refused'))")
+    assert data._reason(refused, "https://h.example/x") == \
+        "ConnectionError: cannot connect to h.example ([Errno 111] Connection refused)"
+    ssl = data.requests.exceptions.SSLError("HTTPSConnectionPool(...): (Caused by SSLError(SSLCertVerificationError("
+                                            "1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: "
+                                            "self-signed certificate in certificate chain (_ssl.c:1006)')))")
+    assert data._reason(ssl, "https://h.example/x") == ("SSLError: h.example: certificate verify failed: "
+                                                        "self-signed certificate in certificate chain (_ssl.c:1006)")
 
 
 def test_unknown_split(tmp_path):

@@ -319,8 +319,9 @@ def test_cross_entropy_matches_torch(reduction, n, k, scale, grad_out, ignore_in
     rng = np.random.default_rng(5)
     logits = rng.standard_normal((n, k)) * scale
     targets = rng.integers(0, k, n)
-    if ignore_index < 0:
-        targets[::3] = ignore_index                                     # every third row skipped
+    targets[::3] = ignore_index if ignore_index < 0 else targets[::3]   # every third row skipped
+    if ignore_index >= 0:
+        targets[1::3] = ignore_index                                    # a class: those rows skipped
     crit = nt_nn.CrossEntropyLoss(reduction=reduction, ignore_index=ignore_index)
     crit_t = torch.nn.CrossEntropyLoss(reduction=reduction, ignore_index=ignore_index)
     loss = crit(logits, targets)
@@ -336,6 +337,25 @@ def test_cross_entropy_matches_torch(reduction, n, k, scale, grad_out, ignore_in
         grad = crit.backward(grad_out) if grad_out != 1.0 else crit.backward()
         loss_t.backward(torch.tensor(grad_out, dtype=torch.float64))
     close(grad, zt.grad, "d loss / d logits")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_float32_and_uint8_targets_match_torch(reduction):
+    """The module in float32 (the dtype it trains in), targets as uint8 with 255 ignored."""
+    rng = np.random.default_rng(9)
+    logits = (rng.standard_normal((64, 10)) * 3).astype(np.float32)
+    targets = rng.integers(0, 10, 64).astype(np.uint8)
+    targets[::5] = 255
+    crit = nt_nn.CrossEntropyLoss(reduction=reduction, ignore_index=255)
+    loss = crit(logits, targets)
+    zt = torch.from_numpy(logits.copy()).requires_grad_(True)
+    loss_t = torch.nn.CrossEntropyLoss(reduction=reduction, ignore_index=255)(zt, torch.from_numpy(targets).long())
+    upstream = rng.random(64).astype(np.float32) if reduction == "none" else None
+    grad = crit.backward(upstream)
+    loss_t.backward(None if upstream is None else torch.from_numpy(upstream))
+    assert np.asarray(loss).dtype == np.float32 and grad.dtype == np.float32
+    np.testing.assert_allclose(loss, loss_t.detach().numpy(), rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(grad, zt.grad.numpy(), rtol=2e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("build, shape", [
@@ -527,6 +547,12 @@ def test_default_init_is_uniform_within_one_over_sqrt_fan_in(build, fan_in):
         b = layer.bias.data if lib == "nanotorch" else layer.bias.detach().numpy()
         assert np.abs(b).max() <= bound * (1 + 1e-6), f"{lib}: bias beyond the bound {bound}"
         assert np.unique(b).size == b.size, f"{lib}: bias is not random"
+
+
+def test_torch_dtypes_are_understood_by_name():
+    assert nt_nn.Linear(2, 3, dtype=torch.float64).weight.dtype == np.float64
+    with pytest.raises(TypeError, match="torch.float16"):
+        nt_nn.Conv2d(1, 2, 3, dtype=torch.float16)
 
 
 # --- the same signatures --------------------------------------------------------------------------------

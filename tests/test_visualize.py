@@ -7,6 +7,7 @@ patched) and once on the first 500 real test images when NANOTORCH_DATA is set.
 import math
 import os
 import struct
+import warnings
 
 import matplotlib.figure
 import numpy as np
@@ -92,6 +93,16 @@ def test_first_layer_filters(model, tmp_path):
 
 def test_training_curves(run_dir, tmp_path):
     path = visualize.plot_training_curves(str(run_dir / "log.csv"), str(tmp_path / "c.png"))
+    assert png_size(path) == expected(visualize.FIGSIZE["training_curves"])
+
+
+def test_training_curves_of_a_one_row_log(tmp_path):
+    """A run of fewer steps than --log-every... has one row: drawn as dots, without matplotlib's
+    warning about an empty x range (the warning is an error here)."""
+    (tmp_path / "log.csv").write_text("step,epoch,loss,accuracy,lr,momentum,grad_norm\n10,1,2.3,0.1,0.004,0.95,1.0\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = visualize.plot_training_curves(str(tmp_path / "log.csv"), str(tmp_path / "c.png"))
     assert png_size(path) == expected(visualize.FIGSIZE["training_curves"])
 
 

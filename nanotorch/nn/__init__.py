@@ -1,5 +1,5 @@
 """nanotorch.nn: layers with explicit, hand-written backward passes (one short file per idea)."""
-from nanotorch.nn.module import Module, Parameter, Sequential
+from nanotorch.nn.module import Module, Parameter, Sequential, StateDictMismatch
 from nanotorch.nn.conv import Conv2d
 from nanotorch.nn.batchnorm import BatchNorm1d, BatchNorm2d
 from nanotorch.nn.activation import GELU, ReLU
@@ -10,6 +10,7 @@ from nanotorch.nn.loss import CrossEntropyLoss
 from nanotorch.nn.fused import ConvBNGELU
 from nanotorch.nn import utils
 
-__all__ = ["Module", "Parameter", "Sequential", "Conv2d", "BatchNorm1d", "BatchNorm2d", "GELU", "ReLU",
-           "AdaptiveAvgPool2d", "MaxPool2d", "Dropout", "Flatten", "Linear", "CrossEntropyLoss", "ConvBNGELU", "utils"]
+__all__ = ["Module", "Parameter", "Sequential", "StateDictMismatch", "Conv2d", "BatchNorm1d", "BatchNorm2d", "GELU",
+           "ReLU", "AdaptiveAvgPool2d", "MaxPool2d", "Dropout", "Flatten", "Linear", "CrossEntropyLoss", "ConvBNGELU",
+           "utils"]
 

@@ -72,17 +72,19 @@ def only_default(layer, name, value, default):
 
 def check_device_and_dtype(layer, device, dtype):
     """PyTorch's factory arguments: device None or 'cpu' (NumPy arrays live there); dtype None
-    (float32) or float32 / float64, returned as a NumPy dtype (None for float32) for ``.to``."""
+    (float32) or float32 / float64 (NumPy's, their names, or torch's), returned as a NumPy dtype
+    (None for None) for ``.to``."""
     name = type(layer).__name__
     if device is not None and str(device) != "cpu":
         raise NotImplementedError(f"{name}: device={device!r} is not implemented in nanotorch (only the CPU: "
                                   "device=None or 'cpu')")
     if dtype is None:
         return None
-    try:
-        dtype = np.dtype(dtype)
+    wanted = dtype
+    try:                                   # (torch.float64 is understood by its name: "float64")
+        dtype = np.dtype(str(dtype).removeprefix("torch.") if type(dtype).__module__ == "torch" else dtype)
     except TypeError:
-        dtype = None
-    if dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name}: dtype must be float32 or float64 (NumPy's), got {dtype!r}")
+        dtype = np.dtype(object)           # refused below, with the value as given
+    if not any(dtype == d for d in _FLOAT_DTYPES):
+        raise TypeError(f"{name}: dtype must be float32 or float64, got {wanted!r}")
     return dtype
