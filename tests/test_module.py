@@ -243,6 +243,8 @@ def test_train_mode_must_be_a_bool_and_load_state_dict_returns_the_key_lists():
 def test_parameters_recurse_and_state_dict_prefix_as_pytorch():
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
     assert model.parameters(recurse=False) == [] and len(model[0].parameters(recurse=False)) == 2
+    assert model.buffers(recurse=False) == [] and [n for n, _ in model.named_buffers()] == [
+        "1.running_mean", "1.running_var", "1.num_batches_tracked"]
     state = model.state_dict(prefix="net.")
     assert list(state)[:2] == ["net.0.weight", "net.0.bias"]
     into = {"other": 1}

@@ -116,7 +116,8 @@ def test_param_groups_take_defaults_and_their_own_values():
     opt = SGD([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1, momentum=0.9)
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.5]
     assert all(g["momentum"] == 0.9 and g["nesterov"] is False for g in opt.param_groups)
-    assert set(opt.param_groups[0]) == {"params", "lr", "momentum", "dampening", "weight_decay", "nesterov"}
+    assert list(opt.param_groups[0]) == ["params", "lr", "momentum", "dampening", "weight_decay", "nesterov",
+                                         "maximize", "foreach", "differentiable", "fused"]     # PyTorch's keys
     opt.step()
     assert a.data[0] == pytest.approx(0.9) and b.data[0] == pytest.approx(0.5)
 
@@ -350,9 +351,9 @@ def test_state_dict_layout_is_pytorchs_and_copies_arrays():
 
 def test_flatten_round_trip_keeps_structure_and_types():
     tree = {"state": {0: {"momentum_buffer": np.arange(6.0).reshape(2, 3)}, 3: {"step": 4}},
-            "param_groups": [{"lr": 0.1, "nesterov": True, "name": "head", "params": [0, 1]},
-                             {"lr": 0.2, "nesterov": False, "name": "body", "params": []}],
-            "empty": {}, "phases": [{"end_step": 3.5}]}
+            "param_groups": [{"lr": 0.1, "nesterov": True, "name": "head", "params": [0, 1], "foreach": None},
+                             {"lr": 0.2, "nesterov": False, "name": "body", "params": [], "fused": None}],
+            "empty": {}, "phases": [{"end_step": 3.5}], "nothing": None}
     flat = flatten_state_dict(tree)
     assert all(isinstance(v, np.ndarray) and v.dtype != object for v in flat.values())
     back = unflatten_state_dict(flat)

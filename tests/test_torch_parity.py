@@ -555,6 +555,18 @@ def test_torch_dtypes_are_understood_by_name():
         nt_nn.Conv2d(1, 2, 3, dtype=torch.float16)
 
 
+def test_sgd_param_groups_have_torchs_keys_and_a_torch_state_dict_survives_a_checkpoint():
+    """PyTorch's SGD groups hold foreach=None and fused=None: a state_dict of theirs loads, and
+    goes through the pickle-free checkpoint format (None leaves) and back."""
+    from nanotorch.optim import flatten_state_dict, unflatten_state_dict
+    theirs = torch.optim.SGD([torch.nn.Parameter(torch.zeros(3))], lr=0.1, momentum=0.9)
+    ours = nanotorch.optim.SGD([nt_nn.Parameter(np.zeros(3, np.float32))], lr=0.1, momentum=0.9)
+    assert set(ours.state_dict()["param_groups"][0]) == set(theirs.state_dict()["param_groups"][0])
+    ours.load_state_dict({"state": {}, "param_groups": theirs.state_dict()["param_groups"]})
+    back = unflatten_state_dict(flatten_state_dict(ours.state_dict()))
+    assert back["param_groups"] == theirs.state_dict()["param_groups"]
+
+
 # --- the same signatures --------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", [
     "nn.Conv2d", "nn.BatchNorm1d", "nn.BatchNorm2d", "nn.GELU", "nn.ReLU", "nn.MaxPool2d", "nn.AdaptiveAvgPool2d",

@@ -200,10 +200,13 @@ class Module:
     def parameters(self, recurse=True):
         return [p for _, p in self.named_parameters(recurse=recurse)]
 
-    def named_buffers(self, prefix=""):
-        for mod_name, mod in self.named_modules(prefix):
+    def named_buffers(self, prefix="", recurse=True):
+        for mod_name, mod in (self.named_modules(prefix) if recurse else [(prefix, self)]):
             for name in mod._buffers:
                 yield (f"{mod_name}.{name}" if mod_name else name), getattr(mod, name)
+
+    def buffers(self, recurse=True):
+        return [b for _, b in self.named_buffers(recurse=recurse)]
 
     # --- modes and gradients ------------------------------------------------------------
     def train(self, mode=True):

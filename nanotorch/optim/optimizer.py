@@ -179,10 +179,12 @@ class Optimizer:
 #     'param_groups[1].lr'        [i] indexes a list (of dicts)
 #     'param_groups[0].params[]'  a list of numbers, stored as one 1-d array
 #     'state{}'                   an empty dict
+#     'param_groups[0].foreach~'  None (PyTorch's SGD keeps foreach=None and fused=None in its groups)
 # 0-d arrays come back as Python scalars (float, int, bool, str), other arrays as arrays.
 
-# A name (after a '.' unless it starts the key), a list index [i], a list of numbers [], an empty dict {}.
-_TOKEN = re.compile(r"(?:^|\.)([^.\[\]{}]+)|\[(\d+)\]|(\[\])|(\{\})")
+# A name (after a '.' unless it starts the key), a list index [i], a list of numbers [], an empty dict {},
+# None ~.
+_TOKEN = re.compile(r"(?:^|\.)([^.\[\]{}~]+)|\[(\d+)\]|(\[\])|(\{\})|(~)")
 
 
 class _ListIndex(int):
@@ -199,9 +201,9 @@ def flatten_state_dict(state_dict, prefix=""):
                 flat[path + "{}"] = np.zeros(0)
             for k, v in value.items():
                 k = str(k)
-                if not k or any(c in k for c in ".[]{}"):
+                if not k or any(c in k for c in ".[]{}~"):
                     raise ValueError(f"state_dict key {k!r} at {path!r} cannot be flattened: "
-                                     "keys must be non-empty and free of '.[]{}'")
+                                     "keys must be non-empty and free of '.[]{}~'")
                 visit(v, f"{path}.{k}" if path else k)
         elif isinstance(value, (list, tuple)):
             if all(isinstance(v, (bool, int, float, np.number, np.bool_)) for v in value):
@@ -211,6 +213,8 @@ def flatten_state_dict(state_dict, prefix=""):
                     visit(v, f"{path}[{i}]")
         elif isinstance(value, (np.ndarray, np.number, np.bool_, bool, int, float, str)):
             flat[path] = np.array(value, copy=True)
+        elif value is None:
+            flat[path + "~"] = np.zeros(0)
         else:
             raise TypeError(f"cannot flatten {type(value).__name__} at {path!r}: "
                             "expected a dict, list, ndarray or scalar")
@@ -233,21 +237,23 @@ def unflatten_state_dict(flat, prefix=""):
         pos = 0
         while pos < len(key):
             m = _TOKEN.match(key, pos)
-            if m is None or (tokens and tokens[-1] in ("[]", "{}")):
+            if m is None or (tokens and tokens[-1] in ("[]", "{}", "~")):
                 raise ValueError(f"malformed state_dict key {full_key!r}")
-            name, index, as_list, _ = m.groups()
+            name, index, as_list, as_dict, _ = m.groups()
             if name is not None:
                 tokens.append(int(name) if name.isdigit() else name)
             elif index is not None:
                 tokens.append(_ListIndex(int(index)))
             else:
-                tokens.append("[]" if as_list else "{}")
+                tokens.append("[]" if as_list else "{}" if as_dict else "~")
             pos = m.end()
         value = np.asarray(flat[full_key])
         if tokens[-1] == "[]":
             tokens, leaf = tokens[:-1], value.tolist()
         elif tokens[-1] == "{}":
             tokens, leaf = tokens[:-1], {}
+        elif tokens[-1] == "~":
+            tokens, leaf = tokens[:-1], None
         else:
             leaf = value.item() if value.ndim == 0 else np.array(value, copy=True)
         if not tokens:
