@@ -363,6 +363,18 @@ def test_flatten_round_trip_keeps_structure_and_types():
     assert type(back["param_groups"][0]["nesterov"]) is bool and type(back["state"][3]["step"]) is int
 
 
+def test_a_momentum_buffer_saved_as_none_means_none_yet():
+    """PyTorch can save momentum_buffer None (a parameter that has had no step with a gradient):
+    loading it starts the buffer at the next step, as PyTorch does."""
+    p = param([1.0, 2.0])
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    opt.load_state_dict({"state": {0: {"momentum_buffer": None}}, "param_groups": opt.state_dict()["param_groups"]})
+    p.grad = np.array([1.0, 1.0])
+    opt.step()
+    np.testing.assert_allclose(p.data, [0.9, 1.9], rtol=1e-6)
+    np.testing.assert_allclose(opt.state[p]["momentum_buffer"], [1.0, 1.0])
+
+
 def test_load_state_dict_rejects_a_different_optimiser():
     params, opt, _ = make_run()
     other = SGD([param([1.0]), param([2.0])], lr=0.1)

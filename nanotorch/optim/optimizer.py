@@ -147,8 +147,9 @@ class Optimizer:
                 raise ValueError(f"state_dict has state for parameter {idx}, which no group lists")
             restored = {}
             for key, value in saved_state.items():
-                if isinstance(value, np.ndarray) or key == "momentum_buffer":
-                    # (a 0-d buffer comes back from unflatten_state_dict as a Python scalar)
+                if isinstance(value, np.ndarray) or (key == "momentum_buffer" and value is not None):
+                    # (a 0-d buffer comes back from unflatten_state_dict as a Python scalar; None, as
+                    # PyTorch may save it, means no buffer yet: the next step starts one)
                     value = np.array(value, dtype=p.data.dtype, copy=True)
                     if value.size != p.data.size:
                         raise ValueError(f"state '{key}' of parameter {idx} has shape {value.shape}, "
