@@ -235,10 +235,10 @@ def download_mnist(data_dir=None, mirrors=None, splits=("train", "test"), checks
     timeout = TIMEOUT if timeout is None else timeout
     attempts = ATTEMPTS if attempts is None else attempts
     backoff = BACKOFF if backoff is None else backoff
-    missing = [name for split in splits for name in _split_files(split) if _find(directory, name) is None]
-    near = _found_nearby(directory, checksums) if missing else None
-    if near is not None:                 # a folder one level off: say so rather than download
-        raise FileNotFoundError(_look_there(directory, near))
+    if any(_find(directory, name) is None for split in splits for name in _split_files(split)):
+        near = _found_nearby(directory, checksums)
+        if near is not None:             # a folder one level off: say so rather than download
+            raise FileNotFoundError(_look_there(directory, near))
     paths = []
     for split in splits:
         for gz_name in _split_files(split):

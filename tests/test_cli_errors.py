@@ -228,9 +228,14 @@ def test_visualize_reports_a_failing_data_folder(tmp_path, monkeypatch, capsys, 
     assert capsys.readouterr().err == f"error: {error}\n"
 
 
-def test_evaluate_an_interrupted_run_scores_its_checkpoint(tmp_path, monkeypatch, capsys):
+def interrupted_run(folder):
+    """A run folder as a run stopped before its end leaves it: a checkpoint.npz, no model.npz."""
     state = build_model().state_dict()
-    save_npz_atomic(str(tmp_path / "checkpoint.npz"), {f"model/{k}": v for k, v in state.items()})
+    save_npz_atomic(str(folder / "checkpoint.npz"), {f"model/{k}": v for k, v in state.items()})
+
+
+def test_evaluate_an_interrupted_run_scores_its_checkpoint(tmp_path, monkeypatch, capsys):
+    interrupted_run(tmp_path)
     monkeypatch.setattr(evaluate_mod, "load_mnist", tiny_mnist(12))
     assert evaluate_mod.main([str(tmp_path)]) == 0
     out, err = capsys.readouterr()
@@ -246,8 +251,7 @@ def test_evaluate_a_folder_without_a_model(tmp_path, capsys):
 
 
 def test_visualize_an_interrupted_run_draws_from_its_checkpoint(tmp_path, monkeypatch, capsys):
-    state = build_model().state_dict()
-    save_npz_atomic(str(tmp_path / "checkpoint.npz"), {f"model/{k}": v for k, v in state.items()})
+    interrupted_run(tmp_path)
     monkeypatch.setattr(data, "load_mnist", tiny_mnist(12))
     assert visualize.main([str(tmp_path), "--test-images", "12"]) == 0
     assert "checkpoint.npz" in capsys.readouterr().err

@@ -8,10 +8,10 @@
 
 log p and the gradient are in the logits' dtype, as in the NumPy references below; the sums (over
 the classes inside the log, and of nll over the batch) are kept in float64 and rounded once, so a
-float32 loss over a large batch is not off by N float32 roundings. Compiled
-because in NumPy the forward of a batch of 4 is a dozen calls and the backward four, mostly call
-overhead. The results agree with the references to rounding: exp and log come from the C library
-here, from NumPy's own vector code there.
+float32 loss over a large batch is not off by N float32 roundings. Compiled because in NumPy the
+forward of a batch of 4 is a dozen calls and the backward four, mostly call overhead. The results
+agree with the references to rounding: exp and log come from the C library here, from NumPy's own
+vector code there.
 """
 import numpy as np
 from numba import njit

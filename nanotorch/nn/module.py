@@ -186,12 +186,16 @@ class Module:
     def children(self):
         return [m for m in self._modules.values() if m is not None]
 
+    def _named_modules_to_visit(self, prefix, recurse):
+        """named_modules(prefix), or with recurse=False this module alone (PyTorch's ``recurse``)."""
+        return self.named_modules(prefix) if recurse else [(prefix, self)]
+
     def named_parameters(self, prefix="", recurse=True):
         """A Parameter shared by two modules (tied weights: b.weight = a.weight) is listed once, under
         its first name, as in PyTorch; its gradient is the sum of both uses' (each backward adds).
         recurse=False: this module's own parameters only."""
         seen = set()
-        for mod_name, mod in (self.named_modules(prefix) if recurse else [(prefix, self)]):
+        for mod_name, mod in self._named_modules_to_visit(prefix, recurse):
             for name, p in mod._parameters.items():
                 if p is not None and id(p) not in seen:
                     seen.add(id(p))
@@ -201,7 +205,7 @@ class Module:
         return [p for _, p in self.named_parameters(recurse=recurse)]
 
     def named_buffers(self, prefix="", recurse=True):
-        for mod_name, mod in (self.named_modules(prefix) if recurse else [(prefix, self)]):
+        for mod_name, mod in self._named_modules_to_visit(prefix, recurse):
             for name in mod._buffers:
                 yield (f"{mod_name}.{name}" if mod_name else name), getattr(mod, name)
 
