@@ -258,6 +258,10 @@ def claim_run_dir(run_dir, config):
 def train(args):
     """Run the recipe described by ``args``; returns (run_dir, metrics dict)."""
     nt.set_num_threads(args.threads)
+    threads = nt.get_num_threads()                       # set_num_threads caps n at Numba's thread count
+    if threads < args.threads:
+        print(f"note: --threads {args.threads}, but Numba has {threads} thread(s) here (the cores, or "
+              f"NUMBA_NUM_THREADS): running on {threads}, the same run as --threads {threads}", file=sys.stderr)
     config = {k: v for k, v in vars(args).items() if k not in ("resume", "quiet", "no_plots")}
     default_dir = not args.out and not args.resume      # runs/<date-time>, or -2, -3, ... if that is taken
     run_dir = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume
@@ -377,14 +381,14 @@ def train(args):
                     stop_here()
             train_seconds += time.perf_counter() - started
             bar.close()
-            result = evaluate(model, test_x, test_y, threads=args.threads)
+            result = evaluate(model, test_x, test_y, threads=threads)
             print(f"epoch {epoch + 1}: test accuracy {100 * result['accuracy']:.2f}%")
             checkpoint()
             if stop.requested:                     # it came during the evaluation
                 stop_here()
     log.close()
     if result is None:                             # resumed from a checkpoint of a finished run
-        result = evaluate(model, test_x, test_y, threads=args.threads)
+        result = evaluate(model, test_x, test_y, threads=threads)
 
     save_model(os.path.join(run_dir, "model.npz"), model)
     metrics = {"test_accuracy": result["accuracy"], "per_class_accuracy": result["per_class_accuracy"],

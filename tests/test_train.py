@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import nanotorch as nt
 import mnist.train as train_mod
 from mnist.checkpoint import load_model, save_npz_atomic
 from mnist.model import build_model
@@ -250,6 +251,20 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path, small_test_se
     assert sorted(other) == sorted(first)
     assert not any(np.array_equal(first[k], other[k]) for k in first if k.endswith("weight")), \
         "a different seed should give different weights everywhere"
+
+
+@requires_mnist
+def test_more_threads_than_numba_has_says_so_and_runs_on_what_there_is(tmp_path, small_test_set, capsys):
+    import numba
+    many = numba.config.NUMBA_NUM_THREADS + 3
+    assert main(["--limit", "40", "--threads", str(many), *QUICK, "--out", str(tmp_path / "many")]) == 0
+    err = capsys.readouterr().err
+    assert f"--threads {many}, but Numba has {numba.config.NUMBA_NUM_THREADS} thread(s) here" in err
+    assert nt.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    assert main(["--limit", "40", "--threads", str(numba.config.NUMBA_NUM_THREADS), *QUICK,
+                 "--out", str(tmp_path / "as_many")]) == 0
+    assert "but Numba has" not in capsys.readouterr().err
+    assert_same_arrays(npz(tmp_path / "many" / "model.npz"), npz(tmp_path / "as_many" / "model.npz"))
 
 
 # ----------------------------------------------------------------------------- 3. resume equivalence
