@@ -29,7 +29,8 @@ def _is_conv_block(module):
 
 
 def _as_pair(v):
-    """Conv2d keeps stride and padding as ints or as (h, w) pairs: always a pair."""
+    """Layers keep sizes as ints or as (h, w) pairs (MaxPool2d and AdaptiveAvgPool2d as given, as PyTorch's):
+    always a pair."""
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
@@ -50,11 +51,11 @@ def describe(module):
     if isinstance(module, nn.BatchNorm2d):
         return "BN"
     if isinstance(module, nn.MaxPool2d):
-        kh, kw = module.kernel_size
-        stride = f" s{_one(module.stride)}" if module.stride != module.kernel_size else ""
+        (kh, kw), stride = _as_pair(module.kernel_size), _as_pair(module.stride)
+        stride = f" s{_one(stride)}" if stride != (kh, kw) else ""
         return f"maxpool {kh}x{kw}{stride}" + (" ceil" if module.ceil_mode else "")
     if isinstance(module, nn.AdaptiveAvgPool2d):
-        return "global avg pool" if module.output_size == (1, 1) else f"avg pool to {module.output_size}"
+        return "global avg pool" if _as_pair(module.output_size) == (1, 1) else f"avg pool to {module.output_size}"
     if isinstance(module, nn.Linear):
         return f"linear {module.in_features}->{module.out_features}"
     if isinstance(module, nn.Dropout):
@@ -69,11 +70,12 @@ def _window(module, in_hw):
     if isinstance(module, nn.Conv2d):
         return module.kernel_size, _as_pair(module.stride)
     if isinstance(module, nn.MaxPool2d):
-        return module.kernel_size, module.stride
+        return _as_pair(module.kernel_size), _as_pair(module.stride)
     if isinstance(module, nn.AdaptiveAvgPool2d):
         # windows of up to ceil(H / out) rows, starting every H / out rows (exact for output 1)
-        return (tuple(math.ceil(h / o) for h, o in zip(in_hw, module.output_size)),
-                tuple(max(h // o, 1) for h, o in zip(in_hw, module.output_size)))
+        out_hw = _as_pair(module.output_size)
+        return (tuple(math.ceil(h / o) for h, o in zip(in_hw, out_hw)),
+                tuple(max(h // o, 1) for h, o in zip(in_hw, out_hw)))
     if isinstance(module, nn.Flatten) and in_hw is not None:
         return in_hw, in_hw              # every output feature depends on every position
     return None
@@ -125,7 +127,7 @@ def summarize(model, input_shape=(1, 28, 28)):
             if kind:
                 counts[kind] = counts.get(kind, 0) + 1
                 name = f"{kind}{counts[kind]}"
-            elif isinstance(child, nn.AdaptiveAvgPool2d) and child.output_size == (1, 1):
+            elif isinstance(child, nn.AdaptiveAvgPool2d) and _as_pair(child.output_size) == (1, 1):
                 name = "gap"
             else:
                 name = type(child).__name__.lower()

@@ -230,7 +230,7 @@ def test_requires_grad_cannot_be_turned_off():
 
 def test_train_mode_must_be_a_bool_and_load_state_dict_returns_the_key_lists():
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    with pytest.raises(TypeError, match="mode must be a bool"):
+    with pytest.raises(ValueError, match="training mode is expected to be boolean"):    # PyTorch's error
         model.train("no")
     state = model.state_dict()
     del state["1.running_var"]

@@ -524,6 +524,152 @@ def test_seed_model_several_train_forwards_then_eval():
         close(ours(x), theirs(torch.from_numpy(x)), "eval output after training forwards")
 
 
+# --- printing -------------------------------------------------------------------------------------------
+# repr() prints what PyTorch prints for the same construction: the arguments as PyTorch keeps them
+# (an int stays an int, 'same' stays 'same'), padding and bias only when they are not the defaults,
+# no arguments for a loss, and a container's children one a line.
+REPR_CASES = [
+    ("conv-p1-nobias", lambda nn: nn.Conv2d(1, 4, 3, padding=1, bias=False)),
+    ("conv-k3x2-s2", lambda nn: nn.Conv2d(1, 4, (3, 2), stride=2)),
+    ("conv-lists", lambda nn: nn.Conv2d(1, 4, [3, 3], stride=[2, 1], padding=[1, 0])),
+    ("conv-same", lambda nn: nn.Conv2d(1, 4, 3, padding="same")),
+    ("conv-same-k3x5-nobias", lambda nn: nn.Conv2d(1, 4, (3, 5), padding="same", bias=False)),
+    ("conv-valid", lambda nn: nn.Conv2d(1, 4, 3, padding="valid")),
+    ("conv-defaults-spelled-out", lambda nn: nn.Conv2d(2, 3, 3, 1, 0, 1, 1, True, "zeros", "cpu", None)),
+    ("bn2d", lambda nn: nn.BatchNorm2d(4)),
+    ("bn2d-nobias", lambda nn: nn.BatchNorm2d(4, bias=False)),
+    ("bn1d-eps-int-momentum-None-noaffine", lambda nn: nn.BatchNorm1d(3, eps=1, momentum=None, affine=False)),
+    ("bn1d-eps-float32", lambda nn: nn.BatchNorm1d(3, eps=np.float32(1e-3), momentum=0.3)),
+    ("bn2d-affine-1-track-1", lambda nn: nn.BatchNorm2d(2, affine=1, track_running_stats=1)),
+    ("maxpool-2", lambda nn: nn.MaxPool2d(2)),
+    ("maxpool-2x3-s1-p1", lambda nn: nn.MaxPool2d((2, 3), stride=1, padding=1)),
+    ("maxpool-lists-ceil", lambda nn: nn.MaxPool2d([2, 2], padding=(1, 0), ceil_mode=True)),
+    ("maxpool-numpy-int", lambda nn: nn.MaxPool2d(np.int64(2), dilation=(1, 1))),
+    ("adaptiveavg-1", lambda nn: nn.AdaptiveAvgPool2d(1)),
+    ("adaptiveavg-1x1", lambda nn: nn.AdaptiveAvgPool2d((1, 1))),
+    ("adaptiveavg-list", lambda nn: nn.AdaptiveAvgPool2d([2, 3])),
+    ("dropout-default", lambda nn: nn.Dropout()),
+    ("dropout-0.15", lambda nn: nn.Dropout(p=0.15)),
+    ("dropout-int-0", lambda nn: nn.Dropout(0)),
+    ("dropout-float32", lambda nn: nn.Dropout(np.float32(0.15))),
+    ("gelu", lambda nn: nn.GELU()),
+    ("gelu-tanh", lambda nn: nn.GELU("tanh")),
+    ("relu", lambda nn: nn.ReLU()),
+    ("linear", lambda nn: nn.Linear(28, 56)),
+    ("linear-nobias", lambda nn: nn.Linear(3, 2, bias=False)),
+    ("flatten", lambda nn: nn.Flatten()),
+    ("flatten-0-2", lambda nn: nn.Flatten(0, 2)),
+    ("crossentropy", lambda nn: nn.CrossEntropyLoss()),
+    ("crossentropy-sum-ignore", lambda nn: nn.CrossEntropyLoss(ignore_index=3, reduction="sum")),
+    ("module", lambda nn: nn.Module()),
+    ("sequential-empty", lambda nn: nn.Sequential()),
+    ("sequential-nested", lambda nn: nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()),
+                                                   nn.Sequential(nn.Sequential(nn.Flatten())), nn.Linear(2, 3))),
+]
+
+
+@pytest.mark.parametrize("build", [pytest.param(b, id=i) for i, b in REPR_CASES]
+                         + [pytest.param(b, id=f"layer-{i}") for i, b, _, _ in LAYER_CASES])
+def test_repr_matches_torch(build):
+    assert repr(build(nt_nn)) == repr(build(torch.nn))
+
+
+def test_seed_model_repr_is_torchs():
+    """The whole MNIST model prints as the same torch.nn.Sequential; each block is a ConvBNGELU,
+    which is the Sequential of its three children (and says so by its own name)."""
+    ours, theirs = build_model(), torch_seed_model()
+    assert repr(ours).replace("ConvBNGELU(", "Sequential(") == repr(theirs)
+    for block, block_t in zip(ours, theirs):
+        assert [repr(m) for m in block.children()] == [repr(m) for m in block_t.children()]
+
+
+def boxed(nn, extra):
+    """A Module with a hand-written extra_repr and two children, one of them multi-line."""
+    class Box(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(2, 2)
+            self.seq = nn.Sequential(nn.ReLU(), nn.GELU())
+
+        def extra_repr(self):
+            return extra
+    return Box()
+
+
+@pytest.mark.parametrize("extra", ["", "a=1", "a=1\nb=2", "a=1\n\nb=2\n   \nc=3"])
+def test_extra_repr_beside_children_and_on_several_lines_is_printed_as_torch(extra):
+    ours, theirs = boxed(nt_nn, extra), boxed(torch.nn, extra)
+    assert repr(ours) == repr(theirs)
+    assert repr(nt_nn.Sequential(ours)) == repr(torch.nn.Sequential(theirs))     # indented, blank lines kept empty
+    leaf = lambda nn: type("Leaf", (nn.Module,), {"extra_repr": lambda self: extra})()   # noqa: E731
+    assert repr(leaf(nt_nn)) == repr(leaf(torch.nn))
+
+
+def test_repr_after_attributes_are_set_is_torchs():
+    """The repr reads the attributes as they are now, as PyTorch's does."""
+    def build(nn):
+        same, same_unpadded = nn.Conv2d(1, 2, 3, padding="same"), nn.Conv2d(1, 2, 3, padding="same")
+        bn, pool, drop = nn.BatchNorm2d(2, eps=1), nn.MaxPool2d(2), nn.Dropout()
+        same.bias, same_unpadded.padding, bn.eps, pool.kernel_size, drop.p = None, (0, 0), 1e-3, 3, 0.25
+        return nn.Sequential(same, same_unpadded, bn, pool, drop)
+    assert repr(build(nt_nn)) == repr(build(torch.nn))
+
+
+def test_pooling_and_dropout_keep_their_arguments_as_given_like_torch():
+    builds = [lambda nn: nn.MaxPool2d(2), lambda nn: nn.MaxPool2d((2, 3), 1, 1, ceil_mode=1),
+              lambda nn: nn.AdaptiveAvgPool2d(1), lambda nn: nn.AdaptiveAvgPool2d([1, 2]),
+              lambda nn: nn.Dropout(0), lambda nn: nn.Dropout(np.float32(0.25)),
+              lambda nn: nn.BatchNorm1d(3, eps=1, momentum=None)]
+    names = ["kernel_size", "stride", "padding", "dilation", "ceil_mode", "output_size", "p", "inplace",
+             "eps", "momentum", "affine", "track_running_stats"]
+    for build in builds:
+        ours, theirs = build(nt_nn), build(torch.nn)
+        for name in names:
+            if hasattr(theirs, name):
+                assert getattr(ours, name) == getattr(theirs, name), f"{theirs}: {name}"
+
+
+def test_pooling_attributes_set_after_construction_are_used_like_torchs():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 7, 8))
+    for build, changes in [(lambda nn: nn.MaxPool2d(2), dict(kernel_size=3, stride=(2, 1), padding=1)),
+                           (lambda nn: nn.AdaptiveAvgPool2d(1), dict(output_size=(2, 3)))]:
+        ours, theirs = build(nt_nn), build(torch.nn)
+        for name, value in changes.items():
+            setattr(ours, name, value)
+            setattr(theirs, name, value)
+        out = ours(x)
+        close(out, theirs(torch.from_numpy(x)), f"{theirs}")
+        g = rng.standard_normal(out.shape)
+        xt = torch.from_numpy(x).requires_grad_(True)
+        theirs(xt).backward(torch.from_numpy(g))
+        close(ours.backward(g), xt.grad, f"grad_input of {theirs}")
+
+
+# --- modes and identities --------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["no", 1, 0, None, 1.0, "train"])
+def test_train_with_a_non_bool_mode_is_a_value_error_as_torchs(mode):
+    for model in (nt_nn.Sequential(nt_nn.Linear(2, 2)), torch.nn.Sequential(torch.nn.Linear(2, 2))):
+        with pytest.raises(ValueError, match="training mode is expected to be boolean"):
+            model.train(mode)
+        assert model.training and model[0].training            # left as it was
+
+
+@pytest.mark.parametrize("p, shape", [(0.0, (3, 4)), (0, (2, 3, 4, 5)), (0.5, (0, 4)), (1.0, (3, 0, 2))])
+def test_dropout_that_drops_nothing_returns_its_input_itself_as_torch(p, shape):
+    """p=0 (or an empty input) in training: PyTorch returns the input tensor itself, not a copy;
+    the gradient passes through unchanged."""
+    rng = np.random.default_rng(4)
+    ours, theirs = nt_nn.Dropout(p).train(), torch.nn.Dropout(p).train()
+    x = rng.standard_normal(shape)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    y, yt = ours(x), theirs(xt)
+    assert yt is xt and y is x
+    g = rng.standard_normal(shape)
+    yt.backward(torch.from_numpy(g))
+    close(ours.backward(g), xt.grad, "grad_input")
+
+
 # --- default initialisation -------------------------------------------------------------------------------
 @pytest.mark.parametrize("build, fan_in", [
     pytest.param(lambda nn: nn.Conv2d(16, 32, 3), 16 * 9, id="conv-16-32-k3"),

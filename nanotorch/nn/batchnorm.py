@@ -45,6 +45,8 @@ class _BatchNorm(Module):
         if num_features < 1:
             raise ValueError(f"{type(self).__name__}: num_features must be a positive int, got {num_features!r}")
         self.num_features, self.eps, self.momentum, self.affine = num_features, float(eps), momentum, affine
+        self.track_running_stats = track_running_stats
+        self._eps_as_given = eps                 # for the repr: PyTorch keeps (and prints) eps=1 as 1, not 1.0
         if affine:
             self.weight = Parameter(np.ones(num_features, dtype=np.float32))
             self.bias = Parameter(np.zeros(num_features, dtype=np.float32)) if bias else None
@@ -107,7 +109,9 @@ class _BatchNorm(Module):
         return (g - mean_g - xhat * mean_gx) * inv_std.reshape(shape)
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+        eps = self._eps_as_given if float(self._eps_as_given) == self.eps else self.eps   # (unless eps was set since)
+        return (f"{self.num_features}, eps={eps}, momentum={self.momentum}, affine={self.affine}, "
+                f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}")
 
 
 class BatchNorm2d(_BatchNorm):

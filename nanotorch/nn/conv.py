@@ -64,6 +64,8 @@ class Conv2d(Module):
         self.kernel_size = pair(self, kernel_size, "kernel_size")
         self.stride = pair(self, stride, "stride")
         self.padding = self._padding_pair(padding) if isinstance(padding, str) else pair(self, padding, "padding")
+        # (PyTorch keeps 'same' / 'valid' as given and prints it; here padding is the pair the kernels read)
+        self._padding_name = (padding, self.padding) if isinstance(padding, str) else None
         if min(self.in_channels, self.out_channels, *self.kernel_size, *self.stride) < 1 or min(self.padding) < 0:
             raise ValueError(f"Conv2d: channels, kernel_size and stride must be >= 1 and padding >= 0, got "
                              f"in={in_channels} out={out_channels} k={kernel_size} s={stride} p={padding}")
@@ -167,5 +169,10 @@ class Conv2d(Module):
                       overwrite_cols=True)                 # dcols is a temporary
 
     def extra_repr(self):
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
+        """As PyTorch's: padding only if not zero (by its name if given by name), bias only if there is none."""
+        s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+        if self._padding_name is not None and self._padding_name[1] == self.padding:    # (not reassigned since)
+            s += f", padding={self._padding_name[0]}"
+        elif self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        return s + (", bias=False" if self.bias is None else "")

@@ -3,6 +3,9 @@ by 1 / (1 - p), so the expected output equals the input and evaluation is the id
 
     mask_i ~ Bernoulli(1 - p) / (1 - p),   y = x * mask,   dx = dy * mask   (eval: y = x, dx = dy)
 
+In eval, and in training with p = 0 or an empty input, the output is the input array itself (not a
+copy), as PyTorch returns its input tensor itself, and the gradient passes through unchanged.
+
 ``generator`` is a numpy Generator (default: the global one that ``nanotorch.manual_seed`` seeds).
 """
 import numbers
@@ -23,20 +26,21 @@ class Dropout(Module):
         only_default(self, "inplace", inplace, False)
         if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0.0 <= p <= 1.0:     # np.float32 too
             raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p}")
-        self.p = float(p)
+        self.p, self.inplace = p, inplace          # as given, as PyTorch keeps (and prints) them: p=0 stays 0
         self.generator = generator
 
     def forward(self, x):
         check_input(self, x, tuple(range(1, 9)))
-        if not self.training or self.p == 0.0:
+        p = float(self.p)
+        if not self.training or p == 0.0 or x.size == 0:     # the input itself, as PyTorch returns it
             self.save_for_backward(None, x.shape)
             return x
-        if self.p == 1.0:
+        if p == 1.0:
             mask = np.zeros_like(x)
             out = x * mask
         else:
             rng = self.generator if self.generator is not None else default_generator()
-            out, mask = dropout_forward(x, rng.random(x.shape), self.p, 1.0 / (1.0 - self.p))   # kernels/dropout.py
+            out, mask = dropout_forward(x, rng.random(x.shape), p, 1.0 / (1.0 - p))   # kernels/dropout.py
         self.save_for_backward(mask, x.shape)
         return out
 
@@ -46,4 +50,4 @@ class Dropout(Module):
         return dout if mask is None else dout * mask
 
     def extra_repr(self):
-        return f"p={self.p}"
+        return f"p={self.p}, inplace={self.inplace}"

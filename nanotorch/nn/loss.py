@@ -73,10 +73,6 @@ class CrossEntropyLoss(Module):
             scale = np.full(n, grad_out / max(kept, 1) if self.reduction == "mean" else grad_out)
         return cross_entropy_backward(log_p, targets, self.ignore_index, scale)
 
-    def extra_repr(self):
-        return f"reduction={self.reduction!r}" + (f", ignore_index={self.ignore_index}"
-                                                  if self.ignore_index != -100 else "")
-
 
 def _legacy_reduction(size_average, reduce):
     """PyTorch's deprecated ``size_average`` and ``reduce`` (each None meaning True) as a reduction:

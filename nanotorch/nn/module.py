@@ -214,8 +214,8 @@ class Module:
 
     # --- modes and gradients ------------------------------------------------------------
     def train(self, mode=True):
-        if not isinstance(mode, (bool, np.bool_)):
-            raise TypeError(f"{type(self).__name__}.train: mode must be a bool, got {mode!r}")
+        if not isinstance(mode, (bool, np.bool_)):       # PyTorch's ValueError (NumPy's bool, which it refuses, is let in)
+            raise ValueError(f"{type(self).__name__}.train: training mode is expected to be boolean, got {mode!r}")
         for m in self.modules():
             object.__setattr__(m, "training", bool(mode))
         return self
@@ -301,15 +301,21 @@ class Module:
 
     # --- printing ----------------------------------------------------------------------------
     def extra_repr(self):
+        """The arguments to print inside ``Name(...)``, as PyTorch's layer of the same name prints them."""
         return ""
 
     def __repr__(self):
-        if not self._modules:
-            return f"{type(self).__name__}({self.extra_repr()})"
-        lines = [f"{type(self).__name__}("]
+        """PyTorch's layout: ``Name(extra)`` on one line for a one-line extra_repr and no children;
+        otherwise the extra_repr's lines, then ``(name): child`` for each child, one a line, indented."""
+        extra = self.extra_repr()
+        lines = extra.split("\n") if extra else []
+        one_line = len(lines) == 1 and not self._modules
         for name, child in self._modules.items():
-            lines.append("  (" + name + "): " + repr(child).replace("\n", "\n  "))
-        return "\n".join(lines) + "\n)"
+            first, *rest = repr(child).split("\n")      # the child's later lines two further in, blank ones emptied
+            lines.append("\n".join([f"({name}): {first}"] + ["  " + line if line.strip() else "" for line in rest]))
+        if one_line or not lines:
+            return f"{type(self).__name__}({''.join(lines)})"
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
 
 
 class Sequential(Module):

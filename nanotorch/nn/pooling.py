@@ -30,41 +30,61 @@ def pool_output_size(size, k, s, p, ceil_mode):
     return out
 
 
+def _changed(given, last):
+    """Whether arguments kept as given differ from the ones last converted (a list might have been
+    changed in place, so one counts as changed)."""
+    return given != last or list in map(type, given)
+
+
 class MaxPool2d(Module):
-    """x: (N, C, H, W) -> (N, C, OH, OW)."""
+    """x: (N, C, H, W) -> (N, C, OH, OW). The arguments are kept as given (an int or a pair), as
+    PyTorch keeps them: ``MaxPool2d(2).kernel_size == 2``; ``_pairs()`` reads them as pairs."""
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__()
         only_default(self, "dilation", pair(self, dilation, "dilation"), (1, 1))    # (PyTorch's argument order)
         only_default(self, "return_indices", return_indices, False)
-        self.kernel_size = pair(self, kernel_size, "kernel_size")
-        self.stride = pair(self, stride if stride is not None else kernel_size, "stride")
-        self.padding = pair(self, padding, "padding")
-        self.ceil_mode = bool(ceil_mode)
-        if min(*self.kernel_size, *self.stride) < 1:
-            raise ValueError(f"MaxPool2d: kernel_size and stride must be >= 1, got {kernel_size}, {stride}")
-        if any(p < 0 or p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
-            raise ValueError(f"MaxPool2d: padding must be between 0 and half the kernel size, got {padding}")
+        self.kernel_size = kernel_size
+        self.stride = stride if stride is not None else kernel_size
+        self.padding, self.dilation, self.return_indices, self.ceil_mode = padding, dilation, return_indices, ceil_mode
+        self._pairs()                           # refuses bad arguments now rather than at the first forward
+
+    def _pairs(self):
+        """(kernel_size, stride, padding), each as a pair of ints (h, w); checked and converted again
+        only when one of them was set since the last call (every call would cost ~1 us a layer)."""
+        given = (self.kernel_size, self.stride, self.padding)
+        if _changed(given, getattr(self, "_given", None)):
+            self._converted, self._given = self._check_pairs(), given
+        return self._converted
+
+    def _check_pairs(self):
+        k, s = pair(self, self.kernel_size, "kernel_size"), pair(self, self.stride, "stride")
+        p = pair(self, self.padding, "padding")
+        if min(*k, *s) < 1:
+            raise ValueError(f"MaxPool2d: kernel_size and stride must be >= 1, got {self.kernel_size}, {self.stride}")
+        if any(pad < 0 or pad > kk // 2 for pad, kk in zip(p, k)):
+            raise ValueError(f"MaxPool2d: padding must be between 0 and half the kernel size, got {self.padding}")
+        return k, s, p
 
     def output_shape(self, h, w):
-        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        (kh, kw), (sh, sw), (ph, pw) = self._pairs()
         return pool_output_size(h, kh, sh, ph, self.ceil_mode), pool_output_size(w, kw, sw, pw, self.ceil_mode)
 
     def forward(self, x):
         check_input(self, x, (4,))
         h, w = x.shape[2:]
+        kernel, stride, padding = self._pairs()
         oh, ow = self.output_shape(h, w)
         if oh < 1 or ow < 1:
-            raise ValueError(f"MaxPool2d: input {h}x{w} is smaller than the kernel {self.kernel_size} "
-                             f"(padding {self.padding})")
-        two_by_two = self.kernel_size == self.stride == (2, 2) and self.padding == (0, 0)
+            raise ValueError(f"MaxPool2d: input {h}x{w} is smaller than the kernel {kernel} (padding {padding})")
+        two_by_two = kernel == stride == (2, 2) and padding == (0, 0)
         if two_by_two and not is_grad_enabled():               # nothing to keep: the max alone
             self.save_for_backward()
             return maxpool2x2_max(x, oh, ow, parallel(x.size))
         if two_by_two:                                         # the common case, vectorised
             out, arg = maxpool2x2_forward(x, oh, ow, parallel(x.size))   # arg: which pixel of each window
         else:
-            out, arg = maxpool2d_forward(x, *self.kernel_size, *self.stride, *self.padding, oh, ow)
+            out, arg = maxpool2d_forward(x, *kernel, *stride, *padding, oh, ow)
         self.save_for_backward(arg, h, w, two_by_two)
         return out
 
@@ -76,17 +96,27 @@ class MaxPool2d(Module):
 
     def extra_repr(self):
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"ceil_mode={self.ceil_mode}")
+                f"dilation={self.dilation}, ceil_mode={self.ceil_mode}")
 
 
 class AdaptiveAvgPool2d(Module):
-    """x: (N, C, H, W) -> (N, C, OH, OW); output_size 1 is global average pooling."""
+    """x: (N, C, H, W) -> (N, C, OH, OW); output_size 1 is global average pooling. output_size is
+    kept as given (an int or a pair), as PyTorch keeps it; ``_output_hw()`` reads it as a pair."""
 
     def __init__(self, output_size):
         super().__init__()
-        self.output_size = pair(self, output_size, "output_size")
-        if min(self.output_size) < 1:           # any size >= 1 works, also larger than the input
-            raise ValueError(f"AdaptiveAvgPool2d: output_size must be >= 1, got {output_size}")
+        self.output_size = output_size
+        self._output_hw()                       # refuses a bad size now rather than at the first forward
+
+    def _output_hw(self):
+        """output_size as a pair of ints (OH, OW) (converted again only if it was set since the last call)."""
+        given = (self.output_size,)
+        if _changed(given, getattr(self, "_given", None)):
+            oh, ow = pair(self, self.output_size, "output_size")
+            if min(oh, ow) < 1:                 # any size >= 1 works, also larger than the input
+                raise ValueError(f"AdaptiveAvgPool2d: output_size must be >= 1, got {self.output_size}")
+            self._converted, self._given = (oh, ow), given
+        return self._converted
 
     def _windows(self, size, out):
         return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
@@ -96,7 +126,7 @@ class AdaptiveAvgPool2d(Module):
         n, c, h, w = x.shape
         if h < 1 or w < 1:
             raise ValueError(f"AdaptiveAvgPool2d: expected an input of at least 1x1 pixels, got shape {x.shape}")
-        oh, ow = self.output_size
+        oh, ow = self._output_hw()
         if (oh, ow) == (1, 1):
             out = global_avg_pool(x)                                    # one compiled loop (kernels/pooling.py)
         else:
@@ -109,7 +139,7 @@ class AdaptiveAvgPool2d(Module):
 
     def backward(self, dout):
         (n, c, h, w), = self.saved_for_backward()
-        oh, ow = self.output_size
+        oh, ow = self._output_hw()
         check_grad(self, dout, (n, c, oh, ow))
         if (oh, ow) == (1, 1):
             return global_avg_pool_backward(dout, h, w)                # every pixel gets an equal share
