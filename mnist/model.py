@@ -15,7 +15,8 @@ The convolutions have no bias: the BatchNorm after each subtracts the channel me
 cancel any bias exactly (its gradient is zero), and BatchNorm's own shift plays its role.
 
 Each block is ``nn.ConvBNGELU``: the three layers Conv2d, BatchNorm2d and GELU, with BatchNorm
-and GELU run as one compiled pass (same parameters, keys and numbers as running them in turn).
+and GELU run as one compiled pass (same parameters and keys as running them in turn, and the same
+numbers up to rounding).
 """
 from nanotorch import nn
 

@@ -91,7 +91,8 @@ def parse_args(argv=None):
     ap.add_argument("--epochs", type=int, default=r["epochs"])
     ap.add_argument("--batch-size", type=int, default=r["batch_size"])
     ap.add_argument("--lr", type=float, default=r["lr"], help="SGD's lr (the schedule overrides it)")
-    ap.add_argument("--momentum", type=float, default=r["momentum"], help="SGD's momentum (cycled by the schedule)")
+    ap.add_argument("--momentum", type=float, default=r["momentum"],
+                    help="SGD's momentum (overridden by the schedule, which cycles it 0.95 -> 0.85 -> 0.95)")
     ap.add_argument("--max-lr", type=float, default=r["max_lr"], help="OneCycle peak learning rate")
     ap.add_argument("--pct-start", type=float, default=r["pct_start"], help="OneCycle warm-up fraction")
     ap.add_argument("--anneal-strategy", choices=("cos", "linear"), default=r["anneal_strategy"])
@@ -347,6 +348,8 @@ def train(args):
             started = time.perf_counter()
             for images, labels in iterate_batches(train_x, train_y, args.batch_size, args.seed, epoch,
                                                   start_batch=step % steps_per_epoch):
+                group = optimizer.param_groups[0]
+                lr, momentum = group["lr"], group["momentum"]    # this step's (the schedule moves on after it)
                 try:
                     loss, logits, grad_norm = train_step(model, criterion, optimizer, scheduler,
                                                          normalize(images), labels.astype(np.int64), args.clip)
@@ -364,12 +367,11 @@ def train(args):
                 window_correct += int((logits.argmax(axis=1) == labels).sum())
                 window_seen += len(labels)
                 if step % args.log_every == 0 or step == total_steps:
-                    group = optimizer.param_groups[0]
                     loss_avg, acc = window_loss / window_seen, window_correct / window_seen
-                    log.write(step, epoch + 1, loss_avg, acc, group["lr"], group["momentum"], grad_norm)
+                    log.write(step, epoch + 1, loss_avg, acc, lr, momentum, grad_norm)
                     history.append((step, loss_avg, acc))
                     rate = bar.format_dict["rate"] or 0.0
-                    bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{acc:.3f}", lr=f"{group['lr']:.4f}",
+                    bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{acc:.3f}", lr=f"{lr:.4f}",
                                     img_s=f"{rate * args.batch_size:.0f}", refresh=False)
                     window_loss = window_correct = window_seen = 0
                 if step % args.checkpoint_every == 0 or stop.requested:

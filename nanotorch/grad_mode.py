@@ -3,7 +3,9 @@
 Layers normally keep what their backward needs (the im2col columns, BatchNorm's xhat, GELU's
 derivative, ...). Inside ``with nanotorch.no_grad():`` they keep nothing, which saves memory and
 time when evaluating, and a backward afterwards raises the usual "backward before forward" error.
-With nothing kept, forwards of one model may also run in several threads at once.
+With nothing kept, forwards of one model in eval mode may also run in several threads at once
+(mnist.evaluate does). Not in training mode: BatchNorm would still update its running statistics,
+and Dropout draw its masks, from every thread at once.
 """
 import contextlib
 

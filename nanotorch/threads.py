@@ -2,11 +2,11 @@
 
 ``set_num_threads(n)``, like torch.set_num_threads: with n >= 2 the kernels that do most of a
 step's work (the direct 3x3 convolution and its two gradients, padding, BatchNorm + GELU, max
-pooling, the 3x3 im2col) split into independent tasks spread over n Numba threads (nanotorch/kernels/tasks.py),
-on layers of at least MIN_PARALLEL_SIZE values. Until it is called, nanotorch's kernels run on
-the calling thread (and NumPy's BLAS keeps its own default thread count). Results match one
-thread's to rounding, and a given thread count gives the same bits on every run
-(tests/test_threads.py).
+pooling, the 3x3 im2col) split into independent tasks spread over n Numba threads
+(nanotorch/kernels/tasks.py), on layers of at least MIN_PARALLEL_SIZE values (im2col counts its
+columns: ``parallel()``). Until it is called, nanotorch's kernels run on the calling thread (and
+NumPy's BLAS keeps its own default thread count). Results match one thread's to rounding, and a
+given thread count gives the same bits on every run (tests/test_threads.py).
 
 Only the thread that called set_num_threads spreads its kernels over threads (``parallel()``);
 any other thread runs them alone, on its own core. mnist.evaluate relies on it: two threads
@@ -60,10 +60,11 @@ def get_num_threads():
 
 
 def parallel(size):
-    """Whether a kernel called from this thread spreads over Numba's threads. ``size`` is the
-    layer's input size (for a convolution, the smaller of its input and output, so that the
-    1 -> 4 channel layer stays on one thread): not below ``MIN_PARALLEL_SIZE``, where a fork-join
-    costs more than it saves."""
+    """Whether a kernel called from this thread spreads over Numba's threads. ``size`` is the size
+    of the work the kernel splits, usually the layer's input (for a convolution, the smaller of
+    its input and output, so that the 1 -> 4 channel layer stays on one thread; for the 3x3
+    im2col, its columns, nine times its input, so that the 7x7 and 4x4 layers' im2col does
+    spread): not below ``MIN_PARALLEL_SIZE``, where a fork-join costs more than it saves."""
     return _state["parallel"] and size >= MIN_PARALLEL_SIZE and threading.get_ident() == _state["owner"]
 
 

@@ -267,6 +267,25 @@ def test_more_threads_than_numba_has_says_so_and_runs_on_what_there_is(tmp_path,
     assert_same_arrays(npz(tmp_path / "many" / "model.npz"), npz(tmp_path / "as_many" / "model.npz"))
 
 
+@requires_mnist
+def test_log_rows_hold_the_lr_and_momentum_their_step_used(tmp_path, small_test_set):
+    """Each row's lr and momentum are those the logged step ran with (read before its
+    scheduler.step()), so the last row has the schedule's final lr, max_lr / 25 / 1e4."""
+    assert main(["--limit", "40", "--log-every", "2", *QUICK, "--out", str(tmp_path)]) == 0    # 10 steps
+    rows = [dict(zip(LOG_HEADER, map(float, r))) for r in read_log(tmp_path / "log.csv")[1:]]
+    args = parse_args(["--limit", "40"])
+    _, _, optimizer, scheduler = train_mod.build_trainer(args, 10)
+    used = []
+    for _ in range(10):
+        used.append((optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["momentum"]))
+        scheduler.step()
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8, 10]
+    for r in rows:
+        lr, momentum = used[int(r["step"]) - 1]
+        assert r["lr"] == pytest.approx(lr, rel=1e-5) and r["momentum"] == pytest.approx(momentum, rel=1e-5)
+    assert rows[-1]["lr"] == pytest.approx(RECIPE["max_lr"] / 25 / 1e4, rel=1e-5)
+
+
 # ----------------------------------------------------------------------------- 3. resume equivalence
 
 # --limit 78 --batch-size 4: 20 steps an epoch (the last batch holds 2 images), 3 epochs, 60 steps.

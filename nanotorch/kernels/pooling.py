@@ -193,7 +193,7 @@ def _scatter_plane(dout, arg, dx, w_, windows):
 
 @njit(cache=True, nogil=True)
 def global_avg_pool(x):
-    """x: (N, C, H, W) -> (N, C, 1, 1), each plane's mean: its sum in float64 (as BatchNorm's), over
+    """x: (N, C, H, W) -> (N, C, 1, 1), each plane's mean: its sum in float64 (as the fused BatchNorm's), over
     H * W, rounded once to x's dtype (a float32 sum in order would lose ~1e-5 on a 512 x 512 plane).
     A compiled loop: for the model's 4 x 28 x 2 x 2, NumPy's reshape, sum and division are mostly
     call overhead."""

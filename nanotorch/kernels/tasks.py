@@ -18,10 +18,11 @@ on two threads, and Numba's "workqueue" layer aborts if two threads enter it at 
 forked child uses (GNU OpenMP terminates a child of a process that started it as soon as the
 child enters it). nanotorch.threads decides which one runs.
 
-Most task functions are inlined into the loops (``inline="always"``, in Numba's IR): the same
-bits, without a call per task. Not all: inlined, maxpool2d_backward's scatter and the padding
-ran many times slower and conv3x3_same's task markedly slower (the compiler then vectorises their
-loops worse), so they stay calls.
+Some task functions are inlined into the loops (``inline="always"``, in Numba's IR: BatchNorm +
+GELU's channels, max pooling's rows): the same bits, without a call per task. The others are
+calls: inlined, maxpool2d_backward's scatter and the padding ran many times slower and
+conv3x3_same's task markedly slower (the compiler then vectorises their loops worse); the
+weight gradient's task and im2col's channel task are calls too.
 
 ``PRANGE`` turns on only Numba's prange rewrite: with its other parallel rewrites on, np.zeros
 and .sum() inside a kernel would enter the thread pool too, even on the plain path.

@@ -1,7 +1,8 @@
 """ConvBNGELU: Conv2d -> BatchNorm2d -> GELU with BatchNorm and GELU fused into one compiled pass.
 
 It *is* ``Sequential(Conv2d, BatchNorm2d, GELU)`` — same children, parameters, state_dict keys
-(``0.weight``, ``1.running_mean``, ...) and numbers (tests/test_fused.py checks it against the
+(``0.weight``, ``1.running_mean``, ...) and numbers up to float rounding (the fused pass sums the
+batch statistics in float64; tests/test_fused.py checks it against the
 three layers run one by one) — but it does not materialise BatchNorm's output or GELU's input:
 
     forward:   z = conv.forward_channels_first(x);  a, xhat, d, inv_std = bn_gelu_forward(z, running stats, ...)

@@ -14,7 +14,8 @@ Checkpoints. ``state_dict()`` has PyTorch's layout, with parameters replaced by 
     {'state':        {0: {'momentum_buffer': ndarray}, 1: {...}, ...},
      'param_groups': [{'lr': 0.1, 'momentum': 0.9, ..., 'params': [0, 1, 2]}, ...]}
 
-Every leaf is an ndarray or a plain scalar (float, int, bool, str), so it needs no pickle.
+Every leaf is an ndarray, a plain scalar (float, int, bool, str) or None (SGD's foreach and
+fused, as PyTorch keeps them), so it needs no pickle.
 ``flatten_state_dict`` / ``unflatten_state_dict`` turn such a nested dict into a flat
 {str: ndarray} that ``np.savez`` writes and ``np.load(..., allow_pickle=False)`` reads back::
 
