@@ -187,7 +187,7 @@ def _scatter_plane(dout, arg, dx, w_, windows):
     dx[:] = 0
     for y in range(dout.shape[0]):
         for xo in range(dout.shape[1]):
-            k = arg[y, xo]
+            k = int(arg[y, xo])                              # (an int8 code would overflow the index as Python)
             dx[(2 * y + (k >> 1)) * w_ + 2 * xo + (k & 1) if windows else k] += dout[y, xo]
 
 
