@@ -54,8 +54,10 @@ class SGD(Optimizer):
                            ("weight_decay", "weight decay")):
             if group[name] < 0:
                 raise ValueError(f"SGD: invalid {name}={group[name]}: expected a non-negative {what}")
-        if group.get("maximize") or group.get("differentiable"):     # (keys of a torch.optim.SGD state_dict)
-            raise NotImplementedError("SGD: maximize=True and differentiable=True are not implemented in nanotorch")
+        for name in ("maximize", "differentiable"):                 # (keys of a torch.optim.SGD state_dict)
+            if group.get(name):
+                raise NotImplementedError(f"SGD: {name}={group[name]!r} is not implemented in nanotorch "
+                                          f"(only {name}=False)")
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError(
                 f"SGD: nesterov=True requires momentum > 0 and dampening == 0, got "
