@@ -107,7 +107,8 @@ def parse_args(argv=None):
                     help="continue from a checkpoint.npz (or the run folder holding it)")
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
                     help="threads (default 2, or 1 on a 1-core machine): the big kernels spread over them "
-                         "(nanotorch/threads.py); a given count repeats a run bit for bit, 1 and 2 agree to rounding")
+                         "(nanotorch/threads.py); the same bits on any count, and a run moves to one thread "
+                         "while another process holds a core")
     ap.add_argument("--log-every", type=int, default=50, help="steps between log.csv rows")
     ap.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoint.npz saves")
     ap.add_argument("--no-plots", action="store_true", help="skip the pictures at the end")
@@ -339,6 +340,9 @@ def train(args):
 
     log = CsvLog(os.path.join(run_dir, "log.csv"), resume_step=step if args.resume else None)
     history, result = [], None
+    # On a machine where another process holds a core, n threads run many times slower than one:
+    # the run then goes on one thread, with the same results (nanotorch/threads.py).
+    fallback = nt.threads.BusyFallback(threads, say=lambda note: tqdm.write(note, file=sys.stderr))
     model.train()
     with StopAtStepBoundary() as stop:
         for epoch in range(step // steps_per_epoch, args.epochs):
@@ -346,6 +350,7 @@ def train(args):
                        disable=args.quiet, unit="step", mininterval=0.5)
             window_loss = window_correct = window_seen = 0
             started = time.perf_counter()
+            fallback.restart()                     # (the last epoch's evaluation is not a step)
             for images, labels in iterate_batches(train_x, train_y, args.batch_size, args.seed, epoch,
                                                   start_batch=step % steps_per_epoch):
                 group = optimizer.param_groups[0]
@@ -361,6 +366,7 @@ def train(args):
                                            "Start a new run with a lower --max-lr, or with --clip on "
                                            "(--resume continues the same recipe).") from None
                 step += 1
+                fallback.step()
                 bar.update(1)
 
                 window_loss += loss * len(labels)
@@ -397,7 +403,8 @@ def train(args):
                "train_seconds": round(train_seconds, 3), "images_per_second": round(step * args.batch_size /
                                                                                    max(train_seconds, 1e-9), 1),
                "params": count_parameters(model), "epochs": args.epochs, "steps": step, "seed": args.seed,
-               "final_train_loss": history[-1][1] if history else log.last_loss}   # (a resumed finished run)
+               "final_train_loss": history[-1][1] if history else log.last_loss,   # (a resumed finished run)
+               "thread_switches": fallback.switches}            # [step, threads] for each switch kept
     save_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
     if not args.no_plots:                          # the test set and its evaluation are at hand: reuse them
         from mnist.visualize import visualize_run

@@ -10,9 +10,10 @@ result depends on which thread ran it. The loop over tasks is written twice:
     else:
         for t in range(tasks): task(t)         on the calling thread, without Numba's thread pool
 
-The two loops are compiled separately, and with fastmath the compiler may order a task's sums
-differently in each: one thread and two agree to rounding, and each gives the same bits on every
-run (tests/test_threads.py). The plain loop never enters Numba's threading layer. That is what
+The two loops are compiled separately, and with fastmath the compiler could order a task's sums
+differently in each. It does not: one thread and two give the same bits, which
+tests/test_threads.py asserts for every kernel, so that a training run may switch between them
+(nanotorch.threads.BusyFallback). A kernel change that breaks it shows there. The plain loop never enters Numba's threading layer. That is what
 every thread but the one that called nanotorch.set_num_threads uses (mnist.evaluate runs batches
 on two threads, and Numba's "workqueue" layer aborts if two threads enter it at once), and what a
 forked child uses (GNU OpenMP terminates a child of a process that started it as soon as the

@@ -26,7 +26,7 @@ Z as nine shifted multiply-adds of the padded input, dx as the same convolution 
 transposed and flipped, dW as nine shifted dot products. Which one runs changes only the speed
 (and, with an Inf or NaN on an image edge, how many gradient entries are NaN: see the kernel).
 After ``nanotorch.set_num_threads(2)`` the direct kernels of large enough layers split their
-work over two threads, with the same results up to rounding (nanotorch/threads.py).
+work over two threads, with the same results, bit for bit (nanotorch/threads.py).
 
 ``input_requires_grad = False`` skips dx (the backward returns None), as PyTorch does for an
 input that does not require grad: the first layer of a network, whose input is the data, has no
