@@ -300,8 +300,9 @@ def smooth(values, window):
     return out
 
 
-def plot_training_curves(log_csv_path, path):
-    """Loss (each log row's mean, faint, and smoothed), training accuracy, and lr / momentum, against step."""
+def plot_training_curves(log_csv_path, path, test_accuracy=None):
+    """Loss (each log row's mean, faint, and smoothed), training accuracy, and lr / momentum, against step;
+    ``test_accuracy`` (a fraction), if given, as a dashed line on the accuracy panel."""
     log = read_log(log_csv_path)
     step = log["step"]
     window = max(1, len(step) // 50)
@@ -322,9 +323,14 @@ def plot_training_curves(log_csv_path, path):
         acc = 100 * log["accuracy"]
         ax_acc.plot(step, acc, color=COLORS["fc"], linewidth=2, **dots)
         ax_acc.set_ylabel(f"accuracy of each\n{every} steps (%)")
-        ax_acc.set_ylim(max(0.0, min(acc.min(), 100) - 2), 100.5)
+        lowest = acc.min() if test_accuracy is None else min(acc.min(), 100 * test_accuracy)
+        ax_acc.set_ylim(max(0.0, min(lowest, 100) - 2), 100.5)
+        if test_accuracy is not None:
+            ax_acc.axhline(100 * test_accuracy, color=COLORS["accent"], linewidth=1.2, linestyle="--",
+                           label=f"test accuracy of the saved model: {100 * test_accuracy:.2f}%")
+            ax_acc.legend(loc="lower right")
         low = acc[-1] < 50                      # the label above a low point, below a high one
-        ax_acc.annotate(f"{acc[-1]:.2f}%", (step[-1], acc[-1]), xytext=(-4, 8 if low else -14),
+        ax_acc.annotate(f"last {every} steps: {acc[-1]:.2f}%", (step[-1], acc[-1]), xytext=(-4, 8 if low else -14),
                         textcoords="offset points", ha="right", va="bottom" if low else "top", fontsize=9,
                         color=COLORS["fc"])
 
@@ -532,16 +538,17 @@ def visualize_run(run_dir, data_dir=None, test_images=None, test_set=None, evalu
     paths = [plot_architecture(model, out("architecture.png")),
              plot_parameter_counts(model, out("parameters.png")),
              plot_first_layer_filters(model, out("filters.png"))]
-    log_path = os.path.join(run_dir, "log.csv")
-    if os.path.exists(log_path):
-        paths.append(plot_training_curves(log_path, out("training_curves.png")))
-    else:
-        print(f"note: {log_path} not found, skipping training_curves.png")
-
     images, labels = test_set if test_set is not None else load_mnist("test", data_dir=data_dir)
     if test_images is not None:
         images, labels = images[:test_images], labels[:test_images]
     result = evaluation if evaluation is not None else evaluate(model, images, labels)
+
+    log_path = os.path.join(run_dir, "log.csv")
+    if os.path.exists(log_path):                     # (the test accuracy drawn only if on the whole test set)
+        paths.append(plot_training_curves(log_path, out("training_curves.png"),
+                                          result["accuracy"] if test_images is None else None))
+    else:
+        print(f"note: {log_path} not found, skipping training_curves.png")
     paths.append(plot_feature_maps(model, images[0], out("feature_maps.png")))
     paths.append(plot_confusion_matrix(result["confusion"], out("confusion_matrix.png")))
     paths.append(plot_misclassified(images, labels, result["predictions"], _softmax(result["logits"]),

@@ -96,6 +96,18 @@ def test_training_curves(run_dir, tmp_path):
     assert png_size(path) == expected(visualize.FIGSIZE["training_curves"])
 
 
+def test_training_curves_draw_the_test_accuracy_when_given(run_dir, tmp_path, monkeypatch):
+    drawn = []
+    real_axhline = visualize.plt.Axes.axhline
+    monkeypatch.setattr(visualize.plt.Axes, "axhline",
+                        lambda ax, y, **kw: drawn.append((y, kw.get("label"))) or real_axhline(ax, y, **kw))
+    visualize.plot_training_curves(str(run_dir / "log.csv"), str(tmp_path / "c.png"), test_accuracy=0.9912)
+    assert drawn == [(pytest.approx(99.12), "test accuracy of the saved model: 99.12%")]
+    drawn.clear()
+    visualize.plot_training_curves(str(run_dir / "log.csv"), str(tmp_path / "d.png"))
+    assert drawn == []
+
+
 def test_training_curves_of_a_one_row_log(tmp_path):
     """A run of fewer steps than --log-every... has one row: drawn as dots, without matplotlib's
     warning about an empty x range (the warning is an error here)."""
