@@ -94,13 +94,13 @@ class BusyFallback:
       one thread, then n are probed, so a run started on a busy machine finds out at once;
     - on n threads: after any window ``slower`` times slower than the fastest so far;
     - on one thread: after ``retry`` windows, and after twice as many each time n are still slower
-      (up to 8 times ``retry``).
+      (up to 4 times ``retry``). A lost probe costs at most the window before it and one step.
     One thread and two compute the same bits here (tests/test_threads.py asserts it, kernel by
     kernel and for training steps), so a switch changes the run's speed, not its numbers.
     ``switches`` lists (step, threads) for every change of count kept; ``say`` reports them.
     """
 
-    def __init__(self, n, window=20, slower=3.0, retry=100, clock=None, say=print):
+    def __init__(self, n, window=20, slower=3.0, retry=50, clock=None, say=print):
         self.n, self.window, self.slower, self.retry, self.say = n, window, slower, retry, say
         self.clock = clock or time.perf_counter
         self.threads, self.switches = n, []
@@ -143,7 +143,7 @@ class BusyFallback:
                 if before_threads == self.n:               # n were slow and one no faster: the machine is
                     self._best = before                    # slower now, so that is the pace to compare with
                 elif not self._first:
-                    self._retry = min(2 * self._retry, 8 * self.retry)
+                    self._retry = min(2 * self._retry, 4 * self.retry)
             elif self.threads == self.n:
                 self._best = min(self._best, seconds)
             self._first = False
