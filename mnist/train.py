@@ -262,8 +262,9 @@ def train(args):
     nt.set_num_threads(args.threads)
     threads = nt.get_num_threads()                       # set_num_threads caps n at Numba's thread count
     if threads < args.threads:
-        print(f"note: --threads {args.threads}, but Numba has {threads} thread(s) here (the cores, or "
-              f"NUMBA_NUM_THREADS): running on {threads}, the same run as --threads {threads}", file=sys.stderr)
+        print(f"note: --threads {args.threads}, but Numba has {threads} thread(s) here (the cores, "
+              f"NUMBA_NUM_THREADS, or a forked process's one): running on {threads}, with the same results",
+              file=sys.stderr)
     config = {k: v for k, v in vars(args).items() if k not in ("resume", "quiet", "no_plots")}
     default_dir = not args.out and not args.resume      # runs/<date-time>, or -2, -3, ... if that is taken
     run_dir = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume
@@ -342,7 +343,7 @@ def train(args):
     history, result = [], None
     # On a machine where another process holds a core, n threads run many times slower than one:
     # the run then goes on one thread, with the same results (nanotorch/threads.py).
-    fallback = nt.threads.BusyFallback(threads, say=lambda note: tqdm.write(note, file=sys.stderr))
+    fallback = nt.threads.BusyFallback(threads, say=lambda note: tqdm.write(note, file=sys.stderr), step=step)
     model.train()
     with StopAtStepBoundary() as stop:
         for epoch in range(step // steps_per_epoch, args.epochs):
@@ -384,6 +385,7 @@ def train(args):
                     now = time.perf_counter()
                     train_seconds, started = train_seconds + now - started, now
                     checkpoint()
+                    fallback.restart()             # (saving is not a step)
                 if stop.requested:
                     bar.close()
                     stop_here()
@@ -404,7 +406,7 @@ def train(args):
                                                                                    max(train_seconds, 1e-9), 1),
                "params": count_parameters(model), "epochs": args.epochs, "steps": step, "seed": args.seed,
                "final_train_loss": history[-1][1] if history else log.last_loss,   # (a resumed finished run)
-               "thread_switches": fallback.switches}            # [step, threads] for each switch kept
+               "thread_switches": fallback.switches}   # [step, threads] for each switch since the run (re)started
     save_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
     if not args.no_plots:                          # the test set and its evaluation are at hand: reuse them
         from mnist.visualize import visualize_run

@@ -330,7 +330,8 @@ def plot_training_curves(log_csv_path, path, test_accuracy=None):
                            label=f"test accuracy of the saved model: {100 * test_accuracy:.2f}%")
             ax_acc.legend(loc="lower right")
         low = acc[-1] < 50                      # the label above a low point, below a high one
-        ax_acc.annotate(f"last {every} steps: {acc[-1]:.2f}%", (step[-1], acc[-1]), xytext=(-4, 8 if low else -14),
+        last = int(step[-1] - step[-2]) if len(step) > 1 else int(step[0])    # the steps the last row averages
+        ax_acc.annotate(f"last {last} steps: {acc[-1]:.2f}%", (step[-1], acc[-1]), xytext=(-4, 8 if low else -14),
                         textcoords="offset points", ha="right", va="bottom" if low else "top", fontsize=9,
                         color=COLORS["fc"])
 

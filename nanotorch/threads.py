@@ -81,101 +81,111 @@ os.register_at_fork(after_in_child=_forget_in_child)
 
 class BusyFallback:
     """For a training loop on n >= 2 threads: fall back to one thread while another process holds a
-    core, and go back to n when it no longer does. Call ``step()`` after every training step.
+    core, and go back to n when it no longer does. Call ``step()`` after every training step, and
+    ``restart()`` after anything else that took time (an evaluation, a checkpoint).
 
     A step of the MNIST model forks and joins Numba's threads about 50 times. When another process
     holds a core, each join waits for the scheduler to run the other thread again. On this project's
-    2-core machine, two trainings at once on two threads each ran 5-120 ms a step (0.75 ms alone),
-    against 1.1-1.7 ms each on one thread each. So the steps are timed in windows of ``window``
-    steps, and a window on the other count (a probe) decides which is faster, against the window
-    just before it. A probe ends early once it has taken longer than that whole window: it has lost
-    (a probe of n threads on a busy machine would otherwise cost the most). Probes run:
-    - at the start: the first window (after the first step, which may compile the kernels) runs on
-      one thread, then n are probed, so a run started on a busy machine finds out at once;
-    - on n threads: after any window ``slower`` times slower than the fastest so far;
-    - on one thread: after ``retry`` windows, and after twice as many each time n are still slower
-      (up to 4 times ``retry``). A lost probe costs at most the window before it and one step.
+    2-core machine, two trainings at once on two threads each ran 5-73 ms a step (0.73-1.14 ms for
+    one alone), and on one thread each 1.07-1.17 ms (docs/performance.md). So steps are timed in
+    windows of ``window`` steps, each judged by its median step time (a busy core slows every step,
+    a moment's stall only one), and a window on the other count (a probe) decides which is faster,
+    against the window just before it. A probe of n threads on a busy machine costs the most, so a
+    probe ends early, lost, once the median of its first three or more steps is the slower.
+    Probes run:
+    - at the start: the first window runs on one thread, then n are probed, so that a run started
+      on a busy machine finds out at once;
+    - on n threads: after a window ``slower`` times slower than the fastest so far;
+    - on one thread: after ``retry`` windows, and after twice as many each time n are still
+      slower, up to 4 times ``retry`` (then a lost probe costs about a thousandth of the time).
     One thread and two compute the same bits here (tests/test_threads.py asserts it, kernel by
     kernel and for training steps), so a switch changes the run's speed, not its numbers.
-    ``switches`` lists (step, threads) for every change of count kept; ``say`` reports them.
+    ``switches`` lists (step, threads) for each change kept: the step from which the run went on
+    on that count, counted over the run (``step``: the steps it had done before this process, for
+    a resumed run); ``say`` reports them.
     """
 
-    def __init__(self, n, window=20, slower=3.0, retry=50, clock=None, say=print):
+    def __init__(self, n, window=20, slower=3.0, retry=50, clock=None, say=print, step=0):
         self.n, self.window, self.slower, self.retry, self.say = n, window, slower, retry, say
         self.clock = clock or time.perf_counter
         self.threads, self.switches = n, []
+        self._step, self._last, self._times = step, None, []   # the run's step; the clock at the last; this window's
         self._settled = n                                  # the count the last decision kept
-        self._start, self._steps, self._step = None, 0, 0
-        self._best = float("inf")                          # the fastest window on n threads, seconds a step
-        self._probe_of = None                              # (threads, seconds a step) of the window before a probe
-        self._first = True                                 # the first window runs on one thread
+        self._best = float("inf")                          # the fastest window on n threads (median, seconds)
+        self._probe = None                                 # (threads, seconds) of the window before the probe
+        self._first = n >= 2                               # the first window runs on one thread, then n are probed
         self._on_one, self._retry = 0, retry               # windows on one thread; how many before a probe
+        if self._first:
+            self._use(1)
 
     def restart(self):
-        """Start a new window with the next step: what ran since the last step (an evaluation, say)
-        is not a step's time."""
-        self._start, self._steps = None, 0
+        """The time since the last step is not a step's: the next step is not timed."""
+        self._last = None
 
     def step(self):
         self._step += 1
         if self.n < 2:
             return
         now = self.clock()
-        if self._start is None:
-            self._start = now
-            if self._first:
-                self._use(1)
-            return
-        self._steps += 1
-        seconds = (now - self._start) / self._steps
-        probe_lost = self._probe_of is not None and seconds * self._steps > self._probe_of[1] * self.window
-        if self._steps == self.window or probe_lost:
-            self._start, self._steps = now, 0
-            self._window_done(seconds)
+        if self._last is not None:
+            self._times.append(now - self._last)
+        self._last = now
+        times = self._times
+        if len(times) == self.window or (self._probe and len(times) >= 3 and _median(times) > self._probe[1]):
+            self._times = []
+            self._window_done(_median(times))
 
     def _window_done(self, seconds):
-        if self._probe_of is not None:                     # this window was the probe: keep the faster
-            before_threads, before = self._probe_of
-            self._probe_of = None
-            times = {before_threads: before, self.threads: seconds}
-            if seconds >= before:
-                self._use(before_threads)
-                if before_threads == self.n:               # n were slow and one no faster: the machine is
-                    self._best = before                    # slower now, so that is the pace to compare with
-                elif not self._first:
-                    self._retry = min(2 * self._retry, 4 * self.retry)
-            elif self.threads == self.n:
-                self._best = min(self._best, seconds)
-            self._first = False
-            self._decided(times)
+        if self._probe is not None:                        # this window was the probe: keep the faster
+            before_threads, before = self._probe
+            self._probe = None
+            if seconds < before:
+                if self.threads == self.n:
+                    self._best = min(self._best, seconds)
+                self._decided({before_threads: before, self.threads: seconds})
+                return
+            probe_threads = self.threads
+            self._use(before_threads)
+            if before_threads == self.n:                   # n were slow and one no faster: the machine is
+                self._best = before                        # slower now, so that is the pace to compare with
+            elif not self._first:
+                self._retry = min(2 * self._retry, 4 * self.retry)
+            self._decided({before_threads: before, probe_threads: seconds})
         elif self._first:                                  # the first window, on one thread: probe n
-            self._probe(self.n, seconds)
+            self._start_probe(self.n, seconds)
         elif self.threads == self.n:
             self._best = min(self._best, seconds)
             if seconds > self.slower * self._best:
-                self._probe(1, seconds)
+                self._start_probe(1, seconds)
         else:
             self._on_one += 1
             if self._on_one >= self._retry:
                 self._on_one = 0
-                self._probe(self.n, seconds)
+                self._start_probe(self.n, seconds)
 
     def _decided(self, times):
+        """After a probe: report a change from the count kept before it."""
+        self._first = False
         if self.threads == self._settled:
             return
         self._settled = self.threads
-        self.switches.append((self._step, self.threads))
+        self.switches.append((self._since, self.threads))
         self._on_one, self._retry = 0, self.retry
         why = (f"another process holds a core: continuing on one thread (the same results; {self.n} threads "
                f"are tried again after {self.retry * self.window} steps)" if self.threads == 1
                else f"back on {self.n} threads")
-        self.say(f"note: steps took {1e3 * times[self.n]:.2f} ms on {self.n} threads, {1e3 * times[1]:.2f} ms on one: "
-                 f"{why}")
+        self.say(f"note: steps took {1e3 * times[self.n]:.2f} ms on {self.n} threads, {1e3 * times[1]:.2f} ms "
+                 f"on one: {why}")
 
-    def _probe(self, threads, seconds):
-        self._probe_of = (self.threads, seconds)
+    def _start_probe(self, threads, seconds):
+        self._probe = (self.threads, seconds)
         self._use(threads)
 
     def _use(self, threads):
-        self.threads = threads
+        self.threads, self._since = threads, self._step + 1      # (the next step is the first on it)
         set_num_threads(threads)
+
+
+def _median(values):
+    """The lower median: an element of ``values``."""
+    return sorted(values)[(len(values) - 1) // 2]

@@ -5,6 +5,7 @@ are PyTorch's: the loads are strict).
 A layer is built by the same call on both namespaces, ``build(nn)`` with ``nn`` either ``nanotorch.nn``
 or ``torch.nn``: same names, same arguments, same defaults.
 """
+import re
 import zlib
 
 import numpy as np
@@ -644,6 +645,43 @@ def test_pooling_attributes_set_after_construction_are_used_like_torchs():
         xt = torch.from_numpy(x).requires_grad_(True)
         theirs(xt).backward(torch.from_numpy(g))
         close(ours.backward(g), xt.grad, f"grad_input of {theirs}")
+
+
+def test_arguments_set_after_construction_are_checked_when_used():
+    """What a forward reads is checked when it reads it: a value set later that nanotorch does not
+    implement is refused, as at construction, never printed and ignored; other types are refused
+    as at construction; stride None is the kernel size, as in PyTorch."""
+    x = np.zeros((1, 1, 6, 6), np.float32)
+    for name, value, shown in (("dilation", 2, "(2, 2)"), ("return_indices", True, "True")):
+        pool = nt_nn.MaxPool2d(2)
+        pool(x)
+        setattr(pool, name, value)
+        with pytest.raises(NotImplementedError, match=rf"{name}={re.escape(shown)} is not implemented"):
+            pool(x)
+    pool = nt_nn.MaxPool2d(2)
+    pool(x)
+    pool.kernel_size = 2.0                      # equal to 2, but a float: refused, as MaxPool2d(2.0) is
+    with pytest.raises(ValueError, match="kernel_size must be an int"):
+        pool(x)
+    pool = nt_nn.MaxPool2d(3, stride=1)
+    pool.stride = None
+    assert pool(x).shape == torch.nn.MaxPool2d(3, stride=None)(torch.from_numpy(x)).shape == (1, 1, 2, 2)
+    drop = nt_nn.Dropout(0.5)
+    drop.inplace = True
+    with pytest.raises(NotImplementedError, match="inplace=True is not implemented"):
+        drop(x)
+    drop.inplace, drop.p = False, 1.5
+    with pytest.raises(ValueError, match="p must be a probability"):
+        drop(x)
+
+
+def test_reprs_follow_attributes_set_to_equal_values_like_torchs():
+    def build(nn):
+        bn, conv = nn.BatchNorm2d(2, eps=1), nn.Conv2d(1, 2, 3, padding="same")
+        bn.eps, conv.padding = 1.0, (1, 1)
+        return nn.Sequential(bn, conv)
+    assert repr(build(nt_nn)) == repr(build(torch.nn))
+    assert nt_nn.BatchNorm2d(2, eps=1).eps == 1 and type(nt_nn.BatchNorm2d(2, eps=1).eps) is int
 
 
 # --- modes and identities --------------------------------------------------------------------------------

@@ -13,10 +13,11 @@ result depends on which thread ran it. The loop over tasks is written twice:
 The two loops are compiled separately, and with fastmath the compiler could order a task's sums
 differently in each. It does not: one thread and two give the same bits, which
 tests/test_threads.py asserts for every kernel, so that a training run may switch between them
-(nanotorch.threads.BusyFallback). A kernel change that breaks it shows there. The plain loop never enters Numba's threading layer. That is what
-every thread but the one that called nanotorch.set_num_threads uses (mnist.evaluate runs batches
-on two threads, and Numba's "workqueue" layer aborts if two threads enter it at once), and what a
-forked child uses (GNU OpenMP terminates a child of a process that started it as soon as the
+(nanotorch.threads.BusyFallback). A kernel change that breaks it shows there.
+
+The plain loop never enters Numba's threading layer. That is what every thread but the one that
+called nanotorch.set_num_threads uses (mnist.evaluate runs batches on two threads, and Numba's
+"workqueue" layer aborts if two threads enter it at once), and what a forked child uses (GNU OpenMP terminates a child of a process that started it as soon as the
 child enters it). nanotorch.threads decides which one runs.
 
 Some task functions are inlined into the loops (``inline="always"``, in Numba's IR: BatchNorm +

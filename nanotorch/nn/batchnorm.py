@@ -44,9 +44,9 @@ class _BatchNorm(Module):
         num_features = check_int(self, num_features, "num_features")
         if num_features < 1:
             raise ValueError(f"{type(self).__name__}: num_features must be a positive int, got {num_features!r}")
-        self.num_features, self.eps, self.momentum, self.affine = num_features, float(eps), momentum, affine
+        float(eps)                               # (a number: kept as given, as PyTorch keeps and prints eps=1 as 1)
+        self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, affine
         self.track_running_stats = track_running_stats
-        self._eps_as_given = eps                 # for the repr: PyTorch keeps (and prints) eps=1 as 1, not 1.0
         if affine:
             self.weight = Parameter(np.ones(num_features, dtype=np.float32))
             self.bias = Parameter(np.zeros(num_features, dtype=np.float32)) if bias else None
@@ -76,7 +76,7 @@ class _BatchNorm(Module):
             if self.training:          # an empty batch: counted, with nothing to fold in, as PyTorch does
                 self._count_batch()
             mu, var = self.running_mean, self.running_var
-        inv_std = (1.0 / np.sqrt(var + self.eps)).astype(x.dtype)
+        inv_std = (1.0 / np.sqrt(var + float(self.eps))).astype(x.dtype)
         xhat = (x - mu.reshape(shape)) * inv_std.reshape(shape)
         self.save_for_backward(xhat, inv_std, axes, shape, batch_stats)
         y = xhat if self.weight is None else xhat * self.weight.data.reshape(shape)
@@ -109,8 +109,7 @@ class _BatchNorm(Module):
         return (g - mean_g - xhat * mean_gx) * inv_std.reshape(shape)
 
     def extra_repr(self):
-        eps = self._eps_as_given if float(self._eps_as_given) == self.eps else self.eps   # (unless eps was set since)
-        return (f"{self.num_features}, eps={eps}, momentum={self.momentum}, affine={self.affine}, "
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}, "
                 f"bias={self.bias is not None}, track_running_stats={self.track_running_stats}")
 
 

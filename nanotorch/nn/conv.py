@@ -171,7 +171,7 @@ class Conv2d(Module):
     def extra_repr(self):
         """As PyTorch's: padding only if not zero (by its name if given by name), bias only if there is none."""
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
-        if self._padding_name is not None and self._padding_name[1] == self.padding:    # (not reassigned since)
+        if self._padding_name is not None and self._padding_name[1] is self.padding:    # (not reassigned since)
             s += f", padding={self._padding_name[0]}"
         elif self.padding != (0, 0):
             s += f", padding={self.padding}"

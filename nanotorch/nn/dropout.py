@@ -18,20 +18,27 @@ from nanotorch.nn.module import Module
 from nanotorch.random import default_generator
 
 
+def _probability(p):
+    """p as a float, refused unless in [0, 1] (np.float32 too)."""
+    if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p}")
+    return float(p)
+
+
 class Dropout(Module):
     """x: any shape -> same shape."""
 
     def __init__(self, p=0.5, inplace=False, *, generator=None):
         super().__init__()
         only_default(self, "inplace", inplace, False)
-        if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0.0 <= p <= 1.0:     # np.float32 too
-            raise ValueError(f"Dropout: p must be a probability in [0, 1], got {p}")
+        _probability(p)
         self.p, self.inplace = p, inplace          # as given, as PyTorch keeps (and prints) them: p=0 stays 0
         self.generator = generator
 
     def forward(self, x):
         check_input(self, x, tuple(range(1, 9)))
-        p = float(self.p)
+        p = _probability(self.p)                   # (p and inplace may have been set since __init__)
+        only_default(self, "inplace", self.inplace, False)
         if not self.training or p == 0.0 or x.size == 0:     # the input itself, as PyTorch returns it
             self.save_for_backward(None, x.shape)
             return x

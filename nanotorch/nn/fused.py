@@ -72,7 +72,7 @@ class ConvBNGELU(Sequential):
         z = conv.forward_channels_first(x)                                       # (C, N, L)
         momentum = bn._count_batch() if self.training else 0.0    # the kernel updates the running statistics
         a, xhat, d, inv_std = bn_gelu_forward(z, bn.running_mean, bn.running_var, gamma, beta, self.training,
-                                              momentum, bn.eps, par)
+                                              momentum, float(bn.eps), par)
         self.save_for_backward(xhat, d, inv_std, self.training, (n, c, oh, ow))
         return a.reshape(n, c, oh, ow)
 

@@ -31,9 +31,9 @@ def pool_output_size(size, k, s, p, ceil_mode):
 
 
 def _changed(given, last):
-    """Whether arguments kept as given differ from the ones last converted (a list might have been
-    changed in place, so one counts as changed)."""
-    return given != last or list in map(type, given)
+    """Whether arguments kept as given are other objects than the ones last converted (an equal one
+    of another type, 2.0 for 2, is checked again), or a list (which may have been changed in place)."""
+    return last is None or any(a is not b for a, b in zip(given, last)) or list in map(type, given)
 
 
 class MaxPool2d(Module):
@@ -42,8 +42,6 @@ class MaxPool2d(Module):
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__()
-        only_default(self, "dilation", pair(self, dilation, "dilation"), (1, 1))    # (PyTorch's argument order)
-        only_default(self, "return_indices", return_indices, False)
         self.kernel_size = kernel_size
         self.stride = stride if stride is not None else kernel_size
         self.padding, self.dilation, self.return_indices, self.ceil_mode = padding, dilation, return_indices, ceil_mode
@@ -51,14 +49,17 @@ class MaxPool2d(Module):
 
     def _pairs(self):
         """(kernel_size, stride, padding), each as a pair of ints (h, w); checked and converted again
-        only when one of them was set since the last call (every call would cost ~1 us a layer)."""
-        given = (self.kernel_size, self.stride, self.padding)
+        only when an argument was set since the last call (every call would cost ~1 us a layer)."""
+        given = (self.kernel_size, self.stride, self.padding, self.dilation, self.return_indices)
         if _changed(given, getattr(self, "_given", None)):
             self._converted, self._given = self._check_pairs(), given
         return self._converted
 
     def _check_pairs(self):
-        k, s = pair(self, self.kernel_size, "kernel_size"), pair(self, self.stride, "stride")
+        only_default(self, "dilation", pair(self, self.dilation, "dilation"), (1, 1))
+        only_default(self, "return_indices", self.return_indices, False)
+        stride = self.kernel_size if self.stride is None else self.stride      # (None: PyTorch's default)
+        k, s = pair(self, self.kernel_size, "kernel_size"), pair(self, stride, "stride")
         p = pair(self, self.padding, "padding")
         if min(*k, *s) < 1:
             raise ValueError(f"MaxPool2d: kernel_size and stride must be >= 1, got {self.kernel_size}, {self.stride}")
