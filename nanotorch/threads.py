@@ -88,16 +88,18 @@ class BusyFallback:
     holds a core, each join waits for the scheduler to run the other thread again. On this project's
     2-core machine, two trainings at once on two threads each ran 5-73 ms a step (0.73-1.14 ms for
     one alone), and on one thread each 1.07-1.17 ms (docs/performance.md). So steps are timed in
-    windows of ``window`` steps, each judged by its median step time (a busy core slows every step,
-    a moment's stall only one), and a window on the other count (a probe) decides which is faster,
-    against the window just before it. A probe of n threads on a busy machine costs the most, so a
-    probe ends early, lost, once the median of its first three or more steps is the slower.
+    windows of ``window`` steps, each judged by its mean step time without its slowest step (a busy
+    core stalls many steps, often not most of them; a moment's stall, one), and a window on the
+    other count (a probe) decides which is faster, against the window just before it. A window
+    ends early once it is sure to lose: its steps have taken longer than a whole window at the
+    pace it is measured against, two of them at least twice that long (a probe of n threads on a
+    busy machine would otherwise cost the most).
     Probes run:
-    - at the start: the first window runs on one thread, then n are probed, so that a run started
-      on a busy machine finds out at once;
+    - at the start: after the first step (on n threads, which starts them), a window runs on one
+      thread, then n are probed, so that a run started on a busy machine finds out at once;
     - on n threads: after a window ``slower`` times slower than the fastest so far;
-    - on one thread: after ``retry`` windows, and after twice as many each time n are still
-      slower, up to 4 times ``retry`` (then a lost probe costs about a thousandth of the time).
+    - on one thread: after ``retry`` windows, then after twice as many each time, up to 4 times
+      ``retry`` (two runs side by side would otherwise take turns at finding two threads fast).
     One thread and two compute the same bits here (tests/test_threads.py asserts it, kernel by
     kernel and for training steps), so a switch changes the run's speed, not its numbers.
     ``switches`` lists (step, threads) for each change kept: the step from which the run went on
@@ -111,12 +113,10 @@ class BusyFallback:
         self.threads, self.switches = n, []
         self._step, self._last, self._times = step, None, []   # the run's step; the clock at the last; this window's
         self._settled = n                                  # the count the last decision kept
-        self._best = float("inf")                          # the fastest window on n threads (median, seconds)
+        self._best = float("inf")                          # the fastest window on n threads (seconds a step)
         self._probe = None                                 # (threads, seconds) of the window before the probe
         self._first = n >= 2                               # the first window runs on one thread, then n are probed
         self._on_one, self._retry = 0, retry               # windows on one thread; how many before a probe
-        if self._first:
-            self._use(1)
 
     def restart(self):
         """The time since the last step is not a step's: the next step is not timed."""
@@ -127,13 +127,27 @@ class BusyFallback:
         if self.n < 2:
             return
         now = self.clock()
-        if self._last is not None:
-            self._times.append(now - self._last)
+        if self._last is None:                             # not timed: the first step (which may compile the
+            self._last = now                               # kernels), or the first after restart()
+            if self._first and self.threads == self.n and self._probe is None:
+                self._use(1)                               # (the first step started Numba's threads)
+            return
+        self._times.append(now - self._last)
         self._last = now
         times = self._times
-        if len(times) == self.window or (self._probe and len(times) >= 3 and _median(times) > self._probe[1]):
+        if self._probe:                                    # a probe: slower than the window before it?
+            clearly_slow = self._slower_than(times, self._probe[1])
+        else:                                              # on n: slower than the fastest so far?
+            clearly_slow = self.threads == self.n and self._slower_than(times, self.slower * self._best)
+        if len(times) == self.window or clearly_slow:
             self._times = []
-            self._window_done(_median(times))
+            self._window_done(_typical(times))
+
+    def _slower_than(self, times, seconds):
+        """Whether a window is sure to be slower than ``seconds`` a step before its end: its steps
+        so far took longer than a whole window at that pace, two of them at least twice that long
+        (so that one stall cannot decide)."""
+        return sum(times) > self.window * seconds and sum(t > 2 * seconds for t in times) >= 2
 
     def _window_done(self, seconds):
         if self._probe is not None:                        # this window was the probe: keep the faster
@@ -148,8 +162,6 @@ class BusyFallback:
             self._use(before_threads)
             if before_threads == self.n:                   # n were slow and one no faster: the machine is
                 self._best = before                        # slower now, so that is the pace to compare with
-            elif not self._first:
-                self._retry = min(2 * self._retry, 4 * self.retry)
             self._decided({before_threads: before, probe_threads: seconds})
         elif self._first:                                  # the first window, on one thread: probe n
             self._start_probe(self.n, seconds)
@@ -159,8 +171,8 @@ class BusyFallback:
                 self._start_probe(1, seconds)
         else:
             self._on_one += 1
-            if self._on_one >= self._retry:
-                self._on_one = 0
+            if self._on_one >= self._retry:                # (each probe of n waits twice as long as the last)
+                self._on_one, self._retry = 0, min(2 * self._retry, 4 * self.retry)
                 self._start_probe(self.n, seconds)
 
     def _decided(self, times):
@@ -170,7 +182,7 @@ class BusyFallback:
             return
         self._settled = self.threads
         self.switches.append((self._since, self.threads))
-        self._on_one, self._retry = 0, self.retry
+        self._on_one = 0
         why = (f"another process holds a core: continuing on one thread (the same results; {self.n} threads "
                f"are tried again after {self.retry * self.window} steps)" if self.threads == 1
                else f"back on {self.n} threads")
@@ -186,6 +198,7 @@ class BusyFallback:
         set_num_threads(threads)
 
 
-def _median(values):
-    """The lower median: an element of ``values``."""
-    return sorted(values)[(len(values) - 1) // 2]
+def _typical(times):
+    """A window's seconds a step: the mean without its slowest step (a moment's stall is not the
+    machine's pace; the join waits of a busy core, in many of the steps, are)."""
+    return (sum(times) - max(times)) / (len(times) - 1) if len(times) > 1 else times[0]

@@ -228,13 +228,14 @@ def test_fallback_on_an_idle_machine_stays_on_two_threads(restore_threads):
 def test_fallback_on_a_busy_machine_goes_to_one_thread_and_back_when_it_is_free(restore_threads):
     busy = lambda s: 20 <= s < 300
     fallback, notes = run_fallback(500, lambda s: {2: 12.0 if busy(s) else 1.0, 1: 1.3})
-    # Step 1 is not timed. Steps 2-6: the first window, on one thread; 7-11 the probe of two (won).
-    # The machine is busy from step 21; the window of steps 17-21 has one slow step, and its median
-    # is not slow. Steps 22-26 are: probe 27-31 on one thread, kept from step 27. On one thread,
-    # two are tried after 4 windows (steps 52-54: the median of three is the slower, so the probe
-    # ends there, lost), after 8 (95-97), then every 16 (the cap, 4 x 4: 178-180, 261-263, lost;
-    # 344-348, won).
-    assert fallback.switches == [(27, 1), (344, 2)]
+    # Step 1 (on two threads) is not timed. Steps 2-6: the first window, on one thread; 7-11 the
+    # probe of two (won). The machine is busy from step 21: the window of steps 17-21 has one slow
+    # step, which does not count. Steps 22-23 are slow, more than a window at 3x the best pace:
+    # the window ends there, and the probe 24-28 on one thread is kept, from step 24. On one
+    # thread, two are tried after 4 windows (steps 49-50: two steps of 12 ms are more than the
+    # 5 x 1.3 ms of the window before, so the probe ends there, lost), after 8 (91-92), then every
+    # 16 (the cap, 4 x 4: 173-174, 255-256, lost; 337-341, won).
+    assert fallback.switches == [(24, 1), (337, 2)]
     assert fallback.threads == 2 and nt.get_num_threads() == 2
     assert "another process holds a core: continuing on one thread" in notes[0]
     assert "back on 2 threads" in notes[1] and len(notes) == 2
@@ -243,8 +244,8 @@ def test_fallback_on_a_busy_machine_goes_to_one_thread_and_back_when_it_is_free(
 @needs_two_threads
 def test_fallback_on_a_machine_busy_from_the_start_finds_out_at_once(restore_threads):
     fallback, notes = run_fallback(100, lambda s: {2: 30.0, 1: 1.2})
-    # steps 2-6 on one thread; the probe of two, 7-9, lost: one thread from step 10
-    assert fallback.switches == [(10, 1)] and fallback.threads == 1 and nt.get_num_threads() == 1
+    # steps 2-6 on one thread; the probe of two, 7-8, lost: one thread from step 9
+    assert fallback.switches == [(9, 1)] and fallback.threads == 1 and nt.get_num_threads() == 1
     assert notes == ["note: steps took 30.00 ms on 2 threads, 1.20 ms on one: another process holds a core: "
                      "continuing on one thread (the same results; 2 threads are tried again after 20 steps)"]
 
@@ -290,7 +291,15 @@ def test_fallback_counts_the_steps_of_a_resumed_run(restore_threads):
     clock.fallback = fallback
     for _ in range(20):
         fallback.step()
-    assert fallback.switches == [(70, 1)]           # as (10, 1) in a run from step 0
+    assert fallback.switches == [(69, 1)]           # as (9, 1) in a run from step 0
+
+
+@needs_two_threads
+def test_fallback_probe_is_not_ended_by_one_stall(restore_threads):
+    """A stall inside the first probe of two threads on an idle machine (a slow first step on
+    them, say): one slow step cannot end the probe, so the run stays on two threads."""
+    fallback, notes = run_fallback(100, lambda s: {2: 40.0 if s == 22 else 0.75, 1: 1.3}, window=20)   # step 23
+    assert fallback.switches == [] and fallback.threads == 2 and notes == []
 
 
 def test_fallback_on_one_thread_does_nothing(restore_threads):
