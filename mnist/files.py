@@ -60,6 +60,9 @@ def write_atomic(path, write, mode="wb", newline=None, replace=True):
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
+    except OSError as e:                       # named after the folder that could not be made
+        raise OSError(e.errno, f"cannot make the folder {folder} for {os.path.basename(path)}: {e.strerror}") from None
+    try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     except OSError as e:                       # named after the file wanted, not the temp file
         raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from None

@@ -597,6 +597,14 @@ def test_write_atomic_in_a_folder_that_cannot_be_written_names_the_file(tmp_path
         files.write_atomic(str(tmp_path / "config.json"), lambda f: f.write(b"{}"))
 
 
+def test_write_atomic_where_the_folder_cannot_be_made_names_the_folder(tmp_path):
+    from mnist import files
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(OSError, match=rf"cannot make the folder {re.escape(str(tmp_path / 'file' / 'run'))} "
+                                      r"for config.json"):
+        files.write_atomic(str(tmp_path / "file" / "run" / "config.json"), lambda f: f.write(b"{}"))
+
+
 def test_write_atomic_passes_newline_through(tmp_path):
     from mnist.files import write_atomic
     write_atomic(tmp_path / "rows.csv", lambda f: csv.writer(f).writerows([["a", 1], ["b", 2]]), mode="w", newline="")
