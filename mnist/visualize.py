@@ -359,8 +359,8 @@ def plot_training_curves(log_csv_path, path, test_accuracy=None):
                     for e in ends:
                         ax.axvline(e, color="#999999", linewidth=0.6, linestyle=":", zorder=0)
                 top = ax_loss.secondary_xaxis("top")
-                every = math.ceil(len(ends) / 20)
-                top.set_xticks(ends[every - 1::every], [str(k) for k in range(every, len(ends) + 1, every)])
+                labelled = math.ceil(len(ends) / 20)      # every so many epoch ends numbered
+                top.set_xticks(ends[labelled - 1::labelled], [str(k) for k in range(labelled, len(ends) + 1, labelled)])
                 top.set_xlabel("end of epoch", fontsize=9, color="#666666")
                 top.tick_params(labelsize=8.5, colors="#666666")
         fig.suptitle("Training: loss, accuracy and schedule", fontsize=14)

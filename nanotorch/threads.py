@@ -153,16 +153,15 @@ class BusyFallback:
         if self._probe is not None:                        # this window was the probe: keep the faster
             before_threads, before = self._probe
             self._probe = None
+            times = {before_threads: before, self.threads: seconds}
             if seconds < before:
                 if self.threads == self.n:
                     self._best = min(self._best, seconds)
-                self._decided({before_threads: before, self.threads: seconds})
-                return
-            probe_threads = self.threads
-            self._use(before_threads)
-            if before_threads == self.n:                   # n were slow and one no faster: the machine is
-                self._best = before                        # slower now, so that is the pace to compare with
-            self._decided({before_threads: before, probe_threads: seconds})
+            else:
+                self._use(before_threads)
+                if before_threads == self.n:               # n were slow and one no faster: the machine is
+                    self._best = before                    # slower now, so that is the pace to compare with
+            self._decided(times)
         elif self._first:                                  # the first window, on one thread: probe n
             self._start_probe(self.n, seconds)
         elif self.threads == self.n:
@@ -184,7 +183,7 @@ class BusyFallback:
         self.switches.append((self._since, self.threads))
         self._on_one = 0
         why = (f"another process holds a core: continuing on one thread (the same results; {self.n} threads "
-               f"are tried again after {self.retry * self.window} steps)" if self.threads == 1
+               f"are tried again after {self._retry * self.window} steps)" if self.threads == 1
                else f"back on {self.n} threads")
         self.say(f"note: steps took {1e3 * times[self.n]:.2f} ms on {self.n} threads, {1e3 * times[1]:.2f} ms "
                  f"on one: {why}")

@@ -242,6 +242,16 @@ def test_fallback_on_a_busy_machine_goes_to_one_thread_and_back_when_it_is_free(
 
 
 @needs_two_threads
+def test_fallback_note_names_the_wait_before_the_next_probe(restore_threads):
+    """Probes of two threads wait twice as long each time (up to 4x ``retry`` windows); a second
+    fall back says the wait that holds then, not the first one."""
+    busy = lambda s: 20 <= s < 300 or s >= 400
+    fallback, notes = run_fallback(500, lambda s: {2: 12.0 if busy(s) else 1.0, 1: 1.3})
+    assert [threads for _, threads in fallback.switches] == [1, 2, 1]
+    assert "tried again after 20 steps" in notes[0] and "tried again after 80 steps" in notes[2]
+
+
+@needs_two_threads
 def test_fallback_on_a_machine_busy_from_the_start_finds_out_at_once(restore_threads):
     fallback, notes = run_fallback(100, lambda s: {2: 30.0, 1: 1.2})
     # steps 2-6 on one thread; the probe of two, 7-8, lost: one thread from step 9

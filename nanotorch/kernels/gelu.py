@@ -18,9 +18,9 @@ Precision per dtype (``gelu_and_grad`` picks by the element type at compile time
   with k = round(t / ln 2), r = t - k ln 2, |r| <= ln(2) / 2, exp(r) by its degree-7 Taylor
   polynomial and 2^k built directly as the bits of a float32; GELU alone (inference: ``gelu``,
   ``gelu_inference``, and BatchNorm + GELU under no_grad) skips it. The error is within
-  2.5e-7 * max(1, |x|) for y and 2.5e-7 for dy/dx (PyTorch's own float32 GELU: 3.3e-7 and 2.5e-7 on the same test points). That
-  bound is absolute: Phi = (1 + erf) / 2 cancels for x < -3, where GELU itself is tiny
-  (|y| <= 4.05e-3), so the relative error grows there.
+  2.5e-7 * max(1, |x|) for y and 2.5e-7 for dy/dx (PyTorch's own float32 GELU: 3.3e-7 and 2.5e-7
+  on the same test points). That bound is absolute: Phi = (1 + erf) / 2 cancels for x < -3,
+  where GELU itself is tiny (|y| <= 4.05e-3), so the relative error grows there.
   With no library call and no branch the loops vectorise; GELU alone needs no exp, which makes it
   about half the cost of GELU with GELU' (~0.4 against ~0.7 ns a value on one core).
 NumPy has no erf, which is why GELU needs compiled loops at all.

@@ -17,8 +17,9 @@ tests/test_threads.py asserts for every kernel, so that a training run may switc
 
 The plain loop never enters Numba's threading layer. That is what every thread but the one that
 called nanotorch.set_num_threads uses (mnist.evaluate runs batches on two threads, and Numba's
-"workqueue" layer aborts if two threads enter it at once), and what a forked child uses (GNU OpenMP terminates a child of a process that started it as soon as the
-child enters it). nanotorch.threads decides which one runs.
+"workqueue" layer aborts if two threads enter it at once), and what a forked child uses (GNU
+OpenMP terminates a child of a process that started it as soon as the child enters it).
+nanotorch.threads decides which one runs.
 
 Some task functions are inlined into the loops (``inline="always"``, in Numba's IR: BatchNorm +
 GELU's channels, max pooling's rows): the same bits, without a call per task. The others are

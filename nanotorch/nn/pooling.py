@@ -30,10 +30,15 @@ def pool_output_size(size, k, s, p, ceil_mode):
     return out
 
 
-def _changed(given, last):
-    """Whether arguments kept as given are other objects than the ones last converted (an equal one
-    of another type, 2.0 for 2, is checked again), or a list (which may have been changed in place)."""
-    return last is None or any(a is not b for a, b in zip(given, last)) or list in map(type, given)
+def _converted(layer, given, convert):
+    """convert(): the layer's arguments ``given`` (kept as PyTorch keeps them) checked and converted,
+    or its result from the last call if they are the same objects (every call would cost ~1 us a
+    layer). Another object, even an equal one of another type (2.0 for 2), is checked again, and so
+    is a list, which may have been changed in place."""
+    last = getattr(layer, "_given", None)
+    if last is None or any(a is not b for a, b in zip(given, last)) or list in map(type, given):
+        layer._converted, layer._given = convert(), given
+    return layer._converted
 
 
 class MaxPool2d(Module):
@@ -48,12 +53,9 @@ class MaxPool2d(Module):
         self._pairs()                           # refuses bad arguments now rather than at the first forward
 
     def _pairs(self):
-        """(kernel_size, stride, padding), each as a pair of ints (h, w); checked and converted again
-        only when an argument was set since the last call (every call would cost ~1 us a layer)."""
-        given = (self.kernel_size, self.stride, self.padding, self.dilation, self.return_indices)
-        if _changed(given, getattr(self, "_given", None)):
-            self._converted, self._given = self._check_pairs(), given
-        return self._converted
+        """(kernel_size, stride, padding), each as a pair of ints (h, w)."""
+        return _converted(self, (self.kernel_size, self.stride, self.padding, self.dilation, self.return_indices),
+                          self._check_pairs)
 
     def _check_pairs(self):
         only_default(self, "dilation", pair(self, self.dilation, "dilation"), (1, 1))
@@ -110,14 +112,14 @@ class AdaptiveAvgPool2d(Module):
         self._output_hw()                       # refuses a bad size now rather than at the first forward
 
     def _output_hw(self):
-        """output_size as a pair of ints (OH, OW) (converted again only if it was set since the last call)."""
-        given = (self.output_size,)
-        if _changed(given, getattr(self, "_given", None)):
-            oh, ow = pair(self, self.output_size, "output_size")
-            if min(oh, ow) < 1:                 # any size >= 1 works, also larger than the input
-                raise ValueError(f"AdaptiveAvgPool2d: output_size must be >= 1, got {self.output_size}")
-            self._converted, self._given = (oh, ow), given
-        return self._converted
+        """output_size as a pair of ints (OH, OW)."""
+        return _converted(self, (self.output_size,), self._check_output_size)
+
+    def _check_output_size(self):
+        oh, ow = pair(self, self.output_size, "output_size")
+        if min(oh, ow) < 1:                     # any size >= 1 works, also larger than the input
+            raise ValueError(f"AdaptiveAvgPool2d: output_size must be >= 1, got {self.output_size}")
+        return oh, ow
 
     def _windows(self, size, out):
         return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
