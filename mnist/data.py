@@ -266,8 +266,8 @@ def _download(gz_name, directory, mirrors, checksums, timeout, attempts, backoff
                                    timeout, attempts, backoff, progress)
         except _MirrorFailed as e:
             failures.append(f"  {url}: {e}")
-            then = "; trying the next mirror" if i + 1 < len(mirrors) else ""
-            log.warning("MNIST: %s failed: %s%s", url, e, then)
+            if i + 1 < len(mirrors):        # (after the last one, the error below lists every answer)
+                log.warning("MNIST: %s failed: %s; trying the next mirror", url, e)
     answers = "\n".join(failures) or "  (no mirrors were given)"
     for d in created:                    # innermost first; a folder that holds anything stays
         try:

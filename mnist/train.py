@@ -285,11 +285,12 @@ def train(args):
         raise ValueError(f"--pct-start {args.pct_start} of {total_steps} steps is a warm-up of one step, which "
                          "OneCycleLR cannot anneal over: choose another --pct-start")
     model, criterion, optimizer, scheduler = build_trainer(args, total_steps)
-    step, train_seconds = 0, 0.0
+    step, train_seconds, switches = 0, 0.0, []
     if args.resume:
         state = load_checkpoint(args.resume, model, optimizer, scheduler)
         nt.default_generator().bit_generator.state = state["rng"]
         step, train_seconds = state["step"], state["train_seconds"]
+        switches = state.get("thread_switches", [])       # (checkpoints before they were saved: none)
         if state["total_steps"] != total_steps:
             raise ValueError(f"{args.resume} was trained for {state['total_steps']} steps in all; with the same "
                              f"recipe this data gives {total_steps}: resume with the training set the run used "
@@ -323,7 +324,8 @@ def train(args):
             return
         save_checkpoint(os.path.join(run_dir, "checkpoint.npz"), model, optimizer, scheduler, {
             "rng": nt.default_generator().bit_generator.state,
-            "step": step, "total_steps": total_steps, "train_seconds": train_seconds, "config": config})
+            "step": step, "total_steps": total_steps, "train_seconds": train_seconds, "config": config,
+            "thread_switches": fallback.switches})
         last_saved = (os.path.join(run_dir, "checkpoint.npz"), step)
 
     def stop_here():
@@ -343,7 +345,8 @@ def train(args):
     history, result = [], None
     # On a machine where another process holds a core, n threads run many times slower than one:
     # the run then goes on one thread, with the same results (nanotorch/threads.py).
-    fallback = nt.threads.BusyFallback(threads, say=lambda note: tqdm.write(note, file=sys.stderr), step=step)
+    fallback = nt.threads.BusyFallback(threads, say=lambda note: tqdm.write(note, file=sys.stderr), step=step,
+                                       switches=switches)
     model.train()
     with StopAtStepBoundary() as stop:
         for epoch in range(step // steps_per_epoch, args.epochs):
@@ -406,7 +409,7 @@ def train(args):
                                                                                    max(train_seconds, 1e-9), 1),
                "params": count_parameters(model), "epochs": args.epochs, "steps": step, "seed": args.seed,
                "final_train_loss": history[-1][1] if history else log.last_loss,   # (a resumed finished run)
-               "thread_switches": fallback.switches}   # [step, threads] for each switch since the run (re)started
+               "thread_switches": fallback.switches}   # [step, threads] for each switch of the run
     save_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
     if not args.no_plots:                          # the test set and its evaluation are at hand: reuse them
         from mnist.visualize import visualize_run

@@ -104,13 +104,16 @@ class BusyFallback:
     kernel and for training steps), so a switch changes the run's speed, not its numbers.
     ``switches`` lists (step, threads) for each change kept: the step from which the run went on
     on that count, counted over the run (``step``: the steps it had done before this process, for
-    a resumed run); ``say`` reports them.
+    a resumed run); ``say`` reports them. ``switches`` given: those of the process before (a resumed
+    run), continued by (step, n) if that run had gone on one thread.
     """
 
-    def __init__(self, n, window=20, slower=3.0, retry=50, clock=None, say=print, step=0):
+    def __init__(self, n, window=20, slower=3.0, retry=50, clock=None, say=print, step=0, switches=()):
         self.n, self.window, self.slower, self.retry, self.say = n, window, slower, retry, say
         self.clock = clock or time.perf_counter
-        self.threads, self.switches = n, []
+        self.threads, self.switches = n, [tuple(s) for s in switches]
+        if self.switches and self.switches[-1][1] != n:    # this process starts on n threads
+            self.switches.append((step, n))
         self._step, self._last, self._times = step, None, []   # the run's step; the clock at the last; this window's
         self._settled = n                                  # the count the last decision kept
         self._best = float("inf")                          # the fastest window on n threads (seconds a step)

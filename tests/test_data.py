@@ -467,6 +467,8 @@ def test_every_mirror_failing(tmp_path, server, caplog, monkeypatch):
     assert f"{base}/corrupt/train-images-idx3-ubyte.gz: checksum mismatch" in message
     assert str(target) in message and "--data-dir" in message and "NANOTORCH_DATA" in message
     assert not target.exists()  # no partial or temp file left behind, nor the folder made for them
+    # Progress on the way, but the last mirror's answer only once: in the error.
+    assert "trying the next mirror" in caplog.text and "/corrupt/" not in caplog.text
 
 
 # ----------------------------------------------------------------------------- real MNIST

@@ -304,6 +304,16 @@ def test_fallback_counts_the_steps_of_a_resumed_run(restore_threads):
     assert fallback.switches == [(69, 1)]           # as (9, 1) in a run from step 0
 
 
+@pytest.mark.parametrize("before, after", [
+    ([[24, 1]], [(24, 1), (500, 2)]),               # (as JSON gives them back) it went on one thread
+    ([[24, 1], [337, 2]], [(24, 1), (337, 2)]),     # it was back on two
+    ([], []),
+])
+def test_fallback_continues_the_switches_of_a_resumed_run(before, after, restore_threads):
+    fallback = threads.BusyFallback(2, clock=lambda: 0.0, say=lambda note: None, step=500, switches=before)
+    assert fallback.switches == after
+
+
 @needs_two_threads
 def test_fallback_probe_is_not_ended_by_one_stall(restore_threads):
     """A stall inside the first probe of two threads on an idle machine (a slow first step on

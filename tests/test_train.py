@@ -23,9 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
+import nanotorch as nt
 import mnist.train as train_mod
 from mnist.checkpoint import load_model, save_npz_atomic
 from mnist.model import build_model
@@ -335,6 +337,28 @@ def test_interrupted_and_resumed_equals_uninterrupted(uninterrupted, tmp_path, s
     assert log_b[0] == LOG_HEADER and LOG_HEADER not in log_b[1:]
     same = [LOG_HEADER.index(c) for c in ("step", "epoch", "lr", "momentum", "grad_norm")]
     assert [[r[i] for i in same] for r in log_b] == [[r[i] for i in same] for r in log_a]
+
+
+@requires_mnist
+def test_a_resumed_run_keeps_the_thread_switches_from_before(tmp_path, small_test_set, monkeypatch, capsys):
+    """metrics.json lists the switches of the whole run: those before a Ctrl-C are kept in the
+    checkpoint, and the resumed process, which starts on the run's thread count, adds its own start."""
+    class SwitchesAtStep5(nt.threads.BusyFallback):       # as if one thread had won a probe at step 5
+        def step(self):
+            super().step()
+            if self._step == 5:
+                self.switches.append((5, 1))
+
+    monkeypatch.setattr(nt.threads, "BusyFallback", SwitchesAtStep5)
+    ctrl_c_after(monkeypatch, 8)
+    argv = ["--limit", "40", "--threads", "2", *QUICK]
+    assert main([*argv, "--out", str(tmp_path)]) == 130
+    assert checkpoint_state(tmp_path / "checkpoint.npz")["thread_switches"] == [[5, 1]]
+    monkeypatch.setattr(train_mod, "train_step", REAL_TRAIN_STEP)
+    assert main([*argv, "--resume", str(tmp_path / "checkpoint.npz")]) == 0
+    n = min(2, numba.config.NUMBA_NUM_THREADS)          # (a one-core machine runs on one)
+    restarted = [[8, 2]] if n == 2 else []
+    assert json.loads((tmp_path / "metrics.json").read_text())["thread_switches"] == [[5, 1], *restarted]
 
 
 @requires_mnist
