@@ -318,7 +318,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.conv_kernels", description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="batch 4, two layers, few repeats, no plot (CI smoke)")
     ap.add_argument("--batch", type=int, nargs="+", default=None, help="batch sizes (default 4 128)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count(), help="threads for Numba's kernels, torch and the SGEMM peak (BLAS inside the kernels: one)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="threads for Numba's kernels, torch and the SGEMM peak (BLAS inside the kernels: one)")
     ap.add_argument("--impl", nargs="+", default=None, choices=sorted(IMPLEMENTATIONS), help="default: all")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per op (default 7, quick 3)")
     ap.add_argument("--out", default=str(RESULTS_DIR), help="folder for the CSV and the plot (default benchmarks/results/)")

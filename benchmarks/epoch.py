@@ -13,7 +13,8 @@ time (median of the per-repeat ratios), the projected time of a 15000-step epoch
 loss (a check that both ran the same recipe), evaluation images/s on the test set in eval mode at
 batch sizes 16, 32, 64, 128 and 256 (torch under no_grad, nanotorch through mnist.evaluate.predict_logits;
 the evaluation ratio compares each framework at its fastest batch size), nanotorch's time per layer
-in forward and backward, the peak RSS, and the time from process start to the end of the first nanotorch step (imports, data loading, Numba cache loads).
+in forward and backward, the peak RSS, and the time from process start to the end of the first
+nanotorch step (imports, data loading, Numba cache loads).
 Writes epoch.csv, epoch_profile.csv and epoch.json to --out (default benchmarks/results/).
 """
 import argparse
@@ -181,8 +182,8 @@ def time_evaluation(evaluators, n_images, repeats, batch_sizes=EVAL_BATCH_SIZES)
     """evaluators: name -> f(batch_size) evaluating the test set. Times each framework at each batch
     size (median of ``repeats``, alternating frameworks); returns name -> {batch_size: images/s}.
     Each framework is then judged at its own fastest batch size: which one is fastest differs
-    between them (PyTorch here: 64-256, nanotorch 32-256 from run to run; both half as fast at 1000), and neither should be held to
-    the other's."""
+    between them (PyTorch here: 64-256, nanotorch 32-256 from run to run; both half as fast at
+    1000), and neither should be held to the other's."""
     seconds = {name: {b: [] for b in batch_sizes} for name in evaluators}
     for b in batch_sizes:                           # a first call per shape (set-up, caches) is not timed
         for evaluate in evaluators.values():
@@ -208,7 +209,8 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="20 steps, 1 repeat, 1000 test images (CI smoke)")
     ap.add_argument("--data-dir", default=None, help="folder with the MNIST files (default $NANOTORCH_DATA/mnist)")
     ap.add_argument("--no-torch", action="store_true", help="measure nanotorch only")
-    ap.add_argument("--out", default=str(RESULTS_DIR), help="folder for the CSVs and epoch.json (default benchmarks/results/)")
+    ap.add_argument("--out", default=str(RESULTS_DIR),
+                    help="folder for the CSVs and epoch.json (default benchmarks/results/)")
     args = ap.parse_args(argv)
     args.steps = args.steps or (20 if args.quick else 300)
     args.repeats = args.repeats or (1 if args.quick else 5)
@@ -276,7 +278,8 @@ def report(result, out):
     rss = result["peak_rss_mb"]
     print(f"process start -> first nanotorch step done: {result['seconds_to_first_nanotorch_step']:.2f} s")
     print(f"peak RSS: {rss['first_step']:.0f} MB at the first step (before torch is imported), "
-          f"{rss['training']:.0f} MB after training, {rss['end']:.0f} MB after evaluation (up to batch {max(EVAL_BATCH_SIZES)})")
+          f"{rss['training']:.0f} MB after training, {rss['end']:.0f} MB after evaluation "
+          f"(up to batch {max(EVAL_BATCH_SIZES)})")
     print("\nnanotorch per layer (ms per step):")
     print(format_table(result["profile"]))
     os.makedirs(out, exist_ok=True)

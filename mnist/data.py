@@ -350,7 +350,7 @@ def _reason(e, url):
     text = str(e)
     if isinstance(e, requests.Timeout):
         return f"{type(e).__name__}: {host} did not answer in time"
-    if isinstance(e, (requests.exceptions.SSLError, requests.exceptions.ProxyError)):   # keep the cause: it says what to fix
+    if isinstance(e, (requests.exceptions.SSLError, requests.exceptions.ProxyError)):   # the cause says what to fix
         cause = re.search(r"certificate verify failed[^'\"]*|Tunnel connection failed[^'\"]*", text)
         return f"{type(e).__name__}: {host}: {cause.group(0) if cause else text[-200:]}"
     if isinstance(e, requests.ConnectionError):

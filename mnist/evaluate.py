@@ -78,7 +78,8 @@ def model_path(path):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m mnist.evaluate", description=__doc__.splitlines()[0])
     ap.add_argument("path", help="a run directory (its model.npz, else its checkpoint.npz) or an .npz file")
-    ap.add_argument("--data-dir", default=None, help="folder with the MNIST files (default: $NANOTORCH_DATA/mnist or the cache)")
+    ap.add_argument("--data-dir", default=None,
+                    help="folder with the MNIST files (default: $NANOTORCH_DATA/mnist or the cache)")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None,
                     help="threads evaluating batches side by side (default: 2, or 1 on a 1-core machine)")

@@ -142,8 +142,10 @@ def parse_args(argv=None):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     for flag, ok, what in (("max_lr", lambda v: v > 0, "> 0"), ("lr", lambda v: v >= 0, ">= 0"),
-                           ("momentum", lambda v: v >= 0, ">= 0"), ("clip", lambda v: v >= 0, ">= 0 (0: no clipping)"),
-                           ("pct_start", lambda v: 0 <= v < 1, "in [0, 1)"), ("dropout", lambda v: 0 <= v <= 1, "in [0, 1]")):
+                           ("momentum", lambda v: v >= 0, ">= 0"),
+                           ("clip", lambda v: v >= 0, ">= 0 (0: no clipping)"),
+                           ("pct_start", lambda v: 0 <= v < 1, "in [0, 1)"),
+                           ("dropout", lambda v: 0 <= v <= 1, "in [0, 1]")):
         value = getattr(args, flag)              # (NaN fails every comparison, so it is refused too)
         if not (math.isfinite(value) and ok(value)):
             ap.error(f"--{flag.replace('_', '-')} must be a finite number {what}, got {value}")
