@@ -376,6 +376,31 @@ def test_direct_conv3x3_equals_reference(shape, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", DIRECT_SHAPES)           # (N, C, OC, H, W): odd sizes, OC not a multiple of 4
+def test_direct_conv3x3_grad_input_equals_reference(shape, dtype, rng):
+    """The input gradient as Conv2d computes it (dz padded channels first, the weight flipped inside
+    the call) equals the forward's convolution of dz with w transposed and flipped, and is the
+    forward's adjoint: <conv(x, w), dz> == <x, dx>, the gradient of a linear map exactly."""
+    n, c, oc, h, w = shape
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((oc, c, 3, 3)).astype(dtype)
+    dz_cf = rng.standard_normal((oc, n, h, w)).astype(dtype)           # (OC, N, H, W), as Conv2d passes it
+    dz = dz_cf.transpose(1, 0, 2, 3)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    want = K.conv3x3_same_grad_input_reference(dz, wt)
+    assert want.dtype == dtype
+    for parallel in (False, True):
+        # every argument in every call: one compiled specialization (numba/numba#10617, as above)
+        dzp = K.pad_planes(dz_cf, parallel, True)
+        dx = K.conv3x3_same(dzp, wt, h, w, False, parallel, True).reshape(n, c, h, w)
+        assert dx.dtype == dtype
+        np.testing.assert_allclose(dx, want, rtol=rtol, atol=rtol)
+    z = K.conv3x3_same_reference(x, wt).astype(np.float64)
+    scale = np.sum(np.abs(z * dz))
+    np.testing.assert_allclose(np.sum(x.astype(np.float64) * dx), np.sum(z * dz), rtol=0, atol=10 * rtol * scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ignore_index", [-100, 4])                 # 4: the rows whose class is 4 are skipped
 @pytest.mark.parametrize("targets_dtype", [np.int64, np.uint8])
 def test_cross_entropy_equals_reference(dtype, ignore_index, targets_dtype, rng):

@@ -54,7 +54,7 @@ try:          # the kernels' dispatchers choose their cache folder as they are d
     from nanotorch.kernels.gelu import gelu_forward, gelu_forward_reference
     from nanotorch.kernels.conv3x3 import (pad_planes, pad_planes_reference, conv3x3_same, conv3x3_same_grad_weight,
                                            flip_transpose, flip_transpose_reference, conv3x3_same_reference,
-                                           conv3x3_same_grad_weight_reference)
+                                           conv3x3_same_grad_input_reference, conv3x3_same_grad_weight_reference)
     from nanotorch.kernels import batchnorm_gelu  # noqa: F401  (imported by nn/fused.py; cached here too)
     from nanotorch.kernels.dropout import dropout_forward, dropout_forward_reference
     from nanotorch.kernels.linear import (linear_forward, linear_backward, linear_forward_reference,
@@ -71,7 +71,8 @@ __all__ = ["im2col", "col2im", "im2col_reference", "col2im_reference", "maxpool2
            "global_avg_pool_backward", "global_avg_pool_reference", "global_avg_pool_backward_reference", "gelu_forward",
            "gelu_forward_reference", "pad_planes", "pad_planes_reference", "conv3x3_same", "conv3x3_same_grad_weight",
            "flip_transpose",
-           "flip_transpose_reference", "conv3x3_same_reference", "conv3x3_same_grad_weight_reference", "sum_of_squares",
+           "flip_transpose_reference", "conv3x3_same_reference", "conv3x3_same_grad_input_reference",
+           "conv3x3_same_grad_weight_reference", "sum_of_squares",
            "sum_of_squares_reference", "sgd_update", "sgd_update_reference", "cross_entropy_forward",
            "cross_entropy_backward", "cross_entropy_forward_reference", "cross_entropy_backward_reference",
            "dropout_forward", "dropout_forward_reference", "linear_forward", "linear_backward",

@@ -15,8 +15,10 @@ with u BatchNorm's output and d = GELU'(u):
                dz = gamma_c * inv_std_c * du                                          (evaluation)
 
 This is BatchNorm2d's backward (nanotorch/nn/batchnorm.py) with GELU's chained in front; the
-sums of du and du * xhat are the parameter gradients, which is why they come out for free. The
-kernels move between layouts as they go, so no transpose is ever copied.
+sums of du and du * xhat are the parameter gradients, which is why they come out for free. (The
+backward's g, in the kernel and its reference, is du; BatchNorm2d's g is gamma * du, which is why
+gamma_c stands in front here.) The kernels move between layouts as they go, so no transpose is
+ever copied.
 
 Each channel is one task (tasks.py), statistics and all: with ``parallel`` the channels spread
 over Numba's threads. Sums are accumulated in float64. The batch statistics are computed in the

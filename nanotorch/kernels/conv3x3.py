@@ -13,11 +13,13 @@ takes one kernel row i of the four channels: 12 multiply-adds per 3 input loads 
 need 36 weights, more than the registers hold; reloading them costs more than the extra passes
 over the sums.)
 
-The backward is two more of the same sums (dz padded like x):
+The backward is two more of the same sums. With xp and dzp the input and dz with their zero
+borders (pad_planes, indexed here as 2-D planes), and dz = 0 outside the image:
 
-    dx = the same convolution of dz, with w transposed (ci <-> oc) and flipped (i, j -> 2-i, 2-j):
-         dx[ci, y, x] = sum over oc, i, j of w[oc, ci, i, j] * dz[oc, y + 1 - i, x + 1 - j]
-    dw[oc, ci, i, j] = sum over n and pixels of dz[n, oc, y, x] * xp[n, ci, y + i, x + j]
+    dx[n, ci, y, x] = sum over oc, i, j of w[oc, ci, i, j] * dz[n, oc, y + 1 - i, x + 1 - j]
+                    = sum over oc, i, j of flip_transpose(w)[ci, oc, i, j] * dzp[n, oc, y + i, x + j]
+                      (i, j -> 2 - i, 2 - j): the forward's sum over dzp, with w transposed and flipped
+    dw[oc, ci, i, j] = sum over n, y, x of dz[n, oc, y, x] * xp[n, ci, y + i, x + j]
 
 The zero border of the padded dz makes the dropped positions and the image edges add nothing,
 as long as the values are finite: an Inf or NaN in the input's first or last column (or an Inf
@@ -105,14 +107,16 @@ def conv3x3_same(xp, w, h_, w_, channels_first, parallel=False, flipped=False):
     """xp: (N, C, P) from pad_planes; w: (OC, C, 3, 3) -> out (OC, N, H*W) if channels_first, else
     (N, OC, H*W). One task per image and group of four output channels (w is copied into groups of
     four, padded with zero channels); ``parallel`` spreads them over Numba's threads (tasks.py).
-    ``flipped``: w is (C, OC, 3, 3), a forward's weight, and the kernel is flip_transpose(w): the
-    input gradient's (flipped inside this call, so the layer makes no call of its own for it)."""
+    ``flipped``: w is the forward's weight, (OC_fwd, C_fwd, 3, 3); this call's input is the output
+    gradient, so that is (C, OC, 3, 3) here, and the kernel applied is flip_transpose(w): the input
+    gradient's (flipped inside this call, so the layer makes no call of its own for it;
+    conv3x3_same_grad_input_reference is its NumPy twin)."""
     n_, c_, plane = xp.shape
     oc_ = w.shape[1] if flipped else w.shape[0]
     if (plane != padded_size(h_, w_) or w.shape[0 if flipped else 1] != c_ or w.shape[2] != 3
             or w.shape[3] != 3):
         raise ValueError("conv3x3_same: expected xp (N, C, (h+2)*(w+2)+2) from pad_planes and w (OC, C, 3, 3) "
-                         "(or (C, OC, 3, 3) when flipped)")
+                         "(or, when flipped, the forward's weight: (C, OC, 3, 3) here)")
     w4 = np.empty((-(-oc_ // 4) * 4, c_, 3, 3), dtype=w.dtype)
     w4[:] = 0
     if flipped:
@@ -270,6 +274,12 @@ def conv3x3_same_reference(x, w):
     xpad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     return sum(np.einsum("oc,nchw->nohw", w[:, :, i, j], xpad[:, :, i:i + h_, j:j + w_])
                for i in range(3) for j in range(3))
+
+
+def conv3x3_same_grad_input_reference(dz, w):
+    """Plain NumPy: dz (N, OC, H, W), w (OC, C, 3, 3), the forward's weight -> dx (N, C, H, W): the
+    forward's convolution of dz with w transposed and flipped (the module docstring)."""
+    return conv3x3_same_reference(dz, flip_transpose_reference(w))
 
 
 def conv3x3_same_grad_weight_reference(x, dz):

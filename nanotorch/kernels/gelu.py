@@ -5,8 +5,8 @@
     tanh:   u = sqrt(2/pi) * (x + 0.044715 x^3),  y = x * (1 + tanh u) / 2
             dy/dx = (1 + tanh u) / 2 + x * (1 - tanh^2 u) / 2 * sqrt(2/pi) * (1 + 3 * 0.044715 x^2)
 
-The forward returns the derivative too (it shares Phi and phi with the value), so the backward
-is a single product: dx = dout * dy/dx.
+The forward returns the derivative too (it reuses the value's Phi, or for tanh its tanh u; only the
+derivative needs phi), so the backward is a single product: dx = dout * dy/dx.
 
 Precision per dtype (``gelu_and_grad`` picks by the element type at compile time):
 - float64 uses libm's erf and exp: PyTorch's float64 numbers to the last bits.

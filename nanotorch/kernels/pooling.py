@@ -130,10 +130,10 @@ def _argmax_row(top, bottom, out, window):
 def maxpool2x2_max(x, oh, ow, parallel=False):
     """The max alone, for forwards that keep nothing (no_grad): kernel 2, stride 2, no padding.
 
-    Without the argmax the order of comparisons is free: each window's two columns first (the max
-    of the two rows), then the max of those. Rows as in maxpool2x2_forward, one pass. The values are
-    the same as ``maxpool2x2_forward``'s (NaN wins), except that a window whose maximum is a tie
-    between +0.0 and -0.0 may give the other zero: which of two tied inputs won is not kept.
+    Without the argmax the order of comparisons is free: each window's two rows first (the max of
+    each row's two pixels), then the max of those. Rows as in maxpool2x2_forward, one pass. The
+    values are the same as ``maxpool2x2_forward``'s (NaN wins), except that a window whose maximum
+    is a tie between +0.0 and -0.0 may give the other zero: which of two tied inputs won is not kept.
     """
     return _maxpool2x2_max_rows(_whole_windows(x, oh, ow), oh, ow, parallel)
 
@@ -156,10 +156,10 @@ def _maxpool2x2_max_rows(x, oh, ow, parallel):
 @njit(nogil=True, inline="always")
 def _max_row(top, bottom, out):
     for k in range(out.size):
-        a, b, c, d = top[2 * k], bottom[2 * k], top[2 * k + 1], bottom[2 * k + 1]
-        left = c if (c > a) | (c != c) else a
-        right = d if (d > b) | (d != d) else b
-        out[k] = right if (right > left) | (right != right) else left
+        tl, bl, tr, br = top[2 * k], bottom[2 * k], top[2 * k + 1], bottom[2 * k + 1]
+        upper = tr if (tr > tl) | (tr != tr) else tl        # the top row's max (NaN wins)
+        lower = br if (br > bl) | (br != br) else bl        # the bottom row's
+        out[k] = lower if (lower > upper) | (lower != lower) else upper
 
 
 @njit(cache=True, nogil=True, **PRANGE)

@@ -1,9 +1,10 @@
 """How a kernel spreads over threads: independent tasks, in a ``prange`` or a plain loop.
 
 Kernels that take ``parallel`` split their work into tasks that share nothing they write: an
-image and four output channels of a convolution, a channel of BatchNorm, a plane of max pooling.
-Each task writes only its own part of the output and adds its sums in its own order, so no
-result depends on which thread ran it. The loop over tasks is written twice:
+image and four output channels of a convolution, a channel of BatchNorm, an output row of max
+pooling (a plane in its backward). Each task writes only its own part of the output and adds its
+sums in its own order, so no result depends on which thread ran it. The loop over tasks is
+written twice:
 
     if parallel:
         for t in prange(tasks): task(t)        spread over Numba's threads (OpenMP: ~1.5 us a fork-join)
