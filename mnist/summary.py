@@ -42,8 +42,7 @@ def _one(v):
 def describe(module):
     """A short human name for a layer: 'conv3x3 1->4', 'maxpool 2x2 ceil', 'linear 28->56', ..."""
     if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        stride, padding = _as_pair(module.stride), _as_pair(module.padding)
+        (kh, kw), stride, padding = module.geometry()
         extra = "".join([f" s{_one(stride)}" if stride != (1, 1) else "",
                          f" p{_one(padding)}" if padding != (0, 0) else "",
                          "" if module.bias is not None else " (no bias)"])
@@ -68,7 +67,7 @@ def describe(module):
 def _window(module, in_hw):
     """(kernel, stride) per axis of a leaf that mixes neighbouring positions, or None if it is pointwise."""
     if isinstance(module, nn.Conv2d):
-        return module.kernel_size, _as_pair(module.stride)
+        return module.geometry()[:2]
     if isinstance(module, nn.MaxPool2d):
         return _as_pair(module.kernel_size), _as_pair(module.stride)
     if isinstance(module, nn.AdaptiveAvgPool2d):

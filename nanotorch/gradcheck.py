@@ -59,7 +59,8 @@ def _replaying(module):
 def _buffers_restored(module):
     """Put every buffer back as it was afterwards: a check's many forwards move BatchNorm's running
     statistics and batch count, and must leave the module as they found it."""
-    saved = [(mod, name, np.array(getattr(mod, name), copy=True)) for mod in module.modules() for name in mod._buffers]
+    saved = [(mod, name, None if (b := getattr(mod, name)) is None else b.copy())
+             for mod in module.modules() for name in mod._buffers]
     try:
         yield
     finally:

@@ -364,8 +364,9 @@ def test_more_pytorch_arguments_not_implemented(build, fragment):
 def test_pytorch_keyword_arguments_at_their_defaults_are_accepted():
     """Code written for PyTorch that spells out its defaults (or picks its implementation) runs."""
     conv = nn.Conv2d(2, 4, 3, padding="same", padding_mode="zeros", device="cpu", dtype=np.float64)
-    assert conv.padding == (1, 1) and conv.weight.dtype == np.float64 and conv.bias.dtype == np.float64
-    assert nn.Conv2d(2, 4, 3, padding="valid").padding == (0, 0)
+    assert conv.padding == "same" and conv.geometry()[2] == (1, 1)      # kept by name, as PyTorch keeps it
+    assert conv.weight.dtype == np.float64 and conv.bias.dtype == np.float64
+    assert nn.Conv2d(2, 4, 3, padding="valid").geometry()[2] == (0, 0)
     assert nn.Linear(2, 3, True, "cpu", "float32").weight.dtype == np.float32
     bn = nn.BatchNorm2d(3, 1e-5, 0.1, True, True, None, np.float64, bias=False)
     assert bn.bias is None and bn.running_mean.dtype == np.float64 and list(bn.state_dict()) == [

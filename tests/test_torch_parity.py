@@ -675,6 +675,180 @@ def test_arguments_set_after_construction_are_checked_when_used():
         drop(x)
 
 
+@pytest.mark.parametrize("build, name, value, error, message", [
+    (lambda nn: nn.Conv2d(1, 2, 3), "dilation", (2, 2), NotImplementedError, r"dilation=\(2, 2\) is not implemented"),
+    (lambda nn: nn.Conv2d(1, 2, 3), "groups", 2, NotImplementedError, "groups=2 is not implemented"),
+    (lambda nn: nn.Conv2d(1, 2, 3), "padding_mode", "reflect", NotImplementedError, "padding_mode='reflect'"),
+    (lambda nn: nn.Conv2d(1, 2, 3), "padding", "full", ValueError, "padding must be an int, a pair of ints"),
+    (lambda nn: nn.Conv2d(1, 2, 3), "kernel_size", (5, 5), ValueError, r"kernel_size \(5, 5\) does not match"),
+    (lambda nn: nn.BatchNorm2d(1), "track_running_stats", False, NotImplementedError, "track_running_stats=False"),
+    (lambda nn: nn.BatchNorm2d(1), "running_mean", None, NotImplementedError, "running statistics set to None"),
+    (lambda nn: nn.GELU(), "approximate", "erf", ValueError, "approximate must be 'none' or 'tanh'"),
+    (lambda nn: nn.ReLU(), "inplace", True, NotImplementedError, "inplace=True is not implemented"),
+])
+def test_layer_arguments_set_after_construction_are_refused_when_not_implemented(build, name, value, error, message):
+    """As MaxPool2d's and Dropout's above: each layer reads its arguments when it runs, so a value
+    that nanotorch does not implement is refused there, never ignored (PyTorch would use it)."""
+    x = np.ones((2, 1, 5, 5), np.float32)
+    layer = build(nt_nn)
+    layer(x)
+    setattr(layer, name, value)
+    with pytest.raises(error, match=message):
+        layer(x)
+
+
+@pytest.mark.parametrize("name, value", [("stride", 2), ("stride", (2, 1)), ("padding", 2), ("padding", [0, 1]),
+                                         ("padding", "same"), ("padding", "valid")])
+def test_conv_stride_and_padding_set_after_construction_are_used_like_torchs(name, value):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 2, 7, 9))
+    ours, theirs = make_pair(lambda nn: nn.Conv2d(2, 3, 3, padding=1), rng)
+    setattr(ours, name, value)
+    setattr(theirs, name, value)
+    out = ours(x)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    out_t = theirs(xt)
+    close(out, out_t, f"{name}={value}")
+    g = rng.standard_normal(out.shape)
+    out_t.backward(torch.from_numpy(g))
+    close(ours.backward(g), xt.grad, f"grad_input, {name}={value}")
+    close(ours.weight.grad, theirs.weight.grad, f"grad_weight, {name}={value}")
+    if not (name == "padding" and isinstance(value, int)):       # (PyTorch's repr fails on an int padding)
+        assert repr(ours) == repr(theirs)
+
+
+def test_conv_keeps_its_arguments_as_torch_keeps_them():
+    for build in (lambda nn: nn.Conv2d(1, 2, 3, padding="same"), lambda nn: nn.Conv2d(1, 2, (3, 1), 2, "valid"),
+                  lambda nn: nn.Conv2d(1, 2, 3, padding=[1, 0])):
+        ours, theirs = build(nt_nn), build(torch.nn)
+        for name in ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode"):
+            assert getattr(ours, name) == getattr(theirs, name), f"{theirs}: {name}"
+
+
+def test_cross_entropy_arguments_set_after_construction_are_checked_when_used():
+    logits, targets = np.zeros((3, 4), np.float32), np.array([0, 1, 2])
+    for name, value, error, message in (("label_smoothing", 0.2, NotImplementedError, "label_smoothing=0.2"),
+                                        ("weight", np.ones(4), NotImplementedError, "weight=array"),
+                                        ("reduction", "bogus", ValueError, "reduction must be"),
+                                        ("ignore_index", 1.5, TypeError, "ignore_index must be an int")):
+        ours, theirs = nt_nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
+        assert getattr(ours, name) == getattr(theirs, name) if name != "weight" else ours.weight is theirs.weight
+        setattr(ours, name, value)
+        with pytest.raises(error, match=message):
+            ours(logits, targets)
+    ours = nt_nn.CrossEntropyLoss()
+    ours(logits, targets)
+    ours.reduction = "none"                     # the backward is the forward's: mean
+    np.testing.assert_allclose(ours.backward(), (np.full((3, 4), 0.25) - np.eye(4)[targets]) / 3, rtol=1e-6)
+
+
+def test_sgd_refuses_maximize_set_in_a_group_since():
+    p = nt_nn.Parameter(np.ones(2))
+    opt = nanotorch.optim.SGD([p], lr=0.1)
+    opt.param_groups[0]["maximize"] = True
+    p.grad = np.ones(2)
+    with pytest.raises(NotImplementedError, match="maximize=True is not implemented"):
+        opt.step()
+    assert (p.data == 1).all()
+
+
+def test_sgd_takes_named_parameters_as_torch():
+    ours, theirs = nt_nn.Linear(2, 3), torch.nn.Linear(2, 3)
+    kwargs = dict(lr=0.1, momentum=0.9)
+    opt, opt_t = nanotorch.optim.SGD(ours.named_parameters(), **kwargs), torch.optim.SGD(theirs.named_parameters(),
+                                                                                           **kwargs)
+    assert opt.state_dict()["param_groups"] == opt_t.state_dict()["param_groups"]      # param_names among them
+    assert opt.param_groups[0]["params"] == ours.parameters()
+
+
+# --- Module's bookkeeping --------------------------------------------------------------------------------
+@pytest.mark.parametrize("args, kwargs, dtype", [
+    ((np.float64,), {}, np.float64), (("float64",), {}, np.float64), ((torch.float64,), {}, np.float64),
+    (("cpu",), {}, np.float32), (("cpu", np.float64), {}, np.float64), ((torch.device("cpu"),), {}, np.float32),
+    ((), dict(dtype=torch.float64, non_blocking=True), np.float64), ((), dict(device="cpu"), np.float32)])
+def test_module_to_takes_torchs_call_forms(args, kwargs, dtype):
+    ours, theirs = nt_nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
+    as_torch = {np.float64: torch.float64, "float64": torch.float64}      # (NumPy's dtypes are ours alone)
+    assert ours.to(*args, **kwargs) is ours
+    assert theirs.to(*[as_torch.get(a, a) if isinstance(a, (type, str)) else a for a in args], **kwargs) is theirs
+    assert ours.weight.dtype == ours.running_mean.dtype == dtype and ours.num_batches_tracked.dtype == np.int64
+    assert str(theirs.weight.dtype) == f"torch.{np.dtype(dtype)}"
+
+
+@pytest.mark.parametrize("args, error, message", [
+    ((np.int32,), TypeError, "dtype must be float32 or float64"), ((np.float16,), TypeError, "float32 or float64"),
+    (("cuda",), NotImplementedError, "device='cuda' is not implemented"), (("cpu", "cpu"), TypeError, "two devices")])
+def test_module_to_refuses_what_nanotorch_cannot_run(args, error, message):
+    layer = nt_nn.Linear(3, 2)
+    before = layer.weight.data.copy()
+    with pytest.raises(error, match=message):
+        layer.to(*args)
+    assert layer.weight.data.dtype == np.float32 and (layer.weight.data == before).all()
+
+
+def test_buffers_none_and_not_persistent_are_left_out_as_torchs():
+    def build(nn, array):
+        m = nn.Linear(2, 2)
+        m.register_buffer("nothing", None)
+        m.register_buffer("scratch", array(np.zeros(2)), persistent=False)
+        m.register_buffer("kept", array(np.ones(2)))
+        return m
+    ours, theirs = build(nt_nn, np.asarray), build(torch.nn, torch.from_numpy)
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["weight", "bias", "kept"]
+    assert [n for n, _ in ours.named_buffers()] == [n for n, _ in theirs.named_buffers()] == ["scratch", "kept"]
+    assert ours.double().scratch.dtype == np.float64 and ours.nothing is None
+    assert ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()}) == ([], [])
+
+
+def test_named_parameters_of_shared_modules_follow_remove_duplicate_as_torchs():
+    def build(nn):
+        shared = nn.Linear(2, 2)
+        return nn.Sequential(shared, nn.GELU(), shared) if nn is torch.nn else nt_nn.Sequential(shared, nn.GELU())
+    ours, theirs = build(nt_nn), build(torch.nn)
+    ours.tied = ours[0].weight                      # a Parameter reached under two names, as theirs' [2].weight
+    theirs.tied = theirs[0].weight
+    for remove_duplicate in (True, False):
+        names = [n for n, _ in ours.named_parameters(remove_duplicate=remove_duplicate)]
+        assert names == [n for n, _ in theirs.named_parameters(remove_duplicate=remove_duplicate)
+                         if not n.startswith("2.")], remove_duplicate
+
+
+def test_load_state_dict_refuses_what_torch_refuses():
+    layer = nt_nn.Linear(2, 2)
+    with pytest.raises(TypeError, match="expected a dict-like state_dict"):
+        layer.load_state_dict([("weight", np.zeros((2, 2)))])
+    with pytest.raises(NotImplementedError, match="assign=True is not implemented"):
+        layer.load_state_dict(layer.state_dict(), assign=True)
+
+
+def test_parameter_takes_torchs_arguments():
+    assert nt_nn.Parameter().shape == tuple(torch.nn.Parameter().shape) == (0,)
+    assert nt_nn.Parameter(np.ones(2), requires_grad=True).requires_grad
+    with pytest.raises(NotImplementedError, match="cannot freeze"):
+        nt_nn.Parameter(np.ones(2), requires_grad=False)
+
+
+def test_no_grad_is_a_decorator_and_a_reusable_context_as_torchs():
+    enabled = nanotorch.grad_mode.is_grad_enabled
+
+    @nanotorch.no_grad
+    def bare():
+        return enabled()
+
+    @nanotorch.no_grad()
+    def called():
+        return enabled()
+
+    assert bare.__name__ == "bare" and not bare() and not called() and enabled()
+    context = nanotorch.no_grad()
+    for _ in range(2):
+        with context:
+            with context:                       # nested in itself: each exit restores what its entry found
+                assert not enabled()
+            assert not enabled()
+        assert enabled()
+
+
 def test_reprs_follow_attributes_set_to_equal_values_like_torchs():
     def build(nn):
         bn, conv = nn.BatchNorm2d(2, eps=1), nn.Conv2d(1, 2, 3, padding="same")

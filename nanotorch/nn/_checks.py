@@ -70,6 +70,18 @@ def only_default(layer, name, value, default):
                                   f"(only the default, {name}={default!r})")
 
 
+def converted(layer, given, convert):
+    """convert(): the layer's arguments ``given`` (kept as PyTorch keeps them, and read when used, so
+    that a value set after construction is checked as at construction) checked and converted, or its
+    result from the last call if they are the same objects (every call would cost ~1 us a layer).
+    Another object, even an equal one of another type (2.0 for 2), is checked again, and so is a
+    list, which may have been changed in place."""
+    last = getattr(layer, "_given", None)
+    if last is None or any(a is not b for a, b in zip(given, last)) or list in map(type, given):
+        layer._converted, layer._given = convert(), given
+    return layer._converted
+
+
 def check_device_and_dtype(layer, device, dtype):
     """PyTorch's factory arguments: device None or 'cpu' (NumPy arrays live there); dtype None
     (float32) or float32 / float64 (NumPy's, their names, or torch's), returned as a NumPy dtype

@@ -3,10 +3,11 @@
     GELU (approximate='none'):  y = x * Phi(x),            dy/dx = Phi(x) + x * phi(x)
     GELU (approximate='tanh'):  y = x * (1 + tanh u) / 2,  u = sqrt(2/pi) (x + 0.044715 x^3),
                                 dy/dx = (1 + tanh u) / 2 + x (1 - tanh^2 u) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-    ReLU:                       y = max(x, 0),             dy/dx = 1 if x > 0 else 0
+    ReLU:                       y = max(x, 0),             dy/dx = 0 if x <= 0 else 1   (a NaN passes its
+                                                           gradient, as in PyTorch)
 
 Phi and phi are the standard normal CDF and density. GELU's forward computes dy/dx alongside y
-(they share Phi and phi) and keeps it, so its backward is one product. The plain NumPy version
+(they share Phi, and for 'tanh' tanh u) and keeps it, so its backward is one product. The plain NumPy version
 is ``gelu_forward_reference`` at the end of nanotorch/kernels/gelu.py; the compiled loops beside
 it, which the layer runs, get float32 speed from a vectorisable erf (tested against it).
 """
@@ -26,12 +27,16 @@ class GELU(Module):
 
     def __init__(self, approximate="none"):
         super().__init__()
-        if approximate not in ("none", "tanh"):
-            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
+        self._check_approximate()
+
+    def _check_approximate(self):
+        if self.approximate not in ("none", "tanh"):
+            raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {self.approximate!r}")
 
     def forward(self, x):
         check_input(self, x, _ANY_RANK)
+        self._check_approximate()                  # (it may have been set since __init__)
         if self.approximate == "none" and not is_grad_enabled():   # nothing to keep: GELU alone, no GELU'
             self.save_for_backward()
             return gelu_inference(np.ascontiguousarray(x))
@@ -54,9 +59,11 @@ class ReLU(Module):
     def __init__(self, inplace=False):
         super().__init__()
         only_default(self, "inplace", inplace, False)
+        self.inplace = inplace
 
     def forward(self, x):
         check_input(self, x, _ANY_RANK)
+        only_default(self, "inplace", self.inplace, False)   # (it may have been set since __init__)
         positive = ~(x <= 0)            # "not <= 0" rather than "> 0": NaN passes through, as in PyTorch
         self.save_for_backward(positive)
         return np.where(positive, x, 0).astype(x.dtype, copy=False)

@@ -10,14 +10,18 @@ Training (statistics over the m values of a channel: N*H*W for 2-D, N or N*L for
 
 Backward in training (mu and var depend on every x of the channel, hence the two mean terms):
 
-    dbeta  = sum(dy),   dgamma = sum(dy * xhat),   g = gamma * dy
+    dbeta  = sum(dy),   dgamma = sum(dy * xhat),   g = gamma * dy   (= d loss / d xhat)
     dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)
 
   Derivation: d mu / d x_j = 1/m and d var / d x_j = 2 (x_j - mu) / m (the chain rule through mu
-  adds -2/m sum_i (x_i - mu) / m, which is 0 since the deviations sum to 0), so with s = 1 / sqrt(var + eps),
-  d s / d x_j = -s^3 (x_j - mu) / m; xhat_i = (x_i - mu) s, and the product rule gives
-      d xhat_i / d x_j = (delta_ij - 1/m - xhat_i xhat_j / m) * s.
-  dx_j = sum_i g_i d xhat_i / d x_j is the line above.
+  adds -2/m sum_i (x_i - mu) / m, which is 0 since the deviations sum to 0), so with s = 1 / sqrt(var + eps)
+  (inv_std in the code), d s / d x_j = -s^3 (x_j - mu) / m; xhat_i = (x_i - mu) s, and the product rule gives
+      d xhat_i / d x_j = (delta_ij - 1/m - xhat_i xhat_j / m) * s,
+  so dx_j = sum_i g_i d xhat_i / d x_j = s (g_j - mean(g) - xhat_j mean(g xhat)): the line above.
+
+The running statistics are updated by ``update_running_stats`` in nanotorch/kernels/batchnorm_gelu.py
+(shared with ConvBNGELU; its NumPy twin, update_running_stats_reference, is beside it), with f = momentum
+(1 / batches so far when momentum is None).
 
 Evaluation uses the running statistics, which are constants, so dx = gamma * dy / sqrt(running_var + eps).
 An empty batch in training (m = 0) is the same as PyTorch's: an empty output, zero parameter gradients,
@@ -59,6 +63,9 @@ class _BatchNorm(Module):
             self.to(dtype)
 
     def forward(self, x):
+        if not self.track_running_stats or self.running_mean is None or self.running_var is None:
+            raise NotImplementedError(f"{type(self).__name__}: track_running_stats=False (or running statistics "
+                                      "set to None) is not implemented in nanotorch")
         check_input(self, x, self._ndims, self.num_features,
                     dtype=(self.weight.data if self.weight is not None else self.running_mean).dtype)
         axes = (0,) + tuple(range(2, x.ndim))                   # every axis but the channel's

@@ -29,49 +29,55 @@ class CrossEntropyLoss(Module):
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
                  label_smoothing=0.0):
         super().__init__()
-        for name, value, default in (("weight", weight, None), ("label_smoothing", label_smoothing, 0.0)):
-            only_default(self, name, value, default)
-        if isinstance(ignore_index, (bool, np.bool_)) or not isinstance(ignore_index, (int, np.integer)):
-            raise TypeError(f"CrossEntropyLoss: ignore_index must be an int, got {ignore_index!r}")
-        self.ignore_index = int(ignore_index)
         if size_average is not None or reduce is not None:         # PyTorch's deprecated pair overrides reduction
             reduction = _legacy_reduction(size_average, reduce)
         if reduction == "elementwise_mean":                        # PyTorch's old name, accepted with a warning
             warnings.warn("reduction='elementwise_mean' is deprecated, as in PyTorch: use reduction='mean' instead",
                           UserWarning, stacklevel=2)
             reduction = "mean"
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"CrossEntropyLoss: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        self.reduction = reduction
+        self.weight, self.ignore_index, self.reduction, self.label_smoothing = (weight, ignore_index, reduction,
+                                                                                label_smoothing)
+        self._check_arguments()
+
+    def _check_arguments(self):
+        """The arguments as they are now (they may be set after __init__, as in PyTorch)."""
+        only_default(self, "weight", self.weight, None)
+        only_default(self, "label_smoothing", self.label_smoothing, 0.0)
+        if isinstance(self.ignore_index, (bool, np.bool_)) or not isinstance(self.ignore_index, (int, np.integer)):
+            raise TypeError(f"CrossEntropyLoss: ignore_index must be an int, got {self.ignore_index!r}")
+        if self.reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"CrossEntropyLoss: reduction must be 'mean', 'sum' or 'none', got {self.reduction!r}")
 
     def forward(self, logits, targets):
+        self._check_arguments()
         check_input(self, logits, (2,), what="logits")
         targets = np.asarray(targets)
         n, k = logits.shape
         if targets.shape != (n,) or targets.dtype.kind not in "iu":            # integers, signed or not
             raise ValueError(f"CrossEntropyLoss expects integer targets of shape ({n},), "
                              f"got {targets.dtype} {targets.shape}")
-        nll, total, kept, log_p, bad = cross_entropy_forward(logits, targets, self.ignore_index)
+        ignore_index = int(self.ignore_index)
+        nll, total, kept, log_p, bad = cross_entropy_forward(logits, targets, ignore_index)
         if bad >= 0:
             raise ValueError(f"CrossEntropyLoss: targets must be class indices in [0, {k}) or ignore_index "
-                             f"({self.ignore_index}), got {targets[bad]} (row {bad})")
-        self.save_for_backward(log_p, targets, kept)
+                             f"({ignore_index}), got {targets[bad]} (row {bad})")
+        self.save_for_backward(log_p, targets, kept, ignore_index, self.reduction)
         if self.reduction == "none":
             return nll
         return logits.dtype.type(total if self.reduction == "sum" else total / kept if kept else np.nan)
 
     def backward(self, grad_out=None):
-        log_p, targets, kept = self.saved_for_backward()
+        log_p, targets, kept, ignore_index, reduction = self.saved_for_backward()
         n = log_p.shape[0]
-        if self.reduction == "none":
+        if reduction == "none":
             if grad_out is None or np.shape(grad_out) != (n,):
                 raise ValueError(f"CrossEntropyLoss(reduction='none').backward expects the gradient of the "
                                  f"per-row losses, shape ({n},), got {None if grad_out is None else np.shape(grad_out)}")
             scale = np.asarray(grad_out, dtype=np.float64)
         else:
             grad_out = 1.0 if grad_out is None else float(grad_out)
-            scale = np.full(n, grad_out / max(kept, 1) if self.reduction == "mean" else grad_out)
-        return cross_entropy_backward(log_p, targets, self.ignore_index, scale)
+            scale = np.full(n, grad_out / max(kept, 1) if reduction == "mean" else grad_out)
+        return cross_entropy_backward(log_p, targets, ignore_index, scale)
 
 
 def _legacy_reduction(size_average, reduce):

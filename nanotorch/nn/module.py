@@ -18,10 +18,12 @@ in one forward pass, since its second call overwrites what the first call's back
 a module that it would run twice; a hand-written forward must keep the rule itself.
 """
 from collections import OrderedDict, namedtuple
+from collections.abc import Mapping
 
 import numpy as np
 
 from nanotorch.grad_mode import is_grad_enabled
+from nanotorch.nn._checks import check_device_and_dtype, only_default
 
 
 class Parameter:
@@ -31,13 +33,14 @@ class Parameter:
     stays that array for good: setting ``grad = None`` (zero_grad) zeroes it in place instead.
     """
 
-    def __init__(self, data):
-        self.data = np.asarray(data)
+    def __init__(self, data=None, requires_grad=True):
+        self.data = np.empty(0, dtype=np.float32) if data is None else np.asarray(data)   # (PyTorch's Parameter())
         if not np.issubdtype(self.data.dtype, np.floating):
             raise TypeError(f"Parameter: expected floating-point data (only those have gradients, as in "
                             f"PyTorch), got {self.data.dtype}")
         self._grad = None
         self._grad_is_view = False
+        self.requires_grad = requires_grad                 # (only True: see the property)
 
     @property
     def requires_grad(self):
@@ -116,6 +119,7 @@ class Module:
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "_buffers", [])
+        object.__setattr__(self, "_non_persistent", set())   # buffers left out of state_dict
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "cache", None)          # what the last forward saved for the backward
 
@@ -135,10 +139,16 @@ class Module:
                 break
         object.__setattr__(self, name, value)
 
-    def register_buffer(self, name, array):
-        """A saved, non-trainable array (BatchNorm's running statistics)."""
+    def register_buffer(self, name, array, persistent=True):
+        """A non-trainable array (BatchNorm's running statistics), cast by ``to`` and saved in the
+        state_dict unless ``persistent=False``. As in PyTorch, None stands for no array: the name is
+        kept, and skipped by buffers(), state_dict() and to() until an array is registered."""
+        if array is not None and not isinstance(array, np.ndarray):
+            raise TypeError(f"{type(self).__name__}.register_buffer: expected a numpy array or None for "
+                            f"'{name}', got {type(array).__name__}")
         if name not in self._buffers:
             self._buffers.append(name)
+        (self._non_persistent.discard if persistent else self._non_persistent.add)(name)
         object.__setattr__(self, name, array)
 
     # --- the contract ---------------------------------------------------------------
@@ -186,28 +196,33 @@ class Module:
     def children(self):
         return [m for m in self._modules.values() if m is not None]
 
-    def _named_modules_to_visit(self, prefix, recurse):
-        """named_modules(prefix), or with recurse=False this module alone (PyTorch's ``recurse``)."""
-        return self.named_modules(prefix) if recurse else [(prefix, self)]
-
-    def named_parameters(self, prefix="", recurse=True):
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
         """A Parameter shared by two modules (tied weights: b.weight = a.weight) is listed once, under
-        its first name, as in PyTorch; its gradient is the sum of both uses' (each backward adds).
-        recurse=False: this module's own parameters only."""
-        seen = set()
-        for mod_name, mod in self._named_modules_to_visit(prefix, recurse):
-            for name, p in mod._parameters.items():
-                if p is not None and id(p) not in seen:
-                    seen.add(id(p))
-                    yield (f"{mod_name}.{name}" if mod_name else name), p
+        its first name, as in PyTorch (under each, with ``remove_duplicate=False``); its gradient is the
+        sum of both uses' (each backward adds). recurse=False: this module's own parameters only."""
+        return self._named_arrays(prefix, recurse, remove_duplicate,
+                                  lambda mod: ((name, p) for name, p in mod._parameters.items() if p is not None))
 
     def parameters(self, recurse=True):
         return [p for _, p in self.named_parameters(recurse=recurse)]
 
-    def named_buffers(self, prefix="", recurse=True):
-        for mod_name, mod in self._named_modules_to_visit(prefix, recurse):
-            for name in mod._buffers:
-                yield (f"{mod_name}.{name}" if mod_name else name), getattr(mod, name)
+    def named_buffers(self, prefix="", recurse=True, remove_duplicate=True):
+        """(name, array) for each buffer that holds an array, as named_parameters lists parameters."""
+        return self._named_arrays(prefix, recurse, remove_duplicate, lambda mod: (
+            (name, b) for name in mod._buffers if (b := getattr(mod, name)) is not None))
+
+    def _named_arrays(self, prefix, recurse, remove_duplicate, own):
+        """(qualified name, item) for ``own(module)``'s items of every module visited; an item reached
+        twice (by object identity) is listed once unless ``remove_duplicate=False``."""
+        seen = set()
+        modules = self.named_modules(prefix, remove_duplicate) if recurse else [(prefix, self)]
+        for mod_name, mod in modules:
+            for name, item in own(mod):
+                if remove_duplicate:
+                    if id(item) in seen:
+                        continue
+                    seen.add(id(item))
+                yield (f"{mod_name}.{name}" if mod_name else name), item
 
     def buffers(self, recurse=True):
         return [b for _, b in self.named_buffers(recurse=recurse)]
@@ -230,16 +245,21 @@ class Module:
             elif p.grad is not None:
                 p.grad.fill(0)
 
-    def to(self, dtype):
-        """Cast floating parameters and buffers to ``dtype`` (float32 to train, float64 to check)."""
-        dtype = np.dtype(dtype)
+    def to(self, *args, **kwargs):
+        """Cast floating parameters and buffers to a dtype (float32 to train, float64 to check):
+        ``to(np.float64)``, ``to('float64')``, ``to(torch.float64)``, ``to(dtype=...)``; a device may
+        be given as in PyTorch, and must be the CPU (``to('cpu')``, ``to('cpu', np.float64)``)."""
+        device, dtype = _device_and_dtype_of_to(self, *args, **kwargs)
+        dtype = check_device_and_dtype(self, device, dtype)
+        if dtype is None:                                  # (a device alone: nothing to do)
+            return self
         for p in self.parameters():
             p.data = p.data.astype(dtype)
             p.grad = None if p.grad is None else p.grad.astype(dtype)
         for m in self.modules():
             for name in m._buffers:
                 b = getattr(m, name)
-                if np.issubdtype(b.dtype, np.floating):
+                if b is not None and np.issubdtype(b.dtype, np.floating):
                     object.__setattr__(m, name, b.astype(dtype))
         return self
 
@@ -258,7 +278,8 @@ class Module:
                 if p is not None:
                     yield (f"{mod_name}.{name}" if mod_name else name), mod, name, True, p.data
             for name in mod._buffers:
-                yield (f"{mod_name}.{name}" if mod_name else name), mod, name, False, getattr(mod, name)
+                if name not in mod._non_persistent and getattr(mod, name) is not None:
+                    yield (f"{mod_name}.{name}" if mod_name else name), mod, name, False, getattr(mod, name)
 
     def state_dict(self, *, destination=None, prefix="", keep_vars=False):
         """Copies of every parameter and buffer, keyed as PyTorch keys them (each key after ``prefix``;
@@ -272,9 +293,14 @@ class Module:
             out[prefix + key] = np.array(array, copy=True)
         return out
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict, strict=True, assign=False):
         """Copy arrays into the model; a mismatch raises one error listing every bad key. Returns
-        ``(missing_keys, unexpected_keys)`` as PyTorch does (both empty unless ``strict=False``)."""
+        ``(missing_keys, unexpected_keys)`` as PyTorch does (both empty unless ``strict=False``).
+        assign=True, which in PyTorch keeps the state_dict's own tensors, is not implemented."""
+        only_default(self, "assign", assign, False)
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{type(self).__name__}.load_state_dict: expected a dict-like state_dict (key -> array), "
+                            f"got {type(state_dict).__name__}")
         own = OrderedDict((key, (mod, name, is_param, array))
                           for key, mod, name, is_param, array in self._state_entries())
         missing = [k for k, (mod, name, _, _) in own.items() if k not in state_dict
@@ -382,3 +408,21 @@ def _runs(module, path):
         for name, child in module._modules.items():
             if child is not None:
                 yield from _runs(child, f"{path}.{name}")
+
+
+def _device_and_dtype_of_to(module, *args, device=None, dtype=None, non_blocking=False):
+    """PyTorch's ``Module.to`` call forms, reduced to (device, dtype): to(dtype), to(device),
+    to(device, dtype), with either also by keyword (non_blocking changes nothing on the CPU)."""
+    if len(args) > 2:
+        raise TypeError(f"{type(module).__name__}.to: expected at most a device and a dtype, got {len(args)} arguments")
+    for a in args:
+        is_device = (isinstance(a, str) and a.split(":")[0] in ("cpu", "cuda", "mps", "meta", "xpu")) \
+            or type(a).__name__ == "device"
+        if is_device and device is None:
+            device = a
+        elif not is_device and dtype is None:
+            dtype = a
+        else:
+            raise TypeError(f"{type(module).__name__}.to: got two {'devices' if is_device else 'dtypes'}: {args}")
+    return device, dtype
+

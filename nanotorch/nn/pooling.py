@@ -4,7 +4,9 @@ MaxPool2d:  out = max over each window; the max passes its gradient to the one i
             (d max / d x_i = 1 for the argmax, 0 for the rest). Where windows overlap, an input that
             wins several gets the sum of their gradients. Plain NumPy versions:
             maxpool2d_forward_reference / maxpool2d_backward_reference in nanotorch/kernels/pooling.py,
-            beside the compiled kernels the layer runs.
+            beside the compiled kernels the layer runs. For kernel 2, stride 2 and no padding (every
+            pooling of the MNIST model), the winner is kept as an int8 code 2 dy + dx of the pixel
+            (2y + dy, 2x + dx) in its window: maxpool2x2_reference / maxpool2x2_backward_reference.
             Output size, as PyTorch:  O = floor_or_ceil((H + 2p - k) / s) + 1, and with ceil_mode the
             last window must start inside the input or the left padding: if (O - 1) s >= H + p, O -= 1.
 
@@ -17,7 +19,7 @@ from nanotorch.grad_mode import is_grad_enabled
 from nanotorch.threads import parallel
 from nanotorch.kernels import (global_avg_pool, global_avg_pool_backward, maxpool2d_backward, maxpool2d_forward,
                                maxpool2x2_forward, maxpool2x2_max)
-from nanotorch.nn._checks import check_grad, check_input, only_default, pair
+from nanotorch.nn._checks import check_grad, check_input, converted, only_default, pair
 from nanotorch.nn.module import Module
 
 
@@ -28,17 +30,6 @@ def pool_output_size(size, k, s, p, ceil_mode):
     if ceil_mode and (out - 1) * s >= size + p:
         out -= 1
     return out
-
-
-def _converted(layer, given, convert):
-    """convert(): the layer's arguments ``given`` (kept as PyTorch keeps them) checked and converted,
-    or its result from the last call if they are the same objects (every call would cost ~1 us a
-    layer). Another object, even an equal one of another type (2.0 for 2), is checked again, and so
-    is a list, which may have been changed in place."""
-    last = getattr(layer, "_given", None)
-    if last is None or any(a is not b for a, b in zip(given, last)) or list in map(type, given):
-        layer._converted, layer._given = convert(), given
-    return layer._converted
 
 
 class MaxPool2d(Module):
@@ -54,7 +45,7 @@ class MaxPool2d(Module):
 
     def _pairs(self):
         """(kernel_size, stride, padding), each as a pair of ints (h, w)."""
-        return _converted(self, (self.kernel_size, self.stride, self.padding, self.dilation, self.return_indices),
+        return converted(self, (self.kernel_size, self.stride, self.padding, self.dilation, self.return_indices),
                           self._check_pairs)
 
     def _check_pairs(self):
@@ -113,7 +104,7 @@ class AdaptiveAvgPool2d(Module):
 
     def _output_hw(self):
         """output_size as a pair of ints (OH, OW)."""
-        return _converted(self, (self.output_size,), self._check_output_size)
+        return converted(self, (self.output_size,), self._check_output_size)
 
     def _check_output_size(self):
         oh, ow = pair(self, self.output_size, "output_size")

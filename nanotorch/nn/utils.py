@@ -18,10 +18,12 @@ def _vector_norm(x, norm_type):
     if norm_type == 2 and x.dtype in _FLOAT_DTYPES:      # one compiled pass, no float64 copy (kernels/optim.py)
         return math.sqrt(sum_of_squares(x.ravel()))
     x = np.abs(x.astype(np.float64)).ravel()
+    if abs(norm_type) == math.inf and not x.size:       # (no max or min to take: PyTorch's error)
+        raise RuntimeError(f"clip_grad_norm_: cannot compute the {norm_type} norm of an empty gradient")
     if norm_type == math.inf:
-        return x.max() if x.size else 0.0
+        return x.max()
     if norm_type == -math.inf:
-        return x.min() if x.size else math.inf
+        return x.min()
     if norm_type == 0:
         return float(np.count_nonzero(x))
     if norm_type == 1:

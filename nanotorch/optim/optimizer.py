@@ -40,7 +40,8 @@ class Optimizer:
     """Base class: ``param_groups``, per-parameter ``state``, ``zero_grad`` and checkpoints.
 
     Args:
-        params: an iterable of Parameters, or of dicts (parameter groups) such as
+        params: an iterable of Parameters (or of (name, Parameter) pairs, as ``named_parameters()``
+            gives them: the names are kept in the group's ``param_names``), or of dicts (parameter groups) such as
             ``[{'params': backbone}, {'params': head, 'lr': 0.1}]``; a group's missing
             hyper-parameters are taken from ``defaults``.
         defaults: dict of the hyper-parameters' default values.
@@ -73,6 +74,9 @@ class Optimizer:
         if params is None:
             raise ValueError("a parameter group needs a 'params' entry")
         params = [params] if _is_parameter(params) else list(params)
+        if params and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in params):
+            group["param_names"] = [name for name, _ in params]     # from named_parameters(), as PyTorch keeps them
+            params = [p for _, p in params]
         for p in params:
             if not _is_parameter(p):
                 raise TypeError(f"the optimiser can only optimise Parameters, got a {type(p).__name__}")

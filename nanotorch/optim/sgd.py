@@ -70,6 +70,8 @@ class SGD(Optimizer):
         """
         loss = closure() if closure is not None else None
         for group in self.param_groups:
+            if group.get("maximize") or group.get("differentiable"):   # set in a group since: refused, not ignored
+                self._check_group(group)
             lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
             weight_decay, nesterov = group["weight_decay"], group["nesterov"]
             for p in group["params"]:
