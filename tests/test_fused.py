@@ -142,3 +142,20 @@ def test_conv_bn_gelu_gradcheck(mode, rng):
 def test_conv_bn_gelu_keys_are_sequential_keys():
     assert list(ConvBNGELU(1, 4, 3, padding=1).state_dict()) == [
         "0.weight", "1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"]
+
+
+@pytest.mark.parametrize("child, name, value, error, message", [
+    (1, "track_running_stats", False, NotImplementedError, "track_running_stats=False"),
+    (1, "running_var", None, NotImplementedError, "running statistics set to None"),
+    (2, "approximate", "erf", ValueError, "approximate must be 'none' or 'tanh'"),
+    (0, "groups", 2, NotImplementedError, "groups=2")])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_conv_bn_gelu_refuses_a_child_setting_it_does_not_implement(child, name, value, error, message, mode):
+    """A child's setting changed since construction leaves the fused kernels (which would ignore it)
+    for the children, which refuse it."""
+    block = ConvBNGELU(1, 2, 3, padding=1).train(mode == "train")
+    x = np.ones((2, 1, 5, 5), np.float32)
+    block(x)
+    setattr(block[child], name, value)
+    with pytest.raises(error, match=message):
+        block(x)

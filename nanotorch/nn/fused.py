@@ -19,7 +19,8 @@ The maths is BatchNorm2d's and GELU's (nanotorch/nn/batchnorm.py, activation.py)
 loops are in nanotorch/kernels/batchnorm_gelu.py. They compute exact GELU after an affine BatchNorm
 in the block's own mode; if the children no longer fit that (``block[2].approximate = 'tanh'``,
 an affine=False BatchNorm put in, ``block[1].eval()`` alone), the block runs them one by one, as
-the Sequential it is.
+the Sequential it is (and a child refuses what nanotorch does not implement: ``block[1].track_running_stats
+= False``).
 """
 import numpy as np
 
@@ -50,7 +51,8 @@ class ConvBNGELU(Sequential):
         return (type(conv) is Conv2d and type(bn) is BatchNorm2d and type(act) is GELU
                 and act.approximate == "none" and bn.training == self.training
                 and bn.weight is not None and bn.bias is not None and bn.num_features == conv.out_channels
-                and bn.weight.data.dtype == conv.weight.data.dtype)
+                and bn.weight.data.dtype == conv.weight.data.dtype
+                and bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None)
 
     def forward(self, x):
         if not self.uses_fused_kernels():
