@@ -1,5 +1,6 @@
 """Input checks shared by the layers: bad input gets an error that names the layer and what it expected."""
 import numbers
+import operator
 
 import numpy as np
 
@@ -76,9 +77,11 @@ def converted(layer, given, convert):
     result from the last call if they are the same objects (every call would cost ~1 us a layer).
     Another object, even an equal one of another type (2.0 for 2), is checked again, and so is a
     list, which may have been changed in place."""
-    last = getattr(layer, "_given", None)
-    if last is None or any(a is not b for a, b in zip(given, last)) or list in map(type, given):
-        layer._converted, layer._given = convert(), given
+    last = layer.__dict__.get("_given")
+    if last is not None and all(map(operator.is_, given, last)):
+        return layer._converted
+    layer._converted = convert()
+    layer._given = None if list in map(type, given) else given       # (a list: checked at every call)
     return layer._converted
 
 

@@ -140,16 +140,16 @@ class Conv2d(Module):
         dz = dout.reshape(n, self.out_channels, dout.shape[2] * dout.shape[3]).transpose(1, 0, 2)  # (OC, N, OH*OW): a view
         return self.backward_channels_first(dz)
 
-    def uses_direct_kernel(self, x_shape):
+    def uses_direct_kernel(self, x_shape, geometry=None):
         """Whether an input of this shape goes through the direct 3x3 kernel rather than im2col + GEMM."""
-        return self.geometry() == ((3, 3), (1, 1), (1, 1)) and x_shape[3] >= self.direct_min_width
+        return (geometry or self.geometry()) == ((3, 3), (1, 1), (1, 1)) and x_shape[3] >= self.direct_min_width
 
     def forward_channels_first(self, x):
         """x: (N, C, H, W) -> Z: (OC, N, OH*OW), keeping the columns (or the padded input) for the backward."""
         n, c, h, w = x.shape
         weight = self.weight.data
         geometry = self.geometry()
-        direct = self.uses_direct_kernel(x.shape)
+        direct = self.uses_direct_kernel(x.shape, geometry)
         if direct:
             par = parallel(min(x.size, n * self.out_channels * h * w))   # spread over threads? (nanotorch/threads.py)
             inputs = pad_planes(x, par)                             # (N, C, (H+2)*(W+2) + 2)
