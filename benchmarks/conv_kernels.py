@@ -324,14 +324,20 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per op (default 7, quick 3)")
     ap.add_argument("--out", default=str(RESULTS_DIR), help="folder for the CSV and the plot (default benchmarks/results/)")
     ap.add_argument("--plot", action=argparse.BooleanOptionalAction, default=None, help="default: on unless --quick")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    counts = {"batch": args.batch or [], "threads": [args.threads], "repeats": [args.repeats]}   # (None: the default)
+    for flag, values in counts.items():
+        for value in values:
+            if value is not None and value < 1:
+                ap.error(f"--{flag} must be >= 1, got {value}")
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    batches = args.batch or ([4] if args.quick else [4, 128])
+    batches = args.batch if args.batch is not None else ([4] if args.quick else [4, 128])
     layer_ids = [0, 4] if args.quick else range(len(LAYERS))
-    repeats = args.repeats or (3 if args.quick else 7)
+    repeats = args.repeats if args.repeats is not None else (3 if args.quick else 7)
     min_time = 0.002 if args.quick else 0.02
     impls = args.impl or list(IMPLEMENTATIONS)
     started = time.perf_counter()

@@ -212,9 +212,16 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=str(RESULTS_DIR),
                     help="folder for the CSVs and epoch.json (default benchmarks/results/)")
     args = ap.parse_args(argv)
-    args.steps = args.steps or (20 if args.quick else 300)
-    args.repeats = args.repeats or (1 if args.quick else 5)
-    args.profile_steps = args.profile_steps or (10 if args.quick else min(100, args.steps))
+    for flag in ("steps", "repeats", "threads", "profile_steps"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.steps is None:
+        args.steps = 20 if args.quick else 300
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 5
+    if args.profile_steps is None:
+        args.profile_steps = 10 if args.quick else min(100, args.steps)
     return args
 
 

@@ -103,10 +103,16 @@ def _state_of(path, arrays):
 
 
 def load_checkpoint(path, model, optimizer, scheduler):
-    """Restore model, optimiser and scheduler in place from save_checkpoint's file; returns the JSON state."""
+    """Restore model, optimiser and scheduler in place from save_checkpoint's file; returns the JSON state.
+    Weights holding NaN or inf are refused, as load_model refuses them (mnist.train never saves such)."""
     arrays = load_npz(path)
     state = _state_of(path, arrays)
-    model.load_state_dict(model_state_from(arrays))
+    weights = model_state_from(arrays)
+    bad = nonfinite_keys(weights)
+    if bad:
+        raise ValueError(f"{path}: the weights hold NaN or inf ({', '.join(bad)}): not a checkpoint to resume "
+                         "(start a new run)")
+    model.load_state_dict(weights)
     for name, part in (("optimizer", optimizer), ("scheduler", scheduler)):
         saved = unflatten_state_dict(arrays, prefix=f"{name}.")
         try:

@@ -18,7 +18,8 @@ a run: one run claims a folder by creating its config.json, which only one proce
 --resume CHECKPOINT continues that run exactly as it was configured: the recipe flags (those of
 RECIPE, and --limit) may be left out or repeated with the same values, but not changed (a new
 run changes the recipe); output flags (--out, --threads, --log-every, ...) may differ. log.csv
-is cut back to the checkpoint's step, then appended to.
+is cut back to the checkpoint's step, then appended to (in another --out, it starts with the
+checkpoint folder's rows up to that step).
 """
 import argparse
 import csv
@@ -62,11 +63,13 @@ class Stopped(KeyboardInterrupt):
 
 class StopAtStepBoundary:
     """Ctrl-C (or SIGTERM, as `kill` and `timeout` send) asks the loop to stop after the current step,
-    so that a checkpoint is saved and never half-updated; a second one interrupts at once."""
+    so that a checkpoint is saved and never half-updated; a second one interrupts at once.
+    ``after`` says what the first one waits for (the pictures at the end wait for the one being drawn)."""
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self):
+    def __init__(self, after="this step (or the evaluation under way), with a checkpoint"):
         self.requested = None                      # the signal that asked, once one has
+        self.after = after
 
     def __enter__(self):
         self.previous = [signal.signal(s, self._handler) for s in self.SIGNALS]
@@ -77,8 +80,7 @@ class StopAtStepBoundary:
             os.write(2, b"\nstopping at once: what was not in a checkpoint is lost\n")
             raise Stopped(signum)
         self.requested = signum
-        os.write(2, f"\n{signal.Signals(signum).name}: stopping after this step (or the evaluation under way), "
-                    "with a checkpoint; again to stop at once\n".encode())
+        os.write(2, f"\n{signal.Signals(signum).name}: stopping after {self.after}; again to stop at once\n".encode())
 
     def __exit__(self, *exc):
         for s, previous in zip(self.SIGNALS, self.previous):
@@ -141,6 +143,8 @@ def parse_args(argv=None):
     for flag in ("epochs", "batch_size", "threads", "log_every", "checkpoint_every"):
         if getattr(args, flag) < 1:
             ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.seed < 0:                            # (NumPy's generators take non-negative seeds only)
+        ap.error(f"--seed must be >= 0, got {args.seed}")
     for flag, ok, what in (("max_lr", lambda v: v > 0, "> 0"), ("lr", lambda v: v >= 0, ">= 0"),
                            ("momentum", lambda v: v >= 0, ">= 0"),
                            ("clip", lambda v: v >= 0, ">= 0 (0: no clipping)"),
@@ -197,18 +201,21 @@ class CsvLog:
     resume_step: continue the log of a run resumed from that step. Rows past it (written after the
     checkpoint, before a crash) are dropped first, atomically, so the steps keep increasing. (The
     first row after a resume averages only the steps since the checkpoint: windows are not saved.)
+    resumed_log: the resumed run's log.csv, when it is not ``path`` (--resume into another --out):
+    the new log starts with its rows up to resume_step, if it exists.
     """
     COLUMNS = ["step", "epoch", "loss", "accuracy", "lr", "momentum", "grad_norm"]
 
-    def __init__(self, path, resume_step=None):
+    def __init__(self, path, resume_step=None, resumed_log=None):
         rows, self.last_loss = [], None            # last_loss: the last kept row's, when resuming
-        if resume_step is not None and os.path.exists(path):
-            with open(path, newline="") as f:
+        source = resumed_log or path
+        if resume_step is not None and os.path.exists(source):
+            with open(source, newline="") as f:
                 rows = list(csv.reader(f))
         if rows:
             header, body = rows[0], rows[1:]
             kept = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= resume_step]
-            if len(kept) < len(body):
+            if len(kept) < len(body) or source != path:
                 write_atomic(path, lambda f: csv.writer(f).writerows([header, *kept]), mode="w", newline="")
             try:                                   # (6 significant digits, as written)
                 self.last_loss = float(kept[-1][header.index("loss")]) if kept else None
@@ -301,7 +308,10 @@ def train(args):
         from mnist.summary import format_summary, summarize
         print(format_summary(summarize(model)))
     # Claim the folder only now (a run that fails its checks leaves none behind).
-    if resumes_in_place(run_dir, args.resume):           # the run's own folder: rewrite its config
+    in_place = resumes_in_place(run_dir, args.resume)
+    if in_place:                                         # the run's own folder: rewrite its config
+        if args.out is None:                             # (with the --out it was started with)
+            config["out"] = state["config"].get("out")
         save_json_atomic(os.path.join(run_dir, "config.json"), config)
     elif default_dir:                                    # runs/<date-time>, or -2, -3, ... if taken
         base, n = run_dir, 1
@@ -343,7 +353,10 @@ def train(args):
                   f"resume with: python -m mnist.train --resume {ckpt}", file=sys.stderr)
         raise Stopped(stop.requested)
 
-    log = CsvLog(os.path.join(run_dir, "log.csv"), resume_step=step if args.resume else None)
+    # Resumed into another --out: the new log.csv starts with the checkpoint folder's rows.
+    resumed_log = (os.path.join(os.path.dirname(os.path.abspath(args.resume)), "log.csv")
+                   if args.resume and not in_place else None)
+    log = CsvLog(os.path.join(run_dir, "log.csv"), resume_step=step if args.resume else None, resumed_log=resumed_log)
     history, result = [], None
     # On a machine where another process holds a core, n threads run many times slower than one:
     # the run then goes on one thread, with the same results (nanotorch/threads.py).
@@ -382,9 +395,9 @@ def train(args):
                     loss_avg, acc = window_loss / window_seen, window_correct / window_seen
                     log.write(step, epoch + 1, loss_avg, acc, lr, momentum, grad_norm)
                     history.append((step, loss_avg, acc))
-                    rate = bar.format_dict["rate"] or 0.0
-                    bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{acc:.3f}", lr=f"{lr:.4f}",
-                                    img_s=f"{rate * args.batch_size:.0f}", refresh=False)
+                    rate = bar.format_dict["rate"]           # steps/s, recent; None before the bar's first refresh
+                    speed = {} if rate is None else {"img_s": f"{rate * args.batch_size:.0f}"}
+                    bar.set_postfix(loss=f"{loss_avg:.3f}", acc=f"{acc:.3f}", lr=f"{lr:.4f}", **speed, refresh=False)
                     window_loss = window_correct = window_seen = 0
                 if step % args.checkpoint_every == 0 or stop.requested:
                     now = time.perf_counter()
@@ -406,21 +419,42 @@ def train(args):
         result = evaluate(model, test_x, test_y, threads=threads)
 
     save_model(os.path.join(run_dir, "model.npz"), model)
+    images = args.epochs * len(train_x)            # (not step * batch size: an epoch's last batch may be short)
     metrics = {"test_accuracy": result["accuracy"], "per_class_accuracy": result["per_class_accuracy"],
-               "train_seconds": round(train_seconds, 3), "images_per_second": round(step * args.batch_size /
-                                                                                   max(train_seconds, 1e-9), 1),
+               "train_seconds": round(train_seconds, 3),
+               "images_per_second": round(images / max(train_seconds, 1e-9), 1),
                "params": count_parameters(model), "epochs": args.epochs, "steps": step, "seed": args.seed,
                "final_train_loss": history[-1][1] if history else log.last_loss,   # (a resumed finished run)
                "thread_switches": fallback.switches}   # [step, threads] for each switch of the run
     save_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
-    if not args.no_plots:                          # the test set and its evaluation are at hand: reuse them
-        from mnist.visualize import visualize_run
-        try:
-            visualize_run(run_dir, test_set=(test_x, test_y), evaluation=result)
-        except (ValueError, OSError, RuntimeError) as e:   # the run itself is saved: not a failed run
+    if not args.no_plots:
+        draw_pictures(run_dir, test_set=(test_x, test_y), evaluation=result)
+    return run_dir, metrics
+
+
+def draw_pictures(run_dir, test_set, evaluation):
+    """The pictures of a saved run (mnist.visualize), from the test set and its evaluation at hand.
+
+    A failure is a warning (the run itself is saved). Ctrl-C or SIGTERM stops after the picture being
+    drawn, then raises Stopped. (Caught by a handler, the signal is never raised inside matplotlib,
+    which may turn a KeyboardInterrupt into a ValueError, or swallow it in a callback.)"""
+    from mnist.visualize import iter_pictures
+    stop = StopAtStepBoundary(after="the picture being drawn (the model and metrics are saved)")
+    try:
+        with stop:
+            for _ in iter_pictures(run_dir, test_set=test_set, evaluation=evaluation):
+                if stop.requested:
+                    break
+    except Stopped:                              # a second signal: stopped at once
+        pass
+    except (ValueError, OSError, RuntimeError) as e:
+        if not stop.requested:                   # (else it may be the second signal, turned into an error)
             print(f"warning: the pictures were not drawn ({e}); python -m mnist.visualize {run_dir} "
                   "draws them again", file=sys.stderr)
-    return run_dir, metrics
+    if stop.requested:
+        print(f"\ninterrupted while drawing the pictures; the model and metrics are saved "
+              f"(python -m mnist.visualize {run_dir} draws them)", file=sys.stderr)
+        raise Stopped(stop.requested)
 
 
 def main(argv=None):

@@ -273,19 +273,40 @@ def plot_first_layer_filters(model, path):
 
 # ----------------------------------------------------------------------------- training curves
 
+class EmptyLog(ValueError):
+    """A log.csv without rows (its run stopped before its first row)."""
+
+
 def read_log(log_csv_path):
-    """log.csv -> dict of float arrays keyed by column (step, epoch, loss, accuracy, lr, momentum)."""
+    """log.csv -> dict of float arrays keyed by column (step, epoch, loss, accuracy, lr, momentum, ...).
+
+    A last row that is cut short (written as the run was killed) is dropped, as mnist.train drops it
+    on resume; another malformed row raises a ValueError naming its line. No rows: EmptyLog."""
     with open(log_csv_path, newline="") as f:
-        reader = csv.DictReader(f)
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise EmptyLog(f"{log_csv_path} has no rows: its run stopped before its first --log-every steps")
         need = {"step", "loss", "accuracy", "lr", "momentum"}
-        missing = need - set(reader.fieldnames or ())
+        missing = need - set(header)
         if missing:
             raise ValueError(f"{log_csv_path}: missing columns {sorted(missing)} "
                              f"(expected step,epoch,loss,accuracy,lr,momentum)")
-        rows = list(reader)
-    if not rows:
-        raise ValueError(f"{log_csv_path} has a header but no rows: nothing to plot")
-    return {k: np.array([float(r[k]) for r in rows]) for k in reader.fieldnames}
+        rows = [(reader.line_num, row) for row in reader if row]          # (blank lines skipped)
+    values = []
+    for i, (line, row) in enumerate(rows):
+        try:
+            if len(row) != len(header):
+                raise ValueError(f"{len(row)} values")
+            values.append([float(v) for v in row])
+        except ValueError as e:
+            if i == len(rows) - 1:               # the last row, cut short: dropped
+                break
+            raise ValueError(f"{log_csv_path}, line {line}: {e} (expected {len(header)} numbers: "
+                             f"{','.join(header)})") from None
+    if not values:
+        raise EmptyLog(f"{log_csv_path} has no rows: its run stopped before its first --log-every steps")
+    return dict(zip(header, np.array(values).T))
 
 
 def smooth(values, window):
@@ -519,11 +540,16 @@ def visualize_run(run_dir, data_dir=None, test_images=None, test_set=None, evalu
 
     Needs run_dir/model.npz (from ``python -m mnist.train --out run_dir``; a run stopped before
     the end has its checkpoint.npz, which serves instead); run_dir/log.csv is
-    optional (the curves are skipped with a note without it). The test-set pictures load MNIST
-    (data_dir: see mnist.data.resolve_data_dir); test_images limits them to the first N digits.
-    A caller that has the test set and the model's ``mnist.evaluate.evaluate`` of it already (the
-    training script) passes them as test_set=(images, labels) and evaluation, to skip both again.
+    optional (the curves are skipped with a note without it, or without rows in it). The test-set
+    pictures load MNIST (data_dir: see mnist.data.resolve_data_dir); test_images limits them to the
+    first N digits. A caller that has the test set and the model's ``mnist.evaluate.evaluate`` of it
+    already (the training script) passes them as test_set=(images, labels) and evaluation, to skip both again.
     """
+    return list(iter_pictures(run_dir, data_dir, test_images, test_set, evaluation))
+
+
+def iter_pictures(run_dir, data_dir=None, test_images=None, test_set=None, evaluation=None):
+    """visualize_run, one picture at a time: yields each path once written (a caller may stop between them)."""
     from mnist.checkpoint import load_model
     from mnist.data import load_mnist
     from mnist.evaluate import evaluate, model_path
@@ -536,9 +562,9 @@ def visualize_run(run_dir, data_dir=None, test_images=None, test_set=None, evalu
     def out(name):
         return os.path.join(run_dir, name)
 
-    paths = [plot_architecture(model, out("architecture.png")),
-             plot_parameter_counts(model, out("parameters.png")),
-             plot_first_layer_filters(model, out("filters.png"))]
+    yield plot_architecture(model, out("architecture.png"))
+    yield plot_parameter_counts(model, out("parameters.png"))
+    yield plot_first_layer_filters(model, out("filters.png"))
     images, labels = test_set if test_set is not None else load_mnist("test", data_dir=data_dir)
     if test_images is not None:
         images, labels = images[:test_images], labels[:test_images]
@@ -546,15 +572,19 @@ def visualize_run(run_dir, data_dir=None, test_images=None, test_set=None, evalu
 
     log_path = os.path.join(run_dir, "log.csv")
     if os.path.exists(log_path):                     # (the test accuracy drawn only if on the whole test set)
-        paths.append(plot_training_curves(log_path, out("training_curves.png"),
-                                          result["accuracy"] if test_images is None else None))
+        try:
+            curves = plot_training_curves(log_path, out("training_curves.png"),
+                                          result["accuracy"] if test_images is None else None)
+        except EmptyLog as e:
+            print(f"note: {e}; skipping training_curves.png")
+        else:
+            yield curves
     else:
         print(f"note: {log_path} not found, skipping training_curves.png")
-    paths.append(plot_feature_maps(model, images[0], out("feature_maps.png")))
-    paths.append(plot_confusion_matrix(result["confusion"], out("confusion_matrix.png")))
-    paths.append(plot_misclassified(images, labels, result["predictions"], _softmax(result["logits"]),
-                                    out("misclassified.png")))
-    return paths
+    yield plot_feature_maps(model, images[0], out("feature_maps.png"))
+    yield plot_confusion_matrix(result["confusion"], out("confusion_matrix.png"))
+    yield plot_misclassified(images, labels, result["predictions"], _softmax(result["logits"]),
+                             out("misclassified.png"))
 
 
 def main(argv=None):

@@ -142,6 +142,26 @@ def test_epoch_quick(tmp_path, monkeypatch, with_torch):
     assert sum(float(r["total_ms"]) for r in children) <= step
 
 
+@pytest.mark.parametrize("module, argv", [
+    ("epoch", ["--steps", "0"]), ("epoch", ["--repeats", "0"]), ("epoch", ["--threads", "0"]),
+    ("epoch", ["--profile-steps", "-1"]), ("conv_kernels", ["--threads", "0"]), ("conv_kernels", ["--batch", "4", "0"]),
+    ("conv_kernels", ["--repeats", "0"])])
+def test_counts_below_one_are_usage_errors(module, argv, capsys):
+    """Not the defaults in their place (--steps 0 ran 300 steps), nor a traceback (--threads 0, --batch 0)."""
+    import importlib
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(f"benchmarks.{module}").parse_args(argv)
+    assert exit_.value.code == 2
+    assert f"{argv[0]} must be >= 1, got {argv[-1]}" in capsys.readouterr().err
+
+
+def test_epoch_defaults():
+    from benchmarks import epoch
+    args, quick = epoch.parse_args([]), epoch.parse_args(["--quick", "--steps", "5"])
+    assert (args.steps, args.repeats, args.profile_steps) == (300, 5, 100)
+    assert (quick.steps, quick.repeats, quick.profile_steps) == (5, 1, 10)
+
+
 def test_profiled_restores_the_layers():
     from benchmarks import epoch
     from mnist.model import build_model

@@ -42,6 +42,12 @@ def test_train_counts_must_be_at_least_one(flag, value, capsys):
     assert f"{flag} must be >= 1, got {value}" in usage_error(train_mod.main, [flag, value], capsys)
 
 
+@pytest.mark.parametrize("value", ["-1", "-7"])
+def test_train_seed_must_not_be_negative(value, capsys):
+    """Refused as the command line is read (NumPy refused it after the data loaded: exit 1, no flag named)."""
+    assert f"--seed must be >= 0, got {value}" in usage_error(train_mod.main, ["--seed", value], capsys)
+
+
 @pytest.mark.parametrize("flag", ["--batch-size", "--threads"])
 @pytest.mark.parametrize("value", ["0", "-2"])
 def test_evaluate_counts_must_be_at_least_one(tmp_path, flag, value, capsys):
@@ -180,6 +186,7 @@ def test_resume_writes_next_to_its_checkpoint_not_into_the_folder_it_was_trained
     (lambda a: a.update({"optimizer.param_groups[0].lr": np.array("fast")}), "optimizer's state does not fit"),
     (lambda a: a.update(state=np.array("{not json")), "'state' entry is not the JSON"),
     (lambda a: a.update(state=np.array('{"config": {}}')), "'state' entry lacks rng"),
+    (lambda a: a["model/0.0.weight"].__setitem__((0, 0, 0, 0), np.nan), "the weights hold NaN or inf (0.0.weight)"),
 ])
 def test_resume_from_a_damaged_checkpoint_names_what_is_wrong(tmp_path, monkeypatch, capsys, edit, fragment):
     """No KeyError or Numba typing traceback: an error naming the file and the part that does not fit."""

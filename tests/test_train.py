@@ -286,6 +286,29 @@ def test_log_rows_hold_the_lr_and_momentum_their_step_used(tmp_path, small_test_
     assert rows[-1]["lr"] == pytest.approx(RECIPE["max_lr"] / 25 / 1e4, rel=1e-5)
 
 
+@requires_mnist
+def test_images_per_second_counts_the_images_of_a_short_last_batch(tmp_path, small_test_set):
+    """--limit 6 at batch 4: each epoch trains on 6 images in 2 steps, not 8."""
+    assert main(["--limit", "6", "--epochs", "5", *QUICK, "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    seconds, rate = metrics["train_seconds"], metrics["images_per_second"]     # (rounded to 3 and 1 decimals)
+    assert metrics["steps"] == 10 and seconds > 0.001
+    assert 30 / (seconds + 0.0005) - 0.05 <= rate <= 30 / (seconds - 0.0005) + 0.05
+
+
+@requires_mnist
+def test_progress_bar_shows_no_rate_before_it_has_one(tmp_path, small_test_set, monkeypatch, capsys):
+    """tqdm knows no rate before its first refresh (0.5 s in): img_s is left out until then, not shown as 0."""
+    def slow_train_step(*args, **kwargs):
+        time.sleep(0.1)
+        return REAL_TRAIN_STEP(*args, **kwargs)
+    monkeypatch.setattr(train_mod, "train_step", slow_train_step)
+    assert main(["--limit", "40", "--log-every", "1", "--no-plots", "--out", str(tmp_path)]) == 0     # 10 steps
+    err = capsys.readouterr().err
+    assert not re.search(r"img_s=0\b", err), err
+    assert re.search(r"img_s=[1-9]", err), err                   # (the last rows come after a refresh)
+
+
 # ----------------------------------------------------------------------------- 3. resume equivalence
 
 # --limit 78 --batch-size 4: 20 steps an epoch (the last batch holds 2 images), 3 epochs, 60 steps.
@@ -409,6 +432,36 @@ def test_ctrl_c_during_the_evaluation_stops_after_it(tmp_path, small_test_set, m
 
 
 @requires_mnist
+@pytest.mark.parametrize("twice", [False, True], ids=["once", "twice"])
+def test_ctrl_c_while_drawing_the_pictures_ends_by_the_signal(tmp_path, small_test_set, monkeypatch, capsys, twice):
+    """A Ctrl-C in a picture stops after it (twice: at once) with exit 130, the model and metrics saved; never
+    lost, even where matplotlib turns the KeyboardInterrupt of a second one into a ValueError."""
+    from mnist import visualize
+    drawn = []
+
+    def iter_pictures(run_dir, *args, **kwargs):
+        for name in ("architecture.png", "parameters.png", "filters.png"):
+            if name == "parameters.png":
+                try:
+                    signal.raise_signal(signal.SIGINT)
+                    if twice:
+                        signal.raise_signal(signal.SIGINT)
+                except KeyboardInterrupt as e:
+                    raise ValueError("as matplotlib may raise it") from e
+            drawn.append(name)
+            yield os.path.join(run_dir, name)
+    monkeypatch.setattr(visualize, "iter_pictures", iter_pictures)
+    assert main(["--limit", "40", "--quiet", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    assert drawn == (["architecture.png"] if twice else ["architecture.png", "parameters.png"])
+    assert ("interrupted while drawing the pictures; the model and metrics are saved "
+            f"(python -m mnist.visualize {tmp_path} draws them)") in err
+    assert "warning" not in err
+    assert (tmp_path / "model.npz").exists() and (tmp_path / "metrics.json").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler restored
+
+
+@requires_mnist
 def test_resume_after_a_crash_drops_the_log_rows_past_the_checkpoint(tmp_path, small_test_set, monkeypatch):
     ctrl_c_after(monkeypatch, 13)
     assert main([*RESUME_RUN, "--out", str(tmp_path)]) == 130           # checkpoint at step 13
@@ -421,6 +474,35 @@ def test_resume_after_a_crash_drops_the_log_rows_past_the_checkpoint(tmp_path, s
     assert rows[0] == LOG_HEADER
     assert [int(r[0]) for r in rows[1:]] == list(range(5, 61, 5))        # strictly increasing, none twice
     assert "9.99" not in log.read_text()
+
+
+@requires_mnist
+def test_resume_into_another_out_starts_its_log_with_the_runs_rows(tmp_path, small_test_set, monkeypatch):
+    """--resume CKPT --out NEW: NEW/log.csv holds the whole run (the curves and final_train_loss need it),
+    and so does that of a finished run resumed into a third folder, which keeps its final loss."""
+    first, second, third = tmp_path / "first", tmp_path / "second", tmp_path / "third"
+    argv = ["--limit", "40", "--log-every", "2", *QUICK]                                  # 10 steps
+    ctrl_c_after(monkeypatch, 5)
+    assert main([*argv, "--out", str(first)]) == 130                                     # checkpoint at step 5
+    monkeypatch.setattr(train_mod, "train_step", REAL_TRAIN_STEP)
+    assert main([*argv, "--resume", str(first), "--out", str(second)]) == 0
+    rows = read_log(second / "log.csv")
+    assert rows[0] == LOG_HEADER and [int(r[0]) for r in rows[1:]] == [2, 4, 6, 8, 10]
+    assert rows[:3] == read_log(first / "log.csv")                                       # steps 2 and 4, copied
+    assert main([*argv, "--resume", str(second), "--out", str(third)]) == 0               # a finished run
+    assert read_log(third / "log.csv") == rows
+    loss, again = (json.loads((d / "metrics.json").read_text())["final_train_loss"] for d in (second, third))
+    assert again == pytest.approx(loss, rel=1e-5)
+
+
+@requires_mnist
+def test_resume_in_place_keeps_the_out_of_the_run_in_its_config(tmp_path, small_test_set, monkeypatch):
+    ctrl_c_after(monkeypatch, 3)
+    assert main(["--limit", "40", *QUICK, "--out", str(tmp_path)]) == 130
+    monkeypatch.setattr(train_mod, "train_step", REAL_TRAIN_STEP)
+    assert main(["--resume", str(tmp_path), *QUICK]) == 0                             # no --out: the same folder
+    assert json.loads((tmp_path / "config.json").read_text())["out"] == str(tmp_path)
+    assert checkpoint_state(tmp_path / "checkpoint.npz")["config"]["out"] == str(tmp_path)
 
 
 @requires_mnist

@@ -124,6 +124,28 @@ def test_training_curves_reject_a_log_without_the_columns(tmp_path):
         visualize.plot_training_curves(str(tmp_path / "log.csv"), str(tmp_path / "c.png"))
 
 
+def test_read_log_drops_a_last_row_cut_short(tmp_path):
+    """As a run killed while writing it leaves it (mnist.train drops it too, on resume)."""
+    rows = "step,epoch,loss,accuracy,lr,momentum,grad_norm\n1,1,2.3,0.1,0.004,0.95,1.0\n2,1,2.2,0.2,0.005,0.94,1.1\n"
+    for cut in ("3,1,2.1,0.3,0.0", "3,1,2.1,0.3,0.006,0.93,"):
+        (tmp_path / "log.csv").write_text(rows + cut)
+        log = visualize.read_log(str(tmp_path / "log.csv"))
+        assert list(log["step"]) == [1, 2] and list(log["grad_norm"]) == [1.0, 1.1]
+    visualize.plot_training_curves(str(tmp_path / "log.csv"), str(tmp_path / "c.png"))
+
+
+@pytest.mark.parametrize("bad, fragment", [("2,1,2.2,0.2,0.005\n", "5 values"),
+                                           ("2,1,2.2,0.2,0.005,x,1.1\n", "could not convert string to float: 'x'")])
+def test_read_log_names_the_line_of_a_malformed_row(tmp_path, bad, fragment):
+    path = tmp_path / "log.csv"
+    path.write_text("step,epoch,loss,accuracy,lr,momentum,grad_norm\n1,1,2.3,0.1,0.004,0.95,1.0\n" + bad +
+                    "3,1,2.1,0.3,0.006,0.93,1.2\n")
+    with pytest.raises(ValueError) as info:
+        visualize.read_log(str(path))
+    assert str(info.value) == (f"{path}, line 3: {fragment} (expected 7 numbers: "
+                               "step,epoch,loss,accuracy,lr,momentum,grad_norm)")
+
+
 def test_feature_maps(model, tmp_path):
     maps = visualize.feature_maps(model, digit())
     assert [(name, a.shape) for name, a in maps] == [
@@ -198,6 +220,21 @@ def test_run_on_a_synthetic_test_set(run_dir, tmp_path, monkeypatch, capsys):
     paths = visualize.visualize_run(str(d))
     assert "training_curves.png" not in {os.path.basename(p) for p in paths} and len(paths) == 6
     assert "log.csv not found" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("log", ["step,epoch,loss,accuracy,lr,momentum,grad_norm\n", ""], ids=["header-only", "empty"])
+def test_run_stopped_before_its_first_log_row_draws_all_but_the_curves(tmp_path, monkeypatch, capsys, log):
+    labels = (np.arange(20) % 10).astype(np.uint8)
+    images = np.stack([digit(v, seed=i) for i, v in enumerate(labels)])
+    monkeypatch.setattr(data, "load_mnist", lambda split, data_dir=None: (images, labels))
+    save_model(tmp_path / "model.npz", build_model())
+    (tmp_path / "log.csv").write_text(log)
+    assert visualize.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    drawn = [os.path.basename(line) for line in out.splitlines() if not line.startswith("note: ")]
+    assert sorted(drawn) == sorted(set(ALL_PICTURES) - {"training_curves.png"})
+    assert (f"note: {tmp_path / 'log.csv'} has no rows: its run stopped before its first --log-every steps; "
+            "skipping training_curves.png") in out
 
 
 @pytest.mark.skipif(not os.environ.get("NANOTORCH_DATA"), reason="needs the real MNIST (NANOTORCH_DATA)")
