@@ -6,19 +6,26 @@ time when evaluating, and a backward afterwards raises the usual "backward befor
 With nothing kept, forwards of one model in eval mode may also run in several threads at once
 (mnist.evaluate does). Not in training mode: BatchNorm would still update its running statistics,
 and Dropout draw its masks, from every thread at once.
+
+Unlike PyTorch's, the mode is the process's, not each thread's: a ``no_grad`` entered on one
+thread holds for the threads it starts (which is what lets mnist.evaluate's workers keep nothing).
+It is a count of the no_grad blocks open, so that blocks entered by several threads, or one
+instance entered twice, nest; gradients are kept again when the last one closes.
 """
 import functools
+import inspect
+import threading
 
-_enabled = True
+_open = 0                           # no_grad blocks open, in any thread
+_lock = threading.Lock()
 
 
 def is_grad_enabled():
-    return _enabled
+    return _open == 0
 
 
 class no_grad:
-    """As PyTorch's: ``with no_grad():``, or a decorator, ``@no_grad()`` or ``@no_grad``. One
-    instance may be entered again (and nested): each entry restores what it found on exit."""
+    """As PyTorch's: ``with no_grad():``, or a decorator, ``@no_grad()`` or ``@no_grad``."""
 
     def __new__(cls, func=None):
         if func is None:
@@ -28,18 +35,22 @@ class no_grad:
         return cls()(func)                             # @no_grad without the parentheses
 
     def __enter__(self):
-        global _enabled
-        self._previous = getattr(self, "_previous", [])
-        self._previous.append(_enabled)
-        _enabled = False
+        global _open
+        with _lock:
+            _open += 1
 
     def __exit__(self, *exc):
-        global _enabled
-        _enabled = self._previous.pop()
+        global _open
+        with _lock:
+            _open -= 1
 
     def __call__(self, func):
+        if inspect.isgeneratorfunction(func):          # (its body runs after the call has returned)
+            raise TypeError(f"no_grad cannot decorate the generator function {func.__name__}: "
+                            "open `with nanotorch.no_grad():` inside it instead")
+
         @functools.wraps(func)
         def without_grad(*args, **kwargs):
-            with no_grad():
+            with self:
                 return func(*args, **kwargs)
         return without_grad

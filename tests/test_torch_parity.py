@@ -765,7 +765,8 @@ def test_sgd_takes_named_parameters_as_torch():
 @pytest.mark.parametrize("args, kwargs, dtype", [
     ((np.float64,), {}, np.float64), (("float64",), {}, np.float64), ((torch.float64,), {}, np.float64),
     (("cpu",), {}, np.float32), (("cpu", np.float64), {}, np.float64), ((torch.device("cpu"),), {}, np.float32),
-    ((), dict(dtype=torch.float64, non_blocking=True), np.float64), ((), dict(device="cpu"), np.float32)])
+    ((), dict(dtype=torch.float64, non_blocking=True), np.float64), ((), dict(device="cpu"), np.float32),
+    (("cpu:0",), {}, np.float32), ((torch.device("cpu", 0), torch.float64, True), {}, np.float64)])
 def test_module_to_takes_torchs_call_forms(args, kwargs, dtype):
     ours, theirs = nt_nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
     as_torch = {np.float64: torch.float64, "float64": torch.float64}      # (NumPy's dtypes are ours alone)
@@ -775,14 +776,16 @@ def test_module_to_takes_torchs_call_forms(args, kwargs, dtype):
     assert str(theirs.weight.dtype) == f"torch.{np.dtype(dtype)}"
 
 
-@pytest.mark.parametrize("args, error, message", [
-    ((np.int32,), TypeError, "dtype must be float32 or float64"), ((np.float16,), TypeError, "float32 or float64"),
-    (("cuda",), NotImplementedError, "device='cuda' is not implemented"), (("cpu", "cpu"), TypeError, "two devices")])
-def test_module_to_refuses_what_nanotorch_cannot_run(args, error, message):
+@pytest.mark.parametrize("args, kwargs, error, message", [
+    ((np.int32,), {}, TypeError, "dtype must be float32 or float64"), ((np.float16,), {}, TypeError, "float32 or"),
+    (("cuda",), {}, NotImplementedError, "device='cuda' is not implemented"), (("cpu", "cpu"), {}, TypeError, "two"),
+    ((np.ones(2),), {}, NotImplementedError, r"to\(tensor\) is not implemented"),
+    ((), dict(memory_format=torch.channels_last), NotImplementedError, "memory_format=")])
+def test_module_to_refuses_what_nanotorch_cannot_run(args, kwargs, error, message):
     layer = nt_nn.Linear(3, 2)
     before = layer.weight.data.copy()
     with pytest.raises(error, match=message):
-        layer.to(*args)
+        layer.to(*args, **kwargs)
     assert layer.weight.data.dtype == np.float32 and (layer.weight.data == before).all()
 
 
@@ -800,17 +803,53 @@ def test_buffers_none_and_not_persistent_are_left_out_as_torchs():
     assert ours.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()}) == ([], [])
 
 
-def test_named_parameters_of_shared_modules_follow_remove_duplicate_as_torchs():
+def test_named_parameters_and_buffers_of_shared_modules_follow_remove_duplicate_as_torchs():
     def build(nn):
-        shared = nn.Linear(2, 2)
-        return nn.Sequential(shared, nn.GELU(), shared) if nn is torch.nn else nt_nn.Sequential(shared, nn.GELU())
+        box = nn.Module()
+        box.a = box.b = nn.Linear(2, 2)             # one module under two names
+        box.bn = box.c = nn.BatchNorm1d(2)
+        box.tied = box.a.weight                     # one Parameter under two names
+        return box
     ours, theirs = build(nt_nn), build(torch.nn)
-    ours.tied = ours[0].weight                      # a Parameter reached under two names, as theirs' [2].weight
-    theirs.tied = theirs[0].weight
     for remove_duplicate in (True, False):
-        names = [n for n, _ in ours.named_parameters(remove_duplicate=remove_duplicate)]
-        assert names == [n for n, _ in theirs.named_parameters(remove_duplicate=remove_duplicate)
-                         if not n.startswith("2.")], remove_duplicate
+        for listing in ("named_parameters", "named_buffers"):
+            names = [n for n, _ in getattr(ours, listing)(remove_duplicate=remove_duplicate)]
+            assert names == [n for n, _ in getattr(theirs, listing)(remove_duplicate=remove_duplicate)], listing
+
+
+def test_register_buffer_refuses_a_name_taken_as_torchs():
+    for nn in (nt_nn, torch.nn):
+        with pytest.raises(KeyError, match="attribute 'weight' already exists"):
+            nn.Linear(2, 2).register_buffer("weight", None)
+
+
+def test_conv_weight_replaced_by_one_of_another_kernel_size_is_refused():
+    conv = nt_nn.Conv2d(1, 1, 3)
+    conv.weight = nt_nn.Parameter(np.ones((1, 1, 1, 9), np.float32))   # PyTorch would convolve 1x9
+    with pytest.raises(ValueError, match=r"kernel_size \(3, 3\) does not match the weight's \(1, 9\)"):
+        conv(np.ones((1, 1, 9, 9), np.float32))
+
+
+def test_conv_padding_list_changed_in_place_is_used_like_torchs():
+    class Pair(list):
+        pass
+    x = np.ones((1, 1, 5, 5))
+    for padding in ([0, 0], Pair([0, 0])):
+        ours, theirs = nt_nn.Conv2d(1, 1, 3).double(), torch.nn.Conv2d(1, 1, 3).double()
+        ours.padding, theirs.padding = padding, list(padding)
+        assert ours(x).shape == (1, 1, 3, 3)
+        ours.padding[0] = theirs.padding[0] = 2
+        assert ours(x).shape == tuple(theirs(torch.from_numpy(x)).shape) == (1, 1, 7, 3)
+
+
+def test_optimizer_param_names_as_torchs():
+    ours, theirs = nt_nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    for nn, layer, optim in ((nt_nn, ours, nanotorch.optim), (torch.nn, theirs, torch.optim)):
+        with pytest.raises(ValueError, match="with/without names|with names .* or all without"):
+            optim.SGD([{"params": [layer.weight]}, {"params": [("bias", layer.bias)]}], lr=0.1)
+        named = optim.SGD(layer.named_parameters(), lr=0.1)
+        named.load_state_dict(optim.SGD(layer.parameters(), lr=0.1).state_dict())    # an unnamed state
+        assert named.param_groups[0]["param_names"] == ["weight", "bias"]
 
 
 def test_load_state_dict_refuses_what_torch_refuses():
@@ -828,7 +867,9 @@ def test_parameter_takes_torchs_arguments():
         nt_nn.Parameter(np.ones(2), requires_grad=False)
 
 
-def test_no_grad_is_a_decorator_and_a_reusable_context_as_torchs():
+def test_no_grad_is_a_decorator_and_a_reusable_context():
+    """As PyTorch's, but one instance entered in itself restores the mode when the outer block
+    closes (PyTorch's leaves gradients off), and the mode is the process's (see grad_mode.py)."""
     enabled = nanotorch.grad_mode.is_grad_enabled
 
     @nanotorch.no_grad
@@ -847,6 +888,36 @@ def test_no_grad_is_a_decorator_and_a_reusable_context_as_torchs():
                 assert not enabled()
             assert not enabled()
         assert enabled()
+    with pytest.raises(TypeError, match="cannot decorate the generator function"):
+        @nanotorch.no_grad
+        def batches():
+            yield enabled()
+
+
+def test_no_grad_calls_overlapping_in_threads_nest():
+    """Two decorated calls in two threads, the second starting inside the first and ending after
+    it: each runs without gradients, and they are back once both are done."""
+    import threading
+    first_inside, second_inside = threading.Event(), threading.Event()
+    enabled, seen = nanotorch.grad_mode.is_grad_enabled, {}
+
+    @nanotorch.no_grad
+    def first():
+        first_inside.set()
+        second_inside.wait(5)
+        seen["first"] = enabled()
+
+    @nanotorch.no_grad
+    def second():
+        first_inside.wait(5)
+        second_inside.set()
+        t.join(5)                               # the first has closed its block
+        seen["second"] = enabled()
+
+    t = threading.Thread(target=first)
+    t.start()
+    second()
+    assert seen == {"first": False, "second": False} and enabled()
 
 
 def test_reprs_follow_attributes_set_to_equal_values_like_torchs():

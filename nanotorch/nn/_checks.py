@@ -1,6 +1,5 @@
 """Input checks shared by the layers: bad input gets an error that names the layer and what it expected."""
 import numbers
-import operator
 
 import numpy as np
 
@@ -71,18 +70,20 @@ def only_default(layer, name, value, default):
                                   f"(only the default, {name}={default!r})")
 
 
-def converted(layer, given, convert):
-    """convert(): the layer's arguments ``given`` (kept as PyTorch keeps them, and read when used, so
-    that a value set after construction is checked as at construction) checked and converted, or its
-    result from the last call if they are the same objects (every call would cost ~1 us a layer).
-    Another object, even an equal one of another type (2.0 for 2), is checked again, and so is a
-    list, which may have been changed in place."""
-    last = layer.__dict__.get("_given")
-    if last is not None and all(map(operator.is_, given, last)):
-        return layer._converted
-    layer._converted = convert()
-    layer._given = None if list in map(type, given) else given       # (a list: checked at every call)
-    return layer._converted
+def checked_arguments(layer, check):
+    """check(): the layer's arguments checked and converted (as pairs of ints, say).
+
+    A layer keeps the arguments named in its ``_arguments`` as PyTorch keeps them, and reads them
+    when it runs, so that one set after construction is checked as at construction. The result is
+    kept until one of them is assigned again (Module.__setattr__ drops it: checking at every call
+    would cost ~1 us a layer); while one of them is a list, which may change in place, it is
+    checked at every call."""
+    result = layer.__dict__.get("_checked_arguments")
+    if result is None:
+        result = check()
+        if not any(isinstance(getattr(layer, name), list) for name in layer._arguments):
+            layer.__dict__["_checked_arguments"] = result
+    return result
 
 
 def check_device_and_dtype(layer, device, dtype):
@@ -90,7 +91,7 @@ def check_device_and_dtype(layer, device, dtype):
     (float32) or float32 / float64 (NumPy's, their names, or torch's), returned as a NumPy dtype
     (None for None) for ``.to``."""
     name = type(layer).__name__
-    if device is not None and str(device) != "cpu":
+    if device is not None and str(device).split(":")[0] != "cpu":    # ('cpu:0', torch.device('cpu', 0) too)
         raise NotImplementedError(f"{name}: device={device!r} is not implemented in nanotorch (only the CPU: "
                                   "device=None or 'cpu')")
     if dtype is None:

@@ -40,8 +40,8 @@ their (OC, N, OH*OW) layout, for a fused layer that reads and writes that layout
 import numpy as np
 
 from nanotorch.kernels import col2im, conv3x3_same, conv3x3_same_grad_weight, im2col, pad_planes
-from nanotorch.nn._checks import (check_device_and_dtype, check_grad, check_input, check_int, converted, only_default,
-                                  pair)
+from nanotorch.nn._checks import (check_device_and_dtype, check_grad, check_input, check_int, checked_arguments,
+                                  only_default, pair)
 from nanotorch.nn.init import default_weight_and_bias
 from nanotorch.nn.module import Module, Parameter
 from nanotorch.threads import parallel
@@ -53,6 +53,7 @@ class Conv2d(Module):
     The arguments are kept as PyTorch keeps them (pairs, and padding='same' or 'valid' by name) and
     read when used: ``geometry()`` gives the kernel size, stride and padding as pairs of ints.
     """
+    _arguments = ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode")
 
     # 3x3 convolutions with stride 1 and padding 1 on planes at least this wide run the direct kernel
     # (nanotorch/kernels/conv3x3.py) instead of im2col + GEMM; narrower rows do not vectorise.
@@ -65,7 +66,8 @@ class Conv2d(Module):
         self.in_channels = check_int(self, in_channels, "in_channels")
         self.out_channels = check_int(self, out_channels, "out_channels")
         if min(self.in_channels, self.out_channels) < 1:
-            raise ValueError(f"Conv2d: in_channels and out_channels must be >= 1, got in={in_channels} out={out_channels}")
+            raise ValueError(f"Conv2d: in_channels and out_channels must be >= 1, "
+                             f"got in={in_channels} out={out_channels}")
         self.kernel_size = pair(self, kernel_size, "kernel_size")
         self.stride = pair(self, stride, "stride")
         self.padding = padding if isinstance(padding, str) else pair(self, padding, "padding")
@@ -81,8 +83,7 @@ class Conv2d(Module):
 
     def geometry(self):
         """(kernel_size, stride, padding), each a pair of ints (h, w), from the arguments as they are now."""
-        return converted(self, (self.kernel_size, self.stride, self.padding, self.dilation, self.groups,
-                                self.padding_mode), self._check_geometry)
+        return checked_arguments(self, self._check_geometry)
 
     def _check_geometry(self):
         only_default(self, "dilation", pair(self, self.dilation, "dilation"), (1, 1))
@@ -91,9 +92,6 @@ class Conv2d(Module):
         k, s = pair(self, self.kernel_size, "kernel_size"), pair(self, self.stride, "stride")
         if min(*k, *s) < 1:
             raise ValueError(f"Conv2d: kernel_size and stride must be >= 1, got {self.kernel_size}, {self.stride}")
-        if hasattr(self, "weight") and k != self.weight.data.shape[2:]:      # (set later: PyTorch reads the weight)
-            raise ValueError(f"Conv2d: kernel_size {self.kernel_size} does not match the weight's "
-                             f"{self.weight.data.shape[2:]}")
         p = self._padding_pair(k, s) if isinstance(self.padding, str) else pair(self, self.padding, "padding")
         if min(p) < 0:
             raise ValueError(f"Conv2d: padding must be >= 0, got {self.padding}")
@@ -149,6 +147,9 @@ class Conv2d(Module):
         n, c, h, w = x.shape
         weight = self.weight.data
         geometry = self.geometry()
+        if weight.shape[2:] != geometry[0]:          # (PyTorch's convolution takes its size from the weight)
+            raise ValueError(f"Conv2d: kernel_size {self.kernel_size} does not match the weight's "
+                             f"{weight.shape[2:]}")
         direct = self.uses_direct_kernel(x.shape, geometry)
         if direct:
             par = parallel(min(x.size, n * self.out_channels * h * w))   # spread over threads? (nanotorch/threads.py)

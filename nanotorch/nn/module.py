@@ -103,6 +103,8 @@ class Parameter:
         return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
 
 
+_DEVICES = ("cpu", "cuda", "mps", "xpu", "meta")         # device names Module.to tells from dtypes
+
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
@@ -114,6 +116,7 @@ class StateDictMismatch(ValueError, RuntimeError):
 class Module:
     """Base class of every layer (see the module docstring for the contract)."""
     _may_be_missing = ()        # buffers a state_dict may lack (kept as they are): BatchNorm's count
+    _arguments = ()             # arguments checked when used, the check kept until one is set (_checks.py)
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
@@ -138,6 +141,8 @@ class Module:
                 registry[name] = None
                 break
         object.__setattr__(self, name, value)
+        if name in self._arguments:
+            self.__dict__.pop("_checked_arguments", None)
 
     def register_buffer(self, name, array, persistent=True):
         """A non-trainable array (BatchNorm's running statistics), cast by ``to`` and saved in the
@@ -146,6 +151,8 @@ class Module:
         if array is not None and not isinstance(array, np.ndarray):
             raise TypeError(f"{type(self).__name__}.register_buffer: expected a numpy array or None for "
                             f"'{name}', got {type(array).__name__}")
+        if name not in self._buffers and hasattr(self, name):        # (PyTorch's KeyError)
+            raise KeyError(f"{type(self).__name__}.register_buffer: attribute '{name}' already exists")
         if name not in self._buffers:
             self._buffers.append(name)
         (self._non_persistent.discard if persistent else self._non_persistent.add)(name)
@@ -200,29 +207,29 @@ class Module:
         """A Parameter shared by two modules (tied weights: b.weight = a.weight) is listed once, under
         its first name, as in PyTorch (under each, with ``remove_duplicate=False``); its gradient is the
         sum of both uses' (each backward adds). recurse=False: this module's own parameters only."""
-        return self._named_arrays(prefix, recurse, remove_duplicate,
-                                  lambda mod: ((name, p) for name, p in mod._parameters.items() if p is not None))
+        seen = set()
+        for mod_name, mod in self.named_modules(prefix, remove_duplicate) if recurse else [(prefix, self)]:
+            for name, p in mod._parameters.items():
+                if p is None or id(p) in seen:
+                    continue
+                if remove_duplicate:
+                    seen.add(id(p))
+                yield (f"{mod_name}.{name}" if mod_name else name), p
 
     def parameters(self, recurse=True):
         return [p for _, p in self.named_parameters(recurse=recurse)]
 
     def named_buffers(self, prefix="", recurse=True, remove_duplicate=True):
         """(name, array) for each buffer that holds an array, as named_parameters lists parameters."""
-        return self._named_arrays(prefix, recurse, remove_duplicate, lambda mod: (
-            (name, b) for name in mod._buffers if (b := getattr(mod, name)) is not None))
-
-    def _named_arrays(self, prefix, recurse, remove_duplicate, own):
-        """(qualified name, item) for ``own(module)``'s items of every module visited; an item reached
-        twice (by object identity) is listed once unless ``remove_duplicate=False``."""
         seen = set()
-        modules = self.named_modules(prefix, remove_duplicate) if recurse else [(prefix, self)]
-        for mod_name, mod in modules:
-            for name, item in own(mod):
+        for mod_name, mod in self.named_modules(prefix, remove_duplicate) if recurse else [(prefix, self)]:
+            for name in mod._buffers:
+                b = getattr(mod, name)
+                if b is None or id(b) in seen:
+                    continue
                 if remove_duplicate:
-                    if id(item) in seen:
-                        continue
-                    seen.add(id(item))
-                yield (f"{mod_name}.{name}" if mod_name else name), item
+                    seen.add(id(b))
+                yield (f"{mod_name}.{name}" if mod_name else name), b
 
     def buffers(self, recurse=True):
         return [b for _, b in self.named_buffers(recurse=recurse)]
@@ -245,11 +252,22 @@ class Module:
             elif p.grad is not None:
                 p.grad.fill(0)
 
-    def to(self, *args, **kwargs):
+    def to(self, *args, device=None, dtype=None, non_blocking=False, memory_format=None):
         """Cast floating parameters and buffers to a dtype (float32 to train, float64 to check):
-        ``to(np.float64)``, ``to('float64')``, ``to(torch.float64)``, ``to(dtype=...)``; a device may
-        be given as in PyTorch, and must be the CPU (``to('cpu')``, ``to('cpu', np.float64)``)."""
-        device, dtype = _device_and_dtype_of_to(self, *args, **kwargs)
+        ``to(np.float64)``, ``to('float64')``, ``to(torch.float64)``, ``to(dtype=...)``. PyTorch's
+        other call forms work for the CPU: ``to('cpu')``, ``to('cpu', np.float64)``,
+        ``to(dtype, non_blocking)`` (which changes nothing on the CPU)."""
+        only_default(self, "memory_format", memory_format, None)
+        for a in args:
+            if isinstance(a, bool):                        # to(dtype, non_blocking) or to(device, dtype, non_blocking)
+                continue
+            if isinstance(a, np.ndarray) or type(a).__name__ == "Tensor":
+                raise NotImplementedError(f"{type(self).__name__}.to(tensor) is not implemented in nanotorch: "
+                                          "give the dtype, to(x.dtype)")
+            is_device = type(a).__name__ == "device" or (isinstance(a, str) and a.split(":")[0] in _DEVICES)
+            if (device if is_device else dtype) is not None:
+                raise TypeError(f"{type(self).__name__}.to: two {'devices' if is_device else 'dtypes'} given: {args}")
+            device, dtype = (a, dtype) if is_device else (device, a)
         dtype = check_device_and_dtype(self, device, dtype)
         if dtype is None:                                  # (a device alone: nothing to do)
             return self
@@ -408,21 +426,3 @@ def _runs(module, path):
         for name, child in module._modules.items():
             if child is not None:
                 yield from _runs(child, f"{path}.{name}")
-
-
-def _device_and_dtype_of_to(module, *args, device=None, dtype=None, non_blocking=False):
-    """PyTorch's ``Module.to`` call forms, reduced to (device, dtype): to(dtype), to(device),
-    to(device, dtype), with either also by keyword (non_blocking changes nothing on the CPU)."""
-    if len(args) > 2:
-        raise TypeError(f"{type(module).__name__}.to: expected at most a device and a dtype, got {len(args)} arguments")
-    for a in args:
-        is_device = (isinstance(a, str) and a.split(":")[0] in ("cpu", "cuda", "mps", "meta", "xpu")) \
-            or type(a).__name__ == "device"
-        if is_device and device is None:
-            device = a
-        elif not is_device and dtype is None:
-            dtype = a
-        else:
-            raise TypeError(f"{type(module).__name__}.to: got two {'devices' if is_device else 'dtypes'}: {args}")
-    return device, dtype
-

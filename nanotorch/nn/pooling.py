@@ -19,7 +19,7 @@ from nanotorch.grad_mode import is_grad_enabled
 from nanotorch.threads import parallel
 from nanotorch.kernels import (global_avg_pool, global_avg_pool_backward, maxpool2d_backward, maxpool2d_forward,
                                maxpool2x2_forward, maxpool2x2_max)
-from nanotorch.nn._checks import check_grad, check_input, converted, only_default, pair
+from nanotorch.nn._checks import check_grad, check_input, checked_arguments, only_default, pair
 from nanotorch.nn.module import Module
 
 
@@ -35,6 +35,7 @@ def pool_output_size(size, k, s, p, ceil_mode):
 class MaxPool2d(Module):
     """x: (N, C, H, W) -> (N, C, OH, OW). The arguments are kept as given (an int or a pair), as
     PyTorch keeps them: ``MaxPool2d(2).kernel_size == 2``; ``_pairs()`` reads them as pairs."""
+    _arguments = ("kernel_size", "stride", "padding", "dilation", "return_indices")
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False):
         super().__init__()
@@ -45,8 +46,7 @@ class MaxPool2d(Module):
 
     def _pairs(self):
         """(kernel_size, stride, padding), each as a pair of ints (h, w)."""
-        return converted(self, (self.kernel_size, self.stride, self.padding, self.dilation, self.return_indices),
-                          self._check_pairs)
+        return checked_arguments(self, self._check_pairs)
 
     def _check_pairs(self):
         only_default(self, "dilation", pair(self, self.dilation, "dilation"), (1, 1))
@@ -96,6 +96,7 @@ class MaxPool2d(Module):
 class AdaptiveAvgPool2d(Module):
     """x: (N, C, H, W) -> (N, C, OH, OW); output_size 1 is global average pooling. output_size is
     kept as given (an int or a pair), as PyTorch keeps it; ``_output_hw()`` reads it as a pair."""
+    _arguments = ("output_size",)
 
     def __init__(self, output_size):
         super().__init__()
@@ -104,7 +105,7 @@ class AdaptiveAvgPool2d(Module):
 
     def _output_hw(self):
         """output_size as a pair of ints (OH, OW)."""
-        return converted(self, (self.output_size,), self._check_output_size)
+        return checked_arguments(self, self._check_output_size)
 
     def _check_output_size(self):
         oh, ow = pair(self, self.output_size, "output_size")

@@ -77,6 +77,9 @@ class Optimizer:
         if params and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in params):
             group["param_names"] = [name for name, _ in params]     # from named_parameters(), as PyTorch keeps them
             params = [p for _, p in params]
+        if any(("param_names" in g) != ("param_names" in group) for g in self.param_groups):
+            raise ValueError("all parameter groups must be given with names (named_parameters()) or all without, "
+                             "as in PyTorch")
         for p in params:
             if not _is_parameter(p):
                 raise TypeError(f"the optimiser can only optimise Parameters, got a {type(p).__name__}")
@@ -165,6 +168,9 @@ class Optimizer:
 
         groups = [{**{k: copy.deepcopy(v) for k, v in saved.items() if k != "params"}, "params": group["params"]}
                   for group, saved in zip(self.param_groups, saved_groups)]
+        for group, own in zip(groups, self.param_groups):
+            if "param_names" in own and "param_names" not in group:    # an unnamed state: the names stay, as in PyTorch
+                group["param_names"] = own["param_names"]
         for group in groups:
             self._check_group(group)          # the saved hyper-parameters must be ones this optimiser runs
         self.state, self.param_groups = state, groups
