@@ -33,8 +33,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import (RESULTS_DIR, format_table, settle, sgemm_peak, threads, timeit_many, try_import_torch,
-                               write_csv)
+from benchmarks.common import (RESULTS_DIR, check_counts, format_table, settle, sgemm_peak, threads, timeit_many,
+                               try_import_torch, write_csv)
 from nanotorch import nn
 from nanotorch.threads import parallel
 from mnist.files import write_atomic
@@ -322,14 +322,11 @@ def parse_args(argv=None):
                     help="threads for Numba's kernels, torch and the SGEMM peak (BLAS inside the kernels: one)")
     ap.add_argument("--impl", nargs="+", default=None, choices=sorted(IMPLEMENTATIONS), help="default: all")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per op (default 7, quick 3)")
-    ap.add_argument("--out", default=str(RESULTS_DIR), help="folder for the CSV and the plot (default benchmarks/results/)")
+    ap.add_argument("--out", default=str(RESULTS_DIR),
+                    help="folder for the CSV and the plot (default benchmarks/results/)")
     ap.add_argument("--plot", action=argparse.BooleanOptionalAction, default=None, help="default: on unless --quick")
     args = ap.parse_args(argv)
-    counts = {"batch": args.batch or [], "threads": [args.threads], "repeats": [args.repeats]}   # (None: the default)
-    for flag, values in counts.items():
-        for value in values:
-            if value is not None and value < 1:
-                ap.error(f"--{flag} must be >= 1, got {value}")
+    check_counts(ap, args, ("batch", "threads", "repeats"))
     return args
 
 

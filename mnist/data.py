@@ -206,7 +206,8 @@ def _found_nearby(directory, checksums=None):
 
 
 def _look_there(directory, near):
-    also = f", or set NANOTORCH_DATA={near.parent} (a folder whose mnist/ holds the files)" if near.name == "mnist" else ""
+    also = (f", or set NANOTORCH_DATA={near.parent} (a folder whose mnist/ holds the files)" if near.name == "mnist"
+            else "")
     return (f"The MNIST files are not in {directory} but in {near}: pass --data-dir {near} (data_dir= in "
             f"Python){also}.")
 

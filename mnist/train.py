@@ -19,7 +19,7 @@ a run: one run claims a folder by creating its config.json, which only one proce
 RECIPE, and --limit) may be left out or repeated with the same values, but not changed (a new
 run changes the recipe); output flags (--out, --threads, --log-every, ...) may differ. log.csv
 is cut back to the checkpoint's step, then appended to (in another --out, it starts with the
-checkpoint folder's rows up to that step).
+checkpoint folder's rows up to that step, if that folder has a log.csv).
 """
 import argparse
 import csv
@@ -64,12 +64,14 @@ class Stopped(KeyboardInterrupt):
 class StopAtStepBoundary:
     """Ctrl-C (or SIGTERM, as `kill` and `timeout` send) asks the loop to stop after the current step,
     so that a checkpoint is saved and never half-updated; a second one interrupts at once.
-    ``after`` says what the first one waits for (the pictures at the end wait for the one being drawn)."""
+    ``after`` says what the first one waits for (the pictures at the end wait for the one being drawn),
+    ``at_once`` what the second one means; either may change as the work under the handler does."""
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, after="this step (or the evaluation under way), with a checkpoint"):
+    def __init__(self, after="this step (or the evaluation under way), with a checkpoint",
+                 at_once="stopping at once: what was not in a checkpoint is lost"):
         self.requested = None                      # the signal that asked, once one has
-        self.after = after
+        self.after, self.at_once = after, at_once
 
     def __enter__(self):
         self.previous = [signal.signal(s, self._handler) for s in self.SIGNALS]
@@ -77,7 +79,7 @@ class StopAtStepBoundary:
 
     def _handler(self, signum, frame):
         if self.requested:
-            os.write(2, b"\nstopping at once: what was not in a checkpoint is lost\n")
+            os.write(2, f"\n{self.at_once}\n".encode())
             raise Stopped(signum)
         self.requested = signum
         os.write(2, f"\n{signal.Signals(signum).name}: stopping after {self.after}; again to stop at once\n".encode())
@@ -119,7 +121,8 @@ def parse_args(argv=None):
     resume = args.resume
     if resume and os.path.isdir(resume):                 # a run folder stands for its checkpoint, as in mnist.evaluate
         if not os.path.exists(os.path.join(resume, "checkpoint.npz")):
-            done = " (its run finished: model.npz is there)" if os.path.exists(os.path.join(resume, "model.npz")) else ""
+            finished = os.path.exists(os.path.join(resume, "model.npz"))
+            done = " (its run finished: model.npz is there)" if finished else ""
             ap.error(f"--resume {resume}: the folder holds no checkpoint.npz{done}")
         resume = args.resume = os.path.join(resume, "checkpoint.npz")
     if args.resume:              # the run's own options; a recipe flag given again must repeat them
@@ -208,14 +211,15 @@ class CsvLog:
 
     def __init__(self, path, resume_step=None, resumed_log=None):
         rows, self.last_loss = [], None            # last_loss: the last kept row's, when resuming
-        source = resumed_log or path
+        copying = resumed_log is not None          # (the rows kept go into a new file at path)
+        source = resumed_log if copying else path
         if resume_step is not None and os.path.exists(source):
             with open(source, newline="") as f:
                 rows = list(csv.reader(f))
         if rows:
             header, body = rows[0], rows[1:]
             kept = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= resume_step]
-            if len(kept) < len(body) or source != path:
+            if len(kept) < len(body) or copying:
                 write_atomic(path, lambda f: csv.writer(f).writerows([header, *kept]), mode="w", newline="")
             try:                                   # (6 significant digits, as written)
                 self.last_loss = float(kept[-1][header.index("loss")]) if kept else None
@@ -237,13 +241,13 @@ class CsvLog:
 RUN_FILES = ("config.json", "log.csv", "checkpoint.npz", "model.npz", "metrics.json")
 
 
-def check_run_dir(run_dir, resume):
+def check_run_dir(run_dir, resumed_dir):
     """A run directory is a new or empty folder, or, when resuming, the checkpoint's own folder:
     a new run into another run's folder would mix its files with the old run's. Checked at the
     start, before the data loads; claim_run_dir settles a race between two runs started at once."""
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise ValueError(f"--out {run_dir} is a file, not a folder")
-    if resumes_in_place(run_dir, resume):
+    if resumes_in_place(run_dir, resumed_dir):
         return
     held = [f for f in RUN_FILES if os.path.exists(os.path.join(run_dir, f))]
     if held:
@@ -253,10 +257,10 @@ def check_run_dir(run_dir, resume):
                          "(or delete that folder)")
 
 
-def resumes_in_place(run_dir, resume):
-    """Whether run_dir is the folder of the checkpoint being resumed (which holds its run already)."""
-    return bool(resume) and os.path.isdir(run_dir) and os.path.samefile(os.path.dirname(os.path.abspath(resume)),
-                                                                        run_dir)
+def resumes_in_place(run_dir, resumed_dir):
+    """Whether run_dir is resumed_dir, the folder of the checkpoint being resumed (None for a new run),
+    which holds its run already."""
+    return resumed_dir is not None and os.path.isdir(run_dir) and os.path.samefile(resumed_dir, run_dir)
 
 
 def claim_run_dir(run_dir, config):
@@ -275,11 +279,11 @@ def train(args):
               f"NUMBA_NUM_THREADS, or a forked process's one): running on {threads}, with the same results",
               file=sys.stderr)
     config = {k: v for k, v in vars(args).items() if k not in ("resume", "quiet", "no_plots")}
+    resumed_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else None   # the checkpoint's folder
     default_dir = not args.out and not args.resume      # runs/<date-time>, or -2, -3, ... if that is taken
-    run_dir = args.out or (os.path.dirname(os.path.abspath(args.resume)) if args.resume
-                           else os.path.join("runs", time.strftime("%Y%m%d-%H%M%S")))
+    run_dir = args.out or resumed_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     if not default_dir:
-        check_run_dir(run_dir, args.resume)
+        check_run_dir(run_dir, resumed_dir)
 
     train_x, train_y = load_mnist("train", data_dir=args.data_dir)
     test_x, test_y = load_mnist("test", data_dir=args.data_dir)
@@ -294,12 +298,13 @@ def train(args):
         raise ValueError(f"--pct-start {args.pct_start} of {total_steps} steps is a warm-up of one step, which "
                          "OneCycleLR cannot anneal over: choose another --pct-start")
     model, criterion, optimizer, scheduler = build_trainer(args, total_steps)
-    step, train_seconds, switches = 0, 0.0, []
+    step, train_seconds, switches, threads_before = 0, 0.0, [], None
     if args.resume:
         state = load_checkpoint(args.resume, model, optimizer, scheduler)
         nt.default_generator().bit_generator.state = state["rng"]
         step, train_seconds = state["step"], state["train_seconds"]
         switches = state.get("thread_switches", [])       # (checkpoints before they were saved: none)
+        threads_before = state.get("threads")              # the count the run was on (older checkpoints: none)
         if state["total_steps"] != total_steps:
             raise ValueError(f"{args.resume} was trained for {state['total_steps']} steps in all; with the same "
                              f"recipe this data gives {total_steps}: resume with the training set the run used "
@@ -308,10 +313,9 @@ def train(args):
         from mnist.summary import format_summary, summarize
         print(format_summary(summarize(model)))
     # Claim the folder only now (a run that fails its checks leaves none behind).
-    in_place = resumes_in_place(run_dir, args.resume)
-    if in_place:                                         # the run's own folder: rewrite its config
-        if args.out is None:                             # (with the --out it was started with)
-            config["out"] = state["config"].get("out")
+    in_place = resumes_in_place(run_dir, resumed_dir)
+    if in_place:                                         # the checkpoint's folder: rewrite its config,
+        config["out"] = run_dir                          # naming it (not the folder a copied run began in)
         save_json_atomic(os.path.join(run_dir, "config.json"), config)
     elif default_dir:                                    # runs/<date-time>, or -2, -3, ... if taken
         base, n = run_dir, 1
@@ -319,7 +323,7 @@ def train(args):
             n += 1
             run_dir = f"{base}-{n}"
     elif not claim_run_dir(run_dir, config):             # --out: another run took it since the check
-        check_run_dir(run_dir, args.resume)              # (raises, naming what the folder holds)
+        check_run_dir(run_dir, resumed_dir)              # (raises, naming what the folder holds)
         raise ValueError(f"{run_dir} was taken by another run as this one started: give another --out")
     if step == total_steps:                        # resumed from the checkpoint of a finished run
         print(f"{run_dir}: the run's {total_steps} steps are done; scoring it and writing its results")
@@ -337,7 +341,7 @@ def train(args):
         save_checkpoint(os.path.join(run_dir, "checkpoint.npz"), model, optimizer, scheduler, {
             "rng": nt.default_generator().bit_generator.state,
             "step": step, "total_steps": total_steps, "train_seconds": train_seconds, "config": config,
-            "thread_switches": fallback.switches})
+            "thread_switches": fallback.switches, "threads": fallback.settled})
         last_saved = (os.path.join(run_dir, "checkpoint.npz"), step)
 
     def stop_here():
@@ -354,14 +358,13 @@ def train(args):
         raise Stopped(stop.requested)
 
     # Resumed into another --out: the new log.csv starts with the checkpoint folder's rows.
-    resumed_log = (os.path.join(os.path.dirname(os.path.abspath(args.resume)), "log.csv")
-                   if args.resume and not in_place else None)
+    resumed_log = os.path.join(resumed_dir, "log.csv") if args.resume and not in_place else None
     log = CsvLog(os.path.join(run_dir, "log.csv"), resume_step=step if args.resume else None, resumed_log=resumed_log)
     history, result = [], None
     # On a machine where another process holds a core, n threads run many times slower than one:
     # the run then goes on one thread, with the same results (nanotorch/threads.py).
     fallback = nt.threads.BusyFallback(threads, say=lambda note: tqdm.write(note, file=sys.stderr), step=step,
-                                       switches=switches)
+                                       switches=switches, threads_before=threads_before)
     model.train()
     with StopAtStepBoundary() as stop:
         for epoch in range(step // steps_per_epoch, args.epochs):
@@ -414,21 +417,30 @@ def train(args):
             checkpoint()
             if stop.requested:                     # it came during the evaluation
                 stop_here()
-    log.close()
-    if result is None:                             # resumed from a checkpoint of a finished run
-        result = evaluate(model, test_x, test_y, threads=threads)
+        if result is None:                         # resumed from the checkpoint of a finished run: score it
+            result = evaluate(model, test_x, test_y, threads=threads)
+            if stop.requested:                     # (in another --out, its checkpoint is saved there too)
+                checkpoint()
+                stop_here()
+        log.close()
 
-    save_model(os.path.join(run_dir, "model.npz"), model)
-    images = args.epochs * len(train_x)            # (not step * batch size: an epoch's last batch may be short)
-    metrics = {"test_accuracy": result["accuracy"], "per_class_accuracy": result["per_class_accuracy"],
-               "train_seconds": round(train_seconds, 3),
-               "images_per_second": round(images / max(train_seconds, 1e-9), 1),
-               "params": count_parameters(model), "epochs": args.epochs, "steps": step, "seed": args.seed,
-               "final_train_loss": history[-1][1] if history else log.last_loss,   # (a resumed finished run)
-               "thread_switches": fallback.switches}   # [step, threads] for each switch of the run
-    save_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
-    if not args.no_plots:
-        draw_pictures(run_dir, test_set=(test_x, test_y), evaluation=result)
+        # A signal from here on lets the model and metrics be saved, then stops (before the pictures).
+        stop.after = "the model and metrics are saved"
+        save_model(os.path.join(run_dir, "model.npz"), model)
+        images = args.epochs * len(train_x)        # (not step * batch size: an epoch's last batch may be short)
+        metrics = {"test_accuracy": result["accuracy"], "per_class_accuracy": result["per_class_accuracy"],
+                   "train_seconds": round(train_seconds, 3),
+                   "images_per_second": round(images / max(train_seconds, 1e-9), 1),
+                   "params": count_parameters(model), "epochs": args.epochs, "steps": step, "seed": args.seed,
+                   "final_train_loss": history[-1][1] if history else log.last_loss,   # (a resumed finished run)
+                   "thread_switches": fallback.switches}   # [step, threads] for each switch of the run
+        save_json_atomic(os.path.join(run_dir, "metrics.json"), metrics)
+        if stop.requested:
+            pictures = "" if args.no_plots else f" (python -m mnist.visualize {run_dir} draws the pictures)"
+            print(f"\ninterrupted as the run ended; the model and metrics are saved{pictures}", file=sys.stderr)
+            raise Stopped(stop.requested)
+        if not args.no_plots:                      # (its own handler, in place of this one until it returns)
+            draw_pictures(run_dir, test_set=(test_x, test_y), evaluation=result)
     return run_dir, metrics
 
 
@@ -436,15 +448,17 @@ def draw_pictures(run_dir, test_set, evaluation):
     """The pictures of a saved run (mnist.visualize), from the test set and its evaluation at hand.
 
     A failure is a warning (the run itself is saved). Ctrl-C or SIGTERM stops after the picture being
-    drawn, then raises Stopped. (Caught by a handler, the signal is never raised inside matplotlib,
+    drawn, then raises Stopped. (Caught by a handler, the first signal is never raised inside matplotlib,
     which may turn a KeyboardInterrupt into a ValueError, or swallow it in a callback.)"""
-    from mnist.visualize import iter_pictures
-    stop = StopAtStepBoundary(after="the picture being drawn (the model and metrics are saved)")
+    stop = StopAtStepBoundary(after="the picture being drawn (the model and metrics are saved)",
+                              at_once="stopping at once (the model and metrics are saved)")
     try:
         with stop:
-            for _ in iter_pictures(run_dir, test_set=test_set, evaluation=evaluation):
-                if stop.requested:
-                    break
+            from mnist.visualize import iter_pictures     # (matplotlib: half a second to load)
+            if not stop.requested:
+                for _ in iter_pictures(run_dir, test_set=test_set, evaluation=evaluation):
+                    if stop.requested:
+                        break
     except Stopped:                              # a second signal: stopped at once
         pass
     except (ValueError, OSError, RuntimeError) as e:

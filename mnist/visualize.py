@@ -15,6 +15,7 @@ picture) and returns the path. ``visualize_run`` writes all of them into a run d
 """
 import argparse
 import csv
+import io
 import math
 import os
 import re
@@ -280,28 +281,28 @@ class EmptyLog(ValueError):
 def read_log(log_csv_path):
     """log.csv -> dict of float arrays keyed by column (step, epoch, loss, accuracy, lr, momentum, ...).
 
-    A last row that is cut short (written as the run was killed) is dropped, as mnist.train drops it
-    on resume; another malformed row raises a ValueError naming its line. No rows: EmptyLog."""
+    Blank lines are skipped; the first other line is the header. A last row cut short (fewer values
+    than the header, or no line end after it, as a run killed while writing it leaves it) is dropped,
+    as mnist.train drops it on resume; another malformed row raises a ValueError naming its line.
+    No rows: EmptyLog."""
     with open(log_csv_path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise EmptyLog(f"{log_csv_path} has no rows: its run stopped before its first --log-every steps")
-        need = {"step", "loss", "accuracy", "lr", "momentum"}
-        missing = need - set(header)
-        if missing:
-            raise ValueError(f"{log_csv_path}: missing columns {sorted(missing)} "
-                             f"(expected step,epoch,loss,accuracy,lr,momentum)")
-        rows = [(reader.line_num, row) for row in reader if row]          # (blank lines skipped)
+        text = f.read()
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = [(reader.line_num, row) for row in reader if row]
+    header, body = (rows[0][1], rows[1:]) if rows else ([], [])
+    missing = {"step", "loss", "accuracy", "lr", "momentum"} - set(header)
+    if header and missing:
+        raise ValueError(f"{log_csv_path}: missing columns {sorted(missing)} "
+                         f"(expected step,epoch,loss,accuracy,lr,momentum)")
     values = []
-    for i, (line, row) in enumerate(rows):
+    for i, (line, row) in enumerate(body):
         try:
             if len(row) != len(header):
                 raise ValueError(f"{len(row)} values")
             values.append([float(v) for v in row])
         except ValueError as e:
-            if i == len(rows) - 1:               # the last row, cut short: dropped
-                break
+            if i == len(body) - 1 and (len(row) < len(header) or not text.endswith("\n")):
+                break                            # the last row, cut short: dropped
             raise ValueError(f"{log_csv_path}, line {line}: {e} (expected {len(header)} numbers: "
                              f"{','.join(header)})") from None
     if not values:

@@ -104,18 +104,24 @@ class BusyFallback:
     kernel and for training steps), so a switch changes the run's speed, not its numbers.
     ``switches`` lists (step, threads) for each change kept: the step from which the run went on
     on that count, counted over the run (``step``: the steps it had done before this process, for
-    a resumed run); ``say`` reports them. ``switches`` given: those of the process before (a resumed
-    run), continued by (step, n) if that run had gone on one thread.
+    a resumed run); ``say`` reports them. ``settled`` is the count the run is on as ``switches`` has
+    it (a probe under way does not count). A resumed run passes the ``switches`` of the processes
+    before it and ``threads_before``, the ``settled`` count saved with them (left out, as older
+    checkpoints do: that of the last switch; with no switch, none is added); if it is not n, (step, n)
+    is added, since the run goes on from there on n threads.
     """
 
-    def __init__(self, n, window=20, slower=3.0, retry=50, clock=None, say=print, step=0, switches=()):
+    def __init__(self, n, window=20, slower=3.0, retry=50, clock=None, say=print, step=0, switches=(),
+                 threads_before=None):
         self.n, self.window, self.slower, self.retry, self.say = n, window, slower, retry, say
         self.clock = clock or time.perf_counter
         self.threads, self.switches = n, [tuple(s) for s in switches]
-        if self.switches and self.switches[-1][1] != n:    # this process starts on n threads
+        if threads_before is None:
+            threads_before = self.switches[-1][1] if self.switches else n
+        if threads_before != n:                            # this process starts on n threads
             self.switches.append((step, n))
         self._step, self._last, self._times = step, None, []   # the run's step; the clock at the last; this window's
-        self._settled = n                                  # the count the last decision kept
+        self.settled = n                                   # the count the last decision kept
         self._best = float("inf")                          # the fastest window on n threads (seconds a step)
         self._probe = None                                 # (threads, seconds) of the window before the probe
         self._first = n >= 2                               # the first window runs on one thread, then n are probed
@@ -180,9 +186,9 @@ class BusyFallback:
     def _decided(self, times):
         """After a probe: report a change from the count kept before it."""
         self._first = False
-        if self.threads == self._settled:
+        if self.threads == self.settled:
             return
-        self._settled = self.threads
+        self.settled = self.threads
         self.switches.append((self._since, self.threads))
         self._on_one = 0
         why = (f"another process holds a core: continuing on one thread (the same results; {self.n} threads "

@@ -68,10 +68,10 @@ def test_train_limit_above_the_training_set_names_its_size(tmp_path, monkeypatch
     assert "error: --limit 20 asks for more training images than the 12 there are" in err
 
 
-@pytest.mark.parametrize("flag, value", [("--max-lr", "nan"), ("--max-lr", "inf"), ("--max-lr", "0"), ("--max-lr", "-0.1"),
-                                         ("--clip", "nan"), ("--clip", "-1"), ("--lr", "nan"), ("--momentum", "-0.5"),
-                                         ("--pct-start", "1.5"), ("--pct-start", "1"), ("--dropout", "1.5"),
-                                         ("--dropout", "nan")])
+@pytest.mark.parametrize("flag, value", [("--max-lr", "nan"), ("--max-lr", "inf"), ("--max-lr", "0"),
+                                         ("--max-lr", "-0.1"), ("--clip", "nan"), ("--clip", "-1"), ("--lr", "nan"),
+                                         ("--momentum", "-0.5"), ("--pct-start", "1.5"), ("--pct-start", "1"),
+                                         ("--dropout", "1.5"), ("--dropout", "nan")])
 def test_train_recipe_numbers_out_of_range_are_usage_errors(flag, value, capsys):
     """Refused as the command line is read, naming the flag (NaN used to start training and fail at
     step 2 with advice to lower the lr; --clip -1 silently turned clipping off)."""
@@ -176,7 +176,8 @@ def test_resume_writes_next_to_its_checkpoint_not_into_the_folder_it_was_trained
     assert train_mod.main(["--resume", str(copy / "checkpoint.npz"), *QUICK]) == 0
     assert f"-> {copy}" in capsys.readouterr().out
     assert {f.name: f.read_bytes() for f in first.iterdir()} == before
-    import json                                   # a finished run resumed keeps its final loss (from log.csv)
+    assert json.loads((copy / "config.json").read_text())["out"] == str(copy)        # not first's --out
+    # a finished run resumed keeps its final loss (from log.csv)
     loss, again = (json.loads((d / "metrics.json").read_text())["final_train_loss"] for d in (first, copy))
     assert again == pytest.approx(loss, rel=1e-5)
 

@@ -304,14 +304,30 @@ def test_fallback_counts_the_steps_of_a_resumed_run(restore_threads):
     assert fallback.switches == [(69, 1)]           # as (9, 1) in a run from step 0
 
 
-@pytest.mark.parametrize("before, after", [
-    ([[24, 1]], [(24, 1), (500, 2)]),               # (as JSON gives them back) it went on one thread
-    ([[24, 1], [337, 2]], [(24, 1), (337, 2)]),     # it was back on two
-    ([], []),
+@pytest.mark.parametrize("n, before, threads_before, after", [
+    (2, [[24, 1]], 1, [(24, 1), (500, 2)]),             # (as JSON gives them back) it went on one thread
+    (2, [[24, 1], [337, 2]], 2, [(24, 1), (337, 2)]),   # it was back on two
+    (2, [], 2, []),
+    (1, [], 2, [(500, 1)]),                             # resumed on another count: a switch, the first
+    (1, [[24, 1], [337, 2]], 2, [(24, 1), (337, 2), (500, 1)]),
+    (2, [[24, 1]], None, [(24, 1), (500, 2)]),          # a checkpoint from before threads_before was saved:
+    (1, [[24, 1]], None, [(24, 1)]),                    # the count of its last switch,
+    (1, [], None, []),                                  # or, without one, none told
 ])
-def test_fallback_continues_the_switches_of_a_resumed_run(before, after, restore_threads):
-    fallback = threads.BusyFallback(2, clock=lambda: 0.0, say=lambda note: None, step=500, switches=before)
+def test_fallback_continues_the_switches_of_a_resumed_run(n, before, threads_before, after, restore_threads):
+    fallback = threads.BusyFallback(n, clock=lambda: 0.0, say=lambda note: None, step=500, switches=before,
+                                    threads_before=threads_before)
     assert fallback.switches == after
+
+
+@needs_two_threads
+def test_fallback_settled_is_the_count_kept_not_a_probes(restore_threads):
+    """During the first window the run is on one thread to probe it, but the count it is on, as its
+    switches tell, is still n (what a checkpoint saves for threads_before)."""
+    fallback = threads.BusyFallback(2, clock=lambda: 0.0, say=lambda note: None)
+    for _ in range(5):
+        fallback.step()
+    assert (fallback.threads, fallback.settled, fallback.switches) == (1, 2, [])
 
 
 @needs_two_threads

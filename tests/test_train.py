@@ -371,17 +371,36 @@ def test_a_resumed_run_keeps_the_thread_switches_from_before(tmp_path, small_tes
             super().step()
             if self._step == 5:
                 self.switches.append((5, 1))
+                self.settled = 1
 
     monkeypatch.setattr(nt.threads, "BusyFallback", SwitchesAtStep5)
     ctrl_c_after(monkeypatch, 8)
     argv = ["--limit", "40", "--threads", "2", *QUICK]
     assert main([*argv, "--out", str(tmp_path)]) == 130
-    assert checkpoint_state(tmp_path / "checkpoint.npz")["thread_switches"] == [[5, 1]]
+    state = checkpoint_state(tmp_path / "checkpoint.npz")
+    assert (state["thread_switches"], state["threads"]) == ([[5, 1]], 1)
     monkeypatch.setattr(train_mod, "train_step", REAL_TRAIN_STEP)
     assert main([*argv, "--resume", str(tmp_path / "checkpoint.npz")]) == 0
     n = min(2, numba.config.NUMBA_NUM_THREADS)          # (a one-core machine runs on one)
     restarted = [[8, 2]] if n == 2 else []
     assert json.loads((tmp_path / "metrics.json").read_text())["thread_switches"] == [[5, 1], *restarted]
+
+
+@requires_mnist
+@pytest.mark.parametrize("threads_after", [1, 2])
+def test_a_run_resumed_on_another_thread_count_records_the_switch(tmp_path, small_test_set, monkeypatch,
+                                                                  threads_after):
+    """Stopped at step 8 on two threads, with no switch, and resumed on ``threads_after``: the switch
+    is recorded if that is another count. (At step 8 the run is probing one thread, its first
+    window's: the count it is on, the one saved, is still two.)"""
+    ctrl_c_after(monkeypatch, 8)
+    assert main(["--limit", "40", "--threads", "2", *QUICK, "--out", str(tmp_path)]) == 130
+    n = min(2, numba.config.NUMBA_NUM_THREADS)          # (a one-core machine runs on one)
+    assert checkpoint_state(tmp_path / "checkpoint.npz")["threads"] == n
+    monkeypatch.setattr(train_mod, "train_step", REAL_TRAIN_STEP)
+    assert main(["--resume", str(tmp_path), "--threads", str(threads_after), *QUICK]) == 0
+    switched = [[8, 1]] if n == 2 and threads_after == 1 else []
+    assert json.loads((tmp_path / "metrics.json").read_text())["thread_switches"] == switched
 
 
 @requires_mnist
@@ -432,33 +451,115 @@ def test_ctrl_c_during_the_evaluation_stops_after_it(tmp_path, small_test_set, m
 
 
 @requires_mnist
-@pytest.mark.parametrize("twice", [False, True], ids=["once", "twice"])
-def test_ctrl_c_while_drawing_the_pictures_ends_by_the_signal(tmp_path, small_test_set, monkeypatch, capsys, twice):
+def test_ctrl_c_while_a_finished_run_is_scored_into_another_out_leaves_a_checkpoint_there(
+        tmp_path, small_test_set, monkeypatch, capsys):
+    """--resume of a finished run into another --out scores it: a Ctrl-C then stops after the scoring,
+    with the checkpoint saved in the new folder, which can be resumed (it used to hold only config.json
+    and log.csv)."""
+    done, other = tmp_path / "done", tmp_path / "other"
+    assert main(["--limit", "40", *QUICK, "--out", str(done)]) == 0
+    real = train_mod.evaluate
+
+    def evaluate(*args, **kwargs):
+        result = real(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return result
+    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    assert main(["--resume", str(done), "--out", str(other), *QUICK]) == 130
+    assert f"interrupted at step 10/10; saved {other / 'checkpoint.npz'}" in capsys.readouterr().err
+    assert checkpoint_state(other / "checkpoint.npz")["step"] == 10 and not (other / "model.npz").exists()
+    monkeypatch.setattr(train_mod, "evaluate", real)
+    assert main(["--resume", str(other), *QUICK]) == 0
+    accuracy = (json.loads((d / "metrics.json").read_text())["test_accuracy"] for d in (done, other))
+    assert next(accuracy) == next(accuracy)
+
+
+@requires_mnist
+def test_ctrl_c_while_the_model_and_metrics_are_saved_stops_after_them(tmp_path, small_test_set, monkeypatch,
+                                                                      capfd):
+    """(capfd: the handler writes its note to fd 2 directly.)"""
+    real = train_mod.save_json_atomic
+
+    def save_json_atomic(path, obj):
+        if os.path.basename(path) == "metrics.json":
+            signal.raise_signal(signal.SIGINT)             # (before it is written)
+        real(path, obj)
+    monkeypatch.setattr(train_mod, "save_json_atomic", save_json_atomic)
+    assert main(["--limit", "40", "--quiet", "--out", str(tmp_path)]) == 130
+    err = capfd.readouterr().err
+    assert "SIGINT: stopping after the model and metrics are saved" in err
+    assert ("interrupted as the run ended; the model and metrics are saved "
+            f"(python -m mnist.visualize {tmp_path} draws the pictures)") in err
+    assert (tmp_path / "model.npz").exists() and (tmp_path / "metrics.json").exists()
+    assert not (tmp_path / "architecture.png").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler restored
+
+
+@requires_mnist
+@pytest.mark.parametrize("at, twice, as_matplotlib", [("parameters.png", False, False),
+                                                      ("parameters.png", True, True),
+                                                      ("parameters.png", True, False),
+                                                      ("architecture.png", False, False)],
+                         ids=["once", "twice", "twice-unchanged", "first-picture"])
+def test_ctrl_c_while_drawing_the_pictures_ends_by_the_signal(tmp_path, small_test_set, monkeypatch, capfd,
+                                                              at, twice, as_matplotlib):
     """A Ctrl-C in a picture stops after it (twice: at once) with exit 130, the model and metrics saved; never
-    lost, even where matplotlib turns the KeyboardInterrupt of a second one into a ValueError."""
+    lost, whether the second one's Stopped comes through or matplotlib turns it into a ValueError. (capfd:
+    the handler writes its notes to fd 2 directly.)"""
     from mnist import visualize
     drawn = []
 
     def iter_pictures(run_dir, *args, **kwargs):
         for name in ("architecture.png", "parameters.png", "filters.png"):
-            if name == "parameters.png":
+            if name == at:
                 try:
                     signal.raise_signal(signal.SIGINT)
                     if twice:
                         signal.raise_signal(signal.SIGINT)
                 except KeyboardInterrupt as e:
-                    raise ValueError("as matplotlib may raise it") from e
+                    if as_matplotlib:
+                        raise ValueError("as matplotlib may raise it") from e
+                    raise
             drawn.append(name)
             yield os.path.join(run_dir, name)
     monkeypatch.setattr(visualize, "iter_pictures", iter_pictures)
     assert main(["--limit", "40", "--quiet", "--out", str(tmp_path)]) == 130
-    err = capsys.readouterr().err
-    assert drawn == (["architecture.png"] if twice else ["architecture.png", "parameters.png"])
+    err = capfd.readouterr().err
+    names = ["architecture.png", "parameters.png"]
+    assert drawn == names[:names.index(at) + (not twice)]
     assert ("interrupted while drawing the pictures; the model and metrics are saved "
             f"(python -m mnist.visualize {tmp_path} draws them)") in err
-    assert "warning" not in err
+    assert ("stopping at once (the model and metrics are saved)" in err) == twice
+    assert "warning" not in err and "what was not in a checkpoint is lost" not in err
     assert (tmp_path / "model.npz").exists() and (tmp_path / "metrics.json").exists()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler restored
+
+
+@requires_mnist
+def test_ctrl_c_while_matplotlib_loads_stops_before_the_first_picture(tmp_path, small_test_set, monkeypatch,
+                                                                     capsys):
+    """Importing mnist.visualize (matplotlib) takes half a second: a Ctrl-C then is not lost either."""
+    import types
+    drawn, signalled = [], []
+
+    def iter_pictures(run_dir, *args, **kwargs):
+        drawn.append("architecture.png")
+        yield os.path.join(run_dir, "architecture.png")
+
+    def loading(name):                              # (module __getattr__: as if the import took its time)
+        if name != "iter_pictures":
+            raise AttributeError(name)
+        if not signalled:
+            signalled.append(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return iter_pictures
+    visualize = types.ModuleType("mnist.visualize")
+    visualize.__getattr__ = loading
+    monkeypatch.setitem(sys.modules, "mnist.visualize", visualize)
+    assert main(["--limit", "40", "--quiet", "--out", str(tmp_path)]) == 130
+    assert signalled and drawn == []
+    assert ("interrupted while drawing the pictures; the model and metrics are saved "
+            f"(python -m mnist.visualize {tmp_path} draws them)") in capsys.readouterr().err
 
 
 @requires_mnist

@@ -127,7 +127,7 @@ def test_training_curves_reject_a_log_without_the_columns(tmp_path):
 def test_read_log_drops_a_last_row_cut_short(tmp_path):
     """As a run killed while writing it leaves it (mnist.train drops it too, on resume)."""
     rows = "step,epoch,loss,accuracy,lr,momentum,grad_norm\n1,1,2.3,0.1,0.004,0.95,1.0\n2,1,2.2,0.2,0.005,0.94,1.1\n"
-    for cut in ("3,1,2.1,0.3,0.0", "3,1,2.1,0.3,0.006,0.93,"):
+    for cut in ("3,1,2.1,0.3,0.0", "3,1,2.1,0.3,0.006,0.93,", "3,1,2.1,0.3\n", "3,1,2.1,0.3,0.006,0.93,1.2,"):
         (tmp_path / "log.csv").write_text(rows + cut)
         log = visualize.read_log(str(tmp_path / "log.csv"))
         assert list(log["step"]) == [1, 2] and list(log["grad_norm"]) == [1.0, 1.1]
@@ -144,6 +144,25 @@ def test_read_log_names_the_line_of_a_malformed_row(tmp_path, bad, fragment):
         visualize.read_log(str(path))
     assert str(info.value) == (f"{path}, line 3: {fragment} (expected 7 numbers: "
                                "step,epoch,loss,accuracy,lr,momentum,grad_norm)")
+
+
+@pytest.mark.parametrize("last, fragment", [("3,1,2.1,0.3,0.006,0.93,1.2,9\n", "8 values"),
+                                            ("3,1,abc,0.3,0.006,0.93,1.2\n", "could not convert string to float")])
+def test_read_log_names_the_line_of_a_malformed_last_row_that_is_not_cut_short(tmp_path, last, fragment):
+    """Whole (ended by a line end, with all its values): not what a run killed while writing it leaves."""
+    path = tmp_path / "log.csv"
+    path.write_text("step,epoch,loss,accuracy,lr,momentum,grad_norm\n1,1,2.3,0.1,0.004,0.95,1.0\n" + last)
+    with pytest.raises(ValueError, match=f"line 3: {fragment}"):
+        visualize.read_log(str(path))
+
+
+def test_read_log_of_blank_lines_is_empty_and_a_header_may_follow_them(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("\n\r\n\n")
+    with pytest.raises(visualize.EmptyLog):
+        visualize.read_log(str(path))
+    path.write_text("\n\nstep,epoch,loss,accuracy,lr,momentum,grad_norm\n\n1,1,2.3,0.1,0.004,0.95,1.0\n")
+    assert list(visualize.read_log(str(path))["loss"]) == [2.3]
 
 
 def test_feature_maps(model, tmp_path):
@@ -195,7 +214,8 @@ def test_a_failed_save_leaves_the_old_picture_and_no_temp_file(model, tmp_path, 
 
 
 def test_run_without_a_model_says_what_it_needs(tmp_path, capsys):
-    with pytest.raises(FileNotFoundError, match=r"neither model\.npz nor checkpoint\.npz.*python -m mnist\.train --out"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"neither model\.npz nor checkpoint\.npz.*python -m mnist\.train --out"):
         visualize.visualize_run(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         visualize.visualize_run(str(tmp_path / "missing"))
