@@ -428,10 +428,8 @@ def test_printed_resume_command_resumes(tmp_path, small_test_set, monkeypatch, c
     assert (state["config"]["limit"], state["config"]["seed"]) == (4000, 5)
 
 
-@requires_mnist
-def test_ctrl_c_during_the_evaluation_stops_after_it(tmp_path, small_test_set, monkeypatch, capsys):
-    """A Ctrl-C while the epoch's test images are scored (the last epoch's too) is not lost: the
-    run saves its checkpoint at the epoch's end and stops there; resuming finishes the run."""
+def ctrl_c_in_evaluation(monkeypatch):
+    """Every evaluation gets a real SIGINT as it ends; returns the real evaluate, to put back."""
     real = train_mod.evaluate
 
     def evaluate(*args, **kwargs):
@@ -439,6 +437,14 @@ def test_ctrl_c_during_the_evaluation_stops_after_it(tmp_path, small_test_set, m
         signal.raise_signal(signal.SIGINT)
         return result
     monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    return real
+
+
+@requires_mnist
+def test_ctrl_c_during_the_evaluation_stops_after_it(tmp_path, small_test_set, monkeypatch, capsys):
+    """A Ctrl-C while the epoch's test images are scored (the last epoch's too) is not lost: the
+    run saves its checkpoint at the epoch's end and stops there; resuming finishes the run."""
+    real = ctrl_c_in_evaluation(monkeypatch)
     assert main(["--limit", "40", "--epochs", "2", *QUICK, "--out", str(tmp_path)]) == 130
     assert "interrupted at step 10/20; saved" in capsys.readouterr().err
     assert checkpoint_state(tmp_path / "checkpoint.npz")["step"] == 10
@@ -458,13 +464,7 @@ def test_ctrl_c_while_a_finished_run_is_scored_into_another_out_leaves_a_checkpo
     and log.csv)."""
     done, other = tmp_path / "done", tmp_path / "other"
     assert main(["--limit", "40", *QUICK, "--out", str(done)]) == 0
-    real = train_mod.evaluate
-
-    def evaluate(*args, **kwargs):
-        result = real(*args, **kwargs)
-        signal.raise_signal(signal.SIGINT)
-        return result
-    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    real = ctrl_c_in_evaluation(monkeypatch)
     assert main(["--resume", str(done), "--out", str(other), *QUICK]) == 130
     assert f"interrupted at step 10/10; saved {other / 'checkpoint.npz'}" in capsys.readouterr().err
     assert checkpoint_state(other / "checkpoint.npz")["step"] == 10 and not (other / "model.npz").exists()
