@@ -45,6 +45,13 @@ def nonfinite_keys(state):
     return [k for k, v in state.items() if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all()]
 
 
+def refuse_nonfinite(path, state, what_next=""):
+    """A ValueError naming the keys of ``state`` (loaded from ``path``) that hold NaN or inf, if any."""
+    bad = nonfinite_keys(state)
+    if bad:
+        raise ValueError(f"{path}: the weights hold NaN or inf ({', '.join(bad)}){what_next}")
+
+
 def save_model(path, model):
     save_npz_atomic(path, model.state_dict())
 
@@ -62,9 +69,7 @@ def load_model(path, dropout=0.15):
     model = build_model(dropout=dropout)
     state = model_state_from(load_npz(path))
     model.load_state_dict(state)
-    bad = nonfinite_keys(state)
-    if bad:
-        raise ValueError(f"{path}: the weights hold NaN or inf ({', '.join(bad)})")
+    refuse_nonfinite(path, state)
     return model.eval()
 
 
@@ -108,10 +113,7 @@ def load_checkpoint(path, model, optimizer, scheduler):
     arrays = load_npz(path)
     state = _state_of(path, arrays)
     weights = model_state_from(arrays)
-    bad = nonfinite_keys(weights)
-    if bad:
-        raise ValueError(f"{path}: the weights hold NaN or inf ({', '.join(bad)}): not a checkpoint to resume "
-                         "(start a new run)")
+    refuse_nonfinite(path, weights, ": not a checkpoint to resume (start a new run)")
     model.load_state_dict(weights)
     for name, part in (("optimizer", optimizer), ("scheduler", scheduler)):
         saved = unflatten_state_dict(arrays, prefix=f"{name}.")

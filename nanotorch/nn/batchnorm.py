@@ -62,8 +62,13 @@ class _BatchNorm(Module):
         if dtype is not None:
             self.to(dtype)
 
+    def keeps_running_stats(self):
+        """Whether it keeps running statistics (track_running_stats, and both arrays there): nanotorch
+        implements BatchNorm with them only."""
+        return self.track_running_stats and self.running_mean is not None and self.running_var is not None
+
     def forward(self, x):
-        if not self.track_running_stats or self.running_mean is None or self.running_var is None:
+        if not self.keeps_running_stats():
             raise NotImplementedError(f"{type(self).__name__}: track_running_stats=False (or running statistics "
                                       "set to None) is not implemented in nanotorch")
         check_input(self, x, self._ndims, self.num_features,

@@ -51,8 +51,7 @@ class ConvBNGELU(Sequential):
         return (type(conv) is Conv2d and type(bn) is BatchNorm2d and type(act) is GELU
                 and act.approximate == "none" and bn.training == self.training
                 and bn.weight is not None and bn.bias is not None and bn.num_features == conv.out_channels
-                and bn.weight.data.dtype == conv.weight.data.dtype
-                and bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None)
+                and bn.weight.data.dtype == conv.weight.data.dtype and bn.keeps_running_stats())
 
     def forward(self, x):
         if not self.uses_fused_kernels():
