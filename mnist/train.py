@@ -319,9 +319,10 @@ def train(args):
         save_json_atomic(os.path.join(run_dir, "config.json"), config)
     elif default_dir:                                    # runs/<date-time>, or -2, -3, ... if taken
         base, n = run_dir, 1
-        while not claim_run_dir(run_dir, config):
+        while not claim_run_dir(run_dir, dict(config, out=run_dir)):   # the config names the folder taken
             n += 1
             run_dir = f"{base}-{n}"
+        config["out"] = run_dir
     elif not claim_run_dir(run_dir, config):             # --out: another run took it since the check
         check_run_dir(run_dir, resumed_dir)              # (raises, naming what the folder holds)
         raise ValueError(f"{run_dir} was taken by another run as this one started: give another --out")

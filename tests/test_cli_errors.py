@@ -136,8 +136,13 @@ def test_a_default_run_folder_that_is_taken_gets_a_suffix(tmp_path, monkeypatch,
     (tmp_path / "runs" / "20261126-120000" / "config.json").write_text("{}")
     assert train_mod.main(["--limit", "12", *QUICK]) == 0
     assert "-> runs/20261126-120000-2" in capsys.readouterr().out
-    assert (tmp_path / "runs" / "20261126-120000-2" / "model.npz").exists()
+    run = tmp_path / "runs" / "20261126-120000-2"
+    assert (run / "model.npz").exists()
     assert [f.name for f in (tmp_path / "runs" / "20261126-120000").iterdir()] == ["config.json"]
+    # config.json and the checkpoint name the folder the run took (they recorded "out": null before)
+    assert json.loads((run / "config.json").read_text())["out"] == os.path.join("runs", "20261126-120000-2")
+    with np.load(run / "checkpoint.npz") as ckpt:
+        assert json.loads(str(ckpt["state"]))["config"]["out"] == os.path.join("runs", "20261126-120000-2")
 
 
 def test_train_pct_start_that_leaves_a_one_step_warm_up(tmp_path, monkeypatch, capsys):
