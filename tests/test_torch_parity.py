@@ -860,6 +860,20 @@ def test_load_state_dict_refuses_what_torch_refuses():
         layer.load_state_dict(layer.state_dict(), assign=True)
 
 
+def test_load_state_dict_lists_unexpected_keys_in_torchs_order():
+    """Each unexpected key is reported by the module its leading names reach, modules visited
+    depth first: not in the state_dict's order."""
+    def model(n):
+        return n.Sequential(n.Linear(2, 2), n.Sequential(n.Linear(2, 2), n.BatchNorm1d(2)))
+    extra = ["1.1.zzz", "top", "1.aaa", "0.bbb", "7.x", "0.weight.q", "1.0.c"]
+    ours, theirs = model(nt_nn), model(torch.nn)
+    got = ours.load_state_dict({**{k: np.zeros(1) for k in extra}, **ours.state_dict()}, strict=False)
+    want = theirs.load_state_dict({**{k: torch.zeros(1) for k in extra}, **theirs.state_dict()}, strict=False)
+    assert got.unexpected_keys == want.unexpected_keys == ["top", "7.x", "0.bbb", "0.weight.q", "1.aaa", "1.0.c",
+                                                           "1.1.zzz"]
+    assert got.missing_keys == want.missing_keys == []
+
+
 def test_parameter_takes_torchs_arguments():
     assert nt_nn.Parameter().shape == tuple(torch.nn.Parameter().shape) == (0,)
     assert nt_nn.Parameter(np.ones(2), requires_grad=True).requires_grad

@@ -323,7 +323,7 @@ class Module:
                           for key, mod, name, is_param, array in self._state_entries())
         missing = [k for k, (mod, name, _, _) in own.items() if k not in state_dict
                    and name not in mod._may_be_missing]
-        unexpected = [k for k in state_dict if k not in own]
+        unexpected = self._in_torch_order([k for k in state_dict if k not in own])
         wrong = []
         for key, (mod, name, is_param, have) in own.items():
             if key in state_dict:
@@ -342,6 +342,21 @@ class Module:
             else:
                 object.__setattr__(mod, name, np.array(state_dict[key], dtype=have.dtype, copy=True))
         return IncompatibleKeys(missing, unexpected)
+
+    def _in_torch_order(self, keys):
+        """Unexpected keys in the order PyTorch lists them: each is reported by the module its leading
+        names lead to (the deepest existing child), the modules visited depth first, and a module's
+        keys in the state_dict's order (a stable sort)."""
+        visit = {path: i for i, (path, _) in enumerate(self.named_modules(remove_duplicate=False))}
+
+        def reporter(key):
+            mod, path = self, ""
+            for name in key.split(".")[:-1]:
+                if mod._modules.get(name) is None:
+                    break
+                mod, path = mod._modules[name], f"{path}.{name}" if path else name
+            return visit[path]
+        return sorted(keys, key=reporter)
 
     # --- printing ----------------------------------------------------------------------------
     def extra_repr(self):
