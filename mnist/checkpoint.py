@@ -13,6 +13,7 @@ import zipfile
 
 import numpy as np
 
+from nanotorch.nn import StateDictMismatch
 from nanotorch.optim import flatten_state_dict, unflatten_state_dict
 from mnist.files import write_atomic
 from mnist.model import build_model
@@ -68,9 +69,17 @@ def load_model(path, dropout=0.15):
     and so do weights holding NaN or inf, which would only predict one class)."""
     model = build_model(dropout=dropout)
     state = model_state_from(load_npz(path))
-    model.load_state_dict(state)
+    load_weights(path, model, state)
     refuse_nonfinite(path, state)
     return model.eval()
+
+
+def load_weights(path, model, state):
+    """model.load_state_dict(state), its mismatch error naming the file the state came from."""
+    try:
+        model.load_state_dict(state)
+    except StateDictMismatch as e:
+        raise StateDictMismatch(f"{path}: {e}") from None
 
 
 def save_checkpoint(path, model, optimizer, scheduler, state):
@@ -114,7 +123,7 @@ def load_checkpoint(path, model, optimizer, scheduler):
     state = _state_of(path, arrays)
     weights = model_state_from(arrays)
     refuse_nonfinite(path, weights, ": not a checkpoint to resume (start a new run)")
-    model.load_state_dict(weights)
+    load_weights(path, model, weights)
     for name, part in (("optimizer", optimizer), ("scheduler", scheduler)):
         saved = unflatten_state_dict(arrays, prefix=f"{name}.")
         try:

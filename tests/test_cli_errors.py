@@ -193,6 +193,8 @@ def test_resume_writes_next_to_its_checkpoint_not_into_the_folder_it_was_trained
     (lambda a: a.update(state=np.array("{not json")), "'state' entry is not the JSON"),
     (lambda a: a.update(state=np.array('{"config": {}}')), "'state' entry lacks rng"),
     (lambda a: a["model/0.0.weight"].__setitem__((0, 0, 0, 0), np.nan), "the weights hold NaN or inf (0.0.weight)"),
+    (lambda a: a.update(state=np.array(json.dumps({**json.loads(str(a["state"])), "step": 10 ** 6}))),
+     "is not a step of the run"),
 ])
 def test_resume_from_a_damaged_checkpoint_names_what_is_wrong(tmp_path, monkeypatch, capsys, edit, fragment):
     """No KeyError or Numba typing traceback: an error naming the file and the part that does not fit."""
@@ -210,6 +212,21 @@ def test_resume_from_a_damaged_checkpoint_names_what_is_wrong(tmp_path, monkeypa
         code = e.code
     err = capsys.readouterr().err
     assert code in (1, 2) and str(path) in err and fragment in err and "Traceback" not in err
+
+
+def test_resume_from_a_checkpoint_missing_a_weight_is_refused(tmp_path, monkeypatch, capsys):
+    """A checkpoint without one of the model's arrays would resume with that array as initialised."""
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    assert train_mod.main(["--limit", "12", *QUICK, "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    path = tmp_path / "run" / "checkpoint.npz"
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files if k != "model/16.bias"}
+    np.savez(path, **arrays)
+    assert train_mod.main(["--resume", str(path), *QUICK]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {path}: state_dict does not fit Sequential" in err
+    assert "missing keys" in err and "16.bias" in err and "Traceback" not in err
 
 
 def test_evaluate_refuses_weights_holding_nan(tmp_path, capsys):

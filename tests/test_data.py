@@ -516,6 +516,12 @@ def test_epoch_permutation_depends_only_on_seed_and_epoch():
     assert not np.array_equal(p, epoch_permutation(100, seed=2, epoch=0))
 
 
+def test_epoch_permutations_of_different_seeds_differ_at_every_epoch():
+    """Seed 1's first epoch is not seed 0's second (as a seed + epoch derivation would make it)."""
+    orders = {tuple(epoch_permutation(50, seed, epoch)) for seed in range(3) for epoch in range(3)}
+    assert len(orders) == 9
+
+
 def _epoch(n, batch_size, **kwargs):
     images = np.arange(n)[:, None] * np.ones((1, 3), dtype=np.int64)  # row i holds i
     labels = np.arange(n)

@@ -102,6 +102,18 @@ def test_gradcheck_catches_a_wrong_backward():
     assert result.where.startswith("input")
 
 
+def test_gradcheck_catches_a_backward_wrong_in_one_entry_and_names_it():
+    """The worst entry is reported, not a typical one: one wrong entry among six must be seen."""
+    class OneWrongEntry(nn.GELU):
+        def backward(self, dout):
+            dx = super().backward(dout).copy()
+            dx[1, 2] *= 1.001
+            return dx
+    result = gradcheck(OneWrongEntry().double(), np.random.default_rng(0).standard_normal((2, 3)))
+    assert result.max_error > 1e-4 and result.errors["input"] == result.max_error
+    assert result.where == "input[1, 2]"
+
+
 def test_dropout_train_really_drops_and_is_replayed():
     nt.manual_seed(0)
     d = nn.Dropout(0.5).double()

@@ -271,3 +271,68 @@ def test_a_state_dict_without_batchnorms_count_loads_as_in_pytorch():
     del state["1.running_mean"]
     with pytest.raises(RuntimeError, match=r"missing keys: \['1.running_mean'\]"):
         model.load_state_dict(state)
+
+
+def test_load_state_dict_refuses_an_array_of_the_right_size_but_another_shape():
+    """A transposed weight or a reshaped buffer has the right number of values, not the right shape."""
+    model = nn.Sequential(nn.Linear(4, 2), nn.BatchNorm1d(2))
+    before = model.state_dict()
+    state = model.state_dict()
+    state["0.weight"] = np.ascontiguousarray(state["0.weight"].T)                 # (4, 2) for (2, 4)
+    state["1.running_mean"] = state["1.running_mean"].reshape(1, 2)               # (1, 2) for (2,)
+    with pytest.raises(ValueError, match=r"0\.weight: checkpoint \(4, 2\) vs model \(2, 4\)(.|\n)*"
+                                         r"1\.running_mean: checkpoint \(1, 2\) vs model \(2,\)"):
+        model.load_state_dict(state)
+    for k, v in model.state_dict().items():
+        assert v.shape == before[k].shape and np.array_equal(v, before[k]), k
+
+
+def test_load_state_dict_non_strict_still_refuses_a_wrong_shape():
+    """strict=False forgives missing and unexpected keys, not a wrong shape (PyTorch's size mismatch),
+    even one that would broadcast."""
+    model = nn.Sequential(nn.Linear(4, 2))
+    bias = model[0].bias.data.copy()
+    state = {"0.bias": np.full(1, 5.0, dtype=np.float32)}
+    with pytest.raises(ValueError, match=r"0\.bias: checkpoint \(1,\) vs model \(2,\)"):
+        model.load_state_dict(state, strict=False)
+    np.testing.assert_array_equal(model[0].bias.data, bias)
+
+
+def test_loaded_buffers_are_copies_in_the_modules_dtype():
+    """Training after a load must not write into the caller's state_dict, and a float64 state_dict
+    loaded into a float32 module leaves it float32."""
+    bn = nn.BatchNorm1d(3)
+    state = {k: v.astype(np.float64) if v.dtype == np.float32 else v.copy() for k, v in bn.state_dict().items()}
+    saved = {k: v.copy() for k, v in state.items()}
+    bn.load_state_dict(state)
+    assert bn.running_mean.dtype == bn.running_var.dtype == np.float32
+    bn(floats(4, 3, dtype=np.float32))                # a training forward updates the running statistics
+    assert not np.array_equal(bn.running_mean, saved["running_mean"])
+    for k in state:
+        np.testing.assert_array_equal(state[k], saved[k], err_msg=k)
+
+
+def test_manual_seed_sets_the_initial_weights():
+    def weights(seed):
+        nt.manual_seed(seed)
+        return nn.Linear(5, 4).weight.data.copy()
+    first, again, other = weights(1), weights(1), weights(2)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert nt.manual_seed(3) is nt.default_generator()
+
+
+def test_no_grad_turns_gradients_back_on_after_an_exception_and_lets_it_through():
+    enabled = nt.grad_mode.is_grad_enabled
+
+    @nt.no_grad
+    def fails():
+        raise FloatingPointError("boom")
+
+    with pytest.raises(FloatingPointError, match="boom"):
+        fails()
+    assert enabled()
+    with pytest.raises(FloatingPointError, match="boom"):
+        with nt.no_grad():
+            raise FloatingPointError("boom")
+    assert enabled()

@@ -385,6 +385,25 @@ def test_load_state_dict_rejects_a_different_optimiser():
         two_groups.load_state_dict(opt.state_dict())
 
 
+def test_load_state_dict_casts_buffers_to_the_parameters_dtype_and_checks_their_size():
+    p = param([1.0, 2.0], dtype=np.float32)
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    groups = opt.state_dict()["param_groups"]
+    opt.load_state_dict({"state": {0: {"momentum_buffer": np.array([0.1, 0.2])}}, "param_groups": groups})
+    assert opt.state[p]["momentum_buffer"].dtype == np.float32          # float64 saved, float32 parameter
+    with pytest.raises(ValueError, match=r"'momentum_buffer' of parameter 0 has shape \(3,\)"):
+        opt.load_state_dict({"state": {0: {"momentum_buffer": np.zeros(3)}}, "param_groups": groups})
+
+
+def test_a_loaded_scheduler_reports_the_last_lr_it_was_saved_with():
+    params, opt, sched = make_run()
+    train(params, opt, sched, 10, np.random.default_rng(1))
+    _, opt2, sched2 = make_run()
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sched.state_dict())
+    assert sched2.get_last_lr() == sched.get_last_lr() == [opt2.param_groups[0]["lr"]]
+
+
 def test_lr_scheduler_module_exports():
     assert lr_scheduler.OneCycleLR is OneCycleLR and issubclass(OneCycleLR, lr_scheduler.LRScheduler)
 
@@ -517,6 +536,22 @@ def test_sgd_on_non_contiguous_parameters_matches_the_contiguous_update():
             opt.step()
     np.testing.assert_array_equal(strided.data, plain.data)
     np.testing.assert_array_equal(opts[0].state[strided]["momentum_buffer"], opts[1].state[plain]["momentum_buffer"])
+
+
+def test_sgd_on_a_fortran_ordered_parameter_keeps_its_momentum_buffer():
+    """A transposed parameter (Fortran order) gets a Fortran-ordered buffer: the loop works on a
+    contiguous copy of it, which must be written back, or the next step starts from garbage."""
+    rng = np.random.default_rng(4)
+    base, grads = rng.standard_normal((5, 3)), rng.standard_normal((3, 3, 5))
+    fortran, plain = Parameter(base.copy().T), Parameter(np.ascontiguousarray(base.T))
+    assert fortran.data.flags.f_contiguous and not fortran.data.flags.c_contiguous
+    opts = [SGD([q], lr=0.1, momentum=0.9) for q in (fortran, plain)]
+    for g in grads:
+        for q, opt in zip((fortran, plain), opts):
+            q.grad = g.copy()
+            opt.step()
+    np.testing.assert_array_equal(opts[0].state[fortran]["momentum_buffer"], opts[1].state[plain]["momentum_buffer"])
+    np.testing.assert_array_equal(fortran.data, plain.data)
 
 
 # --- SGD's kernel: every multiply-add rounded once -----------------------------------------------

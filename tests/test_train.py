@@ -722,6 +722,45 @@ def test_load_model_round_trip(tmp_path):
     assert_same_arrays(loaded, state)
 
 
+def test_load_model_returns_the_model_in_eval_mode(tmp_path):
+    """Ready to predict: no dropout, running BatchNorm statistics, in every layer."""
+    model = load_model(save_state(tmp_path / "model.npz", build_model().state_dict()))
+    assert not any(m.training for m in model.modules())
+
+
+def test_train_step_updates_with_this_steps_lr_and_the_clipped_gradient():
+    """One step of the recipe: clip, then SGD at the lr the schedule set for this step (its first:
+    max_lr / 25), then the schedule moves on. Momentum's first step is the gradient itself."""
+    model, criterion, optimizer, scheduler = train_mod.build_trainer(parse_args([]), total_steps=10)
+    flat, group = optimizer.param_groups[0]["params"][0], optimizer.param_groups[0]
+    before, lr = flat.data.astype(np.float64), group["lr"]
+    assert lr == pytest.approx(RECIPE["max_lr"] / 25)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 4)
+    _, _, grad_norm = train_mod.train_step(model, criterion, optimizer, scheduler, x, y, clip=0.1)
+    assert grad_norm > 0.1                                             # so the clipping bit
+    assert np.linalg.norm(flat.grad.astype(np.float64)) <= 0.1 * (1 + 1e-5)
+    np.testing.assert_allclose(flat.data, before - lr * flat.grad.astype(np.float64), rtol=1e-6, atol=1e-12)
+    assert scheduler.last_epoch == 1 and group["lr"] != lr
+
+
+def test_evaluate_counts_true_digits_in_rows_and_predictions_in_columns():
+    """confusion[t, p] counts images of digit t predicted as p; per-class accuracy is per true digit."""
+    from mnist.evaluate import evaluate
+    from nanotorch import nn
+
+    class AlwaysZero(nn.Module):
+        def forward(self, x):
+            logits = np.zeros((len(x), 10), np.float32)
+            logits[:, 0] = 1
+            return logits
+    labels = np.array([0, 1, 1, 2], np.uint8)
+    result = evaluate(AlwaysZero(), np.zeros((4, 28, 28), np.uint8), labels, threads=1)
+    assert result["confusion"][1, 0] == 2 and result["confusion"][2, 0] == 1 and result["confusion"][0, 0] == 1
+    assert result["confusion"].sum(axis=1).tolist() == [1, 2, 1] + [0] * 7
+    assert result["per_class_accuracy"][:3] == [1.0, 0.0, 0.0] and result["accuracy"] == 0.25
+
+
 @pytest.mark.parametrize("prefix", ["", "model/"], ids=["model.npz", "checkpoint.npz"])
 def test_load_model_wrong_shape_names_key_and_both_shapes(tmp_path, prefix):
     state = build_model().state_dict()
