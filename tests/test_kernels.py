@@ -225,6 +225,20 @@ def test_gelu_module_under_no_grad_computes_gelu_alone_and_keeps_nothing(dtype, 
     np.testing.assert_allclose(y, with_grad, rtol=0, atol=5e-7 * 10 if dtype == np.float32 else 1e-15)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_tanh_module_under_no_grad_stays_tanh(dtype, rng):
+    """Under no_grad only the exact GELU skips its derivative (gelu_inference); approximate='tanh'
+    still computes the tanh formula, not the erf one (they differ by up to ~5e-4)."""
+    from nanotorch import nn, no_grad
+    layer = nn.GELU(approximate="tanh")
+    x = (rng.standard_normal((4, 56)) * 3).astype(dtype)
+    with no_grad():
+        y = layer(x)
+    assert y.dtype == dtype
+    tol = dict(rtol=2.5e-7, atol=1e-7) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(y, K.gelu_forward_reference(x, "tanh")[0], **tol)
+
+
 def test_kernels_run_without_jit_for_debugging():
     """NUMBA_DISABLE_JIT=1 runs every kernel as plain Python (the documented way to step through one),
     with the compiled kernels' numbers: the direct convolution (28x28 and 14x14 planes), im2col
@@ -437,6 +451,21 @@ def test_cross_entropy_float32_sums_are_kept_in_float64(rng):
     for v in nll[:20_000]:                                                # (what the loop did before)
         float32_in_order += v
     assert abs(float32_in_order - nll[:20_000].astype(np.float64).sum()) > 1e-6 * float32_in_order
+
+
+@pytest.mark.parametrize("dtype, big", [(np.float32, 200.0), (np.float64, 800.0)])
+def test_cross_entropy_is_stable_whichever_class_has_the_largest_logit(dtype, big):
+    """Each row's own maximum is subtracted before exp, in whichever column it is: a logit ``big``
+    above the rest (exp(big) overflows the dtype) gives finite log-probabilities, loss and gradient."""
+    logits = (np.eye(6) * big).astype(dtype)                           # row k: the max in column k
+    targets = (np.arange(6) + 1) % 6                                   # never the max's class
+    nll, total, kept, log_p, bad = K.cross_entropy_forward(logits, targets, -100)
+    want_nll, want_log_p = K.cross_entropy_forward_reference(logits, targets, -100)
+    assert bad == -1 and np.isfinite(log_p).all() and np.isfinite(total)
+    np.testing.assert_allclose(log_p, want_log_p, rtol=1e-6)
+    np.testing.assert_allclose(nll, big, rtol=1e-6)
+    grad = K.cross_entropy_backward(log_p, targets, -100, np.ones(6))
+    np.testing.assert_allclose(grad, K.cross_entropy_backward_reference(log_p, targets, -100, np.ones(6)), atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

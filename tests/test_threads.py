@@ -113,8 +113,8 @@ def _kernel_runs(rng, dtype):
             "conv3x3_same (flipped)": lambda p: conv3x3_same(dzp, w, 9, 11, False, p, True),
             "conv3x3_same_grad_weight": lambda p: conv3x3_same_grad_weight(xp, dzp, 9, 11, p),
             "bn_gelu_forward (training)": lambda p: _bn_gelu_training(z, v, p),
-            "bn_gelu_forward (eval)": lambda p: bn_gelu_forward(z, stats, stats, v, v, False, 0.0, 1e-5, p),
-            "bn_gelu_inference": lambda p: bn_gelu_inference(z, v, v, p),
+            "bn_gelu_forward (eval)": lambda p: bn_gelu_forward(z, stats - 1, stats, v, -v / 2, False, 0.0, 1e-5, p),
+            "bn_gelu_inference": lambda p: bn_gelu_inference(z, v, -v / 2, p),     # (scale, shift: not the same)
             "bn_gelu_backward": lambda p: _bn_gelu_backward(da, xhat, d, inv_std, v, p),
             "bn_gelu_backward (padded)": lambda p: _bn_gelu_backward(da, xhat, d, inv_std, v, p, 13),
             "maxpool2x2_forward": lambda p: maxpool2x2_forward(xe, 5, 6, p),
