@@ -16,7 +16,6 @@ average pooling (and a Flatten of a map wider than 1x1) is a window as wide as i
 reported *unclipped*: a value above the image size (28) means the unit sees the whole image plus
 zero padding around it.
 """
-import math
 import sys
 
 import numpy as np
@@ -71,9 +70,10 @@ def _window(module, in_hw):
     if isinstance(module, nn.MaxPool2d):
         return _as_pair(module.kernel_size), _as_pair(module.stride)
     if isinstance(module, nn.AdaptiveAvgPool2d):
-        # windows of up to ceil(H / out) rows, starting every H / out rows (exact for output 1)
+        # output i averages rows floor(i H / out) to ceil((i + 1) H / out) - 1, as PyTorch's: the widest
+        # such window, starting every H / out rows (exact for output 1)
         out_hw = _as_pair(module.output_size)
-        return (tuple(math.ceil(h / o) for h, o in zip(in_hw, out_hw)),
+        return (tuple(max(-(-(i + 1) * h // o) - i * h // o for i in range(o)) for h, o in zip(in_hw, out_hw)),
                 tuple(max(h // o, 1) for h, o in zip(in_hw, out_hw)))
     if isinstance(module, nn.Flatten) and in_hw is not None:
         return in_hw, in_hw              # every output feature depends on every position

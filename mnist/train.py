@@ -23,6 +23,7 @@ checkpoint folder's rows up to that step, if that folder has a log.csv).
 """
 import argparse
 import csv
+import io
 import json
 import logging
 import math
@@ -202,7 +203,8 @@ class CsvLog:
     step's own lr, momentum and gradient norm (before clipping; NaN with --clip 0).
 
     resume_step: continue the log of a run resumed from that step. Rows past it (written after the
-    checkpoint, before a crash) are dropped first, atomically, so the steps keep increasing. (The
+    checkpoint, before a crash) and a last row cut before its line end are dropped first,
+    atomically, so the steps keep increasing and every row is whole. (The
     first row after a resume averages only the steps since the checkpoint: windows are not saved.)
     resumed_log: the resumed run's log.csv, when it is not ``path`` (--resume into another --out):
     the new log starts with its rows up to resume_step, if it exists.
@@ -212,14 +214,18 @@ class CsvLog:
     def __init__(self, path, resume_step=None, resumed_log=None):
         rows, self.last_loss = [], None            # last_loss: the last kept row's, when resuming
         copying = resumed_log is not None          # (the rows kept go into a new file at path)
-        source = resumed_log if copying else path
+        source, cut = resumed_log if copying else path, False
         if resume_step is not None and os.path.exists(source):
             with open(source, newline="") as f:
-                rows = list(csv.reader(f))
+                text = f.read()
+            rows = list(csv.reader(io.StringIO(text, newline="")))
+            cut = text != "" and not text.endswith("\n")
+            if cut:                                # a last row cut before its line end (a run killed
+                rows = rows[:-1]                   # while writing it): dropped, not appended to
         if rows:
             header, body = rows[0], rows[1:]
             kept = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= resume_step]
-            if len(kept) < len(body) or copying:
+            if len(kept) < len(body) or copying or cut:
                 write_atomic(path, lambda f: csv.writer(f).writerows([header, *kept]), mode="w", newline="")
             try:                                   # (6 significant digits, as written)
                 self.last_loss = float(kept[-1][header.index("loss")]) if kept else None

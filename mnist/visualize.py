@@ -296,12 +296,15 @@ def read_log(log_csv_path):
                          f"(expected step,epoch,loss,accuracy,lr,momentum)")
     values = []
     for i, (line, row) in enumerate(body):
+        last = i == len(body) - 1
+        if last and not text.endswith("\n"):     # the last row, cut before its line end: dropped, even
+            break                                # if what is left parses (its last number may be cut)
         try:
             if len(row) != len(header):
                 raise ValueError(f"{len(row)} values")
             values.append([float(v) for v in row])
         except ValueError as e:
-            if i == len(body) - 1 and (len(row) < len(header) or not text.endswith("\n")):
+            if last and len(row) < len(header):
                 break                            # the last row, cut short: dropped
             raise ValueError(f"{log_csv_path}, line {line}: {e} (expected {len(header)} numbers: "
                              f"{','.join(header)})") from None

@@ -172,3 +172,121 @@ def test_profiled_restores_the_layers():
     assert all(totals[m][0] > 0 and totals[m][1] > 0 for m in model)        # each top-level layer
     assert all(fs <= f and bs <= b for f, b, fs, bs in totals.values())
     assert not any("forward" in m.__dict__ or "backward" in m.__dict__ for m in model.modules())
+
+
+# ----------------------------------------------------------------------------- the numbers reported
+
+class FakeClock:
+    """time.perf_counter for the benchmark helpers: moves only when a timed function moves it."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_timeit_many_is_the_median_of_the_repeats(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(common, "time", clock)
+    durations = iter([9.0, 9.0, 9.0, 5.0, 1.0, 2.0])           # three warm-ups, then three repeats
+
+    def fn():
+        clock.now += next(durations)
+    assert common.timeit_many({"f": fn}, repeats=3, min_time=0.0) == {"f": 2.0}
+
+
+def test_sgemm_peak_counts_two_flops_per_multiply_add(monkeypatch):
+    clock = FakeClock()
+
+    class Ticking:                                  # each reading one second after the last
+        def perf_counter(self):
+            clock.now += 1.0
+            return clock.now
+    monkeypatch.setattr(common, "time", Ticking())
+    assert common.sgemm_peak(n=4, tries=2, min_time=0.0) == pytest.approx(2 * 4 ** 3 / 1e9)
+
+
+def test_write_csv_keeps_six_significant_digits(tmp_path):
+    path = common.write_csv(tmp_path / "r.csv", [{"a": 1.23456789, "b": "x", "c": 3}, {"a": 2e-7, "b": "y", "c": 4}])
+    assert path.read_bytes() == b"a,b,c\r\n1.23457,x,3\r\n2e-07,y,4\r\n"
+
+
+def test_threads_sets_both_frameworks_counts_back():
+    import nanotorch as nt
+    import numba
+    torch_count = [3]
+    torch = type("FakeTorch", (), {"get_num_threads": staticmethod(lambda: torch_count[0]),
+                                   "set_num_threads": staticmethod(lambda n: torch_count.__setitem__(0, n))})
+    before = nt.get_num_threads()
+    outside = min(2, numba.config.NUMBA_NUM_THREADS)
+    try:
+        nt.set_num_threads(outside)
+        with common.threads(1, torch) as info:
+            assert (nt.get_num_threads(), torch_count[0], info["torch"]) == (1, 1, 1)
+        assert (nt.get_num_threads(), torch_count[0]) == (outside, 3)
+    finally:
+        nt.set_num_threads(before)
+
+
+def test_bench_layer_flops_and_fraction_of_peak(monkeypatch):
+    """2*N*Cout*H*W*Cin*9 flops an op, twice that for a backward; a backward of separate ops is
+    timed as their sum; % of peak is 100 * GFLOP/s / peak."""
+    seconds = {"forward": 1e-3, "grad_input": 2e-3, "grad_weight": 3e-3, "backward": 4e-3}
+    monkeypatch.setattr(ck, "settle", lambda: None)
+    monkeypatch.setattr(ck, "timeit_many", lambda fns, repeats, min_time: {k: seconds[k[1]] for k in fns})
+    rows = ck.bench_layer(1, 0, ["naive", "nanotorch"], repeats=1, min_time=0.0, peak=0.5)
+    flops = 2 * 1 * 4 * 28 * 28 * 1 * 9                          # conv1: 1 -> 4 channels, 28x28
+    got = {(r["impl"], r["op"]): (r["us"], r["gflops"], r["pct_peak"], r["how"]) for r in rows}
+    expected = {("naive", "forward"): (1e-3, flops, "measured"),
+                ("naive", "grad_input"): (2e-3, flops, "measured"),
+                ("naive", "grad_weight"): (3e-3, flops, "measured"),
+                ("naive", "backward"): (5e-3, 2 * flops, "grad_input + grad_weight"),
+                ("nanotorch", "forward"): (1e-3, flops, "measured"),
+                ("nanotorch", "backward"): (4e-3, 2 * flops, "measured")}
+    assert list(got) == list(expected)
+    for key, (s, f, how) in expected.items():
+        gflops = f / s / 1e9
+        assert got[key] == (pytest.approx(s * 1e6), pytest.approx(gflops), pytest.approx(100 * gflops / 0.5), how), key
+
+
+def test_time_evaluation_is_the_median_of_the_repeats_per_batch_size(monkeypatch):
+    from benchmarks import epoch
+    clock = FakeClock()
+    monkeypatch.setattr(epoch, "time", clock)
+    monkeypatch.setattr(epoch, "settle", lambda: None)
+    durations = {("a", 16): iter([99.0, 1.0, 5.0, 2.0]), ("a", 32): iter([99.0, 4.0, 4.0, 8.0]),
+                 ("b", 16): iter([99.0, 3.0, 3.0, 9.0]), ("b", 32): iter([99.0, 1.0, 2.0, 9.0])}
+
+    def evaluator(name):
+        def evaluate(batch_size):
+            clock.now += next(durations[name, batch_size])
+        return evaluate
+    got = epoch.time_evaluation({"a": evaluator("a"), "b": evaluator("b")}, 100, 3, batch_sizes=(16, 32))
+    assert got == {"a": {16: 50.0, 32: 25.0}, "b": {16: pytest.approx(100 / 3), 32: 50.0}}
+
+
+def test_compare_reports_the_median_of_per_repeat_ratios_and_each_at_its_fastest_batch(monkeypatch):
+    """nanotorch time / torch time: the median of the repeats' ratios (2, 4.5, 1 -> 2; not their mean,
+    2.5, nor the ratio of the medians, 1.5); evaluation: each framework at its own fastest batch size."""
+    import argparse
+    from benchmarks import epoch
+    from mnist.model import build_model
+    nanotorch_seconds, torch_seconds = iter([0.1, 2.0, 9.0, 3.0]), iter([0.1, 1.0, 2.0, 3.0])   # (a warm-up first)
+    monkeypatch.setattr(epoch, "settle", lambda: None)
+    monkeypatch.setattr(epoch, "new_nanotorch", lambda: (build_model(),))
+    monkeypatch.setattr(epoch, "train_nanotorch", lambda batches: (next(nanotorch_seconds), 2.3, None))
+    monkeypatch.setattr(epoch, "train_torch", lambda torch, batches, state: (next(torch_seconds), 2.3, None))
+    evals = {"nanotorch": {16: 100.0, 32: 300.0, 64: 200.0}, "torch": {16: 500.0, 32: 400.0, 64: 450.0}}
+    monkeypatch.setattr(epoch, "time_evaluation", lambda evaluators, n_images, repeats: evals)
+    torch = type("FakeTorch", (), {"from_numpy": staticmethod(lambda a: a), "__version__": "0"})
+    batches = [(np.zeros((4, 1, 28, 28), np.float32), np.zeros(4, np.int64))] * 2
+    result = epoch.compare(argparse.Namespace(repeats=3, threads=1), torch, batches, np.zeros((8, 1, 28, 28)), {})
+    assert result["nanotorch_over_torch"] == pytest.approx(2.0)
+    assert result["eval_nanotorch_over_torch"] == pytest.approx(500 / 300)
+    nano, theirs = result["frameworks"]["nanotorch"], result["frameworks"]["torch"]
+    assert (nano["eval_images_per_s"], nano["eval_batch_size"]) == (300.0, 32)
+    assert (theirs["eval_images_per_s"], theirs["eval_batch_size"]) == (500.0, 16)
+    assert nano["ms_per_step"] == pytest.approx(1e3 * 3.0 / 2) and nano["best_ms_per_step"] == pytest.approx(1e3)
+    assert theirs["ms_per_step"] == pytest.approx(1e3 * 2.0 / 2)
+    assert nano["repeat_seconds"] == [2.0, 9.0, 3.0]

@@ -1,5 +1,6 @@
 """Tests for mnist.summary: rows computed from the layers (shapes, parameters, receptive fields)."""
 import numpy as np
+import pytest
 
 from mnist import summary
 from mnist.model import build_model, count_parameters
@@ -52,6 +53,38 @@ def test_computed_for_any_sequential():
     assert [r["receptive_field"] for r in rows[1:]] == [5, 9, 29, 29]
     assert [r["params"] for r in rows[1:]] == [2 * 25 + 2, 0, 0, 72 * 3 + 3]
     assert [r["name"] for r in rows[1:]] == ["conv1", "pool1", "flatten", "fc1"]
+
+
+def test_non_square_windows_give_each_axis_its_own_rf_and_jump():
+    # conv 3x5 stride 1x2: rf (3, 5), jump (1, 2); maxpool 2x3 stride 2x1: rf (3 + 1*1, 5 + 2*2), jump (2, 2)
+    model = nn.Sequential(nn.Conv2d(1, 2, (3, 5), stride=(1, 2), padding=(1, 2)), nn.MaxPool2d((2, 3), stride=(2, 1)))
+    rows = summarize(model, input_shape=(1, 12, 12))
+    assert [r["output_shape"] for r in rows[1:]] == [(2, 12, 6), (2, 6, 4)]
+    assert [r["receptive_field"] for r in rows[1:]] == [(3, 5), (4, 9)]
+    assert [r["jump"] for r in rows[1:]] == [(1, 2), 2]
+    assert format_summary(rows).splitlines()[3].split()[-2:] == ["3x5", "1x2"]      # the conv row's RF, jump
+
+
+def test_adaptive_pooling_to_several_cells_counts_its_window():
+    # 7 rows pooled to 3: windows of rows 0-2, 2-4, 4-6 (3 rows), starting every 2 rows (7 // 3)
+    rows = summarize(nn.Sequential(nn.AdaptiveAvgPool2d(3)), input_shape=(1, 7, 7))
+    assert (rows[1]["output_shape"], rows[1]["receptive_field"], rows[1]["jump"]) == ((1, 3, 3), 3, 2)
+
+
+@pytest.mark.parametrize("size, out", [(5, 3), (7, 3), (10, 4), (6, 4), (9, 2)])
+def test_adaptive_pooling_receptive_field_is_its_widest_window(size, out):
+    """When H is not a multiple of out, the windows differ in width (5 -> 3: rows 0-1, 1-3, 3-4):
+    the receptive field is the widest, as the layer's own backward shows."""
+    pool = nn.AdaptiveAvgPool2d(out)
+    pool(np.zeros((1, 1, size, size)))
+    widths = []
+    for i in range(out):
+        g = np.zeros((1, 1, out, out))
+        g[0, 0, i, i] = 1
+        rows = np.flatnonzero(pool.backward(g)[0, 0].any(axis=1))
+        widths.append(rows[-1] - rows[0] + 1)
+    rf = summarize(nn.Sequential(nn.AdaptiveAvgPool2d(out)), input_shape=(1, size, size))[1]["receptive_field"]
+    assert rf == max(widths)
 
 
 def test_summarize_leaves_the_model_as_it_was():

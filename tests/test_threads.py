@@ -154,6 +154,12 @@ def test_only_the_thread_that_set_the_count_spreads_its_kernels(restore_threads)
         nt.set_num_threads(0)
 
 
+def test_set_num_threads_above_numbas_count_is_capped_not_refused(restore_threads):
+    """As torch.set_num_threads: n above NUMBA_NUM_THREADS runs on Numba's threads, no error."""
+    nt.set_num_threads(numba.config.NUMBA_NUM_THREADS + 3)
+    assert nt.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+
+
 @needs_two_threads
 def test_evaluating_on_two_threads_gives_the_same_logits(restore_threads):
     nt.set_num_threads(2)
@@ -189,6 +195,32 @@ def test_a_forked_child_trains_on_two_threads(parent_threads, restore_threads):
             child.kill()
     assert child.exitcode == 0
     np.testing.assert_array_equal(got, expected)            # the child on one thread: the same bits
+
+
+def _parallel_in_child(queue):
+    queue.put((threads.parallel(threads.MIN_PARALLEL_SIZE), nt.get_num_threads()))
+
+
+@needs_two_threads
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_runs_alone_without_setting_the_count(restore_threads):
+    """The child inherits its parent's "spread over two threads" from the thread that forked; it must
+    not act on it (GNU OpenMP would terminate it), also when it never calls set_num_threads."""
+    import multiprocessing
+    nt.set_num_threads(2)
+    assert threads.parallel(threads.MIN_PARALLEL_SIZE)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_parallel_in_child, args=(queue,))
+    child.start()
+    try:
+        got = queue.get(timeout=60)
+    finally:
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    assert got == (False, 1)
+    assert threads.parallel(threads.MIN_PARALLEL_SIZE)     # the parent's own state is untouched
 
 
 # ----------------------------------------------------------------------------- BusyFallback

@@ -857,6 +857,78 @@ def test_write_atomic_passes_newline_through(tmp_path):
     assert (tmp_path / "rows.csv").read_bytes() == b"a,1\r\nb,2\r\n"             # csv's own line ends, untranslated
 
 
+def test_write_atomic_syncs_and_gives_the_usual_mode(tmp_path, monkeypatch):
+    """As a download does (move_into_place): fsync'd before the rename, and not mkstemp's 0600, so a
+    run folder shared with others stays readable."""
+    from mnist import files
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    monkeypatch.setattr(files, "_UMASK", 0o022)
+    files.write_atomic(tmp_path / "config.json", lambda f: f.write(b"{}"))
+    assert len(synced) == 1
+    assert oct((tmp_path / "config.json").stat().st_mode & 0o777) == oct(0o644)
+
+
+def test_write_atomic_writes_its_temp_file_beside_the_destination(tmp_path):
+    """In the destination's folder, so that the rename stays on one file system (atomic; /tmp may be
+    another one)."""
+    from mnist.files import write_atomic
+    seen = []
+    write_atomic(tmp_path / "m.npz", lambda f: seen.extend(os.listdir(tmp_path)))
+    assert len(seen) == 1 and seen[0].startswith(".tmp-")
+    assert os.listdir(tmp_path) == ["m.npz"]
+
+
+def test_csv_log_resumed_keeps_the_rows_up_to_its_step_and_drops_a_row_cut_in_its_step(tmp_path):
+    """Resumed from step 10: rows 5 and 10 (the checkpoint's own step) are kept, the row past it is
+    dropped, and so is a last row cut short inside its step number ("1" of "15", which reads as
+    step 1); the next row starts on a line of its own, and the final loss is that of step 10."""
+    path = tmp_path / "log.csv"
+    path.write_text("step,epoch,loss,accuracy,lr,momentum,grad_norm\r\n5,1,2.5,0.1,0.01,0.9,1\r\n"
+                    "10,1,2.25,0.2,0.02,0.9,1\r\n12,1,9.99,0.5,0.1,0.9,1\r\n1", newline="")
+    log = train_mod.CsvLog(str(path), resume_step=10)
+    assert log.last_loss == 2.25
+    log.write(15, 1, 2.0, 0.3, 0.03, 0.9, 1.5)
+    log.close()
+    assert read_log(path) == [LOG_HEADER, ["5", "1", "2.5", "0.1", "0.01", "0.9", "1"],
+                              ["10", "1", "2.25", "0.2", "0.02", "0.9", "1"],
+                              ["15", "1", "2", "0.3", "0.03", "0.9", "1.5"]]
+
+
+def test_csv_log_resumed_drops_a_last_row_without_its_line_end_even_if_it_parses(tmp_path):
+    """A row cut before its line end may still read as numbers ("1" of "1.25"): it is dropped, and
+    the file rewritten, so the next row is not glued onto it."""
+    path = tmp_path / "log.csv"
+    path.write_text("step,epoch,loss,accuracy,lr,momentum,grad_norm\r\n5,1,2.5,0.1,0.01,0.9,1\r\n"
+                    "10,1,2.25,0.2,0.02,0.9,1", newline="")
+    log = train_mod.CsvLog(str(path), resume_step=10)
+    assert log.last_loss == 2.5
+    log.write(15, 1, 2.0, 0.3, 0.03, 0.9, 1.5)
+    log.close()
+    assert read_log(path) == [LOG_HEADER, ["5", "1", "2.5", "0.1", "0.01", "0.9", "1"],
+                              ["15", "1", "2", "0.3", "0.03", "0.9", "1.5"]]
+
+
+def test_stop_at_step_boundary_takes_sigint_and_sigterm_and_puts_both_handlers_back():
+    """Each signal asks once, then stops at once; on leaving, the handlers before it are back, for
+    SIGTERM as for SIGINT (else a later SIGTERM would only set a flag nobody reads)."""
+    def before(signum, frame):
+        raise AssertionError("the handler from before ran")
+    old = {s: signal.signal(s, before) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with train_mod.StopAtStepBoundary() as stop:
+                signal.raise_signal(signum)
+                assert stop.requested == signum
+                with pytest.raises(train_mod.Stopped) as stopped:
+                    signal.raise_signal(signum)
+                assert stopped.value.signum == signum
+            assert signal.getsignal(signal.SIGINT) is before and signal.getsignal(signal.SIGTERM) is before
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 def test_save_npz_atomic_writes_and_replaces_without_temp_files(tmp_path):
     path = tmp_path / "sub" / "m.npz"                          # the folder is created
     save_npz_atomic(str(path), {"a": np.arange(3)})

@@ -127,11 +127,21 @@ def test_training_curves_reject_a_log_without_the_columns(tmp_path):
 def test_read_log_drops_a_last_row_cut_short(tmp_path):
     """As a run killed while writing it leaves it (mnist.train drops it too, on resume)."""
     rows = "step,epoch,loss,accuracy,lr,momentum,grad_norm\n1,1,2.3,0.1,0.004,0.95,1.0\n2,1,2.2,0.2,0.005,0.94,1.1\n"
-    for cut in ("3,1,2.1,0.3,0.0", "3,1,2.1,0.3,0.006,0.93,", "3,1,2.1,0.3\n", "3,1,2.1,0.3,0.006,0.93,1.2,"):
+    for cut in ("3,1,2.1,0.3,0.0", "3,1,2.1,0.3,0.006,0.93,", "3,1,2.1,0.3\n", "3,1,2.1,0.3,0.006,0.93,1.2,",
+                "3,1,2.1,0.3,0.006,0.93,1"):       # (the last: all its values parse, "1" of "1.2" perhaps)
         (tmp_path / "log.csv").write_text(rows + cut)
         log = visualize.read_log(str(tmp_path / "log.csv"))
         assert list(log["step"]) == [1, 2] and list(log["grad_norm"]) == [1.0, 1.1]
     visualize.plot_training_curves(str(tmp_path / "log.csv"), str(tmp_path / "c.png"))
+
+
+def test_read_log_of_a_header_and_a_first_row_cut_short_is_empty(tmp_path):
+    """The run was killed while writing its first row: no rows (EmptyLog, the curves skipped with a
+    note), as for a header alone."""
+    path = tmp_path / "log.csv"
+    path.write_text("step,epoch,loss,accuracy,lr,momentum,grad_norm\n1,1,2.3,0.1")
+    with pytest.raises(visualize.EmptyLog):
+        visualize.read_log(str(path))
 
 
 @pytest.mark.parametrize("bad, fragment", [("2,1,2.2,0.2,0.005\n", "5 values"),
@@ -182,6 +192,30 @@ def test_confusion_matrix(tmp_path):
     assert png_size(path) == expected(visualize.FIGSIZE["confusion_matrix"])
 
 
+def test_confusion_matrix_bars_are_each_true_digits_share_recognised(tmp_path, monkeypatch):
+    """Rows are true digits: a digit's bar is its diagonal count over its row (recall), not its column."""
+    bars = []
+    real_barh = visualize.plt.Axes.barh
+    monkeypatch.setattr(visualize.plt.Axes, "barh",
+                        lambda ax, y, width, **kw: bars.append(np.asarray(width) + kw["left"]) or real_barh(ax, y, width, **kw))
+    confusion = np.array([[8, 2, 0], [0, 5, 5], [0, 0, 10]])          # columns sum to 8, 7, 15
+    visualize.plot_confusion_matrix(confusion, str(tmp_path / "cm.png"))
+    assert len(bars) == 1 and bars[0] == pytest.approx([80.0, 50.0, 100.0])
+
+
+def test_misclassified_shows_the_most_confident_mistakes_first(tmp_path, monkeypatch):
+    titles = []
+    real_set_title = visualize.plt.Axes.set_title
+    monkeypatch.setattr(visualize.plt.Axes, "set_title",
+                        lambda ax, label, *a, **kw: titles.append(label) or real_set_title(ax, label, *a, **kw))
+    labels = np.arange(6)
+    predictions = np.array([0, 2, 4, 9, 4, 5])                          # wrong: images 1, 2 and 3
+    confidence = np.array([0.99, 0.3, 0.9, 0.6, 0.95, 0.97])
+    images = np.stack([digit(v, seed=int(v)) for v in labels])
+    visualize.plot_misclassified(images, labels, predictions, confidence, str(tmp_path / "x.png"), max_images=2)
+    assert [t.split("\n")[0] for t in titles] == ["true 2, predicted 4", "true 3, predicted 9"]
+
+
 @pytest.mark.parametrize("wrong", [5, 0])
 def test_misclassified(tmp_path, wrong):
     labels = np.arange(40) % 10
@@ -211,6 +245,33 @@ def test_a_failed_save_leaves_the_old_picture_and_no_temp_file(model, tmp_path, 
         visualize.plot_first_layer_filters(model, path)
     assert open(path, "rb").read() == before
     assert os.listdir(tmp_path) == ["f.png"]
+
+
+def test_a_failed_save_closes_its_figure(model, tmp_path, monkeypatch):
+    """Else each failure leaves a figure open in a long-lived process (matplotlib warns past 20)."""
+    before = set(visualize.plt.get_fignums())
+
+    def savefig_fails(fig, fname, **kwargs):
+        raise OSError("No space left on device")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig_fails)
+    with pytest.raises(OSError, match="No space left"):
+        visualize.plot_first_layer_filters(model, str(tmp_path / "f.png"))
+    assert set(visualize.plt.get_fignums()) == before
+
+
+def test_run_draws_the_test_accuracy_only_when_scored_on_the_whole_test_set(run_dir, monkeypatch):
+    """With test_images, the accuracy is that of a part of the test set: not drawn as the model's."""
+    given = []
+    monkeypatch.setattr(visualize, "plot_training_curves", lambda log, path, acc=None: given.append(acc) or path)
+    for name in ("plot_architecture", "plot_parameter_counts", "plot_first_layer_filters", "plot_feature_maps",
+                 "plot_confusion_matrix", "plot_misclassified"):
+        monkeypatch.setattr(visualize, name, lambda *args: args[-1])   # (each returns its path, the last argument)
+    images, labels = np.stack([digit(v) for v in range(4)]), np.arange(4)
+    evaluation = {"accuracy": 0.75, "confusion": np.eye(10, dtype=int), "predictions": labels,
+                  "logits": np.zeros((4, 10))}
+    visualize.visualize_run(str(run_dir), test_set=(images, labels), evaluation=evaluation)
+    visualize.visualize_run(str(run_dir), test_images=2, test_set=(images, labels), evaluation=evaluation)
+    assert given == [0.75, None]
 
 
 def test_run_without_a_model_says_what_it_needs(tmp_path, capsys):
