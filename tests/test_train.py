@@ -879,34 +879,27 @@ def test_write_atomic_writes_its_temp_file_beside_the_destination(tmp_path):
     assert os.listdir(tmp_path) == ["m.npz"]
 
 
-def test_csv_log_resumed_keeps_the_rows_up_to_its_step_and_drops_a_row_cut_in_its_step(tmp_path):
-    """Resumed from step 10: rows 5 and 10 (the checkpoint's own step) are kept, the row past it is
-    dropped, and so is a last row cut short inside its step number ("1" of "15", which reads as
-    step 1); the next row starts on a line of its own, and the final loss is that of step 10."""
-    path = tmp_path / "log.csv"
-    path.write_text("step,epoch,loss,accuracy,lr,momentum,grad_norm\r\n5,1,2.5,0.1,0.01,0.9,1\r\n"
-                    "10,1,2.25,0.2,0.02,0.9,1\r\n12,1,9.99,0.5,0.1,0.9,1\r\n1", newline="")
-    log = train_mod.CsvLog(str(path), resume_step=10)
-    assert log.last_loss == 2.25
-    log.write(15, 1, 2.0, 0.3, 0.03, 0.9, 1.5)
-    log.close()
-    assert read_log(path) == [LOG_HEADER, ["5", "1", "2.5", "0.1", "0.01", "0.9", "1"],
-                              ["10", "1", "2.25", "0.2", "0.02", "0.9", "1"],
-                              ["15", "1", "2", "0.3", "0.03", "0.9", "1.5"]]
+ROW_5, ROW_10 = ["5", "1", "2.5", "0.1", "0.01", "0.9", "1"], ["10", "1", "2.25", "0.2", "0.02", "0.9", "1"]
 
 
-def test_csv_log_resumed_drops_a_last_row_without_its_line_end_even_if_it_parses(tmp_path):
-    """A row cut before its line end may still read as numbers ("1" of "1.25"): it is dropped, and
-    the file rewritten, so the next row is not glued onto it."""
+@pytest.mark.parametrize("tail, last_loss, kept", [
+    # the row past step 10 dropped, and a last row cut inside its step number ("1" of "15", which
+    # reads as step 1)
+    ("10,1,2.25,0.2,0.02,0.9,1\r\n12,1,9.99,0.5,0.1,0.9,1\r\n1", 2.25, [ROW_5, ROW_10]),
+    # a last row cut before its line end whose values all parse ("1" of "1.25"): dropped too
+    ("10,1,2.25,0.2,0.02,0.9,1", 2.5, [ROW_5]),
+], ids=["past-the-step-and-cut-in-its-step", "cut-before-its-line-end"])
+def test_csv_log_resumed_from_step_10_keeps_its_whole_rows_up_to_it(tmp_path, tail, last_loss, kept):
+    """Rows up to the checkpoint's step are kept (its own included), the rest dropped and the file
+    rewritten; the next row starts on a line of its own, and the final loss is the last kept row's."""
     path = tmp_path / "log.csv"
-    path.write_text("step,epoch,loss,accuracy,lr,momentum,grad_norm\r\n5,1,2.5,0.1,0.01,0.9,1\r\n"
-                    "10,1,2.25,0.2,0.02,0.9,1", newline="")
+    path.write_text("step,epoch,loss,accuracy,lr,momentum,grad_norm\r\n5,1,2.5,0.1,0.01,0.9,1\r\n" + tail,
+                    newline="")
     log = train_mod.CsvLog(str(path), resume_step=10)
-    assert log.last_loss == 2.5
+    assert log.last_loss == last_loss
     log.write(15, 1, 2.0, 0.3, 0.03, 0.9, 1.5)
     log.close()
-    assert read_log(path) == [LOG_HEADER, ["5", "1", "2.5", "0.1", "0.01", "0.9", "1"],
-                              ["15", "1", "2", "0.3", "0.03", "0.9", "1.5"]]
+    assert read_log(path) == [LOG_HEADER, *kept, ["15", "1", "2", "0.3", "0.03", "0.9", "1.5"]]
 
 
 def test_stop_at_step_boundary_takes_sigint_and_sigterm_and_puts_both_handlers_back():
