@@ -79,6 +79,30 @@ def test_train_recipe_numbers_out_of_range_are_usage_errors(flag, value, capsys)
     assert f"{flag} must be a finite number" in err and f"got {value}" in err
 
 
+@pytest.mark.parametrize("flag", ["--epochs", "--batch-size"])
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_train_epochs_and_batch_size_must_be_at_least_one(flag, value, capsys):
+    assert f"{flag} must be >= 1, got {value}" in usage_error(train_mod.main, [flag, value], capsys)
+
+
+def test_train_recipe_numbers_at_the_edges_of_their_ranges_are_accepted():
+    """The closed ends of the ranges are taken: no warm-up, dropout of everything, no momentum, lr 0,
+    no clipping, seed 0, one epoch, a limit of one batch."""
+    args = train_mod.parse_args(["--pct-start", "0", "--dropout", "1", "--momentum", "0", "--lr", "0",
+                                 "--clip", "0", "--seed", "0", "--epochs", "1", "--batch-size", "1",
+                                 "--threads", "1", "--log-every", "1", "--checkpoint-every", "1", "--limit", "1"])
+    assert (args.pct_start, args.dropout, args.momentum, args.lr, args.clip, args.seed, args.limit) == \
+        (0, 1, 0, 0, 0, 0, 1)
+    assert train_mod.parse_args(["--limit", "4", "--batch-size", "4"]).limit == 4
+    assert train_mod.parse_args(["--dropout", "0"]).dropout == 0
+
+
+def test_train_limit_below_the_batch_size_is_a_usage_error(capsys):
+    assert "--limit must be at least the batch size (4)" in usage_error(train_mod.main, ["--limit", "3"], capsys)
+    assert "--limit must be at least the batch size (8)" in usage_error(
+        train_mod.main, ["--limit", "7", "--batch-size", "8"], capsys)
+
+
 # ----------------------------------------------------------------------------- files and folders
 
 def test_train_refuses_an_out_folder_that_holds_a_run(tmp_path, monkeypatch, capsys):
@@ -227,6 +251,26 @@ def test_resume_from_a_checkpoint_missing_a_weight_is_refused(tmp_path, monkeypa
     err = capsys.readouterr().err
     assert f"error: {path}: state_dict does not fit Sequential" in err
     assert "missing keys" in err and "16.bias" in err and "Traceback" not in err
+
+
+def test_resume_refuses_every_recipe_flag_changed_and_takes_each_repeated(tmp_path, monkeypatch, capsys):
+    """Every flag of the recipe (and --limit) is the run's: changed, a usage error naming it; repeated
+    with the run's value, accepted."""
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    assert train_mod.main(["--limit", "12", *QUICK, "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    ckpt = str(tmp_path / "run" / "checkpoint.npz")
+    changed = dict(batch_size="3", lr="0.002", momentum="0.8", max_lr="0.2", pct_start="0.3",
+                   anneal_strategy="linear", clip="0.5", dropout="0.2", epochs="2", seed="1", limit="8")
+    assert sorted(changed) == sorted(train_mod.RESUMED_AS_SAVED)
+    for name, value in changed.items():
+        flag = "--" + name.replace("_", "-")
+        err = usage_error(train_mod.main, ["--resume", ckpt, flag, value, *QUICK], capsys)
+        assert f"{flag} {value} differs from the run's" in err and "start a new run" in err, flag
+    repeated = [a for name in changed for a in ("--" + name.replace("_", "-"),
+                                                str(12 if name == "limit" else train_mod.RECIPE[name]))]
+    args = train_mod.parse_args(["--resume", ckpt, *repeated])
+    assert {k: getattr(args, k) for k in train_mod.RECIPE} == train_mod.RECIPE and args.limit == 12
 
 
 def test_evaluate_refuses_weights_holding_nan(tmp_path, capsys):

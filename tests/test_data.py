@@ -3,6 +3,7 @@
 Everything runs on small synthetic IDX files and a local HTTP server on 127.0.0.1, except
 the real-MNIST test, which needs NANOTORCH_DATA (CI sets it) and never touches the network.
 """
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -293,6 +294,16 @@ def test_resolve_data_dir_order(tmp_path, monkeypatch):
     assert resolve_data_dir("relative") == tmp_path / "relative"  # made absolute for messages
 
 
+def test_an_empty_nanotorch_data_or_data_dir_counts_as_unset(tmp_path, monkeypatch):
+    """Not the folder mnist/ under the current directory (Path('') / 'mnist')."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("NANOTORCH_DATA", "")
+    monkeypatch.chdir(tmp_path)
+    assert resolve_data_dir() == tmp_path / "xdg" / "nanotorch" / "mnist"
+    assert resolve_data_dir("") == tmp_path / "xdg" / "nanotorch" / "mnist"     # --data-dir "": not the cwd
+
+
 def test_load_uses_nanotorch_data(tmp_path, monkeypatch):
     contents = fake_mnist()
     write_files(tmp_path / "home" / "mnist", contents)
@@ -308,16 +319,16 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server(tmp_path, monkeypatch):
-    """A file server on 127.0.0.1 (ephemeral port) over tmp_path/www; yields (root, base URL)."""
+@contextlib.contextmanager
+def serving(tmp_path, monkeypatch, handler):
+    """A file server on 127.0.0.1 (ephemeral port) over tmp_path/www with ``handler``; yields
+    (root, base URL)."""
     root = tmp_path / "www"
     root.mkdir()
     # A proxy from the environment must not intercept requests to the local server.
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(root)))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
                               daemon=True)
     thread.start()
@@ -327,6 +338,13 @@ def server(tmp_path, monkeypatch):
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    """A plain file server over tmp_path/www; yields (root, base URL)."""
+    with serving(tmp_path, monkeypatch, _QuietHandler) as served:
+        yield served
 
 
 def closed_port_url():
@@ -445,6 +463,66 @@ def test_uncompressed_download_is_kept_under_the_plain_name(tmp_path, server):
                    checksums=checksums_of(contents), **FAST)
     assert sorted(p.name for p in target.iterdir()) == sorted(n[:-3] for n in data.SPLITS["test"])
     load_mnist("test", data_dir=target, download=False, checksums=checksums_of(contents))
+
+
+class _FlakyHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves tmp_path/www, except that the first request for each path under /busy/, /limited/ and
+    /cut/ fails: 503, 429, or a 200 whose body stops halfway (the connection closed); every request
+    is counted, by path."""
+    requests = None          # path -> number of requests (set per server)
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        n = self.requests[self.path] = self.requests.get(self.path, 0) + 1
+        if n == 1 and self.path.startswith(("/busy/", "/limited/")):
+            self.send_error(503 if self.path.startswith("/busy/") else 429)
+            return
+        if n == 1 and self.path.startswith("/cut/"):
+            body = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def flaky_server(tmp_path, monkeypatch):
+    """Like ``server``, with _FlakyHandler: yields (root, base URL, requests by path)."""
+    counts = {}
+    with serving(tmp_path, monkeypatch, type("Handler", (_FlakyHandler,), {"requests": counts})) as (root, base):
+        yield root, base, counts
+
+
+@pytest.mark.parametrize("folder", ["busy", "limited", "cut"])
+def test_a_5xx_a_429_or_a_cut_download_is_retried_from_scratch_on_the_same_mirror(tmp_path, flaky_server, folder):
+    """503 and 429 may pass and a download cut halfway may succeed next time: retried on the same
+    mirror (with the file emptied first, so the retry is not appended to the cut half)."""
+    root, base, counts = flaky_server
+    contents = fake_mnist(n_test=400)        # images of ~300 KiB: the cut half spans several 64 KiB chunks
+    write_files(root / folder, contents)
+    target = tmp_path / "cache"
+    paths = download_mnist(target, mirrors=[f"{base}/{folder}/"], splits=("test",),
+                           checksums=checksums_of(contents), **FAST)
+    assert [p.name for p in paths] == list(data.SPLITS["test"])
+    assert counts == {f"/{folder}/{name}": 2 for name in data.SPLITS["test"]}
+    for name in data.SPLITS["test"]:
+        assert gzip.decompress((target / name).read_bytes()) == contents[name]
+
+
+def test_a_404_is_not_retried(tmp_path, flaky_server):
+    root, base, counts = flaky_server
+    contents = fake_mnist()
+    write_files(root / "good", contents)
+    download_mnist(tmp_path / "cache", mirrors=[f"{base}/missing/", f"{base}/good/"], splits=("test",),
+                   checksums=checksums_of(contents), **FAST)
+    assert {path: n for path, n in counts.items() if path.startswith("/missing/")} == {
+        f"/missing/{name}": 1 for name in data.SPLITS["test"]}
 
 
 def test_every_mirror_failing(tmp_path, server, caplog, monkeypatch):

@@ -41,3 +41,15 @@ def test_parameters_become_views_that_stay_views():
     assert not flat.grad.any()
     model.load_state_dict(before)                       # copies in place: the views survive
     assert all(np.shares_memory(p.data, flat.data) for p in model.parameters())
+
+
+def test_mixed_dtypes_flatten_into_the_wider_one_without_rounding():
+    """float32 and float64 parameters: one float64 vector (np.result_type), every value kept exactly."""
+    a = nn.Parameter(np.array([0.1, 0.2], dtype=np.float32))
+    b = nn.Parameter(np.array([1 / 3, 1e-300], dtype=np.float64))
+    before = [a.data.copy(), b.data.copy()]
+    flat = nn.utils.flatten_parameters([a, b])
+    assert flat.data.dtype == np.float64
+    np.testing.assert_array_equal(flat.data, np.concatenate([before[0].astype(np.float64), before[1]]))
+    np.testing.assert_array_equal(b.data, before[1])
+    assert np.shares_memory(a.data, flat.data) and np.shares_memory(b.data, flat.data)

@@ -122,6 +122,31 @@ def test_param_groups_take_defaults_and_their_own_values():
     assert a.data[0] == pytest.approx(0.9) and b.data[0] == pytest.approx(0.5)
 
 
+def test_add_param_group_after_construction_takes_the_defaults_and_a_single_parameter():
+    a, b, c = param([1.0], grad=[1.0]), param([1.0], grad=[1.0]), param([1.0], grad=[1.0])
+    opt = SGD([a], lr=0.1, momentum=0.9)
+    opt.add_param_group({"params": b, "lr": 0.5})          # one Parameter, not in a list (as PyTorch)
+    opt.add_param_group({"params": [c]})
+    assert [g["params"] for g in opt.param_groups] == [[a], [b], [c]]
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.5, 0.1]
+    assert [g["momentum"] for g in opt.param_groups] == [0.9, 0.9, 0.9]
+    assert list(opt.param_groups[2]) == list(opt.param_groups[0])
+    opt.step()
+    assert (a.data[0], b.data[0], c.data[0]) == (pytest.approx(0.9), pytest.approx(0.5), pytest.approx(0.9))
+
+
+def test_add_param_group_refuses_a_parameter_twice_in_a_group_or_already_in_another():
+    a, b = param([1.0]), param([2.0])
+    opt = SGD([a], lr=0.1)
+    with pytest.raises(ValueError, match="the same Parameter twice"):
+        opt.add_param_group({"params": [b, b]})
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        opt.add_param_group({"params": [b, a]})
+    with pytest.raises(ValueError, match="the same Parameter twice"):
+        SGD([a, a], lr=0.1)
+    assert len(opt.param_groups) == 1
+
+
 def test_schedulers_change_lr_through_param_groups():
     p = param([1.0], grad=[1.0])
     opt = SGD([p], lr=0.1)

@@ -974,8 +974,11 @@ def test_dropout_that_drops_nothing_returns_its_input_itself_as_torch(p, shape):
     pytest.param(lambda nn: nn.Linear(28, 56), 28, id="linear-28-56"),
     pytest.param(lambda nn: nn.Linear(300, 40), 300, id="linear-300-40"),
     pytest.param(lambda nn: nn.Linear(1, 2000), 1, id="linear-1-2000"),
+    pytest.param(lambda nn: nn.Linear(300, 1000), 300, id="linear-300-1000"),
 ])
 def test_default_init_is_uniform_within_one_over_sqrt_fan_in(build, fan_in):
+    """Weight and bias U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as PyTorch's: inside the bound and, with
+    enough values to tell, filling it."""
     bound = 1.0 / np.sqrt(fan_in)
     nanotorch.manual_seed(7)
     torch.manual_seed(7)
@@ -990,6 +993,59 @@ def test_default_init_is_uniform_within_one_over_sqrt_fan_in(build, fan_in):
         b = layer.bias.data if lib == "nanotorch" else layer.bias.detach().numpy()
         assert np.abs(b).max() <= bound * (1 + 1e-6), f"{lib}: bias beyond the bound {bound}"
         assert np.unique(b).size == b.size, f"{lib}: bias is not random"
+        if b.size >= 400:                                 # (enough values to fill the bound)
+            assert b.max() > 0.95 * bound and b.min() < -0.95 * bound, f"{lib}: bias does not fill +-{bound}"
+            assert abs(b.std() / (bound / np.sqrt(3)) - 1) < 0.1, f"{lib}: bias std {b.std()}"
+
+
+@pytest.mark.parametrize("build", [
+    pytest.param(lambda nn: nn.BatchNorm1d(3), id="bn1d"),
+    pytest.param(lambda nn: nn.BatchNorm2d(4), id="bn2d"),
+    pytest.param(lambda nn: nn.BatchNorm2d(2, bias=False), id="bn2d-nobias"),
+    pytest.param(lambda nn: nn.BatchNorm2d(2, affine=False), id="bn2d-noaffine"),
+])
+def test_batchnorm_default_parameters_and_buffers_are_torchs(build):
+    """As built, before any forward: weight ones, bias zeros, running mean zeros, running var ones,
+    count 0, in torch's dtypes (make_pair randomises them, so the layer tests never see these)."""
+    ours, theirs = build(nt_nn).state_dict(), build(torch.nn).state_dict()
+    assert list(ours) == list(theirs)
+    for k, v in theirs.items():
+        assert ours[k].dtype == v.numpy().dtype, k
+        np.testing.assert_array_equal(ours[k], v.numpy(), err_msg=k)
+
+
+def test_module_to_casts_gradients_and_float_undoes_double_as_torchs():
+    """to / double / float cast parameters, their gradients and floating buffers, as torch's _apply does."""
+    nanotorch.manual_seed(0)
+    ours = nt_nn.Sequential(nt_nn.Linear(3, 2), nt_nn.BatchNorm1d(2))
+    theirs = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    theirs.load_state_dict(torch_state(ours))
+    rng = np.random.default_rng(0)
+    x, g = rng.standard_normal((4, 3)).astype(np.float32), rng.standard_normal((4, 2)).astype(np.float32)
+    ours(x)
+    ours.backward(g.copy())
+    theirs(torch.from_numpy(x)).backward(torch.from_numpy(g))
+    for convert in ("double", "float"):
+        getattr(ours, convert)(), getattr(theirs, convert)()
+        want = np.float64 if convert == "double" else np.float32
+        for (name, p), (_, pt) in zip(ours.named_parameters(), theirs.named_parameters()):
+            assert p.data.dtype == p.grad.dtype == pt.grad.numpy().dtype == want, (convert, name)
+            np.testing.assert_allclose(p.grad, pt.grad.numpy(), rtol=1e-5, atol=1e-6, err_msg=f"{convert}: grad of {name}")
+        for (name, b), (_, bt) in zip(ours.named_buffers(), theirs.named_buffers()):
+            assert b.dtype == bt.numpy().dtype, (convert, name)
+
+
+def test_a_buffer_registered_again_as_persistent_is_saved_as_torchs():
+    ours, theirs = nt_nn.Module(), torch.nn.Module()
+    ours.register_buffer("x", np.zeros(1), persistent=False)
+    theirs.register_buffer("x", torch.zeros(1), persistent=False)
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == []
+    ours.register_buffer("x", np.ones(1))
+    theirs.register_buffer("x", torch.ones(1))
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["x"]
+    ours.register_buffer("x", np.ones(1), persistent=False)
+    theirs.register_buffer("x", torch.ones(1), persistent=False)
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == []
 
 
 def test_torch_dtypes_are_understood_by_name():
