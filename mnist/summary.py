@@ -71,9 +71,9 @@ def _window(module, in_hw):
         return _as_pair(module.kernel_size), _as_pair(module.stride)
     if isinstance(module, nn.AdaptiveAvgPool2d):
         # output i averages rows floor(i H / out) to ceil((i + 1) H / out) - 1, as PyTorch's: the widest
-        # such window, starting every H / out rows (exact for output 1)
+        # such window, starting every floor(H / out) rows (exact when out divides H)
         out_hw = _as_pair(module.output_size)
-        return (tuple(max(-(-(i + 1) * h // o) - i * h // o for i in range(o)) for h, o in zip(in_hw, out_hw)),
+        return (tuple(max(((i + 1) * h + o - 1) // o - i * h // o for i in range(o)) for h, o in zip(in_hw, out_hw)),
                 tuple(max(h // o, 1) for h, o in zip(in_hw, out_hw)))
     if isinstance(module, nn.Flatten) and in_hw is not None:
         return in_hw, in_hw              # every output feature depends on every position

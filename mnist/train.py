@@ -214,7 +214,8 @@ class CsvLog:
     def __init__(self, path, resume_step=None, resumed_log=None):
         rows, self.last_loss = [], None            # last_loss: the last kept row's, when resuming
         copying = resumed_log is not None          # (the rows kept go into a new file at path)
-        source, cut = resumed_log if copying else path, False
+        source = resumed_log if copying else path
+        cut = False                                # whether its last row lacks its line end
         if resume_step is not None and os.path.exists(source):
             with open(source, newline="") as f:
                 text = f.read()

@@ -289,6 +289,8 @@ def read_log(log_csv_path):
         text = f.read()
     reader = csv.reader(io.StringIO(text, newline=""))
     rows = [(reader.line_num, row) for row in reader if row]
+    if rows and not text.endswith("\n"):         # the last line, cut before its line end: dropped, even
+        rows = rows[:-1]                         # if what is left parses (its last number may be cut)
     header, body = (rows[0][1], rows[1:]) if rows else ([], [])
     missing = {"step", "loss", "accuracy", "lr", "momentum"} - set(header)
     if header and missing:
@@ -296,15 +298,12 @@ def read_log(log_csv_path):
                          f"(expected step,epoch,loss,accuracy,lr,momentum)")
     values = []
     for i, (line, row) in enumerate(body):
-        last = i == len(body) - 1
-        if last and not text.endswith("\n"):     # the last row, cut before its line end: dropped, even
-            break                                # if what is left parses (its last number may be cut)
         try:
             if len(row) != len(header):
                 raise ValueError(f"{len(row)} values")
             values.append([float(v) for v in row])
         except ValueError as e:
-            if last and len(row) < len(header):
+            if i == len(body) - 1 and len(row) < len(header):
                 break                            # the last row, cut short: dropped
             raise ValueError(f"{log_csv_path}, line {line}: {e} (expected {len(header)} numbers: "
                              f"{','.join(header)})") from None

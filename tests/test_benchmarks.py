@@ -212,21 +212,17 @@ def test_write_csv_keeps_six_significant_digits(tmp_path):
     assert path.read_bytes() == b"a,b,c\r\n1.23457,x,3\r\n2e-07,y,4\r\n"
 
 
-def test_threads_sets_both_frameworks_counts_back():
+def test_threads_sets_both_frameworks_counts_back(restore_threads):
     import nanotorch as nt
     import numba
     torch_count = [3]
     torch = type("FakeTorch", (), {"get_num_threads": staticmethod(lambda: torch_count[0]),
                                    "set_num_threads": staticmethod(lambda n: torch_count.__setitem__(0, n))})
-    before = nt.get_num_threads()
     outside = min(2, numba.config.NUMBA_NUM_THREADS)
-    try:
-        nt.set_num_threads(outside)
-        with common.threads(1, torch) as info:
-            assert (nt.get_num_threads(), torch_count[0], info["torch"]) == (1, 1, 1)
-        assert (nt.get_num_threads(), torch_count[0]) == (outside, 3)
-    finally:
-        nt.set_num_threads(before)
+    nt.set_num_threads(outside)
+    with common.threads(1, torch) as info:
+        assert (nt.get_num_threads(), torch_count[0], info["torch"]) == (1, 1, 1)
+    assert (nt.get_num_threads(), torch_count[0]) == (outside, 3)
 
 
 def test_bench_layer_flops_and_fraction_of_peak(monkeypatch):

@@ -20,6 +20,11 @@ from mnist.model import build_model
 QUICK = ["--quiet", "--no-plots"]
 
 
+@pytest.fixture(autouse=True)
+def _thread_counts_put_back(restore_threads):
+    """mnist.train.main sets the thread counts: each test leaves them as it found them."""
+
+
 def usage_error(main, argv, capsys):
     """main(argv) must exit 2 (argparse's usage error); returns what it printed."""
     with pytest.raises(SystemExit) as exit_:

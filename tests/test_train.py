@@ -44,6 +44,11 @@ requires_mnist = pytest.mark.skipif(
     reason="needs the real MNIST files: set NANOTORCH_DATA to a folder holding mnist/ (CI does)")
 
 
+@pytest.fixture(autouse=True)
+def _thread_counts_put_back(restore_threads):
+    """mnist.train.main sets the thread counts: each test leaves them as it found them."""
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def first_test_images(n):
@@ -865,7 +870,7 @@ def test_write_atomic_syncs_and_gives_the_usual_mode(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
     monkeypatch.setattr(files, "_UMASK", 0o022)
     files.write_atomic(tmp_path / "config.json", lambda f: f.write(b"{}"))
-    assert len(synced) == 1
+    assert synced                                                  # (the file; a folder's fsync may follow)
     assert oct((tmp_path / "config.json").stat().st_mode & 0o777) == oct(0o644)
 
 
@@ -875,7 +880,7 @@ def test_write_atomic_writes_its_temp_file_beside_the_destination(tmp_path):
     from mnist.files import write_atomic
     seen = []
     write_atomic(tmp_path / "m.npz", lambda f: seen.extend(os.listdir(tmp_path)))
-    assert len(seen) == 1 and seen[0].startswith(".tmp-")
+    assert len(seen) == 1 and seen != ["m.npz"]                    # a temp file there, not yet the file
     assert os.listdir(tmp_path) == ["m.npz"]
 
 

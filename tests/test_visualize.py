@@ -135,11 +135,13 @@ def test_read_log_drops_a_last_row_cut_short(tmp_path):
     visualize.plot_training_curves(str(tmp_path / "log.csv"), str(tmp_path / "c.png"))
 
 
-def test_read_log_of_a_header_and_a_first_row_cut_short_is_empty(tmp_path):
-    """The run was killed while writing its first row: no rows (EmptyLog, the curves skipped with a
-    note), as for a header alone."""
+@pytest.mark.parametrize("text", ["step,epoch,loss,accuracy,lr,momentum,grad_norm\n1,1,2.3,0.1", "step,epo"],
+                         ids=["first-row-cut", "header-cut"])
+def test_read_log_of_a_header_and_a_first_row_cut_short_is_empty(tmp_path, text):
+    """The run was killed while writing its first row (or its header): no rows (EmptyLog, the curves
+    skipped with a note), as for a header alone, and as mnist.train's resume reads it."""
     path = tmp_path / "log.csv"
-    path.write_text("step,epoch,loss,accuracy,lr,momentum,grad_norm\n1,1,2.3,0.1")
+    path.write_text(text)
     with pytest.raises(visualize.EmptyLog):
         visualize.read_log(str(path))
 

@@ -347,6 +347,8 @@ class Module:
         """Unexpected keys in the order PyTorch lists them: each is reported by the module its leading
         names lead to (the deepest existing child), the modules visited depth first, and a module's
         keys in the state_dict's order (a stable sort)."""
+        if not keys:
+            return keys
         visit = {path: i for i, (path, _) in enumerate(self.named_modules(remove_duplicate=False))}
 
         def reporter(key):
