@@ -5,7 +5,12 @@ file system and is atomic), then ``move_into_place`` syncs it, gives it the mode
 file gets, and renames it onto the destination. ``write_new`` creates a file only if its name is
 free, complete or not at all: the finished temp file is hard-linked to the name, which fails if
 the name exists (so of several processes, one wins).
+
+A file appended to row by row (log.csv) is not written atomically: a process killed while
+writing a row leaves it cut short. ``csv_rows`` reads such a file without it.
 """
+import csv
+import io
 import os
 import tempfile
 
@@ -74,3 +79,14 @@ def write_atomic(path, write, mode="wb", newline=None, replace=True):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def csv_rows(path):
+    """The rows of a CSV file appended to row by row, as (line number, row) pairs: blank lines
+    skipped, and the last line dropped if it has no line end (a row cut as it was written: even if
+    what is left parses, its last value may be cut)."""
+    with open(path, newline="") as f:
+        text = f.read()
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = [(reader.line_num, row) for row in reader if row]
+    return rows[:-1] if rows and not text.endswith("\n") else rows

@@ -23,7 +23,6 @@ checkpoint folder's rows up to that step, if that folder has a log.csv).
 """
 import argparse
 import csv
-import io
 import json
 import logging
 import math
@@ -42,7 +41,7 @@ from mnist.checkpoint import (checkpoint_state, load_checkpoint, nonfinite_keys,
                               save_model)
 from mnist.data import iterate_batches, load_mnist, normalize, num_batches
 from mnist.evaluate import evaluate
-from mnist.files import write_atomic, write_new
+from mnist.files import csv_rows, write_atomic, write_new
 from mnist.model import build_model, count_parameters
 
 RECIPE = dict(batch_size=4, lr=0.001, momentum=0.9, max_lr=0.1, pct_start=0.25, anneal_strategy="cos",
@@ -213,21 +212,14 @@ class CsvLog:
 
     def __init__(self, path, resume_step=None, resumed_log=None):
         rows, self.last_loss = [], None            # last_loss: the last kept row's, when resuming
-        copying = resumed_log is not None          # (the rows kept go into a new file at path)
-        source = resumed_log if copying else path
-        cut = False                                # whether its last row lacks its line end
+        source = path if resumed_log is None else resumed_log   # (copied: the rows kept go into a new file at path)
         if resume_step is not None and os.path.exists(source):
-            with open(source, newline="") as f:
-                text = f.read()
-            rows = list(csv.reader(io.StringIO(text, newline="")))
-            cut = text != "" and not text.endswith("\n")
-            if cut:                                # a last row cut before its line end (a run killed
-                rows = rows[:-1]                   # while writing it): dropped, not appended to
+            rows = [row for _, row in csv_rows(source)]   # (without a last row cut before its line end)
         if rows:
             header, body = rows[0], rows[1:]
             kept = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= resume_step]
-            if len(kept) < len(body) or copying or cut:
-                write_atomic(path, lambda f: csv.writer(f).writerows([header, *kept]), mode="w", newline="")
+            # written afresh (atomically), so that no row past the step, nor a cut one, stays behind
+            write_atomic(path, lambda f: csv.writer(f).writerows([header, *kept]), mode="w", newline="")
             try:                                   # (6 significant digits, as written)
                 self.last_loss = float(kept[-1][header.index("loss")]) if kept else None
             except ValueError:                     # a log edited by hand: no final loss, not a failed resume

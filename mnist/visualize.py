@@ -14,8 +14,6 @@ picture) and returns the path. ``visualize_run`` writes all of them into a run d
     misclassified.png    the test digits the model gets wrong, most confident first
 """
 import argparse
-import csv
-import io
 import math
 import os
 import re
@@ -30,7 +28,7 @@ from matplotlib import ticker  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch, Rectangle  # noqa: E402
 
-from mnist.files import write_atomic  # noqa: E402
+from mnist.files import csv_rows, write_atomic  # noqa: E402
 from mnist.summary import summarize  # noqa: E402
 from nanotorch import nn  # noqa: E402
 
@@ -285,12 +283,7 @@ def read_log(log_csv_path):
     than the header, or no line end after it, as a run killed while writing it leaves it) is dropped,
     as mnist.train drops it on resume; another malformed row raises a ValueError naming its line.
     No rows: EmptyLog."""
-    with open(log_csv_path, newline="") as f:
-        text = f.read()
-    reader = csv.reader(io.StringIO(text, newline=""))
-    rows = [(reader.line_num, row) for row in reader if row]
-    if rows and not text.endswith("\n"):         # the last line, cut before its line end: dropped, even
-        rows = rows[:-1]                         # if what is left parses (its last number may be cut)
+    rows = csv_rows(log_csv_path)                # (a last line without its line end is dropped there)
     header, body = (rows[0][1], rows[1:]) if rows else ([], [])
     missing = {"step", "loss", "accuracy", "lr", "momentum"} - set(header)
     if header and missing:
