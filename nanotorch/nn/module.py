@@ -203,12 +203,16 @@ class Module:
     def children(self):
         return [m for m in self._modules.values() if m is not None]
 
+    def _named_modules_to_visit(self, prefix, recurse, remove_duplicate):
+        """named_modules(prefix, remove_duplicate), or with recurse=False this module alone (PyTorch's ``recurse``)."""
+        return self.named_modules(prefix, remove_duplicate) if recurse else [(prefix, self)]
+
     def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
         """A Parameter shared by two modules (tied weights: b.weight = a.weight) is listed once, under
         its first name, as in PyTorch (under each, with ``remove_duplicate=False``); its gradient is the
         sum of both uses' (each backward adds). recurse=False: this module's own parameters only."""
         seen = set()
-        for mod_name, mod in self.named_modules(prefix, remove_duplicate) if recurse else [(prefix, self)]:
+        for mod_name, mod in self._named_modules_to_visit(prefix, recurse, remove_duplicate):
             for name, p in mod._parameters.items():
                 if p is None or id(p) in seen:
                     continue
@@ -222,7 +226,7 @@ class Module:
     def named_buffers(self, prefix="", recurse=True, remove_duplicate=True):
         """(name, array) for each buffer that holds an array, as named_parameters lists parameters."""
         seen = set()
-        for mod_name, mod in self.named_modules(prefix, remove_duplicate) if recurse else [(prefix, self)]:
+        for mod_name, mod in self._named_modules_to_visit(prefix, recurse, remove_duplicate):
             for name in mod._buffers:
                 b = getattr(mod, name)
                 if b is None or id(b) in seen:
