@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmarks: thread setup, median timing, SGEMM peak, CSV writing, flag checks.
+"""Shared helpers for the benchmarks: thread setup, median timing, SGEMM peak, CSV writing (the check of
+count flags is mnist.cli's, shared with mnist's commands).
 
 Timing on a shared machine is noisy, so ``timeit_many`` interleaves the functions it compares
 (one repeat of each in turn) and every number reported is a median over repeats.
@@ -148,16 +149,6 @@ def peak_rss_mb():
     import sys
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
-
-
-def check_counts(ap, args, flags):
-    """ap.error unless every value of these flags (argparse dests; a value may be a list) is >= 1 or None,
-    which stands for the flag's default."""
-    for flag in flags:
-        value = getattr(args, flag)
-        for v in value if isinstance(value, list) else [value]:
-            if v is not None and v < 1:
-                ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
 
 
 def write_csv(path, rows):

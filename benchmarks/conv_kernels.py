@@ -33,10 +33,11 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import (RESULTS_DIR, check_counts, format_table, settle, sgemm_peak, threads, timeit_many,
-                               try_import_torch, write_csv)
+from benchmarks.common import (RESULTS_DIR, format_table, settle, sgemm_peak, threads, timeit_many, try_import_torch,
+                               write_csv)
 from nanotorch import nn
 from nanotorch.threads import parallel
+from mnist.cli import check_counts
 from mnist.files import write_atomic
 from nanotorch.kernels import col2im, conv3x3_same, conv3x3_same_grad_weight, flip_transpose, im2col, pad_planes
 

@@ -28,9 +28,10 @@ from itertools import islice
 
 import numpy as np
 
-from benchmarks.common import (RESULTS_DIR, check_counts, format_table, peak_rss_mb, seconds_since_process_start,
-                               settle, threads, torch_threads, try_import_torch, write_csv)
+from benchmarks.common import (RESULTS_DIR, format_table, peak_rss_mb, seconds_since_process_start, settle, threads,
+                               torch_threads, try_import_torch, write_csv)
 from nanotorch import nn
+from mnist.cli import check_counts
 from mnist.data import iterate_batches, load_mnist, normalize
 from mnist.files import write_atomic
 from mnist.evaluate import predict_logits

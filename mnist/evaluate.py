@@ -14,6 +14,7 @@ from threadpoolctl import threadpool_limits
 
 import nanotorch as nt
 from mnist.checkpoint import load_model
+from mnist.cli import check_counts
 from mnist.data import load_mnist, normalize
 
 
@@ -84,10 +85,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None,
                     help="threads evaluating batches side by side (default: 2, or 1 on a 1-core machine)")
     args = ap.parse_args(argv)
-    if args.batch_size < 1:
-        ap.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.threads is not None and args.threads < 1:
-        ap.error(f"--threads must be >= 1, got {args.threads}")
+    check_counts(ap, args, ("batch_size", "threads"))          # (threads None: the default)
     try:
         model = load_model(model_path(args.path))
         images, labels = load_mnist("test", data_dir=args.data_dir)

@@ -12,8 +12,11 @@ the schedule as soon as it is built, as in PyTorch. One training step reads like
 
 The run directory (--out, or runs/<date-time>, with -2, -3, ... added if another run took that
 name in the same second) gets model.npz, checkpoint.npz (for --resume), metrics.json, log.csv,
-config.json and the pictures of mnist.visualize. A new run never writes into a folder that holds
-a run: one run claims a folder by creating its config.json, which only one process can.
+config.json and the pictures of mnist.visualize. config.json and the checkpoint record the folder
+as "out", named as the command line named it (runs/<date-time>, --out, or --resume's folder):
+relative to the working directory unless given as an absolute path. A new run never writes into
+a folder that holds a run: one run claims a folder by creating its config.json, which only one
+process can.
 
 --resume CHECKPOINT continues that run exactly as it was configured: the recipe flags (those of
 RECIPE, and --limit) may be left out or repeated with the same values, but not changed (a new
@@ -39,6 +42,7 @@ from nanotorch import nn, optim
 from nanotorch.nn.utils import clip_grad_norm_
 from mnist.checkpoint import (checkpoint_state, load_checkpoint, nonfinite_keys, save_checkpoint, save_json_atomic,
                               save_model)
+from mnist.cli import check_counts
 from mnist.data import iterate_batches, load_mnist, normalize, num_batches
 from mnist.evaluate import evaluate
 from mnist.files import csv_rows, write_atomic, write_new
@@ -143,9 +147,7 @@ def parse_args(argv=None):
         if changed:
             ap.error("--resume continues the run as it was configured: " + "; ".join(changed) +
                      " (start a new run to change the recipe)")
-    for flag in ("epochs", "batch_size", "threads", "log_every", "checkpoint_every"):
-        if getattr(args, flag) < 1:
-            ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    check_counts(ap, args, ("epochs", "batch_size", "threads", "log_every", "checkpoint_every"))
     if args.seed < 0:                            # (NumPy's generators take non-negative seeds only)
         ap.error(f"--seed must be >= 0, got {args.seed}")
     for flag, ok, what in (("max_lr", lambda v: v > 0, "> 0"), ("lr", lambda v: v >= 0, ">= 0"),
@@ -278,7 +280,9 @@ def train(args):
               f"NUMBA_NUM_THREADS, or a forked process's one): running on {threads}, with the same results",
               file=sys.stderr)
     config = {k: v for k, v in vars(args).items() if k not in ("resume", "quiet", "no_plots")}
-    resumed_dir = os.path.dirname(os.path.abspath(args.resume)) if args.resume else None   # the checkpoint's folder
+    # The checkpoint's folder, named as the command line named it (relative if it was), as --out and
+    # runs/<date-time> are: config.json and the checkpoint record the run folder so ("." from inside it).
+    resumed_dir = (os.path.dirname(args.resume) or os.curdir) if args.resume else None
     default_dir = not args.out and not args.resume      # runs/<date-time>, or -2, -3, ... if that is taken
     run_dir = args.out or resumed_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     if not default_dir:

@@ -30,6 +30,7 @@ BLAS stays at one thread: Numba's OpenMP threads spin for a while after each ker
 threads beside them compete for the same cores (evaluation ran several times slower). The im2col
 convolutions of the MNIST model's layers on 7x7 and 4x4 planes and the Linear layers are small.
 """
+import numbers
 import os
 import threading
 import time
@@ -47,7 +48,9 @@ def set_num_threads(n):
     """Use n threads: the calling thread's big kernels spread over n Numba threads when n >= 2;
     BLAS on one thread. n above NUMBA_NUM_THREADS (by default the number of cores) is capped to it
     without an error, as torch.set_num_threads does not refuse large n; get_num_threads() tells the
-    number used."""
+    number used. n must be an int (a NumPy integer will do; a bool or 2.0 will not, as in torch)."""
+    if not isinstance(n, numbers.Integral) or isinstance(n, bool):
+        raise TypeError(f"set_num_threads: n must be an int, got {n!r} ({type(n).__name__})")
     n = int(n)
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")

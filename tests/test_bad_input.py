@@ -244,6 +244,80 @@ def test_more_constructor_errors(make, name, fragments):
         make()
 
 
+# --- a bool is not an int, alone or inside a pair ----------------------------------------------------------
+# (PyTorch itself takes Conv2d(1, 1, True) and Linear(True, 2), where Python's True is the int 1, but
+# refuses True as a stride, padding, dilation or groups, and anywhere in MaxPool2d, AdaptiveAvgPool2d,
+# BatchNorm or Flatten: nanotorch refuses a bool wherever it expects an int.)
+X = np.zeros((1, 1, 6, 6), np.float32)
+
+
+@pytest.mark.parametrize("make, name, error, fragments", [
+    pytest.param(lambda: nn.Conv2d(1, 1, kernel_size=True), "Conv2d", ValueError, ["kernel_size", "True", "bool"],
+                 id="Conv2d-kernel-True"),
+    pytest.param(lambda: nn.Conv2d(1, 1, kernel_size=(True, True)), "Conv2d", ValueError,
+                 ["kernel_size", re.escape("(True, True)"), "bool"], id="Conv2d-kernel-True-True"),
+    pytest.param(lambda: nn.Conv2d(1, 1, [3, np.True_]), "Conv2d", ValueError, ["kernel_size", "bool"],
+                 id="Conv2d-kernel-list-numpy-bool"),
+    pytest.param(lambda: nn.Conv2d(1, 1, 3, stride=True), "Conv2d", ValueError, ["stride", "bool"],
+                 id="Conv2d-stride-True"),
+    pytest.param(lambda: nn.Conv2d(1, 1, 3, stride=(1, True)), "Conv2d", ValueError, ["stride", "bool"],
+                 id="Conv2d-stride-1-True"),
+    pytest.param(lambda: nn.Conv2d(1, 1, 3, padding=False), "Conv2d", ValueError, ["padding", "bool"],
+                 id="Conv2d-padding-False"),
+    pytest.param(lambda: nn.Conv2d(1, 1, 3, padding=(True, False)), "Conv2d", ValueError, ["padding", "bool"],
+                 id="Conv2d-padding-True-False"),
+    pytest.param(lambda: nn.Conv2d(1, 1, 3, dilation=(True, True)), "Conv2d", ValueError, ["dilation", "bool"],
+                 id="Conv2d-dilation-True-True"),
+    pytest.param(lambda: nn.Conv2d(1, 1, 3, groups=True), "Conv2d", TypeError, ["groups", "int", "bool"],
+                 id="Conv2d-groups-True"),
+    pytest.param(lambda: nn.Conv2d(1, False, 3), "Conv2d", TypeError, ["out_channels", "bool"],
+                 id="Conv2d-out-False"),
+    pytest.param(lambda: nn.ConvBNGELU(1, 1, (True, True)), "Conv2d", ValueError, ["kernel_size", "bool"],
+                 id="ConvBNGELU-kernel-True-True"),
+    pytest.param(lambda: nn.MaxPool2d(True), "MaxPool2d", ValueError, ["kernel_size", "bool"], id="MaxPool2d-True"),
+    pytest.param(lambda: nn.MaxPool2d((True, True)), "MaxPool2d", ValueError, ["kernel_size", "bool"],
+                 id="MaxPool2d-True-True"),
+    pytest.param(lambda: nn.MaxPool2d(2, stride=(True, True)), "MaxPool2d", ValueError, ["stride", "bool"],
+                 id="MaxPool2d-stride-True-True"),
+    pytest.param(lambda: nn.MaxPool2d(2, padding=(False, False)), "MaxPool2d", ValueError, ["padding", "bool"],
+                 id="MaxPool2d-padding-False-False"),
+    pytest.param(lambda: nn.MaxPool2d(2, dilation=(True, True)), "MaxPool2d", ValueError, ["dilation", "bool"],
+                 id="MaxPool2d-dilation-True-True"),
+    pytest.param(lambda: nn.AdaptiveAvgPool2d(True), "AdaptiveAvgPool2d", ValueError, ["output_size", "bool"],
+                 id="AdaptiveAvgPool2d-True"),
+    pytest.param(lambda: nn.AdaptiveAvgPool2d((True, True)), "AdaptiveAvgPool2d", ValueError,
+                 ["output_size", "bool"], id="AdaptiveAvgPool2d-True-True"),
+    pytest.param(lambda: nn.Linear(True, 2), "Linear", TypeError, ["in_features", "bool"], id="Linear-in-True"),
+    pytest.param(lambda: nn.Linear(2, True), "Linear", TypeError, ["out_features", "bool"], id="Linear-out-True"),
+    pytest.param(lambda: nn.BatchNorm2d(True), "BatchNorm2d", TypeError, ["num_features", "bool"], id="BatchNorm2d"),
+    pytest.param(lambda: nn.Flatten(True)(X), "Flatten", TypeError, ["start_dim", "int", "bool"],
+                 id="Flatten-start-True"),
+    pytest.param(lambda: nn.Flatten(0, True)(X), "Flatten", TypeError, ["end_dim", "int", "bool"],
+                 id="Flatten-end-True"),
+    pytest.param(lambda: nn.CrossEntropyLoss(ignore_index=True), "CrossEntropyLoss", TypeError,
+                 ["ignore_index", "int"], id="CrossEntropyLoss-ignore-index-True"),
+])
+def test_a_bool_is_refused_where_an_int_is_expected(make, name, error, fragments):
+    with raises(error, name, *fragments):
+        make()
+
+
+@pytest.mark.parametrize("make, name, value", [
+    pytest.param(lambda: nn.Conv2d(1, 1, 3), "stride", (True, True), id="Conv2d-stride"),
+    pytest.param(lambda: nn.Conv2d(1, 1, 3), "groups", True, id="Conv2d-groups"),
+    pytest.param(lambda: nn.MaxPool2d(2), "kernel_size", (True, True), id="MaxPool2d-kernel_size"),
+    pytest.param(lambda: nn.AdaptiveAvgPool2d(2), "output_size", (True, 1), id="AdaptiveAvgPool2d-output_size"),
+    pytest.param(lambda: nn.Flatten(), "start_dim", True, id="Flatten-start_dim"),
+])
+def test_a_bool_set_after_construction_is_refused_when_used(make, name, value):
+    """Layers read their arguments when they run: a bool set later is refused there, as at construction."""
+    layer = make()
+    layer(X)
+    setattr(layer, name, value)
+    with pytest.raises((TypeError, ValueError), match=rf"{type(layer).__name__}: {name} must be an int.*bool"):
+        layer(X)
+
+
 def test_numpy_numbers_are_accepted_by_constructors():
     assert nn.Dropout(np.float32(0.5)).p == 0.5
     assert nn.Conv2d(np.int64(3), np.int32(4), 3).in_channels == 3

@@ -6,6 +6,7 @@ Everything here runs in-process on tiny synthetic data (load_mnist patched): no 
 """
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -45,6 +46,21 @@ def tiny_mnist(n=12):
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_train_counts_must_be_at_least_one(flag, value, capsys):
     assert f"{flag} must be >= 1, got {value}" in usage_error(train_mod.main, [flag, value], capsys)
+
+
+def test_check_counts_reads_single_values_lists_and_none(capsys):
+    """The one check of count flags that mnist's commands and the benchmarks share (mnist.cli): a
+    value, or each of a list's (nargs="+"), must be >= 1; None stands for a default chosen later."""
+    import argparse
+    from mnist.cli import check_counts
+    ap = argparse.ArgumentParser(prog="prog")
+    check_counts(ap, argparse.Namespace(steps=1, batch=[4, 128], threads=None), ("steps", "batch", "threads"))
+    for args, flag, value in ((argparse.Namespace(batch_size=0), "--batch-size", 0),
+                              (argparse.Namespace(batch_size=[4, -2]), "--batch-size", -2)):
+        with pytest.raises(SystemExit) as exit_:
+            check_counts(ap, args, ("batch_size",))
+        assert exit_.value.code == 2
+        assert f"prog: error: {flag} must be >= 1, got {value}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["-1", "-7"])
@@ -172,6 +188,34 @@ def test_a_default_run_folder_that_is_taken_gets_a_suffix(tmp_path, monkeypatch,
     assert json.loads((run / "config.json").read_text())["out"] == os.path.join("runs", "20261126-120000-2")
     with np.load(run / "checkpoint.npz") as ckpt:
         assert json.loads(str(ckpt["state"]))["config"]["out"] == os.path.join("runs", "20261126-120000-2")
+
+
+def test_a_run_resumed_in_place_records_its_folder_as_named(tmp_path, monkeypatch, capsys):
+    """config.json and the checkpoint record the run folder as the command line named it (relative to
+    the working directory, as runs/<date-time> and --out are), also for a run resumed in place (its
+    folder was recorded as an absolute path there)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    monkeypatch.setattr(train_mod.time, "strftime", lambda fmt, *a: "20261126-120000")
+    real_step, calls = train_mod.train_step, [0]
+
+    def stopped_at_step_2(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            signal.raise_signal(signal.SIGINT)       # stops after this step, with a checkpoint
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(train_mod, "train_step", stopped_at_step_2)
+    assert train_mod.main(["--limit", "12", *QUICK]) == 130
+    monkeypatch.setattr(train_mod, "train_step", real_step)
+    run = os.path.join("runs", "20261126-120000")
+    assert train_mod.main(["--resume", run, *QUICK]) == 0                      # in place: no --out
+    assert f"-> {run}\n" in capsys.readouterr().out
+    assert json.loads((tmp_path / run / "config.json").read_text())["out"] == run
+    with np.load(tmp_path / run / "checkpoint.npz") as ckpt:
+        assert json.loads(str(ckpt["state"]))["config"]["out"] == run
+    monkeypatch.chdir(tmp_path / run)                # resumed from inside its folder: the folder is "."
+    assert train_mod.main(["--resume", "checkpoint.npz", *QUICK]) == 0
+    assert json.loads((tmp_path / run / "config.json").read_text())["out"] == os.curdir
 
 
 def test_train_pct_start_that_leaves_a_one_step_warm_up(tmp_path, monkeypatch, capsys):

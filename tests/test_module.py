@@ -43,6 +43,21 @@ def test_assigning_an_array_to_a_parameter_is_a_type_error():
     assert isinstance(conv.bias, nn.Parameter) and list(conv.state_dict()) == ["weight", "bias"]
 
 
+# --- a child set to None --------------------------------------------------------------------------------
+def test_keys_under_a_child_set_to_none_are_not_unexpected():
+    """As in PyTorch: the slot stays, state_dict and parameters() skip it, and load_state_dict passes
+    over keys under it (a checkpoint of the model before the child was removed still loads strictly)."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+    full = model.state_dict()
+    setattr(model[1], "0", None)
+    assert list(model.state_dict()) == ["0.weight", "0.bias"] and len(model.parameters()) == 2
+    assert model.load_state_dict(full) == ([], [])
+    setattr(model, "1", None)
+    assert model.load_state_dict({**full, "1.0.weight.x": np.zeros(1)}) == ([], [])
+    assert model.load_state_dict({**full, "1": np.zeros(1), "2.weight": np.zeros(1)}, strict=False) == \
+        ([], ["1", "2.weight"])                           # "1" names the slot itself, "2" no child: unexpected
+
+
 # --- Sequential slices --------------------------------------------------------------------------------------
 def test_sequential_slice_is_a_sequential_with_the_original_keys():
     nt.manual_seed(0)

@@ -140,6 +140,15 @@ def test_only_the_thread_that_set_the_count_spreads_its_kernels(restore_threads)
         nt.set_num_threads(0)
 
 
+@pytest.mark.parametrize("n", [True, 2.0, "2"])
+def test_set_num_threads_takes_an_int_only(n, restore_threads):
+    """As torch.set_num_threads, which refuses a bool or a float (True was one thread, 2.7 two)."""
+    with pytest.raises(TypeError, match=rf"set_num_threads: n must be an int, got {n!r} \({type(n).__name__}\)"):
+        nt.set_num_threads(n)
+    nt.set_num_threads(np.int64(1))                      # a NumPy integer is an int
+    assert nt.get_num_threads() == 1
+
+
 def test_set_num_threads_above_numbas_count_is_capped_not_refused(restore_threads):
     """As torch.set_num_threads: n above NUMBA_NUM_THREADS runs on Numba's threads, no error."""
     nt.set_num_threads(numba.config.NUMBA_NUM_THREADS + 3)

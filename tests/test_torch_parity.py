@@ -874,6 +874,36 @@ def test_load_state_dict_lists_unexpected_keys_in_torchs_order():
     assert got.missing_keys == want.missing_keys == []
 
 
+def test_load_state_dict_passes_over_keys_under_a_child_set_to_none():
+    """A key whose first name is a child's is the child's to judge (torch's _load_from_state_dict), and
+    a child slot holding None judges nothing: its keys are neither loaded nor unexpected, at any depth.
+    The other keys are listed in torch's order, and state_dict, named_parameters, named_buffers and
+    named_modules skip the empty slots, as torch's do."""
+    def model(n):
+        m = n.Sequential(n.Linear(2, 2), n.Sequential(n.Linear(2, 2), n.BatchNorm1d(2)), n.Linear(2, 2))
+        setattr(m[1], "0", None)
+        setattr(m, "2", None)
+        return m
+    ours, theirs = model(nt_nn), model(torch.nn)
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == [
+        "0.weight", "0.bias", "1.1.weight", "1.1.bias", "1.1.running_mean", "1.1.running_var",
+        "1.1.num_batches_tracked"]
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+    assert [n for n, _ in ours.named_buffers()] == [n for n, _ in theirs.named_buffers()]
+    assert [n for n, _ in ours.named_modules()] == [n for n, _ in theirs.named_modules()] == ["", "0", "1", "1.1"]
+    extra = ["2.weight", "1.zzz", "1.0.bias", "2", "1.0.x.y", "3.weight", "top", "1.1.q", "0.weight.q", "2.a.b"]
+    state_ours, state_theirs = ours.state_dict(), theirs.state_dict()
+    for state in (state_ours, state_theirs):
+        del state["1.1.running_var"]
+    got = ours.load_state_dict({**{k: np.zeros(1) for k in extra}, **state_ours}, strict=False)
+    want = theirs.load_state_dict({**{k: torch.zeros(1) for k in extra}, **state_theirs}, strict=False)
+    assert got.unexpected_keys == want.unexpected_keys == ["2", "3.weight", "top", "0.weight.q", "1.zzz", "1.1.q"]
+    assert got.missing_keys == want.missing_keys == ["1.1.running_var"]
+    state_ours["1.1.running_var"], state_theirs["1.1.running_var"] = np.ones(2), torch.ones(2)
+    ours.load_state_dict({**state_ours, "2.weight": np.zeros(1), "1.0.bias": np.zeros(1)})           # strict
+    theirs.load_state_dict({**state_theirs, "2.weight": torch.zeros(1), "1.0.bias": torch.zeros(1)})
+
+
 def test_parameter_takes_torchs_arguments():
     assert nt_nn.Parameter().shape == tuple(torch.nn.Parameter().shape) == (0,)
     assert nt_nn.Parameter(np.ones(2), requires_grad=True).requires_grad

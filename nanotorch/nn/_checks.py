@@ -42,12 +42,19 @@ def check_int(layer, v, name):
 
 
 def pair(layer, v, name):
-    """An int or a pair of ints -> a pair of ints (PyTorch accepts both for kernel_size etc.)."""
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+    """An int or a pair of ints -> a pair of ints (PyTorch accepts both for kernel_size etc.). A bool
+    is no int here, alone or in the pair, as for check_int."""
+    if _is_int(v):
         return int(v), int(v)
-    if not isinstance(v, (tuple, list)) or len(v) != 2 or not all(isinstance(a, (int, np.integer)) for a in v):
-        raise ValueError(f"{type(layer).__name__}: {name} must be an int or a pair of ints, got {v!r}")
+    if not isinstance(v, (tuple, list)) or len(v) != 2 or not all(_is_int(a) for a in v):
+        bools = any(isinstance(a, (bool, np.bool_)) for a in (v if isinstance(v, (tuple, list)) else [v]))
+        raise ValueError(f"{type(layer).__name__}: {name} must be an int or a pair of ints, got {v!r}"
+                         + (" (a bool is not taken for an int)" if bools else ""))
     return int(v[0]), int(v[1])
+
+
+def _is_int(v):
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)      # (NumPy's bool is no np.integer)
 
 
 def check_grad(layer, dout, shape, dtype=None):

@@ -87,7 +87,7 @@ class Conv2d(Module):
 
     def _check_geometry(self):
         only_default(self, "dilation", pair(self, self.dilation, "dilation"), (1, 1))
-        only_default(self, "groups", self.groups, 1)
+        only_default(self, "groups", check_int(self, self.groups, "groups"), 1)
         only_default(self, "padding_mode", self.padding_mode, "zeros")
         k, s = pair(self, self.kernel_size, "kernel_size"), pair(self, self.stride, "stride")
         if min(*k, *s) < 1:

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from nanotorch.kernels.linear import SMALL_LINEAR, linear_backward, linear_forward
-from nanotorch.nn._checks import check_device_and_dtype, check_grad, check_input, check_int
+from nanotorch.nn._checks import check_device_and_dtype, check_grad, check_input, check_int, checked_arguments
 from nanotorch.nn.init import default_weight_and_bias
 from nanotorch.nn.module import Module, Parameter
 
@@ -81,15 +81,22 @@ def _wrap_dim(d, ndim):
 class Flatten(Module):
     """x: (N, d1, d2, ...) -> (N, d1*d2*...) for the default dims; dims start_dim..end_dim become one
     (a 0-d input becomes (1,) when both are 0 or -1, as in PyTorch)."""
+    _arguments = ("start_dim", "end_dim")
 
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
         self.start_dim, self.end_dim = start_dim, end_dim
 
+    def _dims(self):
+        """(start_dim, end_dim) as ints; their range is checked against each input (_wrap_dim)."""
+        return checked_arguments(self, lambda: (check_int(self, self.start_dim, "start_dim"),
+                                                check_int(self, self.end_dim, "end_dim")))
+
     def forward(self, x):
         if not isinstance(x, np.ndarray):
             raise TypeError(f"Flatten expects a numpy array, got {type(x).__name__}")
-        start, end = _wrap_dim(self.start_dim, x.ndim), _wrap_dim(self.end_dim, x.ndim)
+        start_dim, end_dim = self._dims()
+        start, end = _wrap_dim(start_dim, x.ndim), _wrap_dim(end_dim, x.ndim)
         if start > end:
             raise RuntimeError(f"Flatten: start_dim cannot come after end_dim, got start_dim={self.start_dim} "
                                f"(dim {start}) and end_dim={self.end_dim} (dim {end}) for input shape {x.shape}")

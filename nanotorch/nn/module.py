@@ -327,7 +327,7 @@ class Module:
                           for key, mod, name, is_param, array in self._state_entries())
         missing = [k for k, (mod, name, _, _) in own.items() if k not in state_dict
                    and name not in mod._may_be_missing]
-        unexpected = self._in_torch_order([k for k in state_dict if k not in own])
+        unexpected = self._unexpected([k for k in state_dict if k not in own])
         wrong = []
         for key, (mod, name, is_param, have) in own.items():
             if key in state_dict:
@@ -347,22 +347,28 @@ class Module:
                 object.__setattr__(mod, name, np.array(state_dict[key], dtype=have.dtype, copy=True))
         return IncompatibleKeys(missing, unexpected)
 
-    def _in_torch_order(self, keys):
-        """Unexpected keys in the order PyTorch lists them: each is reported by the module its leading
-        names lead to (the deepest existing child), the modules visited depth first, and a module's
-        keys in the state_dict's order (a stable sort)."""
+    def _unexpected(self, keys):
+        """Of the keys the model has no array for, those PyTorch reports as unexpected, in its order.
+        A key is judged by the module its leading names lead to: there, a name that is no child
+        makes it unexpected, and a child slot holding None passes over it (neither loaded nor
+        unexpected, as PyTorch's _load_from_state_dict leaves any key under a child's name to the
+        child). Reporting modules come depth first; a module's keys in the state_dict's order."""
         if not keys:
             return keys
         visit = {path: i for i, (path, _) in enumerate(self.named_modules(remove_duplicate=False))}
 
         def reporter(key):
+            """The visiting rank of the module that reports the key; None if a None child passes over it."""
             mod, path = self, ""
             for name in key.split(".")[:-1]:
-                if mod._modules.get(name) is None:
+                if name not in mod._modules:
                     break
+                if mod._modules[name] is None:
+                    return None
                 mod, path = mod._modules[name], f"{path}.{name}" if path else name
             return visit[path]
-        return sorted(keys, key=reporter)
+        rank = {key: reporter(key) for key in keys}
+        return sorted((key for key in keys if rank[key] is not None), key=rank.__getitem__)   # (stable)
 
     # --- printing ----------------------------------------------------------------------------
     def extra_repr(self):
