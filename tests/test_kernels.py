@@ -1,4 +1,6 @@
 """Each Numba kernel equals its plain-NumPy reference (nanotorch/kernels)."""
+import itertools
+
 import numpy as np
 import pytest
 
@@ -122,6 +124,20 @@ def test_maxpool_2x2_fast_path_equals_reference(shape, ceil, rng):
     want = K.maxpool2x2_backward_reference(d, window, h, w)
     np.testing.assert_array_equal(dx.view(np.uint32), want.view(np.uint32))                # bitwise
     np.testing.assert_array_equal(dx, K.maxpool2d_backward(d, general_arg, h, w))
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_maxpool_2x2_max_alone_gives_the_argmax_kernels_bits(dtype, parallel):
+    """maxpool2x2_max makes maxpool2x2_forward's comparisons in its order: the same bits, NaN and
+    the zero of a +0.0 / -0.0 tie included, in every window of four values from {-1, 0, -0, 1, NaN}."""
+    windows = np.array(list(itertools.product([-1.0, 0.0, -0.0, 1.0, np.nan], repeat=4)), dtype)   # (625, 4)
+    windows = np.tile(windows, (4, 1))                                   # long rows: the vectorised loop too
+    n = len(windows)
+    x = np.stack([windows[:, :2].reshape(-1), windows[:, 2:].reshape(-1)])[None, None]   # (1, 1, 2, 2n)
+    out, _ = K.maxpool2x2_forward(x, 1, n, parallel)
+    bits = np.uint32 if dtype == np.float32 else np.uint64
+    np.testing.assert_array_equal(K.maxpool2x2_max(x, 1, n, parallel).view(bits), out.view(bits))
 
 
 @pytest.mark.parametrize("dtype", [np.int8, np.int32, np.int64, np.float64])

@@ -130,10 +130,10 @@ def _argmax_row(top, bottom, out, window):
 def maxpool2x2_max(x, oh, ow, parallel=False):
     """The max alone, for forwards that keep nothing (no_grad): kernel 2, stride 2, no padding.
 
-    Without the argmax the order of comparisons is free: each window's two rows first (the max of
-    each row's two pixels), then the max of those. Rows as in maxpool2x2_forward, one pass. The
-    values are the same as ``maxpool2x2_forward``'s (NaN wins), except that a window whose maximum
-    is a tie between +0.0 and -0.0 may give the other zero: which of two tied inputs won is not kept.
+    The same comparisons as maxpool2x2_forward's, in the same order (the top row's two pixels, the
+    bottom row's, then the two winners), without the window code. Rows as in maxpool2x2_forward,
+    one pass. So the values are ``maxpool2x2_forward``'s bit for bit: NaN wins, and a window whose
+    maximum is a tie between +0.0 and -0.0 gives the same zero.
     """
     return _maxpool2x2_max_rows(_whole_windows(x, oh, ow), oh, ow, parallel)
 
