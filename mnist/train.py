@@ -150,6 +150,8 @@ def parse_args(argv=None):
     check_counts(ap, args, ("epochs", "batch_size", "threads", "log_every", "checkpoint_every"))
     if args.seed < 0:                            # (NumPy's generators take non-negative seeds only)
         ap.error(f"--seed must be >= 0, got {args.seed}")
+    if args.seed >= 2**64:                       # (nanotorch.manual_seed takes torch.manual_seed's seeds)
+        ap.error(f"--seed must be < 2**64, got {args.seed}")
     for flag, ok, what in (("max_lr", lambda v: v > 0, "> 0"), ("lr", lambda v: v >= 0, ">= 0"),
                            ("momentum", lambda v: v >= 0, ">= 0"),
                            ("clip", lambda v: v >= 0, ">= 0 (0: no clipping)"),

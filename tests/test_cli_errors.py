@@ -69,6 +69,12 @@ def test_train_seed_must_not_be_negative(value, capsys):
     assert f"--seed must be >= 0, got {value}" in usage_error(train_mod.main, ["--seed", value], capsys)
 
 
+def test_train_seed_must_be_one_manual_seed_takes(capsys):
+    """manual_seed refuses seeds from 2**64 (torch.manual_seed's range): refused as the command line is read."""
+    value = str(2**64)
+    assert f"--seed must be < 2**64, got {value}" in usage_error(train_mod.main, ["--seed", value], capsys)
+
+
 @pytest.mark.parametrize("flag", ["--batch-size", "--threads"])
 @pytest.mark.parametrize("value", ["0", "-2"])
 def test_evaluate_counts_must_be_at_least_one(tmp_path, flag, value, capsys):

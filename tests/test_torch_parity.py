@@ -823,6 +823,16 @@ def test_register_buffer_refuses_a_name_taken_as_torchs():
             nn.Linear(2, 2).register_buffer("weight", None)
 
 
+def test_register_buffer_refuses_a_name_torch_refuses():
+    """A dotted name would be read as a child's in a state_dict key; an empty one names nothing."""
+    for nn, array in ((nt_nn, np.zeros(1)), (torch.nn, torch.zeros(1))):
+        for name in ("a.b", ""):
+            with pytest.raises(KeyError):
+                nn.Linear(2, 2).register_buffer(name, array)
+        with pytest.raises(TypeError):
+            nn.Linear(2, 2).register_buffer(3, array)
+
+
 def test_conv_weight_replaced_by_one_of_another_kernel_size_is_refused():
     conv = nt_nn.Conv2d(1, 1, 3)
     conv.weight = nt_nn.Parameter(np.ones((1, 1, 1, 9), np.float32))   # PyTorch would convolve 1x9
@@ -1094,6 +1104,172 @@ def test_sgd_param_groups_have_torchs_keys_and_a_torch_state_dict_survives_a_che
     ours.load_state_dict({"state": {}, "param_groups": theirs.state_dict()["param_groups"]})
     back = unflatten_state_dict(flatten_state_dict(ours.state_dict()))
     assert back["param_groups"] == theirs.state_dict()["param_groups"]
+
+
+# --- the module tree, parameter groups and seeds: from a parity audit against torch 2.13 ---------------------
+def names(pairs):
+    return [n for n, _ in pairs]
+
+
+def tree(m):
+    """What a model holds: its state_dict keys and its named parameters, buffers and modules."""
+    return list(m.state_dict()), names(m.named_parameters()), names(m.named_buffers()), names(m.named_modules())
+
+
+def test_a_module_under_two_names_is_one_child_as_torchs():
+    def build(nn):
+        box = nn.Module()
+        box.a = box.b = nn.Linear(2, 2)
+        box.c, box.d = nn.ReLU(), None
+        return box
+    ours, theirs = build(nt_nn), build(torch.nn)
+    assert names(ours.named_children()) == names(theirs.named_children()) == ["a", "c"]
+    assert len(list(ours.children())) == len(list(theirs.children())) == 2
+    assert len(list(ours.modules(remove_duplicate=False))) == len(list(theirs.modules(remove_duplicate=False))) == 4
+    for memo_and_prefix in ((None, "top"), ({ours.c},)):        # named_modules(memo, prefix, remove_duplicate)
+        theirs_args = tuple({theirs.c} if isinstance(a, set) else a for a in memo_and_prefix)
+        assert names(ours.named_modules(*memo_and_prefix)) == names(theirs.named_modules(*theirs_args))
+
+
+def test_train_and_eval_call_each_childs_own_train_as_torchs():
+    """A child that overrides train() (a BatchNorm kept frozen) is asked through it, as PyTorch asks."""
+    def build(nn):
+        class FrozenBatchNorm(nn.BatchNorm1d):
+            def train(self, mode=True):
+                return super().train(False)
+        return nn.Sequential(nn.Linear(2, 2), nn.Sequential(FrozenBatchNorm(2)))
+    ours, theirs = build(nt_nn), build(torch.nn)
+    for switch in (lambda m: m.train(), lambda m: m.eval(), lambda m: m.train(True)):
+        assert switch(ours) is ours and switch(theirs) is theirs
+        assert [m.training for m in ours.modules()] == [m.training for m in theirs.modules()]
+    assert not ours[1][0].training
+
+
+def test_deleting_a_parameter_buffer_or_child_unregisters_it_as_torchs():
+    def build(nn):
+        conv, bn, seq = nn.Conv2d(1, 2, 3), nn.BatchNorm1d(2), nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+        del conv.bias, bn.running_mean, seq[0].weight
+        delattr(seq, "1")
+        return nn.Sequential(conv, bn, seq)
+    ours, theirs = build(nt_nn), build(torch.nn)
+    assert tree(ours) == tree(theirs)
+    assert len(ours[2]) == len(theirs[2]) == 1
+    for m in (ours[0], theirs[0]):
+        with pytest.raises(AttributeError, match="bias"):
+            m.bias
+
+
+def test_an_attribute_given_a_value_of_another_kind_changes_registry_as_torchs():
+    """A Parameter set where a buffer or a child was replaces it; a Module set where a buffer was, too;
+    a buffer set to anything but an array (or None) is refused."""
+    def build(nn, array):
+        bn, seq, lin = nn.BatchNorm1d(2), nn.Sequential(nn.Linear(2, 2)), nn.Linear(2, 2)
+        bn.running_mean = nn.Parameter(array(np.zeros(2, np.float32)))
+        seq.__setattr__("0", nn.Parameter(array(np.ones(2, np.float32))))
+        lin.register_buffer("extra", array(np.zeros(1, np.float32)))
+        lin.extra = nn.ReLU()
+        return nn.Sequential(bn, seq, lin)
+    ours, theirs = build(nt_nn, np.asarray), build(torch.nn, torch.from_numpy)
+    assert tree(ours) == tree(theirs)
+    assert theirs.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()}) == ([], [])
+    for nn, array in ((nt_nn, np.zeros), (torch.nn, torch.zeros)):
+        lin = nn.Linear(2, 2)
+        lin.register_buffer("extra", array(1))
+        with pytest.raises(TypeError, match="cannot assign 'list' as buffer 'extra'"):
+            lin.extra = [1.0]
+        lin.extra = None                          # (None keeps the name with nothing under it)
+        assert "extra" not in lin.state_dict()
+
+
+def test_apply_and_requires_grad_as_torchs():
+    def build(nn):
+        shared, box = nn.Linear(2, 2), nn.Module()
+        box.first, box.head, box.again = nn.Sequential(shared, nn.ReLU()), nn.Linear(2, 1), shared
+        box.second = nn.Sequential(shared)
+        return box
+    ours, theirs = build(nt_nn), build(torch.nn)
+    visits = {}
+    for model in (ours, theirs):
+        seen = visits[model is ours] = []
+        assert model.apply(lambda m: seen.append(type(m).__name__)) is model
+    assert visits[True] == visits[False]                       # children first; a shared child each time it is met
+    assert ours.requires_grad_() is ours and theirs.requires_grad_() is theirs
+    assert all(p.requires_grad for p in ours.parameters())
+    with pytest.raises(NotImplementedError, match="cannot freeze"):
+        ours.requires_grad_(False)
+
+
+def test_a_set_of_parameters_in_a_group_is_refused_as_torch():
+    """A set has no fixed order, so the indices of a saved state_dict would mean other parameters
+    in another run: refused in a group, as PyTorch refuses it (a set as ``params`` itself is taken
+    as a list by both)."""
+    for make, optim in ((lambda: nt_nn.Parameter(np.zeros(2)), nanotorch.optim),
+                        (lambda: torch.nn.Parameter(torch.zeros(2)), torch.optim)):
+        with pytest.raises(TypeError, match="ordered collections"):
+            optim.SGD([{"params": {make(), make()}}], lr=0.1)
+        opt = optim.SGD([make()], lr=0.1)
+        with pytest.raises(TypeError, match="ordered collections"):
+            opt.add_param_group({"params": {make()}})
+
+
+def test_sgd_checks_nesterov_where_torch_does_so_a_checkpoint_at_zero_momentum_loads():
+    """PyTorch checks nesterov's momentum > 0 on the constructor's arguments only. OneCycleLR with
+    base_momentum=0 sets momentum 0 at the peak: a checkpoint taken there loads and continues as
+    PyTorch's run; a group of its own with momentum 0 runs plain SGD."""
+    rng = np.random.default_rng(8)
+    start, grads = rng.standard_normal(5), rng.standard_normal((10, 5))
+    kwargs = dict(max_lr=0.1, total_steps=10, pct_start=0.5, base_momentum=0.0)
+
+    def run(make, optim, tensor, resume_at=None):
+        p = make(start.copy())
+        opt = optim.SGD([p], lr=0.01, momentum=0.9, nesterov=True)
+        sched = optim.lr_scheduler.OneCycleLR(opt, **kwargs)
+        for t, g in enumerate(grads):
+            if t == resume_at:
+                assert opt.param_groups[0]["momentum"] == 0.0
+                saved, saved_sched = opt.state_dict(), sched.state_dict()
+                opt = optim.SGD([p], lr=0.01, momentum=0.9, nesterov=True)
+                sched = optim.lr_scheduler.OneCycleLR(opt, **kwargs)
+                opt.load_state_dict(saved)
+                sched.load_state_dict(saved_sched)
+            p.grad = tensor(g.copy())
+            opt.step()
+            sched.step()
+        return np.asarray(p.data if isinstance(p, nt_nn.Parameter) else p.detach().numpy())
+    ours = run(nt_nn.Parameter, nanotorch.optim, np.asarray, resume_at=4)
+    theirs = run(lambda a: torch.tensor(a, requires_grad=True), torch.optim, torch.from_numpy)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-12, atol=1e-14)
+    stepped = []
+    for make, optim, tensor in ((nt_nn.Parameter, nanotorch.optim, np.asarray),
+                                (lambda a: torch.tensor(a, requires_grad=True), torch.optim, torch.from_numpy)):
+        p = make(np.ones(2))
+        opt = optim.SGD([{"params": [p], "momentum": 0}], lr=0.5, momentum=0.9, nesterov=True)
+        for g in grads[:2, :2]:
+            p.grad = tensor(g.copy())
+            opt.step()
+        stepped.append(np.array(p.data if isinstance(p, nt_nn.Parameter) else p.detach().numpy()))
+        with pytest.raises(ValueError, match="[Nn]esterov"):
+            optim.SGD([p], lr=0.5, nesterov=True)
+    np.testing.assert_allclose(stepped[0], stepped[1], rtol=1e-15, atol=0)
+    np.testing.assert_allclose(stepped[0], 1 - 0.5 * grads[:2, :2].sum(axis=0), rtol=1e-15, atol=0)   # plain SGD
+
+
+@pytest.mark.parametrize("seed, same_as", [(-1, 2**64 - 1), (-2**63, 2**63), (2**64 - 1, 2**64 - 1)])
+def test_manual_seed_takes_torchs_range_of_seeds(seed, same_as):
+    """Negative seeds are taken modulo 2**64, as torch.manual_seed takes them (its initial_seed
+    says so); beyond [-2**63, 2**64) both refuse."""
+    assert torch.manual_seed(seed).initial_seed() == same_as
+
+    def weights(s):
+        nanotorch.manual_seed(s)
+        return nt_nn.Linear(3, 2).weight.data.copy()
+    np.testing.assert_array_equal(weights(seed), weights(same_as))
+    for bad in (2**64, -2**63 - 1):
+        for manual_seed in (torch.manual_seed, nanotorch.manual_seed):
+            with pytest.raises(ValueError):
+                manual_seed(bad)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        nanotorch.manual_seed(1.5)
 
 
 # --- the same signatures --------------------------------------------------------------------------------

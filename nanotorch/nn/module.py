@@ -128,26 +128,55 @@ class Module:
 
     # --- registration -------------------------------------------------------------
     def __setattr__(self, name, value):
+        """As PyTorch's: a Parameter is registered under ``name`` in place of a buffer or child of
+        that name, and a Module in place of a buffer; None keeps a parameter's or child's name with
+        nothing under it, which parameters(), named_modules() and state_dict() skip (conv.bias = None);
+        any other value is refused where a parameter, a child or a buffer is registered."""
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
-        for registry, kind, what in ((self._parameters, Parameter, "parameter"), (self._modules, Module, "child module")):
-            if isinstance(value, kind):
-                registry[name] = value
-                break
-            if name in registry:       # as PyTorch: None keeps the name with nothing under it, which
-                if value is not None:  # parameters(), named_modules() and state_dict() skip (conv.bias = None)
-                    raise TypeError(f"cannot assign '{type(value).__module__}.{type(value).__name__}' as {what} "
-                                    f"'{name}' (nanotorch.nn.{kind.__name__} or None expected)")
-                registry[name] = None
-                break
+        if isinstance(value, Parameter):
+            self._unregister(name, self._modules)
+            self._parameters[name] = value
+        elif name in self._parameters:
+            _refuse_unless_none(value, "parameter", name, "nanotorch.nn.Parameter")
+            self._parameters[name] = None
+        elif isinstance(value, Module):
+            self._unregister(name)
+            self._modules[name] = value
+        elif name in self._modules:
+            _refuse_unless_none(value, "child module", name, "nanotorch.nn.Module")
+            self._modules[name] = None
+        elif name in self._buffers and not isinstance(value, np.ndarray):
+            _refuse_unless_none(value, "buffer", name, "a numpy array")
         object.__setattr__(self, name, value)
         if name in self._arguments:
             self.__dict__.pop("_checked_arguments", None)
+
+    def __delattr__(self, name):
+        """As PyTorch's: a parameter, buffer or child deleted is no longer registered either."""
+        self._unregister(name, self._parameters, self._modules)
+        object.__delattr__(self, name)
+        if name in self._arguments:
+            self.__dict__.pop("_checked_arguments", None)
+
+    def _unregister(self, name, *registries):
+        """Forget ``name`` as a buffer and in each of ``registries``."""
+        for registry in registries:
+            registry.pop(name, None)
+        if name in self._buffers:
+            self._buffers.remove(name)
+            self._non_persistent.discard(name)
 
     def register_buffer(self, name, array, persistent=True):
         """A non-trainable array (BatchNorm's running statistics), cast by ``to`` and saved in the
         state_dict unless ``persistent=False``. As in PyTorch, None stands for no array: the name is
         kept, and skipped by buffers(), state_dict() and to() until an array is registered."""
+        if not isinstance(name, str):                 # (PyTorch's TypeError and KeyError)
+            raise TypeError(f"{type(self).__name__}.register_buffer: the name must be a string, "
+                            f"got {type(name).__name__}")
+        if not name or "." in name:                   # (a dotted name would read as a child's key in a state_dict)
+            raise KeyError(f"{type(self).__name__}.register_buffer: the name must be non-empty and without '.', "
+                           f"got {name!r}")
         if array is not None and not isinstance(array, np.ndarray):
             raise TypeError(f"{type(self).__name__}.register_buffer: expected a numpy array or None for "
                             f"'{name}', got {type(array).__name__}")
@@ -181,31 +210,47 @@ class Module:
         return self.cache
 
     # --- traversal --------------------------------------------------------------------
-    def named_modules(self, prefix="", remove_duplicate=True):
+    def named_modules(self, memo=None, prefix="", remove_duplicate=True):
         """(name, module) for this module and every descendant, depth first; as PyTorch's, a
-        module reached twice is listed once unless ``remove_duplicate=False``."""
-        seen = set()
+        module reached twice is listed once unless ``remove_duplicate=False``, and the modules in
+        ``memo`` (a set, which gets the modules listed) are skipped with their descendants."""
+        memo = set() if memo is None else memo
 
         def walk(module, path):
+            if module in memo:
+                return
             if remove_duplicate:
-                if id(module) in seen:
-                    return
-                seen.add(id(module))
+                memo.add(module)
             yield path, module
             for name, child in module._modules.items():
                 if child is not None:
                     yield from walk(child, f"{path}.{name}" if path else name)
         return walk(self, prefix)
 
-    def modules(self):
-        return [m for _, m in self.named_modules()]
+    def modules(self, remove_duplicate=True):
+        return [m for _, m in self.named_modules(remove_duplicate=remove_duplicate)]
+
+    def named_children(self):
+        """(name, child) for each direct child, a child under two names once (under its first), as PyTorch's."""
+        seen = set()
+        for name, child in self._modules.items():
+            if child is not None and child not in seen:
+                seen.add(child)
+                yield name, child
 
     def children(self):
-        return [m for m in self._modules.values() if m is not None]
+        return [m for _, m in self.named_children()]
+
+    def apply(self, fn):
+        """fn(module) for every child's tree (each child's apply), then fn(self), as PyTorch's; returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
 
     def _named_modules_to_visit(self, prefix, recurse, remove_duplicate):
         """named_modules(prefix, remove_duplicate), or with recurse=False this module alone (PyTorch's ``recurse``)."""
-        return self.named_modules(prefix, remove_duplicate) if recurse else [(prefix, self)]
+        return self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse else [(prefix, self)]
 
     def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
         """A Parameter shared by two modules (tied weights: b.weight = a.weight) is listed once, under
@@ -242,12 +287,20 @@ class Module:
     def train(self, mode=True):
         if not isinstance(mode, (bool, np.bool_)):       # PyTorch's ValueError (NumPy's bool, which it refuses, is let in)
             raise ValueError(f"{type(self).__name__}.train: training mode is expected to be boolean, got {mode!r}")
-        for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+        object.__setattr__(self, "training", bool(mode))
+        for child in self.children():      # through each child's own train(), which a subclass may override
+            child.train(mode)
         return self
 
     def eval(self):
         return self.train(False)
+
+    def requires_grad_(self, requires_grad=True):
+        """As PyTorch's, for True (every parameter always has its gradient computed); False, which
+        would freeze the parameters, is refused (see Parameter.requires_grad). Returns self."""
+        for p in self.parameters():
+            p.requires_grad = requires_grad
+        return self
 
     def zero_grad(self, set_to_none=True):
         for p in self.parameters():
@@ -444,6 +497,14 @@ class Sequential(Module):
         for layer in reversed(self._modules.values()):
             grad_out = layer.backward(grad_out)
         return grad_out
+
+
+def _refuse_unless_none(value, what, name, expected):
+    """PyTorch's TypeError for a value of the wrong kind assigned where a parameter, child or buffer is."""
+    if value is not None:
+        kind = type(value)
+        shown = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+        raise TypeError(f"cannot assign '{shown}' as {what} '{name}' ({expected} or None expected)")
 
 
 def _runs(module, path):

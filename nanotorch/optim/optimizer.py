@@ -73,6 +73,9 @@ class Optimizer:
         params = group.get("params")
         if params is None:
             raise ValueError("a parameter group needs a 'params' entry")
+        if isinstance(params, (set, frozenset)):     # (PyTorch's TypeError: state_dict() indexes them in order)
+            raise TypeError("optimizer parameters need to be organized in ordered collections, but the ordering "
+                            "of parameters in sets changes between runs: give a list")
         params = [params] if _is_parameter(params) else list(params)
         if params and all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) for p in params):
             group["param_names"] = [name for name, _ in params]     # from named_parameters(), as PyTorch keeps them

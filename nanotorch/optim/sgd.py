@@ -29,7 +29,9 @@ class SGD(Optimizer):
         momentum: momentum factor, >= 0. Default: 0.
         dampening: dampening for momentum. Default: 0.
         weight_decay: L2 penalty coefficient, >= 0. Default: 0.
-        nesterov: Nesterov momentum; needs momentum > 0 and dampening == 0. Default: False.
+        nesterov: Nesterov momentum; needs momentum > 0 and dampening == 0 (checked on these
+            arguments, as PyTorch checks them: a group's own momentum may be 0, which runs plain SGD
+            for it, as does OneCycleLR's base_momentum=0 at the peak). Default: False.
         maximize, differentiable: PyTorch's; only their default, False, is implemented.
         foreach, fused: choose among PyTorch's implementations of this same update; nanotorch has
             one (a compiled loop), so any value gives the numbers above.
@@ -43,6 +45,9 @@ class SGD(Optimizer):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
                         maximize=maximize, foreach=foreach, differentiable=differentiable, fused=fused)
         self._check_group(defaults)                     # (the keys of PyTorch's param_groups, in its order)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError(f"SGD: nesterov=True requires momentum > 0 and dampening == 0, got "
+                             f"momentum={momentum}, dampening={dampening}")
         super().__init__(params, defaults)
 
     def _check_group(self, group):
@@ -58,10 +63,6 @@ class SGD(Optimizer):
             if group.get(name):
                 raise NotImplementedError(f"SGD: {name}={group[name]!r} is not implemented in nanotorch "
                                           f"(only {name}=False)")
-        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
-            raise ValueError(
-                f"SGD: nesterov=True requires momentum > 0 and dampening == 0, got "
-                f"momentum={group['momentum']}, dampening={group['dampening']}")
 
     def step(self, closure=None):
         """One update of every parameter that has a gradient (see the class docstring).
