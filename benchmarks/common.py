@@ -151,6 +151,19 @@ def peak_rss_mb():
     return rss / (1 << 20) if sys.platform == "darwin" else rss / 1024
 
 
+def check_out_dir(ap, out):
+    """ap.error unless the --out folder exists or can be made, and can be written to: checked as the
+    command line is read, not after minutes of measuring that would then be lost."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        ap.error(f"--out {out} is a file, not a folder")
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as e:
+        ap.error(f"--out {out}: cannot make that folder ({e.strerror})")
+    if not os.access(out, os.W_OK | os.X_OK):
+        ap.error(f"--out {out}: the folder is not writable")
+
+
 def write_csv(path, rows):
     """Write a list of dicts (all with the first row's keys) as CSV, atomically; floats get 6 significant digits."""
     def write(f):

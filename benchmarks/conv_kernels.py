@@ -33,8 +33,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import (RESULTS_DIR, format_table, settle, sgemm_peak, threads, timeit_many, try_import_torch,
-                               write_csv)
+from benchmarks.common import (RESULTS_DIR, check_out_dir, format_table, settle, sgemm_peak, threads, timeit_many,
+                               try_import_torch, write_csv)
 from nanotorch import nn
 from nanotorch.threads import parallel
 from mnist.cli import check_counts
@@ -328,6 +328,7 @@ def parse_args(argv=None):
     ap.add_argument("--plot", action=argparse.BooleanOptionalAction, default=None, help="default: on unless --quick")
     args = ap.parse_args(argv)
     check_counts(ap, args, ("batch", "threads", "repeats"))
+    check_out_dir(ap, args.out)
     return args
 
 

@@ -28,8 +28,8 @@ from itertools import islice
 
 import numpy as np
 
-from benchmarks.common import (RESULTS_DIR, format_table, peak_rss_mb, seconds_since_process_start, settle, threads,
-                               torch_threads, try_import_torch, write_csv)
+from benchmarks.common import (RESULTS_DIR, check_out_dir, format_table, peak_rss_mb, seconds_since_process_start,
+                               settle, threads, torch_threads, try_import_torch, write_csv)
 from nanotorch import nn
 from mnist.cli import check_counts
 from mnist.data import iterate_batches, load_mnist, normalize
@@ -209,12 +209,14 @@ def parse_args(argv=None):
     ap.add_argument("--profile-steps", type=int, default=None,
                     help="steps of the per-layer profile (default 100, or --steps if fewer; quick 10)")
     ap.add_argument("--quick", action="store_true", help="20 steps, 1 repeat, 1000 test images (CI smoke)")
-    ap.add_argument("--data-dir", default=None, help="folder with the MNIST files (default $NANOTORCH_DATA/mnist)")
+    ap.add_argument("--data-dir", default=None,
+                    help="folder with the MNIST files (default: $NANOTORCH_DATA/mnist or the cache)")
     ap.add_argument("--no-torch", action="store_true", help="measure nanotorch only")
     ap.add_argument("--out", default=str(RESULTS_DIR),
                     help="folder for the CSVs and epoch.json (default benchmarks/results/)")
     args = ap.parse_args(argv)
     check_counts(ap, args, ("steps", "repeats", "threads", "profile_steps"))
+    check_out_dir(ap, args.out)
     if args.steps is None:
         args.steps = 20 if args.quick else 300
     if args.repeats is None:

@@ -71,9 +71,20 @@ def model_path(path):
     if os.path.exists(checkpoint):
         print(f"note: {path} has no model.npz (the run did not finish): using its checkpoint.npz", file=sys.stderr)
         return checkpoint
-    train = (f"train into it first with python -m mnist.train --out {path}" if not os.listdir(path) else
-             "it is not a finished run, nor one stopped after a checkpoint")
-    raise FileNotFoundError(f"{path} holds neither model.npz nor checkpoint.npz: {train}")
+    inner = runs_inside(path)
+    if inner:                                   # runs/ itself, say, where runs/<date-time> was meant
+        hint = f"it holds {len(inner)} run folder(s): pass one of them, such as {inner[-1]}"
+    elif not os.listdir(path):
+        hint = f"train into it first with python -m mnist.train --out {path}"
+    else:
+        hint = "it is not a finished run, nor one stopped after a checkpoint"
+    raise FileNotFoundError(f"{path} holds neither model.npz nor checkpoint.npz: {hint}")
+
+
+def runs_inside(folder, files=("model.npz", "checkpoint.npz")):
+    """The sub-folders of ``folder`` that hold one of ``files``, sorted by name: the runs in runs/."""
+    return [os.path.join(folder, name) for name in sorted(os.listdir(folder))
+            if any(os.path.isfile(os.path.join(folder, name, f)) for f in files)]
 
 
 def main(argv=None):

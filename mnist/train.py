@@ -44,7 +44,7 @@ from mnist.checkpoint import (checkpoint_state, load_checkpoint, nonfinite_keys,
                               save_model)
 from mnist.cli import check_counts
 from mnist.data import iterate_batches, load_mnist, normalize, num_batches
-from mnist.evaluate import evaluate
+from mnist.evaluate import evaluate, runs_inside
 from mnist.files import csv_rows, write_atomic, write_new
 from mnist.model import build_model, count_parameters
 
@@ -126,7 +126,10 @@ def parse_args(argv=None):
     if resume and os.path.isdir(resume):                 # a run folder stands for its checkpoint, as in mnist.evaluate
         if not os.path.exists(os.path.join(resume, "checkpoint.npz")):
             finished = os.path.exists(os.path.join(resume, "model.npz"))
-            done = " (its run finished: model.npz is there)" if finished else ""
+            inner = runs_inside(resume, ("checkpoint.npz",))      # runs/ itself, say
+            done = (" (its run finished: model.npz is there)" if finished else
+                    f" (it holds {len(inner)} run folder(s): resume one of them, such as --resume {inner[-1]})"
+                    if inner else "")
             ap.error(f"--resume {resume}: the folder holds no checkpoint.npz{done}")
         resume = args.resume = os.path.join(resume, "checkpoint.npz")
     if args.resume:              # the run's own options; a recipe flag given again must repeat them

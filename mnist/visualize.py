@@ -550,6 +550,9 @@ def iter_pictures(run_dir, data_dir=None, test_images=None, test_set=None, evalu
     from mnist.data import load_mnist
     from mnist.evaluate import evaluate, model_path
 
+    if not os.path.exists(run_dir):                  # (not model_path's message: a file is not taken here)
+        raise FileNotFoundError(f"{run_dir}: no such folder (mnist.visualize takes a run folder, "
+                                "one that python -m mnist.train wrote)")
     if os.path.isfile(run_dir):
         raise NotADirectoryError(f"{run_dir} is a file: mnist.visualize takes a run folder "
                                 f"({os.path.dirname(run_dir) or '.'}, say)")
@@ -585,7 +588,8 @@ def iter_pictures(run_dir, data_dir=None, test_images=None, test_set=None, evalu
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m mnist.visualize", description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir", help="a run directory holding model.npz (and log.csv for the curves)")
+    ap.add_argument("run_dir", help="a run directory holding model.npz, or the checkpoint.npz of a run stopped "
+                                    "before its end (and log.csv for the curves)")
     ap.add_argument("--data-dir", default=None,
                     help="folder with the MNIST files (default: $NANOTORCH_DATA/mnist or the cache)")
     ap.add_argument("--test-images", type=int, default=None, metavar="N",

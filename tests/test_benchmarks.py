@@ -112,6 +112,27 @@ def test_conv_kernels_quick_without_torch(tmp_path, monkeypatch):
     assert {r["impl"] for r in read_csv(tmp_path / "conv_kernels.csv")} == {"nanotorch"}
 
 
+@pytest.mark.parametrize("name", ["conv_kernels", "epoch"])
+def test_an_unusable_out_is_refused_before_measuring(name, tmp_path, monkeypatch, capsys):
+    """--out is checked as the command line is read (it was written to only at the end: a traceback
+    after the whole run, its measurements lost)."""
+    from benchmarks import epoch
+
+    def measuring(*args, **kwargs):
+        raise AssertionError("started measuring")
+    monkeypatch.setattr(ck, "sgemm_peak", measuring)
+    monkeypatch.setattr(epoch, "load_mnist", measuring)
+    main = {"conv_kernels": ck.main, "epoch": epoch.main}[name]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    for out, says in ((a_file, "is a file, not a folder"), (a_file / "sub", "cannot make that folder")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--quick", "--out", str(out)])
+        assert exit_.value.code == 2
+        error = capsys.readouterr().err.splitlines()[-1]
+        assert f"--out {out}" in error and says in error
+
+
 needs_mnist = pytest.mark.skipif(not os.environ.get("NANOTORCH_DATA"), reason="needs real MNIST (NANOTORCH_DATA)")
 
 

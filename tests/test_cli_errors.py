@@ -394,6 +394,20 @@ def test_train_resume_of_a_folder_without_a_checkpoint_is_a_usage_error(tmp_path
         train_mod.main, ["--resume", str(tmp_path)], capsys)
 
 
+def test_the_folder_of_runs_in_place_of_a_run_names_a_run_inside(tmp_path, capsys):
+    """runs/ where runs/<date-time> was meant: each program names a run folder in it to pass instead."""
+    for name in ("20261127-104221", "20261127-110502"):
+        (tmp_path / name).mkdir()
+        interrupted_run(tmp_path / name)
+    newest = tmp_path / "20261127-110502"
+    assert evaluate_mod.main([str(tmp_path)]) == 1
+    assert f"it holds 2 run folder(s): pass one of them, such as {newest}" in capsys.readouterr().err
+    assert visualize.main([str(tmp_path)]) == 1
+    assert f"pass one of them, such as {newest}" in capsys.readouterr().err
+    assert f"resume one of them, such as --resume {newest}" in usage_error(
+        train_mod.main, ["--resume", str(tmp_path)], capsys)
+
+
 def test_train_empty_out_is_a_usage_error(capsys):
     assert "--out must name a folder" in usage_error(train_mod.main, ["--out", ""], capsys)
 

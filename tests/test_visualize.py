@@ -280,8 +280,9 @@ def test_run_without_a_model_says_what_it_needs(tmp_path, capsys):
     with pytest.raises(FileNotFoundError,
                        match=r"neither model\.npz nor checkpoint\.npz.*python -m mnist\.train --out"):
         visualize.visualize_run(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+    with pytest.raises(FileNotFoundError, match="no such folder") as missing:
         visualize.visualize_run(str(tmp_path / "missing"))
+    assert "model.npz" not in str(missing.value)      # (a file is refused: its folder is what it takes)
     assert visualize.main([str(tmp_path)]) == 1
     assert "model.npz" in capsys.readouterr().err
 
