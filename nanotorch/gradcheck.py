@@ -169,7 +169,7 @@ def _directional(module, x, eps, seed, check_input):
     upstream = rng.standard_normal(run(x).shape)
     module.zero_grad()
     dx = _backward("gradcheck_directional", module, upstream, check_input)
-    params = module.parameters()
+    params = list(module.parameters())               # (gone through several times below)
     v_x = rng.standard_normal(x.shape) if check_input else np.zeros_like(x)
     v_p = [rng.standard_normal(p.data.shape) for p in params]
     analytic = float((np.sum(dx * v_x) if check_input else 0.0)

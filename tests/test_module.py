@@ -1,5 +1,7 @@
 """Module bookkeeping as PyTorch keeps it: parameters set to None, Sequential slices, Flatten's dims,
 and the fused ConvBNGELU falling back to its children when they no longer fit its kernels."""
+import math
+
 import numpy as np
 import pytest
 
@@ -17,7 +19,7 @@ def test_parameter_set_to_none_leaves_parameters_and_state_dict():
     conv.bias = None
     assert [n for n, _ in conv.named_parameters()] == ["weight"]
     assert list(conv.state_dict()) == ["weight"]
-    assert conv.parameters() == [conv.weight]
+    assert list(conv.parameters()) == [conv.weight]
     conv.double().zero_grad()                      # nothing iterating the parameters trips on the None
     y = conv(floats(2, 1, 5, 5))
     conv.backward(np.ones_like(y))
@@ -50,7 +52,7 @@ def test_keys_under_a_child_set_to_none_are_not_unexpected():
     model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
     full = model.state_dict()
     setattr(model[1], "0", None)
-    assert list(model.state_dict()) == ["0.weight", "0.bias"] and len(model.parameters()) == 2
+    assert list(model.state_dict()) == ["0.weight", "0.bias"] and len(list(model.parameters())) == 2
     assert model.load_state_dict(full) == ([], [])
     setattr(model, "1", None)
     assert model.load_state_dict({**full, "1.0.weight.x": np.zeros(1)}) == ([], [])
@@ -148,7 +150,7 @@ def test_child_set_to_none_leaves_modules_and_a_non_module_is_a_type_error():
     seq = nn.Sequential(nn.Linear(3, 2), nn.ReLU())
     setattr(seq, "1", None)
     assert [n for n, _ in seq.named_modules()] == ["", "0"]
-    assert len(seq.children()) == 1
+    assert len(list(seq.children())) == 1
     with pytest.raises(TypeError, match=r"as child module '0' \(nanotorch.nn.Module or None expected\)"):
         setattr(seq, "0", np.zeros(3))
 
@@ -214,7 +216,7 @@ def test_a_module_may_hold_a_handle_to_a_layer_and_swap_its_children():
             self.a, self.b = self.b, self.a
     net = Net()
     assert [n for n, _ in net.named_modules()] == ["", "features", "features.0", "features.1", "a", "b"]
-    assert len(net.parameters()) == 6 and "first.weight" in net.state_dict()
+    assert len(list(net.parameters())) == 6 and "first.weight" in net.state_dict()
 
 
 def test_a_shared_parameter_is_listed_once_and_gets_both_uses_gradients():
@@ -257,8 +259,8 @@ def test_train_mode_must_be_a_bool_and_load_state_dict_returns_the_key_lists():
 
 def test_parameters_recurse_and_state_dict_prefix_as_pytorch():
     model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    assert model.parameters(recurse=False) == [] and len(model[0].parameters(recurse=False)) == 2
-    assert model.buffers(recurse=False) == [] and [n for n, _ in model.named_buffers()] == [
+    assert list(model.parameters(recurse=False)) == [] and len(list(model[0].parameters(recurse=False))) == 2
+    assert list(model.buffers(recurse=False)) == [] and [n for n, _ in model.named_buffers()] == [
         "1.running_mean", "1.running_var", "1.num_batches_tracked"]
     state = model.state_dict(prefix="net.")
     assert list(state)[:2] == ["net.0.weight", "net.0.bias"]
@@ -351,3 +353,159 @@ def test_no_grad_turns_gradients_back_on_after_an_exception_and_lets_it_through(
         with nt.no_grad():
             raise FloatingPointError("boom")
     assert enabled()
+
+
+# --- traversals are iterators; Sequential as a list; registration by name (a second audit against torch) ------
+TRAVERSALS = ["parameters", "buffers", "modules", "children",
+              "named_parameters", "named_buffers", "named_modules", "named_children"]
+
+
+def identities(items):
+    """What a traversal lists, comparable: (name, id) pairs or ids (a buffer is an array, whose == is elementwise)."""
+    return [(x[0], id(x[1])) if isinstance(x, tuple) else id(x) for x in items]
+
+
+@pytest.mark.parametrize("method", TRAVERSALS)
+def test_traversals_are_iterators_that_next_takes_and_len_refuses(method):
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Sequential(nn.ReLU()))
+    items = getattr(model, method)()
+    assert iter(items) is items
+    first = next(items)
+    with pytest.raises(TypeError):
+        len(getattr(model, method)())
+    assert identities([first, *items]) == identities(list(getattr(model, method)()))
+    assert not list(items)                                     # used up, as a generator is
+
+
+def test_next_of_parameters_and_sgd_and_clipping_take_the_iterator():
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    assert next(model.parameters()) is model[0].weight
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    assert identities(opt.param_groups[0]["params"]) == identities(p for _, p in model.named_parameters())
+    for p in opt.param_groups[0]["params"]:
+        p.grad = np.full_like(p.data, 3.0)
+    total = nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    assert np.isclose(total, 3.0 * math.sqrt(3 * 2 + 2 + 2 + 1), rtol=1e-6)     # every gradient counted once
+    assert all(np.allclose(p.grad, 3.0 / (total + 1e-6)) for p in opt.param_groups[0]["params"])   # and clipped
+
+
+def linears(*sizes):
+    """Linear(1, s) layers: each one's out_features tells it apart."""
+    return [nn.Linear(1, s) for s in sizes]
+
+
+def layout(seq):
+    """Each child's key and its Linear's out_features."""
+    return [(k, m.out_features) for k, m in seq._modules.items()]
+
+
+def test_sequential_list_operations_renumber_their_keys_as_pytorch():
+    seq = nn.Sequential(*linears(1, 2, 3))
+    assert seq.append(linears(4)[0]) is seq and layout(seq) == [("0", 1), ("1", 2), ("2", 3), ("3", 4)]
+    assert seq.insert(-1, linears(5)[0]) is seq and layout(seq) == [("0", 1), ("1", 2), ("2", 3), ("3", 5), ("4", 4)]
+    del seq[1]
+    assert layout(seq) == [("0", 1), ("1", 3), ("2", 5), ("3", 4)]
+    assert list(seq.state_dict())[2:4] == ["1.weight", "1.bias"]
+    assert seq.pop(-1).out_features == 4 and layout(seq) == [("0", 1), ("1", 3), ("2", 5)]
+    seq[-3] = linears(6)[0]
+    assert layout(seq) == [("0", 6), ("1", 3), ("2", 5)]
+    assert seq.extend(linears(7, 8)) is seq and layout(seq)[3:] == [("3", 7), ("4", 8)]
+    del seq[::2]
+    assert layout(seq) == [("0", 3), ("1", 7)]
+    assert [m.out_features for m in seq.pop(slice(0, 2))] == [3, 7] and len(seq) == 0
+    assert seq.insert(0, linears(9)[0]) is seq and layout(seq) == [("0", 9)]
+
+
+def test_sequential_index_errors_and_non_modules():
+    seq = nn.Sequential(*linears(1, 2))
+    for index in (2, -3):
+        for operation in (lambda: seq[index], lambda: seq.__setitem__(index, nn.ReLU()),
+                          lambda: seq.__delitem__(index), lambda: seq.pop(index)):
+            with pytest.raises(IndexError, match=f"index {index} is out of range"):
+                operation()
+    with pytest.raises(IndexError, match="index 3 is out of range"):
+        seq.insert(3, nn.ReLU())
+    with pytest.raises(TypeError, match="cannot be interpreted as an integer"):
+        seq["0"]
+    for operation in (lambda: seq.append(3), lambda: seq.insert(0, 3), lambda: seq.extend([3])):
+        with pytest.raises(TypeError, match="int is not a Module"):
+            operation()
+    with pytest.raises(TypeError, match=r"cannot assign 'int' as child module '1'"):
+        seq[-1] = 3
+    assert layout(seq) == [("0", 1), ("1", 2)]
+
+
+def test_sequential_refuses_a_layer_it_would_run_twice_however_it_is_added():
+    seq = nn.Sequential(*linears(1, 2))
+    for operation in (lambda: seq.append(seq[0]), lambda: seq.insert(0, seq[1]), lambda: seq.extend([seq[0]]),
+                      lambda: seq.__setitem__(0, seq[1]), lambda: seq.append(nn.Sequential(seq[1]))):
+        with pytest.raises(ValueError, match="would run it twice"):
+            operation()
+    assert layout(seq) == [("0", 1), ("1", 2)]
+    seq[0] = seq[0]                                              # (the same layer in its own place)
+
+
+def test_sequential_with_empty_slots_takes_new_layers_and_renumbers_the_slots():
+    """Children set to None (slots PyTorch keeps) are no layer run twice, and are renumbered as layers are."""
+    seq = nn.Sequential(*linears(1, 2, 3))
+    seq[0] = seq[2] = None
+    seq.append(linears(4)[0])
+    seq.insert(1, linears(5)[0])
+    del seq[0]
+    assert [(k, m and m.out_features) for k, m in seq._modules.items()] == [("0", 5), ("1", 2), ("2", None), ("3", 4)]
+    assert list(seq.state_dict()) == ["0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias"]
+
+
+def test_sequential_of_an_ordered_dict_keeps_its_names_until_renumbered():
+    from collections import OrderedDict
+    first, second, third = linears(1, 2, 3)
+    seq = nn.Sequential(OrderedDict([("conv", first), ("act", nn.ReLU()), ("fc", second)]))
+    assert list(seq.state_dict()) == ["conv.weight", "conv.bias", "fc.weight", "fc.bias"] and seq.fc is second
+    seq.append(third)                                            # under str(len), as PyTorch's
+    assert list(seq._modules) == ["conv", "act", "fc", "3"]
+    seq.insert(0, nn.ReLU())    # renumbered, as after a del (PyTorch's insert fails on such keys with a KeyError)
+    assert list(seq._modules) == ["0", "1", "2", "3", "4"] and seq[1] is first
+    with pytest.raises(TypeError, match="item 'fc' is a int, expected a Module"):
+        nn.Sequential(OrderedDict(fc=3))
+
+
+def test_add_module_and_register_parameter_register_by_name():
+    box = nn.Module()
+    box.add_module("body", nn.Linear(2, 2))
+    box.register_module("head", None)                # an empty slot, as PyTorch keeps it
+    box.register_parameter("scale", nn.Parameter(np.ones(1, np.float32)))
+    box.register_parameter("shift", None)
+    assert list(box._modules) == ["body", "head"] and box.head is None
+    assert list(box.state_dict()) == ["scale", "body.weight", "body.bias"] and box.shift is None
+    box.add_module("head", nn.Linear(2, 1))          # a slot may be filled, a parameter replaced
+    box.register_parameter("scale", nn.Parameter(np.zeros(1, np.float32)))
+    assert box.get_submodule("head") is box.head and box.get_parameter("scale").data[0] == 0
+    for bad, error in [(("bo.dy", nn.ReLU()), KeyError), (("", nn.ReLU()), KeyError), ((3, nn.ReLU()), TypeError),
+                       (("scale", nn.ReLU()), KeyError), (("training", nn.ReLU()), KeyError),
+                       (("x", np.zeros(1)), TypeError)]:
+        with pytest.raises(error):
+            box.add_module(*bad)
+    for bad, error in [(("a.b", None), KeyError), (("", None), KeyError), ((3, None), TypeError),
+                       (("body", None), KeyError), (("w", np.zeros(1)), TypeError)]:
+        with pytest.raises(error):
+            box.register_parameter(*bad)
+    with pytest.raises(TypeError, match=r"cannot assign 'numpy.ndarray' object to parameter 'w' "
+                                        r"\(nanotorch.nn.Parameter or None required\)"):
+        box.register_parameter("w", np.zeros(1))
+
+
+def test_get_submodule_parameter_and_buffer_follow_dotted_names():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.BatchNorm1d(2)))
+    assert model.get_submodule("") is model and model.get_submodule("1.0") is model[1][0]
+    assert model.get_parameter("0.weight") is model[0].weight
+    assert model.get_buffer("1.0.running_var") is model[1][0].running_var
+    for get, target, message in [
+            (model.get_submodule, "2", "Sequential has no attribute `2`"),
+            (model.get_submodule, "0.weight", "`weight` is not an nn.Module"),
+            (model.get_submodule, "1.0.x", "BatchNorm1d has no attribute `x`"),
+            (model.get_parameter, "1.0.running_var", "`running_var` is not an nn.Parameter"),
+            (model.get_parameter, "0.w", "Linear has no attribute `w`"),
+            (model.get_buffer, "0.weight", "`weight` is not a buffer"),
+            (model.get_buffer, "3.running_var", "Sequential has no attribute `3`")]:
+        with pytest.raises(AttributeError, match=message):
+            get(target)

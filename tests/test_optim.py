@@ -433,6 +433,31 @@ def test_lr_scheduler_module_exports():
     assert lr_scheduler.OneCycleLR is OneCycleLR and issubclass(OneCycleLR, lr_scheduler.LRScheduler)
 
 
+def test_one_cycle_step_with_an_epoch_warns_and_goes_to_that_step():
+    """PyTorch's deprecated step(epoch): a warning, last_epoch = epoch, and that step's lr and momentum
+    (those of a schedule stepped there one by one); an epoch that is no step of the cycle is refused
+    and leaves the schedule as it was."""
+    def run():
+        opt = SGD([param([0.0])], lr=0.001, momentum=0.9)
+        return opt, OneCycleLR(opt, max_lr=0.1, total_steps=40, pct_start=0.25)
+    opt, sched = run()
+    for epoch in (17, 4, 40):
+        with pytest.warns(UserWarning, match=r"The epoch parameter in `scheduler.step\(\)` .* deprecated"):
+            sched.step(epoch)
+        other, stepped = run()
+        for _ in range(epoch):
+            stepped.step()
+        assert sched.last_epoch == epoch and sched.get_last_lr() == stepped.get_last_lr()
+        assert opt.param_groups[0]["momentum"] == other.param_groups[0]["momentum"]
+    before = dict(sched.state_dict(), _last_lr=sched.get_last_lr())
+    for epoch, error, message in [(41, ValueError, "Tried to step 41 times. The specified number of total steps is 40"),
+                                  (-1, ValueError, r"epoch must be in \[0, total_steps=40\], got -1"),
+                                  (2.5, TypeError, "epoch must be an int"), (True, TypeError, "epoch must be an int")]:
+        with pytest.raises(error, match=message), pytest.warns(UserWarning):
+            sched.step(epoch)
+    assert dict(sched.state_dict(), _last_lr=sched.get_last_lr()) == before
+
+
 # --- parity with PyTorch ----------------------------------------------------------------------
 def test_seed_recipe_lr_and_momentum_match_torch_for_all_15000_steps():
     torch = pytest.importorskip("torch")

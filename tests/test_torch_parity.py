@@ -758,7 +758,7 @@ def test_sgd_takes_named_parameters_as_torch():
     opt, opt_t = nanotorch.optim.SGD(ours.named_parameters(), **kwargs), torch.optim.SGD(theirs.named_parameters(),
                                                                                            **kwargs)
     assert opt.state_dict()["param_groups"] == opt_t.state_dict()["param_groups"]      # param_names among them
-    assert opt.param_groups[0]["params"] == ours.parameters()
+    assert opt.param_groups[0]["params"] == list(ours.parameters())
 
 
 # --- Module's bookkeeping --------------------------------------------------------------------------------
@@ -1276,7 +1276,12 @@ def test_manual_seed_takes_torchs_range_of_seeds(seed, same_as):
 @pytest.mark.parametrize("path", [
     "nn.Conv2d", "nn.BatchNorm1d", "nn.BatchNorm2d", "nn.GELU", "nn.ReLU", "nn.MaxPool2d", "nn.AdaptiveAvgPool2d",
     "nn.Linear", "nn.Flatten", "nn.Dropout", "nn.CrossEntropyLoss", "nn.utils.clip_grad_norm_", "optim.SGD",
-    "optim.lr_scheduler.OneCycleLR"])
+    "optim.lr_scheduler.OneCycleLR", "optim.lr_scheduler.OneCycleLR.step", "nn.Module.add_module",
+    "nn.Module.register_module", "nn.Module.register_parameter", "nn.Module.get_submodule",
+    "nn.Module.get_parameter", "nn.Module.get_buffer", "nn.Sequential.append", "nn.Sequential.insert",
+    "nn.Sequential.extend", "nn.Sequential.pop", "nn.init.calculate_gain", "nn.init.uniform_", "nn.init.normal_",
+    "nn.init.constant_", "nn.init.zeros_", "nn.init.ones_", "nn.init.xavier_uniform_", "nn.init.xavier_normal_",
+    "nn.init.kaiming_uniform_", "nn.init.kaiming_normal_"])
 def test_positional_arguments_are_pytorchs_in_order_with_its_defaults(path):
     """Every argument that can be passed by position is PyTorch's argument at that position, with
     PyTorch's default: a call written for PyTorch means the same here (or is refused, for the
@@ -1288,3 +1293,292 @@ def test_positional_arguments_are_pytorchs_in_order_with_its_defaults(path):
     ours_args = [p for p in inspect.signature(ours).parameters.values() if p.kind in positional]
     theirs_args = list(inspect.signature(theirs).parameters.values())[:len(ours_args)]
     assert [(p.name, p.default) for p in ours_args] == [(p.name, p.default) for p in theirs_args]
+
+
+# --- API gaps a PyTorch user meets: a second parity audit against torch 2.13 ------------------------------------
+@pytest.mark.parametrize("method", ["parameters", "buffers", "modules", "children",
+                                    "named_parameters", "named_buffers", "named_modules", "named_children"])
+def test_traversals_are_iterators_as_torchs(method):
+    """next() takes the first item, len() is refused, and the items are torch's, in its order."""
+    import collections.abc
+
+    def build(nn):
+        return nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Sequential(nn.ReLU()))
+    ours, theirs = build(nt_nn), build(torch.nn)
+    for model in (ours, theirs):
+        assert isinstance(getattr(model, method)(), collections.abc.Iterator), model
+        next(getattr(model, method)())
+        with pytest.raises(TypeError):
+            len(getattr(model, method)())
+
+    def described(model):                  # names, or the items' shapes (or kinds, for modules)
+        return [x[0] if isinstance(x, tuple) else type(x).__name__ if hasattr(x, "training") else tuple(x.shape)
+                for x in getattr(model, method)()]
+    assert described(ours) == described(theirs)
+
+
+def test_sgd_and_clip_grad_norm_take_parameters_iterator_as_torchs():
+    def build(nn):
+        return nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    ours, theirs = make_pair(build, np.random.default_rng(0))
+    opt = nanotorch.optim.SGD(ours.parameters(), lr=0.1)
+    opt_t = torch.optim.SGD(theirs.parameters(), lr=0.1)
+    assert len(opt.param_groups[0]["params"]) == len(opt_t.param_groups[0]["params"]) == 4
+    for p, pt in zip(ours.parameters(), theirs.parameters()):
+        p.grad = np.full_like(p.data, 3.0)
+        pt.grad = torch.full_like(pt, 3.0)
+    close(nt_nn.utils.clip_grad_norm_(ours.parameters(), 1.0), nn_utils_clip(theirs.parameters()), "total norm")
+    for (name, p), pt in zip(ours.named_parameters(), theirs.parameters()):
+        close(p.grad, pt.grad, name)
+
+
+def nn_utils_clip(parameters):
+    return torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+
+
+def linear_layout(seq):
+    """The state_dict's keys with each Linear's out_features, which tell the layers apart."""
+    return [(key, tuple(value.shape)) for key, value in seq.state_dict().items()]
+
+
+SEQUENTIAL_STEPS = [
+    ("append", lambda nn, s: s.append(nn.Linear(1, 4))),
+    ("insert at 1", lambda nn, s: s.insert(1, nn.Linear(1, 5))),
+    ("insert at -1", lambda nn, s: s.insert(-1, nn.Linear(1, 6))),
+    ("insert at len", lambda nn, s: s.insert(len(s), nn.Linear(1, 7))),
+    ("insert at -len", lambda nn, s: s.insert(-len(s), nn.Linear(1, 8))),
+    ("del [1]", lambda nn, s: s.__delitem__(1)),
+    ("del [-1]", lambda nn, s: s.__delitem__(-1)),
+    ("set [-2]", lambda nn, s: s.__setitem__(-2, nn.Linear(1, 9))),
+    ("extend a list", lambda nn, s: s.extend([nn.Linear(1, 10), nn.ReLU(), nn.Linear(1, 11)])),
+    ("extend a Sequential", lambda nn, s: s.extend(nn.Sequential(nn.Linear(1, 12)))),
+    ("pop(0)", lambda nn, s: s.pop(0).out_features),
+    ("pop(-2)", lambda nn, s: s.pop(-2).out_features),
+    ("del [1:3]", lambda nn, s: s.__delitem__(slice(1, 3))),
+    ("del [::2]", lambda nn, s: s.__delitem__(slice(None, None, 2))),
+    ("pop(slice)", lambda nn, s: [m.out_features for m in s.pop(slice(-2, None))]),
+]
+
+
+def test_sequential_list_operations_give_torchs_keys():
+    """append, insert, extend, pop, seq[i] = m and del seq[i] (negative indices, slices) one after
+    another: the same state_dict keys after each step, the same values returned."""
+    ours, theirs = nt_nn.Sequential(*[nt_nn.Linear(1, s) for s in (1, 2, 3)]), \
+        torch.nn.Sequential(*[torch.nn.Linear(1, s) for s in (1, 2, 3)])
+    for name, step in SEQUENTIAL_STEPS:
+        got, want = step(nt_nn, ours), step(torch.nn, theirs)
+        assert (got is ours) == (want is theirs), name
+        if got is not ours:
+            assert got == want, name
+        assert linear_layout(ours) == linear_layout(theirs), name
+        assert list(ours._modules) == list(theirs._modules), name
+        assert [type(m).__name__ for m in ours] == [type(m).__name__ for m in theirs], name
+
+
+def test_sequential_of_an_ordered_dict_and_its_renumbering_as_torchs():
+    from collections import OrderedDict
+
+    def build(nn):
+        return nn.Sequential(OrderedDict([("conv", nn.Conv2d(1, 2, 3)), ("act", nn.ReLU()), ("fc", nn.Linear(2, 3))]))
+    ours, theirs = make_pair(build, np.random.default_rng(0))
+    assert tree(ours) == tree(theirs) and type(ours.fc).__name__ == type(theirs.fc).__name__ == "Linear"
+    assert repr(ours) == repr(theirs).replace("torch.nn", "nanotorch.nn")
+    assert list(ours[1:]._modules) == list(theirs[1:]._modules) == ["act", "fc"]
+    for step in (lambda nn, s: s.append(nn.Linear(3, 1)), lambda nn, s: s.__delitem__(1),
+                 lambda nn, s: s.append(nn.Linear(1, 1))):
+        step(nt_nn, ours), step(torch.nn, theirs)
+        assert tree(ours) == tree(theirs)
+
+
+def test_sequential_index_errors_as_torchs():
+    for nn in (nt_nn, torch.nn):
+        seq = nn.Sequential(nn.Linear(1, 1), nn.Linear(1, 2))
+        for index in (2, -3):
+            for operation in (lambda: seq[index], lambda: seq.__setitem__(index, nn.ReLU()),
+                              lambda: seq.__delitem__(index), lambda: seq.pop(index)):
+                with pytest.raises(IndexError, match=f"index {index} is out of range"):
+                    operation()
+            with pytest.raises(IndexError):
+                seq.insert(index + 1 if index > 0 else index - 1, nn.ReLU())
+        for operation in (lambda: seq["0"], lambda: seq[1.0]):
+            with pytest.raises(TypeError, match="cannot be interpreted as an integer"):
+                operation()
+        with pytest.raises(TypeError, match="int is not a Module subclass"):
+            seq.append(3)
+        with pytest.raises(TypeError, match="cannot assign 'int' as child module '1'"):
+            seq[1] = 3
+
+
+def test_registration_by_name_and_its_errors_as_torchs():
+    """add_module / register_module / register_parameter, and the errors PyTorch raises for bad names."""
+    def build(nn, array):
+        box = nn.Module()
+        box.add_module("body", nn.Linear(2, 2))
+        box.register_module("head", None)
+        box.register_parameter("scale", nn.Parameter(array(np.ones(1, np.float32))))
+        box.register_parameter("shift", None)
+        box.add_module("tail", nn.ReLU())
+        box.add_module("tail", nn.Linear(2, 1))                      # replaced, in its place
+        box.register_parameter("scale", nn.Parameter(array(np.full(2, 2.0, np.float32))))
+        return box
+    ours, theirs = build(nt_nn, np.asarray), build(torch.nn, torch.from_numpy)
+    assert tree(ours) == tree(theirs) and ours.head is theirs.head is None and ours.shift is theirs.shift is None
+    assert theirs.load_state_dict(torch_state(ours)) == ([], [])
+    for nn, array in ((nt_nn, np.zeros), (torch.nn, torch.zeros)):
+        box = build(nn, np.asarray if nn is nt_nn else torch.from_numpy)
+        box.register_buffer("stat", array(1))
+        for name, module, error in [("a.b", nn.ReLU(), KeyError), ("", nn.ReLU(), KeyError),
+                                    (3, nn.ReLU(), TypeError), ("scale", nn.ReLU(), KeyError),
+                                    ("stat", nn.ReLU(), KeyError), ("training", None, KeyError),
+                                    ("forward", nn.ReLU(), KeyError), ("x", 3, TypeError), ("x", array(1), TypeError)]:
+            with pytest.raises(error):
+                box.add_module(name, module)
+            with pytest.raises(error):
+                box.register_module(name, module)
+        for name, param, error in [("a.b", None, KeyError), ("", None, KeyError), (3, None, TypeError),
+                                   ("body", None, KeyError), ("stat", None, KeyError), ("training", None, KeyError),
+                                   ("w", array(1), TypeError), ("w", 3, TypeError)]:
+            with pytest.raises(error):
+                box.register_parameter(name, param)
+        with pytest.raises(AttributeError, match="before Module.__init__"):
+            nn.Module.__new__(nn.Module).register_parameter("w", None)
+
+
+def test_get_submodule_parameter_and_buffer_as_torchs():
+    def build(nn):
+        box = nn.Module()
+        box.features = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2))
+        box.empty = None
+        box.scale = nn.Parameter(torch.ones(1) if nn is torch.nn else np.ones(1, np.float32))
+        return box
+    ours, theirs = make_pair(build, np.random.default_rng(0))
+    for target in ("", "features", "features.1"):
+        assert type(ours.get_submodule(target)).__name__ == type(theirs.get_submodule(target)).__name__
+    for target in ("scale", "features.0.weight", "features.1.bias"):
+        close(ours.get_parameter(target).data, theirs.get_parameter(target), target)
+    for target in ("features.1.running_var", "features.1.num_batches_tracked"):
+        close(ours.get_buffer(target), theirs.get_buffer(target), target)
+    for get, target in [("get_submodule", "missing"), ("get_submodule", "features.2"),
+                        ("get_submodule", "features.0.weight"), ("get_submodule", "empty"),
+                        ("get_submodule", "empty.x"), ("get_submodule", "features..0"),
+                        ("get_parameter", ""), ("get_parameter", "features"), ("get_parameter", "features.0.w"),
+                        ("get_parameter", "features.1.running_var"), ("get_parameter", "nothing.weight"),
+                        ("get_buffer", "scale"), ("get_buffer", "features.0.weight"), ("get_buffer", "features.x"),
+                        ("get_buffer", "training"), ("get_buffer", "features.1")]:
+        messages = []
+        for model in (ours, theirs):
+            with pytest.raises(AttributeError) as caught:
+                getattr(model, get)(target)
+            messages.append(str(caught.value))
+        assert messages[0] == messages[1], (get, target)
+
+
+# nn.init: the bound or std each initialiser draws with, exactly; then the values' distribution
+INIT_CALLS = [
+    ("uniform_", (), {}), ("uniform_", (-0.3, 2.0), {}), ("normal_", (), {}), ("normal_", (1.0, 0.02), {}),
+    ("xavier_uniform_", (), {}), ("xavier_uniform_", (), {"gain": 5 / 3}), ("xavier_normal_", (0.5,), {}),
+    ("kaiming_uniform_", (), {}), ("kaiming_uniform_", (), {"a": 5 ** 0.5}),
+    ("kaiming_uniform_", (0.2, "fan_out"), {}), ("kaiming_uniform_", (), {"mode": "FAN_OUT", "nonlinearity": "relu"}),
+    ("kaiming_uniform_", (), {"nonlinearity": "tanh"}), ("kaiming_normal_", (), {}),
+    ("kaiming_normal_", (), {"mode": "fan_out", "nonlinearity": "relu"}),
+    ("kaiming_normal_", (0.1,), {"nonlinearity": "leaky_relu"}), ("kaiming_normal_", (), {"nonlinearity": "selu"}),
+]
+INIT_SHAPES = [(3, 5), (20, 1), (4, 3, 2, 2), (16, 8, 3, 3), (2, 7, 5), (6, 2, 1, 3, 4)]
+
+
+def test_init_fans_and_gains_are_torchs():
+    for shape in INIT_SHAPES + [(4,), ()]:
+        results = []
+        for calculate, empty in ((nanotorch.nn.init._calculate_fan_in_and_fan_out, np.empty),
+                                 (torch.nn.init._calculate_fan_in_and_fan_out, torch.empty)):
+            try:
+                results.append(calculate(empty(shape)))
+            except ValueError as e:
+                results.append(str(e))
+        assert results[0] == results[1], shape
+    for args in [("linear",), ("conv2d",), ("conv_transpose3d",), ("sigmoid",), ("tanh",), ("relu",), ("selu",),
+                 ("leaky_relu",), ("leaky_relu", 0.2), ("leaky_relu", 3), ("leaky_relu", -1.5),
+                 ("gelu",), ("leaky_relu", True), ("leaky_relu", "0.1")]:
+        results = []
+        for calculate_gain in (nanotorch.nn.init.calculate_gain, torch.nn.init.calculate_gain):
+            try:
+                results.append(calculate_gain(*args))
+            except ValueError as e:
+                results.append(str(e))
+        assert results[0] == results[1], args
+
+
+@pytest.mark.parametrize("shape", INIT_SHAPES)
+def test_init_bounds_and_stds_are_torchs_exactly(shape):
+    """What each initialiser asks its generator for (U(low, high) or N(mean, std)), recorded on both
+    sides: torch's from Tensor.uniform_ / normal_, ours from the generator given. The same floats."""
+    from unittest import mock
+    theirs, ours = [], []
+
+    def recorded(kind):
+        def fill(tensor, low, high, generator=None):
+            theirs.append((kind, low, high))
+            return tensor
+        return fill
+
+    class Recorder:
+        def uniform(self, low, high, size):
+            ours.append(("uniform", low, high))
+            return np.zeros(size)
+
+        def normal(self, loc, scale, size):
+            ours.append(("normal", loc, scale))
+            return np.zeros(size)
+    with mock.patch.object(torch.Tensor, "uniform_", recorded("uniform")), \
+            mock.patch.object(torch.Tensor, "normal_", recorded("normal")):
+        for name, args, kwargs in INIT_CALLS:
+            getattr(torch.nn.init, name)(torch.empty(shape), *args, **kwargs)
+    for name, args, kwargs in INIT_CALLS:
+        getattr(nanotorch.nn.init, name)(nt_nn.Parameter(np.empty(shape, np.float32)), *args, **kwargs,
+                                          generator=Recorder())
+    assert len(ours) == len(theirs) == len(INIT_CALLS)
+    for call, got, want in zip(INIT_CALLS, ours, theirs):
+        assert got == want, call
+
+
+@pytest.mark.parametrize("name, args, kwargs", INIT_CALLS, ids=[f"{c[0]}-{i}" for i, c in enumerate(INIT_CALLS)])
+def test_init_values_are_distributed_as_torchs(name, args, kwargs):
+    """On 147,456 values of a (256, 64, 3, 3) weight: the same quantiles as torch's draws, to a
+    fraction of the std (0.05) that sampling noise stays under (3.6 standard errors at the 1% quantile); inside
+    the bounds, for a uniform."""
+    shape = (256, 64, 3, 3)
+    nanotorch.manual_seed(0)
+    torch.manual_seed(0)
+    w = nt_nn.Parameter(np.empty(shape, np.float32))
+    ours = getattr(nanotorch.nn.init, name)(w, *args, **kwargs).data
+    theirs = getattr(torch.nn.init, name)(torch.empty(shape), *args, **kwargs).numpy()
+    levels = [0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99]
+    spread = theirs.std()
+    np.testing.assert_allclose(np.quantile(ours, levels), np.quantile(theirs, levels), rtol=0, atol=0.05 * spread)
+    assert abs(ours.std() / spread - 1) < 0.02 and abs(ours.mean() - theirs.mean()) < 0.02 * spread
+    if "uniform" in name:
+        assert ours.min() >= theirs.min() - 1e-3 * spread and ours.max() <= theirs.max() + 1e-3 * spread
+
+
+def test_one_cycle_step_with_an_epoch_warns_and_jumps_there_as_torchs():
+    """The deprecated step(epoch): a UserWarning, last_epoch set to epoch, and that step's lr and
+    momentum; stepping on goes from there. Past total_steps, both raise."""
+    kwargs = dict(max_lr=0.1, total_steps=20, pct_start=0.25)
+    opt = nanotorch.optim.SGD([nt_nn.Parameter(np.zeros(1))], lr=0.01, momentum=0.9)
+    opt_t = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.01, momentum=0.9)
+    sched = nanotorch.optim.lr_scheduler.OneCycleLR(opt, **kwargs)
+    sched_t = torch.optim.lr_scheduler.OneCycleLR(opt_t, **kwargs)
+    opt_t.step()
+    for epoch, then in ((7, 1), (3, 0), (3, 2), (19, 1), (0, 0), (20, 0)):
+        for scheduler in (sched, sched_t):
+            with pytest.warns(UserWarning, match="The epoch parameter in `scheduler.step"):
+                scheduler.step(epoch)
+            for _ in range(then):
+                scheduler.step()
+        assert sched.last_epoch == sched_t.last_epoch == epoch + then
+        assert sched.get_last_lr() == sched_t.get_last_lr()
+        assert opt.param_groups[0]["momentum"] == opt_t.param_groups[0]["momentum"]
+    assert sched.state_dict()["_step_count"] == sched_t.state_dict()["_step_count"]
+    for scheduler in (sched, sched_t):
+        with pytest.raises(ValueError, match="Tried to step 21 times"), pytest.warns(UserWarning):
+            scheduler.step(21)

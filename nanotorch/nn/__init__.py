@@ -8,9 +8,9 @@ from nanotorch.nn.dropout import Dropout
 from nanotorch.nn.linear import Flatten, Linear
 from nanotorch.nn.loss import CrossEntropyLoss
 from nanotorch.nn.fused import ConvBNGELU
-from nanotorch.nn import utils
+from nanotorch.nn import init, utils
 
 __all__ = ["Module", "Parameter", "Sequential", "StateDictMismatch", "Conv2d", "BatchNorm1d", "BatchNorm2d", "GELU",
            "ReLU", "AdaptiveAvgPool2d", "MaxPool2d", "Dropout", "Flatten", "Linear", "CrossEntropyLoss", "ConvBNGELU",
-           "utils"]
+           "init", "utils"]
 

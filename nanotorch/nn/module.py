@@ -17,6 +17,7 @@ in one forward pass, since its second call overwrites what the first call's back
 (share weights by sharing the Parameter instead: ``b.weight = a.weight``). A Sequential refuses
 a module that it would run twice; a hand-written forward must keep the rule itself.
 """
+import operator
 from collections import OrderedDict, namedtuple
 from collections.abc import Mapping
 
@@ -171,21 +172,53 @@ class Module:
         """A non-trainable array (BatchNorm's running statistics), cast by ``to`` and saved in the
         state_dict unless ``persistent=False``. As in PyTorch, None stands for no array: the name is
         kept, and skipped by buffers(), state_dict() and to() until an array is registered."""
-        if not isinstance(name, str):                 # (PyTorch's TypeError and KeyError)
-            raise TypeError(f"{type(self).__name__}.register_buffer: the name must be a string, "
-                            f"got {type(name).__name__}")
-        if not name or "." in name:                   # (a dotted name would read as a child's key in a state_dict)
-            raise KeyError(f"{type(self).__name__}.register_buffer: the name must be non-empty and without '.', "
-                           f"got {name!r}")
+        self._check_name("register_buffer", name, self._buffers)
         if array is not None and not isinstance(array, np.ndarray):
             raise TypeError(f"{type(self).__name__}.register_buffer: expected a numpy array or None for "
                             f"'{name}', got {type(array).__name__}")
-        if name not in self._buffers and hasattr(self, name):        # (PyTorch's KeyError)
-            raise KeyError(f"{type(self).__name__}.register_buffer: attribute '{name}' already exists")
         if name not in self._buffers:
             self._buffers.append(name)
         (self._non_persistent.discard if persistent else self._non_persistent.add)(name)
         object.__setattr__(self, name, array)
+
+    def add_module(self, name, module):
+        """Register ``module`` as the child ``name``, as ``self.name = module`` does; None keeps the name
+        with no child under it. Errors as PyTorch's: TypeError for a non-Module, KeyError for a name
+        another attribute holds (see _check_name)."""
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"{_typename(module)} is not a Module subclass")
+        self._check_name("add_module", name, self._modules)
+        if module is None:
+            self._modules[name] = None                # (the name kept, with no child under it)
+        setattr(self, name, module)
+
+    def register_module(self, name, module):
+        """PyTorch's other name for add_module."""
+        self.add_module(name, module)
+
+    def register_parameter(self, name, param):
+        """Register ``param`` as the parameter ``name``, as ``self.name = param`` does; None keeps the
+        name with no parameter under it. Errors as PyTorch's (see _check_name)."""
+        if "_parameters" not in self.__dict__:
+            raise AttributeError("cannot assign parameter before Module.__init__() call")
+        self._check_name("register_parameter", name, self._parameters)
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"cannot assign '{_typename(param)}' object to parameter '{name}' "
+                            "(nanotorch.nn.Parameter or None required)")
+        if param is None:
+            self._parameters[name] = None
+        setattr(self, name, param)
+
+    def _check_name(self, method, name, registry):
+        """PyTorch's checks of a name to register: TypeError for a non-string; KeyError for an empty or
+        dotted name (a dotted one would read as a child's in a state_dict key), or one that another
+        attribute holds (a name in ``registry`` is re-registered)."""
+        if not isinstance(name, str):
+            raise TypeError(f"{type(self).__name__}.{method}: the name must be a string, got {type(name).__name__}")
+        if not name or "." in name:
+            raise KeyError(f"{type(self).__name__}.{method}: the name must be non-empty and without '.', got {name!r}")
+        if name not in registry and hasattr(self, name):
+            raise KeyError(f"{type(self).__name__}.{method}: attribute '{name}' already exists")
 
     # --- the contract ---------------------------------------------------------------
     def forward(self, x):
@@ -228,7 +261,9 @@ class Module:
         return walk(self, prefix)
 
     def modules(self, remove_duplicate=True):
-        return [m for _, m in self.named_modules(remove_duplicate=remove_duplicate)]
+        """An iterator, as PyTorch's (and parameters(), buffers(), children() and the named_ ones): next()
+        takes the first, len() needs list() first."""
+        return (m for _, m in self.named_modules(remove_duplicate=remove_duplicate))
 
     def named_children(self):
         """(name, child) for each direct child, a child under two names once (under its first), as PyTorch's."""
@@ -239,7 +274,7 @@ class Module:
                 yield name, child
 
     def children(self):
-        return [m for _, m in self.named_children()]
+        return (m for _, m in self.named_children())
 
     def apply(self, fn):
         """fn(module) for every child's tree (each child's apply), then fn(self), as PyTorch's; returns self."""
@@ -266,7 +301,7 @@ class Module:
                 yield (f"{mod_name}.{name}" if mod_name else name), p
 
     def parameters(self, recurse=True):
-        return [p for _, p in self.named_parameters(recurse=recurse)]
+        return (p for _, p in self.named_parameters(recurse=recurse))
 
     def named_buffers(self, prefix="", recurse=True, remove_duplicate=True):
         """(name, array) for each buffer that holds an array, as named_parameters lists parameters."""
@@ -281,7 +316,43 @@ class Module:
                 yield (f"{mod_name}.{name}" if mod_name else name), b
 
     def buffers(self, recurse=True):
-        return [b for _, b in self.named_buffers(recurse=recurse)]
+        return (b for _, b in self.named_buffers(recurse=recurse))
+
+    def get_submodule(self, target):
+        """The module at the dotted path ``target`` ('' is this module), as PyTorch's: an AttributeError
+        names the first step that is missing or not a Module."""
+        if target == "":
+            return self
+        mod = self
+        for name in target.split("."):
+            if not hasattr(mod, name):
+                raise AttributeError(f"{type(mod).__name__} has no attribute `{name}`")
+            mod = getattr(mod, name)
+            if not isinstance(mod, Module):
+                raise AttributeError(f"`{name}` is not an nn.Module")
+        return mod
+
+    def get_parameter(self, target):
+        """The Parameter at the dotted path ``target`` ('0.weight'); AttributeError as get_submodule's."""
+        mod, name = self._owner_of(target)
+        if not isinstance(getattr(mod, name), Parameter):
+            raise AttributeError(f"`{name}` is not an nn.Parameter")
+        return getattr(mod, name)
+
+    def get_buffer(self, target):
+        """The buffer at the dotted path ``target`` ('1.running_mean'); AttributeError as get_submodule's."""
+        mod, name = self._owner_of(target)
+        if name not in mod._buffers:
+            raise AttributeError(f"`{name}` is not a buffer")
+        return getattr(mod, name)
+
+    def _owner_of(self, target):
+        """(module, attribute name) for a dotted path to an attribute of a submodule."""
+        path, _, name = target.rpartition(".")
+        mod = self.get_submodule(path)
+        if not hasattr(mod, name):
+            raise AttributeError(f"{type(mod).__name__} has no attribute `{name}`")
+        return mod, name
 
     # --- modes and gradients ------------------------------------------------------------
     def train(self, mode=True):
@@ -443,16 +514,23 @@ class Module:
 
 
 class Sequential(Module):
-    """Runs its children in order; backward runs them in reverse (the chain rule)."""
+    """Runs its children in order; backward runs them in reverse (the chain rule).
+
+    ``Sequential(a, b, c)`` keys its children '0', '1', '2'; ``Sequential(OrderedDict(name=layer, ...))``
+    by their names. As a list, as PyTorch's: ``seq[i]``, ``seq[i] = layer``, ``del seq[i]``, ``append``,
+    ``insert``, ``extend``, ``pop``, with negative indices and slices; a delete or an insert renumbers
+    the keys '0', '1', ... (so the state_dict's keys follow, as PyTorch's do).
+    """
 
     def __init__(self, *layers):
         super().__init__()
-        for i, layer in enumerate(layers):
+        named = layers[0] if len(layers) == 1 and isinstance(layers[0], OrderedDict) else dict(enumerate(layers))
+        for key, layer in named.items():
             if not isinstance(layer, Module):
-                raise TypeError(f"Sequential: item {i} is a {type(layer).__name__}, expected a Module")
-        self._refuse_running_twice(dict(enumerate(layers)))
-        for i, layer in enumerate(layers):
-            Module.__setattr__(self, str(i), layer)
+                raise TypeError(f"Sequential: item {key!r} is a {type(layer).__name__}, expected a Module")
+        self._refuse_running_twice(named)
+        for key, layer in named.items():
+            self.add_module(str(key), layer)
 
     def __setattr__(self, name, value):
         if isinstance(value, Module) and self._modules.get(name) is not value:
@@ -465,6 +543,8 @@ class Sequential(Module):
         call's values (wrong gradients, silently). Refused, as is this Sequential inside itself."""
         seen = {id(self): "this Sequential"}
         for name, child in children.items():
+            if child is None:                   # (a slot with no layer, which forward cannot run anyway)
+                continue
             for path, m in _runs(child, str(name)):
                 if id(m) in seen:
                     raise ValueError(
@@ -480,7 +560,62 @@ class Sequential(Module):
             for name, layer in list(self._modules.items())[i]:
                 Module.__setattr__(part, name, layer)          # (part of a valid Sequential: nothing to check)
             return part
-        return list(self._modules.values())[i]
+        return self._modules[self._key(i)]
+
+    def __setitem__(self, idx, module):
+        setattr(self, self._key(idx), module)
+
+    def __delitem__(self, i):
+        """Delete the child at index i, or those of a slice; then renumber the keys '0', '1', ... as PyTorch."""
+        for key in list(self._modules)[i] if isinstance(i, slice) else [self._key(i)]:
+            delattr(self, key)
+        self._renumber(list(self._modules.values()))
+
+    def _key(self, i):
+        """The key of the child at index i (negative counts from the end), with PyTorch's IndexError."""
+        i = operator.index(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"Sequential: index {i} is out of range for its {len(self)} layers")
+        return list(self._modules)[i]
+
+    def _renumber(self, layers):
+        """Hold ``layers`` under the keys '0', '1', ... in order (the caller has checked them)."""
+        for key in list(self._modules):
+            Module.__delattr__(self, key)
+        for i, layer in enumerate(layers):
+            self.add_module(str(i), layer)
+
+    def append(self, module):
+        """Add ``module`` at the end, under the key str(len(self)), as PyTorch's; returns self."""
+        self.add_module(str(len(self)), module)
+        return self
+
+    def insert(self, index, module):
+        """Put ``module`` before the child at ``index`` (len(self): at the end; negative counts from the
+        end), renumbering the keys; returns self. (PyTorch raises an AssertionError for a non-Module,
+        and a KeyError for a Sequential keyed by names, which this renumbers.)"""
+        if not isinstance(module, Module):
+            raise TypeError(f"{_typename(module)} is not a Module subclass")
+        index = operator.index(index)
+        if not -len(self) <= index <= len(self):
+            raise IndexError(f"Sequential.insert: index {index} is out of range for its {len(self)} layers")
+        layers = list(self._modules.values())
+        layers.insert(index, module)
+        self._refuse_running_twice(dict(enumerate(layers)))
+        self._renumber(layers)
+        return self
+
+    def extend(self, sequential):
+        """Append each module of ``sequential`` (a Sequential, or any iterable of Modules); returns self."""
+        for module in sequential:
+            self.append(module)
+        return self
+
+    def pop(self, key):
+        """Remove and return the child at index ``key`` (for a slice, a Sequential of those), as PyTorch's."""
+        popped = self[key]
+        del self[key]
+        return popped
 
     def __len__(self):
         return len(self._modules)
@@ -499,12 +634,16 @@ class Sequential(Module):
         return grad_out
 
 
+def _typename(value):
+    """The name of value's type as PyTorch's errors show it: 'int', 'numpy.ndarray'."""
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+
+
 def _refuse_unless_none(value, what, name, expected):
     """PyTorch's TypeError for a value of the wrong kind assigned where a parameter, child or buffer is."""
     if value is not None:
-        kind = type(value)
-        shown = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
-        raise TypeError(f"cannot assign '{shown}' as {what} '{name}' ({expected} or None expected)")
+        raise TypeError(f"cannot assign '{_typename(value)}' as {what} '{name}' ({expected} or None expected)")
 
 
 def _runs(module, path):

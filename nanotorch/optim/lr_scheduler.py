@@ -10,8 +10,14 @@ strings and lists/dicts of them, so ``optim.flatten_state_dict`` can store it wi
 """
 import math
 import numbers
+import warnings
 
 from nanotorch.optim.optimizer import Optimizer
+
+EPOCH_DEPRECATION_WARNING = (
+    "The epoch parameter in `scheduler.step()` was not necessary and is being deprecated where possible. "
+    "Please use `scheduler.step()` to step the scheduler. (As in PyTorch, step(epoch) sets last_epoch to "
+    "epoch and computes that step's learning rates.)")
 
 
 class LRScheduler:
@@ -43,13 +49,27 @@ class LRScheduler:
         """The learning rates for step ``self.last_epoch``, one per group (subclasses implement)."""
         raise NotImplementedError(f"{type(self).__name__}.get_lr")
 
-    def step(self):
-        """Advance one step and write the new learning rates into the optimiser."""
+    def step(self, epoch=None):
+        """Advance one step and write the new learning rates into the optimiser.
+
+        ``epoch``, deprecated in PyTorch (with this warning), jumps to that step instead: last_epoch =
+        epoch, and the lrs of that step (PyTorch's computation where there is no closed form, as for
+        OneCycleLR).
+        """
+        if epoch is not None:
+            warnings.warn(EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
+            if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral):
+                raise TypeError(f"{type(self).__name__}.step: epoch must be an int (the step to go to), got {epoch!r}")
+        step = self.last_epoch + 1 if epoch is None else epoch
+        self._check_step(step)
         self._step_count += 1
-        self.last_epoch += 1
+        self.last_epoch = step
         for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+
+    def _check_step(self, step):
+        """Raise, before anything changes, for a step the schedule does not have (subclasses)."""
 
     def get_last_lr(self):
         """The learning rates the last ``step()`` (or the constructor) wrote, one per group."""
@@ -217,9 +237,10 @@ class OneCycleLR(LRScheduler):
             lrs.append(lr)
         return lrs
 
-    def step(self):
-        """Advance one batch; raises ValueError past ``total_steps`` (leaving the state as it was)."""
-        if self.last_epoch + 1 > self.total_steps:
-            raise ValueError(f"Tried to step {self.last_epoch + 1} times. "
-                             f"The specified number of total steps is {self.total_steps}")
-        super().step()
+    def _check_step(self, step):
+        """A ValueError past ``total_steps``, as PyTorch's (which raises it after moving last_epoch there;
+        this leaves the state as it was); and for a step(epoch) before the cycle's first."""
+        if step < 0:
+            raise ValueError(f"OneCycleLR.step: epoch must be in [0, total_steps={self.total_steps}], got {step}")
+        if step > self.total_steps:
+            raise ValueError(f"Tried to step {step} times. The specified number of total steps is {self.total_steps}")
