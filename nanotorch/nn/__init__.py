@@ -1,5 +1,6 @@
 """nanotorch.nn: layers with explicit, hand-written backward passes (one short file per idea)."""
-from nanotorch.nn.module import Module, Parameter, Sequential, StateDictMismatch
+from nanotorch.nn.module import Module, Parameter, StateDictMismatch
+from nanotorch.nn.container import Sequential
 from nanotorch.nn.conv import Conv2d
 from nanotorch.nn.batchnorm import BatchNorm1d, BatchNorm2d
 from nanotorch.nn.activation import GELU, ReLU

@@ -30,7 +30,7 @@ from nanotorch.nn._checks import check_grad
 from nanotorch.nn.activation import GELU
 from nanotorch.nn.batchnorm import BatchNorm2d
 from nanotorch.nn.conv import Conv2d
-from nanotorch.nn.module import Sequential
+from nanotorch.nn.container import Sequential
 from nanotorch.threads import parallel
 
 
