@@ -428,8 +428,9 @@ def train(args):
                 stop_here()
         if result is None:                         # resumed from the checkpoint of a finished run: score it
             result = evaluate(model, test_x, test_y, threads=threads)
-            if stop.requested:                     # (in another --out, its checkpoint is saved there too)
+            if not in_place:                       # another --out: a run folder holds its checkpoint.npz too
                 checkpoint()
+            if stop.requested:
                 stop_here()
         log.close()
 

@@ -597,6 +597,7 @@ def test_resume_into_another_out_starts_its_log_with_the_runs_rows(tmp_path, sma
     assert rows[:3] == read_log(first / "log.csv")                                       # steps 2 and 4, copied
     assert main([*argv, "--resume", str(second), "--out", str(third)]) == 0               # a finished run
     assert read_log(third / "log.csv") == rows
+    assert checkpoint_state(third / "checkpoint.npz")["step"] == 10       # a run folder holds its checkpoint
     loss, again = (json.loads((d / "metrics.json").read_text())["final_train_loss"] for d in (second, third))
     assert again == pytest.approx(loss, rel=1e-5)
 
