@@ -134,8 +134,10 @@ def test_bn_gelu_inference_kernel_equals_reference(dtype, rng):
 def test_conv_bn_gelu_gradcheck(mode, rng):
     nt.manual_seed(0)
     block = ConvBNGELU(2, 3, 3, padding=1).double()
+    block[1].weight.data[...], block[1].bias.data[...] = [0.7, -1.3, 1.1], [0.4, -0.2, 0.9]   # not 1 and 0
     block(rng.standard_normal((2, 2, 5, 8)) + 1)
     block.train(mode == "train")
+    assert block.uses_fused_kernels()
     assert nt.gradcheck(block, rng.standard_normal((2, 2, 5, 8))).max_error < 1e-6
 
 

@@ -5,6 +5,7 @@ import pytest
 import nanotorch as nt
 from nanotorch import nn
 from nanotorch.gradcheck import gradcheck, gradcheck_directional
+from nanotorch.kernels.linear import SMALL_LINEAR
 from mnist.model import build_model
 
 TOL = 1e-6
@@ -19,7 +20,48 @@ def direct(conv):
     return conv
 
 
-# (layer factory, input shape): odd shapes, batch 1, one channel, padding 0 and 1, stride 2, ceil_mode
+def random_affine(module, seed=4):
+    """Random gamma (either sign) and beta for every BatchNorm in ``module``: at their start, 1 and 0,
+    a backward that forgot to multiply by gamma passed every check."""
+    rng = np.random.default_rng(seed)
+    for m in module.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.weight is not None:
+            m.weight.data[...] = rng.uniform(0.5, 1.5, m.num_features) * rng.choice([-1.0, 1.0], m.num_features)
+            if m.bias is not None:
+                m.bias.data[...] = rng.standard_normal(m.num_features)
+    return module
+
+
+def fallback(block, child, name, value):
+    """A ConvBNGELU whose child no longer fits the fused kernels (``block[child].name = value``, or,
+    with name None, child replaced by value): it runs its children one by one."""
+    if name is None:
+        setattr(block, str(child), value)
+    else:
+        setattr(block[child], name, value)
+    return block
+
+
+def taken_paths(layer):
+    """The code paths that ``layer``'s last forward took, read from what its modules kept."""
+    paths = set()
+    for m in layer.modules():
+        if isinstance(m, nn.Conv2d):
+            paths.add("direct" if m.saved_for_backward()[2] else "im2col")
+        elif isinstance(m, nn.ConvBNGELU):
+            paths.add("fallback" if m.saved_for_backward()[0] is None else "fused")
+        elif isinstance(m, nn.MaxPool2d):
+            paths.add("2x2" if m.saved_for_backward()[3] else "general")
+        elif isinstance(m, nn.Linear):
+            x, = m.saved_for_backward()
+            paths.add("small" if x.size * m.out_features < SMALL_LINEAR else "blas")
+        elif isinstance(m, nn.AdaptiveAvgPool2d):
+            paths.add("global" if m._output_hw() == (1, 1) else "windows")
+    return paths
+
+
+# (layer factory, input shape): odd shapes, batch 1, one channel, padding 0 and 1, stride 2, ceil_mode;
+# each of the layer's code paths (PATHS below); BatchNorm's gamma and beta made random (random_affine)
 CASES = {
     "conv3x3_pad1": (lambda: nn.Conv2d(3, 4, 3, padding=1), (2, 3, 7, 7)),
     "conv3x3_pad0_5x8": (lambda: nn.Conv2d(2, 3, 3), (2, 2, 5, 8)),
@@ -30,6 +72,13 @@ CASES = {
     "conv_bn_gelu_direct": (lambda: direct(nn.ConvBNGELU(2, 3, 3, padding=1)), (2, 2, 5, 5)),
     "conv_1x1_nobias": (lambda: nn.Conv2d(3, 5, 1, bias=False), (2, 3, 5, 8)),
     "conv_2x3_kernel": (lambda: nn.Conv2d(2, 2, (2, 3), stride=2), (3, 2, 7, 7)),
+    "conv_stride_1x2_pad_1x0": (lambda: nn.Conv2d(3, 2, (3, 2), stride=(1, 2), padding=(1, 0)), (3, 3, 5, 7)),
+    "conv3x3_direct_nobias_odd": (lambda: direct(nn.Conv2d(3, 3, 3, padding=1, bias=False)), (3, 3, 5, 7)),
+    "conv_bn_gelu_stride2": (lambda: nn.ConvBNGELU(3, 5, 3, stride=2, padding=1), (3, 3, 7, 5)),
+    "conv_bn_gelu_tanh_fallback": (lambda: fallback(nn.ConvBNGELU(2, 3, 3, padding=1), 2, "approximate", "tanh"),
+                                   (3, 2, 5, 7)),
+    "conv_bn_gelu_no_affine_fallback": (lambda: fallback(nn.ConvBNGELU(2, 3, 3), 1, None,
+                                                         nn.BatchNorm2d(3, affine=False)), (3, 2, 5, 7)),
     "batchnorm2d": (lambda: nn.BatchNorm2d(3), (2, 3, 5, 8)),
     "batchnorm2d_batch1": (lambda: nn.BatchNorm2d(2), (1, 2, 7, 7)),
     "batchnorm1d": (lambda: nn.BatchNorm1d(5), (3, 5)),
@@ -37,6 +86,8 @@ CASES = {
     "batchnorm1d_no_affine": (lambda: nn.BatchNorm1d(3, affine=False), (4, 3)),
     "batchnorm2d_no_affine": (lambda: nn.BatchNorm2d(2, affine=False), (2, 2, 3, 5)),
     "batchnorm2d_no_bias": (lambda: nn.BatchNorm2d(2, bias=False), (2, 2, 3, 5)),
+    "batchnorm2d_momentum_none": (lambda: nn.BatchNorm2d(3, momentum=None), (3, 3, 5, 7)),
+    "batchnorm1d_momentum_none": (lambda: nn.BatchNorm1d(3, momentum=None), (3, 3, 5)),
     "conv_same_3x5_kernel": (lambda: nn.Conv2d(2, 3, (3, 5), padding="same"), (2, 2, 5, 6)),
     "gelu": (lambda: nn.GELU(), (2, 3, 5, 8)),
     "gelu_tanh": (lambda: nn.GELU("tanh"), (2, 3, 5, 8)),
@@ -45,14 +96,43 @@ CASES = {
     "maxpool2_floor_5x8": (lambda: nn.MaxPool2d(2), (1, 1, 5, 8)),
     "maxpool3_s2_p1": (lambda: nn.MaxPool2d(3, stride=2, padding=1), (2, 2, 7, 7)),
     "maxpool3_s2_ceil_5x8": (lambda: nn.MaxPool2d(3, stride=2, ceil_mode=True), (2, 2, 5, 8)),
+    "maxpool2_exact_6x4": (lambda: nn.MaxPool2d(2), (3, 3, 6, 4)),
+    "maxpool2_s1": (lambda: nn.MaxPool2d(2, stride=1), (3, 3, 5, 6)),
+    "maxpool2x3_s3x2_p1_ceil": (lambda: nn.MaxPool2d((2, 3), stride=(3, 2), padding=1, ceil_mode=True), (1, 3, 7, 8)),
     "avgpool_global": (lambda: nn.AdaptiveAvgPool2d(1), (2, 3, 7, 7)),
     "avgpool_2x3_on_5x8": (lambda: nn.AdaptiveAvgPool2d((2, 3)), (2, 2, 5, 8)),
+    "avgpool_1x3_on_5x7": (lambda: nn.AdaptiveAvgPool2d((1, 3)), (3, 2, 5, 7)),
+    "avgpool_4x5_on_3x2": (lambda: nn.AdaptiveAvgPool2d((4, 5)), (3, 2, 3, 2)),      # larger than the input
     "dropout": (lambda: nn.Dropout(0.3), (2, 3, 7, 7)),
+    "dropout_own_generator": (lambda: nn.Dropout(0.4, generator=np.random.default_rng(7)), (3, 5, 7)),
     "linear": (lambda: nn.Linear(7, 5), (3, 7)),
     "linear_nobias_batch1": (lambda: nn.Linear(5, 3, bias=False), (1, 5)),
     "flatten": (lambda: nn.Flatten(), (2, 3, 5, 8)),
+    "flatten_dims_1_2": (lambda: nn.Flatten(1, 2), (3, 2, 5, 7)),
+    # (no bias before the BatchNorm: in training its gradient is 0 up to rounding, see the conv bias test)
+    "head": (lambda: nn.Sequential(nn.Linear(7, 6, bias=False), nn.BatchNorm1d(6), nn.GELU("tanh"), nn.Dropout(0.3),
+                                   nn.Linear(6, 3)), (5, 7)),
     "conv_bn_gelu_pool": (lambda: nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3), nn.GELU(),
                                                 nn.MaxPool2d(2, ceil_mode=True)), (2, 1, 7, 7)),
+}
+
+# the code paths each case must take (taken_paths); a case not listed takes none of them
+PATHS = {
+    **{case: {"im2col"} for case in ("conv3x3_pad1", "conv3x3_pad0_5x8", "conv_stride2_pad1", "conv_1ch_batch1",
+                                     "conv_1x1_nobias", "conv_2x3_kernel", "conv_stride_1x2_pad_1x0",
+                                     "conv_same_3x5_kernel")},
+    **{case: {"direct"} for case in ("conv3x3_direct", "conv3x3_direct_1ch_batch1", "conv3x3_direct_nobias_odd")},
+    "conv_bn_gelu_direct": {"direct", "fused"},
+    "conv_bn_gelu_stride2": {"im2col", "fused"},
+    "conv_bn_gelu_tanh_fallback": {"im2col", "fallback"},
+    "conv_bn_gelu_no_affine_fallback": {"im2col", "fallback"},
+    **{case: {"2x2"} for case in ("maxpool2_ceil_7x7", "maxpool2_floor_5x8", "maxpool2_exact_6x4")},
+    **{case: {"general"} for case in ("maxpool3_s2_p1", "maxpool3_s2_ceil_5x8", "maxpool2_s1",
+                                      "maxpool2x3_s3x2_p1_ceil")},
+    "avgpool_global": {"global"},
+    **{case: {"windows"} for case in ("avgpool_2x3_on_5x8", "avgpool_1x3_on_5x7", "avgpool_4x5_on_3x2")},
+    **{case: {"small"} for case in ("linear", "linear_nobias_batch1", "head")},
+    "conv_bn_gelu_pool": {"im2col", "2x2"},
 }
 
 
@@ -61,7 +141,7 @@ CASES = {
 def test_layer_gradcheck(case, mode):
     factory, shape = CASES[case]
     nt.manual_seed(1)
-    layer = factory().double()
+    layer = random_affine(factory().double())
     x = np.random.default_rng(2).standard_normal(shape)
     if mode == "eval":
         for _ in range(3):            # move BatchNorm's running statistics away from (0, 1)
@@ -70,26 +150,34 @@ def test_layer_gradcheck(case, mode):
     result = gradcheck(layer, x)
     assert result.max_error < TOL, f"{case} ({mode}): {result}"
     assert set(result.errors) == {"input"} | {n for n, _ in layer.named_parameters()}
+    assert taken_paths(layer) == PATHS.get(case, set())
 
 
+@pytest.mark.parametrize("path", ["im2col", "direct"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_conv_bn_gelu_with_a_conv_bias_gradcheck(mode):
-    """The fused block with bias=True (im2col path, stride 2). In training BatchNorm subtracts each
-    channel's mean, so the conv bias has no effect and its gradient is 0, which a relative error
-    cannot check (both sides are rounding noise): it is checked to be 0 instead."""
+def test_conv_bn_gelu_with_a_conv_bias_gradcheck(mode, path):
+    """The fused block with bias=True (im2col with stride 2, or the direct kernel, whose dz is then
+    not written padded). In training BatchNorm subtracts each channel's mean, so the conv bias has
+    no effect and its gradient is 0, which a relative error cannot check (both sides are rounding
+    noise): it is checked to be 0 instead."""
     nt.manual_seed(1)
-    block = nn.ConvBNGELU(2, 3, 3, stride=2, padding=1, bias=True).double()
-    x = np.random.default_rng(2).standard_normal((2, 2, 7, 6))
+    if path == "im2col":
+        block, shape = nn.ConvBNGELU(2, 3, 3, stride=2, padding=1, bias=True), (2, 2, 7, 6)
+    else:
+        block, shape = direct(nn.ConvBNGELU(2, 3, 3, padding=1, bias=True)), (3, 2, 5, 7)
+    block = random_affine(block.double())
+    x = np.random.default_rng(2).standard_normal(shape)
     for _ in range(3):
         block(np.random.default_rng(3).standard_normal(x.shape) * 2 + 0.5)
     block.train(mode == "train")
     params = [n for n, _ in block.named_parameters() if mode == "eval" or n != "0.bias"]
     result = gradcheck(block, x, params=params)
     assert result.max_error < TOL, f"{mode}: {result}"
+    assert taken_paths(block) == {path, "fused"}
     if mode == "train":
         block.zero_grad()
-        block(x)
-        block.backward(np.random.default_rng(4).standard_normal((2, 3, 4, 3)))
+        y = block(x)
+        block.backward(np.random.default_rng(4).standard_normal(y.shape))
         assert np.abs(block[0].bias.grad).max() < 1e-12
 
 
@@ -127,7 +215,8 @@ def test_dropout_train_really_drops_and_is_replayed():
 def test_cross_entropy_gradcheck(grad_out):
     """d (grad_out * loss) / d logits: the upstream gradient must scale the result."""
     rng = np.random.default_rng(0)
-    for reduction, ignore_index in (("mean", -100), ("sum", -100), ("mean", 3), ("none", -100), ("none", 3)):
+    for reduction, ignore_index in (("mean", -100), ("sum", -100), ("none", -100),
+                                    ("mean", 3), ("sum", 3), ("none", 3)):
         crit = nn.CrossEntropyLoss(reduction=reduction, ignore_index=ignore_index)
         z, t = rng.standard_normal((5, 7)), np.array([3, 0, 6, 3, 2])
         upstream = grad_out * rng.random(5) if reduction == "none" else grad_out    # d L / d loss
@@ -145,7 +234,7 @@ def test_cross_entropy_gradcheck(grad_out):
 
 def _seed_model(mode):
     nt.manual_seed(0)
-    model = build_model().double()
+    model = random_affine(build_model().double())
     rng = np.random.default_rng(5)
     for _ in range(30):                # realistic running statistics for eval mode
         model(rng.standard_normal((4, 1, 28, 28)))
@@ -165,6 +254,21 @@ def test_whole_network_every_parameter(mode):
     assert worst[1] < 1e-5, f"{mode}: worst scaled error {worst}"
     assert gradcheck_directional(model, x, eps=1e-7) < 1e-7
     assert gradcheck_directional(model, x, eps=1e-7, seed=1) < 1e-7
+    assert taken_paths(model) == {"direct", "im2col", "fused", "2x2", "global", "small"}
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_whole_network_on_an_odd_batch_and_image_size(mode):
+    """Batch 3 of 15x13 images: every convolution takes im2col + GEMM (planes under 14 wide), and the
+    poolings cut a last row or column (15 -> 7 -> 3 -> 2 in ceil mode -> 1; 13 -> 6 -> 3 -> 2 -> 1)."""
+    model = _seed_model(mode)
+    x = np.random.default_rng(1).standard_normal((3, 1, 15, 13))
+    result = gradcheck(model, x, eps=1e-7, max_entries=4)
+    assert set(result.scaled_errors) == {"input"} | {n for n, _ in model.named_parameters()}
+    worst = max(result.scaled_errors.items(), key=lambda kv: kv[1])
+    assert worst[1] < 1e-5, f"{mode}: worst scaled error {worst}"
+    assert gradcheck_directional(model, x, eps=1e-7) < 1e-7
+    assert taken_paths(model) == {"im2col", "fused", "2x2", "global", "small"}
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
