@@ -133,6 +133,17 @@ def test_an_unusable_out_is_refused_before_measuring(name, tmp_path, monkeypatch
         assert f"--out {out}" in error and says in error
 
 
+def test_a_folder_out_that_cannot_be_written_to_is_refused(tmp_path, monkeypatch, capsys):
+    """A folder without write permission is refused (os.access stands in for the permission bits,
+    which root, running the tests, would pass anyway)."""
+    monkeypatch.setattr(common.os, "access", lambda path, mode: not mode & os.W_OK)
+    monkeypatch.setattr(ck, "sgemm_peak", lambda *args, **kwargs: pytest.fail("started measuring"))
+    with pytest.raises(SystemExit) as exit_:
+        ck.main(["--quick", "--out", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert f"--out {tmp_path}: the folder is not writable" in capsys.readouterr().err
+
+
 needs_mnist = pytest.mark.skipif(not os.environ.get("NANOTORCH_DATA"), reason="needs real MNIST (NANOTORCH_DATA)")
 
 

@@ -408,6 +408,25 @@ def test_the_folder_of_runs_in_place_of_a_run_names_a_run_inside(tmp_path, capsy
         train_mod.main, ["--resume", str(tmp_path)], capsys)
 
 
+def test_runs_inside_lists_the_sub_folders_holding_a_run_sorted_by_name(tmp_path, capsys):
+    """Only sub-folders holding one of the files count (not a stray file, nor an empty folder or one of
+    notes), sorted by name whatever order the folder lists them in: the last is the newest runs/<date-time>."""
+    names = ["20261127-110502", "20261125-090000", "20261127-104221", "20261126-235959", "20261124-120000"]
+    for name in names:                               # (made out of order)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / ("model.npz" if name.endswith("0") else "checkpoint.npz")).write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "log.csv").write_text("")
+    (tmp_path / "zz.txt").write_text("")
+    assert evaluate_mod.runs_inside(str(tmp_path)) == [str(tmp_path / name) for name in sorted(names)]
+    # --resume names the runs it can resume: those with a checkpoint.npz (a model.npz alone is not one).
+    resumable = sorted(name for name in names if not name.endswith("0"))
+    assert evaluate_mod.runs_inside(str(tmp_path), ("checkpoint.npz",)) == [str(tmp_path / n) for n in resumable]
+    assert (f"it holds {len(resumable)} run folder(s): resume one of them, such as --resume {tmp_path / resumable[-1]}"
+            in usage_error(train_mod.main, ["--resume", str(tmp_path)], capsys))
+
+
 def test_train_empty_out_is_a_usage_error(capsys):
     assert "--out must name a folder" in usage_error(train_mod.main, ["--out", ""], capsys)
 

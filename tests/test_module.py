@@ -467,6 +467,8 @@ def test_sequential_of_an_ordered_dict_keeps_its_names_until_renumbered():
     assert list(seq._modules) == ["0", "1", "2", "3", "4"] and seq[1] is first
     with pytest.raises(TypeError, match="item 'fc' is a int, expected a Module"):
         nn.Sequential(OrderedDict(fc=3))
+    with pytest.raises(TypeError, match="item 0 is a dict, expected a Module"):
+        nn.Sequential({"fc": nn.ReLU()})           # a plain dict is no OrderedDict: an item, as in PyTorch
 
 
 def test_add_module_and_register_parameter_register_by_name():
@@ -509,3 +511,13 @@ def test_get_submodule_parameter_and_buffer_follow_dotted_names():
             (model.get_buffer, "3.running_var", "Sequential has no attribute `3`")]:
         with pytest.raises(AttributeError, match=message):
             get(target)
+
+
+def test_get_buffer_takes_registered_buffers_only_as_pytorch():
+    # As torch's: a plain array attribute is no buffer; a buffer registered as None is one (get_buffer gives None).
+    bn = nn.BatchNorm1d(2)
+    bn.scratch = np.zeros(2)
+    bn.register_buffer("extra", None)
+    with pytest.raises(AttributeError, match="`scratch` is not a buffer"):
+        bn.get_buffer("scratch")
+    assert bn.get_buffer("extra") is None

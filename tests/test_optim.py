@@ -147,6 +147,18 @@ def test_add_param_group_refuses_a_parameter_twice_in_a_group_or_already_in_anot
     assert len(opt.param_groups) == 1
 
 
+def test_a_frozenset_of_parameters_in_a_group_is_refused_as_a_set_is():
+    # A frozenset's order changes between runs as a set's does (the saved state is indexed in that order):
+    # refused in a group as a set is. (Stricter than PyTorch 2.13, whose check is isinstance(params, set).)
+    a, b = param([1.0]), param([2.0])
+    with pytest.raises(TypeError, match="ordered collections"):
+        SGD([{"params": frozenset([a, b])}], lr=0.1)
+    opt = SGD([a], lr=0.1)
+    with pytest.raises(TypeError, match="ordered collections"):
+        opt.add_param_group({"params": frozenset([b])})
+    assert len(opt.param_groups) == 1
+
+
 def test_schedulers_change_lr_through_param_groups():
     p = param([1.0], grad=[1.0])
     opt = SGD([p], lr=0.1)

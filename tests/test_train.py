@@ -613,6 +613,18 @@ def test_resume_in_place_keeps_the_out_of_the_run_in_its_config(tmp_path, small_
 
 
 @requires_mnist
+def test_resume_in_place_by_a_relative_path_records_it_relative(tmp_path, small_test_set, monkeypatch):
+    """The folder is recorded as the command line named it, as --out's is: "run", not its absolute path."""
+    monkeypatch.chdir(tmp_path)
+    ctrl_c_after(monkeypatch, 3)
+    assert main(["--limit", "40", *QUICK, "--out", "run"]) == 130
+    monkeypatch.setattr(train_mod, "train_step", REAL_TRAIN_STEP)
+    assert main(["--resume", "run", *QUICK]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["out"] == "run"
+    assert checkpoint_state(tmp_path / "run" / "checkpoint.npz")["config"]["out"] == "run"
+
+
+@requires_mnist
 @pytest.mark.parametrize("checkpoint_every, last_saved", [(1000, None), (2, 2)])
 def test_ctrl_c_message_names_only_a_checkpoint_that_was_saved(tmp_path, small_test_set, monkeypatch, capsys,
                                                                checkpoint_every, last_saved):

@@ -73,7 +73,8 @@ class Optimizer:
         params = group.get("params")
         if params is None:
             raise ValueError("a parameter group needs a 'params' entry")
-        if isinstance(params, (set, frozenset)):     # (PyTorch's TypeError: state_dict() indexes them in order)
+        if isinstance(params, (set, frozenset)):     # (PyTorch's TypeError for a set; state_dict() indexes the
+            # parameters in order. A frozenset, which PyTorch lets through, has as unstable an order: refused too)
             raise TypeError("optimizer parameters need to be organized in ordered collections, but the ordering "
                             "of parameters in sets changes between runs: give a list")
         params = [params] if _is_parameter(params) else list(params)
