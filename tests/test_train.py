@@ -410,11 +410,12 @@ def test_a_run_resumed_on_another_thread_count_records_the_switch(tmp_path, smal
 
 @requires_mnist
 def test_second_ctrl_c_stops_at_once(tmp_path, small_test_set, monkeypatch, capsys):
+    before = signal.getsignal(signal.SIGINT)       # (SIG_IGN in a job a shell started with &)
     ctrl_c_after(monkeypatch, 3, twice=True)
     assert main(["--limit", "40", *QUICK, "--out", str(tmp_path)]) == 130
     assert not (tmp_path / "checkpoint.npz").exists()          # no waiting for the step boundary
     assert "resume with" not in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler restored
+    assert signal.getsignal(signal.SIGINT) is before                       # handler restored
 
 
 @requires_mnist
@@ -483,6 +484,7 @@ def test_ctrl_c_while_a_finished_run_is_scored_into_another_out_leaves_a_checkpo
 def test_ctrl_c_while_the_model_and_metrics_are_saved_stops_after_them(tmp_path, small_test_set, monkeypatch,
                                                                       capfd):
     """(capfd: the handler writes its note to fd 2 directly.)"""
+    before = signal.getsignal(signal.SIGINT)       # (SIG_IGN in a job a shell started with &)
     real = train_mod.save_json_atomic
 
     def save_json_atomic(path, obj):
@@ -497,7 +499,7 @@ def test_ctrl_c_while_the_model_and_metrics_are_saved_stops_after_them(tmp_path,
             f"(python -m mnist.visualize {tmp_path} draws the pictures)") in err
     assert (tmp_path / "model.npz").exists() and (tmp_path / "metrics.json").exists()
     assert not (tmp_path / "architecture.png").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler restored
+    assert signal.getsignal(signal.SIGINT) is before                       # handler restored
 
 
 @requires_mnist
@@ -511,6 +513,7 @@ def test_ctrl_c_while_drawing_the_pictures_ends_by_the_signal(tmp_path, small_te
     """A Ctrl-C in a picture stops after it (twice: at once) with exit 130, the model and metrics saved; never
     lost, whether the second one's Stopped comes through or matplotlib turns it into a ValueError. (capfd:
     the handler writes its notes to fd 2 directly.)"""
+    before = signal.getsignal(signal.SIGINT)       # (SIG_IGN in a job a shell started with &)
     from mnist import visualize
     drawn = []
 
@@ -537,7 +540,7 @@ def test_ctrl_c_while_drawing_the_pictures_ends_by_the_signal(tmp_path, small_te
     assert ("stopping at once (the model and metrics are saved)" in err) == twice
     assert "warning" not in err and "what was not in a checkpoint is lost" not in err
     assert (tmp_path / "model.npz").exists() and (tmp_path / "metrics.json").exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler restored
+    assert signal.getsignal(signal.SIGINT) is before                       # handler restored
 
 
 @requires_mnist
