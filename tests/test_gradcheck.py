@@ -241,34 +241,32 @@ def _seed_model(mode):
     return model.train(mode == "train")
 
 
+# The 7-conv MNIST network, a sample of entries of every parameter tensor and of the input, entry by
+# entry, plus directional derivatives that involve every entry at once:
+# - a batch of 2 at 28x28, the model's own sizes;
+# - a batch of 3 of 15x13 images: every convolution takes im2col + GEMM (planes under 14 wide), and the
+#   poolings cut a last row or column (15 -> 7 -> 3 -> 2 in ceil mode -> 1; 13 -> 6 -> 3 -> 2 -> 1).
+WHOLE_NETWORK = {
+    # case: (input shape, seed of the input, entries a tensor, seeds of the directions, code paths taken)
+    "28x28": ((2, 1, 28, 28), 0, 12, (0, 1), {"direct", "im2col", "fused", "2x2", "global", "small"}),
+    "odd_15x13": ((3, 1, 15, 13), 1, 4, (0,), {"im2col", "fused", "2x2", "global", "small"}),
+}
+
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_whole_network_every_parameter(mode):
-    """The 7-conv MNIST network on a batch of 2: a sample of entries of every parameter tensor and of the
-    input, entry by entry, plus one directional derivative that involves every entry at once."""
+@pytest.mark.parametrize("case", sorted(WHOLE_NETWORK))
+def test_whole_network_every_parameter(case, mode):
+    shape, data_seed, max_entries, directions, paths = WHOLE_NETWORK[case]
     model = _seed_model(mode)
-    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28))
+    x = np.random.default_rng(data_seed).standard_normal(shape)
     # eps 1e-7: with ~5,000 max-pool windows a larger step flips some argmax (see nanotorch.gradcheck)
-    result = gradcheck(model, x, eps=1e-7, max_entries=12)
+    result = gradcheck(model, x, eps=1e-7, max_entries=max_entries)
     assert set(result.scaled_errors) == {"input"} | {n for n, _ in model.named_parameters()}
     worst = max(result.scaled_errors.items(), key=lambda kv: kv[1])
-    assert worst[1] < 1e-5, f"{mode}: worst scaled error {worst}"
-    assert gradcheck_directional(model, x, eps=1e-7) < 1e-7
-    assert gradcheck_directional(model, x, eps=1e-7, seed=1) < 1e-7
-    assert taken_paths(model) == {"direct", "im2col", "fused", "2x2", "global", "small"}
-
-
-@pytest.mark.parametrize("mode", ["train", "eval"])
-def test_whole_network_on_an_odd_batch_and_image_size(mode):
-    """Batch 3 of 15x13 images: every convolution takes im2col + GEMM (planes under 14 wide), and the
-    poolings cut a last row or column (15 -> 7 -> 3 -> 2 in ceil mode -> 1; 13 -> 6 -> 3 -> 2 -> 1)."""
-    model = _seed_model(mode)
-    x = np.random.default_rng(1).standard_normal((3, 1, 15, 13))
-    result = gradcheck(model, x, eps=1e-7, max_entries=4)
-    assert set(result.scaled_errors) == {"input"} | {n for n, _ in model.named_parameters()}
-    worst = max(result.scaled_errors.items(), key=lambda kv: kv[1])
-    assert worst[1] < 1e-5, f"{mode}: worst scaled error {worst}"
-    assert gradcheck_directional(model, x, eps=1e-7) < 1e-7
-    assert taken_paths(model) == {"im2col", "fused", "2x2", "global", "small"}
+    assert worst[1] < 1e-5, f"{case} {mode}: worst scaled error {worst}"
+    for seed in directions:
+        assert gradcheck_directional(model, x, eps=1e-7, seed=seed) < 1e-7
+    assert taken_paths(model) == paths
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
