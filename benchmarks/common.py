@@ -1,5 +1,5 @@
-"""Shared helpers for the benchmarks: thread setup, median timing, SGEMM peak, CSV writing (the check of
-count flags is mnist.cli's, shared with mnist's commands).
+"""Shared helpers for the benchmarks: thread setup, median timing, SGEMM peak, the check of --out, CSV
+writing (the check of count flags is mnist.cli's, shared with mnist's commands).
 
 Timing on a shared machine is noisy, so ``timeit_many`` interleaves the functions it compares
 (one repeat of each in turn) and every number reported is a median over repeats.

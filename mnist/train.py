@@ -127,10 +127,10 @@ def parse_args(argv=None):
         if not os.path.exists(os.path.join(resume, "checkpoint.npz")):
             finished = os.path.exists(os.path.join(resume, "model.npz"))
             inner = runs_inside(resume, ("checkpoint.npz",))      # runs/ itself, say
-            done = (" (its run finished: model.npz is there)" if finished else
+            hint = (" (its run finished: model.npz is there)" if finished else
                     f" (it holds {len(inner)} run folder(s): resume one of them, such as --resume {inner[-1]})"
                     if inner else "")
-            ap.error(f"--resume {resume}: the folder holds no checkpoint.npz{done}")
+            ap.error(f"--resume {resume}: the folder holds no checkpoint.npz{hint}")
         resume = args.resume = os.path.join(resume, "checkpoint.npz")
     if args.resume:              # the run's own options; a recipe flag given again must repeat them
         try:

@@ -59,8 +59,8 @@ class Sequential(Module):
             return part
         return self._modules[self._key(i)]
 
-    def __setitem__(self, idx, module):
-        setattr(self, self._key(idx), module)
+    def __setitem__(self, i, module):
+        setattr(self, self._key(i), module)
 
     def __delitem__(self, i):
         """Delete the child at index i, or those of a slice; then renumber the keys '0', '1', ... as PyTorch."""
@@ -76,7 +76,8 @@ class Sequential(Module):
         return list(self._modules)[i]
 
     def _renumber(self, layers):
-        """Hold ``layers`` under the keys '0', '1', ... in order (the caller has checked them)."""
+        """Hold ``layers`` under the keys '0', '1', ... in order. (This empties the Sequential first:
+        a caller that adds a layer checks the new list beforehand, so that a refusal changes nothing.)"""
         for key in list(self._modules):
             Module.__delattr__(self, key)
         for i, layer in enumerate(layers):

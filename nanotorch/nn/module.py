@@ -129,9 +129,10 @@ class Module:
     # --- registration -------------------------------------------------------------
     def __setattr__(self, name, value):
         """As PyTorch's: a Parameter is registered under ``name`` in place of a buffer or child of
-        that name, and a Module in place of a buffer; None keeps a parameter's or child's name with
-        nothing under it, which parameters(), named_modules() and state_dict() skip (conv.bias = None);
-        any other value is refused where a parameter, a child or a buffer is registered."""
+        that name, and a Module in place of a buffer; a buffer takes a new array. None keeps a
+        parameter's, child's or buffer's name with nothing under it, which parameters(), buffers(),
+        named_modules() and state_dict() skip (conv.bias = None); any other value is refused where
+        a parameter, a child or a buffer is registered."""
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}: call super().__init__() before assigning attributes")
         if isinstance(value, Parameter):
@@ -245,7 +246,8 @@ class Module:
     def named_modules(self, memo=None, prefix="", remove_duplicate=True):
         """(name, module) for this module and every descendant, depth first; as PyTorch's, a
         module reached twice is listed once unless ``remove_duplicate=False``, and the modules in
-        ``memo`` (a set, which gets the modules listed) are skipped with their descendants."""
+        ``memo`` (a set, to which the modules listed are added unless remove_duplicate=False) are
+        skipped with their descendants."""
         memo = set() if memo is None else memo
 
         def walk(module, path):
@@ -283,7 +285,8 @@ class Module:
         return self
 
     def _named_modules_to_visit(self, prefix, recurse, remove_duplicate):
-        """named_modules(prefix, remove_duplicate), or with recurse=False this module alone (PyTorch's ``recurse``)."""
+        """named_modules(prefix=prefix, remove_duplicate=...), or with recurse=False this module alone
+        (PyTorch's ``recurse``)."""
         return self.named_modules(prefix=prefix, remove_duplicate=remove_duplicate) if recurse else [(prefix, self)]
 
     def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):

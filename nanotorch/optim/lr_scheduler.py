@@ -21,7 +21,8 @@ EPOCH_DEPRECATION_WARNING = (
 
 
 class LRScheduler:
-    """Base class: ``last_epoch`` counts the ``step()`` calls; ``get_lr()`` gives the new lrs.
+    """Base class: ``last_epoch`` is the step the schedule is at, which each ``step()`` advances by one
+    (``step(epoch)`` sets it); ``get_lr()`` gives that step's lrs.
 
     At construction (``last_epoch=-1``) each group's ``'initial_lr'`` is set to its current lr
     (unless a subclass set it already) and one ``step()`` is taken, so ``last_epoch`` is 0 and
@@ -52,9 +53,9 @@ class LRScheduler:
     def step(self, epoch=None):
         """Advance one step and write the new learning rates into the optimiser.
 
-        ``epoch``, deprecated in PyTorch (with this warning), jumps to that step instead: last_epoch =
-        epoch, and the lrs of that step (PyTorch's computation where there is no closed form, as for
-        OneCycleLR).
+        ``epoch``, deprecated in PyTorch (which warns with EPOCH_DEPRECATION_WARNING, as this does),
+        jumps to that step instead: last_epoch = epoch, and the lrs get_lr() gives there (PyTorch's
+        computation for a scheduler without a closed form, as OneCycleLR is).
         """
         if epoch is not None:
             warnings.warn(EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
