@@ -18,9 +18,9 @@ and write across the two layouts, so the block never copies a transpose.
 The maths is BatchNorm2d's and GELU's (nanotorch/nn/batchnorm.py, activation.py); the fused
 loops are in nanotorch/kernels/batchnorm_gelu.py. They compute exact GELU after an affine BatchNorm
 in the block's own mode; if the children no longer fit that (``block[2].approximate = 'tanh'``,
-an affine=False BatchNorm put in, ``block[1].eval()`` alone), the block runs them one by one, as
-the Sequential it is (and a child refuses what nanotorch does not implement: ``block[1].track_running_stats
-= False``).
+an affine=False BatchNorm put in, ``block[1].eval()`` alone) or a child has a hook (nn/hooks.py),
+the block runs them one by one, as the Sequential it is (and a child refuses what nanotorch does
+not implement: ``block[1].track_running_stats = False``).
 """
 import numpy as np
 
@@ -44,14 +44,16 @@ class ConvBNGELU(Sequential):
 
     def uses_fused_kernels(self):
         """Whether the fused kernels compute what the children would: a Conv2d, then an affine BatchNorm2d
-        of its channels, of its dtype, in the block's mode, then exact GELU (a subclass may compute something else)."""
+        of its channels, of its dtype, in the block's mode, then exact GELU (a subclass may compute something else);
+        and no child has a hook, which would need the child's own forward or backward to run (hooks.py)."""
         if len(self._modules) != 3:               # (runs every forward, so it reads _modules directly)
             return False
         conv, bn, act = self._modules.values()
         return (type(conv) is Conv2d and type(bn) is BatchNorm2d and type(act) is GELU
                 and act.approximate == "none" and bn.training == self.training
                 and bn.weight is not None and bn.bias is not None and bn.num_features == conv.out_channels
-                and bn.weight.data.dtype == conv.weight.data.dtype and bn.keeps_running_stats())
+                and bn.weight.data.dtype == conv.weight.data.dtype and bn.keeps_running_stats()
+                and not (conv._hooked or bn._hooked or act._hooked))
 
     def forward(self, x):
         if not self.uses_fused_kernels():

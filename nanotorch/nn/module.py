@@ -23,6 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from nanotorch.grad_mode import is_grad_enabled
+from nanotorch.nn import hooks
 from nanotorch.nn._checks import check_device_and_dtype, only_default
 
 
@@ -125,6 +126,10 @@ class Module:
         object.__setattr__(self, "_non_persistent", set())   # buffers left out of state_dict
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "cache", None)          # what the last forward saved for the backward
+        for name, registry in zip(("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks"),
+                                  hooks.new_hook_dicts()):          # (hooks.py)
+            object.__setattr__(self, name, registry)
+        object.__setattr__(self, "_hooked", False)                   # whether any of the four holds a hook
 
     # --- registration -------------------------------------------------------------
     def __setattr__(self, name, value):
@@ -228,7 +233,40 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
     def __call__(self, *args, **kwargs):
+        if self._forward_pre_hooks or self._forward_hooks:
+            return hooks.call_with_hooks(self, args, kwargs)
         return self.forward(*args, **kwargs)
+
+    # --- hooks (hooks.py: where they run, and what they are given) --------------------
+    def register_forward_pre_hook(self, hook, *, prepend=False, with_kwargs=False):
+        """hook(module, args) before forward, returning None or new args (with_kwargs: hook(module, args,
+        kwargs) returning None or (args, kwargs)). Returns a RemovableHandle."""
+        return hooks.register(self, self._forward_pre_hooks, hooks.Hook(hook, with_kwargs), prepend)
+
+    def register_forward_hook(self, hook, *, prepend=False, with_kwargs=False, always_call=False):
+        """hook(module, args, output) after forward, returning None or a new output (with_kwargs:
+        hook(module, args, kwargs, output)); always_call: also when forward raises (output None)."""
+        return hooks.register(self, self._forward_hooks, hooks.Hook(hook, with_kwargs, always_call), prepend)
+
+    def register_full_backward_pre_hook(self, hook, prepend=False):
+        """hook(module, grad_output) before backward, returning None or a new grad_output tuple."""
+        return hooks.register(self, self._backward_pre_hooks, hooks.Hook(hook), prepend)
+
+    def register_full_backward_hook(self, hook, prepend=False):
+        """hook(module, grad_input, grad_output) after backward, returning None or a new grad_input tuple."""
+        return hooks.register(self, self._backward_hooks, hooks.Hook(hook), prepend)
+
+    def __getstate__(self):
+        """For copy and pickle: the instance's attributes but the bound backward-hook wrapper, which
+        __setstate__ binds again to the new module."""
+        state = dict(self.__dict__)
+        if getattr(state.get("backward"), "__func__", None) is hooks.backward_with_hooks:
+            del state["backward"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        hooks.update(self)
 
     def save_for_backward(self, *values):
         """Keep what the backward will need (nothing inside ``nanotorch.no_grad()``)."""
