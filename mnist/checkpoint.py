@@ -31,6 +31,9 @@ def load_npz(path):
     """Every array of an .npz, loaded without pickle; a clear error for a missing or corrupt file."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if os.path.isdir(path):                     # (a run folder, as mnist.evaluate takes one)
+        raise IsADirectoryError(f"{path} is a folder: give the file in it, its model.npz (or checkpoint.npz); "
+                                "mnist.evaluate.model_path(folder) picks the one a run has")
     if not zipfile.is_zipfile(path):            # (else NumPy reads a text file as "pickled data")
         raise ValueError(f"{path} is not a readable .npz file: not the zip of arrays that np.savez writes "
                          "(as model.npz and checkpoint.npz are)")

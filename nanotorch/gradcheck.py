@@ -94,11 +94,12 @@ def gradcheck(module, x, eps=1e-5, floor=1e-8, seed=0, params=None, check_input=
     """Check ``module.backward`` against central differences; returns a GradcheckResult.
 
     module: a nanotorch Module (use float64: ``module.double()``); x: float64 array.
-    params: names of the parameters to check (default: all of ``module.named_parameters()``).
+    params: names of the parameters to check, or one name (default: all of ``module.named_parameters()``).
     check_input: also check the input's gradient (False for a module whose backward returns None).
     max_entries: check at most this many randomly chosen entries of each tensor (default: every entry).
     """
     named = dict(module.named_parameters())
+    params = [params] if isinstance(params, str) else params      # (not its letters)
     unknown = [n for n in (params or ()) if n not in named]
     if unknown:
         raise ValueError(f"gradcheck: no parameter named {', '.join(map(repr, unknown))} in "

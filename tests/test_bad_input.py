@@ -48,6 +48,23 @@ def test_wrong_number_of_dims(layer, x, expected):
         layer(x)
 
 
+@pytest.mark.parametrize("layer, x", [
+    pytest.param(nn.Conv2d(1, 4, 3), floats(1, 28, 28), id="Conv2d-one-image"),
+    pytest.param(nn.MaxPool2d(2), floats(3, 8, 8), id="MaxPool2d-one-image"),
+    pytest.param(nn.Linear(4, 2), floats(4), id="Linear-one-row"),
+])
+def test_one_example_without_its_batch_axis_is_told_to_add_it(layer, x):
+    """PyTorch takes an unbatched input here; nanotorch does not, and says how to add the axis."""
+    with raises(ValueError, type(layer).__name__, re.escape("x[None]")):
+        layer(x)
+
+
+def test_more_dims_missing_than_the_batch_axis_gets_no_batch_hint():
+    with pytest.raises(ValueError) as info:
+        nn.Conv2d(1, 4, 3)(floats(28, 28))
+    assert "x[None]" not in str(info.value)
+
+
 # --- wrong channel count ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("layer, x, expected", [
     pytest.param(nn.Conv2d(3, 4, 3), floats(2, 4, 8, 8), "3", id="Conv2d"),
@@ -158,6 +175,24 @@ def test_backward_with_a_gradient_of_the_wrong_shape(make, shape, mode):
     for bad in (one_wider, np.ones(out.size, dtype=np.float32)):
         with raises(ValueError, type(layer).__name__, "gradient", re.escape(str(out.shape)), re.escape(str(bad.shape))):
             layer.backward(bad)
+
+
+class ForgetsToReturn(nn.Module):
+    """A hand-written layer whose backward forgets its ``return``."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, grad_out):
+        grad_out * 1
+
+
+def test_a_backward_that_returned_none_is_named_as_the_cause():
+    """The next layer back got None and blamed only itself ('expects a gradient ... got NoneType')."""
+    model = nn.Sequential(nn.Linear(3, 4), ForgetsToReturn(), nn.Linear(4, 2))
+    out = model(floats(5, 3))
+    with raises(ValueError, "Linear", re.escape("(5, 4)"), "got None", "returned None instead of"):
+        model.backward(np.ones_like(out))
 
 
 # --- CrossEntropyLoss targets -----------------------------------------------------------------------------

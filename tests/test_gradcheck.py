@@ -321,6 +321,12 @@ def test_unknown_parameter_name_lists_the_valid_ones():
     assert set(gradcheck(nn.Linear(3, 2).double(), np.ones((2, 3)), params=["bias"]).errors) == {"input", "bias"}
 
 
+def test_params_given_as_one_name_is_that_name():
+    """params="bias" was read as the names 'b', 'i', 'a', 's' (and refused, listing them)."""
+    result = gradcheck(nn.Linear(3, 2).double(), np.ones((2, 3)), params="bias")
+    assert set(result.errors) == {"input", "bias"}
+
+
 @pytest.mark.parametrize("check", [gradcheck, gradcheck_directional])
 def test_a_forward_that_raises_leaves_input_and_parameters_as_they_were(check):
     class Flaky(nn.Linear):

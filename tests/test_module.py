@@ -236,13 +236,37 @@ def test_a_shared_parameter_is_listed_once_and_gets_both_uses_gradients():
     assert set(result.errors) >= {"input", "0.weight", "2.bias"}
 
 
+def test_a_parameter_prints_its_values_as_pytorchs_does():
+    """print(layer.weight) showed only the shape and dtype, where PyTorch shows the values."""
+    p = nn.Parameter(np.array([[0.25, -1.5]], dtype=np.float32))
+    assert repr(p) == "Parameter containing:\n" + repr(p.data)
+    assert "0.25" in str(p) and "-1.5" in str(p)
+
+
+def test_a_subclass_with_forward_only_is_told_to_write_its_backward():
+    """PyTorch's habit (a model class with forward alone) got 'NotImplementedError: Net.backward'."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.fc(x)
+    net = Net()
+    out = net(np.ones((1, 2), dtype=np.float32))
+    with pytest.raises(NotImplementedError, match=r"Net\.backward: nanotorch has no autograd.*reverse.*Sequential"):
+        net.backward(np.ones_like(out))
+
+
 def test_requires_grad_cannot_be_turned_off():
     """PyTorch's way of freezing a layer must not be silently ignored (it was: SGD still moved it)."""
     p = nn.Linear(2, 2).weight
     assert p.requires_grad is True
     p.requires_grad = True
-    with pytest.raises(NotImplementedError, match="leave the parameter out of the optimiser"):
+    with pytest.raises(NotImplementedError, match="leave the parameter out of the optimiser") as info:
         p.requires_grad = False
+    # its gradient is still computed: it accumulates unless zeroed, and clip_grad_norm_ would count it
+    assert "model.zero_grad()" in str(info.value) and "clip_grad_norm_" in str(info.value), info.value
 
 
 def test_train_mode_must_be_a_bool_and_load_state_dict_returns_the_key_lists():

@@ -199,6 +199,18 @@ def test_sgd_rejects_bad_group_and_bad_params():
         SGD([{"params": [p]}, {"params": [p]}], lr=0.1)
 
 
+
+def test_sgd_given_the_method_or_the_model_says_to_call_parameters():
+    """PyTorch's errors here ('method' object is not iterable; ... got a Linear) do not say what to do."""
+    from nanotorch import nn
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(TypeError, match=r"call it: model\.parameters\(\)"):
+        SGD(model.parameters, lr=0.1)
+    for wrong, name in ((model, "Sequential"), (model[0], "Linear"), ([model[0]], "Linear")):
+        with pytest.raises(TypeError, match=rf"{name}.*pass model\.parameters\(\), not the model"):
+            SGD(wrong, lr=0.1)
+
+
 def test_sgd_refuses_a_saved_state_it_would_not_follow():
     """A torch.optim.SGD state_dict carries maximize (and foreach, fused...): a maximize=True state
     loaded here would have been followed by steps the wrong way; it is refused, and the optimiser

@@ -822,6 +822,13 @@ def test_load_model_missing_file(tmp_path):
         load_model(str(tmp_path / "nowhere.npz"))
 
 
+def test_load_model_given_a_run_folder_says_to_name_the_file_in_it(tmp_path):
+    """A user who knows `mnist.evaluate runs/<run>` passes the folder; it said 'not the zip of arrays'."""
+    save_state(tmp_path / "model.npz", build_model().state_dict())
+    with pytest.raises(IsADirectoryError, match=r"is a folder.*model\.npz.*model_path"):
+        load_model(str(tmp_path))
+
+
 UNPICKLED = []
 
 

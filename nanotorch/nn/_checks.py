@@ -21,7 +21,9 @@ def check_input(layer, x, ndims, channels=None, what="input", dtype=None):
             shapes = f"{min(ndims)}-D to {max(ndims)}-D"
         else:
             shapes = " or ".join({2: "(N, C)", 3: "(N, C, L)", 4: "(N, C, H, W)"}.get(d, f"{d}-D") for d in ndims)
-        raise ValueError(f"{name} expects a {shapes} {what}, got shape {x.shape} ({x.ndim}-D)")
+        one_example = x.ndim == min(ndims) - 1 and len(ndims) <= 3    # (PyTorch takes it unbatched; not here)
+        raise ValueError(f"{name} expects a {shapes} {what}, got shape {x.shape} ({x.ndim}-D)"
+                         + (": for one example, add the batch axis, x[None]" if one_example else ""))
     if channels is not None and x.shape[1] != channels:
         raise ValueError(f"{name} expects {channels} channels at axis 1 of its {what} (N, C, ...), "
                          f"got shape {x.shape} with {x.shape[1]}")
@@ -61,6 +63,10 @@ def check_grad(layer, dout, shape, dtype=None):
     """The upstream gradient of a backward must have the shape of the forward's output (and its dtype, if given)."""
     if not isinstance(dout, np.ndarray) or dout.shape != tuple(shape):
         got = dout.shape if isinstance(dout, np.ndarray) else type(dout).__name__
+        if dout is None:                # (in a chain: the backward of the layer after this one returned nothing)
+            got = ("None: the backward of the layer after it returned None instead of the gradient of its input "
+                   "(a hand-written backward must end with return; a Conv2d with input_requires_grad=False "
+                   "returns None, so it can only come first)")
         raise ValueError(f"{type(layer).__name__}.backward expects a gradient of the output's shape "
                          f"{tuple(shape)}, got {got}")
     if dtype is not None and dout.dtype != dtype:

@@ -46,14 +46,18 @@ class Parameter:
     @property
     def requires_grad(self):
         """Always True: every backward computes every parameter's gradient (there is no autograd
-        graph to prune). To freeze a parameter, leave it out of the optimiser's parameters."""
+        graph to prune). To freeze a parameter, leave it out of the optimiser's parameters, and out of
+        clip_grad_norm_'s: unlike PyTorch's frozen parameter, whose grad stays None, its gradient is
+        there, and the optimiser's zero_grad() does not clear it (model.zero_grad() does)."""
         return True
 
     @requires_grad.setter
     def requires_grad(self, value):
         if not value:
             raise NotImplementedError("nanotorch cannot freeze a Parameter (requires_grad=False): every backward "
-                                      "computes every gradient; leave the parameter out of the optimiser instead")
+                                      "computes every gradient; leave the parameter out of the optimiser instead, "
+                                      "and give clip_grad_norm_ the optimiser's parameters only (its gradient "
+                                      "is still there, and accumulates unless model.zero_grad() clears it)")
 
     @property
     def grad(self):
@@ -101,7 +105,8 @@ class Parameter:
         return self._grad
 
     def __repr__(self):
-        return f"Parameter(shape={self.data.shape}, dtype={self.data.dtype})"
+        """The values, as PyTorch prints them (``print(layer.weight)``), under NumPy's print options."""
+        return f"Parameter containing:\n{self.data!r}"
 
 
 _DEVICES = ("cpu", "cuda", "mps", "xpu", "meta")         # device names Module.to tells from dtypes
@@ -227,10 +232,13 @@ class Module:
 
     # --- the contract ---------------------------------------------------------------
     def forward(self, x):
-        raise NotImplementedError(f"{type(self).__name__}.forward")
+        raise NotImplementedError(f"{type(self).__name__}.forward: a Module subclass defines forward(x)")
 
     def backward(self, grad_out):
-        raise NotImplementedError(f"{type(self).__name__}.backward")
+        raise NotImplementedError(
+            f"{type(self).__name__}.backward: nanotorch has no autograd, so a Module subclass writes its backward "
+            "too: backward(grad_out) returns the input's gradient, calling each child's backward in the reverse "
+            "order of forward (or build the model as an nn.Sequential, whose backward does that)")
 
     def __call__(self, *args, **kwargs):
         if self._forward_pre_hooks or self._forward_hooks:

@@ -57,6 +57,12 @@ class Optimizer:
         if _is_parameter(params) or isinstance(params, np.ndarray):
             raise TypeError("params must be an iterable of Parameters or of dicts (parameter groups), "
                             f"got a single {type(params).__name__}: wrap it in a list")
+        if callable(getattr(params, "parameters", None)):              # (the model itself)
+            raise TypeError(f"params must be an iterable of Parameters, got the module {type(params).__name__}: "
+                            "pass model.parameters(), not the model")
+        if callable(params) and not hasattr(params, "__iter__"):     # (model.parameters, not called)
+            raise TypeError(f"params must be an iterable of Parameters, got the {type(params).__name__} "
+                            f"{getattr(params, '__name__', '')!r}: call it: model.parameters()")
         groups = list(params)
         if not groups:
             raise ValueError("params is empty: the optimiser got no parameters to optimise")
@@ -86,7 +92,8 @@ class Optimizer:
                              "as in PyTorch")
         for p in params:
             if not _is_parameter(p):
-                raise TypeError(f"the optimiser can only optimise Parameters, got a {type(p).__name__}")
+                hint = ": pass model.parameters(), not the model" if hasattr(p, "parameters") else ""
+                raise TypeError(f"the optimiser can only optimise Parameters, got a {type(p).__name__}{hint}")
         if len({id(p) for p in params}) != len(params):
             raise ValueError("a parameter group contains the same Parameter twice")
         seen = {id(p) for g in self.param_groups for p in g["params"]}
