@@ -1,4 +1,6 @@
 """The fused fast paths equal the plain layers they stand for."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -161,3 +163,19 @@ def test_conv_bn_gelu_refuses_a_child_setting_it_does_not_implement(child, name,
     setattr(block[child], name, value)
     with pytest.raises(error, match=message):
         block(x)
+
+
+@pytest.mark.parametrize("grad_mode", [True, False])
+def test_a_child_backed_up_after_a_fused_pass_says_it_did_not_run(grad_mode, rng):
+    """After a pass that ran the children one by one, a fused pass leaves BatchNorm's and GELU's own
+    caches from the older pass: their backward must refuse them, not back up that older pass."""
+    block, x = ConvBNGELU(2, 3, 3, padding=1).double(), rng.standard_normal((2, 2, 5, 5))
+    handle = block[1].register_forward_hook(lambda *a: None)     # a hook: the children one by one
+    block(x)
+    handle.remove()
+    with contextlib.nullcontext() if grad_mode else nt.no_grad():
+        block(x)                                                   # fused
+    for child in (block[1], block[2]):
+        with pytest.raises(RuntimeError, match=f"{type(child).__name__}.backward: the last forward ran its "
+                                               "ConvBNGELU fused"):
+            child.backward(np.ones((2, 3, 5, 5)))

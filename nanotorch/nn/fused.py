@@ -31,7 +31,13 @@ from nanotorch.nn.activation import GELU
 from nanotorch.nn.batchnorm import BatchNorm2d
 from nanotorch.nn.conv import Conv2d
 from nanotorch.nn.container import Sequential
+from nanotorch.nn.module import NotRun
 from nanotorch.threads import parallel
+
+
+_FUSED = NotRun("the last forward ran its ConvBNGELU fused, which computes this layer's output without running "
+                "it, so it has nothing from that pass to back up. Call the block's backward; or, to run and watch "
+                "the children one by one, register a hook on the child (nanotorch/nn/hooks.py) before the forward")
 
 
 class ConvBNGELU(Sequential):
@@ -59,7 +65,7 @@ class ConvBNGELU(Sequential):
         if not self.uses_fused_kernels():
             self.save_for_backward(None)          # the children keep their own caches
             return super().forward(x)
-        conv, bn, _ = self
+        conv, bn, act = self
         oh, ow = conv._check(x)
         n, c = x.shape[0], conv.out_channels
         if self.training and n * oh * ow < 2:
@@ -69,6 +75,7 @@ class ConvBNGELU(Sequential):
             raise ValueError(f"ConvBNGELU: expected more than 1 value per channel when training, got input {x.shape}")
         par = parallel(n * c * oh * ow)                           # spread over threads? (nanotorch/threads.py)
         gamma, beta = bn.weight.data, bn.bias.data
+        bn.__dict__["cache"] = act.__dict__["cache"] = _FUSED     # (their caches would be an older pass's)
         if not self.training and not is_grad_enabled():
             self.save_for_backward()                  # keeps nothing (no_grad): a backward now is an error
             return self._inference(x, gamma, beta, par).reshape(n, c, oh, ow)

@@ -114,6 +114,15 @@ _DEVICES = ("cpu", "cuda", "mps", "xpu", "meta")         # device names Module.t
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
+class NotRun:
+    """The cache of a module that the last forward pass did not run, as a fused parent computed its
+    output (nn/fused.py); its backward would otherwise read an older pass's values. ``reason`` says so."""
+    __slots__ = ("reason",)
+
+    def __init__(self, reason):
+        self.reason = reason
+
+
 class StateDictMismatch(ValueError, RuntimeError):
     """load_state_dict's error: a RuntimeError, as PyTorch raises, and a ValueError, as nanotorch's
     other errors for bad input; ``except`` either catches it."""
@@ -281,12 +290,14 @@ class Module:
         self.__dict__["cache"] = values if is_grad_enabled() else None     # (past __setattr__'s checks: a hot path)
 
     def saved_for_backward(self):
-        """What the last forward kept, as a tuple; an error if there was no forward to back up."""
-        if self.cache is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.backward called before forward (or after a forward under no_grad): "
-                "run forward(x) first; each forward saves what the next backward needs")
-        return self.cache
+        """What the last forward kept, as a tuple; an error if there was no forward to back up (or the
+        last pass computed this module's output without running it: a NotRun)."""
+        cache = self.cache
+        if type(cache) is not tuple:
+            raise RuntimeError(f"{type(self).__name__}.backward: {cache.reason}" if isinstance(cache, NotRun) else
+                               f"{type(self).__name__}.backward called before forward (or after a forward under "
+                               "no_grad): run forward(x) first; each forward saves what the next backward needs")
+        return cache
 
     # --- traversal --------------------------------------------------------------------
     def named_modules(self, memo=None, prefix="", remove_duplicate=True):
