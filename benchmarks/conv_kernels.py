@@ -26,7 +26,6 @@ kernels at about half the AVX-512 ones' rate, and Numba's AVX-512 loops then pas
 """
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
@@ -37,7 +36,7 @@ from benchmarks.common import (RESULTS_DIR, check_out_dir, format_table, settle,
                                try_import_torch, write_csv)
 from nanotorch import nn
 from nanotorch.threads import parallel
-from mnist.cli import check_counts
+from mnist.cli import check_counts, run
 from mnist.files import write_atomic
 from nanotorch.kernels import col2im, conv3x3_same, conv3x3_same_grad_weight, flip_transpose, im2col, pad_planes
 
@@ -361,4 +360,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

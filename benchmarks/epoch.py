@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import statistics
-import sys
 import time
 from itertools import islice
 
@@ -31,7 +30,7 @@ import numpy as np
 from benchmarks.common import (RESULTS_DIR, check_out_dir, format_table, peak_rss_mb, seconds_since_process_start,
                                settle, threads, torch_threads, try_import_torch, write_csv)
 from nanotorch import nn
-from mnist.cli import check_counts
+from mnist.cli import check_counts, run
 from mnist.data import iterate_batches, load_mnist, normalize
 from mnist.files import write_atomic
 from mnist.evaluate import predict_logits
@@ -322,4 +321,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -1,4 +1,19 @@
 """What the command lines share: mnist.train's, mnist.evaluate's and the benchmarks' (which import it)."""
+import os
+import sys
+
+
+def run(main):
+    """sys.exit(main()), but quietly when the reader of stdout stops early (``... | head``): Python would
+    print a BrokenPipeError traceback, where a command-line tool just stops, with status 141 (128 +
+    SIGPIPE) as a shell reports one killed by that signal."""
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # (else the flush at exit fails again)
+        status = 141
+    sys.exit(status)
 
 
 def check_counts(ap, args, flags):

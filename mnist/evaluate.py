@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 import nanotorch as nt
 from mnist.checkpoint import load_model
-from mnist.cli import check_counts
+from mnist.cli import check_counts, run
 from mnist.data import load_mnist, normalize
 
 
@@ -115,4 +115,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -16,10 +16,10 @@ average pooling (and a Flatten of a map wider than 1x1) is a window as wide as i
 reported *unclipped*: a value above the image size (28) means the unit sees the whole image plus
 zero padding around it.
 """
-import sys
 
 import numpy as np
 
+from mnist.cli import run
 from nanotorch import nn
 
 
@@ -180,4 +180,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

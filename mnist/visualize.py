@@ -28,6 +28,7 @@ from matplotlib import ticker  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch, Rectangle  # noqa: E402
 
+from mnist.cli import run  # noqa: E402
 from mnist.files import csv_rows, write_atomic  # noqa: E402
 from mnist.summary import summarize  # noqa: E402
 from nanotorch import nn  # noqa: E402
@@ -609,4 +610,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -439,3 +439,14 @@ def test_train_resume_takes_the_run_folder_for_its_checkpoint(tmp_path, monkeypa
     out = capsys.readouterr().out
     assert f"{tmp_path}: the run's 3 steps are done" in out and "training on" not in out
     assert f"-> {tmp_path}" in out
+
+
+def test_a_reader_that_stops_early_ends_the_program_quietly():
+    """``python -m mnist.summary | head -1``: no BrokenPipeError traceback, status 141 (128 + SIGPIPE)."""
+    import subprocess
+    import sys
+    proc = subprocess.Popen([sys.executable, "-m", "mnist.summary"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc.stdout.close()                              # before it prints anything: its first write fails
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
