@@ -94,7 +94,8 @@ def gradcheck(module, x, eps=1e-5, floor=1e-8, seed=0, params=None, check_input=
     """Check ``module.backward`` against central differences; returns a GradcheckResult.
 
     module: a nanotorch Module (use float64: ``module.double()``); x: float64 array.
-    params: names of the parameters to check, or one name (default: all of ``module.named_parameters()``).
+    params: names of the parameters to check, or one name (default: every parameter of
+        ``module.named_parameters()`` with requires_grad; a frozen one has no gradient to check).
     check_input: also check the input's gradient (False for a module whose backward returns None).
     max_entries: check at most this many randomly chosen entries of each tensor (default: every entry).
     """
@@ -104,7 +105,11 @@ def gradcheck(module, x, eps=1e-5, floor=1e-8, seed=0, params=None, check_input=
     if unknown:
         raise ValueError(f"gradcheck: no parameter named {', '.join(map(repr, unknown))} in "
                          f"{type(module).__name__}; expected names from {list(named)}")
-    named = {n: named[n] for n in (params if params is not None else named)}
+    frozen = [n for n in (params or ()) if not named[n].requires_grad]
+    if frozen:
+        raise ValueError(f"gradcheck: parameter {', '.join(map(repr, frozen))} has requires_grad=False, so its "
+                         "backward computes no gradient to check: set requires_grad=True to check it")
+    named = {n: named[n] for n in (params if params is not None else named) if named[n].requires_grad}
     _check_float64("gradcheck", x, named)
     with _buffers_restored(module):
         return _gradcheck(module, x, eps, floor, seed, named, check_input, max_entries)
@@ -157,7 +162,8 @@ def gradcheck_directional(module, x, eps=1e-5, seed=0, check_input=True):
     Along a random direction v (one for x, one for each parameter) the chain rule gives
     d/dt L(x + t v_x, theta + t v_theta) = <dL/dx, v_x> + sum <dL/dtheta, v_theta>; both sides are
     computed (the left by central differences) and their relative difference returned.
-    check_input=False keeps x fixed (v_x = 0), for a module whose backward returns None.
+    check_input=False keeps x fixed (v_x = 0), for a module whose backward returns None; frozen
+    parameters (requires_grad=False) stay fixed too.
     """
     _check_float64("gradcheck_directional", x, dict(module.named_parameters()))
     with _buffers_restored(module):
@@ -170,7 +176,7 @@ def _directional(module, x, eps, seed, check_input):
     upstream = rng.standard_normal(run(x).shape)
     module.zero_grad()
     dx = _backward("gradcheck_directional", module, upstream, check_input)
-    params = list(module.parameters())               # (gone through several times below)
+    params = [p for p in module.parameters() if p.requires_grad]     # (a list: gone through several times below)
     v_x = rng.standard_normal(x.shape) if check_input else np.zeros_like(x)
     v_p = [rng.standard_normal(p.data.shape) for p in params]
     analytic = float((np.sum(dx * v_x) if check_input else 0.0)

@@ -916,9 +916,9 @@ def test_load_state_dict_passes_over_keys_under_a_child_set_to_none():
 
 def test_parameter_takes_torchs_arguments():
     assert nt_nn.Parameter().shape == tuple(torch.nn.Parameter().shape) == (0,)
-    assert nt_nn.Parameter(np.ones(2), requires_grad=True).requires_grad
-    with pytest.raises(NotImplementedError, match="cannot freeze"):
-        nt_nn.Parameter(np.ones(2), requires_grad=False)
+    for flag in (True, False):
+        assert nt_nn.Parameter(np.ones(2), requires_grad=flag).requires_grad is flag \
+            is torch.nn.Parameter(torch.ones(2), requires_grad=flag).requires_grad
 
 
 def test_no_grad_is_a_decorator_and_a_reusable_context():
@@ -1195,8 +1195,9 @@ def test_apply_and_requires_grad_as_torchs():
     assert visits[True] == visits[False]                       # children first; a shared child each time it is met
     assert ours.requires_grad_() is ours and theirs.requires_grad_() is theirs
     assert all(p.requires_grad for p in ours.parameters())
-    with pytest.raises(NotImplementedError, match="cannot freeze"):
-        ours.requires_grad_(False)
+    assert ours.head.requires_grad_(False) is ours.head and theirs.head.requires_grad_(False) is theirs.head
+    assert [p.requires_grad for p in ours.parameters()] == [p.requires_grad for p in theirs.parameters()] \
+        == [True, True, False, False]
 
 
 def test_a_set_of_parameters_in_a_group_is_refused_as_torch():

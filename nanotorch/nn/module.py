@@ -30,8 +30,14 @@ from nanotorch.nn._checks import check_device_and_dtype, only_default
 class Parameter:
     """A trainable array: ``data`` and its gradient ``grad`` (None until a backward).
 
+    ``requires_grad=False`` freezes it, as in PyTorch: a backward leaves its ``grad`` as it is (None,
+    unless set by hand), so SGD and clip_grad_norm_ skip it. The layers still compute its gradient
+    (there is no autograd graph to prune), into a scratch array that is thrown away: freezing a layer
+    saves no time.
+
     After ``nn.utils.flatten_parameters`` the gradient is a view into one shared vector; it then
-    stays that array for good: setting ``grad = None`` (zero_grad) zeroes it in place instead.
+    stays that array for good: setting ``grad = None`` (zero_grad) zeroes it in place instead, and the
+    parameter cannot be frozen (flatten only the trainable parameters).
     """
 
     def __init__(self, data=None, requires_grad=True):
@@ -41,23 +47,29 @@ class Parameter:
                             f"PyTorch), got {self.data.dtype}")
         self._grad = None
         self._grad_is_view = False
-        self.requires_grad = requires_grad                 # (only True: see the property)
+        self._requires_grad = _check_bool(requires_grad, TypeError)     # (PyTorch's TypeError here)
 
     @property
     def requires_grad(self):
-        """Always True: every backward computes every parameter's gradient (there is no autograd
-        graph to prune). To freeze a parameter, leave it out of the optimiser's parameters, and out of
-        clip_grad_norm_'s: unlike PyTorch's frozen parameter, whose grad stays None, its gradient is
-        there, and the optimiser's zero_grad() does not clear it (model.zero_grad() does)."""
-        return True
+        """False: frozen (see the class docstring)."""
+        return self._requires_grad
 
     @requires_grad.setter
     def requires_grad(self, value):
-        if not value:
-            raise NotImplementedError("nanotorch cannot freeze a Parameter (requires_grad=False): every backward "
-                                      "computes every gradient; leave the parameter out of the optimiser instead, "
-                                      "and give clip_grad_norm_ the optimiser's parameters only (its gradient "
-                                      "is still there, and accumulates unless model.zero_grad() clears it)")
+        value = _check_bool(value, RuntimeError)                        # (PyTorch's RuntimeError here)
+        if not value and self._grad_is_view:
+            raise RuntimeError(
+                "cannot freeze a parameter flattened by nn.utils.flatten_parameters (or the flat parameter "
+                "itself): its grad is a view into the flat vector, never None, so SGD and clip_grad_norm_ given "
+                "the flat parameter would still move it (weight decay, momentum) and count it; freeze it before "
+                "flattening, and flatten only the trainable parameters: "
+                "nn.utils.flatten_parameters(p for p in model.parameters() if p.requires_grad)")
+        self._requires_grad = value
+
+    def requires_grad_(self, requires_grad=True):
+        """Set requires_grad in place, as PyTorch's Tensor.requires_grad_; returns self."""
+        self.requires_grad = requires_grad
+        return self
 
     @property
     def grad(self):
@@ -66,7 +78,8 @@ class Parameter:
     @grad.setter
     def grad(self, value):
         """None, or an array of the parameter's own shape and dtype (the optimisers' compiled loops
-        read grad as data's twin: anything else is refused here, as PyTorch refuses it)."""
+        read grad as data's twin: anything else is refused here, as PyTorch refuses it). A frozen
+        parameter may hold one, as in PyTorch: backwards leave it as it is, SGD and clipping use it."""
         if value is not None:
             if not isinstance(value, np.ndarray):
                 raise TypeError(f"Parameter.grad: expected a numpy array or None, got {type(value).__name__}")
@@ -91,22 +104,47 @@ class Parameter:
     def dtype(self):
         return self.data.dtype
 
+    def numel(self):
+        """The number of elements, as PyTorch's (an int)."""
+        return self.data.size
+
+    def __array__(self, dtype=None, copy=None):
+        """``data`` for NumPy: ``np.asarray(p)`` is ``p.data`` itself (no copy), ``np.linalg.norm(p)`` its
+        norm, and NumPy's functions take p as its data (their results are arrays). A Parameter has no
+        operators of its own (``p + 1`` is a TypeError: use ``p.data``). (PyTorch refuses to convert a
+        tensor that requires grad, and asks for ``.detach()``.)"""
+        return np.array(self.data, dtype=dtype, copy=copy)
+
     def accumulate_grad(self, g):
-        """grad += g (PyTorch accumulates until zero_grad)."""
+        """grad += g (PyTorch accumulates until zero_grad); nothing if frozen."""
+        if not self._requires_grad:
+            return
         if self._grad is None:
             self._set_grad(np.array(g, dtype=self.data.dtype, copy=True))
         else:
             self._grad += g
 
     def grad_to_accumulate(self):
-        """The array a kernel adds this parameter's gradient into: ``grad``, zeros if it was None."""
+        """The array a kernel adds this parameter's gradient into: ``grad``, zeros if it was None;
+        if frozen, zeros that are thrown away (``grad`` stays as it is)."""
+        if not self._requires_grad:
+            return np.zeros_like(self.data)
         if self._grad is None:
             self._set_grad(np.zeros_like(self.data))
         return self._grad
 
     def __repr__(self):
-        """The values, as PyTorch prints them (``print(layer.weight)``), under NumPy's print options."""
-        return f"Parameter containing:\n{self.data!r}"
+        """The values, as PyTorch prints them (``print(layer.weight)``), under NumPy's print options;
+        a frozen parameter says so (PyTorch's shows ``requires_grad=True`` on the others instead)."""
+        frozen = "" if self._requires_grad else " (requires_grad=False)"
+        return f"Parameter containing{frozen}:\n{self.data!r}"
+
+
+def _check_bool(value, error):
+    """requires_grad must be a bool (NumPy's let in, as Module.train lets it in); PyTorch's message."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise error(f"requires_grad must be a bool, got {value!r} ({type(value).__name__})")
+    return bool(value)
 
 
 _DEVICES = ("cpu", "cuda", "mps", "xpu", "meta")         # device names Module.to tells from dtypes
@@ -426,8 +464,7 @@ class Module:
         return self.train(False)
 
     def requires_grad_(self, requires_grad=True):
-        """As PyTorch's, for True (every parameter always has its gradient computed); False, which
-        would freeze the parameters, is refused (see Parameter.requires_grad). Returns self."""
+        """Set every parameter's requires_grad, as PyTorch's: False freezes them (see Parameter). Returns self."""
         for p in self.parameters():
             p.requires_grad = requires_grad
         return self

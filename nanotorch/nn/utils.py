@@ -109,10 +109,21 @@ def flatten_parameters(parameters):
 
     Gradients become fixed buffers (zero_grad zeroes them in place). Cast the model (``.to``)
     before flattening: a cast makes new arrays, which the flat vector would no longer see.
+    A frozen parameter (requires_grad=False) is refused: its grad would be a view, never None, and
+    SGD given the flat vector would move it (weight decay, momentum). Flatten the trainable ones:
+    ``flatten_parameters(p for p in model.parameters() if p.requires_grad)``; the frozen ones keep their
+    own arrays, and their grad stays None.
     """
     params = list(parameters)
     if not params:
         raise ValueError("flatten_parameters: no parameters given")
+    for i, p in enumerate(params):
+        if not p.requires_grad:
+            raise ValueError(
+                f"flatten_parameters: parameter {i} of those given (shape {p.data.shape}) has requires_grad=False: "
+                "a frozen parameter in the flat vector would have a grad that is never None, and SGD would still "
+                "move it (weight decay, momentum); flatten only the trainable parameters: "
+                "nn.utils.flatten_parameters(p for p in model.parameters() if p.requires_grad)")
     dtype = np.result_type(*[p.data.dtype for p in params])
     sizes = [p.data.size for p in params]
     flat = Parameter(np.concatenate([p.data.ravel() for p in params]).astype(dtype))
