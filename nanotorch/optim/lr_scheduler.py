@@ -1,6 +1,7 @@
 """Learning-rate schedulers (torch.optim.lr_scheduler): they rewrite ``group['lr']`` between steps.
 
-Call ``scheduler.step()`` after ``optimizer.step()``, once per batch for OneCycleLR. Building a
+Call ``scheduler.step()`` after ``optimizer.step()``: once per batch for OneCycleLR, once per
+epoch (as usually used) for StepLR, CosineAnnealingLR, LinearLR and ExponentialLR. Building a
 scheduler already writes the step-0 learning rate into the optimiser.
 
 Resuming: build a fresh optimiser and scheduler, then ``optimizer.load_state_dict(...)``
@@ -26,8 +27,13 @@ class LRScheduler:
 
     At construction (``last_epoch=-1``) each group's ``'initial_lr'`` is set to its current lr
     (unless a subclass set it already) and one ``step()`` is taken, so ``last_epoch`` is 0 and
-    the optimiser holds the step-0 learning rates.
+    the optimiser holds the step-0 learning rates. During that step ``_is_initial`` is True:
+    a scheduler whose ``get_lr()`` works from the current lrs (CosineAnnealingLR's, ExponentialLR's) keeps them.
+
+    ``step(epoch)`` takes a subclass's ``_get_closed_form_lr()`` where it has one, as PyTorch does.
     """
+
+    _is_initial = False
 
     def __init__(self, optimizer, last_epoch=-1):
         if not isinstance(optimizer, Optimizer):
@@ -44,7 +50,11 @@ class LRScheduler:
         self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
         self.last_epoch = last_epoch
         self._step_count = 0
-        self.step()
+        self._is_initial = True
+        try:
+            self.step()
+        finally:
+            self._is_initial = False
 
     def get_lr(self):
         """The learning rates for step ``self.last_epoch``, one per group (subclasses implement)."""
@@ -54,8 +64,8 @@ class LRScheduler:
         """Advance one step and write the new learning rates into the optimiser.
 
         ``epoch``, deprecated in PyTorch (which warns with EPOCH_DEPRECATION_WARNING, as this does),
-        jumps to that step instead: last_epoch = epoch, and the lrs get_lr() gives there (PyTorch's
-        computation for a scheduler without a closed form, as OneCycleLR is).
+        jumps to that step instead: last_epoch = epoch, and the lrs of ``_get_closed_form_lr()``
+        there, or for a scheduler without a closed form (OneCycleLR) those get_lr() gives, as PyTorch.
         """
         if epoch is not None:
             warnings.warn(EPOCH_DEPRECATION_WARNING, UserWarning, stacklevel=2)
@@ -65,7 +75,9 @@ class LRScheduler:
         self._check_step(step)
         self._step_count += 1
         self.last_epoch = step
-        for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+        closed_form = getattr(self, "_get_closed_form_lr", None)
+        lrs = closed_form() if epoch is not None and closed_form is not None else self.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
@@ -127,7 +139,8 @@ class OneCycleLR(LRScheduler):
             (total_steps = epochs * steps_per_epoch). total_steps takes precedence.
         pct_start: fraction of the cycle spent raising the lr, in [0, 1]. Default: 0.3.
         anneal_strategy: 'cos' or 'linear'. Default: 'cos'.
-        cycle_momentum: cycle ``group['momentum']`` inversely to the lr. Default: True.
+        cycle_momentum: cycle ``group['momentum']`` (Adam's beta1, ``group['betas'][0]``) inversely
+            to the lr. Default: True.
         base_momentum, max_momentum: momentum at the lr peak and at the ends (float or per group).
             Defaults: 0.85, 0.95.
         div_factor: initial_lr = max_lr / div_factor. Default: 25.
@@ -195,19 +208,27 @@ class OneCycleLR(LRScheduler):
         self.cycle_momentum = cycle_momentum
         if cycle_momentum:
             # Only optimisers without a momentum hyper-parameter are refused; SGD always has one
-            # (0 by default) and gets max_momentum, as in PyTorch.
-            if "momentum" not in optimizer.defaults:
-                raise ValueError(f"cycle_momentum=True needs an optimiser with momentum, "
-                                 f"{type(optimizer).__name__} has none: pass cycle_momentum=False")
+            # (0 by default) and gets max_momentum, as in PyTorch. Adam's is beta1 (betas[0]).
+            if "momentum" not in optimizer.defaults and "betas" not in optimizer.defaults:
+                raise ValueError(f"cycle_momentum=True needs an optimiser with momentum or beta1, "
+                                 f"{type(optimizer).__name__} has neither: pass cycle_momentum=False")
+            self.use_beta1 = "betas" in optimizer.defaults
             max_momentums = _per_group("max_momentum", optimizer, max_momentum)
             base_momentums = _per_group("base_momentum", optimizer, base_momentum)
             if last_epoch == -1:
                 for group, m_max, m_base in zip(optimizer.param_groups, max_momentums, base_momentums):
-                    group["momentum"] = m_max
+                    self._set_momentum(group, m_max)
                     group["max_momentum"] = m_max
                     group["base_momentum"] = m_base
 
         super().__init__(optimizer, last_epoch)
+
+    def _set_momentum(self, group, momentum):
+        """SGD's ``momentum``, or Adam's beta1 (``betas[0]``; beta2 kept), as PyTorch's ``use_beta1``."""
+        if getattr(self, "use_beta1", False):
+            group["betas"] = (momentum, *group["betas"][1:])
+        else:
+            group["momentum"] = momentum
 
     def _anneal(self, start, end, pct):
         if self._anneal_func_type == "cos":
@@ -231,8 +252,8 @@ class OneCycleLR(LRScheduler):
                     pct = (step_num - start_step) / (end_step - start_step)
                     lr = self._anneal(group[phase["start_lr"]], group[phase["end_lr"]], pct)
                     if self.cycle_momentum:
-                        group["momentum"] = self._anneal(group[phase["start_momentum"]],
-                                                         group[phase["end_momentum"]], pct)
+                        self._set_momentum(group, self._anneal(group[phase["start_momentum"]],
+                                                               group[phase["end_momentum"]], pct))
                     break
                 start_step = phase["end_step"]
             lrs.append(lr)
@@ -245,3 +266,168 @@ class OneCycleLR(LRScheduler):
             raise ValueError(f"OneCycleLR.step: epoch must be in [0, total_steps={self.total_steps}], got {step}")
         if step > self.total_steps:
             raise ValueError(f"Tried to step {step} times. The specified number of total steps is {self.total_steps}")
+
+
+def _check_positive_int(name, value):
+    if not _is_int(value) or value <= 0:
+        raise ValueError(f"Expected positive integer {name}, but got {value!r}")
+
+
+def _check_number(name, value):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or math.isnan(value):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+
+
+class StepLR(LRScheduler):
+    r"""PyTorch's StepLR: multiply each group's lr by ``gamma`` every ``step_size`` steps,
+
+        lr_t = initial_lr * gamma ** (t // step_size)
+
+    computed as PyTorch's step() computes it, from the current lr: ``lr * gamma`` when t is a
+    positive multiple of step_size, else the lr unchanged (so an lr set by hand between steps
+    carries on). ``step(epoch)`` takes the closed form above.
+
+    Args:
+        optimizer: the wrapped optimiser.
+        step_size: steps (usually epochs) between decays, a positive int.
+        gamma: multiplicative factor of the decay. Default: 0.1.
+        last_epoch: index of the last step taken, to resume; -1 starts afresh. Default: -1.
+    """
+
+    def __init__(self, optimizer, step_size, gamma=0.1, last_epoch=-1):
+        _check_positive_int("step_size", step_size)
+        _check_number("gamma", gamma)
+        self.step_size = step_size
+        self.gamma = gamma
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
+            return [group["lr"] for group in self.optimizer.param_groups]
+        return [group["lr"] * self.gamma for group in self.optimizer.param_groups]
+
+    def _get_closed_form_lr(self):
+        return [base_lr * self.gamma ** (self.last_epoch // self.step_size) for base_lr in self.base_lrs]
+
+
+class CosineAnnealingLR(LRScheduler):
+    r"""PyTorch's CosineAnnealingLR (SGDR's cosine, Loshchilov & Hutter 2017, without restarts):
+
+        lr_t = eta_min + (initial_lr - eta_min) * (1 + cos(pi * t / T_max)) / 2
+
+    from initial_lr at t = 0 to eta_min at t = T_max; past T_max it rises again (a period of
+    2 T_max), as PyTorch's does. ``step()`` computes it as PyTorch does, from the current lr,
+
+        lr_t = (1 + cos(pi t / T_max)) / (1 + cos(pi (t - 1) / T_max)) * (lr_{t-1} - eta_min) + eta_min
+
+    except where that denominator is 0 (t - 1 = T_max, 3 T_max, ...), where
+    lr_t = lr_{t-1} + (initial_lr - eta_min) * (1 - cos(pi / T_max)) / 2; so the floats are PyTorch's
+    (they drift from the closed form by rounding), and an lr changed by hand between steps is
+    annealed on from there. ``step(epoch)`` takes the closed form.
+
+    Args:
+        optimizer: the wrapped optimiser.
+        T_max: steps (usually epochs) from initial_lr down to eta_min, a positive int.
+        eta_min: the lowest lr. Default: 0.
+        last_epoch: index of the last step taken, to resume; -1 starts afresh. Default: -1.
+    """
+
+    def __init__(self, optimizer, T_max, eta_min=0.0, last_epoch=-1):
+        _check_positive_int("T_max", T_max)
+        _check_number("eta_min", eta_min)
+        self.T_max = T_max
+        self.eta_min = eta_min
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        groups = self.optimizer.param_groups
+        if self._is_initial:
+            return [group["lr"] for group in groups]
+        # (PyTorch has one more case, _step_count == 1 and last_epoch > 0, which only its initial step
+        # could reach, and that takes the case above.)
+        if (self.last_epoch - 1 - self.T_max) % (2 * self.T_max) == 0:
+            return [group["lr"] + (base_lr - self.eta_min) * (1 - math.cos(math.pi / self.T_max)) / 2
+                    for base_lr, group in zip(self.base_lrs, groups)]
+        return [(1 + math.cos(math.pi * self.last_epoch / self.T_max))
+                / (1 + math.cos(math.pi * (self.last_epoch - 1) / self.T_max))
+                * (group["lr"] - self.eta_min) + self.eta_min
+                for group in groups]
+
+    def _get_closed_form_lr(self):
+        return [self.eta_min + (base_lr - self.eta_min) * (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2
+                for base_lr in self.base_lrs]
+
+
+class LinearLR(LRScheduler):
+    r"""PyTorch's LinearLR (a linear warm-up, usually): the lr goes linearly from
+    ``start_factor * initial_lr`` at t = 0 to ``end_factor * initial_lr`` at t = total_iters, then stays:
+
+        lr_t = initial_lr * (start_factor + (end_factor - start_factor) * min(t, total_iters) / total_iters)
+
+    ``step()`` computes it as PyTorch does, from the current lr (``lr_t = lr_{t-1} * (1 + (end_factor
+    - start_factor) / (total_iters * start_factor + (t - 1) * (end_factor - start_factor)))``);
+    ``step(epoch)`` takes the closed form.
+
+    Args:
+        optimizer: the wrapped optimiser.
+        start_factor: factor of the lr at step 0, in (0, 1]. Default: 1/3.
+        end_factor: factor of the lr from step total_iters on, in [0, 1]. Default: 1.
+        total_iters: steps from start_factor to end_factor, a positive int. Default: 5.
+        last_epoch: index of the last step taken, to resume; -1 starts afresh. Default: -1.
+    """
+
+    def __init__(self, optimizer, start_factor=1.0 / 3, end_factor=1.0, total_iters=5, last_epoch=-1):
+        _check_number("start_factor", start_factor)
+        _check_number("end_factor", end_factor)
+        if start_factor > 1.0 or start_factor <= 0:
+            raise ValueError("Starting multiplicative factor expected to be greater than 0 and less or equal to 1, "
+                             f"got start_factor={start_factor}")
+        if end_factor > 1.0 or end_factor < 0:
+            raise ValueError("Ending multiplicative factor expected to be between 0 and 1, "
+                             f"got end_factor={end_factor}")
+        _check_positive_int("total_iters", total_iters)
+        self.start_factor = start_factor
+        self.end_factor = end_factor
+        self.total_iters = total_iters
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        groups = self.optimizer.param_groups
+        if self.last_epoch == 0:
+            return [group["lr"] * self.start_factor for group in groups]
+        if self._is_initial or self.last_epoch > self.total_iters:
+            return [group["lr"] for group in groups]
+        return [group["lr"] * (1.0 + (self.end_factor - self.start_factor)
+                               / (self.total_iters * self.start_factor
+                                  + (self.last_epoch - 1) * (self.end_factor - self.start_factor)))
+                for group in groups]
+
+    def _get_closed_form_lr(self):
+        return [base_lr * (self.start_factor + (self.end_factor - self.start_factor)
+                           * min(self.total_iters, self.last_epoch) / self.total_iters)
+                for base_lr in self.base_lrs]
+
+
+class ExponentialLR(LRScheduler):
+    r"""PyTorch's ExponentialLR: multiply each group's lr by ``gamma`` every step,
+    lr_t = initial_lr * gamma ** t, computed as PyTorch's step() does (``lr * gamma``);
+    ``step(epoch)`` takes the closed form.
+
+    Args:
+        optimizer: the wrapped optimiser.
+        gamma: multiplicative factor of the decay.
+        last_epoch: index of the last step taken, to resume; -1 starts afresh. Default: -1.
+    """
+
+    def __init__(self, optimizer, gamma, last_epoch=-1):
+        _check_number("gamma", gamma)
+        self.gamma = gamma
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        if self._is_initial:
+            return [group["lr"] for group in self.optimizer.param_groups]
+        return [group["lr"] * self.gamma for group in self.optimizer.param_groups]
+
+    def _get_closed_form_lr(self):
+        return [base_lr * self.gamma ** self.last_epoch for base_lr in self.base_lrs]

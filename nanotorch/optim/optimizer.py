@@ -3,7 +3,8 @@
 An optimiser holds
 
     param_groups : list of dicts, each {'params': [Parameter, ...], 'lr': ..., <other hyper-parameters>}
-    state        : dict Parameter -> dict of per-parameter arrays (SGD's 'momentum_buffer')
+    state        : dict Parameter -> dict of per-parameter arrays (SGD's 'momentum_buffer', Adam's
+                   'exp_avg', ...) and counts (Adam's 'step', a float)
 
 Schedulers change a group's hyper-parameters (``group['lr']``, ``group['momentum']``) between
 steps; ``step()`` reads them afresh every time.
@@ -105,6 +106,9 @@ class Optimizer:
         self._check_group(group)
         self.param_groups.append(group)
 
+    # Per-parameter state entries that are numbers (Adam's 'step'), not arrays of the parameter's shape.
+    _scalar_state = ()
+
     def _check_group(self, group):
         """Raise ValueError for bad hyper-parameters (subclasses override)."""
 
@@ -144,7 +148,8 @@ class Optimizer:
         """Restore hyper-parameters and per-parameter state saved by ``state_dict()``.
 
         The groups must have the same number of parameters as when saved. Arrays are copied
-        and cast to their parameter's dtype, as PyTorch casts state to the parameter's.
+        and cast to their parameter's dtype, as PyTorch casts state to the parameter's (a count such
+        as Adam's 'step' becomes a float).
         """
         saved_groups = list(state_dict["param_groups"])
         if len(saved_groups) != len(self.param_groups):
@@ -166,7 +171,13 @@ class Optimizer:
                 raise ValueError(f"state_dict has state for parameter {idx}, which no group lists")
             restored = {}
             for key, value in saved_state.items():
-                if isinstance(value, np.ndarray) or (key == "momentum_buffer" and value is not None):
+                if key in self._scalar_state:
+                    # (a count such as Adam's 'step': PyTorch's 0-d float32 tensor, or the float
+                    # unflatten_state_dict gives back; kept as a float, not cast to the parameter's dtype)
+                    if np.ndim(value) != 0 or isinstance(value, (bool, np.bool_, str)):
+                        raise ValueError(f"state '{key}' of parameter {idx} must be a number, got {value!r}")
+                    value = float(value)
+                elif isinstance(value, np.ndarray) or (value is not None and not isinstance(value, (bool, str))):
                     # (a 0-d buffer comes back from unflatten_state_dict as a Python scalar; None, as
                     # PyTorch may save it, means no buffer yet: the next step starts one)
                     value = np.array(value, dtype=p.data.dtype, copy=True)
