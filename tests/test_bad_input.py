@@ -104,6 +104,9 @@ COMPUTE_LAYERS = [
     pytest.param(lambda: nn.BatchNorm2d(2), (2, 2, 5, 5), id="BatchNorm2d"),
     pytest.param(lambda: nn.GELU(), (2, 4), id="GELU"),
     pytest.param(lambda: nn.ReLU(), (2, 4), id="ReLU"),
+    pytest.param(lambda: nn.LeakyReLU(), (2, 4), id="LeakyReLU"),
+    pytest.param(lambda: nn.Sigmoid(), (2, 4), id="Sigmoid"),
+    pytest.param(lambda: nn.Tanh(), (2, 4), id="Tanh"),
     pytest.param(lambda: nn.MaxPool2d(2), (2, 2, 4, 4), id="MaxPool2d"),
     pytest.param(lambda: nn.AdaptiveAvgPool2d(1), (2, 2, 4, 4), id="AdaptiveAvgPool2d"),
     pytest.param(lambda: nn.Dropout(0.5), (2, 4), id="Dropout"),
@@ -142,7 +145,8 @@ def test_float32_and_float64_are_accepted():
 @pytest.mark.parametrize("layer", [
     nn.Conv2d(1, 1, 3), nn.Linear(2, 2), nn.BatchNorm1d(2), nn.BatchNorm2d(2), nn.GELU(), nn.GELU("tanh"),
     nn.ReLU(), nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(1), nn.Dropout(0.5), nn.Dropout(0.0), nn.Flatten(),
-    nn.CrossEntropyLoss(), nn.Sequential(nn.Linear(2, 3), nn.ReLU()),
+    nn.CrossEntropyLoss(), nn.Sequential(nn.Linear(2, 3), nn.ReLU()), nn.LeakyReLU(), nn.Sigmoid(), nn.Tanh(),
+    nn.Identity(),
 ], ids=lambda m: type(m).__name__)
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_backward_before_forward(layer, mode):
@@ -360,10 +364,42 @@ def test_numpy_numbers_are_accepted_by_constructors():
     assert nn.AdaptiveAvgPool2d(7)(floats(1, 1, 3, 3)).shape == (1, 1, 7, 7)   # larger than the input is fine
 
 
-@pytest.mark.parametrize("layer", [nn.GELU(), nn.ReLU(), nn.Dropout(0.5)], ids=lambda m: type(m).__name__)
+@pytest.mark.parametrize("layer", [nn.GELU(), nn.ReLU(), nn.Dropout(0.5), nn.LeakyReLU(), nn.Sigmoid(), nn.Tanh()],
+                         ids=lambda m: type(m).__name__)
 def test_0d_input_to_an_elementwise_layer_says_what_it_expects(layer):
     with raises(ValueError, type(layer).__name__, "1-D to 8-D", re.escape("()")):
         layer(np.array(1.0))
+
+
+@pytest.mark.parametrize("slope", ["0.1", None, True, np.array([0.1]), [0.1]], ids=repr)
+def test_leaky_relu_negative_slope_must_be_a_real_number(slope):
+    """Refused at construction and, set since, when used (PyTorch's F.leaky_relu refuses a str when called)."""
+    with raises(TypeError, "LeakyReLU", "negative_slope", "real number", re.escape(type(slope).__name__)):
+        nn.LeakyReLU(slope)
+    layer = nn.LeakyReLU()
+    layer(floats(2, 3))
+    layer.negative_slope = slope
+    with raises(TypeError, "LeakyReLU", "negative_slope", "real number"):
+        layer(floats(2, 3))
+
+
+def test_leaky_relu_inplace_set_since_construction_is_refused_when_used():
+    layer = nn.LeakyReLU()
+    layer.inplace = True
+    with raises(NotImplementedError, "LeakyReLU", "inplace=True", "not implemented"):
+        layer(floats(2, 3))
+
+
+def test_identity_backward_wants_a_gradient_of_its_inputs_shape():
+    """Identity passes any input on, as PyTorch; for an array, the gradient must have its shape."""
+    layer = nn.Identity()
+    x = floats(2, 3)
+    assert layer(x) is x
+    for bad in (floats(2, 4), floats(6)):
+        with raises(ValueError, "Identity", "gradient", re.escape("(2, 3)"), re.escape(str(bad.shape))):
+            layer.backward(bad)
+    g = floats(2, 3)
+    assert layer.backward(g) is g
 
 
 def test_maxpool_padding_of_exactly_half_the_kernel_is_allowed():
@@ -444,6 +480,7 @@ def test_input_of_another_dtype_than_the_parameters(build, shape, layer_dtype, x
     pytest.param(lambda: nn.MaxPool2d(3, 2, 1, 1, True), "return_indices", id="MaxPool2d-return_indices"),
     pytest.param(lambda: nn.Dropout(0.5, True), "inplace", id="Dropout-inplace"),
     pytest.param(lambda: nn.ReLU(True), "inplace", id="ReLU-inplace"),
+    pytest.param(lambda: nn.LeakyReLU(0.2, True), "inplace", id="LeakyReLU-inplace"),
     pytest.param(lambda: nn.CrossEntropyLoss(np.ones(3)), "weight", id="CrossEntropyLoss-weight"),
     pytest.param(lambda: nn.CrossEntropyLoss(label_smoothing=0.1), "label_smoothing", id="CrossEntropyLoss-smoothing"),
 ])

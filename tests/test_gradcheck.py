@@ -92,6 +92,15 @@ CASES = {
     "gelu": (lambda: nn.GELU(), (2, 3, 5, 8)),
     "gelu_tanh": (lambda: nn.GELU("tanh"), (2, 3, 5, 8)),
     "relu": (lambda: nn.ReLU(), (2, 3, 7, 7)),
+    "leaky_relu": (lambda: nn.LeakyReLU(), (2, 3, 7, 5)),
+    "leaky_relu_slope_0.3_3d": (lambda: nn.LeakyReLU(0.3), (3, 5, 7)),
+    "leaky_relu_slope_-1.5_2d": (lambda: nn.LeakyReLU(-1.5), (5, 3)),
+    "sigmoid": (lambda: nn.Sigmoid(), (2, 3, 5, 7)),
+    "sigmoid_1d": (lambda: nn.Sigmoid(), (7,)),
+    "tanh": (lambda: nn.Tanh(), (3, 2, 7, 5)),
+    "tanh_3d": (lambda: nn.Tanh(), (3, 5, 7)),
+    "identity": (lambda: nn.Identity(), (3, 5, 7)),
+    "identity_with_args": (lambda: nn.Identity(7, bias=False), (2, 3, 5, 7)),
     "maxpool2_ceil_7x7": (lambda: nn.MaxPool2d(2, ceil_mode=True), (2, 3, 7, 7)),
     "maxpool2_floor_5x8": (lambda: nn.MaxPool2d(2), (1, 1, 5, 8)),
     "maxpool3_s2_p1": (lambda: nn.MaxPool2d(3, stride=2, padding=1), (2, 2, 7, 7)),
@@ -114,6 +123,8 @@ CASES = {
                                    nn.Linear(6, 3)), (5, 7)),
     "conv_bn_gelu_pool": (lambda: nn.Sequential(nn.Conv2d(1, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3), nn.GELU(),
                                                 nn.MaxPool2d(2, ceil_mode=True)), (2, 1, 7, 7)),
+    "mlp_sigmoid_tanh_leaky": (lambda: nn.Sequential(nn.Linear(7, 5), nn.Sigmoid(), nn.Linear(5, 6), nn.Tanh(),
+                                                     nn.Identity(), nn.Linear(6, 3), nn.LeakyReLU(0.2)), (5, 7)),
 }
 
 # the code paths each case must take (taken_paths); a case not listed takes none of them
@@ -131,7 +142,7 @@ PATHS = {
                                       "maxpool2x3_s3x2_p1_ceil")},
     "avgpool_global": {"global"},
     **{case: {"windows"} for case in ("avgpool_2x3_on_5x8", "avgpool_1x3_on_5x7", "avgpool_4x5_on_3x2")},
-    **{case: {"small"} for case in ("linear", "linear_nobias_batch1", "head")},
+    **{case: {"small"} for case in ("linear", "linear_nobias_batch1", "head", "mlp_sigmoid_tanh_leaky")},
     "conv_bn_gelu_pool": {"im2col", "2x2"},
 }
 

@@ -146,6 +146,15 @@ LAYER_CASES = [
     ("gelu-none-2d", lambda nn: nn.GELU(), (1, 7), MODES),
     ("relu", lambda nn: nn.ReLU(), (3, 2, 5, 8), MODES),
     ("relu-2d", lambda nn: nn.ReLU(), (1, 7), MODES),
+    ("leakyrelu", lambda nn: nn.LeakyReLU(), (3, 2, 5, 8), MODES),
+    ("leakyrelu-0.2-3d", lambda nn: nn.LeakyReLU(0.2), (3, 5, 7), MODES),
+    ("leakyrelu-int-slope-2-2d", lambda nn: nn.LeakyReLU(2), (1, 7), MODES),
+    ("sigmoid", lambda nn: nn.Sigmoid(), (3, 2, 5, 8), MODES),
+    ("sigmoid-1d", lambda nn: nn.Sigmoid(), (7,), MODES),
+    ("tanh", lambda nn: nn.Tanh(), (3, 2, 5, 8), MODES),
+    ("tanh-2d", lambda nn: nn.Tanh(), (1, 7), MODES),
+    ("identity", lambda nn: nn.Identity(), (3, 2, 5, 8), MODES),
+    ("identity-args-ignored", lambda nn: nn.Identity(54, unused_argument_one=0.1), (3, 7), MODES),
     # Linear
     ("linear-bias-b3", lambda nn: nn.Linear(5, 3), (3, 5), MODES),
     ("linear-bias-b1", lambda nn: nn.Linear(5, 3), (1, 5), MODES),
@@ -211,6 +220,10 @@ SPECIAL_INPUT_CASES = [
     ("gelu-none-extremes", lambda nn: nn.GELU(), lambda r, s: r.standard_normal(s) * 12.0),
     ("gelu-tanh-extremes", lambda nn: nn.GELU("tanh"), lambda r, s: r.standard_normal(s) * 12.0),
     ("gelu-none-zeros", lambda nn: nn.GELU(), lambda r, s: np.zeros(s)),
+    ("sigmoid-extremes", lambda nn: nn.Sigmoid(),
+     lambda r, s: r.choice([-1000.0, -100.0, -40.0, 40.0, 100.0, 1000.0], s)),
+    ("tanh-extremes", lambda nn: nn.Tanh(), lambda r, s: r.choice([-1000.0, -100.0, -20.0, 20.0, 100.0, 1000.0], s)),
+    ("leakyrelu-exact-zeros", lambda nn: nn.LeakyReLU(0.3), lambda r, s: r.integers(-1, 2, s)),
     ("bn2d-constant-channel", lambda nn: nn.BatchNorm2d(2), lambda r, s: np.full(s, 3.0)),
 ]
 
@@ -245,6 +258,9 @@ STRIDED_LAYERS = [
     ("relu", lambda nn: nn.ReLU()),
     ("flatten", lambda nn: nn.Flatten()),
     ("dropout-p0", lambda nn: nn.Dropout(0.0)),
+    ("leakyrelu", lambda nn: nn.LeakyReLU(0.2)),
+    ("sigmoid", lambda nn: nn.Sigmoid()),
+    ("tanh", lambda nn: nn.Tanh()),
 ]
 LAYOUTS = {
     "transposed": lambda a: np.ascontiguousarray(np.swapaxes(a, -1, -2)).swapaxes(-1, -2),
@@ -267,6 +283,9 @@ def test_non_contiguous_arrays_match_torch(build, layout):
 @pytest.mark.parametrize("build", [
     pytest.param(lambda nn: nn.ReLU(), id="relu"),
     pytest.param(lambda nn: nn.GELU(), id="gelu"),
+    pytest.param(lambda nn: nn.LeakyReLU(), id="leakyrelu"),
+    pytest.param(lambda nn: nn.Sigmoid(), id="sigmoid"),
+    pytest.param(lambda nn: nn.Tanh(), id="tanh"),
     pytest.param(lambda nn: nn.MaxPool2d(2), id="maxpool"),
     pytest.param(lambda nn: nn.Conv2d(2, 2, 3, padding=1), id="conv"),
     pytest.param(lambda nn: direct(nn.Conv2d(2, 2, 3, padding=1)), id="conv-direct"),
@@ -556,6 +575,9 @@ REPR_CASES = [
     ("gelu", lambda nn: nn.GELU()),
     ("gelu-tanh", lambda nn: nn.GELU("tanh")),
     ("relu", lambda nn: nn.ReLU()),
+    ("leakyrelu-float32-slope", lambda nn: nn.LeakyReLU(np.float32(0.25))),
+    ("leakyrelu-negative-slope", lambda nn: nn.LeakyReLU(negative_slope=-1e-3)),
+    ("identity-args", lambda nn: nn.Identity(3, 4, bias=True)),
     ("linear", lambda nn: nn.Linear(28, 56)),
     ("linear-nobias", lambda nn: nn.Linear(3, 2, bias=False)),
     ("flatten", lambda nn: nn.Flatten()),
@@ -1275,6 +1297,8 @@ def test_manual_seed_takes_torchs_range_of_seeds(seed, same_as):
 
 # --- the same signatures --------------------------------------------------------------------------------
 @pytest.mark.parametrize("path", [
+    "nn.LeakyReLU", "nn.ModuleList", "nn.ModuleList.insert", "nn.ModuleList.append", "nn.ModuleList.extend",
+    "nn.ModuleList.pop",
     "nn.Conv2d", "nn.BatchNorm1d", "nn.BatchNorm2d", "nn.GELU", "nn.ReLU", "nn.MaxPool2d", "nn.AdaptiveAvgPool2d",
     "nn.Linear", "nn.Flatten", "nn.Dropout", "nn.CrossEntropyLoss", "nn.utils.clip_grad_norm_", "optim.SGD",
     "optim.lr_scheduler.OneCycleLR", "optim.lr_scheduler.OneCycleLR.step", "nn.Module.add_module",

@@ -1,11 +1,15 @@
 """Sequential: runs its children in order, and backward in reverse (the chain rule); a list of layers.
+ModuleList: a list of layers that runs nothing itself, for a Module's own forward and backward to loop over.
 
-Its bookkeeping (registration, state_dict keys, modes) is Module's (nanotorch/nn/module.py). What
-is its own: the order, list operations that keep the keys '0', '1', ... as PyTorch's do, and the
+Their bookkeeping (registration, state_dict keys, modes) is Module's (nanotorch/nn/module.py). What
+is Sequential's own: the order, list operations that keep the keys '0', '1', ... as PyTorch's do, and the
 refusal of a module it would run twice in one forward (see module.py on why a layer runs once a pass).
+ModuleList has PyTorch's list operations, with the same keys, and no forward or backward.
 """
 import operator
 from collections import OrderedDict
+from collections.abc import Iterable
+from itertools import chain
 
 from nanotorch.nn.module import Module, _typename
 
@@ -130,6 +134,148 @@ class Sequential(Module):
         for layer in reversed(self._modules.values()):
             grad_out = layer.backward(grad_out)
         return grad_out
+
+
+class ModuleList(Module):
+    """A list of modules, registered under the keys '0', '1', ... (so ``parameters()``, ``to()``,
+    ``train()`` and ``state_dict()`` see them, with PyTorch's keys: ``layers.0.weight``), for a
+    Module that runs them in its own forward, and their backwards in its own backward::
+
+        class MLP(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.layers = nn.ModuleList([nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)])
+
+            def forward(self, x):
+                for layer in self.layers:
+                    x = layer(x)
+                return x
+
+            def backward(self, grad_out):
+                for layer in reversed(self.layers):      # the chain rule: the last layer first
+                    grad_out = layer.backward(grad_out)
+                return grad_out
+
+    It has no forward (calling it raises NotImplementedError, as PyTorch's) and no backward. As
+    PyTorch's: ``ModuleList(iterable)``, ``ml[i]`` (negative too; a slice is a new ModuleList keyed
+    from '0'), ``ml[i] = m``, ``del ml[i]`` and ``del ml[a:b]`` (renumbering the keys), ``append``,
+    ``extend`` and ``+=`` (any iterable of Modules), ``+`` (a new ModuleList), ``insert``, ``pop``,
+    ``len`` and iteration. Unlike PyTorch's, ``insert`` takes a negative index as a list does, and
+    refuses an index out of range and a non-Module (PyTorch's raises a KeyError for a negative index,
+    leaves a gap in the keys past the end, and stores a non-Module). A layer may sit in the list twice,
+    but a forward must not run one instance twice (it keeps one call's values for its backward).
+    """
+
+    def __init__(self, modules=None):
+        super().__init__()
+        if modules is not None:
+            self += modules
+
+    def _key(self, i):
+        """The key ('0', '1', ...) of index i (negative counts from the end), with PyTorch's IndexError."""
+        i = operator.index(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"ModuleList: index {i} is out of range for its {len(self)} modules")
+        return str(i % len(self))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return type(self)(list(self._modules.values())[i])
+        return self._modules[self._key(i)]
+
+    def __setitem__(self, i, module):
+        setattr(self, self._key(i), module)      # (Module.__setattr__ refuses a non-Module, as PyTorch's)
+
+    def __delitem__(self, i):
+        """Delete the module at index i, or those of a slice; then renumber the keys '0', '1', ... as PyTorch."""
+        for key in list(self._modules)[i] if isinstance(i, slice) else [self._key(i)]:
+            delattr(self, key)
+        self._renumber(list(self._modules.values()))
+
+    def _renumber(self, modules):
+        """Hold ``modules`` under the keys '0', '1', ... in order."""
+        for key in list(self._modules):
+            Module.__delattr__(self, key)
+        for i, module in enumerate(modules):
+            self.add_module(str(i), module)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def __iadd__(self, modules):
+        return self.extend(modules)
+
+    def __add__(self, other):
+        """A new ModuleList of this one's modules and then other's (any iterable of Modules)."""
+        combined = ModuleList()
+        for i, module in enumerate(chain(self, other)):
+            combined.add_module(str(i), module)
+        return combined
+
+    def __dir__(self):
+        return [key for key in super().__dir__() if not key.isdigit()]     # (as PyTorch's: no '0', '1', ...)
+
+    def insert(self, index, module):
+        """Put ``module`` before the module at ``index`` (len(self): at the end; negative counts from
+        the end), renumbering the keys after it. Returns None, as PyTorch's."""
+        if module is not None and not isinstance(module, Module):
+            raise TypeError(f"{_typename(module)} is not a Module subclass")
+        index = operator.index(index)
+        if not -len(self) <= index <= len(self):
+            raise IndexError(f"ModuleList.insert: index {index} is out of range for its {len(self)} modules")
+        modules = list(self._modules.values())
+        modules.insert(index, module)
+        self._renumber(modules)
+
+    def append(self, module):
+        """Add ``module`` at the end, under the key str(len(self)); returns self."""
+        self.add_module(str(len(self)), module)
+        return self
+
+    def extend(self, modules):
+        """Append each module of the iterable ``modules``; returns self."""
+        if not isinstance(modules, Iterable):
+            raise TypeError(f"ModuleList.extend should be called with an iterable, but got {type(modules).__name__}")
+        for module in list(modules):              # (a list first: ml.extend(ml) doubles it)
+            self.append(module)
+        return self
+
+    def pop(self, key):
+        """Remove and return the module at index ``key`` (for a slice, a ModuleList of those)."""
+        popped = self[key]
+        del self[key]
+        return popped
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(
+            "ModuleList has no forward, as PyTorch's: a Module's own forward runs its layers "
+            "(for layer in self.layers: x = layer(x)); nn.Sequential runs them in order itself")
+
+    def backward(self, grad_out):
+        raise NotImplementedError(
+            "ModuleList has no backward: a Module's own backward runs its layers' backwards in the reverse "
+            "order of its forward (for layer in reversed(self.layers): grad_out = layer.backward(grad_out))")
+
+    def __repr__(self):
+        """PyTorch's: one line per module, a run of modules that print alike as one, '(2-4): 3 x ReLU()'."""
+        runs = []                                 # [first index, last index, repr]
+        for i, module in enumerate(self):
+            text = repr(module)
+            if runs and runs[-1][2] == text:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i, text])
+        if not runs:
+            return f"{type(self).__name__}()"
+        lines = []
+        for first, last, text in runs:
+            head = f"({first}): " if first == last else f"({first}-{last}): {last - first + 1} x "
+            top, *rest = (head + text).split("\n")     # later lines two further in, blank ones emptied
+            lines.append("\n".join([top] + ["  " + line if line.strip() else "" for line in rest]))
+        return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
 
 
 def _runs(module, path):

@@ -1,4 +1,4 @@
-"""Linear and Flatten.
+"""Linear, Flatten and Identity.
 
 Linear (x: (N, in), W: (out, in), b: (out,)):   y = x W^T + b
     dW = dy^T x     (out, in)      each weight W_ij meets x_j in every row
@@ -9,6 +9,8 @@ Small layers (N * in * out below kernels/linear.py's SMALL_LINEAR, the MNIST mod
 the three products as compiled loops, one call each way; larger ones call BLAS.
 
 Flatten(start_dim=1, end_dim=-1) only reshapes, so its backward reshapes back.
+
+Identity: y = x, so dy/dx is the identity and dx = dy.
 """
 import math
 
@@ -112,3 +114,23 @@ class Flatten(Module):
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Identity(Module):
+    """x -> x: the input itself, not a copy, as PyTorch returns it (a placeholder: ``model.fc = nn.Identity()``
+    keeps the features). Any arguments are accepted and ignored, as PyTorch's are. Any input is passed
+    on, as in PyTorch; for an array the backward checks that the gradient has its shape, and returns
+    that gradient itself."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        self.save_for_backward(x.shape if isinstance(x, np.ndarray) else None)
+        return x
+
+    def backward(self, dout):
+        shape, = self.saved_for_backward()
+        if shape is not None:
+            check_grad(self, dout, shape)
+        return dout
