@@ -214,3 +214,118 @@ def test_hooks_see_what_pytorchs_see():
         for a, b in zip(ours[key], theirs[key]):
             np.testing.assert_allclose(a, b.numpy(), rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(net[0].weight.grad, tnet[0].weight.grad.numpy(), rtol=1e-10)
+
+
+def test_always_call_hooks_run_when_a_pre_hook_or_a_hook_raises_as_pytorchs():
+    """PyTorch calls the always_call hooks not yet run whatever raised in module(x): a pre-hook (they
+    see output None) or an earlier forward hook (they see the output so far)."""
+    def boom(*given):
+        raise KeyError("boom")
+
+    x, seen = floats(4, 3), []
+    lin = small_net()[0]
+    lin.register_forward_pre_hook(boom)
+    lin.register_forward_hook(lambda m, args, out: seen.append(out), always_call=True)
+    with pytest.raises(KeyError, match="boom"):
+        lin(x)
+    assert seen == [None]
+
+    seen.clear()
+    lin = small_net()[0]
+    lin.register_forward_hook(lambda m, args, out: out + 1)
+    lin.register_forward_hook(boom)
+    lin.register_forward_hook(lambda m, args, out: seen.append(out), always_call=True)
+    with pytest.raises(KeyError, match="boom"):
+        lin(x)
+    assert len(seen) == 1
+    np.testing.assert_array_equal(seen[0], lin.forward(x) + 1)
+
+
+def test_backward_hooks_may_return_a_list_of_the_right_length_as_pytorchs():
+    """PyTorch takes a list of grad_output / grad_input as it takes a tuple (a list comprehension)."""
+    net, x, dy = small_net(), floats(4, 3), floats(4, 2, seed=1)
+    net(x)
+    plain_dx = net.backward(dy)
+    net[2].register_full_backward_pre_hook(lambda m, grad_output: [2 * g for g in grad_output])
+    net[0].register_full_backward_hook(lambda m, grad_input, grad_output: [g + 1 for g in grad_input])
+    net(x)
+    np.testing.assert_allclose(net.backward(dy), 2 * plain_dx + 1, rtol=1e-12)
+
+
+def test_the_hooks_that_the_other_tests_leave_out():
+    """A pre-hook alone, two backward pre-hooks, a backward pre-hook's wrong count, new kwargs, and an
+    always_call hook that already ran not run again when a later hook raises."""
+    lin, x = small_net()[0], floats(4, 3)
+    lin.register_forward_pre_hook(lambda m, args: (args[0] * 0,))              # a pre-hook only
+    np.testing.assert_array_equal(lin(x), np.broadcast_to(lin.bias.data, (4, 5)))
+
+    net, dy = small_net(), floats(4, 2, seed=1)
+    net(x)
+    plain_dx = net.backward(dy)
+    net.register_full_backward_pre_hook(lambda m, grad_output: (2 * grad_output[0],))
+    net.register_full_backward_pre_hook(lambda m, grad_output: (3 * grad_output[0],))
+    net(x)
+    np.testing.assert_allclose(net.backward(dy), 6 * plain_dx, rtol=1e-12)
+    net.register_full_backward_pre_hook(lambda m, grad_output: (grad_output[0], grad_output[0]))
+    net(x)
+    with pytest.raises(RuntimeError, match="invalid number of grad_output, got 2, but expected 1"):
+        net.backward(dy)
+
+    class Scaled(nn.Module):
+        def forward(self, x, scale=1.0):
+            return x * scale
+    scaled = Scaled()
+    scaled.register_forward_pre_hook(lambda m, args, kwargs: (args, {"scale": 3.0}), with_kwargs=True)
+    np.testing.assert_array_equal(scaled(x, scale=2.0), 3 * x)
+
+    def boom(*given):
+        raise KeyError("boom")
+    seen = []
+    lin = small_net()[0]
+    lin.register_forward_hook(lambda m, args, out: seen.append("always"), always_call=True)
+    lin.register_forward_hook(boom)
+    with pytest.raises(KeyError, match="boom"):
+        lin(x)
+    assert seen == ["always"]
+
+
+@pytest.mark.parametrize("child", [0, 1, 2])
+@pytest.mark.parametrize("kind", ["forward_pre", "forward", "full_backward_pre", "full_backward"])
+def test_any_hook_on_any_child_of_a_fused_block_runs_the_children_one_by_one(child, kind):
+    """Any one hook, of any of the four kinds, on any one child is run (the block does not fuse it away)."""
+    nt.manual_seed(0)
+    block, x, calls = nn.ConvBNGELU(2, 3, 3, padding=1).double(), floats(2, 2, 5, 5), []
+    handle = getattr(block[child], f"register_{kind}_hook")(lambda m, *given: calls.append(m))
+    assert not block.uses_fused_kernels()
+    block.backward(np.ones_like(block(x)))
+    assert calls == [block[child]]
+    handle.remove()
+    assert block.uses_fused_kernels()
+
+
+def test_a_backward_given_its_gradient_by_keyword_runs_its_hooks():
+    """criterion.backward(grad_out=2.0) works with a backward hook as without one; the hooks see the
+    gradient given by keyword in grad_output, as if given by position."""
+    logits, targets, seen = floats(4, 10), np.array([1, 2, 3, 4]), []
+    ce = nn.CrossEntropyLoss()
+    ce(logits, targets)
+    plain = ce.backward(grad_out=2.0)
+    ce.register_full_backward_pre_hook(lambda m, grad_output: seen.append(grad_output))
+    ce(logits, targets)
+    np.testing.assert_array_equal(ce.backward(grad_out=2.0), plain)
+    assert seen == [(2.0,)]
+
+
+def test_a_backward_hook_registered_during_the_backward_runs_from_the_next_one_as_pytorchs():
+    """PyTorch takes a module's backward hooks as they are when its backward starts (at its forward):
+    one registered by a backward pre-hook runs from the next backward on, not in this one."""
+    net, x, dy, log = small_net(), floats(4, 3), floats(4, 2, seed=1), []
+    def adder(m, grad_output):
+        if not m._backward_hooks:
+            m.register_full_backward_hook(lambda *given: log.append("added"))
+    net[0].register_full_backward_pre_hook(adder)
+    for _ in range(2):
+        net(x)
+        net.backward(dy)
+        log.append("|")
+    assert log == ["|", "added", "|"]

@@ -17,15 +17,17 @@ whoever calls it (a parent Sequential or your training loop): registering one pu
 the last one takes the wrapper away again. A module with no hooks pays nothing in backward and one
 check in ``__call__``.
 
-The tuples, nanotorch's way. ``grad_output`` is the tuple of arguments backward was given (for a
-loss called as ``criterion.backward()``, the empty tuple: PyTorch shows its implicit 1 there);
+The tuples, nanotorch's way. ``grad_output`` is the tuple of arguments backward was given (any
+given by keyword as if by position; for a loss called as ``criterion.backward()``, the empty tuple:
+PyTorch shows its implicit 1 there);
 ``grad_input`` is ``(what backward returned,)``, the gradient of the module's (first) input,
 computed even where PyTorch gives None (an input that does not require grad). Hooks that replace
-them must return tuples of the same length, as PyTorch requires.
+them must return tuples (or lists) of the same length, as PyTorch requires.
 
 A ConvBNGELU runs its three children one by one, not fused, while any of them has a hook, so that
 the children's hooks see their own inputs and outputs (the numbers are the same up to float rounding).
 """
+import inspect
 import warnings
 from collections import OrderedDict
 
@@ -94,21 +96,23 @@ def update(module):
 
 
 def call_with_hooks(module, args, kwargs):
-    """module(*args, **kwargs) with its forward hooks: pre-hooks, forward, hooks (PyTorch's order)."""
-    for hook in list(module._forward_pre_hooks.values()):
-        if hook.with_kwargs:
-            result = hook.fn(module, args, kwargs)
-            if result is not None:
-                if not (isinstance(result, tuple) and len(result) == 2):
-                    raise RuntimeError("forward pre-hook must return None or a tuple of (new_args, new_kwargs), "
-                                       f"but got {result}.")
-                args, kwargs = result
-        else:
-            result = hook.fn(module, args)
-            if result is not None:
-                args = result if isinstance(result, tuple) else (result,)
-    called = set()
+    """module(*args, **kwargs) with its forward hooks: pre-hooks, forward, hooks (PyTorch's order). If
+    any of them raises, the always_call hooks not yet run are called before the error goes on, as
+    PyTorch's, with the output so far (None if forward did not return)."""
+    output, called = None, set()
     try:
+        for hook in list(module._forward_pre_hooks.values()):
+            if hook.with_kwargs:
+                result = hook.fn(module, args, kwargs)
+                if result is not None:
+                    if not (isinstance(result, tuple) and len(result) == 2):
+                        raise RuntimeError("forward pre-hook must return None or a tuple of (new_args, new_kwargs), "
+                                           f"but got {result}.")
+                    args, kwargs = result
+            else:
+                result = hook.fn(module, args)
+                if result is not None:
+                    args = result if isinstance(result, tuple) else (result,)
         output = module.forward(*args, **kwargs)
         for key, hook in list(module._forward_hooks.items()):
             called.add(key)
@@ -117,24 +121,34 @@ def call_with_hooks(module, args, kwargs):
                 output = result
         return output
     except Exception:
-        for key, hook in list(module._forward_hooks.items()):      # always_call hooks see output None
+        for key, hook in list(module._forward_hooks.items()):
             if hook.always_call and key not in called:
                 try:
-                    hook.fn(module, args, kwargs, None) if hook.with_kwargs else hook.fn(module, args, None)
+                    result = (hook.fn(module, args, kwargs, output) if hook.with_kwargs
+                              else hook.fn(module, args, output))
+                    if result is not None:
+                        output = result
                 except Exception as e:                              # (the first error is the one raised)
                     warnings.warn(f"forward hook with always_call=True raised an exception that was "
                                   f"silenced, as another one was raised in forward or a forward hook: {e!r}")
         raise
 
 
-def backward_with_hooks(module, *grad_output):
-    """module.backward(*grad_output) with its backward pre-hooks before and its backward hooks after."""
-    for hook in list(module._backward_pre_hooks.values()):
+def backward_with_hooks(module, *grad_output, **kwargs):
+    """module.backward(*grad_output) with its backward pre-hooks before and its backward hooks after.
+    A gradient given by keyword (``criterion.backward(grad_out=2.0)``) is in grad_output as if given
+    by position."""
+    backward = type(module).backward
+    if kwargs:
+        bound = inspect.signature(backward).bind(module, *grad_output, **kwargs)
+        grad_output, kwargs = bound.args[1:], bound.kwargs
+    pre_hooks, post_hooks = list(module._backward_pre_hooks.values()), list(module._backward_hooks.values())
+    for hook in pre_hooks:           # (as they are now, as PyTorch's: one a hook registers runs next time)
         result = hook.fn(module, grad_output)
         if result is not None:
             grad_output = _same_length(result, len(grad_output), "Backward pre hook", "grad_output")
-    grad_input = (type(module).backward(module, *grad_output),)
-    for hook in list(module._backward_hooks.values()):
+    grad_input = (backward(module, *grad_output, **kwargs),)
+    for hook in post_hooks:
         result = hook.fn(module, grad_input, grad_output)
         if result is not None:
             grad_input = _same_length(result, 1, "Backward hook", "grad_input")
@@ -142,9 +156,10 @@ def backward_with_hooks(module, *grad_output):
 
 
 def _same_length(result, n, who, what):
-    """A hook's replacement tuple, refused (PyTorch's RuntimeError) unless a tuple of n values."""
-    if not isinstance(result, tuple) or len(result) != n:
+    """A hook's replacement tuple (a list is taken as one, as PyTorch takes it), refused (PyTorch's
+    RuntimeError) unless a tuple or list of n values."""
+    if not isinstance(result, (tuple, list)) or len(result) != n:
         got = len(result) if isinstance(result, (tuple, list)) else f"a {type(result).__name__}"
         raise RuntimeError(f"{who} returned an invalid number of {what}, got {got}, but expected {n} "
                            f"(return None or a tuple of {n})")
-    return result
+    return tuple(result)

@@ -300,7 +300,8 @@ class Module:
 
     def register_forward_hook(self, hook, *, prepend=False, with_kwargs=False, always_call=False):
         """hook(module, args, output) after forward, returning None or a new output (with_kwargs:
-        hook(module, args, kwargs, output)); always_call: also when forward raises (output None)."""
+        hook(module, args, kwargs, output)); always_call: also when a pre-hook, forward or another hook
+        raises (with the output so far: None if forward did not return)."""
         return hooks.register(self, self._forward_hooks, hooks.Hook(hook, with_kwargs, always_call), prepend)
 
     def register_full_backward_pre_hook(self, hook, prepend=False):
