@@ -329,3 +329,29 @@ def test_a_backward_hook_registered_during_the_backward_runs_from_the_next_one_a
         net.backward(dy)
         log.append("|")
     assert log == ["|", "added", "|"]
+
+
+def test_a_backward_hook_on_a_module_with_its_own_backward_is_refused():
+    """The wrapper that runs backward hooks goes in the instance's __dict__: one already there (a
+    patched backward) would hide it, and the hook would never run."""
+    lin = small_net()[0]
+    lin.backward = lambda grad: grad
+    with pytest.raises(RuntimeError, match="has its own backward"):
+        lin.register_full_backward_hook(lambda *a: None)
+    with pytest.raises(RuntimeError, match="has its own backward"):
+        lin.register_full_backward_pre_hook(lambda *a: None)
+    assert not lin._backward_hooks and not lin._backward_pre_hooks and not lin._hooked
+    lin.register_forward_hook(lambda *a: None)                         # forward hooks do not need it
+
+
+def test_a_shallow_copy_has_its_own_hooks():
+    lin, x, dy, seen = small_net()[0], floats(4, 3), np.ones((4, 5)), []
+    twin = copy.copy(lin)
+    twin.register_full_backward_hook(lambda m, gi, go: seen.append(m))
+    twin.register_forward_hook(lambda m, args, out: seen.append("forward"))
+    lin(x)
+    lin.backward(dy)                                                    # the original has none
+    assert seen == [] and not lin._hooked
+    twin(x)
+    twin.backward(dy)
+    assert seen == ["forward", twin]

@@ -64,8 +64,19 @@ class Hook:
         self.fn, self.with_kwargs, self.always_call = fn, bool(with_kwargs), bool(always_call)
 
 
+HOOK_DICTS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+
+
 def register(module, hooks_dict, hook, prepend):
-    """Add ``hook`` (a Hook) to ``hooks_dict`` of ``module``, first if ``prepend``; returns its handle."""
+    """Add ``hook`` (a Hook) to ``hooks_dict`` of ``module``, first if ``prepend``; returns its handle.
+    A backward hook is refused on a module whose instance has its own ``backward`` (``m.backward = f``):
+    the wrapper cannot go there, and the hook would never run."""
+    patched = module.__dict__.get("backward")
+    if (hooks_dict is module._backward_pre_hooks or hooks_dict is module._backward_hooks) and patched is not None \
+            and getattr(patched, "__func__", None) is not backward_with_hooks:
+        raise RuntimeError(f"{type(module).__name__}: cannot register a backward hook on a module whose instance "
+                           f"has its own backward ({patched!r}): the hooks run from a wrapper put in that place; "
+                           "delete the instance's backward first, or call your hook from it")
     handle = RemovableHandle(module, hooks_dict)
     hooks_dict[handle.id] = hook
     if prepend:
@@ -75,7 +86,7 @@ def register(module, hooks_dict, hook, prepend):
 
 
 def new_hook_dicts():
-    """The four registries of a module: forward pre, forward, backward pre, backward."""
+    """The four registries of a module, in HOOK_DICTS' order: forward pre, forward, backward pre, backward."""
     return OrderedDict(), OrderedDict(), OrderedDict(), OrderedDict()
 
 

@@ -178,8 +178,7 @@ class Module:
         object.__setattr__(self, "_non_persistent", set())   # buffers left out of state_dict
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "cache", None)          # what the last forward saved for the backward
-        for name, registry in zip(("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks"),
-                                  hooks.new_hook_dicts()):          # (hooks.py)
+        for name, registry in zip(hooks.HOOK_DICTS, hooks.new_hook_dicts()):     # (hooks.py)
             object.__setattr__(self, name, registry)
         object.__setattr__(self, "_hooked", False)                   # whether any of the four holds a hook
 
@@ -314,10 +313,13 @@ class Module:
 
     def __getstate__(self):
         """For copy and pickle: the instance's attributes but the bound backward-hook wrapper, which
-        __setstate__ binds again to the new module."""
+        __setstate__ binds again to the new module; the hook registries are copied, so that even a
+        shallow copy (copy.copy) has its own (PyTorch's shallow copy shares them)."""
         state = dict(self.__dict__)
         if getattr(state.get("backward"), "__func__", None) is hooks.backward_with_hooks:
             del state["backward"]
+        for name in hooks.HOOK_DICTS:
+            state[name] = state[name].copy()
         return state
 
     def __setstate__(self, state):
