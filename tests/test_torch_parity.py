@@ -1607,3 +1607,41 @@ def test_one_cycle_step_with_an_epoch_warns_and_jumps_there_as_torchs():
     for scheduler in (sched, sched_t):
         with pytest.raises(ValueError, match="Tried to step 21 times"), pytest.warns(UserWarning):
             scheduler.step(21)
+
+
+def test_sequential_add_and_mul_as_torchs():
+    """``a + b``, ``a += b``, ``a * 1``, ``1 * a``, ``a *= 1``: the same keys and layers as torch's; the
+    errors of a bad operand as torch's; ``a * 2`` (the same instances twice) refused here, as a
+    Sequential refuses a layer it would run twice (torch builds it)."""
+    from collections import OrderedDict
+
+    def build(nn):
+        return (nn.Sequential(OrderedDict(conv=nn.Linear(1, 2), act=nn.ReLU())), nn.Sequential(nn.Linear(2, 3)))
+    results = {}
+    for nn in (nt_nn, torch.nn):
+        a, b = build(nn)
+        total = a + b
+        assert total[0] is a.conv and total[2] is b[0] and list(a._modules) == ["conv", "act"]
+        once, once_left = a * 1, 1 * a
+        assert once is not a and list(once) == list(a) == list(once_left)
+        b += a
+        b *= 1
+        results[nn] = [list(s._modules) for s in (total, once, once_left, b)]
+        for bad, error in ((nn.Linear(1, 1), ValueError), ([nn.ReLU()], ValueError)):
+            with pytest.raises(error, match="supports only objects of Sequential class"):
+                a + bad
+            with pytest.raises(error, match="supports only objects of Sequential class"):
+                a += bad
+        for bad, error, message in ((0, ValueError, "Non-positive multiplication factor 0"),
+                                    (-1, ValueError, "Non-positive"), (2.0, TypeError, "unsupported operand")):
+            for operation in (lambda: a * bad, lambda: bad * a, lambda: a.__imul__(bad)):
+                with pytest.raises(error, match=message):
+                    operation()
+    assert results[nt_nn] == results[torch.nn]
+    a, _ = build(nt_nn)
+    for operation in (lambda: a * 2, lambda: 2 * a, lambda: a.__imul__(2)):
+        with pytest.raises(ValueError, match="would run it twice"):
+            operation()
+    assert list(a._modules) == ["conv", "act"]
+    with pytest.raises(TypeError, match="unsupported operand"):          # (stricter: torch takes True for 1)
+        a * True

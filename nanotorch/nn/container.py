@@ -119,6 +119,23 @@ class Sequential(Module):
         del self[key]
         return popped
 
+    def __add__(self, other):
+        """A new Sequential of this one's layers, then other's (the same instances), keyed '0', '1', ..."""
+        return Sequential(*self, *_sequential_operand(other))
+
+    def __iadd__(self, other):
+        return self.extend(_sequential_operand(other))
+
+    def __mul__(self, times):
+        """PyTorch's repetition of the layers, ``seq * n``: the same instances n times, which a Sequential
+        refuses for n > 1 (a layer runs once a pass: build n blocks instead); ``seq * 1`` is a copy of the list."""
+        return Sequential(*(list(self) * _factor(self, times)))
+
+    __rmul__ = __mul__
+
+    def __imul__(self, times):
+        return self.extend(list(self) * (_factor(self, times) - 1))
+
     def __len__(self):
         return len(self._modules)
 
@@ -276,6 +293,22 @@ class ModuleList(Module):
             top, *rest = (head + text).split("\n")     # later lines two further in, blank ones emptied
             lines.append("\n".join([top] + ["  " + line if line.strip() else "" for line in rest]))
         return f"{type(self).__name__}(\n  " + "\n  ".join(lines) + "\n)"
+
+
+def _sequential_operand(other):
+    """The other side of ``+`` and ``+=``: a Sequential only, with PyTorch's ValueError."""
+    if not isinstance(other, Sequential):
+        raise ValueError(f"add operator supports only objects of Sequential class, but {type(other)} is given.")
+    return other
+
+
+def _factor(seq, times):
+    """The n of ``seq * n``: a positive int (not a bool: stricter than PyTorch), with PyTorch's errors."""
+    if not isinstance(times, int) or isinstance(times, bool):
+        raise TypeError(f"unsupported operand type(s) for *: {type(seq)} and {type(times)}")
+    if times <= 0:
+        raise ValueError(f"Non-positive multiplication factor {times} for {type(seq)}")
+    return times
 
 
 def _runs(module, path):
