@@ -811,6 +811,14 @@ def test_module_to_refuses_what_nanotorch_cannot_run(args, kwargs, error, messag
     assert layer.weight.data.dtype == np.float32 and (layer.weight.data == before).all()
 
 
+def test_cpu_is_the_module_itself_and_cuda_is_refused():
+    ours, theirs = nt_nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    assert ours.cpu() is ours and theirs.cpu() is theirs and ours.weight.dtype == np.float32
+    for args in ((), (0,), ("cuda:1",)):
+        with pytest.raises(NotImplementedError, match="device='cuda.*' is not implemented in nanotorch"):
+            ours.cuda(*args)
+
+
 def test_buffers_none_and_not_persistent_are_left_out_as_torchs():
     def build(nn, array):
         m = nn.Linear(2, 2)

@@ -508,6 +508,14 @@ class Module:
                     object.__setattr__(m, name, b.astype(dtype))
         return self
 
+    def cpu(self):
+        """As PyTorch's: the module itself, already on the CPU (the only device nanotorch has)."""
+        return self
+
+    def cuda(self, device=None):
+        """Refused with a clear error, as ``to('cuda')``: nanotorch runs on the CPU only."""
+        return self.to("cuda" if device is None else f"cuda:{device}" if isinstance(device, int) else device)
+
     def double(self):
         return self.to(np.float64)
 
