@@ -1,10 +1,10 @@
 """Sequential: runs its children in order, and backward in reverse (the chain rule); a list of layers.
 ModuleList: a list of layers that runs nothing itself, for a Module's own forward and backward to loop over.
 
-Their bookkeeping (registration, state_dict keys, modes) is Module's (nanotorch/nn/module.py). What
-is Sequential's own: the order, list operations that keep the keys '0', '1', ... as PyTorch's do, and the
-refusal of a module it would run twice in one forward (see module.py on why a layer runs once a pass).
-ModuleList has PyTorch's list operations, with the same keys, and no forward or backward.
+Their bookkeeping (registration, state_dict keys, modes) is Module's (nanotorch/nn/module.py); the
+list operations that keep the keys '0', '1', ... as PyTorch's do are _ModuleSequence's, below. What
+is Sequential's own: the order and the refusal of a module it would run twice in one forward (see
+module.py on why a layer runs once a pass). ModuleList has no forward or backward.
 """
 import operator
 from collections import OrderedDict
@@ -14,7 +14,53 @@ from itertools import chain
 from nanotorch.nn.module import Module, _typename
 
 
-class Sequential(Module):
+class _ModuleSequence(Module):
+    """What Sequential and ModuleList share: children under the keys '0', '1', ... (a Sequential's may be
+    names), read and changed as a list, with PyTorch's IndexError and renumbering."""
+
+    def _key(self, i):
+        """The key of the child at index i (negative counts from the end), with PyTorch's IndexError."""
+        i = operator.index(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"{type(self).__name__}: index {i} is out of range for its {len(self)} modules")
+        return list(self._modules)[i]
+
+    def __setitem__(self, i, module):
+        setattr(self, self._key(i), module)      # (Module.__setattr__ refuses a non-Module, as PyTorch's)
+
+    def __delitem__(self, i):
+        """Delete the child at index i, or those of a slice; then renumber the keys '0', '1', ... as PyTorch."""
+        for key in list(self._modules)[i] if isinstance(i, slice) else [self._key(i)]:
+            delattr(self, key)
+        self._renumber(list(self._modules.values()))
+
+    def _renumber(self, modules):
+        """Hold ``modules`` under the keys '0', '1', ... in order. (This empties the list first: a
+        caller that adds a module checks the new list beforehand, so that a refusal changes nothing.)"""
+        for key in list(self._modules):
+            Module.__delattr__(self, key)
+        for i, module in enumerate(modules):
+            self.add_module(str(i), module)
+
+    def __len__(self):
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+    def append(self, module):
+        """Add ``module`` at the end, under the key str(len(self)), as PyTorch's; returns self."""
+        self.add_module(str(len(self)), module)
+        return self
+
+    def pop(self, key):
+        """Remove and return the child at index ``key`` (for a slice, a list of the same kind), as PyTorch's."""
+        popped = self[key]
+        del self[key]
+        return popped
+
+
+class Sequential(_ModuleSequence):
     """Runs its children in order; backward runs them in reverse (the chain rule).
 
     ``Sequential(a, b, c)`` keys its children '0', '1', '2'; ``Sequential(OrderedDict(name=layer, ...))``
@@ -63,35 +109,6 @@ class Sequential(Module):
             return part
         return self._modules[self._key(i)]
 
-    def __setitem__(self, i, module):
-        setattr(self, self._key(i), module)
-
-    def __delitem__(self, i):
-        """Delete the child at index i, or those of a slice; then renumber the keys '0', '1', ... as PyTorch."""
-        for key in list(self._modules)[i] if isinstance(i, slice) else [self._key(i)]:
-            delattr(self, key)
-        self._renumber(list(self._modules.values()))
-
-    def _key(self, i):
-        """The key of the child at index i (negative counts from the end), with PyTorch's IndexError."""
-        i = operator.index(i)
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"Sequential: index {i} is out of range for its {len(self)} layers")
-        return list(self._modules)[i]
-
-    def _renumber(self, layers):
-        """Hold ``layers`` under the keys '0', '1', ... in order. (This empties the Sequential first:
-        a caller that adds a layer checks the new list beforehand, so that a refusal changes nothing.)"""
-        for key in list(self._modules):
-            Module.__delattr__(self, key)
-        for i, layer in enumerate(layers):
-            self.add_module(str(i), layer)
-
-    def append(self, module):
-        """Add ``module`` at the end, under the key str(len(self)), as PyTorch's; returns self."""
-        self.add_module(str(len(self)), module)
-        return self
-
     def insert(self, index, module):
         """Put ``module`` before the child at ``index`` (len(self): at the end; negative counts from the
         end), renumbering the keys; returns self. (PyTorch raises an AssertionError for a non-Module,
@@ -113,12 +130,6 @@ class Sequential(Module):
             self.append(module)
         return self
 
-    def pop(self, key):
-        """Remove and return the child at index ``key`` (for a slice, a Sequential of those), as PyTorch's."""
-        popped = self[key]
-        del self[key]
-        return popped
-
     def __add__(self, other):
         """A new Sequential of this one's layers, then other's (the same instances), keyed '0', '1', ..."""
         return Sequential(*self, *_sequential_operand(other))
@@ -136,12 +147,6 @@ class Sequential(Module):
     def __imul__(self, times):
         return self.extend(list(self) * (_factor(self, times) - 1))
 
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
-
     def forward(self, x):
         for layer in self._modules.values():
             x = layer(x)
@@ -153,7 +158,7 @@ class Sequential(Module):
         return grad_out
 
 
-class ModuleList(Module):
+class ModuleList(_ModuleSequence):
     """A list of modules, registered under the keys '0', '1', ... (so ``parameters()``, ``to()``,
     ``train()`` and ``state_dict()`` see them, with PyTorch's keys: ``layers.0.weight``), for a
     Module that runs them in its own forward, and their backwards in its own backward::
@@ -188,39 +193,10 @@ class ModuleList(Module):
         if modules is not None:
             self += modules
 
-    def _key(self, i):
-        """The key ('0', '1', ...) of index i (negative counts from the end), with PyTorch's IndexError."""
-        i = operator.index(i)
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"ModuleList: index {i} is out of range for its {len(self)} modules")
-        return str(i % len(self))
-
     def __getitem__(self, i):
         if isinstance(i, slice):
             return type(self)(list(self._modules.values())[i])
         return self._modules[self._key(i)]
-
-    def __setitem__(self, i, module):
-        setattr(self, self._key(i), module)      # (Module.__setattr__ refuses a non-Module, as PyTorch's)
-
-    def __delitem__(self, i):
-        """Delete the module at index i, or those of a slice; then renumber the keys '0', '1', ... as PyTorch."""
-        for key in list(self._modules)[i] if isinstance(i, slice) else [self._key(i)]:
-            delattr(self, key)
-        self._renumber(list(self._modules.values()))
-
-    def _renumber(self, modules):
-        """Hold ``modules`` under the keys '0', '1', ... in order."""
-        for key in list(self._modules):
-            Module.__delattr__(self, key)
-        for i, module in enumerate(modules):
-            self.add_module(str(i), module)
-
-    def __len__(self):
-        return len(self._modules)
-
-    def __iter__(self):
-        return iter(self._modules.values())
 
     def __iadd__(self, modules):
         return self.extend(modules)
@@ -247,11 +223,6 @@ class ModuleList(Module):
         modules.insert(index, module)
         self._renumber(modules)
 
-    def append(self, module):
-        """Add ``module`` at the end, under the key str(len(self)); returns self."""
-        self.add_module(str(len(self)), module)
-        return self
-
     def extend(self, modules):
         """Append each module of the iterable ``modules``; returns self."""
         if not isinstance(modules, Iterable):
@@ -259,12 +230,6 @@ class ModuleList(Module):
         for module in list(modules):              # (a list first: ml.extend(ml) doubles it)
             self.append(module)
         return self
-
-    def pop(self, key):
-        """Remove and return the module at index ``key`` (for a slice, a ModuleList of those)."""
-        popped = self[key]
-        del self[key]
-        return popped
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(
