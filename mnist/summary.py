@@ -89,6 +89,27 @@ def _leaves(module):
         yield module
 
 
+def layer_names(model):
+    """The name of each top-level child of ``model`` (an nn.Sequential; else the model itself), as
+    the summary rows, the pictures and layers.csv call it: 'block1' ... for conv blocks, 'conv1' ...
+    for bare convolutions, 'pool1' ..., 'fc1' ... for Linear layers, 'gap' for a global average
+    pooling, else the layer's class name in lower case ('flatten', 'gelu', 'dropout')."""
+    children = list(model) if isinstance(model, nn.Sequential) else [model]
+    names, counts = [], {}
+    for child in children:
+        kind = ("block" if _is_conv_block(child) else "conv" if isinstance(child, nn.Conv2d)
+                else "pool" if isinstance(child, nn.MaxPool2d) else "fc" if isinstance(child, nn.Linear)
+                else None)
+        if kind:
+            counts[kind] = counts.get(kind, 0) + 1
+            names.append(f"{kind}{counts[kind]}")
+        elif isinstance(child, nn.AdaptiveAvgPool2d) and _as_pair(child.output_size) == (1, 1):
+            names.append("gap")
+        else:
+            names.append(type(child).__name__.lower())
+    return names
+
+
 def summarize(model, input_shape=(1, 28, 28)):
     """Rows describing ``model`` (an nn.Sequential), computed from its layers.
 
@@ -106,12 +127,11 @@ def summarize(model, input_shape=(1, 28, 28)):
     rf, jump = [1, 1], [1, 1]
     rows = [dict(name="input", key="", layer="image", output_shape=tuple(input_shape), params=0,
                  receptive_field=1, jump=1)]
-    counts = {}
     was_training = model.training
     model.eval()
     try:
         x = np.zeros((1, *input_shape), dtype=np.float32)
-        for key, child in zip(keys, children):
+        for key, name, child in zip(keys, layer_names(model), children):
             for leaf in _leaves(child):
                 in_hw = x.shape[2:] if x.ndim == 4 else None
                 window = _window(leaf, in_hw)
@@ -120,16 +140,6 @@ def summarize(model, input_shape=(1, 28, 28)):
                     for a in range(2):
                         rf[a] += (window[0][a] - 1) * jump[a]
                         jump[a] *= window[1][a]
-            kind = ("block" if _is_conv_block(child) else "conv" if isinstance(child, nn.Conv2d)
-                    else "pool" if isinstance(child, nn.MaxPool2d) else "fc" if isinstance(child, nn.Linear)
-                    else None)
-            if kind:
-                counts[kind] = counts.get(kind, 0) + 1
-                name = f"{kind}{counts[kind]}"
-            elif isinstance(child, nn.AdaptiveAvgPool2d) and _as_pair(child.output_size) == (1, 1):
-                name = "gap"
-            else:
-                name = type(child).__name__.lower()
             rows.append(dict(name=name, key=key, layer=describe(child), output_shape=tuple(x.shape[1:]),
                              params=int(sum(p.data.size for p in child.parameters())),
                              receptive_field=rf[0] if rf[0] == rf[1] else tuple(rf),

@@ -12,17 +12,18 @@ the schedule as soon as it is built, as in PyTorch. One training step reads like
 
 The run directory (--out, or runs/<date-time>, with -2, -3, ... added if another run took that
 name in the same second) gets model.npz, checkpoint.npz (for --resume), metrics.json, log.csv,
-config.json and the pictures of mnist.visualize. config.json and the checkpoint record the folder
-as "out", named as the command line named it (runs/<date-time>, --out, or --resume's folder):
-relative to the working directory unless given as an absolute path. A new run never writes into
-a folder that holds a run: one run claims a folder by creating its config.json, which only one
-process can.
+layers.csv (LayerWatch), config.json and the pictures of mnist.visualize. config.json and the
+checkpoint record the folder as "out", named as the command line named it (runs/<date-time>,
+--out, or --resume's folder): relative to the working directory unless given as an absolute path.
+A new run never writes into a folder that holds a run: one run claims a folder by creating its
+config.json, which only one process can.
 
 --resume CHECKPOINT continues that run exactly as it was configured: the recipe flags (those of
 RECIPE, and --limit) may be left out or repeated with the same values, but not changed (a new
 run changes the recipe); output flags (--out, --threads, --log-every, ...) may differ. log.csv
-is cut back to the checkpoint's step, then appended to (in another --out, it starts with the
-checkpoint folder's rows up to that step, if that folder has a log.csv).
+and layers.csv are cut back to the checkpoint's step, then appended to (in another --out, each
+starts with the checkpoint folder's rows up to that step, if that folder has the file; a run
+from before layers.csv existed starts it at the checkpoint's step).
 """
 import argparse
 import csv
@@ -47,6 +48,7 @@ from mnist.data import iterate_batches, load_mnist, normalize, num_batches
 from mnist.evaluate import evaluate, runs_inside
 from mnist.files import csv_rows, write_atomic, write_new
 from mnist.model import build_model, count_parameters
+from mnist.summary import layer_names
 
 RECIPE = dict(batch_size=4, lr=0.001, momentum=0.9, max_lr=0.1, pct_start=0.25, anneal_strategy="cos",
               clip=1.0, dropout=0.15, epochs=1, seed=0)
@@ -204,20 +206,68 @@ def train_step(model, criterion, optimizer, scheduler, x, y, clip):
     return loss, logits, grad_norm
 
 
+class LayerWatch:
+    """What one step did to each layer's weights, for layers.csv: a row per logged step.
+
+    The layers are the top-level children of ``model`` that have a weight tensor, named as the
+    summary names them (block1..block7, fc1, fc2); a layer's weights are its tensors of two or more
+    dimensions (a conv block's kernel, a Linear layer's matrix), without BatchNorm's gamma and beta
+    or biases. (gamma starts at 1: counted in, it would outweigh the kernel in every block,
+    ||gamma||^2 = 4 against 1.5 in block1 and 28 against 9 in block7, and the ratios below would
+    mostly tell how gamma moves.) For each layer, with w the weights before the step and w' after it:
+
+        grad_norm     ||g||, the gradient the update used (clip_grad_norm_ has scaled it in place)
+        weight_norm   ||w||
+        update_ratio  ||w' - w|| / ||w||   (NaN if ||w|| = 0), whatever the optimizer; ~1e-3 is the
+                      usual rule of thumb (much lower: the layer hardly learns; much higher: unstable)
+
+    L2 norms over all the layer's weights, summed in float64. ``before()`` copies the weights (only
+    before a logged step: the other steps pay nothing); the gradients are read where the layers
+    wrote them (views of the flat vector, nn.utils.flatten_parameters): nothing else is copied.
+    """
+    STATS = ("grad_norm", "weight_norm", "update_ratio")
+
+    def __init__(self, model):
+        children = list(model) if isinstance(model, nn.Sequential) else [model]
+        self.layers = [(name, [p for p in child.parameters() if p.data.ndim >= 2 and p.requires_grad])
+                       for name, child in zip(layer_names(model), children)]
+        self.layers = [(name, weights) for name, weights in self.layers if weights]
+        self.columns = ["step", "epoch"] + [f"{name}_{stat}" for stat in self.STATS for name, _ in self.layers]
+
+    def before(self):
+        """A copy of every watched weight, taken before the step."""
+        return [[p.data.copy() for p in weights] for _, weights in self.layers]
+
+    def after(self, before):
+        """The values of a row after the step (grad norms, weight norms, update ratios, each per layer)."""
+        def norm(arrays):
+            return math.sqrt(sum(float(np.dot(a, a)) for a in (np.ravel(x).astype(np.float64) for x in arrays)))
+        grads, weights, ratios = [], [], []
+        for (_, params), old in zip(self.layers, before):
+            w = norm(old)
+            grads.append(norm([p.grad for p in params]))
+            weights.append(w)
+            ratios.append(norm([p.data.astype(np.float64) - o for p, o in zip(params, old)]) / w if w > 0
+                          else float("nan"))
+        return grads + weights + ratios
+
+
 class CsvLog:
-    """log.csv: one row every --log-every steps: the window's mean loss and accuracy, and the logged
-    step's own lr, momentum and gradient norm (before clipping; NaN with --clip 0).
+    """log.csv (or another ``columns``: layers.csv): one row every --log-every steps. log.csv's: the
+    window's mean loss and accuracy, and the logged step's own lr, momentum and gradient norm
+    (before clipping; NaN with --clip 0).
 
     resume_step: continue the log of a run resumed from that step. Rows past it (written after the
     checkpoint, before a crash) and a last row cut before its line end are dropped first,
     atomically, so the steps keep increasing and every row is whole. (The
     first row after a resume averages only the steps since the checkpoint: windows are not saved.)
-    resumed_log: the resumed run's log.csv, when it is not ``path`` (--resume into another --out):
-    the new log starts with its rows up to resume_step, if it exists.
+    resumed_log: the resumed run's log, when it is not ``path`` (--resume into another --out):
+    the new log starts with its rows up to resume_step, if it exists (else, as for a run from
+    before the file existed, it starts at resume_step).
     """
     COLUMNS = ["step", "epoch", "loss", "accuracy", "lr", "momentum", "grad_norm"]
 
-    def __init__(self, path, resume_step=None, resumed_log=None):
+    def __init__(self, path, resume_step=None, resumed_log=None, columns=COLUMNS):
         rows, self.last_loss = [], None            # last_loss: the last kept row's, when resuming
         source = path if resumed_log is None else resumed_log   # (copied: the rows kept go into a new file at path)
         if resume_step is not None and os.path.exists(source):
@@ -229,12 +279,12 @@ class CsvLog:
             write_atomic(path, lambda f: csv.writer(f).writerows([header, *kept]), mode="w", newline="")
             try:                                   # (6 significant digits, as written)
                 self.last_loss = float(kept[-1][header.index("loss")]) if kept else None
-            except ValueError:                     # a log edited by hand: no final loss, not a failed resume
-                pass
+            except ValueError:                     # a log edited by hand (or without a loss column, layers.csv):
+                pass                               # no final loss, not a failed resume
         self.file = open(path, "a" if rows else "w", newline="")
         self.writer = csv.writer(self.file)
         if not rows:
-            self.writer.writerow(self.COLUMNS)
+            self.writer.writerow(columns)
 
     def write(self, *row):
         self.writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
@@ -244,7 +294,7 @@ class CsvLog:
         self.file.close()
 
 
-RUN_FILES = ("config.json", "log.csv", "checkpoint.npz", "model.npz", "metrics.json")
+RUN_FILES = ("config.json", "log.csv", "layers.csv", "checkpoint.npz", "model.npz", "metrics.json")
 
 
 def check_run_dir(run_dir, resumed_dir):
@@ -356,6 +406,7 @@ def train(args):
     def stop_here():
         """After a Ctrl-C or SIGTERM, once the checkpoint is saved: say where to resume, and stop."""
         log.close()
+        layer_log.close()
         if last_saved is None:
             print(f"\ninterrupted at step {step}/{total_steps}; no checkpoint was saved, "
                   "so there is nothing to resume", file=sys.stderr)
@@ -366,9 +417,18 @@ def train(args):
                   f"resume with: python -m mnist.train --resume {ckpt}", file=sys.stderr)
         raise Stopped(stop.requested)
 
-    # Resumed into another --out: the new log.csv starts with the checkpoint folder's rows.
-    resumed_log = os.path.join(resumed_dir, "log.csv") if args.resume and not in_place else None
-    log = CsvLog(os.path.join(run_dir, "log.csv"), resume_step=step if args.resume else None, resumed_log=resumed_log)
+    # Resumed into another --out: the new log.csv and layers.csv start with the checkpoint folder's rows.
+    def resumed_log(name):
+        return os.path.join(resumed_dir, name) if args.resume and not in_place else None
+    resume_step = step if args.resume else None
+    log = CsvLog(os.path.join(run_dir, "log.csv"), resume_step, resumed_log("log.csv"))
+    watch = LayerWatch(model)
+    layer_log = CsvLog(os.path.join(run_dir, "layers.csv"), resume_step, resumed_log("layers.csv"), watch.columns)
+
+    def logged(s):
+        """Whether step s (counted from 1) gets a row in log.csv and layers.csv."""
+        return s % args.log_every == 0 or s == total_steps
+
     history, result = [], None
     # On a machine where another process holds a core, n threads run many times slower than one:
     # the run then goes on one thread, with the same results (nanotorch/threads.py).
@@ -386,11 +446,13 @@ def train(args):
                                                   start_batch=step % steps_per_epoch):
                 group = optimizer.param_groups[0]
                 lr, momentum = group["lr"], group["momentum"]    # this step's (the schedule moves on after it)
+                weights_before = watch.before() if logged(step + 1) else None
                 try:
                     loss, logits, grad_norm = train_step(model, criterion, optimizer, scheduler,
                                                          normalize(images), labels.astype(np.int64), args.clip)
                 except TrainingDiverged as e:
                     log.close()
+                    layer_log.close()
                     kept = (f"the last good checkpoint is {last_saved[0]} (step {last_saved[1]})"
                             if last_saved else "no checkpoint had been saved yet")
                     raise TrainingDiverged(f"{e} at step {step + 1}. Training stopped; {kept}. "
@@ -403,9 +465,10 @@ def train(args):
                 window_loss += loss * len(labels)
                 window_correct += int((logits.argmax(axis=1) == labels).sum())
                 window_seen += len(labels)
-                if step % args.log_every == 0 or step == total_steps:
+                if logged(step):
                     loss_avg, acc = window_loss / window_seen, window_correct / window_seen
                     log.write(step, epoch + 1, loss_avg, acc, lr, momentum, grad_norm)
+                    layer_log.write(step, epoch + 1, *watch.after(weights_before))
                     history.append((step, loss_avg, acc))
                     rate = bar.format_dict["rate"]           # steps/s, recent; None before the bar's first refresh
                     speed = {} if rate is None else {"img_s": f"{rate * args.batch_size:.0f}"}
@@ -433,6 +496,7 @@ def train(args):
             if stop.requested:
                 stop_here()
         log.close()
+        layer_log.close()
 
         # A signal from here on lets the model and metrics be saved, then stops (before the pictures).
         stop.after = "the model and metrics are saved"

@@ -9,6 +9,7 @@ picture) and returns the path. ``visualize_run`` writes all of them into a run d
     parameters.png       parameters per layer, conv weights and BatchNorm stacked
     filters.png          the first convolution's 3x3 filters
     training_curves.png  loss, accuracy, learning rate and momentum against step
+    gradient_flow.png    each layer's gradient norm and relative update against step (layers.csv)
     feature_maps.png     every conv block's output channels for one test digit
     confusion_matrix.png test-set confusion matrix and per-class accuracy
     misclassified.png    the test digits the model gets wrong, most confident first
@@ -38,6 +39,7 @@ FIGSIZE = {                                  # inches; the PNG is FIGSIZE * DPI 
     "parameters": (8.0, 4.5),
     "filters": (8.0, 2.6),
     "training_curves": (9.0, 7.5),
+    "gradient_flow": (9.0, 7.0),
     "feature_maps": (10.0, 11.0),
     "confusion_matrix": (9.0, 6.0),
 }
@@ -274,7 +276,7 @@ def plot_first_layer_filters(model, path):
 # ----------------------------------------------------------------------------- training curves
 
 class EmptyLog(ValueError):
-    """A log.csv without rows (its run stopped before its first row)."""
+    """A log.csv (or layers.csv) without rows (its run stopped before its first row)."""
 
 
 def read_log(log_csv_path):
@@ -284,12 +286,18 @@ def read_log(log_csv_path):
     than the header, or no line end after it, as a run killed while writing it leaves it) is dropped,
     as mnist.train drops it on resume; another malformed row raises a ValueError naming its line.
     No rows: EmptyLog."""
+    return _read_numbers(log_csv_path, ("step", "loss", "accuracy", "lr", "momentum"),
+                         "step,epoch,loss,accuracy,lr,momentum")
+
+
+def _read_numbers(log_csv_path, required, expected):
+    """A CSV of numbers written row by row (log.csv, layers.csv) -> dict of float arrays keyed by
+    column, as read_log describes; ``required`` columns, else a ValueError saying ``expected``."""
     rows = csv_rows(log_csv_path)                # (a last line without its line end is dropped there)
     header, body = (rows[0][1], rows[1:]) if rows else ([], [])
-    missing = {"step", "loss", "accuracy", "lr", "momentum"} - set(header)
+    missing = set(required) - set(header)
     if header and missing:
-        raise ValueError(f"{log_csv_path}: missing columns {sorted(missing)} "
-                         f"(expected step,epoch,loss,accuracy,lr,momentum)")
+        raise ValueError(f"{log_csv_path}: missing columns {sorted(missing)} (expected {expected})")
     values = []
     for i, (line, row) in enumerate(body):
         try:
@@ -306,6 +314,22 @@ def read_log(log_csv_path):
     return dict(zip(header, np.array(values).T))
 
 
+def read_layer_log(layers_csv_path):
+    """layers.csv -> (step, epoch or None, layers, stats): ``layers`` the layer names in the file's
+    order, ``stats`` a dict from each of grad_norm, weight_norm and update_ratio to a (rows, layers)
+    array. Rows as read_log reads them (a last row cut short dropped; no rows: EmptyLog)."""
+    from mnist.train import LayerWatch               # (the stats' names and order: one place)
+    log = _read_numbers(layers_csv_path, ("step",), "step,epoch, then <layer>_<stat> for each stat "
+                        f"({', '.join(LayerWatch.STATS)}) and layer (block1, ..., fc2)")
+    layers = [c[:-len("_grad_norm")] for c in log if c.endswith("_grad_norm")]
+    missing = [f"{name}_{stat}" for stat in LayerWatch.STATS for name in layers if f"{name}_{stat}" not in log]
+    if not layers or missing:
+        raise ValueError(f"{layers_csv_path}: no <layer>_grad_norm columns" if not layers else
+                         f"{layers_csv_path}: missing columns {missing}")
+    stats = {stat: np.stack([log[f"{name}_{stat}"] for name in layers], axis=1) for stat in LayerWatch.STATS}
+    return log["step"], log.get("epoch"), layers, stats
+
+
 def smooth(values, window):
     """Bias-corrected exponential moving average with time constant ``window`` samples."""
     alpha = 1.0 / max(window, 1)
@@ -316,6 +340,16 @@ def smooth(values, window):
         weight = (1 - alpha) * weight + alpha
         out[i] = avg / weight
     return out
+
+
+def centred_mean(values, half):
+    """The mean of each value and the ``half`` values either side of it; at the ends, of as many on
+    each side as there are on the shorter one (so the first and last values are their own mean)."""
+    values = np.asarray(values, dtype=np.float64)
+    n, sums = len(values), np.concatenate([[0.0], np.cumsum(values)])
+    i = np.arange(n)
+    h = np.minimum(half, np.minimum(i, n - 1 - i))
+    return (sums[i + h + 1] - sums[i - h]) / (2 * h + 1)
 
 
 def plot_training_curves(log_csv_path, path, test_accuracy=None):
@@ -369,19 +403,99 @@ def plot_training_curves(log_csv_path, path, test_accuracy=None):
         else:                                   # one row: centred
             ax_lr.set_xlim(0, 2 * step[0])
 
-        if "epoch" in log:                      # dotted lines where each epoch ends, numbered on top
-            epoch = log["epoch"]
-            ends = step[np.flatnonzero(np.diff(np.floor(epoch - 1e-9)) > 0)]
-            if 0 < len(ends) <= 60:
-                for ax in (ax_loss, ax_acc, ax_lr):
-                    for e in ends:
-                        ax.axvline(e, color="#999999", linewidth=0.6, linestyle=":", zorder=0)
-                top = ax_loss.secondary_xaxis("top")
-                labelled = math.ceil(len(ends) / 20)      # every so many epoch ends numbered
-                top.set_xticks(ends[labelled - 1::labelled], [str(k) for k in range(labelled, len(ends) + 1, labelled)])
-                top.set_xlabel("end of epoch", fontsize=9, color="#666666")
-                top.tick_params(labelsize=8.5, colors="#666666")
+        if "epoch" in log:
+            _mark_epochs((ax_loss, ax_acc, ax_lr), step, log["epoch"])
         fig.suptitle("Training: loss, accuracy and schedule", fontsize=14)
+    return _save(fig, path)
+
+
+def _mark_epochs(axes, step, epoch):
+    """Dotted lines where each epoch ends, on every one of ``axes``, numbered above the first."""
+    ends = step[np.flatnonzero(np.diff(np.floor(epoch - 1e-9)) > 0)]
+    if 0 < len(ends) <= 60:
+        for ax in axes:
+            for e in ends:
+                ax.axvline(e, color="#999999", linewidth=0.6, linestyle=":", zorder=0)
+        top = axes[0].secondary_xaxis("top")
+        labelled = math.ceil(len(ends) / 20)      # every so many epoch ends numbered
+        top.set_xticks(ends[labelled - 1::labelled], [str(k) for k in range(labelled, len(ends) + 1, labelled)])
+        top.set_xlabel("end of epoch", fontsize=9, color="#666666")
+        top.tick_params(labelsize=8.5, colors="#666666")
+
+
+# ----------------------------------------------------------------------------- gradient flow
+
+UPDATE_RATIO_RULE = 1e-3          # the usual rule of thumb for ||Δw|| / ||w|| per step
+
+
+def _layer_colors(layers):
+    """A colour per layer: the conv blocks from dark to light blue-green with depth, the Linear
+    layers in warm colours, so that the order of the network reads off the lines."""
+    blocks = [n for n in layers if n.rstrip("0123456789") in ("block", "conv")]
+    heads = [n for n in layers if n not in blocks]
+    colors = {n: plt.get_cmap("viridis")(0.9 * i / max(len(blocks) - 1, 1)) for i, n in enumerate(blocks)}
+    warm = ["#dd8452", "#c44e52", "#937860", "#da8bc3"]
+    colors.update({n: warm[i % len(warm)] for i, n in enumerate(heads)})
+    return colors
+
+
+def plot_gradient_flow(layers_csv_path, path):
+    """Each layer's gradient norm (after clipping) and relative update ||Δw|| / ||w|| against step,
+    from layers.csv (mnist.train's LayerWatch): one line per layer, on log scales; the 1e-3 rule of
+    thumb for the update drawn faintly. Each row is one step's (of a batch of 4, whose gradient may
+    be ten thousand times smaller when the batch happens to be easy), so the values scatter: a faint
+    line through the rows, and a solid one, their centred running geometric mean over about a
+    twentieth of the run (the mean of their logarithms, as a log scale shows them: the typical
+    step's size; an arithmetic mean follows the few largest rows in and out of its window, in
+    steps; centred, so that it does not lag behind the update's fall as the learning rate anneals).
+    The gradient panel shows down to a tenth of the means' lows: deeper dips run off its bottom.
+    A short run (up to 20 rows) is drawn as its rows, dotted, unsmoothed."""
+    step, epoch, layers, stats = read_layer_log(layers_csv_path)
+    few = len(step) <= 20
+    half = 0 if few else max(1, len(step) // 40)          # rows on each side of a mean
+    every = int(np.median(np.diff(step))) if len(step) > 1 else int(step[0])
+    colors = _layer_colors(layers)
+    fig = _figure(FIGSIZE["gradient_flow"])
+    with plt.rc_context(STYLE):
+        ax_grad, ax_ratio = fig.subplots(2, 1, sharex=True)
+        for ax, stat in ((ax_grad, "grad_norm"), (ax_ratio, "update_ratio")):
+            values, lowest = stats[stat], np.inf
+            for j, name in enumerate(layers):
+                v = values[:, j]
+                shown = np.isfinite(v) & (v > 0)             # (a log scale has no place for 0)
+                if not shown.any():
+                    continue
+                if not few:
+                    ax.plot(step[shown], v[shown], color=colors[name], alpha=0.15, linewidth=0.7)
+                mean = np.exp(centred_mean(np.log(v[shown]), half))     # the geometric mean
+                lowest = min(lowest, np.percentile(mean, 2))     # (not an end's, which may be one row's dip)
+                ax.plot(step[shown], mean, color=colors[name], linewidth=1.8, label=name,
+                        **(dict(marker="o", markersize=4) if few else {}))
+            ax.set_yscale("log")
+            if stat == "grad_norm" and np.isfinite(lowest):     # the easy batches' dips run off the bottom,
+                ax.set_ylim(bottom=max(ax.get_ylim()[0], lowest / 10))   # which shows the means' order
+        ax_grad.set_ylabel("gradient norm ||g||")
+        ax_grad.set_title("Gradient norm of each layer's weights, as the update used it (after clipping)")
+        ax_ratio.axhline(UPDATE_RATIO_RULE, color="#666666", linewidth=1, linestyle="--", alpha=0.6, zorder=0)
+        ax_ratio.annotate(f"rule of thumb: {UPDATE_RATIO_RULE:g}", (0, UPDATE_RATIO_RULE),
+                          xycoords=("axes fraction", "data"), xytext=(4, -3), textcoords="offset points",
+                          ha="left", va="top", fontsize=8.5, color="#555555")
+        ax_ratio.set_ylabel("relative update ||Δw|| / ||w||")
+        ax_ratio.set_title("Relative update of each layer's weights in one step (it follows the learning rate)")
+        ax_ratio.set_xlabel(f"step (a row every {every} steps)" if few else
+                            f"step (faint: the step of each row, one every {every}; "
+                            f"solid: their geometric mean over ~{(2 * half + 1) * every} steps around)")
+        if step[-1] > step[0]:
+            ax_ratio.set_xlim(step[0], step[-1])
+        else:                                   # one row: centred
+            ax_ratio.set_xlim(0, 2 * step[0])
+        if epoch is not None:
+            _mark_epochs((ax_grad, ax_ratio), step, epoch)
+        handles, labels = ax_grad.get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right center", title="layer\n(input first)", title_fontsize=9)
+        fig.suptitle("Gradient flow: how much each layer learns, step by step", fontsize=14)
+        fig.supxlabel("weights: a conv block's kernel, a Linear layer's matrix "
+                      "(BatchNorm's γ and β, and the biases, left out)", fontsize=8.5, color="#666666")
     return _save(fig, path)
 
 
@@ -536,8 +650,9 @@ def visualize_run(run_dir, data_dir=None, test_images=None, test_set=None, evalu
     """Write every picture into run_dir and return their paths.
 
     Needs run_dir/model.npz (from ``python -m mnist.train --out run_dir``; a run stopped before
-    the end has its checkpoint.npz, which serves instead); run_dir/log.csv is
-    optional (the curves are skipped with a note without it, or without rows in it). The test-set
+    the end has its checkpoint.npz, which serves instead); run_dir/log.csv and layers.csv are
+    optional (the curves, or the gradient flow, are skipped with a note without the file, or
+    without rows in it). The test-set
     pictures load MNIST (data_dir: see mnist.data.resolve_data_dir); test_images limits them to the
     first N digits. A caller that has the test set and the model's ``mnist.evaluate.evaluate`` of it
     already (the training script) passes them as test_set=(images, labels) and evaluation, to skip both again.
@@ -581,6 +696,16 @@ def iter_pictures(run_dir, data_dir=None, test_images=None, test_set=None, evalu
             yield curves
     else:
         print(f"note: {log_path} not found, skipping training_curves.png")
+    layers_path = os.path.join(run_dir, "layers.csv")
+    if os.path.exists(layers_path):                  # (runs from before mnist.train wrote it have none)
+        try:
+            flow = plot_gradient_flow(layers_path, out("gradient_flow.png"))
+        except EmptyLog as e:
+            print(f"note: {e}; skipping gradient_flow.png")
+        else:
+            yield flow
+    else:
+        print(f"note: {layers_path} not found, skipping gradient_flow.png")
     yield plot_feature_maps(model, images[0], out("feature_maps.png"))
     yield plot_confusion_matrix(result["confusion"], out("confusion_matrix.png"))
     yield plot_misclassified(images, labels, result["predictions"], _softmax(result["logits"]),
@@ -590,7 +715,7 @@ def iter_pictures(run_dir, data_dir=None, test_images=None, test_set=None, evalu
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m mnist.visualize", description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", help="a run directory holding model.npz, or the checkpoint.npz of a run stopped "
-                                    "before its end (and log.csv for the curves)")
+                                    "before its end (and log.csv and layers.csv for the curves)")
     ap.add_argument("--data-dir", default=None,
                     help="folder with the MNIST files (default: $NANOTORCH_DATA/mnist or the cache)")
     ap.add_argument("--test-images", type=int, default=None, metavar="N",

@@ -14,6 +14,7 @@ training step (``signal.raise_signal``), so StopAtStepBoundary's own handler doe
 """
 import csv
 import json
+import math
 import os
 import re
 import shlex
@@ -34,8 +35,13 @@ from mnist.model import build_model
 from mnist.train import RECIPE, main, parse_args
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_FILES = {"model.npz", "checkpoint.npz", "metrics.json", "log.csv", "config.json"}
+RUN_FILES = {"model.npz", "checkpoint.npz", "metrics.json", "log.csv", "layers.csv", "config.json"}
 LOG_HEADER = ["step", "epoch", "loss", "accuracy", "lr", "momentum", "grad_norm"]
+# layers.csv: the model's children with weights, by their index in the Sequential, as the summary names them
+LAYERS = {"block1": 0, "block2": 1, "block3": 2, "block4": 3, "block5": 5, "block6": 7, "block7": 9,
+          "fc1": 13, "fc2": 16}
+LAYER_STATS = ("grad_norm", "weight_norm", "update_ratio")
+LAYERS_HEADER = ["step", "epoch"] + [f"{name}_{stat}" for stat in LAYER_STATS for name in LAYERS]
 QUICK = ["--quiet", "--no-plots"]
 REAL_TRAIN_STEP = train_mod.train_step
 
@@ -180,6 +186,11 @@ def test_run_directory_contents(short_run):
     assert all(0.85 - 1e-9 <= r["momentum"] <= 0.95 + 1e-9 for r in body)   # cycled 0.95 -> 0.85 -> 0.95
     assert all(np.isfinite(r["loss"]) and np.isfinite(r["grad_norm"]) for r in body)
     assert body[-1]["loss"] < body[0]["loss"]
+
+    layers = read_log(out / "layers.csv")                   # a row for each of log.csv's, every value > 0
+    assert layers[0] == LAYERS_HEADER
+    assert [r[:2] for r in layers[1:]] == [r[:2] for r in rows[1:]]
+    assert all(np.isfinite(float(v)) and float(v) > 0 for r in layers[1:] for v in r)
 
     config = json.loads((out / "config.json").read_text())
     args = parse_args([*SHORT_RUN, "--out", str(out)])
@@ -365,6 +376,47 @@ def test_interrupted_and_resumed_equals_uninterrupted(uninterrupted, tmp_path, s
     assert log_b[0] == LOG_HEADER and LOG_HEADER not in log_b[1:]
     same = [LOG_HEADER.index(c) for c in ("step", "epoch", "lr", "momentum", "grad_norm")]
     assert [[r[i] for i in same] for r in log_b] == [[r[i] for i in same] for r in log_a]
+    # layers.csv holds only the logged step's own values: the very same rows
+    assert read_log(b / "layers.csv") == read_log(a / "layers.csv")
+    assert [int(r[0]) for r in read_log(a / "layers.csv")[1:]] == list(range(5, 61, 5))
+
+
+def layer_weights(model):
+    """{name: the weight tensor} of the layers layers.csv watches, found by hand: a conv block's
+    kernel (its first child's weight), a Linear layer's matrix."""
+    return {name: (model[i][0] if name.startswith("block") else model[i]).weight for name, i in LAYERS.items()}
+
+
+@requires_mnist
+def test_layers_csv_holds_each_logged_steps_clipped_gradient_and_update(tmp_path, small_test_set, monkeypatch):
+    """Recomputed by hand around every step (train_step wrapped): each row's gradient norms are those
+    of the clipped gradient (--clip 0.05 clips every step), its weight norms those before the step,
+    its update ratios ||w_after - w_before|| / ||w_before||; rows at log.csv's steps only."""
+    seen = {}
+
+    def train_step(model, *args):
+        before = {name: w.data.astype(np.float64) for name, w in layer_weights(model).items()}
+        out = REAL_TRAIN_STEP(model, *args)
+        weights = layer_weights(model)
+        norm = np.linalg.norm
+        seen[len(seen) + 1] = {
+            "total": math.sqrt(sum(norm(p.grad.astype(np.float64)) ** 2 for p in model.parameters())),
+            **{f"{n}_grad_norm": norm(w.grad.astype(np.float64)) for n, w in weights.items()},
+            **{f"{n}_weight_norm": norm(before[n]) for n in weights},
+            **{f"{n}_update_ratio": norm(w.data.astype(np.float64) - before[n]) / norm(before[n])
+               for n, w in weights.items()}}
+        return out
+    monkeypatch.setattr(train_mod, "train_step", train_step)
+    assert main(["--limit", "40", "--log-every", "3", "--clip", "0.05", *QUICK, "--out", str(tmp_path)]) == 0
+    log, layers = read_log(tmp_path / "log.csv"), read_log(tmp_path / "layers.csv")
+    assert layers[0] == LAYERS_HEADER
+    assert [r[:2] for r in layers[1:]] == [r[:2] for r in log[1:]] == [["3", "1"], ["6", "1"], ["9", "1"], ["10", "1"]]
+    for row, log_row in zip(layers[1:], log[1:]):
+        step = int(row[0])
+        assert float(log_row[LOG_HEADER.index("grad_norm")]) > 0.05            # clipped at this step,
+        assert seen[step]["total"] == pytest.approx(0.05, rel=1e-5)            # to the norm 0.05
+        got = {c: float(v) for c, v in zip(LAYERS_HEADER[2:], row[2:])}
+        assert got == pytest.approx({c: seen[step][c] for c in LAYERS_HEADER[2:]}, rel=1e-5)
 
 
 @requires_mnist
@@ -571,18 +623,24 @@ def test_ctrl_c_while_matplotlib_loads_stops_before_the_first_picture(tmp_path, 
 
 
 @requires_mnist
-def test_resume_after_a_crash_drops_the_log_rows_past_the_checkpoint(tmp_path, small_test_set, monkeypatch):
+def test_resume_after_a_crash_drops_the_log_rows_past_the_checkpoint(uninterrupted, tmp_path, small_test_set,
+                                                                    monkeypatch):
     ctrl_c_after(monkeypatch, 13)
     assert main([*RESUME_RUN, "--out", str(tmp_path)]) == 130           # checkpoint at step 13
-    log = tmp_path / "log.csv"
+    log, layers = tmp_path / "log.csv", tmp_path / "layers.csv"
     with open(log, "a", newline="") as f:      # as if it had run on to step 20 and crashed before a checkpoint
         csv.writer(f).writerows([[15, 1, 9.99, 0.5, 0.1, 0.9, 1.0], [20, 1, 9.99, 0.5, 0.1, 0.9, 1.0]])
+    with open(layers, "a", newline="") as f:   # the same, and killed while writing step 25's row
+        csv.writer(f).writerows([[15, 1, *[9.99] * 27], [20, 1, *[9.99] * 27]])
+        f.write("25,1,9.99,9.9")
     monkeypatch.setattr(train_mod, "train_step", REAL_TRAIN_STEP)
     assert main([*RESUME_RUN, "--resume", str(tmp_path / "checkpoint.npz")]) == 0
     rows = read_log(log)
     assert rows[0] == LOG_HEADER
     assert [int(r[0]) for r in rows[1:]] == list(range(5, 61, 5))        # strictly increasing, none twice
     assert "9.99" not in log.read_text()
+    assert "9.99" not in layers.read_text()
+    assert read_log(layers) == read_log(uninterrupted / "layers.csv")     # (its rows are the steps' own values)
 
 
 @requires_mnist
@@ -598,11 +656,41 @@ def test_resume_into_another_out_starts_its_log_with_the_runs_rows(tmp_path, sma
     rows = read_log(second / "log.csv")
     assert rows[0] == LOG_HEADER and [int(r[0]) for r in rows[1:]] == [2, 4, 6, 8, 10]
     assert rows[:3] == read_log(first / "log.csv")                                       # steps 2 and 4, copied
+    layers = read_log(second / "layers.csv")
+    assert layers[0] == LAYERS_HEADER and [int(r[0]) for r in layers[1:]] == [2, 4, 6, 8, 10]
+    assert layers[:3] == read_log(first / "layers.csv")
     assert main([*argv, "--resume", str(second), "--out", str(third)]) == 0               # a finished run
     assert read_log(third / "log.csv") == rows
+    assert read_log(third / "layers.csv") == layers
     assert checkpoint_state(third / "checkpoint.npz")["step"] == 10       # a run folder holds its checkpoint
     loss, again = (json.loads((d / "metrics.json").read_text())["final_train_loss"] for d in (second, third))
     assert again == pytest.approx(loss, rel=1e-5)
+
+
+@requires_mnist
+def test_a_run_from_before_layers_csv_resumes_and_starts_it_at_the_checkpoint(tmp_path, small_test_set,
+                                                                              monkeypatch, capsys):
+    """A run folder without layers.csv (written before it existed): resumed in place, or into another
+    --out, its layers.csv starts with the rows after the checkpoint's step; log.csv is as before."""
+    old, other = tmp_path / "old", tmp_path / "other"
+    argv = ["--limit", "40", "--log-every", "2", *QUICK]                                  # 10 steps
+    ctrl_c_after(monkeypatch, 5)
+    assert main([*argv, "--out", str(old)]) == 130                                       # checkpoint at step 5
+    (old / "layers.csv").unlink()
+    monkeypatch.setattr(train_mod, "train_step", REAL_TRAIN_STEP)
+    assert main([*argv, "--resume", str(old), "--out", str(other)]) == 0
+    assert main([*argv, "--resume", str(old)]) == 0
+    for run in (old, other):
+        layers = read_log(run / "layers.csv")
+        assert layers[0] == LAYERS_HEADER and [int(r[0]) for r in layers[1:]] == [6, 8, 10]
+        assert [int(r[0]) for r in read_log(run / "log.csv")[1:]] == [2, 4, 6, 8, 10]
+    assert read_log(other / "layers.csv") == read_log(old / "layers.csv")
+
+
+def test_a_folder_holding_only_a_layers_csv_is_a_runs(tmp_path):
+    (tmp_path / "layers.csv").write_text("step,epoch\n")
+    with pytest.raises(ValueError, match=r"already holds a run \(layers\.csv\)"):
+        train_mod.check_run_dir(str(tmp_path), None)
 
 
 @requires_mnist
@@ -928,6 +1016,22 @@ def test_csv_log_resumed_from_step_10_keeps_its_whole_rows_up_to_it(tmp_path, ta
     log.write(15, 1, 2.0, 0.3, 0.03, 0.9, 1.5)
     log.close()
     assert read_log(path) == [LOG_HEADER, *kept, ["15", "1", "2", "0.3", "0.03", "0.9", "1.5"]]
+
+
+def test_csv_log_of_layers_csv_resumed_drops_its_rows_past_the_step_and_a_cut_last_row(tmp_path):
+    """layers.csv is cut back as log.csv is (CsvLog with its own columns); a new one gets its header."""
+    columns = ["step", "epoch", "block1_grad_norm", "block1_weight_norm", "block1_update_ratio"]
+    path = tmp_path / "layers.csv"
+    path.write_text("step,epoch,block1_grad_norm,block1_weight_norm,block1_update_ratio\r\n"
+                    "5,1,0.5,1.2,0.01\r\n10,1,0.4,1.3,0.02\r\n15,1,9.99,9.99,9.99\r\n20,1,0.3,1.4", newline="")
+    log = train_mod.CsvLog(str(path), resume_step=10, columns=columns)
+    log.write(15, 1, 0.25, 1.5, 0.03)
+    log.close()
+    assert read_log(path) == [columns, ["5", "1", "0.5", "1.2", "0.01"], ["10", "1", "0.4", "1.3", "0.02"],
+                              ["15", "1", "0.25", "1.5", "0.03"]]
+    fresh = train_mod.CsvLog(str(tmp_path / "new.csv"), resume_step=10, columns=columns)   # no such file yet
+    fresh.close()
+    assert read_log(tmp_path / "new.csv") == [columns]
 
 
 def test_stop_at_step_boundary_takes_sigint_and_sigterm_and_puts_both_handlers_back():

@@ -1,7 +1,7 @@
 """Tests for mnist.visualize: every picture is a valid PNG of the size its figure promises.
 
 The pictures run on a tiny run directory (an untrained seed network saved with save_model and a
-small synthetic log.csv). visualize_run runs once on a small synthetic test set (load_mnist
+small synthetic log.csv and layers.csv). visualize_run runs once on a small synthetic test set (load_mnist
 patched) and once on the first 500 real test images when NANOTORCH_DATA is set.
 """
 import math
@@ -19,8 +19,11 @@ from mnist.model import build_model
 from mnist.summary import summarize
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-ALL_PICTURES = ["architecture.png", "parameters.png", "filters.png", "training_curves.png",
+ALL_PICTURES = ["architecture.png", "parameters.png", "filters.png", "training_curves.png", "gradient_flow.png",
                 "feature_maps.png", "confusion_matrix.png", "misclassified.png"]
+LAYERS = ["block1", "block2", "block3", "block4", "block5", "block6", "block7", "fc1", "fc2"]
+STATS = ("grad_norm", "weight_norm", "update_ratio")
+LAYERS_HEADER = ",".join(["step", "epoch"] + [f"{n}_{s}" for s in STATS for n in LAYERS])
 
 
 def png_size(path):
@@ -52,6 +55,23 @@ def write_log(path, steps=60, steps_per_epoch=20):
     return path
 
 
+def write_layers(path, steps=60, every=2, steps_per_epoch=20):
+    """A layers.csv like mnist.train's: gradient norms growing with depth and scattering, weight norms
+    slowly growing, update ratios following a one-cycle learning rate (and one row with a zero)."""
+    rng = np.random.default_rng(1)
+    lines = [LAYERS_HEADER]
+    for s in range(every, steps + 1, every):
+        lr = 0.1 * math.sin(math.pi * s / (steps + 1)) + 1e-6
+        grads = [0.05 * (1 + j) * 10 ** rng.normal(0, 0.5) for j in range(len(LAYERS))]
+        weights = [1 + j + s / steps for j in range(len(LAYERS))]
+        ratios = [lr * 0.1 * 10 ** rng.normal(0, 0.1) for _ in LAYERS]
+        if s == 10:
+            grads[0] = 0.0                             # (a log scale leaves it out)
+        lines.append(",".join(f"{v:.6g}" for v in [s, s / steps_per_epoch, *grads, *weights, *ratios]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def digit(value=7, seed=0):
     """A 28x28 uint8 picture with a bright stroke: enough to light up the feature maps."""
     img = np.zeros((28, 28), np.uint8)
@@ -66,6 +86,7 @@ def run_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
     save_model(d / "model.npz", build_model())
     write_log(d / "log.csv")
+    write_layers(d / "layers.csv")
     return d
 
 
@@ -177,6 +198,56 @@ def test_read_log_of_blank_lines_is_empty_and_a_header_may_follow_them(tmp_path)
     assert list(visualize.read_log(str(path))["loss"]) == [2.3]
 
 
+def test_gradient_flow(run_dir, tmp_path, monkeypatch):
+    """Two log-scaled panels, a line pair (each row, and their mean) per layer with the layer's name,
+    and the 1e-3 rule of thumb on the update panel."""
+    lines, ruled = [], []
+    real_plot, real_axhline = visualize.plt.Axes.plot, visualize.plt.Axes.axhline
+    monkeypatch.setattr(visualize.plt.Axes, "plot", lambda ax, *a, **kw: lines.append(kw.get("label")) or
+                        real_plot(ax, *a, **kw))
+    monkeypatch.setattr(visualize.plt.Axes, "axhline", lambda ax, y, **kw: ruled.append(y) or real_axhline(ax, y, **kw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = visualize.plot_gradient_flow(str(run_dir / "layers.csv"), str(tmp_path / "g.png"))
+    assert png_size(path) == expected(visualize.FIGSIZE["gradient_flow"])
+    assert [label for label in lines if label] == LAYERS * 2 and len(lines) == 4 * len(LAYERS)
+    assert ruled == [1e-3]
+
+
+def test_gradient_flow_of_a_short_run_and_of_one_row(tmp_path):
+    """Up to 20 rows: the rows themselves, dotted; one row: centred, without matplotlib's warning."""
+    write_layers(tmp_path / "layers.csv", steps=10, every=5)
+    one = tmp_path / "one.csv"
+    one.write_text("\n".join((tmp_path / "layers.csv").read_text().splitlines()[:2]) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for name in ("layers.csv", "one.csv"):
+            path = visualize.plot_gradient_flow(str(tmp_path / name), str(tmp_path / f"{name}.png"))
+            assert png_size(path) == expected(visualize.FIGSIZE["gradient_flow"])
+
+
+def test_read_layer_log_drops_a_last_row_cut_short_and_names_missing_columns(tmp_path):
+    path = write_layers(tmp_path / "layers.csv", steps=6)
+    whole = path.read_text()
+    path.write_text(whole + "8,0.4,0.1,0.2")                      # killed while writing its row
+    step, epoch, layers, stats = visualize.read_layer_log(str(path))
+    assert list(step) == [2, 4, 6] and list(epoch) == [0.1, 0.2, 0.3] and layers == LAYERS
+    assert {k: v.shape for k, v in stats.items()} == {s: (3, 9) for s in STATS}
+    row = [float(v) for v in whole.splitlines()[2].split(",")]   # step 4: the columns in their places
+    assert list(stats["weight_norm"][1]) == row[2 + 9:2 + 18] and list(stats["update_ratio"][1]) == row[2 + 18:]
+    path.write_text(whole.replace("fc2_update_ratio", "fc2_other"))
+    with pytest.raises(ValueError, match=r"missing columns \['fc2_update_ratio'\]"):
+        visualize.read_layer_log(str(path))
+    path.write_text(LAYERS_HEADER + "\n")
+    with pytest.raises(visualize.EmptyLog):
+        visualize.read_layer_log(str(path))
+
+
+def test_centred_mean_shrinks_its_window_at_the_ends():
+    assert list(visualize.centred_mean([1, 2, 3, 4, 5, 100], 2)) == pytest.approx([1, 2, 3, 22.8, 109 / 3, 100])
+    assert list(visualize.centred_mean([3, 1, 2], 0)) == [3, 1, 2]
+
+
 def test_feature_maps(model, tmp_path):
     maps = visualize.feature_maps(model, digit())
     assert [(name, a.shape) for name, a in maps] == [
@@ -266,7 +337,7 @@ def test_run_draws_the_test_accuracy_only_when_scored_on_the_whole_test_set(run_
     given = []
     monkeypatch.setattr(visualize, "plot_training_curves", lambda log, path, acc=None: given.append(acc) or path)
     for name in ("plot_architecture", "plot_parameter_counts", "plot_first_layer_filters", "plot_feature_maps",
-                 "plot_confusion_matrix", "plot_misclassified"):
+                 "plot_confusion_matrix", "plot_misclassified", "plot_gradient_flow"):
         monkeypatch.setattr(visualize, name, lambda *args: args[-1])   # (each returns its path, the last argument)
     images, labels = np.stack([digit(v) for v in range(4)]), np.arange(4)
     evaluation = {"accuracy": 0.75, "confusion": np.eye(10, dtype=int), "predictions": labels,
@@ -288,7 +359,8 @@ def test_run_without_a_model_says_what_it_needs(tmp_path, capsys):
 
 
 def test_run_on_a_synthetic_test_set(run_dir, tmp_path, monkeypatch, capsys):
-    """The whole run, with load_mnist patched to a 60-image test set; then again without log.csv."""
+    """The whole run, with load_mnist patched to a 60-image test set; then again without log.csv
+    and layers.csv (a run from before mnist.train wrote layers.csv skips only its picture)."""
     labels = (np.arange(60) % 10).astype(np.uint8)
     images = np.stack([digit(v, seed=i) for i, v in enumerate(labels)])
     monkeypatch.setattr(data, "load_mnist", lambda split, data_dir=None: (images, labels))
@@ -302,23 +374,29 @@ def test_run_on_a_synthetic_test_set(run_dir, tmp_path, monkeypatch, capsys):
     d.mkdir()
     save_model(d / "model.npz", build_model())
     paths = visualize.visualize_run(str(d))
-    assert "training_curves.png" not in {os.path.basename(p) for p in paths} and len(paths) == 6
-    assert "log.csv not found" in capsys.readouterr().out
+    assert sorted(os.path.basename(p) for p in paths) == sorted(set(ALL_PICTURES) -
+                                                                {"training_curves.png", "gradient_flow.png"})
+    out = capsys.readouterr().out
+    assert "log.csv not found" in out
+    assert f"note: {d / 'layers.csv'} not found, skipping gradient_flow.png" in out
 
 
-@pytest.mark.parametrize("log", ["step,epoch,loss,accuracy,lr,momentum,grad_norm\n", ""], ids=["header-only", "empty"])
-def test_run_stopped_before_its_first_log_row_draws_all_but_the_curves(tmp_path, monkeypatch, capsys, log):
+@pytest.mark.parametrize("log, layers", [("step,epoch,loss,accuracy,lr,momentum,grad_norm\n", LAYERS_HEADER + "\n"),
+                                         ("", "")], ids=["header-only", "empty"])
+def test_run_stopped_before_its_first_log_row_draws_all_but_the_curves(tmp_path, monkeypatch, capsys, log, layers):
     labels = (np.arange(20) % 10).astype(np.uint8)
     images = np.stack([digit(v, seed=i) for i, v in enumerate(labels)])
     monkeypatch.setattr(data, "load_mnist", lambda split, data_dir=None: (images, labels))
     save_model(tmp_path / "model.npz", build_model())
     (tmp_path / "log.csv").write_text(log)
+    (tmp_path / "layers.csv").write_text(layers)
     assert visualize.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out
     drawn = [os.path.basename(line) for line in out.splitlines() if not line.startswith("note: ")]
-    assert sorted(drawn) == sorted(set(ALL_PICTURES) - {"training_curves.png"})
-    assert (f"note: {tmp_path / 'log.csv'} has no rows: its run stopped before its first --log-every steps; "
-            "skipping training_curves.png") in out
+    assert sorted(drawn) == sorted(set(ALL_PICTURES) - {"training_curves.png", "gradient_flow.png"})
+    for name, picture in (("log.csv", "training_curves.png"), ("layers.csv", "gradient_flow.png")):
+        assert (f"note: {tmp_path / name} has no rows: its run stopped before its first --log-every steps; "
+                f"skipping {picture}") in out
 
 
 @pytest.mark.skipif(not os.environ.get("NANOTORCH_DATA"), reason="needs the real MNIST (NANOTORCH_DATA)")
