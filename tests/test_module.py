@@ -466,6 +466,20 @@ def test_sequential_refuses_a_layer_it_would_run_twice_however_it_is_added():
     seq[0] = seq[0]                                              # (the same layer in its own place)
 
 
+def test_a_refused_extend_or_add_in_place_changes_nothing():
+    """extend and += of several layers, one of which would run twice, are refused before any is
+    added (as insert is), not after the layers before it."""
+    seq = nn.Sequential(*linears(1, 2))
+    for operation in (lambda: seq.extend([*linears(3), seq[0]]),
+                      lambda: seq.__iadd__(nn.Sequential(*linears(3), seq[1]))):
+        with pytest.raises(ValueError, match="would run it twice"):
+            operation()
+        assert layout(seq) == [("0", 1), ("1", 2)]
+    with pytest.raises(ValueError, match="would run it twice"):
+        seq += seq                                               # (itself: every layer twice)
+    assert layout(seq) == [("0", 1), ("1", 2)]
+
+
 def test_sequential_with_empty_slots_takes_new_layers_and_renumbers_the_slots():
     """Children set to None (slots PyTorch keeps) are no layer run twice, and are renumbered as layers are."""
     seq = nn.Sequential(*linears(1, 2, 3))

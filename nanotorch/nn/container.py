@@ -125,8 +125,11 @@ class Sequential(_ModuleSequence):
         return self
 
     def extend(self, sequential):
-        """Append each module of ``sequential`` (a Sequential, or any iterable of Modules); returns self."""
-        for module in sequential:
+        """Append each module of ``sequential`` (a Sequential, or any iterable of Modules); returns self.
+        (A module it would run twice is refused before any is appended, as by insert.)"""
+        modules = list(sequential)               # (read first: ``seq += seq`` must not see its own appends)
+        self._refuse_running_twice({**self._modules, **{str(len(self) + i): m for i, m in enumerate(modules)}})
+        for module in modules:
             self.append(module)
         return self
 
