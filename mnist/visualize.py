@@ -448,7 +448,8 @@ def plot_gradient_flow(layers_csv_path, path):
     twentieth of the run (the mean of their logarithms, as a log scale shows them: the typical
     step's size; an arithmetic mean follows the few largest rows in and out of its window, in
     steps; centred, so that it does not lag behind the update's fall as the learning rate anneals).
-    The gradient panel shows down to a tenth of the means' lows: deeper dips run off its bottom.
+    Each panel shows down to a tenth of the means' lows (their 3rd percentile; the update panel of a
+    short run, all): deeper dips, and the update's last fall as the learning rate reaches 0, run off.
     A short run (up to 20 rows) is drawn as its rows, dotted, unsmoothed."""
     step, epoch, layers, stats = read_layer_log(layers_csv_path)
     few = len(step) <= 20
@@ -468,12 +469,12 @@ def plot_gradient_flow(layers_csv_path, path):
                 if not few:
                     ax.plot(step[shown], v[shown], color=colors[name], alpha=0.15, linewidth=0.7)
                 mean = np.exp(centred_mean(np.log(v[shown]), half))     # the geometric mean
-                lowest = min(lowest, np.percentile(mean, 2))     # (not an end's, which may be one row's dip)
+                lowest = min(lowest, np.percentile(mean, 3))     # (not the last few rows')
                 ax.plot(step[shown], mean, color=colors[name], linewidth=1.8, label=name,
                         **(dict(marker="o", markersize=4) if few else {}))
             ax.set_yscale("log")
-            if stat == "grad_norm" and np.isfinite(lowest):     # the easy batches' dips run off the bottom,
-                ax.set_ylim(bottom=max(ax.get_ylim()[0], lowest / 10))   # which shows the means' order
+            if np.isfinite(lowest) and (stat == "grad_norm" or not few):    # the easy batches' dips, and the
+                ax.set_ylim(bottom=max(ax.get_ylim()[0], lowest / 10))   # update's last fall, run off the bottom
         ax_grad.set_ylabel("gradient norm ||g||")
         ax_grad.set_title("Gradient norm of each layer's weights, as the update used it (after clipping)")
         ax_ratio.axhline(UPDATE_RATIO_RULE, color="#666666", linewidth=1, linestyle="--", alpha=0.6, zorder=0)

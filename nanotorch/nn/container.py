@@ -271,11 +271,16 @@ def _sequential_operand(other):
 
 
 def _factor(seq, times):
-    """The n of ``seq * n``: a positive int (not a bool: stricter than PyTorch), with PyTorch's errors."""
+    """The n of ``seq * n``: a positive int (not a bool: stricter than PyTorch), with PyTorch's errors;
+    above 1 for a Sequential with layers, refused here, saying why (PyTorch repeats the instances)."""
     if not isinstance(times, int) or isinstance(times, bool):
         raise TypeError(f"unsupported operand type(s) for *: {type(seq)} and {type(times)}")
     if times <= 0:
         raise ValueError(f"Non-positive multiplication factor {times} for {type(seq)}")
+    if times > 1 and len(seq):
+        raise ValueError(f"Sequential * {times} would hold each of its layers {times} times, and forward would run "
+                         "each instance that often, but a layer keeps only its last call's values for the backward: "
+                         f"build {times} blocks instead (nn.Sequential(*[make_block() for _ in range({times})]))")
     return times
 
 
