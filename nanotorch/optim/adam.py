@@ -1,5 +1,4 @@
 """Adam and AdamW (torch.optim.Adam, torch.optim.AdamW): PyTorch's algorithm, operation for operation."""
-import numbers
 
 import numpy as np
 
@@ -93,13 +92,9 @@ class Adam(Optimizer):
 
     def _check_group(self, group):
         name = type(self).__name__
-        for key in ("lr", "eps", "weight_decay"):
-            value = group[key]
-            if not isinstance(value, numbers.Real) or isinstance(value, bool) or np.isnan(value):
-                raise ValueError(f"{name}: {key} must be a number, got {value!r}")
-        for key, what in (("lr", "learning rate"), ("eps", "epsilon"), ("weight_decay", "weight decay")):
-            if group[key] < 0:
-                raise ValueError(f"{name}: invalid {key}={group[key]}: expected a non-negative {what}")
+        self._check_hyperparameters(group, numeric=("lr", "eps", "weight_decay"),
+                                    non_negative=(("lr", "learning rate"), ("eps", "epsilon"),
+                                                  ("weight_decay", "weight decay")))
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"{name}: betas must be a pair of floats (beta1, beta2), such as (0.9, 0.999), "
@@ -109,10 +104,7 @@ class Adam(Optimizer):
         for i, beta in enumerate(betas):
             if not 0.0 <= beta < 1.0:
                 raise ValueError(f"{name}: invalid beta parameter at index {i}: {beta} (expected a value in [0, 1))")
-        for key in ("maximize", "capturable", "differentiable"):     # (keys of a torch.optim.Adam state_dict)
-            if group.get(key):
-                raise NotImplementedError(f"{name}: {key}={group[key]!r} is not implemented in nanotorch "
-                                          f"(only {key}=False)")
+        self._check_hyperparameters(group, unimplemented=("maximize", "capturable", "differentiable"))
 
     def load_state_dict(self, state_dict):
         """As ``Optimizer.load_state_dict``; a group saved without one of PyTorch's later keys (amsgrad,

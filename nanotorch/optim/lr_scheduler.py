@@ -13,7 +13,7 @@ import math
 import numbers
 import warnings
 
-from nanotorch.optim.optimizer import Optimizer
+from nanotorch.optim.optimizer import Optimizer, is_number
 
 EPOCH_DEPRECATION_WARNING = (
     "The epoch parameter in `scheduler.step()` was not necessary and is being deprecated where possible. "
@@ -274,7 +274,7 @@ def _check_positive_int(name, value):
 
 
 def _check_number(name, value):
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or math.isnan(value):
+    if not is_number(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
 
 

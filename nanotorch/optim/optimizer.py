@@ -27,9 +27,16 @@ fused, as PyTorch keeps them), so it needs no pickle.
         sched.load_state_dict(unflatten_state_dict(f, prefix="scheduler."))
 """
 import copy
+import math
+import numbers
 import re
 
 import numpy as np
+
+
+def is_number(value):
+    """A real number, not a bool and not NaN: what a hyper-parameter must be (optimisers, schedulers)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and not math.isnan(value)
 
 
 def _is_parameter(p):
@@ -110,7 +117,23 @@ class Optimizer:
     _scalar_state = ()
 
     def _check_group(self, group):
-        """Raise ValueError for bad hyper-parameters (subclasses override)."""
+        """Raise ValueError for bad hyper-parameters (subclasses override, with _check_hyperparameters)."""
+
+    def _check_hyperparameters(self, group, numeric=(), non_negative=(), unimplemented=()):
+        """PyTorch's checks of a group's hyper-parameters, shared by the optimisers: each key of
+        ``numeric`` a real number (not a bool, not NaN), each of ``non_negative`` ((key, what it is)
+        pairs) >= 0, and each of ``unimplemented`` at its default, False (NotImplementedError)."""
+        name = type(self).__name__
+        for key in numeric:
+            if not is_number(group[key]):
+                raise ValueError(f"{name}: {key} must be a number, got {group[key]!r}")
+        for key, what in non_negative:
+            if group[key] < 0:
+                raise ValueError(f"{name}: invalid {key}={group[key]}: expected a non-negative {what}")
+        for key in unimplemented:
+            if group.get(key):
+                raise NotImplementedError(f"{name}: {key}={group[key]!r} is not implemented in nanotorch "
+                                          f"(only {key}=False)")
 
     def step(self):
         raise NotImplementedError(f"{type(self).__name__}.step")

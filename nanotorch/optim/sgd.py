@@ -1,5 +1,4 @@
 """Stochastic gradient descent with momentum, dampening, weight decay and Nesterov (torch.optim.SGD)."""
-import numbers
 
 import numpy as np
 
@@ -51,18 +50,10 @@ class SGD(Optimizer):
         super().__init__(params, defaults)
 
     def _check_group(self, group):
-        for name in ("lr", "momentum", "dampening", "weight_decay"):
-            value = group[name]
-            if not isinstance(value, numbers.Real) or isinstance(value, bool) or np.isnan(value):
-                raise ValueError(f"SGD: {name} must be a number, got {value!r}")
-        for name, what in (("lr", "learning rate"), ("momentum", "momentum factor"),
-                           ("weight_decay", "weight decay")):
-            if group[name] < 0:
-                raise ValueError(f"SGD: invalid {name}={group[name]}: expected a non-negative {what}")
-        for name in ("maximize", "differentiable"):                 # (keys of a torch.optim.SGD state_dict)
-            if group.get(name):
-                raise NotImplementedError(f"SGD: {name}={group[name]!r} is not implemented in nanotorch "
-                                          f"(only {name}=False)")
+        self._check_hyperparameters(
+            group, numeric=("lr", "momentum", "dampening", "weight_decay"),
+            non_negative=(("lr", "learning rate"), ("momentum", "momentum factor"), ("weight_decay", "weight decay")),
+            unimplemented=("maximize", "differentiable"))            # (keys of a torch.optim.SGD state_dict)
 
     def step(self, closure=None):
         """One update of every parameter that has a gradient (see the class docstring).
