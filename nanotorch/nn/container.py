@@ -48,6 +48,16 @@ class _ModuleSequence(Module):
     def __iter__(self):
         return iter(self._modules.values())
 
+    def _with_inserted(self, index, module):
+        """The children as a list, with ``module`` before the child at ``index`` (len(self): at the end;
+        negative counts from the end), for insert; a refused index changes nothing."""
+        index = operator.index(index)
+        if not -len(self) <= index <= len(self):
+            raise IndexError(f"{type(self).__name__}.insert: index {index} is out of range for its {len(self)} modules")
+        modules = list(self._modules.values())
+        modules.insert(index, module)
+        return modules
+
     def append(self, module):
         """Add ``module`` at the end, under the key str(len(self)), as PyTorch's; returns self."""
         self.add_module(str(len(self)), module)
@@ -115,11 +125,7 @@ class Sequential(_ModuleSequence):
         and a KeyError for a Sequential keyed by names, which this renumbers.)"""
         if not isinstance(module, Module):
             raise TypeError(f"{_typename(module)} is not a Module subclass")
-        index = operator.index(index)
-        if not -len(self) <= index <= len(self):
-            raise IndexError(f"Sequential.insert: index {index} is out of range for its {len(self)} layers")
-        layers = list(self._modules.values())
-        layers.insert(index, module)
+        layers = self._with_inserted(index, module)
         self._refuse_running_twice(dict(enumerate(layers)))
         self._renumber(layers)
         return self
@@ -219,12 +225,7 @@ class ModuleList(_ModuleSequence):
         the end), renumbering the keys after it. Returns None, as PyTorch's."""
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"{_typename(module)} is not a Module subclass")
-        index = operator.index(index)
-        if not -len(self) <= index <= len(self):
-            raise IndexError(f"ModuleList.insert: index {index} is out of range for its {len(self)} modules")
-        modules = list(self._modules.values())
-        modules.insert(index, module)
-        self._renumber(modules)
+        self._renumber(self._with_inserted(index, module))
 
     def extend(self, modules):
         """Append each module of the iterable ``modules``; returns self."""
