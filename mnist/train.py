@@ -405,8 +405,7 @@ def train(args):
 
     def stop_here():
         """After a Ctrl-C or SIGTERM, once the checkpoint is saved: say where to resume, and stop."""
-        log.close()
-        layer_log.close()
+        close_logs()
         if last_saved is None:
             print(f"\ninterrupted at step {step}/{total_steps}; no checkpoint was saved, "
                   "so there is nothing to resume", file=sys.stderr)
@@ -424,6 +423,10 @@ def train(args):
     log = CsvLog(os.path.join(run_dir, "log.csv"), resume_step, resumed_log("log.csv"))
     watch = LayerWatch(model)
     layer_log = CsvLog(os.path.join(run_dir, "layers.csv"), resume_step, resumed_log("layers.csv"), watch.columns)
+
+    def close_logs():
+        log.close()
+        layer_log.close()
 
     def logged(s):
         """Whether step s (counted from 1) gets a row in log.csv and layers.csv."""
@@ -451,8 +454,7 @@ def train(args):
                     loss, logits, grad_norm = train_step(model, criterion, optimizer, scheduler,
                                                          normalize(images), labels.astype(np.int64), args.clip)
                 except TrainingDiverged as e:
-                    log.close()
-                    layer_log.close()
+                    close_logs()
                     kept = (f"the last good checkpoint is {last_saved[0]} (step {last_saved[1]})"
                             if last_saved else "no checkpoint had been saved yet")
                     raise TrainingDiverged(f"{e} at step {step + 1}. Training stopped; {kept}. "
@@ -495,8 +497,7 @@ def train(args):
                 checkpoint()
             if stop.requested:
                 stop_here()
-        log.close()
-        layer_log.close()
+        close_logs()
 
         # A signal from here on lets the model and metrics be saved, then stops (before the pictures).
         stop.after = "the model and metrics are saved"
