@@ -686,27 +686,20 @@ def iter_pictures(run_dir, data_dir=None, test_images=None, test_set=None, evalu
         images, labels = images[:test_images], labels[:test_images]
     result = evaluation if evaluation is not None else evaluate(model, images, labels)
 
-    log_path = os.path.join(run_dir, "log.csv")
-    if os.path.exists(log_path):                     # (the test accuracy drawn only if on the whole test set)
+    test_accuracy = result["accuracy"] if test_images is None else None    # (drawn only if on the whole test set)
+    for log_name, picture, plot in (
+            ("log.csv", "training_curves.png", lambda src, dst: plot_training_curves(src, dst, test_accuracy)),
+            ("layers.csv", "gradient_flow.png", plot_gradient_flow)):    # (runs from before it have no layers.csv)
+        log_path = out(log_name)
+        if not os.path.exists(log_path):
+            print(f"note: {log_path} not found, skipping {picture}")
+            continue
         try:
-            curves = plot_training_curves(log_path, out("training_curves.png"),
-                                          result["accuracy"] if test_images is None else None)
+            drawn = plot(log_path, out(picture))
         except EmptyLog as e:
-            print(f"note: {e}; skipping training_curves.png")
-        else:
-            yield curves
-    else:
-        print(f"note: {log_path} not found, skipping training_curves.png")
-    layers_path = os.path.join(run_dir, "layers.csv")
-    if os.path.exists(layers_path):                  # (runs from before mnist.train wrote it have none)
-        try:
-            flow = plot_gradient_flow(layers_path, out("gradient_flow.png"))
-        except EmptyLog as e:
-            print(f"note: {e}; skipping gradient_flow.png")
-        else:
-            yield flow
-    else:
-        print(f"note: {layers_path} not found, skipping gradient_flow.png")
+            print(f"note: {e}; skipping {picture}")
+            continue
+        yield drawn
     yield plot_feature_maps(model, images[0], out("feature_maps.png"))
     yield plot_confusion_matrix(result["confusion"], out("confusion_matrix.png"))
     yield plot_misclassified(images, labels, result["predictions"], _softmax(result["logits"]),
