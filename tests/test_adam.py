@@ -420,6 +420,36 @@ def test_schedulers_follow_an_lr_set_by_hand_as_torchs_do():
             assert sched.get_last_lr() == t_sched.get_last_lr(), (name, t)
 
 
+def test_an_lr_or_beta1_a_scheduler_takes_out_of_range_is_stepped_with_and_reloaded_as_in_torch():
+    """PyTorch range-checks lr and betas only in the optimiser's constructor, and a scheduler can take
+    them out of range: LinearLR down to end_factor=0 rounds to lr = -1.85e-18 at its end; OneCycleLR's
+    linear anneal ends below min_lr at its last step, and in a short cycle takes beta1 past 1 (1.03 here).
+    PyTorch's optimisers step with them and load their checkpoint; so do ours."""
+    schedules = [(lambda opt: LinearLR(opt, end_factor=0.0, total_iters=4), 4),
+                 (lambda opt: OneCycleLR(opt, max_lr=0.1, total_steps=8, anneal_strategy="linear",
+                                         base_momentum=0.5), 8)]
+    for build, steps in schedules:
+        for cls in (SGD, Adam, AdamW):
+            p = param([1.0], grad=[1.0])
+            opt = cls([p], lr=0.1)
+            sched = build(opt)
+            for _ in range(steps):
+                opt.step()
+                sched.step()
+            group = opt.param_groups[0]
+            assert group["lr"] < 0, (cls.__name__, group["lr"])
+            if isinstance(sched, OneCycleLR) and cls is not SGD:
+                assert group["betas"][0] == pytest.approx(1.0304, abs=1e-4)
+            opt.step()                                          # (it used to raise: invalid lr, invalid beta)
+            fresh = cls([param([1.0])], lr=0.1)
+            fresh.load_state_dict(opt.state_dict())             # (it used to raise)
+            assert fresh.param_groups[0]["lr"] == group["lr"]
+    with pytest.raises(ValueError, match="invalid lr=-0.1"):        # given by the user: refused, as by PyTorch
+        Adam([param([1.0])], lr=-0.1)
+    with pytest.raises(ValueError, match="beta parameter at index 0"):
+        Adam([param([1.0])], betas=(1.03, 0.999))
+
+
 @pytest.mark.parametrize("name, kwargs, steps", SCHEDULERS, ids=IDS)
 def test_scheduler_step_with_an_epoch_takes_torchs_closed_form(name, kwargs, steps):
     torch = pytest.importorskip("torch")

@@ -74,6 +74,24 @@ def test_nonfinite_norm():
     assert np.isnan(q.grad).all()  # scaled by the nan coefficient, as PyTorch does
 
 
+@pytest.mark.parametrize("norm_type", [math.inf, -math.inf, -1.0, -0.5])
+def test_an_empty_gradient_has_no_norm_of_infinite_or_negative_order_as_in_torch(norm_type):
+    """Over no entries these norms have no value (max, min and sum |g|^p with p < 0 have no identity):
+    PyTorch raises, with the other gradients' or without. Orders 0, 1, 2, ... give 0."""
+    torch = pytest.importorskip("torch")
+    for shapes in ([(0,)], [(0,), (3,)]):
+        params = [with_grad(np.ones(s)) for s in shapes]
+        with pytest.raises(RuntimeError, match=f"cannot compute the {norm_type} norm of an empty gradient"):
+            clip_grad_norm_(params, max_norm=1.0, norm_type=norm_type)
+        np.testing.assert_array_equal(params[-1].grad, np.ones(shapes[-1]))     # nothing was scaled
+        tensors = [torch.zeros(s, dtype=torch.float64, requires_grad=True) for s in shapes]
+        for t in tensors:
+            t.grad = torch.ones(t.shape, dtype=torch.float64)
+        with pytest.raises(RuntimeError):
+            torch.nn.utils.clip_grad_norm_(tensors, max_norm=1.0, norm_type=norm_type)
+    assert clip_grad_norm_([with_grad(np.ones(0)), with_grad([3.0, 4.0])], max_norm=10.0, norm_type=0.5) > 0
+
+
 @pytest.mark.parametrize("max_norm", [-1.0, float("nan")])
 def test_rejects_negative_max_norm(max_norm):
     with pytest.raises(ValueError, match="max_norm must be >= 0"):

@@ -322,6 +322,8 @@ def test_one_cycle_cycles_the_momentum_of_an_sgd_built_without_momentum():
     (dict(total_steps=None, epochs=0, steps_per_epoch=10), "epochs"),
     (dict(pct_start=1.5), "pct_start"),
     (dict(pct_start=-0.1), "pct_start"),
+    (dict(pct_start=1), "pct_start must be a float"),           # (PyTorch refuses ints: 1.0)
+    (dict(pct_start=0), "pct_start must be a float"),
     (dict(anneal_strategy="exp"), "anneal_strategy"),
     (dict(max_lr=[0.1, 0.2]), "max_lr"),
 ])

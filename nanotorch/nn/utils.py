@@ -12,13 +12,15 @@ def _vector_norm(x, norm_type):
     """The p-norm of x seen as one vector, as torch.linalg.vector_norm defines it.
 
     p = inf: max |x|;  p = -inf: min |x|;  p = 0: number of non-zeros;  else (sum |x|^p)^(1/p).
+    For an empty x, p = +-inf and p < 0 raise (they have no value there), the others give 0.
     Accumulated in float64 so float32 gradients lose nothing to the sum.
     """
     x = np.asarray(x)
     if norm_type == 2 and x.dtype in _FLOAT_DTYPES:      # one compiled pass, no float64 copy (kernels/optim.py)
         return math.sqrt(sum_of_squares(x.ravel()))
     x = np.abs(x.astype(np.float64)).ravel()
-    if abs(norm_type) == math.inf and not x.size:       # (no max or min to take: PyTorch's error)
+    if (norm_type < 0 or norm_type == math.inf) and not x.size:
+        # (no max or min to take, and for p < 0 (sum of none)^(1/p) = 0^(1/p) is inf: PyTorch's error)
         raise RuntimeError(f"clip_grad_norm_: cannot compute the {norm_type} norm of an empty gradient")
     if norm_type == math.inf:
         return x.max()

@@ -90,11 +90,11 @@ class Adam(Optimizer):
         defaults["betas"] = tuple(betas)
         super().__init__(params, defaults)
 
-    def _check_group(self, group):
+    def _check_group(self, group, scheduled=False):
         name = type(self).__name__
         self._check_hyperparameters(group, numeric=("lr", "eps", "weight_decay"),
                                     non_negative=(("lr", "learning rate"), ("eps", "epsilon"),
-                                                  ("weight_decay", "weight decay")))
+                                                  ("weight_decay", "weight decay")), scheduled=scheduled)
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"{name}: betas must be a pair of floats (beta1, beta2), such as (0.9, 0.999), "
@@ -102,7 +102,8 @@ class Adam(Optimizer):
         if not all(isinstance(b, (float, np.floating)) for b in betas):     # (PyTorch refuses ints too)
             raise ValueError(f"{name}: betas must be two floats (beta1, beta2), such as (0.9, 0.999), got {betas!r}")
         for i, beta in enumerate(betas):
-            if not 0.0 <= beta < 1.0:
+            if not 0.0 <= beta < 1.0 and not (scheduled and i == 0):    # (beta1: OneCycleLR's momentum, which
+                # its linear anneal takes past max_momentum at its last step: see _check_hyperparameters)
                 raise ValueError(f"{name}: invalid beta parameter at index {i}: {beta} (expected a value in [0, 1))")
         self._check_hyperparameters(group, unimplemented=("maximize", "capturable", "differentiable"))
 
@@ -129,7 +130,7 @@ class Adam(Optimizer):
         """
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            self._check_group(group)            # a hyper-parameter set in a group since: refused, not ignored
+            self._check_group(group, scheduled=True)   # a hyper-parameter set in a group since: refused, not ignored
             beta1, beta2 = group["betas"]
             for p in group["params"]:
                 if p.grad is None:

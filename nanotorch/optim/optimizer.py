@@ -116,19 +116,27 @@ class Optimizer:
     # Per-parameter state entries that are numbers (Adam's 'step'), not arrays of the parameter's shape.
     _scalar_state = ()
 
-    def _check_group(self, group):
-        """Raise ValueError for bad hyper-parameters (subclasses override, with _check_hyperparameters)."""
+    def _check_group(self, group, scheduled=False):
+        """Raise ValueError for bad hyper-parameters (subclasses override, with _check_hyperparameters).
+        ``scheduled``: in step() and load_state_dict(), where a scheduler may have written the lr (and
+        OneCycleLR the momentum, Adam's beta1): those are then not range-checked, see below."""
 
-    def _check_hyperparameters(self, group, numeric=(), non_negative=(), unimplemented=()):
+    def _check_hyperparameters(self, group, numeric=(), non_negative=(), unimplemented=(), scheduled=False):
         """PyTorch's checks of a group's hyper-parameters, shared by the optimisers: each key of
         ``numeric`` a real number (not a bool, not NaN), each of ``non_negative`` ((key, what it is)
-        pairs) >= 0, and each of ``unimplemented`` at its default, False (NotImplementedError)."""
+        pairs) >= 0, and each of ``unimplemented`` at its default, False (NotImplementedError).
+
+        With ``scheduled``, lr may be negative: PyTorch checks it only where it is given (the
+        constructor), and a scheduler can write one below 0 (LinearLR down to end_factor=0 rounds to
+        -1.85e-18; OneCycleLR's linear anneal passes min_lr at its last step, and max_momentum too,
+        Adam's beta1 past 1 in a short cycle), which PyTorch's step() uses and its state_dict() saves
+        and loads."""
         name = type(self).__name__
         for key in numeric:
             if not is_number(group[key]):
                 raise ValueError(f"{name}: {key} must be a number, got {group[key]!r}")
         for key, what in non_negative:
-            if group[key] < 0:
+            if group[key] < 0 and not (scheduled and key == "lr"):
                 raise ValueError(f"{name}: invalid {key}={group[key]}: expected a non-negative {what}")
         for key in unimplemented:
             if group.get(key):
@@ -217,7 +225,7 @@ class Optimizer:
             if "param_names" in own and "param_names" not in group:    # an unnamed state: the names stay, as in PyTorch
                 group["param_names"] = own["param_names"]
         for group in groups:
-            self._check_group(group)          # the saved hyper-parameters must be ones this optimiser runs
+            self._check_group(group, scheduled=True)   # the saved hyper-parameters must be ones this optimiser runs
         self.state, self.param_groups = state, groups
 
     def __repr__(self):

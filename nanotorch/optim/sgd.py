@@ -49,11 +49,12 @@ class SGD(Optimizer):
                              f"momentum={momentum}, dampening={dampening}")
         super().__init__(params, defaults)
 
-    def _check_group(self, group):
+    def _check_group(self, group, scheduled=False):
         self._check_hyperparameters(
             group, numeric=("lr", "momentum", "dampening", "weight_decay"),
             non_negative=(("lr", "learning rate"), ("momentum", "momentum factor"), ("weight_decay", "weight decay")),
-            unimplemented=("maximize", "differentiable"))            # (keys of a torch.optim.SGD state_dict)
+            unimplemented=("maximize", "differentiable"),                # (keys of a torch.optim.SGD state_dict)
+            scheduled=scheduled)
 
     def step(self, closure=None):
         """One update of every parameter that has a gradient (see the class docstring).
@@ -63,7 +64,7 @@ class SGD(Optimizer):
         loss = closure() if closure is not None else None
         for group in self.param_groups:
             if group.get("maximize") or group.get("differentiable"):   # set in a group since: refused, not ignored
-                self._check_group(group)
+                self._check_group(group, scheduled=True)
             lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
             weight_decay, nesterov = group["weight_decay"], group["nesterov"]
             for p in group["params"]:
