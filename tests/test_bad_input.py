@@ -221,6 +221,20 @@ def test_cross_entropy_logits_must_be_2d():
         nn.CrossEntropyLoss()(floats(3, 4, 1), np.array([0, 1, 2]))
 
 
+# --- inputs PyTorch takes and nanotorch does not: the error says it is not implemented ----------------------
+@pytest.mark.parametrize("call, name, fragments", [
+    pytest.param(lambda: nn.Linear(4, 2)(floats(2, 3, 4)), "Linear", [re.escape("(N, *, in_features)"),
+                 re.escape("(2, 3, 4)"), re.escape("reshape(-1, 4)")], id="Linear-3d"),
+    pytest.param(lambda: nn.CrossEntropyLoss()(floats(2, 4, 3), np.zeros((2, 3), np.int64)), "CrossEntropyLoss",
+                 [re.escape("(N, C, d1, ...)"), re.escape("(2, 4, 3)")], id="CrossEntropyLoss-NCd"),
+    pytest.param(lambda: nn.CrossEntropyLoss()(floats(3, 4), np.full((3, 4), 0.25)), "CrossEntropyLoss",
+                 ["class-probability", re.escape("(3, 4)")], id="CrossEntropyLoss-probabilities"),
+])
+def test_inputs_pytorch_takes_are_refused_as_not_implemented(call, name, fragments):
+    with raises(ValueError, name, "not implemented in nanotorch", *fragments):
+        call()
+
+
 # --- BatchNorm needs more than one value per channel to train --------------------------------------------
 @pytest.mark.parametrize("layer, shape", [
     pytest.param(nn.BatchNorm1d(3), (1, 3), id="BatchNorm1d-NC-batch1"),
@@ -274,8 +288,10 @@ def test_constructor_counts_must_be_ints(make, name, fragments):
 
 
 @pytest.mark.parametrize("make, name, fragments", [
-    pytest.param(lambda: nn.AdaptiveAvgPool2d(-1), "AdaptiveAvgPool2d", ["output_size", ">= 1", "-1"], id="neg"),
-    pytest.param(lambda: nn.AdaptiveAvgPool2d((2, 0)), "AdaptiveAvgPool2d", ["output_size", ">= 1"], id="zero"),
+    pytest.param(lambda: nn.AdaptiveAvgPool2d(-1), "AdaptiveAvgPool2d", ["output_size", ">= 0", "-1"], id="neg"),
+    pytest.param(lambda: nn.AdaptiveAvgPool2d((2, -1)), "AdaptiveAvgPool2d", ["output_size", ">= 0"], id="neg-in-pair"),
+    pytest.param(lambda: nn.AdaptiveAvgPool2d((2, 3, 4)), "AdaptiveAvgPool2d", ["output_size", "pair", "None"],
+                 id="triple"),
     pytest.param(lambda: nn.Dropout(True), "Dropout", [r"\[0, 1\]", "True"], id="Dropout-bool"),
 ])
 def test_more_constructor_errors(make, name, fragments):

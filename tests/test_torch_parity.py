@@ -140,6 +140,9 @@ LAYER_CASES = [
     ("adaptiveavg-2x3-5x8", lambda nn: nn.AdaptiveAvgPool2d((2, 3)), (3, 2, 5, 8), MODES),
     ("adaptiveavg-3-7x7", lambda nn: nn.AdaptiveAvgPool2d(3), (1, 2, 7, 7), MODES),
     ("adaptiveavg-4x6-bigger-than-2x3", lambda nn: nn.AdaptiveAvgPool2d((4, 6)), (3, 1, 2, 3), MODES),
+    ("adaptiveavg-None-x3-keeps-H", lambda nn: nn.AdaptiveAvgPool2d((None, 3)), (3, 2, 5, 8), MODES),
+    ("adaptiveavg-4x-None-keeps-W", lambda nn: nn.AdaptiveAvgPool2d([4, None]), (1, 2, 7, 5), MODES),
+    ("adaptiveavg-None-None-identity", lambda nn: nn.AdaptiveAvgPool2d((None, None)), (2, 1, 3, 4), MODES),
     # activations
     ("gelu-none", lambda nn: nn.GELU(), (3, 2, 5, 8), MODES),
     ("gelu-tanh", lambda nn: nn.GELU(approximate="tanh"), (3, 2, 5, 8), MODES),
@@ -176,6 +179,7 @@ LAYER_CASES = [
     ("bn2d-momentum-None", lambda nn: nn.BatchNorm2d(2, momentum=None), (3, 2, 5, 8), MODES),
     ("bn2d-noaffine", lambda nn: nn.BatchNorm2d(2, affine=False), (3, 2, 5, 8), MODES),
     ("bn2d-nobias", lambda nn: nn.BatchNorm2d(2, bias=False), (3, 2, 5, 8), MODES),
+    ("bn2d-eps-0-eval", lambda nn: nn.BatchNorm2d(2, eps=0.0), (3, 2, 5, 8), ("eval",)),   # (training refuses it)
     ("bn1d-track-device", lambda nn: nn.BatchNorm1d(3, 1e-5, 0.1, True, True, "cpu"), (3, 3), MODES),
     # Flatten
     ("flatten", lambda nn: nn.Flatten(), (3, 2, 5, 8), MODES),
@@ -420,6 +424,62 @@ def test_cross_entropy_of_an_empty_batch_matches_torch(reduction):
     np.testing.assert_equal(float(loss), loss_t.item())
     loss_t.backward()
     close(crit.backward(), zt.grad, "d loss / d logits")
+
+
+# --- what PyTorch refuses as invalid ---------------------------------------------------------------------------
+def conv_bn_gelu(nn, eps):
+    """nanotorch's fused block, or PyTorch's Sequential of its three layers, with BatchNorm's eps."""
+    if nn is nt_nn:
+        block = nn.ConvBNGELU(2, 3, 3, padding=1)
+        block[1].eps = eps
+        return block
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1, bias=False), nn.BatchNorm2d(3, eps=eps), nn.GELU())
+
+
+@pytest.mark.parametrize("build, shape", [
+    pytest.param(lambda nn: nn.Conv2d(3, 2, 3, groups=2), (1, 3, 5, 5), id="Conv2d-groups-not-dividing-in"),
+    pytest.param(lambda nn: nn.Conv2d(2, 3, 3, groups=2), (1, 2, 5, 5), id="Conv2d-groups-not-dividing-out"),
+    pytest.param(lambda nn: nn.Conv2d(2, 2, 3, groups=0), (1, 2, 5, 5), id="Conv2d-groups-0"),
+    pytest.param(lambda nn: nn.Conv2d(2, 2, 3, padding_mode="zero"), (1, 2, 5, 5), id="Conv2d-padding_mode-typo"),
+    pytest.param(lambda nn: nn.Conv2d(2, 2, 3, dilation=0), (1, 2, 5, 5), id="Conv2d-dilation-0"),
+    pytest.param(lambda nn: nn.Conv2d(2, 2, 1, padding=1), (1, 2, 3, 0), id="Conv2d-empty-plane"),
+    pytest.param(lambda nn: nn.MaxPool2d(2, dilation=0), (1, 2, 5, 5), id="MaxPool2d-dilation-0"),
+    pytest.param(lambda nn: nn.MaxPool2d(2, padding=1), (1, 2, 0, 3), id="MaxPool2d-empty-plane-padded"),
+    pytest.param(lambda nn: nn.MaxPool2d(2), (1, 0, 4, 4), id="MaxPool2d-no-channels"),
+    pytest.param(lambda nn: nn.BatchNorm2d(2, eps=0.0), (3, 2, 4, 4), id="BatchNorm2d-eps-0-training"),
+    pytest.param(lambda nn: nn.BatchNorm1d(2, eps=0.0, momentum=None), (0, 2), id="BatchNorm1d-eps-0-empty-batch"),
+    pytest.param(lambda nn: nn.BatchNorm1d(2, eps=-1e-3).eval(), (3, 2, 4), id="BatchNorm1d-eps-negative-eval"),
+    pytest.param(lambda nn: conv_bn_gelu(nn, 0.0), (2, 2, 4, 4), id="ConvBNGELU-eps-0-training"),
+    pytest.param(lambda nn: conv_bn_gelu(nn, -1e-3).eval(), (2, 2, 4, 4), id="ConvBNGELU-eps-negative-eval"),
+])
+def test_what_torch_refuses_as_invalid_is_a_value_error(build, shape):
+    """Where PyTorch refuses the arguments or the input (at construction or at the forward), nanotorch
+    refuses them with a ValueError (not "not implemented", nor a result: a padded window of an empty
+    plane has no pixel to read), and changes no running statistics first."""
+    with pytest.raises((ValueError, RuntimeError)):
+        build(torch.nn).double()(torch.zeros(shape, dtype=torch.float64))
+    layer = None
+    with pytest.raises(ValueError):
+        layer = build(nt_nn).double()
+        layer(np.zeros(shape))
+    for name, buffer in (layer.named_buffers() if layer is not None else ()):
+        if name.endswith("num_batches_tracked"):
+            assert int(buffer) == 0, f"{name} counted a refused batch"
+
+
+def test_empty_batches_and_outputs_have_torchs_shapes():
+    """An empty batch is taken as PyTorch takes it, even with empty planes (only MaxPool2d refuses
+    those), and an output_size of 0 gives an empty output (PyTorch has no backward for that one; ours
+    gives the input a zero gradient)."""
+    for build, shape in [(lambda nn: nn.Conv2d(1, 2, 1, padding=1), (0, 1, 0, 3)),
+                         (lambda nn: nn.MaxPool2d(2, padding=1), (0, 1, 3, 3)),
+                         (lambda nn: nn.AdaptiveAvgPool2d((None, 2)), (0, 2, 3, 5)),
+                         (lambda nn: nn.AdaptiveAvgPool2d((0, 3)), (2, 2, 5, 8))]:
+        want = tuple(build(torch.nn).double()(torch.zeros(shape, dtype=torch.float64)).shape)
+        layer = build(nt_nn).double()
+        out = layer(np.zeros(shape))
+        assert out.shape == want
+        assert layer.backward(np.zeros(want)).shape == shape
 
 
 # --- Flatten's dims and parameters set to None -------------------------------------------------------------
@@ -699,7 +759,7 @@ def test_arguments_set_after_construction_are_checked_when_used():
 
 @pytest.mark.parametrize("build, name, value, error, message", [
     (lambda nn: nn.Conv2d(1, 2, 3), "dilation", (2, 2), NotImplementedError, r"dilation=\(2, 2\) is not implemented"),
-    (lambda nn: nn.Conv2d(1, 2, 3), "groups", 2, NotImplementedError, "groups=2 is not implemented"),
+    (lambda nn: nn.Conv2d(1, 2, 3), "groups", 2, ValueError, r"groups must be .* divides in_channels \(1\)"),
     (lambda nn: nn.Conv2d(1, 2, 3), "padding_mode", "reflect", NotImplementedError, "padding_mode='reflect'"),
     (lambda nn: nn.Conv2d(1, 2, 3), "padding", "full", ValueError, "padding must be an int, a pair of ints"),
     (lambda nn: nn.Conv2d(1, 2, 3), "kernel_size", (5, 5), ValueError, r"kernel_size \(5, 5\) does not match"),

@@ -46,16 +46,16 @@ def check_int(layer, v, name):
 def pair(layer, v, name):
     """An int or a pair of ints -> a pair of ints (PyTorch accepts both for kernel_size etc.). A bool
     is no int here, alone or in the pair, as for check_int."""
-    if _is_int(v):
+    if is_int(v):
         return int(v), int(v)
-    if not isinstance(v, (tuple, list)) or len(v) != 2 or not all(_is_int(a) for a in v):
+    if not isinstance(v, (tuple, list)) or len(v) != 2 or not all(is_int(a) for a in v):
         bools = any(isinstance(a, (bool, np.bool_)) for a in (v if isinstance(v, (tuple, list)) else [v]))
         raise ValueError(f"{type(layer).__name__}: {name} must be an int or a pair of ints, got {v!r}"
                          + (" (a bool is not taken for an int)" if bools else ""))
     return int(v[0]), int(v[1])
 
 
-def _is_int(v):
+def is_int(v):
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)      # (NumPy's bool is no np.integer)
 
 

@@ -27,6 +27,8 @@ Evaluation uses the running statistics, which are constants, so dx = gamma * dy 
 An empty batch in training (m = 0) is the same as PyTorch's: an empty output, zero parameter gradients,
 the batch counted in num_batches_tracked and nothing folded into the running statistics.
 """
+import numbers
+
 import numpy as np
 
 from nanotorch.kernels.batchnorm_gelu import update_running_stats
@@ -77,10 +79,11 @@ class _BatchNorm(Module):
         shape = (1, -1) + (1,) * (x.ndim - 2)                   # broadcast a (C,) vector over x
         m = x.size // x.shape[1]                               # values per channel
         batch_stats = self.training and m > 0
+        if batch_stats and m == 1:
+            raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when "
+                             f"training, got input shape {x.shape}")
+        eps = self.checked_eps()                                # (before the running statistics change)
         if batch_stats:
-            if m == 1:
-                raise ValueError(f"{type(self).__name__}: expected more than 1 value per channel when "
-                                 f"training, got input shape {x.shape}")
             mu = x.mean(axis=axes)
             var = x.var(axis=axes)
             self._update_running_stats(mu, var, m)
@@ -88,11 +91,23 @@ class _BatchNorm(Module):
             if self.training:          # an empty batch: counted, with nothing to fold in, as PyTorch does
                 self._count_batch()
             mu, var = self.running_mean, self.running_var
-        inv_std = (1.0 / np.sqrt(var + float(self.eps))).astype(x.dtype)
+        inv_std = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
         xhat = (x - mu.reshape(shape)) * inv_std.reshape(shape)
         self.save_for_backward(xhat, inv_std, axes, shape, batch_stats)
         y = xhat if self.weight is None else xhat * self.weight.data.reshape(shape)
         return y if self.bias is None else y + self.bias.data.reshape(shape)
+
+    def checked_eps(self):
+        """eps as a float, refused as PyTorch's F.batch_norm refuses it: a number, > 0 in training (the
+        batch's variance of a constant channel is 0, and 1 / sqrt(0 + eps) must be finite), >= 0 in evaluation."""
+        eps = self.eps
+        if not isinstance(eps, numbers.Real):
+            raise TypeError(f"{type(self).__name__}: eps must be a number, got {eps!r} ({type(eps).__name__})")
+        if self.training and eps <= 0:
+            raise ValueError(f"{type(self).__name__}: eps must be positive in training, as in PyTorch, got {eps}")
+        if eps < 0:
+            raise ValueError(f"{type(self).__name__}: eps must be non-negative, as in PyTorch, got {eps}")
+        return float(eps)
 
     def _update_running_stats(self, mu, var, m):
         """Fold a batch's mean and biased variance (over m values a channel) into the running ones;

@@ -47,6 +47,9 @@ from nanotorch.nn.module import Module, Parameter
 from nanotorch.threads import parallel
 
 
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")     # PyTorch's (nanotorch implements "zeros")
+
+
 class Conv2d(Module):
     """2-D convolution (cross-correlation, as PyTorch); no groups, no dilation. x: (N, C, H, W) -> (N, OC, OH, OW).
 
@@ -86,8 +89,18 @@ class Conv2d(Module):
         return checked_arguments(self, self._check_geometry)
 
     def _check_geometry(self):
-        only_default(self, "dilation", pair(self, self.dilation, "dilation"), (1, 1))
-        only_default(self, "groups", check_int(self, self.groups, "groups"), 1)
+        # what PyTorch refuses is a ValueError first; what it takes but nanotorch does not implement, after
+        dilation, groups = pair(self, self.dilation, "dilation"), check_int(self, self.groups, "groups")
+        if min(dilation) < 1:
+            raise ValueError(f"Conv2d: dilation must be >= 1, got {self.dilation}")
+        if groups < 1 or self.in_channels % groups or self.out_channels % groups:
+            raise ValueError(f"Conv2d: groups must be a positive int that divides in_channels ({self.in_channels}) "
+                             f"and out_channels ({self.out_channels}), got {groups}")
+        if not isinstance(self.padding_mode, str) or self.padding_mode not in PADDING_MODES:
+            raise ValueError(f"Conv2d: padding_mode must be 'zeros', 'reflect', 'replicate' or 'circular', "
+                             f"got {self.padding_mode!r}")
+        only_default(self, "dilation", dilation, (1, 1))
+        only_default(self, "groups", groups, 1)
         only_default(self, "padding_mode", self.padding_mode, "zeros")
         k, s = pair(self, self.kernel_size, "kernel_size"), pair(self, self.stride, "stride")
         if min(*k, *s) < 1:
@@ -119,6 +132,9 @@ class Conv2d(Module):
     def _check(self, x):
         """Validate an input; returns the output's (OH, OW)."""
         check_input(self, x, (4,), self.in_channels, dtype=self.weight.data.dtype)
+        if x.shape[0] > 0 and 0 in x.shape[2:]:        # (its padding alone would convolve to the bias: PyTorch refuses)
+            raise ValueError(f"Conv2d expects an input of at least 1x1 pixels (only the batch may be empty), "
+                             f"got shape {x.shape}")
         oh, ow = self.output_shape(*x.shape[2:])
         if oh < 1 or ow < 1:
             (kh, kw), _, padding = self.geometry()

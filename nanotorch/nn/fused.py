@@ -73,24 +73,25 @@ class ConvBNGELU(Sequential):
                 self.save_for_backward(None)
                 return super().forward(x)
             raise ValueError(f"ConvBNGELU: expected more than 1 value per channel when training, got input {x.shape}")
+        eps = bn.checked_eps()
         par = parallel(n * c * oh * ow)                           # spread over threads? (nanotorch/threads.py)
         gamma, beta = bn.weight.data, bn.bias.data
         bn.__dict__["cache"] = act.__dict__["cache"] = _FUSED     # (their caches would be an older pass's)
         if not self.training and not is_grad_enabled():
             self.save_for_backward()                  # keeps nothing (no_grad): a backward now is an error
-            return self._inference(x, gamma, beta, par).reshape(n, c, oh, ow)
+            return self._inference(x, gamma, beta, eps, par).reshape(n, c, oh, ow)
         z = conv.forward_channels_first(x)                                       # (C, N, L)
         momentum = bn._count_batch() if self.training else 0.0    # the kernel updates the running statistics
         a, xhat, d, inv_std = bn_gelu_forward(z, bn.running_mean, bn.running_var, gamma, beta, self.training,
-                                              momentum, float(bn.eps), par)
+                                              momentum, eps, par)
         self.save_for_backward(xhat, d, inv_std, self.training, (n, c, oh, ow))
         return a.reshape(n, c, oh, ow)
 
-    def _inference(self, x, gamma, beta, par):
+    def _inference(self, x, gamma, beta, eps, par):
         """Evaluation under no_grad, keeping nothing: BatchNorm folds into a = GELU(scale * z + shift),
         and GELU without its derivative has a cheaper formula (kernels/gelu.py: gelu_fast)."""
         conv, bn, _ = self
-        scale = gamma * (1.0 / np.sqrt(bn.running_var + x.dtype.type(bn.eps)))   # as BatchNorm2d
+        scale = gamma * (1.0 / np.sqrt(bn.running_var + x.dtype.type(eps)))   # as BatchNorm2d
         shift = beta - bn.running_mean * scale
         return bn_gelu_inference(conv.forward_channels_first(x), scale, shift, par)
 

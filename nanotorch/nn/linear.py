@@ -40,6 +40,10 @@ class Linear(Module):
             self.to(dtype)
 
     def forward(self, x):
+        if isinstance(x, np.ndarray) and x.ndim > 2:
+            raise ValueError(f"Linear expects a (N, {self.in_features}) input, got shape {x.shape}: PyTorch's "
+                             f"Linear also takes (N, *, in_features), which is not implemented in nanotorch "
+                             f"(reshape to x.reshape(-1, {x.shape[-1]}) and the output back)")
         check_input(self, x, (2,), dtype=self.weight.data.dtype)
         if x.shape[1] != self.in_features:
             raise ValueError(f"Linear expects {self.in_features} input features (N, {self.in_features}), "

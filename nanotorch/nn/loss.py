@@ -12,6 +12,9 @@ mean is 0/0 = NaN and the gradient zero, as in PyTorch.
 
 Both directions are one compiled loop each (nanotorch/kernels/loss.py, with the NumPy formulas
 beside them).
+
+Not implemented (refused with an error that says so): PyTorch's weight, label_smoothing,
+(N, C, d1, ...) logits and class-probability targets.
 """
 import warnings
 
@@ -50,9 +53,16 @@ class CrossEntropyLoss(Module):
 
     def forward(self, logits, targets):
         self._check_arguments()
+        if isinstance(logits, np.ndarray) and logits.ndim > 2:
+            raise ValueError(f"CrossEntropyLoss expects (N, C) logits, got shape {logits.shape}: PyTorch's "
+                             f"(N, C, d1, ...) logits are not implemented in nanotorch (move the class axis last "
+                             f"and flatten: np.moveaxis(logits, 1, -1).reshape(-1, C), targets.reshape(-1))")
         check_input(self, logits, (2,), what="logits")
         targets = np.asarray(targets)
         n, k = logits.shape
+        if targets.shape == logits.shape and targets.dtype.kind == "f":
+            raise ValueError(f"CrossEntropyLoss expects integer targets of shape ({n},): PyTorch's class-probability "
+                             f"targets (floats of the logits' shape, {targets.shape}) are not implemented in nanotorch")
         if targets.shape != (n,) or targets.dtype.kind not in "iu":            # integers, signed or not
             raise ValueError(f"CrossEntropyLoss expects integer targets of shape ({n},), "
                              f"got {targets.dtype} {targets.shape}")

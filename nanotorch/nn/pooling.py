@@ -11,7 +11,8 @@ MaxPool2d:  out = max over each window; the max passes its gradient to the one i
             last window must start inside the input or the left padding: if (O - 1) s >= H + p, O -= 1.
 
 AdaptiveAvgPool2d(output_size):  out[i, j] = mean of x over rows [floor(i H / OH), ceil((i+1) H / OH))
-            and the same for columns; each input in a window gets dout / (window area).
+            and the same for columns; each input in a window gets dout / (window area). As in
+            PyTorch, None for OH (or OW) keeps the input's H (W), and 0 gives an empty output.
 """
 import numpy as np
 
@@ -19,7 +20,7 @@ from nanotorch.grad_mode import is_grad_enabled
 from nanotorch.threads import parallel
 from nanotorch.kernels import (global_avg_pool, global_avg_pool_backward, maxpool2d_backward, maxpool2d_forward,
                                maxpool2x2_forward, maxpool2x2_max)
-from nanotorch.nn._checks import check_grad, check_input, checked_arguments, only_default, pair
+from nanotorch.nn._checks import check_grad, check_input, checked_arguments, is_int, only_default, pair
 from nanotorch.nn.module import Module
 
 
@@ -49,7 +50,10 @@ class MaxPool2d(Module):
         return checked_arguments(self, self._check_pairs)
 
     def _check_pairs(self):
-        only_default(self, "dilation", pair(self, self.dilation, "dilation"), (1, 1))
+        dilation = pair(self, self.dilation, "dilation")
+        if min(dilation) < 1:
+            raise ValueError(f"MaxPool2d: dilation must be >= 1, got {self.dilation}")
+        only_default(self, "dilation", dilation, (1, 1))
         only_default(self, "return_indices", self.return_indices, False)
         stride = self.kernel_size if self.stride is None else self.stride      # (None: PyTorch's default)
         k, s = pair(self, self.kernel_size, "kernel_size"), pair(self, stride, "stride")
@@ -66,6 +70,9 @@ class MaxPool2d(Module):
 
     def forward(self, x):
         check_input(self, x, (4,))
+        if 0 in x.shape[1:]:          # (a padded window of an empty plane would read no pixel: PyTorch refuses it)
+            raise ValueError(f"MaxPool2d expects an input with non-zero channels, height and width (only the batch "
+                             f"may be empty), got shape {x.shape}")
         h, w = x.shape[2:]
         kernel, stride, padding = self._pairs()
         oh, ow = self.output_shape(h, w)
@@ -95,7 +102,8 @@ class MaxPool2d(Module):
 
 class AdaptiveAvgPool2d(Module):
     """x: (N, C, H, W) -> (N, C, OH, OW); output_size 1 is global average pooling. output_size is
-    kept as given (an int or a pair), as PyTorch keeps it; ``_output_hw()`` reads it as a pair."""
+    kept as given (an int, or a pair of ints or None), as PyTorch keeps it; ``_output_hw()`` reads it
+    as a pair, and ``_output_size(h, w)`` gives (OH, OW) for an input of H x W (None: that side's size)."""
     _arguments = ("output_size",)
 
     def __init__(self, output_size):
@@ -104,14 +112,23 @@ class AdaptiveAvgPool2d(Module):
         self._output_hw()                       # refuses a bad size now rather than at the first forward
 
     def _output_hw(self):
-        """output_size as a pair of ints (OH, OW)."""
+        """output_size as a pair (OH, OW), each an int or None."""
         return checked_arguments(self, self._check_output_size)
 
     def _check_output_size(self):
-        oh, ow = pair(self, self.output_size, "output_size")
-        if min(oh, ow) < 1:                     # any size >= 1 works, also larger than the input
-            raise ValueError(f"AdaptiveAvgPool2d: output_size must be >= 1, got {self.output_size}")
-        return oh, ow
+        size = self.output_size
+        sizes = size if isinstance(size, (tuple, list)) else (size, size)
+        if len(sizes) != 2 or not all(s is None or is_int(s) for s in sizes) or size is None:
+            bools = " (a bool is not taken for an int)" if any(isinstance(s, (bool, np.bool_)) for s in sizes) else ""
+            raise ValueError(f"AdaptiveAvgPool2d: output_size must be an int, or a pair of ints or None (None keeps "
+                             f"the input's size), got {size!r}{bools}")
+        if any(s is not None and s < 0 for s in sizes):   # any size >= 0 works, also larger than the input
+            raise ValueError(f"AdaptiveAvgPool2d: output_size must be >= 0, got {size}")
+        return tuple(None if s is None else int(s) for s in sizes)
+
+    def _output_size(self, h, w):
+        oh, ow = self._output_hw()
+        return h if oh is None else oh, w if ow is None else ow
 
     def _windows(self, size, out):
         return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
@@ -121,7 +138,7 @@ class AdaptiveAvgPool2d(Module):
         n, c, h, w = x.shape
         if h < 1 or w < 1:
             raise ValueError(f"AdaptiveAvgPool2d: expected an input of at least 1x1 pixels, got shape {x.shape}")
-        oh, ow = self._output_hw()
+        oh, ow = self._output_size(h, w)
         if (oh, ow) == (1, 1):
             out = global_avg_pool(x)                                    # one compiled loop (kernels/pooling.py)
         else:
@@ -129,12 +146,11 @@ class AdaptiveAvgPool2d(Module):
             for i, (r0, r1) in enumerate(self._windows(h, oh)):
                 for j, (c0, c1) in enumerate(self._windows(w, ow)):
                     out[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean(axis=(2, 3))
-        self.save_for_backward(x.shape)
+        self.save_for_backward(x.shape, (oh, ow))
         return out
 
     def backward(self, dout):
-        (n, c, h, w), = self.saved_for_backward()
-        oh, ow = self._output_hw()
+        (n, c, h, w), (oh, ow) = self.saved_for_backward()
         check_grad(self, dout, (n, c, oh, ow))
         if (oh, ow) == (1, 1):
             return global_avg_pool_backward(dout, h, w)                # every pixel gets an equal share
