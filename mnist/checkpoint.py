@@ -15,6 +15,7 @@ import numpy as np
 
 from nanotorch.nn import StateDictMismatch
 from nanotorch.optim import flatten_state_dict, unflatten_state_dict
+from mnist.cli import listed
 from mnist.files import write_atomic
 from mnist.model import build_model
 
@@ -78,7 +79,12 @@ def load_model(path, dropout=0.15):
 
 
 def load_weights(path, model, state):
-    """model.load_state_dict(state), its mismatch error naming the file the state came from."""
+    """model.load_state_dict(state), its mismatch error naming the file the state came from (in one
+    line if the file holds none of the model's keys: then it is not this model's at all)."""
+    own = list(model.state_dict())
+    if not set(own) & set(state):
+        raise StateDictMismatch(f"{path} holds none of the seed network's arrays ({listed(own)}); it holds "
+                                f"{listed(state) or 'no arrays'}: not a model.npz or checkpoint.npz of mnist.train")
     try:
         model.load_state_dict(state)
     except StateDictMismatch as e:
@@ -116,7 +122,20 @@ def _state_of(path, arrays):
     step, total = state["step"], state["total_steps"]
     if not (isinstance(step, int) and isinstance(total, int) and 0 <= step <= total):
         raise ValueError(f"{path}: step {step!r} of total_steps {total!r} is not a step of the run")
+    seconds, switches, threads = state["train_seconds"], state.get("thread_switches", []), state.get("threads")
+    if not (_is_count(seconds) or isinstance(seconds, float) and 0 <= seconds < float("inf")):
+        raise ValueError(f"{path}: its train_seconds {seconds!r} is not a number of seconds")
+    if not (isinstance(switches, list) and all(isinstance(s, list) and len(s) == 2 and all(map(_is_count, s))
+                                               for s in switches)):
+        raise ValueError(f"{path}: its thread_switches {switches!r} is not a list of [step, threads] pairs")
+    if not (threads is None or _is_count(threads) and threads >= 1):
+        raise ValueError(f"{path}: its threads {threads!r} is not a thread count")
     return state
+
+
+def _is_count(v):
+    """An int >= 0 (JSON has no other kind of count; a bool is not one)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
 def load_checkpoint(path, model, optimizer, scheduler):
@@ -134,4 +153,7 @@ def load_checkpoint(path, model, optimizer, scheduler):
         except (KeyError, TypeError, ValueError, NotImplementedError) as e:
             raise ValueError(f"{path}: the {name}'s state does not fit this run's {type(part).__name__} "
                              f"({type(e).__name__}: {e})") from None
+    if scheduler.last_epoch != state["step"]:          # (each training step steps the schedule once)
+        raise ValueError(f"{path}: its step {state['step']} is not its schedule's, which has taken "
+                         f"{scheduler.last_epoch} steps: not a checkpoint that mnist.train wrote")
     return state

@@ -32,7 +32,7 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
-from mnist.files import move_into_place
+from mnist.files import move_into_place, os_error
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +170,15 @@ def resolve_data_dir(data_dir=None):
     return (cache_home / "nanotorch" / "mnist").absolute()
 
 
+def _folder(data_dir):
+    """resolve_data_dir(data_dir), refused if it names a file (else the error would be a failed download into it)."""
+    directory = resolve_data_dir(data_dir)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"{directory} is a file, not a folder: the MNIST files are looked for in a folder "
+                                 "(--data-dir DIR, data_dir=DIR in Python, or $NANOTORCH_DATA/mnist)")
+    return directory
+
+
 def _find(directory, gz_name):
     """The file's path in `directory`, gzipped or decompressed, or None if neither is there."""
     for candidate in (directory / gz_name, directory / gz_name[: -len(".gz")]):
@@ -228,7 +237,7 @@ def download_mnist(data_dir=None, mirrors=None, splits=("train", "test"), checks
     Returns the paths of the splits' files (images, labels per split).
     Raises MnistDownloadError when every mirror fails for a file.
     """
-    directory = resolve_data_dir(data_dir)
+    directory = _folder(data_dir)
     if mirrors is None:
         mirrors = MIRRORS
     mirrors = [mirrors] if isinstance(mirrors, str) else list(mirrors)
@@ -313,8 +322,8 @@ def _fetch_verified(url, gz_name, directory, expected, timeout, attempts, backof
 
 def _unwritable(gz_name, directory, e):
     """The error for a missing file whose folder cannot take a download (rather than the temp file's name)."""
-    return OSError(e.errno, f"{gz_name} is missing from {directory}, which cannot be written to download it into "
-                            f"({e.strerror}).\n{_where_to_put(directory)}")
+    return os_error(e, f"{gz_name} is missing from {directory}, which cannot be written to download it into "
+                       f"({e.strerror}).\n{_where_to_put(directory)}")
 
 
 def _get(url, f, label, timeout, attempts, backoff, progress):
@@ -413,7 +422,7 @@ def load_mnist(split="train", data_dir=None, download=True, mirrors=None, checks
     or ValueError for a malformed file.
     """
     images_name, labels_name = _split_files(split)
-    directory = resolve_data_dir(data_dir)
+    directory = _folder(data_dir)
     checksums = SHA256 if checksums is None else checksums
     if download:
         download_mnist(directory, mirrors, splits=(split,), checksums=checksums)

@@ -18,6 +18,14 @@ _UMASK = os.umask(0)            # read once, at import: setting it back and fort
 os.umask(_UMASK)                # other threads creating files
 
 
+def os_error(e, message):
+    """An OSError of e's kind and errno whose text is ``message`` alone: a user reads "cannot write ...",
+    not the "[Errno 13] " that str(OSError(errno, message)) starts with."""
+    error = type(e)(message)
+    error.errno = e.errno
+    return error
+
+
 def move_into_place(tmp, path, replace=True):
     """fsync the closed temp file ``tmp``, give it mode 0o666 & ~umask (mkstemp makes 0600, which
     other users of a shared folder could not read), then move it to ``path``:
@@ -66,11 +74,11 @@ def write_atomic(path, write, mode="wb", newline=None, replace=True):
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:                       # named after the folder that could not be made
-        raise OSError(e.errno, f"cannot make the folder {folder} for {os.path.basename(path)}: {e.strerror}") from None
+        raise os_error(e, f"cannot make the folder {folder} for {os.path.basename(path)}: {e.strerror}") from None
     try:
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     except OSError as e:                       # named after the file wanted, not the temp file
-        raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from None
+        raise os_error(e, f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, mode, newline=newline) as f:
             write(f)

@@ -23,7 +23,8 @@ RECIPE, and --limit) may be left out or repeated with the same values, but not c
 run changes the recipe); output flags (--out, --threads, --log-every, ...) may differ. log.csv
 and layers.csv are cut back to the checkpoint's step, then appended to (in another --out, each
 starts with the checkpoint folder's rows up to that step, if that folder has the file; a run
-from before layers.csv existed starts it at the checkpoint's step).
+from before layers.csv existed starts it at the checkpoint's step); a log whose header is not
+the columns this run writes is refused before anything is written.
 """
 import argparse
 import csv
@@ -43,7 +44,7 @@ from nanotorch import nn, optim
 from nanotorch.nn.utils import clip_grad_norm_
 from mnist.checkpoint import (checkpoint_state, load_checkpoint, nonfinite_keys, save_checkpoint, save_json_atomic,
                               save_model)
-from mnist.cli import check_counts
+from mnist.cli import check_counts, keep_running_without_readers, listed
 from mnist.data import iterate_batches, load_mnist, normalize, num_batches
 from mnist.evaluate import evaluate, runs_inside
 from mnist.files import csv_rows, write_atomic, write_new
@@ -71,7 +72,10 @@ class StopAtStepBoundary:
     """Ctrl-C (or SIGTERM, as `kill` and `timeout` send) asks the loop to stop after the current step,
     so that a checkpoint is saved and never half-updated; a second one interrupts at once.
     ``after`` says what the first one waits for (the pictures at the end wait for the one being drawn),
-    ``at_once`` what the second one means; either may change as the work under the handler does."""
+    ``at_once`` what the second one means; either may change as the work under the handler does.
+    A signal the process was started ignoring (``trap '' INT``, or a job a script starts with ``&``,
+    which the shell starts ignoring SIGINT) stays ignored, as Python itself leaves it: no handler is
+    installed for it."""
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, after="this step (or the evaluation under way), with a checkpoint",
@@ -80,18 +84,28 @@ class StopAtStepBoundary:
         self.after, self.at_once = after, at_once
 
     def __enter__(self):
-        self.previous = [signal.signal(s, self._handler) for s in self.SIGNALS]
+        ignored = [s for s in self.SIGNALS if signal.getsignal(s) == signal.SIG_IGN]
+        self.previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS if s not in ignored}
         return self
 
     def _handler(self, signum, frame):
         if self.requested:
-            os.write(2, f"\n{self.at_once}\n".encode())
+            self._say(self.at_once)
             raise Stopped(signum)
         self.requested = signum
-        os.write(2, f"\n{signal.Signals(signum).name}: stopping after {self.after}; again to stop at once\n".encode())
+        self._say(f"{signal.Signals(signum).name}: stopping after {self.after}; again to stop at once")
+
+    @staticmethod
+    def _say(text):
+        """Straight to stderr's file descriptor (a print here could interrupt one under way, which Python
+        refuses); nothing if its reader has gone."""
+        try:
+            os.write(2, f"\n{text}\n".encode())
+        except OSError:
+            pass
 
     def __exit__(self, *exc):
-        for s, previous in zip(self.SIGNALS, self.previous):
+        for s, previous in self.previous.items():
             signal.signal(s, previous)
 
 
@@ -263,20 +277,20 @@ class CsvLog:
     first row after a resume averages only the steps since the checkpoint: windows are not saved.)
     resumed_log: the resumed run's log, when it is not ``path`` (--resume into another --out):
     the new log starts with its rows up to resume_step, if it exists (else, as for a run from
-    before the file existed, it starts at resume_step).
+    before the file existed, it starts at resume_step). Its header must be ``columns`` (else
+    ValueError, before anything is written: the new rows would go under other names).
     """
     COLUMNS = ["step", "epoch", "loss", "accuracy", "lr", "momentum", "grad_norm"]
 
     def __init__(self, path, resume_step=None, resumed_log=None, columns=COLUMNS):
         rows, self.last_loss = [], None            # last_loss: the last kept row's, when resuming
         source = path if resumed_log is None else resumed_log   # (copied: the rows kept go into a new file at path)
-        if resume_step is not None and os.path.exists(source):
-            rows = [row for _, row in csv_rows(source)]   # (without a last row cut before its line end)
+        if resume_step is not None:
+            rows = self.resumed_rows(source, resume_step, columns)
         if rows:
-            header, body = rows[0], rows[1:]
-            kept = [r for r in body if len(r) == len(header) and r[0].isdigit() and int(r[0]) <= resume_step]
+            header, kept = rows[0], rows[1:]
             # written afresh (atomically), so that no row past the step, nor a cut one, stays behind
-            write_atomic(path, lambda f: csv.writer(f).writerows([header, *kept]), mode="w", newline="")
+            write_atomic(path, lambda f: csv.writer(f).writerows(rows), mode="w", newline="")
             try:                                   # (6 significant digits, as written)
                 self.last_loss = float(kept[-1][header.index("loss")]) if kept else None
             except ValueError:                     # a log edited by hand (or without a loss column, layers.csv):
@@ -285,6 +299,31 @@ class CsvLog:
         self.writer = csv.writer(self.file)
         if not rows:
             self.writer.writerow(columns)
+
+    @staticmethod
+    def resumed_rows(source, resume_step, columns):
+        """The header and the rows up to resume_step of the log ``source`` that a resumed run continues
+        ([] if there is no such file, or it holds no header): whole rows only (not a last one cut
+        before its line end). ValueError if its header is not ``columns``."""
+        if not os.path.exists(source):
+            return []
+        rows = [row for _, row in csv_rows(source)]
+        if not rows:
+            return []
+        header = rows[0]
+        if header != list(columns):
+            missing, extra = [c for c in columns if c not in header], [c for c in header if c not in columns]
+            differs = []
+            if missing:
+                differs.append(f"it lacks {listed(missing)}")
+            if extra:
+                differs.append(f"it has {listed(extra)}, which this run does not write")
+            differs = "; ".join(differs) or "the same columns in another order"
+            raise ValueError(f"{source}: its header is not the {len(columns)} columns mnist.train writes "
+                             f"({differs}), so the resumed run's rows cannot be added to it: move it aside "
+                             f"(the run's {os.path.basename(source)} then starts after step {resume_step})")
+        return [header] + [r for r in rows[1:] if len(r) == len(header) and r[0].isdigit()
+                           and int(r[0]) <= resume_step]
 
     def write(self, *row):
         self.writer.writerow([f"{v:.6g}" if isinstance(v, float) else v for v in row])
@@ -359,7 +398,10 @@ def train(args):
     step, train_seconds, switches, threads_before = 0, 0.0, [], None
     if args.resume:
         state = load_checkpoint(args.resume, model, optimizer, scheduler)
-        nt.default_generator().bit_generator.state = state["rng"]
+        try:
+            nt.default_generator().bit_generator.state = state["rng"]
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"{args.resume}: its rng is not the state of nanotorch's random generator ({e})") from None
         step, train_seconds = state["step"], state["train_seconds"]
         switches = state.get("thread_switches", [])       # (checkpoints before they were saved: none)
         threads_before = state.get("threads")              # the count the run was on (older checkpoints: none)
@@ -370,6 +412,11 @@ def train(args):
     else:
         from mnist.summary import format_summary, summarize
         print(format_summary(summarize(model)))
+    watch = LayerWatch(model)
+    log_columns = {"log.csv": CsvLog.COLUMNS, "layers.csv": watch.columns}
+    if args.resume:                                      # a log it cannot continue: refused before anything is written
+        for name, columns in log_columns.items():
+            CsvLog.resumed_rows(os.path.join(resumed_dir, name), step, columns)
     # Claim the folder only now (a run that fails its checks leaves none behind).
     in_place = resumes_in_place(run_dir, resumed_dir)
     if in_place:                                         # the checkpoint's folder: rewrite its config,
@@ -420,9 +467,8 @@ def train(args):
     def resumed_log(name):
         return os.path.join(resumed_dir, name) if args.resume and not in_place else None
     resume_step = step if args.resume else None
-    log = CsvLog(os.path.join(run_dir, "log.csv"), resume_step, resumed_log("log.csv"))
-    watch = LayerWatch(model)
-    layer_log = CsvLog(os.path.join(run_dir, "layers.csv"), resume_step, resumed_log("layers.csv"), watch.columns)
+    log, layer_log = (CsvLog(os.path.join(run_dir, name), resume_step, resumed_log(name), columns)
+                      for name, columns in log_columns.items())
 
     def close_logs():
         log.close()
@@ -577,4 +623,5 @@ def exit_with(status):
 
 
 if __name__ == "__main__":
+    keep_running_without_readers()         # (`... | head` drops the rest of the output, not the run)
     exit_with(main())

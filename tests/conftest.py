@@ -1,4 +1,5 @@
 """Fixtures shared by the test files."""
+import signal
 import zlib
 
 import numba
@@ -27,3 +28,14 @@ def restore_threads():
     for lib, n in blas:
         lib.set_num_threads(n)
     threads._state.update(state)
+
+
+@pytest.fixture(autouse=True)
+def _sigint_handled_as_python_handles_it():
+    """Ctrl-C as a terminal's Python gets it, whatever the suite was started with: under a shell that
+    started it ignoring SIGINT (a job a script starts with &), mnist.train would rightly keep ignoring
+    the SIGINTs that the tests send it. (A subprocess gets SIGINT's default action: only an ignored
+    signal passes through exec.)"""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)

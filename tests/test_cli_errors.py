@@ -274,6 +274,16 @@ def test_resume_writes_next_to_its_checkpoint_not_into_the_folder_it_was_trained
     (lambda a: a["model/0.0.weight"].__setitem__((0, 0, 0, 0), np.nan), "the weights hold NaN or inf (0.0.weight)"),
     (lambda a: a.update(state=np.array(json.dumps({**json.loads(str(a["state"])), "step": 10 ** 6}))),
      "is not a step of the run"),
+    (lambda a: a.update(state=np.array(json.dumps({**json.loads(str(a["state"])), "step": 2}))),
+     "its step 2 is not its schedule's, which has taken 3 steps"),
+    (lambda a: a.update(state=np.array(json.dumps({**json.loads(str(a["state"])), "train_seconds": "1.5"}))),
+     "its train_seconds '1.5' is not a number of seconds"),
+    (lambda a: a.update(state=np.array(json.dumps({**json.loads(str(a["state"])), "thread_switches": 5}))),
+     "its thread_switches 5 is not a list of [step, threads] pairs"),
+    (lambda a: a.update(state=np.array(json.dumps({**json.loads(str(a["state"])), "threads": "two"}))),
+     "its threads 'two' is not a thread count"),
+    (lambda a: a.update(state=np.array(json.dumps({**json.loads(str(a["state"])), "rng": {"seed": 1}}))),
+     "its rng is not the state of nanotorch's random generator"),
 ])
 def test_resume_from_a_damaged_checkpoint_names_what_is_wrong(tmp_path, monkeypatch, capsys, edit, fragment):
     """No KeyError or Numba typing traceback: an error naming the file and the part that does not fit."""
@@ -291,6 +301,48 @@ def test_resume_from_a_damaged_checkpoint_names_what_is_wrong(tmp_path, monkeypa
         code = e.code
     err = capsys.readouterr().err
     assert code in (1, 2) and str(path) in err and fragment in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["log.csv", "layers.csv"])
+def test_resume_refuses_a_log_whose_header_is_not_the_runs_before_writing_anything(tmp_path, monkeypatch, capsys,
+                                                                                    name):
+    """A log whose header is not the columns the run writes (edited by hand, or by another program) would
+    get the new rows under the wrong names: refused before anything is written, in place (every file as it
+    was) or into another --out (no folder made)."""
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    run, other = tmp_path / "run", tmp_path / "other"
+    real_step, calls = train_mod.train_step, [0]
+
+    def stopped_at_step_2(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            signal.raise_signal(signal.SIGINT)       # stops after this step, with a checkpoint
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(train_mod, "train_step", stopped_at_step_2)
+    assert train_mod.main(["--limit", "12", "--log-every", "1", *QUICK, "--out", str(run)]) == 130
+    monkeypatch.setattr(train_mod, "train_step", real_step)
+    log = run / name
+    header, rest = log.read_text().split("\n", 1)
+    log.write_text(header.replace("step,epoch,", "step,epoch,note,") + "\n" + rest)      # a column added
+    before = {f.name: f.read_bytes() for f in run.iterdir()}
+    capsys.readouterr()
+    assert train_mod.main(["--resume", str(run), *QUICK]) == 1
+    err = capsys.readouterr().err
+    assert f"error: {log}: its header is not the " in err and "(it has note, which this run does not write)" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert {f.name: f.read_bytes() for f in run.iterdir()} == before
+    assert train_mod.main(["--resume", str(run), "--out", str(other), *QUICK]) == 1
+    assert not other.exists()
+
+
+def test_evaluate_a_file_of_another_model_says_so_in_one_line(tmp_path, capsys):
+    """Not the 46 missing keys of load_state_dict's message: the file holds none of the network's."""
+    np.savez(tmp_path / "other.npz", **{"encoder.weight": np.zeros((3, 3))})
+    assert evaluate_mod.main([str(tmp_path / "other.npz")]) == 1
+    err = capsys.readouterr().err
+    assert err == (f"error: {tmp_path / 'other.npz'} holds none of the seed network's arrays (0.0.weight, "
+                   "0.1.weight, 0.1.bias, ... (46 in all)); it holds encoder.weight: not a model.npz or "
+                   "checkpoint.npz of mnist.train\n")
 
 
 def test_resume_from_a_checkpoint_missing_a_weight_is_refused(tmp_path, monkeypatch, capsys):

@@ -11,6 +11,7 @@ import http.server
 import io
 import logging
 import os
+import re
 import socket
 import threading
 from pathlib import Path
@@ -420,16 +421,26 @@ def test_load_mnist_downloads_only_its_split(tmp_path, server):
     assert sorted(p.name for p in target.iterdir()) == sorted(data.SPLITS["test"])
 
 
+def test_a_data_dir_that_is_a_file_is_named_so(tmp_path):
+    """Not "missing from FILE, which cannot be written to download it into (File exists)"."""
+    (tmp_path / "model.npz").write_bytes(b"")
+    for download in (True, False):
+        with pytest.raises(NotADirectoryError, match=rf"^{re.escape(str(tmp_path / 'model.npz'))} is a file, not a "
+                                                     r"folder: the MNIST files are looked for in a folder"):
+            load_mnist("test", data_dir=tmp_path / "model.npz", download=download, mirrors=["http://127.0.0.1:9/"])
+
+
 def test_a_missing_file_in_a_folder_that_cannot_be_written(tmp_path, monkeypatch):
     """The error says the file is missing and the folder is not writable (it named the download's
     temp file). Root ignores permissions, so the refusal is simulated."""
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / ".t10k-images-idx3-ubyte.gz.x.part"))
     monkeypatch.setattr(data.tempfile, "mkstemp", refuse)
-    with pytest.raises(OSError) as info:
+    with pytest.raises(PermissionError) as info:
         load_mnist("test", data_dir=tmp_path, mirrors=["http://127.0.0.1:9/"])
     message = str(info.value)
-    assert f"t10k-images-idx3-ubyte.gz is missing from {tmp_path}, which cannot be written" in message
+    assert message.startswith(f"t10k-images-idx3-ubyte.gz is missing from {tmp_path}, which cannot be written")
+    assert info.value.errno == 13                             # (kept, but not printed as "[Errno 13] ...")
     assert "Permission denied" in message and ".part" not in message and "--data-dir" in message
 
 

@@ -13,6 +13,7 @@ Ctrl-C is real everywhere: a SIGINT sent to a subprocess, or raised in-process f
 training step (``signal.raise_signal``), so StopAtStepBoundary's own handler does the stopping.
 """
 import csv
+import errno
 import json
 import math
 import os
@@ -468,6 +469,32 @@ def test_second_ctrl_c_stops_at_once(tmp_path, small_test_set, monkeypatch, caps
     assert not (tmp_path / "checkpoint.npz").exists()          # no waiting for the step boundary
     assert "resume with" not in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is before                       # handler restored
+
+
+@requires_mnist
+def test_a_run_started_ignoring_sigint_trains_through_a_ctrl_c(tmp_path, small_test_set, monkeypatch, capsys):
+    """``trap '' INT; python -m mnist.train``, or a job a script starts with &: SIGINT stays ignored, as
+    Python leaves it, and the run ends as if there had been none."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)              # (the autouse fixture puts the handler back)
+    ctrl_c_after(monkeypatch, 3)
+    assert main(["--limit", "40", *QUICK, "--out", str(tmp_path)]) == 0
+    assert "SIGINT" not in capsys.readouterr().err
+    assert checkpoint_state(tmp_path / "checkpoint.npz")["step"] == 10 and (tmp_path / "model.npz").exists()
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+@requires_mnist
+def test_output_to_a_reader_that_stops_early_drops_the_output_not_the_run(tmp_path):
+    """``python -m mnist.train 2>&1 | head``: once the pipe is closed the output goes nowhere, and the run
+    trains on to its end (Python would raise BrokenPipeError at the next print, and end the run there)."""
+    argv = ["--limit", "40", "--no-plots", "--out", str(tmp_path)]                  # (the progress bar too)
+    unbuffered = {**os.environ, "PYTHONUNBUFFERED": "1"}                           # (each print written at once)
+    proc = subprocess.Popen([sys.executable, "-m", "mnist.train", *argv], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=unbuffered)
+    proc.stdout.close()                              # before it prints anything: its first write fails
+    assert proc.wait(timeout=300) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 10
+    assert (tmp_path / "model.npz").exists()
 
 
 @requires_mnist
@@ -960,11 +987,15 @@ def test_write_atomic_in_a_folder_that_cannot_be_written_names_the_file(tmp_path
 
 
 def test_write_atomic_where_the_folder_cannot_be_made_names_the_folder(tmp_path):
+    """The message alone (what mnist.train prints after "error: "), without the "[Errno 20] " of
+    OSError(errno, message); the kind of error and its errno kept."""
     from mnist import files
     (tmp_path / "file").write_text("not a folder")
-    with pytest.raises(OSError, match=rf"cannot make the folder {re.escape(str(tmp_path / 'file' / 'run'))} "
-                                      r"for config.json"):
+    with pytest.raises(NotADirectoryError) as error:
         files.write_atomic(str(tmp_path / "file" / "run" / "config.json"), lambda f: f.write(b"{}"))
+    assert str(error.value) == (f"cannot make the folder {tmp_path / 'file' / 'run'} for config.json: "
+                                "Not a directory")
+    assert error.value.errno == errno.ENOTDIR
 
 
 def test_write_atomic_passes_newline_through(tmp_path):
@@ -1018,6 +1049,27 @@ def test_csv_log_resumed_from_step_10_keeps_its_whole_rows_up_to_it(tmp_path, ta
     assert read_log(path) == [LOG_HEADER, *kept, ["15", "1", "2", "0.3", "0.03", "0.9", "1.5"]]
 
 
+@pytest.mark.parametrize("header, says", [
+    ("step,epoch,loss,acc,lr,momentum,grad_norm", "(it lacks accuracy; it has acc, which this run does not write)"),
+    ("step,epoch,loss,accuracy,lr,momentum", "(it lacks grad_norm)"),
+    ("epoch,step,loss,accuracy,lr,momentum,grad_norm", "(the same columns in another order)"),
+], ids=["renamed", "one-fewer", "reordered"])
+def test_csv_log_resumed_refuses_a_header_that_is_not_its_columns_and_leaves_the_file(tmp_path, header, says):
+    """The new rows would go under other names (or another number of them): refused before the file is rewritten."""
+    path = tmp_path / "log.csv"
+    path.write_text(header + "\r\n5,1,2.5,0.1,0.01,0.9,1\r\n12,1,9.99,0.5,0.1,0.9,1\r\n", newline="")
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=re.escape(f"{path}: its header is not the 7 columns mnist.train writes "
+                                                   f"{says}") + r".*move it aside \(the run's log.csv then starts "
+                                                                 r"after step 10\)"):
+        train_mod.CsvLog(str(path), resume_step=10)
+    assert path.read_bytes() == before
+    other = tmp_path / "other" / "log.csv"                       # resumed into another --out: nothing made
+    with pytest.raises(ValueError, match="its header is not"):
+        train_mod.CsvLog(str(other), resume_step=10, resumed_log=str(path))
+    assert not other.parent.exists()
+
+
 def test_csv_log_of_layers_csv_resumed_drops_its_rows_past_the_step_and_a_cut_last_row(tmp_path):
     """layers.csv is cut back as log.csv is (CsvLog with its own columns); a new one gets its header."""
     columns = ["step", "epoch", "block1_grad_norm", "block1_weight_norm", "block1_update_ratio"]
@@ -1032,6 +1084,25 @@ def test_csv_log_of_layers_csv_resumed_drops_its_rows_past_the_step_and_a_cut_la
     fresh = train_mod.CsvLog(str(tmp_path / "new.csv"), resume_step=10, columns=columns)   # no such file yet
     fresh.close()
     assert read_log(tmp_path / "new.csv") == [columns]
+
+
+def test_stop_at_step_boundary_leaves_a_signal_the_process_ignores_ignored():
+    """SIGINT ignored (``trap '' INT``) stays ignored inside, and after; SIGTERM still stops the run."""
+    def before(signum, frame):
+        raise AssertionError("the handler from before ran")
+    old = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+           signal.SIGTERM: signal.signal(signal.SIGTERM, before)}
+    try:
+        with train_mod.StopAtStepBoundary() as stop:
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            signal.raise_signal(signal.SIGINT)
+            assert stop.requested is None
+            signal.raise_signal(signal.SIGTERM)
+            assert stop.requested == signal.SIGTERM
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN and signal.getsignal(signal.SIGTERM) is before
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def test_stop_at_step_boundary_takes_sigint_and_sigterm_and_puts_both_handlers_back():
