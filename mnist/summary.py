@@ -72,7 +72,9 @@ def _window(module, in_hw):
     if isinstance(module, nn.AdaptiveAvgPool2d):
         # output i averages rows floor(i H / out) to ceil((i + 1) H / out) - 1, as PyTorch's: the widest
         # such window, starting every floor(H / out) rows (exact when out divides H)
-        out_hw = _as_pair(module.output_size)
+        out_hw = module._output_size(*in_hw)          # (None in output_size: that side's input size)
+        if 0 in out_hw:
+            return None                                # an empty output: no window to speak of
         return (tuple(max(((i + 1) * h + o - 1) // o - i * h // o for i in range(o)) for h, o in zip(in_hw, out_hw)),
                 tuple(max(h // o, 1) for h, o in zip(in_hw, out_hw)))
     if isinstance(module, nn.Flatten) and in_hw is not None:

@@ -87,6 +87,13 @@ def test_adaptive_pooling_receptive_field_is_its_widest_window(size, out):
     assert rf == max(widths)
 
 
+@pytest.mark.parametrize("out, shape, rf, jump", [((None, 3), (1, 7, 3), (1, 3), (1, 2)),   # None keeps H: no mixing of rows
+                                                ((0, 2), (1, 0, 2), 1, 1)])         # an empty output: no window
+def test_adaptive_pooling_with_none_or_zero_sizes_as_pytorch_takes_them(out, shape, rf, jump):
+    rows = summarize(nn.Sequential(nn.AdaptiveAvgPool2d(out)), input_shape=(1, 7, 7))
+    assert (rows[1]["output_shape"], rows[1]["receptive_field"], rows[1]["jump"]) == (shape, rf, jump)
+
+
 def test_summarize_leaves_the_model_as_it_was():
     model = build_model().train()
     before = {k: v.copy() for k, v in model.state_dict().items()}
