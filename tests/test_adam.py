@@ -104,7 +104,6 @@ def test_adam_and_adamw_defaults_and_group_keys_are_pytorchs():
     (dict(betas=(0.9, 1.5)), ValueError, "beta parameter at index 1: 1.5"),
     (dict(betas=(0, 0.999)), ValueError, r"betas must be two floats .* got \(0, 0.999\)"),
     (dict(betas=0.9), TypeError, "betas must be a pair of floats"),
-    (dict(maximize=True), NotImplementedError, "maximize=True is not implemented"),
     (dict(capturable=True), NotImplementedError, "capturable"),
     (dict(differentiable=True), NotImplementedError, "differentiable"),
     (dict(foreach=True, fused=True), RuntimeError, "`fused` and `foreach` cannot be `True` together"),
@@ -113,7 +112,7 @@ def test_adam_and_adamw_defaults_and_group_keys_are_pytorchs():
 def test_adam_rejects_bad_arguments_with_torchs_error_types(cls, kwargs, error, message):
     with pytest.raises(error, match=message):
         getattr(optim, cls)([param([1.0])], **kwargs)
-    if error is not NotImplementedError:                 # (PyTorch implements those three)
+    if error is not NotImplementedError:                 # (PyTorch implements those two)
         torch = pytest.importorskip("torch")
         with pytest.raises(error):
             getattr(torch.optim, cls)([torch.zeros(1, requires_grad=True)], **kwargs)
@@ -122,10 +121,10 @@ def test_adam_rejects_bad_arguments_with_torchs_error_types(cls, kwargs, error, 
 def test_adam_refuses_a_bad_hyperparameter_set_in_a_group_after_construction():
     p = param([1.0], grad=[1.0])
     opt = Adam([p], lr=0.1)
-    opt.param_groups[0]["maximize"] = True
-    with pytest.raises(NotImplementedError, match="maximize"):
+    opt.param_groups[0]["capturable"] = True
+    with pytest.raises(NotImplementedError, match="capturable"):
         opt.step()
-    opt.param_groups[0].update(maximize=False, betas=(0.9, 1.0))
+    opt.param_groups[0].update(capturable=False, betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="index 1"):
         opt.step()
     assert p.data[0] == 1.0
@@ -231,6 +230,47 @@ def test_adam_float32_matches_torch_to_float32_rounding():
     ours, theirs, opt, t_opt = adam_runs("AdamW", dict(amsgrad=True), dtype=np.float32)
     assert all(p.data.dtype == np.float32 for p in ours)
     assert_matches_torch(ours, theirs, opt, t_opt, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls, config", [
+    ("Adam", dict()), ("Adam", dict(weight_decay=0.1, amsgrad=True)),
+    ("AdamW", dict()), ("AdamW", dict(weight_decay=0.2, amsgrad=True)),
+], ids=["Adam", "Adam-l2-amsgrad", "AdamW", "AdamW-amsgrad"])
+def test_adam_maximize_matches_torch(cls, config):
+    """maximize=True: torch.optim.Adam's g = -grad at the start of the step (before the weight decay
+    is added), then the same update, for 25 steps; the state_dict's groups say maximize=True as PyTorch's."""
+    ours, theirs, opt, t_opt = adam_runs(cls, dict(config, maximize=True), steps=25)
+    assert_matches_torch(ours, theirs, opt, t_opt)
+    minimising, _, _, _ = adam_runs(cls, config, steps=25)
+    assert not np.allclose(ours[0].data, minimising[0].data)
+    assert opt.state_dict()["param_groups"] == t_opt.state_dict()["param_groups"]
+
+
+@pytest.mark.parametrize("cls", ["Adam", "AdamW"])
+def test_adam_maximize_round_trips_through_a_flat_checkpoint_and_into_torch(cls):
+    """The flag is a group key: saved, loaded into an optimiser built without it, and loaded into
+    PyTorch's, each run on as the one that saved it."""
+    torch = pytest.importorskip("torch")
+    p = param([1.0, -2.0], grad=[0.5, 0.25])
+    opt = getattr(optim, cls)([p], lr=0.1, maximize=True)
+    opt.step()
+    assert (p.data > [1.0, -2.0]).all()                          # up the gradient
+    saved = unflatten_state_dict(flatten_state_dict(opt.state_dict()))
+    assert saved["param_groups"][0]["maximize"] is True
+    q = param(p.data.copy())
+    resumed = getattr(optim, cls)([q], lr=0.5)
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["maximize"] is True
+    tq = torch.tensor(p.data.copy(), requires_grad=True)
+    t_opt = getattr(torch.optim, cls)([tq], lr=0.5)
+    t_opt.load_state_dict({"state": {0: {k: torch.tensor(v) for k, v in saved["state"][0].items()}},
+                           "param_groups": saved["param_groups"]})
+    assert t_opt.param_groups[0]["maximize"] is True
+    for grad in ([1.0, -1.0], [0.5, 2.0]):
+        p.grad, q.grad, tq.grad = np.array(grad), np.array(grad), torch.tensor(grad, dtype=torch.float64)
+        opt.step(), resumed.step(), t_opt.step()
+    np.testing.assert_array_equal(q.data, p.data)
+    assert_close(p.data, tq.detach().numpy(), 1e-12)
 
 
 @pytest.mark.parametrize("cls, config", [("Adam", dict(weight_decay=0.05, amsgrad=True)), ("AdamW", dict())])

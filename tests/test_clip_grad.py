@@ -1,4 +1,4 @@
-"""clip_grad_norm_: known norms by hand, then parity with torch.nn.utils.clip_grad_norm_."""
+"""clip_grad_norm_ (known norms by hand, then parity with torch) and clip_grad_value_ (against torch)."""
 import math
 
 import numpy as np
@@ -166,3 +166,66 @@ def test_one_parameter_matches_torch(norm_type, dtype):
     rtol = 1e-6 if dtype == np.float32 else 1e-12
     assert total.dtype == dtype and float(total) == pytest.approx(t_total.item(), rel=rtol)
     np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), rtol=rtol, atol=rtol * 1e-2)
+
+
+# --- clip_grad_value_ ---------------------------------------------------------------------------
+# Gradients with what a clamp must get right: both sides, NaN, infinities, signed zeros, subnormals.
+SPECIAL = [0.5, -2.0, 3.0, np.nan, -np.nan, np.inf, -np.inf, -0.0, 0.0, 1.0, -1.0, 1e-40, -1e-45, 0.1, -0.1]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("clip_value", [1.0, 0.1, 2, 0.0, -0.0, -1.0, math.inf, math.nan, 1e-40])
+def test_clip_grad_value_matches_torch_bit_for_bit(clip_value, dtype):
+    """Each gradient clamped in place to [-clip_value, clip_value] (the bound rounded to its dtype), as
+    torch.nn.utils.clip_grad_value_: NaN gradients stay NaN, a NaN bound makes every value NaN, a
+    negative one (min > max) makes every value clip_value, ties keep their sign (-0.0 for clip_value 0)."""
+    from nanotorch.nn.utils import clip_grad_value_
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    grads = [np.array(SPECIAL, dtype=dtype), (3 * rng.standard_normal((4, 5))).astype(dtype)]
+    ours = [with_grad(g, dtype) for g in grads]
+    views = [p.grad for p in ours]
+    theirs = [torch.zeros(g.shape, dtype=torch.from_numpy(g).dtype, requires_grad=True) for g in grads]
+    for tp, g in zip(theirs, grads):
+        tp.grad = torch.from_numpy(g.copy())
+    assert clip_grad_value_(ours, clip_value) is None
+    torch.nn.utils.clip_grad_value_(theirs, clip_value)
+    bits = np.uint32 if dtype == np.float32 else np.uint64
+    for p, view, tp in zip(ours, views, theirs):
+        assert p.grad is view and p.grad.dtype == dtype                 # in place
+        np.testing.assert_array_equal(p.grad.view(bits), tp.grad.numpy().view(bits))
+
+
+def test_clip_grad_value_skips_missing_grads_and_takes_one_parameter_or_an_iterator():
+    from nanotorch.nn.utils import clip_grad_value_
+    p, frozen = with_grad([3.0, -0.5]), Parameter(np.array([7.0]))
+    clip_grad_value_(iter([frozen, p]), 1, foreach=True)
+    np.testing.assert_array_equal(p.grad, [1.0, -0.5])
+    assert frozen.grad is None
+    q = with_grad([-3.0, 0.25], np.float32)
+    clip_grad_value_(q, 0.5, foreach=False)
+    np.testing.assert_array_equal(q.grad, np.array([-0.5, 0.25], np.float32))
+
+
+def test_clip_grad_value_errors_are_torchs():
+    """No gradient at all is PyTorch's RuntimeError (its foreach grouping of an empty list), with a
+    message that says so; a bound beyond float32 for float32 gradients is PyTorch's RuntimeError
+    (nothing clipped); a bound that is no number, float()'s TypeError."""
+    from nanotorch.nn.utils import clip_grad_value_
+    torch = pytest.importorskip("torch")
+    for params, t_params in (([], []), ([Parameter(np.zeros(2))], [torch.nn.Parameter(torch.zeros(2))])):
+        with pytest.raises(RuntimeError):
+            torch.nn.utils.clip_grad_value_(t_params, 1.0)
+        with pytest.raises(RuntimeError, match="no gradient"):
+            clip_grad_value_(params, 1.0)
+    p = with_grad([1e30, -2.0], np.float32)
+    tp = torch.nn.Parameter(torch.zeros(2))
+    tp.grad = torch.tensor([1e30, -2.0])
+    with pytest.raises(RuntimeError):
+        torch.nn.utils.clip_grad_value_([tp], 1e300)
+    with pytest.raises(RuntimeError, match="1e.300.*float32"):
+        clip_grad_value_([with_grad([0.5]), p], 1e300)      # (the float64 gradient is clipped by nothing either)
+    np.testing.assert_array_equal(p.grad, np.array([1e30, -2.0], np.float32))
+    with pytest.raises(TypeError):
+        clip_grad_value_([p], None)
+    assert nanotorch.nn.utils.clip_grad_value_ is clip_grad_value_

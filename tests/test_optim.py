@@ -1,4 +1,5 @@
 """SGD, OneCycleLR and optimiser checkpoints: closed-form expectations, then parity with PyTorch."""
+import contextlib
 import math
 
 import numpy as np
@@ -212,18 +213,47 @@ def test_sgd_given_the_method_or_the_model_says_to_call_parameters():
 
 
 def test_sgd_refuses_a_saved_state_it_would_not_follow():
-    """A torch.optim.SGD state_dict carries maximize (and foreach, fused...): a maximize=True state
-    loaded here would have been followed by steps the wrong way; it is refused, and the optimiser
-    is left as it was."""
+    """A torch.optim.SGD state_dict carries differentiable (and foreach, fused...): a differentiable=True
+    state is refused (nanotorch has no autograd to differentiate the step), and the optimiser is left
+    as it was."""
     opt = SGD([param([1.0])], lr=0.1, momentum=0.9)
     saved = opt.state_dict()
-    saved["param_groups"][0].update(maximize=True, foreach=None, lr=0.5)
-    with pytest.raises(NotImplementedError, match="maximize"):
+    saved["param_groups"][0].update(differentiable=True, foreach=None, lr=0.5)
+    with pytest.raises(NotImplementedError, match="differentiable"):
         opt.load_state_dict(saved)
     assert opt.param_groups[0]["lr"] == 0.1
-    saved["param_groups"][0].update(maximize=False)
+    saved["param_groups"][0].update(differentiable=False)
     opt.load_state_dict(saved)                    # PyTorch's defaults are fine
     assert opt.param_groups[0]["lr"] == 0.5
+
+
+def test_sgd_maximize_steps_up_the_gradient_and_round_trips_through_a_flat_checkpoint():
+    """maximize=True negates the gradient at the start of the step (g = -grad, as torch.optim.SGD);
+    the flag is a group key, saved and loaded with the state (into an optimiser built without it),
+    and one set in a group after construction is followed."""
+    p = param([1.0, 2.0], grad=[0.5, -1.0])
+    opt = SGD([p], lr=0.1, momentum=0.9, maximize=True)
+    opt.step()
+    np.testing.assert_array_equal(p.data, [1.0 + 0.1 * 0.5, 2.0 - 0.1 * 1.0])
+    np.testing.assert_array_equal(opt.state[p]["momentum_buffer"], [-0.5, 1.0])     # the buffer of -grad
+    saved = unflatten_state_dict(flatten_state_dict(opt.state_dict()))
+    assert saved["param_groups"][0]["maximize"] is True
+
+    q = param(p.data.copy())
+    resumed = SGD([q], lr=0.5, momentum=0.9)                 # maximize=False: the state brings it
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["maximize"] is True
+    for grad in ([0.25, 1.0], [-2.0, 0.5]):
+        p.grad, q.grad = np.array(grad), np.array(grad)
+        opt.step()
+        resumed.step()
+    np.testing.assert_array_equal(q.data, p.data)
+
+    r = param([1.0], grad=[1.0])
+    plain = SGD([r], lr=0.1)
+    plain.param_groups[0]["maximize"] = True
+    plain.step()
+    assert r.data[0] == 1.1
 
 
 # --- OneCycleLR: closed form ------------------------------------------------------------------
@@ -484,6 +514,65 @@ def test_one_cycle_step_with_an_epoch_warns_and_goes_to_that_step():
     assert dict(sched.state_dict(), _last_lr=sched.get_last_lr()) == before
 
 
+# (kwargs, the step at which PyTorch divides by zero (0: in the constructor), the phase named, the fix named)
+EMPTY_PHASES = [
+    (dict(total_steps=10, pct_start=0.1), 0, "warm-up", "raise pct_start or total_steps"),
+    (dict(total_steps=1, pct_start=1.0), 0, "warm-up", "raise pct_start or total_steps"),
+    (dict(total_steps=2, pct_start=0.5, three_phase=True), 0, "warm-up", "raise pct_start or total_steps"),
+    (dict(total_steps=10, pct_start=1.0), 10, "annealing", "lower pct_start"),
+    (dict(total_steps=9, pct_start=5 / 9, three_phase=True), 9, "annealing", "lower pct_start"),
+]
+
+
+@pytest.mark.parametrize("kwargs, at, phase, fix", EMPTY_PHASES)
+def test_one_cycle_with_an_empty_phase_raises_torchs_zero_division_error_where_torch_does(kwargs, at, phase, fix):
+    """A phase that ends where it starts (pct_start * total_steps == 1 for the warm-up; pct_start 1.0,
+    or three-phase 2 * pct_start * total_steps - 2 == total_steps - 1, for the last) has a pct of
+    0 / 0: PyTorch raises a bare ZeroDivisionError at the step that falls in it; so does nanotorch,
+    with the same type (code catching PyTorch's still works), at the same step, saying which phase
+    is empty and what to change. The schedule is left at the step before."""
+    torch = pytest.importorskip("torch")
+    t_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.001, momentum=0.9)
+    opt = SGD([param([0.0])], lr=0.001, momentum=0.9)
+    with pytest.raises(ZeroDivisionError) if at == 0 else contextlib.nullcontext():
+        t_sched = torch.optim.lr_scheduler.OneCycleLR(t_opt, max_lr=0.1, **kwargs)
+    with pytest.raises(ZeroDivisionError, match=rf"{phase} phase.*is empty.*{fix}") if at == 0 else \
+            contextlib.nullcontext():
+        sched = OneCycleLR(opt, max_lr=0.1, **kwargs)
+    if at == 0:
+        return
+    for _ in range(at - 1):
+        opt.step(), t_opt.step()
+        sched.step(), t_sched.step()
+        assert sched.get_last_lr() == t_sched.get_last_lr()
+    opt.step(), t_opt.step()
+    with pytest.raises(ZeroDivisionError):
+        t_sched.step()
+    with pytest.raises(ZeroDivisionError, match=rf"step {at} .*{phase} phase.*is empty.*{fix}"):
+        sched.step()
+    assert sched.last_epoch == at - 1 and sched.get_last_lr() == [opt.param_groups[0]["lr"]]
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(total_steps=10, pct_start=0.0), dict(total_steps=10, pct_start=0.05), dict(total_steps=1, pct_start=0.3),
+    dict(total_steps=10, pct_start=0.05, three_phase=True), dict(total_steps=10, pct_start=0.6, three_phase=True),
+    dict(total_steps=10, pct_start=0.19), dict(total_steps=10, pct_start=0.99),
+])
+def test_one_cycle_phases_shorter_than_a_step_but_not_empty_run_as_torchs(kwargs):
+    """No division by zero where PyTorch has none: a warm-up ending before step 0 (pct_start * total_steps
+    < 1), a phase shorter than a step, a last phase reached only at step total_steps."""
+    torch = pytest.importorskip("torch")
+    opt = SGD([param([0.0])], lr=0.001, momentum=0.9)
+    t_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.001, momentum=0.9)
+    sched = OneCycleLR(opt, max_lr=0.1, **kwargs)
+    t_sched = torch.optim.lr_scheduler.OneCycleLR(t_opt, max_lr=0.1, **kwargs)
+    for _ in range(kwargs["total_steps"]):
+        opt.step(), t_opt.step()
+        sched.step(), t_sched.step()
+        assert sched.get_last_lr() == t_sched.get_last_lr()
+        assert opt.param_groups[0]["momentum"] == t_opt.param_groups[0]["momentum"]
+
+
 # --- parity with PyTorch ----------------------------------------------------------------------
 def test_seed_recipe_lr_and_momentum_match_torch_for_all_15000_steps():
     torch = pytest.importorskip("torch")
@@ -590,6 +679,23 @@ def test_sgd_trajectories_match_torch_bit_for_bit(name, dtype):
         assert_torchs_bits(p.data, tp.detach().numpy())
         if "momentum" in SGD_CONFIGS[name]:
             assert_torchs_bits(opt.state[p]["momentum_buffer"], t_opt.state[tp]["momentum_buffer"].numpy())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", ["plain", "momentum", "nesterov", "weight_decay", "dampening", "combination",
+                                  "combination_damped"])
+def test_sgd_maximize_matches_torch(name, dtype):
+    """maximize=True: torch.optim.SGD's g = -grad at the start of the step, then the same update; the
+    negation is exact, so the bits are still PyTorch's (and the run is not the minimising one)."""
+    config = dict(SGD_CONFIGS[name], maximize=True)
+    ours, theirs, opt, t_opt = sgd_trajectories(config, dtype, steps=25)
+    minimising, _, _, _ = sgd_trajectories(SGD_CONFIGS[name], dtype, steps=25)
+    for p, tp, q in zip(ours, theirs, minimising):
+        assert_torchs_bits(p.data, tp.detach().numpy())
+        assert not np.allclose(p.data, q.data)
+        if "momentum" in config:
+            assert_torchs_bits(opt.state[p]["momentum_buffer"], t_opt.state[tp]["momentum_buffer"].numpy())
+    assert opt.state_dict()["param_groups"] == t_opt.state_dict()["param_groups"]      # maximize: True in both
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

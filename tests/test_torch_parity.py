@@ -824,12 +824,12 @@ def test_cross_entropy_arguments_set_after_construction_are_checked_when_used():
     np.testing.assert_allclose(ours.backward(), (np.full((3, 4), 0.25) - np.eye(4)[targets]) / 3, rtol=1e-6)
 
 
-def test_sgd_refuses_maximize_set_in_a_group_since():
+def test_sgd_refuses_differentiable_set_in_a_group_since():
     p = nt_nn.Parameter(np.ones(2))
     opt = nanotorch.optim.SGD([p], lr=0.1)
-    opt.param_groups[0]["maximize"] = True
+    opt.param_groups[0]["differentiable"] = True
     p.grad = np.ones(2)
-    with pytest.raises(NotImplementedError, match="maximize=True is not implemented"):
+    with pytest.raises(NotImplementedError, match="differentiable=True is not implemented"):
         opt.step()
     assert (p.data == 1).all()
 

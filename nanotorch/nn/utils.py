@@ -1,4 +1,5 @@
-"""Parameter utilities: ``clip_grad_norm_`` (as torch.nn.utils) and ``flatten_parameters``."""
+"""Parameter utilities: ``clip_grad_norm_``, ``clip_grad_value_``, ``parameters_to_vector`` and
+``vector_to_parameters`` (as torch.nn.utils), and ``flatten_parameters``."""
 import math
 
 import numpy as np
@@ -97,6 +98,104 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     for g in grads:
         g *= clip_coef_clamped
     return total_norm
+
+
+def clip_grad_value_(parameters, clip_value, foreach=None):
+    r"""Clamp every gradient in place to [-clip_value, clip_value], as torch.nn.utils.clip_grad_value_.
+
+        g_i <- clamp_max(clamp_min(g_i, -clip_value), clip_value)      elementwise, for every gradient
+
+    with the bound rounded to the gradient's dtype, as PyTorch rounds it; a value at the bound keeps its
+    sign (clip_value 0 leaves -0.0 for negative values, as PyTorch), NaN stays NaN, a NaN clip_value
+    makes every value NaN and a negative one makes every value clip_value (the lower bound is then
+    above the upper one; PyTorch's too).
+
+    Args:
+        parameters: a Parameter or an iterable of Parameters; those with ``grad`` None are skipped.
+        clip_value: the largest |g| kept, a number (``float(clip_value)``, as PyTorch takes it).
+        foreach: chooses among PyTorch's implementations of this same computation; nanotorch
+            has one, so any value gives the numbers above.
+
+    Returns:
+        None. As PyTorch, RuntimeError when no parameter has a gradient (PyTorch's foreach grouping
+        refuses the empty list), and when clip_value is finite but beyond the largest float32 for
+        float32 gradients (PyTorch's "cannot be converted to type float without overflow"); nothing
+        is clipped then.
+    """
+    if hasattr(parameters, "data") and hasattr(parameters, "grad"):
+        parameters = [parameters]
+    clip_value = float(clip_value)
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        raise RuntimeError("clip_grad_value_: no gradient to clip: no parameters were given, or none has a "
+                           "gradient (call loss.backward() first); PyTorch raises a RuntimeError here too")
+    for g in grads:
+        largest = float(np.finfo(g.dtype).max)      # (a Python float: against a float32, clip_value would round)
+        if math.isfinite(clip_value) and abs(clip_value) > largest:
+            raise RuntimeError(f"clip_grad_value_: clip_value={clip_value} cannot be converted to the gradients' "
+                               f"dtype {g.dtype} without overflow (PyTorch's error too): give a clip_value within "
+                               f"+-{largest:.8g}, or inf to clip nothing")
+    for g in grads:
+        t = g.dtype.type
+        if math.isnan(clip_value):
+            g[...] = t(clip_value)                  # (a NaN bound: NaN everywhere, as PyTorch's clamp)
+            continue
+        low, high = t(-clip_value), t(clip_value)
+        np.copyto(g, low, where=g < low)            # clamp_min_: NaN compares False and stays; a tie keeps its sign
+        np.copyto(g, high, where=g > high)          # clamp_max_, after it: with low > high, all end at high
+
+
+def _parameter_list(parameters, name):
+    """A Parameter or an iterable of Parameters -> a list of them, or a TypeError naming what came instead."""
+    if hasattr(parameters, "data") and hasattr(parameters, "grad"):
+        return [parameters]
+    params = list(parameters)
+    for i, p in enumerate(params):
+        if not (hasattr(p, "data") and hasattr(p, "grad")):
+            raise TypeError(f"{name}: expected Parameters, got a {type(p).__name__} at position {i}")
+    return params
+
+
+def parameters_to_vector(parameters):
+    """All parameters' values in one new 1-D array, in order, as torch.nn.utils.parameters_to_vector.
+
+    parameters: a Parameter or an iterable of Parameters (of any shapes) -> vec: (sum of their sizes,),
+    each parameter's values in C order, in the parameters' common dtype (float32 and float64 give
+    float64, as torch.cat promotes). A copy: changing vec changes no parameter.
+    """
+    params = _parameter_list(parameters, "parameters_to_vector")
+    if not params:
+        raise ValueError("parameters_to_vector: no parameters given (PyTorch's torch.cat(): expected a non-empty "
+                         "list of Tensors)")
+    return np.concatenate([p.data.ravel() for p in params])
+
+
+def vector_to_parameters(vec, parameters):
+    """Copy the slices of a 1-D array into the parameters, in order, as torch.nn.utils.vector_to_parameters.
+
+    vec: (sum of the parameters' sizes,) NumPy array; parameter i gets the next ``p.data.size`` values,
+    in C order, written into ``p.data`` in place and cast to its dtype: the arrays stay the parameters'
+    own (views made by ``flatten_parameters`` stay views) and vec is not kept. PyTorch points each
+    parameter's ``data`` at its slice of vec instead; the values are the same.
+
+    A vec that is not a NumPy array is PyTorch's TypeError. A vec that is not 1-D, or whose length
+    is not the parameters' total size, is a ValueError, and no parameter is changed (PyTorch raises
+    only for a short vector, and ignores the rest of a long one).
+    """
+    if not isinstance(vec, np.ndarray):
+        raise TypeError(f"vector_to_parameters: expected vec to be a NumPy array, but got: {type(vec).__name__}")
+    params = _parameter_list(parameters, "vector_to_parameters")
+    if vec.ndim != 1:
+        raise ValueError(f"vector_to_parameters: vec must be 1-D (one value per parameter entry), got shape "
+                         f"{vec.shape}: flatten it with vec.ravel() if that is the order meant")
+    total = sum(p.data.size for p in params)
+    if vec.size != total:
+        raise ValueError(f"vector_to_parameters: vec has {vec.size} values, but the {len(params)} parameters have "
+                         f"{total} (their sizes: {[p.data.size for p in params]})")
+    start = 0
+    for p in params:
+        p.data[...] = vec[start:start + p.data.size].reshape(p.data.shape)
+        start += p.data.size
 
 
 def flatten_parameters(parameters):

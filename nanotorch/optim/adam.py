@@ -8,7 +8,8 @@ from nanotorch.optim.optimizer import Optimizer
 def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay,
                 decoupled_weight_decay):
     r"""One Adam step in place on arrays of one shape and dtype, PyTorch's operations in its order
-    (torch.optim.adam._single_tensor_adam, the CPU path), for step t = ``step`` (already counted, >= 1):
+    (torch.optim.adam._single_tensor_adam, the CPU path), for step t = ``step`` (already counted, >= 1),
+    with g the gradient (its negation with maximize, which the caller passes):
 
         p   = p * (1 - lr * weight_decay)                 (decoupled, AdamW; if weight_decay != 0)
         g   = g + weight_decay * p                        (coupled, Adam's L2; if weight_decay != 0)
@@ -64,7 +65,9 @@ class Adam(Optimizer):
             decoupled_weight_decay=True shrinks p by (1 - lr * weight_decay) (AdamW). Default: 0.
         amsgrad: divide by the running maximum of the second moment (Reddi et al., 2018). Default: False.
         decoupled_weight_decay: AdamW's weight decay (Loshchilov & Hutter, 2019). Default: False.
-        maximize, capturable, differentiable: PyTorch's; only their default, False, is implemented.
+        maximize: step up the gradient (maximise the objective): g = -grad before everything in
+            ``adam_update``, as PyTorch. Default: False.
+        capturable, differentiable: PyTorch's; only their default, False, is implemented.
         foreach, fused: choose among PyTorch's implementations of this same update; nanotorch has
             one (NumPy), so any value gives the numbers above (both True is refused, as PyTorch refuses it).
 
@@ -105,7 +108,7 @@ class Adam(Optimizer):
             if not 0.0 <= beta < 1.0 and not (scheduled and i == 0):    # (beta1: OneCycleLR's momentum, which
                 # its linear anneal takes past max_momentum at its last step: see _check_hyperparameters)
                 raise ValueError(f"{name}: invalid beta parameter at index {i}: {beta} (expected a value in [0, 1))")
-        self._check_hyperparameters(group, unimplemented=("maximize", "capturable", "differentiable"))
+        self._check_hyperparameters(group, unimplemented=("capturable", "differentiable"))
 
     def load_state_dict(self, state_dict):
         """As ``Optimizer.load_state_dict``; a group saved without one of PyTorch's later keys (amsgrad,
@@ -151,6 +154,8 @@ class Adam(Optimizer):
                 if grad.shape != p.data.shape:
                     raise ValueError(f"{type(self).__name__}: a gradient of shape {grad.shape} for a parameter "
                                      f"of shape {p.data.shape}")
+                if group["maximize"]:
+                    grad = -grad                # PyTorch's g = -grad at the start of the step (p.grad is kept)
                 adam_update(p.data, grad, state["exp_avg"], state["exp_avg_sq"],
                             state["max_exp_avg_sq"] if group["amsgrad"] else None, state["step"], group["lr"],
                             beta1, beta2, group["eps"], group["weight_decay"], group["decoupled_weight_decay"])

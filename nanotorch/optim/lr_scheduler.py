@@ -134,6 +134,12 @@ class OneCycleLR(LRScheduler):
     evaluated in this order, so the floats equal PyTorch's bit for bit. ``step()`` may be
     called ``total_steps`` times; one more raises ValueError.
 
+    A phase that ends where it starts has no pct (0 / 0): the warm-up when pct_start * total_steps
+    is 1 (at the constructor's step 0), the last phase when pct_start is 1.0 (at step total_steps),
+    or in three phases when 2 * pct_start * total_steps - 2 == total_steps - 1. PyTorch raises a
+    bare ZeroDivisionError at the step that falls in it; so does this, with a message naming the
+    empty phase and the fix, and, as for the ValueError, before the schedule moves.
+
     Args:
         optimizer: the wrapped optimiser.
         max_lr: peak learning rate, a float or one per parameter group.
@@ -241,36 +247,63 @@ class OneCycleLR(LRScheduler):
             return end + (start - end) / 2.0 * cos_out
         return (end - start) * pct + start
 
+    def _phase_at(self, step_num):
+        """The phase step ``step_num`` falls in and how far through it the step is: (phase, pct).
+
+        The first phase whose end_step the step does not pass; the last phase also takes step
+        total_steps (pct slightly > 1), as PyTorch allows. An empty phase (end_step == its start)
+        raises ZeroDivisionError, PyTorch's type, saying which phase and what to change."""
+        phases = self._schedule_phases
+        start_step = 0.0
+        for i, phase in enumerate(phases):
+            if step_num <= phase["end_step"] or i == len(phases) - 1:
+                break
+            start_step = phase["end_step"]
+        if phase["end_step"] == start_step:
+            raise self._empty_phase_error(step_num, i, start_step)
+        return phase, (step_num - start_step) / (phase["end_step"] - start_step)
+
+    def _empty_phase_error(self, step_num, i, start_step):
+        """The ZeroDivisionError for step ``step_num`` in phase ``i``, which starts and ends at ``start_step``."""
+        last = len(self._schedule_phases) - 1
+        names = (["warm-up phase (initial_lr -> max_lr)", "annealing phase (max_lr -> min_lr)"] if last == 1 else
+                 ["warm-up phase (initial_lr -> max_lr)", "second phase (max_lr -> initial_lr)",
+                  "annealing phase (initial_lr -> min_lr)"])
+        ends = ["float(pct_start * total_steps) - 1", "float(2 * pct_start * total_steps) - 2"][:last]
+        ends.append("total_steps - 1")
+        starts = "at step 0" if i == 0 else f"where the phase before it ends, at step {ends[i - 1]} = {start_step},"
+        fix = ("raise pct_start or total_steps, so that pct_start * total_steps > 1" if i < last else
+               "lower pct_start, so that " + ("pct_start < 1.0" if last == 1 else
+                                              "2 * pct_start * total_steps - 2 < total_steps - 1"))
+        return ZeroDivisionError(
+            f"OneCycleLR: step {step_num} falls in the {names[i]}, which is empty: it starts {starts} and ends at "
+            f"step {ends[i]} = {self._schedule_phases[i]['end_step']} (total_steps={self.total_steps}), so the "
+            f"step's fraction of it is 0 / 0 (PyTorch raises a bare ZeroDivisionError here). To fix it, {fix}.")
+
     def get_lr(self):
         """The lrs for step ``last_epoch``; with cycle_momentum, also writes each group's momentum."""
         step_num = self.last_epoch
         if step_num > self.total_steps:
             raise ValueError(f"Tried to step {step_num} times. "
                              f"The specified number of total steps is {self.total_steps}")
+        phase, pct = self._phase_at(step_num)
         lrs = []
         for group in self.optimizer.param_groups:
-            start_step = 0.0
-            for i, phase in enumerate(self._schedule_phases):
-                end_step = phase["end_step"]
-                # The last phase also takes step total_steps (pct slightly > 1), as PyTorch allows.
-                if step_num <= end_step or i == len(self._schedule_phases) - 1:
-                    pct = (step_num - start_step) / (end_step - start_step)
-                    lr = self._anneal(group[phase["start_lr"]], group[phase["end_lr"]], pct)
-                    if self.cycle_momentum:
-                        self._set_momentum(group, self._anneal(group[phase["start_momentum"]],
-                                                               group[phase["end_momentum"]], pct))
-                    break
-                start_step = phase["end_step"]
-            lrs.append(lr)
+            lrs.append(self._anneal(group[phase["start_lr"]], group[phase["end_lr"]], pct))
+            if self.cycle_momentum:
+                self._set_momentum(group, self._anneal(group[phase["start_momentum"]],
+                                                       group[phase["end_momentum"]], pct))
         return lrs
 
     def _check_step(self, step):
         """A ValueError past ``total_steps``, as PyTorch's (which raises it after moving last_epoch there;
-        this leaves the state as it was); and for a step(epoch) before the cycle's first."""
+        this leaves the state as it was); and for a step(epoch) before the cycle's first. A step in an
+        empty phase: PyTorch's ZeroDivisionError, here too before anything moves (see ``_phase_at``)."""
         if step < 0:
             raise ValueError(f"OneCycleLR.step: epoch must be in [0, total_steps={self.total_steps}], got {step}")
         if step > self.total_steps:
             raise ValueError(f"Tried to step {step} times. The specified number of total steps is {self.total_steps}")
+        self._phase_at(step)
 
 
 def _check_positive_int(name, value):

@@ -9,7 +9,8 @@ from nanotorch.optim.optimizer import Optimizer
 class SGD(Optimizer):
     r"""PyTorch's SGD, step for step and bit for bit. For each parameter p with a gradient, at step t:
 
-        g   = grad + weight_decay * p                        (if weight_decay != 0)
+        g   = -grad   if maximize   else   grad
+        g   = g + weight_decay * p                           (if weight_decay != 0)
         buf = g                                              (if momentum != 0, first step)
         buf = momentum * buf + (1 - dampening) * g           (if momentum != 0, later steps)
         g   = g + momentum * buf   if nesterov   else   buf  (if momentum != 0)
@@ -31,7 +32,8 @@ class SGD(Optimizer):
         nesterov: Nesterov momentum; needs momentum > 0 and dampening == 0 (checked on these
             arguments, as PyTorch checks them: a group's own momentum may be 0, which runs plain SGD
             for it, as does OneCycleLR's base_momentum=0 at the peak). Default: False.
-        maximize, differentiable: PyTorch's; only their default, False, is implemented.
+        maximize: step up the gradient (maximise the objective): g = -grad, above. Default: False.
+        differentiable: PyTorch's; only its default, False, is implemented.
         foreach, fused: choose among PyTorch's implementations of this same update; nanotorch has
             one (a compiled loop), so any value gives the numbers above.
 
@@ -53,7 +55,7 @@ class SGD(Optimizer):
         self._check_hyperparameters(
             group, numeric=("lr", "momentum", "dampening", "weight_decay"),
             non_negative=(("lr", "learning rate"), ("momentum", "momentum factor"), ("weight_decay", "weight decay")),
-            unimplemented=("maximize", "differentiable"),                # (keys of a torch.optim.SGD state_dict)
+            unimplemented=("differentiable",),                           # (a key of a torch.optim.SGD state_dict)
             scheduled=scheduled)
 
     def step(self, closure=None):
@@ -63,10 +65,10 @@ class SGD(Optimizer):
         """
         loss = closure() if closure is not None else None
         for group in self.param_groups:
-            if group.get("maximize") or group.get("differentiable"):   # set in a group since: refused, not ignored
+            if group.get("differentiable"):      # set in a group since: refused, not ignored
                 self._check_group(group, scheduled=True)
             lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
-            weight_decay, nesterov = group["weight_decay"], group["nesterov"]
+            weight_decay, nesterov, maximize = group["weight_decay"], group["nesterov"], group.get("maximize", False)
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -83,6 +85,8 @@ class SGD(Optimizer):
                 # (always, for the flat parameters of nn.utils.flatten_parameters), else copies written back.
                 dtype = p.data.dtype
                 data, grad = np.ascontiguousarray(p.data, dtype), np.ascontiguousarray(p.grad, dtype)
+                if maximize:
+                    grad = -grad          # PyTorch's g = -grad, a new array (p.grad is kept); exact, so still its bits
                 buf_ = data if buf is None else np.ascontiguousarray(buf, dtype)   # without momentum, never read
                 sgd_update(data.reshape(-1), grad.reshape(-1), buf_.reshape(-1), *args)
                 if data is not p.data:
