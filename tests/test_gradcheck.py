@@ -53,7 +53,7 @@ def taken_paths(layer):
         elif isinstance(m, nn.MaxPool2d):
             paths.add("2x2" if m.saved_for_backward()[3] else "general")
         elif isinstance(m, nn.Linear):
-            x, = m.saved_for_backward()
+            x = m.saved_for_backward()[0]
             paths.add("small" if x.size * m.out_features < SMALL_LINEAR else "blas")
         elif isinstance(m, nn.AdaptiveAvgPool2d):
             paths.add("global" if m._output_hw() == (1, 1) else "windows")
@@ -116,6 +116,8 @@ CASES = {
     "dropout_own_generator": (lambda: nn.Dropout(0.4, generator=np.random.default_rng(7)), (3, 5, 7)),
     "linear": (lambda: nn.Linear(7, 5), (3, 7)),
     "linear_nobias_batch1": (lambda: nn.Linear(5, 3, bias=False), (1, 5)),
+    "linear_3d": (lambda: nn.Linear(5, 4), (2, 3, 5)),                     # (N, *, in_features)
+    "linear_4d_nobias": (lambda: nn.Linear(3, 2, bias=False), (2, 1, 3, 3)),
     "flatten": (lambda: nn.Flatten(), (2, 3, 5, 8)),
     "flatten_dims_1_2": (lambda: nn.Flatten(1, 2), (3, 2, 5, 7)),
     # (no bias before the BatchNorm: in training its gradient is 0 up to rounding, see the conv bias test)
@@ -142,7 +144,8 @@ PATHS = {
                                       "maxpool2x3_s3x2_p1_ceil")},
     "avgpool_global": {"global"},
     **{case: {"windows"} for case in ("avgpool_2x3_on_5x8", "avgpool_1x3_on_5x7", "avgpool_4x5_on_3x2")},
-    **{case: {"small"} for case in ("linear", "linear_nobias_batch1", "head", "mlp_sigmoid_tanh_leaky")},
+    **{case: {"small"} for case in ("linear", "linear_nobias_batch1", "linear_3d", "linear_4d_nobias", "head",
+                                    "mlp_sigmoid_tanh_leaky")},
     "conv_bn_gelu_pool": {"im2col", "2x2"},
 }
 
@@ -356,3 +359,43 @@ def test_a_forward_that_raises_leaves_input_and_parameters_as_they_were(check):
         check(layer, x)
     np.testing.assert_array_equal(x, x0)
     np.testing.assert_array_equal(layer.weight.data, w0)
+
+
+class LossOf(nn.Module):
+    """logits -> crit(logits, targets) as an array, for gradcheck: the targets held fixed."""
+
+    def __init__(self, crit, targets):
+        super().__init__()
+        self.crit, self.targets = crit, targets
+
+    def forward(self, logits):
+        return np.asarray(self.crit(logits, self.targets))
+
+    def backward(self, grad):
+        return self.crit.backward(grad)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("kind, dims, weighted, smoothing", [
+    pytest.param("index", (), True, 0.0, id="index-weight"),
+    pytest.param("index", (), False, 0.3, id="index-smoothing"),
+    pytest.param("index", (3,), True, 0.3, id="index-NCd-weight-smoothing"),
+    pytest.param("index", (2, 2), False, 0.0, id="index-NCdd"),
+    pytest.param("index", (), True, 1.0, id="index-weight-smoothing-1"),
+    pytest.param("probs", (), False, 0.0, id="probs"),
+    pytest.param("probs", (3,), True, 0.2, id="probs-NCd-weight-smoothing"),
+])
+def test_cross_entropy_options_gradcheck(kind, dims, weighted, smoothing, reduction, rng):
+    """d loss / d logits against central differences through nanotorch's gradcheck (a random upstream
+    gradient), every third class index ignored (ignore_index 1, a class, or the default -100)."""
+    n, c = 3, 4
+    logits = rng.standard_normal((n, c) + dims)
+    if kind == "index":
+        targets = rng.integers(0, c, (n,) + dims)
+        targets.reshape(-1)[::3] = 1 if weighted else -100
+    else:
+        targets = np.moveaxis(rng.dirichlet(np.ones(c), (n,) + dims), -1, 1)
+    crit = nn.CrossEntropyLoss(weight=rng.uniform(0.5, 2.0, c) if weighted else None, label_smoothing=smoothing,
+                               ignore_index=1 if weighted and kind == "index" else -100, reduction=reduction)
+    result = gradcheck(LossOf(crit, targets), logits)
+    assert result.max_error < TOL, str(result)

@@ -164,6 +164,9 @@ LAYER_CASES = [
     ("linear-nobias-b3", lambda nn: nn.Linear(5, 3, bias=False), (3, 5), MODES),
     ("linear-nobias-b1", lambda nn: nn.Linear(7, 2, bias=False), (1, 7), MODES),
     ("linear-1to1", lambda nn: nn.Linear(1, 1), (3, 1), MODES),
+    ("linear-3d", lambda nn: nn.Linear(5, 3), (2, 3, 5), MODES),           # (N, *, in): every leading axis
+    ("linear-4d-nobias", lambda nn: nn.Linear(4, 2, bias=False), (2, 1, 3, 4), MODES),
+    ("linear-3d-blas", lambda nn: nn.Linear(64, 40), (3, 9, 64), MODES),   # above SMALL_LINEAR: BLAS
     # BatchNorm1d on (N, C) and (N, C, L); BatchNorm2d
     ("bn1d-NC-b3", lambda nn: nn.BatchNorm1d(4), (3, 4), MODES),
     ("bn1d-NC-b2", lambda nn: nn.BatchNorm1d(4), (2, 4), MODES),
@@ -426,6 +429,179 @@ def test_cross_entropy_of_an_empty_batch_matches_torch(reduction):
     close(crit.backward(), zt.grad, "d loss / d logits")
 
 
+# --- CrossEntropyLoss's options: weight, label_smoothing, (N, C, d1, ...) logits, class probabilities ----------
+CE_TOL = dict(rtol=1e-12, atol=1e-12)
+
+
+def cross_entropy_case(rng, kind, dims, ignore, n=4, c=5):
+    """(logits, targets, ignore_index): logits (n, c, *dims); class indices with every third position
+    ignored (ignore 'default': set to -100; 'class': class 2 is ignore_index) or none ignored (None),
+    or class probabilities of the logits' shape (rows drawn from a Dirichlet)."""
+    logits = rng.standard_normal((n, c) + dims) * 2.0
+    if kind == "probs":
+        return logits, np.moveaxis(rng.dirichlet(np.ones(c), (n,) + dims), -1, 1), -100
+    targets = rng.integers(0, c, (n,) + dims)
+    if ignore is None:
+        return logits, targets, -100
+    ignore_index = -100 if ignore == "default" else 2
+    targets.reshape(-1)[::3] = ignore_index
+    return logits, targets, ignore_index
+
+
+def compare_cross_entropy(rng, logits, targets, grad_out=2.5, tol=CE_TOL, **kwargs):
+    """Loss and d loss / d logits against torch's (float64, a random upstream gradient for 'none')."""
+    weight = kwargs.pop("weight", None)
+    ours = nt_nn.CrossEntropyLoss(weight=weight, **kwargs)
+    theirs = torch.nn.CrossEntropyLoss(weight=None if weight is None else torch.from_numpy(weight.copy()), **kwargs)
+    loss = ours(logits, targets)
+    zt = torch.from_numpy(logits.copy()).requires_grad_(True)
+    tt = torch.from_numpy(targets.copy())
+    loss_t = theirs(zt, tt if tt.is_floating_point() else tt.long())
+    assert np.asarray(loss).dtype == {torch.float64: np.float64, torch.float32: np.float32}[loss_t.dtype]
+    assert np.shape(loss) == tuple(loss_t.shape)
+    np.testing.assert_allclose(loss, loss_t.detach().numpy(), **tol, err_msg="loss")
+    upstream = grad_out * rng.random(np.shape(loss)) if np.ndim(loss) else np.float64(grad_out)
+    grad = ours.backward(upstream)
+    loss_t.backward(torch.as_tensor(upstream, dtype=loss_t.dtype))
+    assert grad.shape == logits.shape and grad.dtype == logits.dtype
+    np.testing.assert_allclose(grad, zt.grad.numpy(), **tol, err_msg="d loss / d logits")
+    return loss, grad
+
+
+CE_OPTION_CASES = [pytest.param(kind, dims, ignore, weighted, smoothing, reduction,
+                                id=f"{kind}-dims{len(dims)}-ignore-{ignore}-w{int(weighted)}-ls{smoothing}-{reduction}")
+                   for kind in ("index", "probs") for dims in ((), (2, 3))
+                   for ignore in ((None, "default", "class") if kind == "index" else (None,))
+                   for weighted in (False, True) for smoothing in (0.0, 0.3) for reduction in ("mean", "sum", "none")]
+
+
+@pytest.mark.parametrize("kind, dims, ignore, weighted, smoothing, reduction", CE_OPTION_CASES)
+def test_cross_entropy_options_match_torch(kind, dims, ignore, weighted, smoothing, reduction, rng):
+    """Every combination of weight, label_smoothing, ignore_index and reduction, with class indices
+    or class probabilities, for (N, C) and (N, C, d1, d2) logits (the tests below take (N, C, d1)): the
+    loss and its gradient to 1e-12 in float64."""
+    logits, targets, ignore_index = cross_entropy_case(rng, kind, dims, ignore)
+    weight = rng.uniform(0.2, 3.0, logits.shape[1]) if weighted else None
+    compare_cross_entropy(rng, logits, targets, weight=weight, label_smoothing=smoothing,
+                          ignore_index=ignore_index, reduction=reduction)
+
+
+@pytest.mark.parametrize("kind", ["index", "probs"])
+@pytest.mark.parametrize("smoothing", [1.0, 0.05])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_smoothing_at_its_ends_and_one_class_match_torch(kind, smoothing, reduction, rng):
+    """label_smoothing 1 (uniform targets), a small one, and a single class (C = 1), with weight."""
+    for c in (1, 4):
+        logits, targets, ignore_index = cross_entropy_case(rng, kind, (2,), "default", n=3, c=c)
+        compare_cross_entropy(rng, logits, targets, weight=rng.uniform(0.5, 2.0, c), label_smoothing=smoothing,
+                              ignore_index=ignore_index, reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("case", ["every-position-ignored", "targets-of-weight-0", "empty-batch", "minus-inf-logit"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_cross_entropy_options_edge_cases_match_torch(case, reduction, smoothing, rng):
+    """NaN where torch's mean divides by a zero sum of weights (every position ignored: a zero
+    gradient; only targets of weight 0: a NaN one), an empty batch, and a class masked with a logit
+    of -inf (the loss stays finite without smoothing: no 0 * -inf)."""
+    logits, weight = rng.standard_normal((3, 4, 2)), rng.uniform(0.5, 2.0, 4)
+    targets = np.array([[1, 0], [3, 1], [0, 0]])
+    if case == "every-position-ignored":
+        targets[...] = -100
+    elif case == "targets-of-weight-0":
+        weight[[0, 1, 3]] = 0.0
+    elif case == "empty-batch":
+        logits, targets = logits[:0], targets[:0]
+    else:
+        logits[:, 2] = -np.inf
+    with np.errstate(all="ignore"):
+        loss, grad = compare_cross_entropy(rng, logits, targets, weight=weight, label_smoothing=smoothing,
+                                           reduction=reduction, tol=dict(rtol=1e-12, atol=1e-12, equal_nan=True))
+    if case == "minus-inf-logit":
+        assert np.isfinite(grad).all() and np.isfinite(loss).all() == (smoothing == 0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_options_in_float32_match_torch(reduction, rng):
+    """float32 logits and weight; class probabilities given as float64, which torch promotes the
+    loss to (the gradient stays float32, as the logits)."""
+    logits = (rng.standard_normal((6, 5, 3)) * 3).astype(np.float32)
+    weight = rng.uniform(0.5, 2.0, 5).astype(np.float32)
+    targets = rng.integers(0, 5, (6, 3))
+    targets[::2, 1] = -100
+    tol = dict(rtol=2e-6, atol=1e-7)
+    compare_cross_entropy(rng, logits, targets, tol=tol, weight=weight, label_smoothing=0.1, reduction=reduction)
+    probs = np.moveaxis(rng.dirichlet(np.ones(5), (6, 3)), -1, 1)
+    for targets in (probs, probs.astype(np.float32)):
+        compare_cross_entropy(rng, logits, targets, tol=tol, weight=weight, label_smoothing=0.1, reduction=reduction)
+
+
+def test_cross_entropy_weight_is_a_buffer_as_torchs(rng):
+    """state_dict holds 'weight' when one is given (nothing otherwise), .double() converts it, and
+    a state_dict saved by torch loads into nanotorch."""
+    weight = rng.uniform(0.5, 2.0, 4).astype(np.float32)
+    ours, theirs = nt_nn.CrossEntropyLoss(weight), torch.nn.CrossEntropyLoss(torch.from_numpy(weight))
+    assert list(ours.state_dict()) == list(theirs.state_dict()) == ["weight"]
+    assert list(nt_nn.CrossEntropyLoss().state_dict()) == list(torch.nn.CrossEntropyLoss().state_dict()) == []
+    assert ours.double().weight.dtype == np.float64 and theirs.double().weight.dtype == torch.float64
+    fresh = nt_nn.CrossEntropyLoss(np.ones(4))
+    fresh.load_state_dict({k: v.numpy() for k, v in theirs.state_dict().items()})
+    np.testing.assert_array_equal(fresh.weight, weight.astype(np.float64))
+    logits, targets = rng.standard_normal((3, 4)), np.array([0, 3, 1])
+    compare_cross_entropy(rng, logits, targets, weight=fresh.weight)
+
+
+def ce_targets(kind, shape, c=4):
+    """Targets of ``kind`` for (N, C, ...) logits of ``shape``."""
+    if kind == "index":
+        return np.zeros((shape[0],) + shape[2:], np.int64)
+    return np.full(shape, 1.0 / c)
+
+
+# (id, CrossEntropyLoss's keyword arguments as numpy (weight) / torch builds them, logits shape, targets)
+CE_BAD_CASES = [
+    ("weight-too-short", dict(weight=np.ones(3)), (3, 4), "index"),
+    ("weight-too-long-smoothing", dict(weight=np.ones(5), label_smoothing=0.1), (3, 4, 2), "index"),
+    ("weight-too-short-probs", dict(weight=np.ones(3)), (3, 4), "probs"),
+    ("weight-2d", dict(weight=np.ones((1, 4))), (3, 4), "index"),
+    ("weight-int", dict(weight=np.ones(4, np.int64)), (3, 4), "index"),
+    ("weight-float32-logits-float64", dict(weight=np.ones(4, np.float32)), (3, 4), "index"),
+    ("smoothing-above-1", dict(label_smoothing=1.5), (3, 4), "index"),
+    ("smoothing-above-1-probs", dict(label_smoothing=1.01), (3, 4, 2), "probs"),
+    ("probs-with-ignore-index", dict(ignore_index=1), (3, 4), "probs"),
+    ("probs-wrong-shape", dict(), (3, 4), np.full((3, 5), 0.2)),
+    ("probs-int", dict(), (3, 4), np.ones((3, 4), np.int64)),
+    ("index-wrong-dims", dict(), (2, 4, 3), np.zeros((2, 4), np.int64)),
+    ("index-missing-dims", dict(), (2, 4, 3), np.zeros(2, np.int64)),
+    ("index-out-of-range-weight", dict(weight=np.ones(4)), (3, 4), np.array([0, 4, 1])),
+    ("index-out-of-range-smoothing-dims", dict(label_smoothing=0.2), (2, 4, 3), np.array([[0, 1, 2], [3, -1, 0]])),
+]
+
+
+@pytest.mark.parametrize("kwargs, shape, targets", [pytest.param(k, s, t, id=i) for i, k, s, t in CE_BAD_CASES])
+def test_what_torch_refuses_in_cross_entropys_options_nanotorch_refuses(kwargs, shape, targets):
+    """Each is refused by torch (a RuntimeError or IndexError at the forward) and by nanotorch (a
+    TypeError or ValueError, its message checked in tests/test_bad_input.py)."""
+    targets = ce_targets(targets, shape) if isinstance(targets, str) else targets
+    logits = np.zeros(shape)
+    torch_kwargs = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+    with pytest.raises((RuntimeError, IndexError)):
+        torch.nn.CrossEntropyLoss(**torch_kwargs)(torch.from_numpy(logits), torch.from_numpy(targets))
+    with pytest.raises((TypeError, ValueError)):
+        nt_nn.CrossEntropyLoss(**kwargs)(logits, targets)
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, float("nan"), True])
+def test_label_smoothing_torch_takes_outside_its_documented_range_is_refused(smoothing):
+    """torch documents label_smoothing as 'a float in [0.0, 1.0]' but checks only the upper end: a
+    negative or NaN value is silently no smoothing there (True is 1.0). nanotorch refuses them."""
+    logits, targets = np.zeros((3, 4)), np.array([0, 1, 2])
+    smoothed = torch.nn.CrossEntropyLoss(label_smoothing=smoothing)(torch.from_numpy(logits), torch.from_numpy(targets))
+    assert np.isfinite(smoothed.item())
+    with pytest.raises((TypeError, ValueError), match="label_smoothing"):
+        nt_nn.CrossEntropyLoss(label_smoothing=smoothing)
+
+
 # --- what PyTorch refuses as invalid ---------------------------------------------------------------------------
 def conv_bn_gelu(nn, eps):
     """nanotorch's fused block, or PyTorch's Sequential of its three layers, with BatchNorm's eps."""
@@ -644,6 +820,7 @@ REPR_CASES = [
     ("flatten-0-2", lambda nn: nn.Flatten(0, 2)),
     ("crossentropy", lambda nn: nn.CrossEntropyLoss()),
     ("crossentropy-sum-ignore", lambda nn: nn.CrossEntropyLoss(ignore_index=3, reduction="sum")),
+    ("crossentropy-smoothing", lambda nn: nn.CrossEntropyLoss(label_smoothing=0.1, reduction="none")),
     ("module", lambda nn: nn.Module()),
     ("sequential-empty", lambda nn: nn.Sequential()),
     ("sequential-nested", lambda nn: nn.Sequential(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()),
@@ -809,8 +986,8 @@ def test_conv_keeps_its_arguments_as_torch_keeps_them():
 
 def test_cross_entropy_arguments_set_after_construction_are_checked_when_used():
     logits, targets = np.zeros((3, 4), np.float32), np.array([0, 1, 2])
-    for name, value, error, message in (("label_smoothing", 0.2, NotImplementedError, "label_smoothing=0.2"),
-                                        ("weight", np.ones(4), NotImplementedError, "weight=array"),
+    for name, value, error, message in (("label_smoothing", 1.2, ValueError, r"label_smoothing .*\[0, 1\].* 1\.2"),
+                                        ("weight", np.ones(5, np.float32), ValueError, r"weight .*\(4,\).*\(5,\)"),
                                         ("reduction", "bogus", ValueError, "reduction must be"),
                                         ("ignore_index", 1.5, TypeError, "ignore_index must be an int")):
         ours, theirs = nt_nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
@@ -822,6 +999,20 @@ def test_cross_entropy_arguments_set_after_construction_are_checked_when_used():
     ours(logits, targets)
     ours.reduction = "none"                     # the backward is the forward's: mean
     np.testing.assert_allclose(ours.backward(), (np.full((3, 4), 0.25) - np.eye(4)[targets]) / 3, rtol=1e-6)
+
+
+def test_cross_entropy_weight_and_smoothing_set_after_construction_are_used_like_torchs(rng):
+    logits, targets = rng.standard_normal((3, 4)), np.array([0, 1, 3])
+    weight = rng.uniform(0.5, 2.0, 4)
+    ours, theirs = nt_nn.CrossEntropyLoss(), torch.nn.CrossEntropyLoss()
+    ours(logits, targets)
+    ours.weight, ours.label_smoothing = weight, 0.2
+    theirs.weight, theirs.label_smoothing = torch.from_numpy(weight), 0.2
+    zt = torch.from_numpy(logits.copy()).requires_grad_(True)
+    loss_t = theirs(zt, torch.from_numpy(targets))
+    loss_t.backward()
+    close(ours(logits, targets), loss_t, "loss")
+    close(ours.backward(), zt.grad, "d loss / d logits")
 
 
 def test_sgd_refuses_differentiable_set_in_a_group_since():

@@ -4,6 +4,9 @@ Linear (x: (N, in), W: (out, in), b: (out,)):   y = x W^T + b
     dW = dy^T x     (out, in)      each weight W_ij meets x_j in every row
     db = sum_n dy   (out,)
     dx = dy W       (N, in)
+An (N, *, in) input is its N * ... rows of in features, each multiplied alike: the same three
+products on x.reshape(-1, in) (so dW and db sum over every leading axis), y and dx reshaped back
+to (N, *, out) and (N, *, in). (An unbatched (in,) input, which PyTorch takes, is refused: x[None].)
 
 Small layers (N * in * out below kernels/linear.py's SMALL_LINEAR, the MNIST model's head) run
 the three products as compiled loops, one call each way; larger ones call BLAS.
@@ -23,7 +26,7 @@ from nanotorch.nn.module import Module, Parameter
 
 
 class Linear(Module):
-    """x: (N, in_features) -> (N, out_features)."""
+    """x: (N, in_features) -> (N, out_features); (N, *, in_features) -> (N, *, out_features)."""
 
     def __init__(self, in_features, out_features, bias=True, device=None, dtype=None):
         super().__init__()
@@ -40,36 +43,46 @@ class Linear(Module):
             self.to(dtype)
 
     def forward(self, x):
-        if isinstance(x, np.ndarray) and x.ndim > 2:
-            raise ValueError(f"Linear expects a (N, {self.in_features}) input, got shape {x.shape}: PyTorch's "
-                             f"Linear also takes (N, *, in_features), which is not implemented in nanotorch "
-                             f"(reshape to x.reshape(-1, {x.shape[-1]}) and the output back)")
+        shape = None                                           # the input's shape, if not (N, in)
+        if isinstance(x, np.ndarray) and x.ndim > 2:           # (N, *, in): its rows, (N * ..., in)
+            shape = x.shape
+            if shape[-1] != self.in_features:                  # (before the reshape: it could still succeed)
+                raise ValueError(f"Linear expects {self.in_features} input features (N, *, {self.in_features}), "
+                                 f"got shape {shape}")
+            x = x.reshape(math.prod(shape[:-1]), shape[-1])
         check_input(self, x, (2,), dtype=self.weight.data.dtype)
         if x.shape[1] != self.in_features:
-            raise ValueError(f"Linear expects {self.in_features} input features (N, {self.in_features}), "
+            raise ValueError(f"Linear expects {self.in_features} input features (N, *, {self.in_features}), "
                              f"got shape {x.shape}")
-        self.save_for_backward(x)
+        self.save_for_backward(x, shape)
         w = self.weight.data
         b = self.bias.data if self.bias is not None else None
         if x.size * self.out_features < SMALL_LINEAR:        # one compiled call (kernels/linear.py)
-            return linear_forward(np.ascontiguousarray(x), w, w[0] if b is None else b, b is not None)
-        y = x @ w.T
-        if b is not None:
-            y += b
-        return y
+            y = linear_forward(np.ascontiguousarray(x), w, w[0] if b is None else b, b is not None)
+        else:
+            y = x @ w.T
+            if b is not None:
+                y += b
+        return y if shape is None else y.reshape(shape[:-1] + (self.out_features,))
 
     def backward(self, dy):
-        x, = self.saved_for_backward()
-        check_grad(self, dy, (x.shape[0], self.out_features), x.dtype)
+        x, shape = self.saved_for_backward()                  # x: the rows, (N * ..., in)
+        if shape is None:
+            check_grad(self, dy, (x.shape[0], self.out_features), x.dtype)
+        else:
+            check_grad(self, dy, shape[:-1] + (self.out_features,), x.dtype)
+            dy = dy.reshape(x.shape[0], self.out_features)
         w = self.weight.data
         if x.size * self.out_features < SMALL_LINEAR:         # adds dW and db into the grads itself
             dw = self.weight.grad_to_accumulate()
             db = self.bias.grad_to_accumulate() if self.bias is not None else dw[0]
-            return linear_backward(np.ascontiguousarray(dy), np.ascontiguousarray(x), w, dw, db, self.bias is not None)
-        self.weight.accumulate_grad(dy.T @ x)
-        if self.bias is not None:
-            self.bias.accumulate_grad(dy.sum(axis=0))
-        return dy @ w
+            dx = linear_backward(np.ascontiguousarray(dy), np.ascontiguousarray(x), w, dw, db, self.bias is not None)
+        else:
+            self.weight.accumulate_grad(dy.T @ x)
+            if self.bias is not None:
+                self.bias.accumulate_grad(dy.sum(axis=0))
+            dx = dy @ w
+        return dx if shape is None else dx.reshape(shape)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
