@@ -130,7 +130,40 @@ def _state_of(path, arrays):
         raise ValueError(f"{path}: its thread_switches {switches!r} is not a list of [step, threads] pairs")
     if not (threads is None or _is_count(threads) and threads >= 1):
         raise ValueError(f"{path}: its threads {threads!r} is not a thread count")
+    _check_config_types(path, state["config"])
     return state
+
+
+# The type of each value of mnist.train's config (its flags, as config.json and the checkpoint
+# record them), as JSON holds it: a hand-edited "4" for batch_size would otherwise reach the
+# command line's checks as the string it is ("--batch-size 4 differs from the run's 4").
+# Keys not listed here are not checked (tests/test_cli_errors.py checks that every flag is listed).
+CONFIG_TYPES = {**dict.fromkeys(("epochs", "batch_size", "seed", "threads", "log_every", "checkpoint_every"), "int"),
+                **dict.fromkeys(("lr", "momentum", "max_lr", "pct_start", "clip", "dropout"), "number"),
+                "anneal_strategy": "str", "limit": "int or None", "data_dir": "str or None", "out": "str or None"}
+_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", type(None): "null",
+               list: "a list", dict: "an object"}
+_EXPECTED = {"int": "an integer", "number": "a number", "str": "a string", "int or None": "an integer or null",
+             "str or None": "a string or null"}
+
+
+def _check_config_types(path, config):
+    """A ValueError naming the first value of ``config`` whose type is not the one mnist.train writes
+    (CONFIG_TYPES): the field, the value as JSON writes it, and its JSON type."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: its config {json.dumps(config)} is {_JSON_TYPES.get(type(config), 'not JSON')}, "
+                         "not the object of flags that mnist.train writes")
+    for key, kind in CONFIG_TYPES.items():
+        if key not in config:
+            continue
+        value = config[key]
+        ok = (value is None and kind.endswith("or None")
+              or isinstance(value, str) and kind.startswith("str")
+              or isinstance(value, int) and not isinstance(value, bool) and kind.startswith(("int", "number"))
+              or isinstance(value, float) and kind == "number")
+        if not ok:
+            raise ValueError(f"{path}: its config's {key} {json.dumps(value)} is {_JSON_TYPES.get(type(value))}, "
+                             f"not {_EXPECTED[kind]} as mnist.train writes it (a hand-edited checkpoint?)")
 
 
 def _is_count(v):
@@ -138,13 +171,54 @@ def _is_count(v):
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+# The entries of a scheduler's state that say how far along its schedule it is (a fresh one is at step 0).
+SCHEDULER_PROGRESS = ("last_epoch", "_step_count", "_last_lr", "_is_initial")
+# Entries of the scheduler's state that checkpoints written before 2026-11-27 lack (they came with Adam
+# and the other schedulers); a fresh scheduler's values are the ones those runs had (SGD's momentum, and
+# a scheduler past its construction).
+SCHEDULER_ADDED_LATER = ("use_beta1", "_is_initial")
+
+
+def check_schedule(path, arrays, scheduler):
+    """A ValueError unless the scheduler state in ``arrays`` (a checkpoint's, keyed "scheduler.<path>")
+    is the schedule that ``scheduler``, freshly built from the run's recipe and step count, follows,
+    at some step: the same entries (each missing or extra one named), and the same values but for
+    SCHEDULER_PROGRESS's. Loading a state is an update of the scheduler's attributes (PyTorch's
+    load_state_dict too): a missing entry would keep the fresh value, an edited one would change
+    the schedule, and the run would not be the one the checkpoint began."""
+    fresh = flatten_state_dict(scheduler.state_dict(), prefix="scheduler.")
+    saved = {k: v for k, v in arrays.items() if k.startswith("scheduler.")}
+
+    def entry(key):                               # "scheduler._last_lr[]" -> "_last_lr"
+        return key[len("scheduler."):].split(".")[0].split("[")[0].rstrip("~{}")
+    missing = [k for k in fresh if k not in saved and entry(k) not in SCHEDULER_ADDED_LATER]
+    extra = [k for k in saved if k not in fresh]
+    if missing or extra:
+        what = (f"lacks {listed(missing)}" if missing else
+                f"holds {listed(extra)}, which this run's {type(scheduler).__name__} has not")
+        raise ValueError(f"{path}: its scheduler state {what}: not a checkpoint that mnist.train wrote")
+    for key, value in fresh.items():
+        if key in saved and entry(key) not in SCHEDULER_PROGRESS and not np.array_equal(saved[key], value):
+            raise ValueError(f"{path}: its {key} {_shown(saved[key])} is not the {_shown(value)} of the schedule "
+                             "its recipe builds: not a checkpoint that mnist.train wrote (edited?), and the run "
+                             "would not follow its schedule")
+
+
+def _shown(array):
+    """An array of a flattened state as its value reads (20, 'cos', [0.004])."""
+    return repr(array.tolist())
+
+
 def load_checkpoint(path, model, optimizer, scheduler):
     """Restore model, optimiser and scheduler in place from save_checkpoint's file; returns the JSON state.
-    Weights holding NaN or inf are refused, as load_model refuses them (mnist.train never saves such)."""
+    Weights holding NaN or inf are refused, as load_model refuses them (mnist.train never saves such),
+    and so is a scheduler state that is not ``scheduler``'s schedule (check_schedule): everything is
+    checked before anything is restored."""
     arrays = load_npz(path)
     state = _state_of(path, arrays)
     weights = model_state_from(arrays)
     refuse_nonfinite(path, weights, ": not a checkpoint to resume (start a new run)")
+    check_schedule(path, arrays, scheduler)
     load_weights(path, model, weights)
     for name, part in (("optimizer", optimizer), ("scheduler", scheduler)):
         saved = unflatten_state_dict(arrays, prefix=f"{name}.")

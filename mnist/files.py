@@ -8,11 +8,22 @@ the name exists (so of several processes, one wins).
 
 A file appended to row by row (log.csv) is not written atomically: a process killed while
 writing a row leaves it cut short. ``csv_rows`` reads such a file without it.
+
+``FolderLock`` holds a folder for as long as a process works in it (mnist.train's run folder): an
+exclusive ``flock`` on a lock file in it, which the kernel releases when the process ends, however
+it ends (so a crashed or killed process leaves no lock behind, only, at most, an unlocked file).
 """
 import csv
 import io
 import os
+import socket
 import tempfile
+import time
+
+try:
+    import fcntl
+except ImportError:                             # (Windows: no flock; FolderLock then holds nothing)
+    fcntl = None
 
 _UMASK = os.umask(0)            # read once, at import: setting it back and forth later would race with
 os.umask(_UMASK)                # other threads creating files
@@ -98,3 +109,88 @@ def csv_rows(path):
     reader = csv.reader(io.StringIO(text, newline=""))
     rows = [(reader.line_num, row) for row in reader if row]
     return rows[:-1] if rows and not text.endswith("\n") else rows
+
+
+class FolderInUse(RuntimeError):
+    """Another process holds the folder (FolderLock)."""
+
+
+class FolderLock:
+    """Hold ``folder`` while a process works in it: of two processes locking it at once, one gets it,
+    the other a FolderInUse naming the folder and the holder (what the holder wrote into the lock file:
+    ``holder``, its pid, host and start time), having written nothing. Released by ``release()``
+    (or on leaving a ``with`` block), and by the kernel when the process ends (a killed process's
+    lock does not outlive it: the lock is an exclusive flock on ``folder/name``, not the file).
+
+    The holder removes the lock file as it releases it. A process that opened the file just before
+    then locks a file that is no longer there: it sees that (the name is gone, or names another
+    file) and tries again with the file at the name, so two processes never both hold the folder.
+    Where the file system has no flock (some FUSE mounts; Windows), ``held`` is False and ``why``
+    says why: the folder is then not locked at all.
+    """
+
+    def __init__(self, folder, holder, name="lock"):
+        self.folder, self.path = folder, os.path.join(folder, name)
+        self.held, self.why, self._fd = False, None, None
+        if fcntl is None:
+            self.why = "this system has no flock"
+            return
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise os_error(e, f"cannot lock {folder}: cannot open {self.path}: {e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held_by = os.pread(fd, 1000, 0).decode(errors="replace").strip().splitlines()
+                os.close(fd)
+                raise FolderInUse(f"{folder} is in use by {held_by[0] if held_by else 'another process'} "
+                                  f"(its lock: {self.path}); try again once that has ended") from None
+            except OSError as e:                 # no locks on this file system
+                os.close(fd)
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
+                self.why = f"{self.path} cannot be locked here ({e.strerror})"
+                return
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)                         # released and removed as we opened it: the next one
+        self._fd, self.held = fd, True
+        try:                                     # who holds it: what another process finding it held says
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{holder}, pid {os.getpid()} on {socket.gethostname()}, since "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self):
+        """Remove the lock file, then unlock it (in that order: see the class docstring). Idempotent."""
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:                # (removed by hand: nothing to remove)
+            pass
+        finally:
+            os.close(self._fd)
+            self._fd, self.held = None, False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _same_file(fd, path):
+    """Whether ``path`` names the file open as ``fd``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)

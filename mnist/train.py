@@ -16,7 +16,9 @@ layers.csv (LayerWatch), config.json and the pictures of mnist.visualize. config
 checkpoint record the folder as "out", named as the command line named it (runs/<date-time>,
 --out, or --resume's folder): relative to the working directory unless given as an absolute path.
 A new run never writes into a folder that holds a run: one run claims a folder by creating its
-config.json, which only one process can.
+config.json, which only one process can. While a run trains, it also holds its folder
+(mnist.files.FolderLock on RUN_DIR/train.lock, released as it ends, however it ends, even killed):
+a --resume of that folder started meanwhile stops at once, naming the run that holds it.
 
 --resume CHECKPOINT continues that run exactly as it was configured: the recipe flags (those of
 RECIPE, and --limit) may be left out or repeated with the same values, but not changed (a new
@@ -27,6 +29,7 @@ from before layers.csv existed starts it at the checkpoint's step); a log whose 
 the columns this run writes is refused before anything is written.
 """
 import argparse
+import contextlib
 import csv
 import json
 import logging
@@ -47,7 +50,7 @@ from mnist.checkpoint import (checkpoint_state, load_checkpoint, nonfinite_keys,
 from mnist.cli import check_counts, keep_running_without_readers, listed
 from mnist.data import iterate_batches, load_mnist, normalize, num_batches
 from mnist.evaluate import evaluate, runs_inside
-from mnist.files import csv_rows, write_atomic, write_new
+from mnist.files import FolderLock, csv_rows, write_atomic, write_new
 from mnist.model import build_model, count_parameters
 from mnist.summary import layer_names
 
@@ -365,8 +368,26 @@ def claim_run_dir(run_dir, config):
     return write_new(os.path.join(run_dir, "config.json"), lambda f: json.dump(config, f, indent=2), mode="w")
 
 
+LOCK_FILE = "train.lock"
+
+
+def hold_run_dir(held, run_dir):
+    """Hold run_dir until ``held`` (an ExitStack) closes: FolderInUse (a RuntimeError naming the run
+    that holds it) if another run does. Where the folder cannot be locked, a note says so."""
+    lock = held.enter_context(FolderLock(run_dir, "python -m mnist.train", LOCK_FILE))
+    if not lock.held:
+        print(f"note: {lock.why}: a second run into {run_dir} at the same time would not be stopped",
+              file=sys.stderr)
+
+
 def train(args):
-    """Run the recipe described by ``args``; returns (run_dir, metrics dict)."""
+    """Run the recipe described by ``args``; returns (run_dir, metrics dict). The run holds its folder
+    while it runs (hold_run_dir), released as it returns or raises."""
+    with contextlib.ExitStack() as held:
+        return _train(args, held)
+
+
+def _train(args, held):
     nt.set_num_threads(args.threads)
     threads = nt.get_num_threads()                       # set_num_threads caps n at Numba's thread count
     if threads < args.threads:
@@ -381,6 +402,8 @@ def train(args):
     run_dir = args.out or resumed_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     if not default_dir:
         check_run_dir(run_dir, resumed_dir)
+    if resumes_in_place(run_dir, resumed_dir):           # held before its checkpoint and logs are read (a
+        hold_run_dir(held, run_dir)                      # second resume stops here, having written nothing)
 
     train_x, train_y = load_mnist("train", data_dir=args.data_dir)
     test_x, test_y = load_mnist("test", data_dir=args.data_dir)
@@ -397,6 +420,10 @@ def train(args):
     model, criterion, optimizer, scheduler = build_trainer(args, total_steps)
     step, train_seconds, switches, threads_before = 0, 0.0, [], None
     if args.resume:
+        trained_for = checkpoint_state(args.resume)["total_steps"]
+        if trained_for != total_steps:           # (checked first: load_checkpoint compares the schedules)
+            raise ValueError(f"{args.resume} was trained for {trained_for} steps in all; with the same recipe "
+                             f"this data gives {total_steps}: resume with the training set the run used (--data-dir)")
         state = load_checkpoint(args.resume, model, optimizer, scheduler)
         try:
             nt.default_generator().bit_generator.state = state["rng"]
@@ -405,10 +432,6 @@ def train(args):
         step, train_seconds = state["step"], state["train_seconds"]
         switches = state.get("thread_switches", [])       # (checkpoints before they were saved: none)
         threads_before = state.get("threads")              # the count the run was on (older checkpoints: none)
-        if state["total_steps"] != total_steps:
-            raise ValueError(f"{args.resume} was trained for {state['total_steps']} steps in all; with the same "
-                             f"recipe this data gives {total_steps}: resume with the training set the run used "
-                             "(--data-dir)")
     else:
         from mnist.summary import format_summary, summarize
         print(format_summary(summarize(model)))
@@ -431,6 +454,8 @@ def train(args):
     elif not claim_run_dir(run_dir, config):             # --out: another run took it since the check
         check_run_dir(run_dir, resumed_dir)              # (raises, naming what the folder holds)
         raise ValueError(f"{run_dir} was taken by another run as this one started: give another --out")
+    if not in_place:                                     # (a resume in place holds its folder already)
+        hold_run_dir(held, run_dir)
     if step == total_steps:                        # resumed from the checkpoint of a finished run
         print(f"{run_dir}: the run's {total_steps} steps are done; scoring it and writing its results")
     else:

@@ -284,8 +284,8 @@ def read_log(log_csv_path):
 
     Blank lines are skipped; the first other line is the header. A last row cut short (fewer values
     than the header, or no line end after it, as a run killed while writing it leaves it) is dropped,
-    as mnist.train drops it on resume; another malformed row raises a ValueError naming its line.
-    No rows: EmptyLog."""
+    as mnist.train drops it on resume; another malformed row (a value that is not a number, a step
+    that is not finite) raises a ValueError naming its line. No rows: EmptyLog."""
     return _read_numbers(log_csv_path, ("step", "loss", "accuracy", "lr", "momentum"),
                          "step,epoch,loss,accuracy,lr,momentum")
 
@@ -299,11 +299,15 @@ def _read_numbers(log_csv_path, required, expected):
     if header and missing:
         raise ValueError(f"{log_csv_path}: missing columns {sorted(missing)} (expected {expected})")
     values = []
+    step = header.index("step") if "step" in header else None
     for i, (line, row) in enumerate(body):
         try:
             if len(row) != len(header):
                 raise ValueError(f"{len(row)} values")
-            values.append([float(v) for v in row])
+            numbers = [float(v) for v in row]
+            if step is not None and not math.isfinite(numbers[step]):    # (the plots count steps in ints)
+                raise ValueError(f"step {row[step]} is not a finite number")
+            values.append(numbers)
         except ValueError as e:
             if i == len(body) - 1 and len(row) < len(header):
                 break                            # the last row, cut short: dropped
@@ -352,10 +356,12 @@ def centred_mean(values, half):
     return (sums[i + h + 1] - sums[i - h]) / (2 * h + 1)
 
 
-def plot_training_curves(log_csv_path, path, test_accuracy=None):
+def plot_training_curves(log, path, test_accuracy=None):
     """Loss (each log row's mean, faint, and smoothed), training accuracy, and lr / momentum, against step;
-    ``test_accuracy`` (a fraction), if given, as a dashed line on the accuracy panel."""
-    log = read_log(log_csv_path)
+    ``test_accuracy`` (a fraction), if given, as a dashed line on the accuracy panel. ``log``: log.csv's
+    path, or read_log's dict of it."""
+    if isinstance(log, (str, os.PathLike)):
+        log = read_log(log)
     step = log["step"]
     window = max(1, len(step) // 50)
     every = int(np.median(np.diff(step))) if len(step) > 1 else int(step[0])   # steps a row averages (--log-every)
@@ -439,7 +445,7 @@ def _layer_colors(layers):
     return colors
 
 
-def plot_gradient_flow(layers_csv_path, path):
+def plot_gradient_flow(layers_log, path):
     """Each layer's gradient norm (after clipping) and relative update ||Δw|| / ||w|| against step,
     from layers.csv (mnist.train's LayerWatch): one line per layer, on log scales; the 1e-3 rule of
     thumb for the update drawn faintly. Each row is one step's (of a batch of 4, whose gradient may
@@ -450,8 +456,11 @@ def plot_gradient_flow(layers_csv_path, path):
     steps; centred, so that it does not lag behind the update's fall as the learning rate anneals).
     Each panel shows down to a tenth of the means' lows (their 3rd percentile; the update panel of a
     short run, all): deeper dips, and the update's last fall as the learning rate reaches 0, run off.
-    A short run (up to 20 rows) is drawn as its rows, dotted, unsmoothed."""
-    step, epoch, layers, stats = read_layer_log(layers_csv_path)
+    A short run (up to 20 rows) is drawn as its rows, dotted, unsmoothed. ``layers_log``: layers.csv's
+    path, or read_layer_log's tuple of it."""
+    if isinstance(layers_log, (str, os.PathLike)):
+        layers_log = read_layer_log(layers_log)
+    step, epoch, layers, stats = layers_log
     few = len(step) <= 20
     half = 0 if few else max(1, len(step) // 40)          # rows on each side of a mean
     every = int(np.median(np.diff(step))) if len(step) > 1 else int(step[0])
@@ -653,7 +662,8 @@ def visualize_run(run_dir, data_dir=None, test_images=None, test_set=None, evalu
     Needs run_dir/model.npz (from ``python -m mnist.train --out run_dir``; a run stopped before
     the end has its checkpoint.npz, which serves instead); run_dir/log.csv and layers.csv are
     optional (the curves, or the gradient flow, are skipped with a note without the file, or
-    without rows in it). The test-set
+    without rows in it). Everything is read and checked before the first picture is written (a
+    log.csv that does not parse, or a test set that does not load, writes nothing). The test-set
     pictures load MNIST (data_dir: see mnist.data.resolve_data_dir); test_images limits them to the
     first N digits. A caller that has the test set and the model's ``mnist.evaluate.evaluate`` of it
     already (the training script) passes them as test_set=(images, labels) and evaluation, to skip both again.
@@ -678,28 +688,32 @@ def iter_pictures(run_dir, data_dir=None, test_images=None, test_set=None, evalu
     def out(name):
         return os.path.join(run_dir, name)
 
-    yield plot_architecture(model, out("architecture.png"))
-    yield plot_parameter_counts(model, out("parameters.png"))
-    yield plot_first_layer_filters(model, out("filters.png"))
-    images, labels = test_set if test_set is not None else load_mnist("test", data_dir=data_dir)
-    if test_images is not None:
-        images, labels = images[:test_images], labels[:test_images]
-    result = evaluation if evaluation is not None else evaluate(model, images, labels)
-
-    test_accuracy = result["accuracy"] if test_images is None else None    # (drawn only if on the whole test set)
-    for log_name, picture, plot in (
-            ("log.csv", "training_curves.png", lambda src, dst: plot_training_curves(src, dst, test_accuracy)),
-            ("layers.csv", "gradient_flow.png", plot_gradient_flow)):    # (runs from before it have no layers.csv)
+    # Everything the pictures need, read and checked before the first is written: a failure leaves
+    # the folder as it was (each picture is written whole, but a half-drawn set would mix two runs').
+    logs = {}
+    for log_name, picture, read in (("log.csv", "training_curves.png", read_log),
+                                    ("layers.csv", "gradient_flow.png", read_layer_log)):   # (older runs: none)
         log_path = out(log_name)
         if not os.path.exists(log_path):
             print(f"note: {log_path} not found, skipping {picture}")
             continue
         try:
-            drawn = plot(log_path, out(picture))
+            logs[picture] = read(log_path)
         except EmptyLog as e:
             print(f"note: {e}; skipping {picture}")
-            continue
-        yield drawn
+    images, labels = test_set if test_set is not None else load_mnist("test", data_dir=data_dir)
+    if test_images is not None:
+        images, labels = images[:test_images], labels[:test_images]
+    result = evaluation if evaluation is not None else evaluate(model, images, labels)
+    test_accuracy = result["accuracy"] if test_images is None else None    # (drawn only if on the whole test set)
+
+    yield plot_architecture(model, out("architecture.png"))
+    yield plot_parameter_counts(model, out("parameters.png"))
+    yield plot_first_layer_filters(model, out("filters.png"))
+    if "training_curves.png" in logs:
+        yield plot_training_curves(logs["training_curves.png"], out("training_curves.png"), test_accuracy)
+    if "gradient_flow.png" in logs:
+        yield plot_gradient_flow(logs["gradient_flow.png"], out("gradient_flow.png"))
     yield plot_feature_maps(model, images[0], out("feature_maps.png"))
     yield plot_confusion_matrix(result["confusion"], out("confusion_matrix.png"))
     yield plot_misclassified(images, labels, result["predictions"], _softmax(result["logits"]),

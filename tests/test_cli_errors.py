@@ -7,6 +7,9 @@ Everything here runs in-process on tiny synthetic data (load_mnist patched): no 
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +22,7 @@ from mnist.data import MnistDownloadError
 from mnist.model import build_model
 
 QUICK = ["--quiet", "--no-plots"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +42,29 @@ def tiny_mnist(n=12):
     """A load_mnist returning n blank digits for either split."""
     images, labels = np.zeros((n, 28, 28), np.uint8), (np.arange(n) % 10).astype(np.uint8)
     return lambda split="train", data_dir=None, **kw: (images, labels)
+
+
+def stopped_after_step(monkeypatch, argv, step):
+    """main(argv), stopped by a Ctrl-C in its step-th training step: it ends after that step, with a checkpoint."""
+    real_step, calls = train_mod.train_step, [0]
+
+    def stopping(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == step:
+            signal.raise_signal(signal.SIGINT)
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(train_mod, "train_step", stopping)
+    assert train_mod.main(argv) == 130
+    monkeypatch.setattr(train_mod, "train_step", real_step)
+
+
+def files_of(folder):
+    return {f.name: f.read_bytes() for f in folder.iterdir()}
+
+
+def in_use_error(folder, holder, pid):
+    """The start of the error of a run stopped because another process holds ``folder``."""
+    return f"error: {folder} is in use by {holder}, pid {pid} on {socket.gethostname()}, since "
 
 
 # ----------------------------------------------------------------------------- flags out of range
@@ -224,6 +251,103 @@ def test_a_run_resumed_in_place_records_its_folder_as_named(tmp_path, monkeypatc
     assert json.loads((tmp_path / run / "config.json").read_text())["out"] == os.curdir
 
 
+def test_a_second_resume_of_a_folder_being_resumed_stops_at_once_and_writes_nothing(tmp_path, monkeypatch,
+                                                                                    capsys):
+    """Two --resume of one folder at once would each train it to the end, racing on its files. The
+    first holds the folder for its whole run (its train.lock); the second, started here as the first
+    loads its data, stops with one line naming the folder and what holds it, having written nothing.
+    The first trains on, and lets go as it ends (as the stopped run before it did)."""
+    run = tmp_path / "run"
+    load = tiny_mnist(12)
+    monkeypatch.setattr(train_mod, "load_mnist", load)
+    stopped_after_step(monkeypatch, ["--limit", "12", "--epochs", "2", *QUICK, "--out", str(run)], 2)
+    assert not (run / "train.lock").exists()                  # let go on Ctrl-C
+    second = {}
+
+    def second_resume_meanwhile(split="train", data_dir=None, **kw):
+        if not second:
+            second["before"] = files_of(run)
+            capsys.readouterr()
+            second["code"] = train_mod.main(["--resume", str(run), *QUICK])
+            second["err"] = capsys.readouterr().err
+            second["after"] = files_of(run)
+        return load(split)
+    monkeypatch.setattr(train_mod, "load_mnist", second_resume_meanwhile)
+    assert train_mod.main(["--resume", str(run), *QUICK]) == 0
+    assert second["code"] == 1, second["err"]
+    assert second["err"].startswith(in_use_error(run, "python -m mnist.train", os.getpid()))
+    assert f"(its lock: {run / 'train.lock'})" in second["err"] and second["err"].count("\n") == 1
+    assert second["after"] == second["before"]
+    assert "train.lock" in second["before"]                  # (held by the first as it loaded its data)
+    with np.load(run / "checkpoint.npz") as ckpt:
+        assert json.loads(str(ckpt["state"]))["step"] == 6    # the first trained to the end
+    assert (run / "model.npz").exists() and not (run / "train.lock").exists()
+
+
+def test_a_run_holds_its_folder_from_its_claim_so_a_resume_of_it_meanwhile_stops(tmp_path, monkeypatch, capsys):
+    """A new run holds its folder too: its checkpoint, saved at step 2, cannot be resumed while it trains on."""
+    run = tmp_path / "run"
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    real_step, calls, second = train_mod.train_step, [0], {}
+
+    def resume_meanwhile(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            second["code"] = train_mod.main(["--resume", str(run), *QUICK])
+            second["err"] = capsys.readouterr().err
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(train_mod, "train_step", resume_meanwhile)
+    assert train_mod.main(["--limit", "12", "--epochs", "2", "--checkpoint-every", "2", *QUICK,
+                           "--out", str(run)]) == 0
+    assert second["code"] == 1 and second["err"].startswith(in_use_error(run, "python -m mnist.train", os.getpid()))
+    assert not (run / "train.lock").exists()
+
+
+def test_a_folder_held_by_another_process_is_refused_and_a_killed_holder_leaves_no_hold(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """The hold is the kernel's (flock on train.lock): another process's stops this run, naming its pid;
+    once that process is killed (SIGKILL: no clean-up at all), the file it leaves behind holds nothing."""
+    run = tmp_path / "run"
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    stopped_after_step(monkeypatch, ["--limit", "12", *QUICK, "--out", str(run)], 2)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from mnist.files import FolderLock; "
+         "lock = FolderLock(sys.argv[1], 'another run', 'train.lock'); print('held', flush=True); sys.stdin.read()",
+         str(run)], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = files_of(run)
+        capsys.readouterr()
+        assert train_mod.main(["--resume", str(run), *QUICK]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(in_use_error(run, "another run", holder.pid)) and err.count("\n") == 1
+        assert files_of(run) == before
+        holder.kill()
+        holder.wait(timeout=60)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert (run / "train.lock").exists()                      # left behind, unlocked
+    assert train_mod.main(["--resume", str(run), *QUICK]) == 0
+    assert not (run / "train.lock").exists()
+
+
+def test_a_folder_that_cannot_be_locked_is_trained_in_with_a_note(tmp_path, monkeypatch, capsys):
+    """A file system without flock (some FUSE mounts): the run goes on, saying a second run would not be stopped."""
+    import errno
+    from mnist import files
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(files.fcntl, "flock", no_locks)
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    assert train_mod.main(["--limit", "12", *QUICK, "--out", str(tmp_path)]) == 0
+    assert (f"note: {tmp_path / 'train.lock'} cannot be locked here (No locks available): a second run into "
+            f"{tmp_path} at the same time would not be stopped") in capsys.readouterr().err
+    assert not (tmp_path / "train.lock").exists()
+
+
 def test_train_pct_start_that_leaves_a_one_step_warm_up(tmp_path, monkeypatch, capsys):
     """0.1 of 10 steps: OneCycleLR's warm-up would end at step 0 and its formula divide by zero
     (PyTorch's too), after the whole run; refused before training."""
@@ -284,6 +408,18 @@ def test_resume_writes_next_to_its_checkpoint_not_into_the_folder_it_was_trained
      "its threads 'two' is not a thread count"),
     (lambda a: a.update(state=np.array(json.dumps({**json.loads(str(a["state"])), "rng": {"seed": 1}}))),
      "its rng is not the state of nanotorch's random generator"),
+    (lambda a: edit_config(a, max_lr="0.1"), 'its config\'s max_lr "0.1" is a string, not a number'),
+    (lambda a: edit_config(a, limit=12.0), "its config's limit 12.0 is a float, not an integer"),
+    (lambda a: edit_config(a, seed=True), "its config's seed true is a boolean, not an integer"),
+    (lambda a: edit_config(a, anneal_strategy=1), "its config's anneal_strategy 1 is an integer, not a string"),
+    (lambda a: edit_config(a, data_dir=["x"]), 'its config\'s data_dir ["x"] is a list, not a string or null'),
+    (lambda a: a.pop("scheduler.last_epoch"), "its scheduler state lacks scheduler.last_epoch"),
+    (lambda a: a.update({"scheduler.total_steps": np.array(999)}),
+     "its scheduler.total_steps 999 is not the 3 of the schedule its recipe builds"),
+    (lambda a: a.update({"scheduler._anneal_func_type": np.array("linear")}),
+     "its scheduler._anneal_func_type 'linear' is not the 'cos' of the schedule"),
+    (lambda a: a.update({"scheduler._schedule_phases[2].end_step": np.array(2.0)}),   # a third phase
+     "its scheduler state holds scheduler._schedule_phases[2].end_step, which this run's OneCycleLR has not"),
 ])
 def test_resume_from_a_damaged_checkpoint_names_what_is_wrong(tmp_path, monkeypatch, capsys, edit, fragment):
     """No KeyError or Numba typing traceback: an error naming the file and the part that does not fit."""
@@ -301,6 +437,71 @@ def test_resume_from_a_damaged_checkpoint_names_what_is_wrong(tmp_path, monkeypa
         code = e.code
     err = capsys.readouterr().err
     assert code in (1, 2) and str(path) in err and fragment in err and "Traceback" not in err
+
+
+def edit_config(arrays, **values):
+    """A checkpoint's arrays with these values in its state's config (as a hand-edited file may have them)."""
+    state = json.loads(str(arrays["state"]))
+    state["config"].update(values)
+    arrays["state"] = np.array(json.dumps(state))
+
+
+def stopped_run_edited(tmp_path, monkeypatch, capsys, edit):
+    """A run stopped at step 2 of 6 (tiny data), its checkpoint.npz then edited: (its folder, its files)."""
+    run = tmp_path / "run"
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    stopped_after_step(monkeypatch, ["--limit", "12", "--epochs", "2", *QUICK, "--out", str(run)], 2)
+    with np.load(run / "checkpoint.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    edit(arrays)
+    np.savez(run / "checkpoint.npz", **arrays)
+    capsys.readouterr()
+    return run, files_of(run)
+
+
+def test_resume_names_a_config_value_of_the_wrong_type_before_writing_anything(tmp_path, monkeypatch, capsys):
+    """A hand-edited "4" for batch_size read "--batch-size 4 differs from the run's 4": the checkpoint's
+    config is checked type by type, the field, value and type named in one line."""
+    run, before = stopped_run_edited(tmp_path, monkeypatch, capsys, lambda a: edit_config(a, batch_size="4"))
+    err = usage_error(train_mod.main, ["--resume", str(run), *QUICK], capsys)
+    assert (f"--resume {run / 'checkpoint.npz'}: {run / 'checkpoint.npz'}: its config's batch_size \"4\" is a "
+            "string, not an integer as mnist.train writes it") in err
+    assert "differs" not in err and err.splitlines()[-1].startswith("python -m mnist.train: error: ")
+    assert files_of(run) == before
+
+
+def test_every_config_value_of_a_run_has_its_type_checked(tmp_path, monkeypatch):
+    """CONFIG_TYPES lists every flag a run records (a new flag left out would go unchecked), and a run's
+    own config passes it."""
+    from mnist.checkpoint import CONFIG_TYPES
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    assert train_mod.main(["--limit", "12", *QUICK, "--out", str(tmp_path)]) == 0
+    assert set(json.loads((tmp_path / "config.json").read_text())) == set(CONFIG_TYPES)
+
+
+@pytest.mark.parametrize("key", ["scheduler.total_steps", "scheduler._anneal_func_type", "scheduler._step_count"])
+def test_resume_refuses_a_scheduler_state_missing_an_entry_before_writing_anything(tmp_path, monkeypatch, capsys,
+                                                                                   key):
+    """A scheduler's state is loaded as an update of its attributes (PyTorch's too): a missing entry kept
+    the fresh scheduler's value and the run went on, unsaid; refused, naming the entry, in one line."""
+    run, before = stopped_run_edited(tmp_path, monkeypatch, capsys, lambda a: a.pop(key))
+    assert train_mod.main(["--resume", str(run), *QUICK]) == 1
+    assert capsys.readouterr().err == (f"error: {run / 'checkpoint.npz'}: its scheduler state lacks {key}: "
+                                       "not a checkpoint that mnist.train wrote\n")
+    assert files_of(run) == before
+
+
+def test_a_checkpoint_from_before_the_schedulers_later_entries_resumes(tmp_path, monkeypatch, capsys):
+    """Checkpoints written before 2026-11-27 have no scheduler.use_beta1 nor scheduler._is_initial (they came
+    with Adam and the other schedulers): such a run resumes, and ends as it would have."""
+    whole = tmp_path / "whole"
+    monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
+    assert train_mod.main(["--limit", "12", "--epochs", "2", *QUICK, "--out", str(whole)]) == 0
+    run, _ = stopped_run_edited(tmp_path, monkeypatch, capsys,
+                                lambda a: [a.pop("scheduler.use_beta1"), a.pop("scheduler._is_initial")])
+    assert train_mod.main(["--resume", str(run), *QUICK]) == 0
+    with np.load(whole / "model.npz") as a, np.load(run / "model.npz") as b:
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
 
 
 @pytest.mark.parametrize("name", ["log.csv", "layers.csv"])
@@ -407,6 +608,7 @@ def test_visualize_reports_a_failing_data_folder(tmp_path, monkeypatch, capsys, 
     monkeypatch.setattr(data, "load_mnist", load_mnist)
     assert visualize.main([str(tmp_path)]) == 1
     assert capsys.readouterr().err == f"error: {error}\n"
+    assert [f.name for f in tmp_path.iterdir()] == ["model.npz"]      # no picture drawn before it failed
 
 
 def interrupted_run(folder):

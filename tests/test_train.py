@@ -804,6 +804,7 @@ def test_ctrl_c_saves_a_checkpoint_and_ends_by_the_signal(tmp_path, signum):
     assert state["step"] == step and state["total_steps"] == 1000
     load_model(str(ckpt))                                      # its weights fit the network
     assert not (tmp_path / "model.npz").exists()
+    assert not (tmp_path / "train.lock").exists()              # the run let go of its folder as it stopped
 
 
 # ----------------------------------------------------------------------------- 5. NaN loss

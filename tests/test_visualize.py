@@ -399,6 +399,28 @@ def test_run_stopped_before_its_first_log_row_draws_all_but_the_curves(tmp_path,
                 f"skipping {picture}") in out
 
 
+@pytest.mark.parametrize("name, edit, says", [
+    ("log.csv", lambda text: text.replace("\n3,", "\n3,x,", 1), ", line 4: 7 values (expected 6 numbers: "),
+    ("log.csv", lambda text: text.replace("\n3,", "\nnan,", 1), ", line 4: step nan is not a finite number"),
+    ("layers.csv", lambda text: text.replace("block1_update_ratio", "block1_ratio"),
+     ": missing columns ['block1_update_ratio']"),
+], ids=["log-row", "log-step", "layers-header"])
+def test_run_with_a_log_that_does_not_parse_writes_no_picture(tmp_path, monkeypatch, capsys, name, edit, says):
+    """Everything the pictures need is read first: a log that does not parse fails before the first
+    picture is written (it failed after three, leaving pictures of two runs mixed), in one line."""
+    labels = (np.arange(20) % 10).astype(np.uint8)
+    monkeypatch.setattr(data, "load_mnist", lambda split, data_dir=None: (np.zeros((20, 28, 28), np.uint8), labels))
+    save_model(tmp_path / "model.npz", build_model())
+    write_log(tmp_path / "log.csv")
+    write_layers(tmp_path / "layers.csv")
+    (tmp_path / name).write_text(edit((tmp_path / name).read_text()))
+    before = sorted(f.name for f in tmp_path.iterdir())
+    assert visualize.main([str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / name}{says}") and err.count("\n") == 1
+    assert sorted(f.name for f in tmp_path.iterdir()) == before
+
+
 @pytest.mark.skipif(not os.environ.get("NANOTORCH_DATA"), reason="needs the real MNIST (NANOTORCH_DATA)")
 def test_run_on_the_real_test_set(run_dir):
     paths = visualize.visualize_run(str(run_dir), test_images=500)
