@@ -230,16 +230,7 @@ def test_a_run_resumed_in_place_records_its_folder_as_named(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
     monkeypatch.setattr(train_mod.time, "strftime", lambda fmt, *a: "20261126-120000")
-    real_step, calls = train_mod.train_step, [0]
-
-    def stopped_at_step_2(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 2:
-            signal.raise_signal(signal.SIGINT)       # stops after this step, with a checkpoint
-        return real_step(*args, **kwargs)
-    monkeypatch.setattr(train_mod, "train_step", stopped_at_step_2)
-    assert train_mod.main(["--limit", "12", *QUICK]) == 130
-    monkeypatch.setattr(train_mod, "train_step", real_step)
+    stopped_after_step(monkeypatch, ["--limit", "12", *QUICK], 2)
     run = os.path.join("runs", "20261126-120000")
     assert train_mod.main(["--resume", run, *QUICK]) == 0                      # in place: no --out
     assert f"-> {run}\n" in capsys.readouterr().out
@@ -512,16 +503,7 @@ def test_resume_refuses_a_log_whose_header_is_not_the_runs_before_writing_anythi
     was) or into another --out (no folder made)."""
     monkeypatch.setattr(train_mod, "load_mnist", tiny_mnist(12))
     run, other = tmp_path / "run", tmp_path / "other"
-    real_step, calls = train_mod.train_step, [0]
-
-    def stopped_at_step_2(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == 2:
-            signal.raise_signal(signal.SIGINT)       # stops after this step, with a checkpoint
-        return real_step(*args, **kwargs)
-    monkeypatch.setattr(train_mod, "train_step", stopped_at_step_2)
-    assert train_mod.main(["--limit", "12", "--log-every", "1", *QUICK, "--out", str(run)]) == 130
-    monkeypatch.setattr(train_mod, "train_step", real_step)
+    stopped_after_step(monkeypatch, ["--limit", "12", "--log-every", "1", *QUICK, "--out", str(run)], 2)
     log = run / name
     header, rest = log.read_text().split("\n", 1)
     log.write_text(header.replace("step,epoch,", "step,epoch,note,") + "\n" + rest)      # a column added
