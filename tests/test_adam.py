@@ -155,6 +155,7 @@ ADAM_CONFIGS = [
     ("Adam", dict(amsgrad=True)),
     ("Adam", dict(weight_decay=0.05, amsgrad=True, eps=1e-3)),
     ("Adam", dict(betas=(0.3, 0.8))),                        # lerp's other branch (weight 1 - beta1 >= 0.5)
+    ("Adam", dict(betas=(0.0, 0.0))),                        # the ends of [0, 1) that PyTorch takes
     ("Adam", dict(weight_decay=0.1, decoupled_weight_decay=True)),
     ("AdamW", dict()),
     ("AdamW", dict(weight_decay=0)),
@@ -488,6 +489,23 @@ def test_an_lr_or_beta1_a_scheduler_takes_out_of_range_is_stepped_with_and_reloa
         Adam([param([1.0])], lr=-0.1)
     with pytest.raises(ValueError, match="beta parameter at index 0"):
         Adam([param([1.0])], betas=(1.03, 0.999))
+    # no scheduler writes the other hyper-parameters: out of range, they are still refused in step() and load
+    for cls, key in ((Adam, "eps"), (AdamW, "weight_decay"), (SGD, "momentum"), (SGD, "weight_decay")):
+        p = param([1.0], grad=[1.0])
+        opt = cls([p], lr=0.1)
+        saved = opt.state_dict()
+        saved["param_groups"][0][key] = -0.01
+        with pytest.raises(ValueError, match=f"invalid {key}=-0.01"):
+            cls([param([1.0])], lr=0.1).load_state_dict(saved)
+        if cls is not SGD:                                      # (SGD checks a group in step() for its flags only)
+            opt.param_groups[0][key] = -0.01
+            with pytest.raises(ValueError, match=f"invalid {key}=-0.01"):
+                opt.step()
+            assert p.data[0] == 1.0
+    opt = Adam([param([1.0], grad=[1.0])], lr=0.1)
+    opt.param_groups[0]["betas"] = (0.9, 1.0)                   # beta2: no scheduler writes it either
+    with pytest.raises(ValueError, match="beta parameter at index 1"):
+        opt.step()
 
 
 @pytest.mark.parametrize("name, kwargs, steps", SCHEDULERS, ids=IDS)

@@ -339,6 +339,8 @@ def test_constructor_counts_must_be_ints(make, name, fragments):
     pytest.param(lambda: nn.AdaptiveAvgPool2d((2, -1)), "AdaptiveAvgPool2d", ["output_size", ">= 0"], id="neg-in-pair"),
     pytest.param(lambda: nn.AdaptiveAvgPool2d((2, 3, 4)), "AdaptiveAvgPool2d", ["output_size", "pair", "None"],
                  id="triple"),
+    pytest.param(lambda: nn.AdaptiveAvgPool2d(None), "AdaptiveAvgPool2d", ["output_size", "got None"],
+                 id="None-alone"),                   # (None keeps a side in a pair; alone, torch refuses it too)
     pytest.param(lambda: nn.Dropout(True), "Dropout", [r"\[0, 1\]", "True"], id="Dropout-bool"),
 ])
 def test_more_constructor_errors(make, name, fragments):
@@ -553,6 +555,8 @@ def test_pytorch_arguments_not_implemented_are_refused_not_ignored(build, fragme
 
 @pytest.mark.parametrize("build, fragment", [
     pytest.param(lambda: nn.Conv2d(2, 4, 3, padding_mode="reflect"), "padding_mode", id="Conv2d-padding_mode"),
+    pytest.param(lambda: nn.Conv2d(2, 4, 3, padding_mode="replicate"), "padding_mode", id="Conv2d-replicate"),
+    pytest.param(lambda: nn.Conv2d(2, 4, 3, padding_mode="circular"), "padding_mode", id="Conv2d-circular"),
     pytest.param(lambda: nn.BatchNorm2d(3, track_running_stats=False), "track_running_stats", id="BatchNorm2d-track"),
     pytest.param(lambda: nn.Conv2d(2, 4, 2, padding="same"), "even kernel_size", id="Conv2d-same-even-kernel"),
     pytest.param(lambda: nn.Linear(2, 3, device="cuda"), "device='cuda'", id="Linear-cuda"),
@@ -669,6 +673,8 @@ def test_cross_entropy_bad_weight(weight, exc, fragments, smoothing, probabiliti
 def test_cross_entropy_weight_must_be_an_array():
     with raises(TypeError, "CrossEntropyLoss", r"\bweight\b", "numpy array", "list"):
         nn.CrossEntropyLoss([1.0, 2.0, 3.0])
+    with raises(TypeError, "CrossEntropyLoss", r"\bweight\b", "1-D float array", "int64"):
+        nn.CrossEntropyLoss(np.ones(4, np.int64))              # at construction, before any logits
 
 
 @pytest.mark.parametrize("smoothing, exc, fragments", [
@@ -741,6 +747,16 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(build, shape):
     assert layer.backward(np.zeros_like(y)).shape == shape
     for p in layer.parameters():
         np.testing.assert_array_equal(p.grad, 0)
+
+
+@pytest.mark.parametrize("eps", ["1e-5", None, np.array([1e-5])])
+@pytest.mark.parametrize("training", [True, False])
+def test_batchnorm_eps_must_be_a_number(eps, training):
+    """Checked at the forward, where it is used (it may be set after construction, as in PyTorch)."""
+    bn = nn.BatchNorm2d(3).train(training)
+    bn.eps = eps
+    with raises(TypeError, "BatchNorm2d", "eps must be a number"):
+        bn(floats(2, 3, 2, 2))
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])

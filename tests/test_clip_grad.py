@@ -1,4 +1,5 @@
 """clip_grad_norm_ (known norms by hand, then parity with torch) and clip_grad_value_ (against torch)."""
+import contextlib
 import math
 
 import numpy as np
@@ -90,6 +91,11 @@ def test_an_empty_gradient_has_no_norm_of_infinite_or_negative_order_as_in_torch
         with pytest.raises(RuntimeError):
             torch.nn.utils.clip_grad_norm_(tensors, max_norm=1.0, norm_type=norm_type)
     assert clip_grad_norm_([with_grad(np.ones(0)), with_grad([3.0, 4.0])], max_norm=10.0, norm_type=0.5) > 0
+    for norm_type in (0.0, 0.5, 1.0, 3.0):                 # the orders with a value over no entries: 0, as torch
+        t = torch.zeros(0, dtype=torch.float64, requires_grad=True)
+        t.grad = torch.zeros(0, dtype=torch.float64)
+        assert torch.nn.utils.clip_grad_norm_([t], max_norm=1.0, norm_type=norm_type).item() == 0.0
+        assert clip_grad_norm_([with_grad(np.ones(0))], max_norm=1.0, norm_type=norm_type) == 0.0
 
 
 @pytest.mark.parametrize("max_norm", [-1.0, float("nan")])
@@ -229,3 +235,29 @@ def test_clip_grad_value_errors_are_torchs():
     with pytest.raises(TypeError):
         clip_grad_value_([p], None)
     assert nanotorch.nn.utils.clip_grad_value_ is clip_grad_value_
+
+
+def test_clip_grad_value_bound_at_the_edge_of_float32_and_given_as_a_string_as_torchs():
+    """float32's largest value is a bound; the doubles just past it in either sign, although they round
+    to it in float32, are PyTorch's overflow error (their float64 value is compared, not the rounded
+    one). clip_value goes through float(), so the string '0.5' is 0.5 there and here."""
+    from nanotorch.nn.utils import clip_grad_value_
+    torch = pytest.importorskip("torch")
+    largest = float(np.finfo(np.float32).max)
+    just_past = largest * (1 + 2 ** -30)
+    assert np.float32(just_past) == np.float32(largest)
+    for clip_value, overflows in ((largest, False), (-largest, False), (just_past, True), (-just_past, True),
+                                  (-1e39, True)):
+        p, tp = with_grad([3e38, -1.0], np.float32), torch.nn.Parameter(torch.zeros(2))
+        tp.grad = torch.tensor([3e38, -1.0])
+        with pytest.raises(RuntimeError) if overflows else contextlib.nullcontext():
+            torch.nn.utils.clip_grad_value_([tp], clip_value)
+        with pytest.raises(RuntimeError, match="without overflow") if overflows else contextlib.nullcontext():
+            clip_grad_value_([p], clip_value)
+        np.testing.assert_array_equal(p.grad, tp.grad.numpy(), err_msg=str(clip_value))
+    p, tp = with_grad([-1.0, 0.25, 2.0]), torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    tp.grad = torch.tensor([-1.0, 0.25, 2.0], dtype=torch.float64)
+    clip_grad_value_([p], "0.5")
+    torch.nn.utils.clip_grad_value_([tp], "0.5")
+    np.testing.assert_array_equal(p.grad, [-0.5, 0.25, 0.5])
+    np.testing.assert_array_equal(p.grad, tp.grad.numpy())

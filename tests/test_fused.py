@@ -122,6 +122,25 @@ def test_no_grad_forward_is_the_same_forward_and_keeps_nothing(mode, dtype, rng)
     assert nt.is_grad_enabled()
 
 
+@pytest.mark.parametrize("mode", ["train", "eval", "eval-no_grad"])
+def test_conv_bn_gelu_uses_its_batchnorms_eps(mode, rng):
+    """A BatchNorm eps set to another value than the default (a large one, so that it shows) is the
+    one each fused path uses: training, evaluation, and evaluation under no_grad (the folded scale)."""
+    nt.manual_seed(0)
+    block = ConvBNGELU(2, 3, 3, padding=1).double()
+    block[1].eps = 0.5
+    x = rng.standard_normal((2, 2, 6, 6))
+    block(x * 2 + 1)                                   # running statistics away from their start
+    block.train(mode == "train")
+    state = block.state_dict()
+    with nt.no_grad() if mode == "eval-no_grad" else contextlib.nullcontext():
+        got = block(x)
+    assert block.uses_fused_kernels()
+    block.load_state_dict(state)
+    want = nn.Sequential.forward(block, x)             # conv, BN, GELU one by one
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_bn_gelu_inference_kernel_equals_reference(dtype, rng):
     z = rng.standard_normal((5, 3, 37)).astype(dtype)

@@ -328,6 +328,17 @@ def test_one_cycle_epochs_times_steps_and_per_group_max_lr():
     assert sched.get_last_lr() == pytest.approx([0.004, 0.04], rel=1e-12)
 
 
+def test_one_cycle_get_lr_past_total_steps_raises_as_torchs():
+    """get_lr() itself refuses a last_epoch past total_steps (set by hand), as PyTorch's; total_steps
+    itself is still a step."""
+    opt, sched = one_cycle(total_steps=10)
+    sched.last_epoch = 10
+    assert len(sched.get_lr()) == 1
+    sched.last_epoch = 11
+    with pytest.raises(ValueError, match="Tried to step 11 times. The specified number of total steps is 10"):
+        sched.get_lr()
+
+
 def test_one_cycle_steps_to_total_steps_then_raises():
     opt, sched = one_cycle(total_steps=10)
     for _ in range(10):  # PyTorch allows step number total_steps itself
@@ -354,6 +365,7 @@ def test_one_cycle_cycles_the_momentum_of_an_sgd_built_without_momentum():
     (dict(pct_start=-0.1), "pct_start"),
     (dict(pct_start=1), "pct_start must be a float"),           # (PyTorch refuses ints: 1.0)
     (dict(pct_start=0), "pct_start must be a float"),
+    (dict(pct_start=np.float32(0.25)), "pct_start must be a float"),   # (PyTorch's isinstance(pct_start, float))
     (dict(anneal_strategy="exp"), "anneal_strategy"),
     (dict(max_lr=[0.1, 0.2]), "max_lr"),
 ])
@@ -536,8 +548,8 @@ def test_one_cycle_with_an_empty_phase_raises_torchs_zero_division_error_where_t
     opt = SGD([param([0.0])], lr=0.001, momentum=0.9)
     with pytest.raises(ZeroDivisionError) if at == 0 else contextlib.nullcontext():
         t_sched = torch.optim.lr_scheduler.OneCycleLR(t_opt, max_lr=0.1, **kwargs)
-    with pytest.raises(ZeroDivisionError, match=rf"{phase} phase.*is empty.*{fix}") if at == 0 else \
-            contextlib.nullcontext():
+    warm_up_message = rf"{phase} phase.*is empty: it starts at step 0 .*{fix}"
+    with pytest.raises(ZeroDivisionError, match=warm_up_message) if at == 0 else contextlib.nullcontext():
         sched = OneCycleLR(opt, max_lr=0.1, **kwargs)
     if at == 0:
         return
@@ -548,7 +560,8 @@ def test_one_cycle_with_an_empty_phase_raises_torchs_zero_division_error_where_t
     opt.step(), t_opt.step()
     with pytest.raises(ZeroDivisionError):
         t_sched.step()
-    with pytest.raises(ZeroDivisionError, match=rf"step {at} .*{phase} phase.*is empty.*{fix}"):
+    with pytest.raises(ZeroDivisionError,
+                       match=rf"step {at} .*{phase} phase.*is empty: it starts where the phase before it ends.*{fix}"):
         sched.step()
     assert sched.last_epoch == at - 1 and sched.get_last_lr() == [opt.param_groups[0]["lr"]]
 
@@ -557,10 +570,12 @@ def test_one_cycle_with_an_empty_phase_raises_torchs_zero_division_error_where_t
     dict(total_steps=10, pct_start=0.0), dict(total_steps=10, pct_start=0.05), dict(total_steps=1, pct_start=0.3),
     dict(total_steps=10, pct_start=0.05, three_phase=True), dict(total_steps=10, pct_start=0.6, three_phase=True),
     dict(total_steps=10, pct_start=0.19), dict(total_steps=10, pct_start=0.99),
+    dict(total_steps=10, pct_start=0.575, three_phase=True),
 ])
 def test_one_cycle_phases_shorter_than_a_step_but_not_empty_run_as_torchs(kwargs):
     """No division by zero where PyTorch has none: a warm-up ending before step 0 (pct_start * total_steps
-    < 1), a phase shorter than a step, a last phase reached only at step total_steps."""
+    < 1), a phase shorter than a step, a last phase reached only at step total_steps (for three phases
+    with pct_start 0.575 it ends, at step 9, before it starts, at 9.5: a pct of -1, not an empty phase)."""
     torch = pytest.importorskip("torch")
     opt = SGD([param([0.0])], lr=0.001, momentum=0.9)
     t_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.001, momentum=0.9)

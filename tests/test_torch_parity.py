@@ -463,7 +463,7 @@ def compare_cross_entropy(rng, logits, targets, grad_out=2.5, tol=CE_TOL, **kwar
     upstream = grad_out * rng.random(np.shape(loss)) if np.ndim(loss) else np.float64(grad_out)
     grad = ours.backward(upstream)
     loss_t.backward(torch.as_tensor(upstream, dtype=loss_t.dtype))
-    assert grad.shape == logits.shape and grad.dtype == logits.dtype
+    assert grad.shape == logits.shape and grad.dtype == logits.dtype and grad.flags.c_contiguous
     np.testing.assert_allclose(grad, zt.grad.numpy(), **tol, err_msg="d loss / d logits")
     return loss, grad
 
@@ -536,6 +536,23 @@ def test_cross_entropy_options_in_float32_match_torch(reduction, rng):
         compare_cross_entropy(rng, logits, targets, tol=tol, weight=weight, label_smoothing=0.1, reduction=reduction)
 
 
+def test_cross_entropy_more_axes_large_logits_mixed_dtypes_and_a_float32_smoothing_match_torch(rng):
+    """(N, C, d1, d2, d3) logits (any number of axes after C, as torch); class-probability targets with
+    logits in the thousands (the log-softmax shifted by each row's max: no overflow); float32
+    probabilities with float64 logits (the float32 values taken exactly, the rest in float64); and a
+    label_smoothing given as a np.float32 (its value as a double, as torch takes it), to 1e-12."""
+    logits, targets, _ = cross_entropy_case(rng, "index", (2, 1, 3), "default", n=2, c=3)
+    compare_cross_entropy(rng, logits, targets)
+    compare_cross_entropy(rng, logits, targets, weight=rng.uniform(0.5, 2.0, 3), label_smoothing=0.2, reduction="none")
+    logits, probs, _ = cross_entropy_case(rng, "probs", (2, 1, 3), None, n=2, c=3)
+    compare_cross_entropy(rng, logits, probs, label_smoothing=0.2)
+    compare_cross_entropy(rng, logits * 500, probs, reduction="none")
+    compare_cross_entropy(rng, logits, probs.astype(np.float32), weight=rng.uniform(0.5, 2.0, 3),
+                          label_smoothing=0.1, reduction="sum")
+    logits, targets, _ = cross_entropy_case(rng, "index", (), None)
+    compare_cross_entropy(rng, logits, targets, label_smoothing=np.float32(0.1))
+
+
 def test_cross_entropy_weight_is_a_buffer_as_torchs(rng):
     """state_dict holds 'weight' when one is given (nothing otherwise), .double() converts it, and
     a state_dict saved by torch loads into nanotorch."""
@@ -569,11 +586,15 @@ CE_BAD_CASES = [
     ("smoothing-above-1", dict(label_smoothing=1.5), (3, 4), "index"),
     ("smoothing-above-1-probs", dict(label_smoothing=1.01), (3, 4, 2), "probs"),
     ("probs-with-ignore-index", dict(ignore_index=1), (3, 4), "probs"),
+    ("probs-with-ignore-index-0", dict(ignore_index=0), (3, 4), "probs"),
+    ("probs-complex", dict(), (3, 4), np.full((3, 4), 0.25 + 0j)),
     ("probs-wrong-shape", dict(), (3, 4), np.full((3, 5), 0.2)),
     ("probs-int", dict(), (3, 4), np.ones((3, 4), np.int64)),
     ("index-wrong-dims", dict(), (2, 4, 3), np.zeros((2, 4), np.int64)),
     ("index-missing-dims", dict(), (2, 4, 3), np.zeros(2, np.int64)),
     ("index-out-of-range-weight", dict(weight=np.ones(4)), (3, 4), np.array([0, 4, 1])),
+    ("index-out-of-range-first-row", dict(), (3, 4), np.array([4, 0, 1])),
+    ("index-out-of-range-first-row-smoothing", dict(label_smoothing=0.1), (3, 4), np.array([-1, 0, 1])),
     ("index-out-of-range-smoothing-dims", dict(label_smoothing=0.2), (2, 4, 3), np.array([[0, 1, 2], [3, -1, 0]])),
 ]
 
@@ -617,8 +638,10 @@ def conv_bn_gelu(nn, eps):
     pytest.param(lambda nn: nn.Conv2d(2, 3, 3, groups=2), (1, 2, 5, 5), id="Conv2d-groups-not-dividing-out"),
     pytest.param(lambda nn: nn.Conv2d(2, 2, 3, groups=0), (1, 2, 5, 5), id="Conv2d-groups-0"),
     pytest.param(lambda nn: nn.Conv2d(2, 2, 3, padding_mode="zero"), (1, 2, 5, 5), id="Conv2d-padding_mode-typo"),
+    pytest.param(lambda nn: nn.Conv2d(2, 2, 3, padding_mode="same"), (1, 2, 5, 5), id="Conv2d-padding_mode-same"),
     pytest.param(lambda nn: nn.Conv2d(2, 2, 3, dilation=0), (1, 2, 5, 5), id="Conv2d-dilation-0"),
     pytest.param(lambda nn: nn.Conv2d(2, 2, 1, padding=1), (1, 2, 3, 0), id="Conv2d-empty-plane"),
+    pytest.param(lambda nn: nn.Conv2d(2, 2, 1, padding=1), (1, 2, 0, 3), id="Conv2d-empty-plane-no-rows"),
     pytest.param(lambda nn: nn.MaxPool2d(2, dilation=0), (1, 2, 5, 5), id="MaxPool2d-dilation-0"),
     pytest.param(lambda nn: nn.MaxPool2d(2, padding=1), (1, 2, 0, 3), id="MaxPool2d-empty-plane-padded"),
     pytest.param(lambda nn: nn.MaxPool2d(2), (1, 0, 4, 4), id="MaxPool2d-no-channels"),
@@ -1020,6 +1043,9 @@ def test_sgd_refuses_differentiable_set_in_a_group_since():
     opt = nanotorch.optim.SGD([p], lr=0.1)
     opt.param_groups[0]["differentiable"] = True
     p.grad = np.ones(2)
+    with pytest.raises(NotImplementedError, match="differentiable=True is not implemented"):
+        opt.step()
+    opt.param_groups[0]["lr"] = -1.85e-18             # (LinearLR's end at end_factor=0): still the flag, not the lr
     with pytest.raises(NotImplementedError, match="differentiable=True is not implemented"):
         opt.step()
     assert (p.data == 1).all()

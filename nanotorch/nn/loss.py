@@ -30,7 +30,9 @@ That common case (class indices, no weight, no smoothing; (N, C) logits, as in t
 or (N, C, d1, ...) as their rows) is one compiled loop each way (nanotorch/kernels/loss.py, with
 the NumPy formulas beside them). With weight or smoothing the kernel still computes log p and
 checks the targets; a and the sums are NumPy, in float64, rounded once to the loss's dtype: the
-logits' (for probabilities given in another, the wider one, as PyTorch promotes).
+logits' (for probabilities given in another, the wider one, as PyTorch promotes). Only the smoothed
+probabilities (1 - e) q + e / C are computed in q's own dtype first, as PyTorch computes them (float32
+q with float64 logits: the float32 values of its smoothed targets, which the float64 loss shows).
 
 (C,) logits, which PyTorch takes unbatched, are refused: add the batch axis, logits[None].
 """
@@ -165,8 +167,9 @@ def _log_softmax(z):
 
 
 def _probability_target_weights(q, weight, e):
-    """q: (M, C) class probabilities -> a[n, c] = w[c] ((1 - e) q[n, c] + e / C), float64."""
-    a = (1 - e) * q.astype(np.float64) + e / q.shape[1]
+    """q: (M, C) class probabilities -> a[n, c] = w[c] ((1 - e) q[n, c] + e / C), float64; the smoothing
+    in q's dtype (NumPy keeps an array's dtype against a Python float), as PyTorch's target * (1 - e) + e / C."""
+    a = ((1 - e) * q + e / q.shape[1]).astype(np.float64)
     if weight is not None:
         a *= weight
     return a

@@ -13,8 +13,6 @@ import math
 import numbers
 import warnings
 
-import numpy as np
-
 from nanotorch.optim.optimizer import Optimizer, is_number
 
 EPOCH_DEPRECATION_WARNING = (
@@ -146,7 +144,7 @@ class OneCycleLR(LRScheduler):
         total_steps: number of steps in the cycle; or give ``epochs`` and ``steps_per_epoch``
             (total_steps = epochs * steps_per_epoch). total_steps takes precedence.
         pct_start: fraction of the cycle spent raising the lr, a float in [0, 1] (as PyTorch, ints
-            such as 1 are refused: 1.0). Default: 0.3.
+            such as 1 are refused: 1.0, and so is a np.float32). Default: 0.3.
         anneal_strategy: 'cos' or 'linear'. Default: 'cos'.
         cycle_momentum: cycle ``group['momentum']`` (Adam's beta1, ``group['betas'][0]``) inversely
             to the lr. Default: True.
@@ -182,7 +180,8 @@ class OneCycleLR(LRScheduler):
         else:
             raise ValueError("You must define either total_steps OR (epochs AND steps_per_epoch)")
 
-        if not isinstance(pct_start, (float, np.floating)):     # (PyTorch refuses ints, even 0 and 1)
+        if not isinstance(pct_start, float):     # (PyTorch refuses ints, even 0 and 1, and NumPy's float32;
+            # np.float64 is a float subclass, taken by both)
             raise ValueError(f"OneCycleLR: pct_start must be a float between 0 and 1, such as 0.3 or 1.0, "
                              f"got {pct_start!r}")
         if not 0 <= pct_start <= 1:
