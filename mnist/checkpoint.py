@@ -197,11 +197,32 @@ def check_schedule(path, arrays, scheduler):
         what = (f"lacks {listed(missing)}" if missing else
                 f"holds {listed(extra)}, which this run's {type(scheduler).__name__} has not")
         raise ValueError(f"{path}: its scheduler state {what}: not a checkpoint that mnist.train wrote")
+    _refuse_changed(path, saved, {k: v for k, v in fresh.items() if entry(k) not in SCHEDULER_PROGRESS})
+
+
+# The entries of an optimizer's param group that change as it trains: the lr and momentum the scheduler
+# writes at every step, and the parameters' indices. The rest (OneCycleLR's max_lr, min_lr, ..., which its
+# phases read, and SGD's dampening, nesterov, maximize, ...) are the recipe's.
+GROUP_PROGRESS = ("lr", "momentum", "params")
+
+
+def check_optimizer_groups(path, arrays, optimizer):
+    """A ValueError unless the saved param groups hold the recipe's values, as ``optimizer``, freshly
+    built from the recipe (and its scheduler), holds them: an edited max_lr or nesterov would change the
+    run as an edited schedule would (check_schedule). Entries missing from the file are left to
+    optimizer.load_state_dict, which names them."""
+    fresh = flatten_state_dict({"param_groups": optimizer.state_dict()["param_groups"]}, prefix="optimizer.")
+    _refuse_changed(path, {k: v for k, v in arrays.items() if k.startswith("optimizer.param_groups")},
+                    {k: v for k, v in fresh.items() if k.split("].", 1)[-1].split("[")[0] not in GROUP_PROGRESS})
+
+
+def _refuse_changed(path, saved, fresh):
+    """A ValueError naming the first entry of ``fresh`` (flattened state, key -> array) whose saved value differs."""
     for key, value in fresh.items():
-        if key in saved and entry(key) not in SCHEDULER_PROGRESS and not np.array_equal(saved[key], value):
-            raise ValueError(f"{path}: its {key} {_shown(saved[key])} is not the {_shown(value)} of the schedule "
-                             "its recipe builds: not a checkpoint that mnist.train wrote (edited?), and the run "
-                             "would not follow its schedule")
+        if key in saved and not np.array_equal(saved[key], value):
+            raise ValueError(f"{path}: its {key} {_shown(saved[key])} is not the {_shown(value)} that its recipe "
+                             "builds: not a checkpoint that mnist.train wrote (edited?), and the run would not "
+                             "follow its recipe")
 
 
 def _shown(array):
@@ -219,6 +240,7 @@ def load_checkpoint(path, model, optimizer, scheduler):
     weights = model_state_from(arrays)
     refuse_nonfinite(path, weights, ": not a checkpoint to resume (start a new run)")
     check_schedule(path, arrays, scheduler)
+    check_optimizer_groups(path, arrays, optimizer)
     load_weights(path, model, weights)
     for name, part in (("optimizer", optimizer), ("scheduler", scheduler)):
         saved = unflatten_state_dict(arrays, prefix=f"{name}.")

@@ -406,9 +406,13 @@ def test_resume_writes_next_to_its_checkpoint_not_into_the_folder_it_was_trained
     (lambda a: edit_config(a, data_dir=["x"]), 'its config\'s data_dir ["x"] is a list, not a string or null'),
     (lambda a: a.pop("scheduler.last_epoch"), "its scheduler state lacks scheduler.last_epoch"),
     (lambda a: a.update({"scheduler.total_steps": np.array(999)}),
-     "its scheduler.total_steps 999 is not the 3 of the schedule its recipe builds"),
+     "its scheduler.total_steps 999 is not the 3 that its recipe builds"),
     (lambda a: a.update({"scheduler._anneal_func_type": np.array("linear")}),
-     "its scheduler._anneal_func_type 'linear' is not the 'cos' of the schedule"),
+     "its scheduler._anneal_func_type 'linear' is not the 'cos' that its recipe builds"),
+    (lambda a: a.update({"optimizer.param_groups[0].max_lr": np.array(1.0)}),      # read by the schedule's phases
+     "its optimizer.param_groups[0].max_lr 1.0 is not the 0.1 that its recipe builds"),
+    (lambda a: a.update({"optimizer.param_groups[0].nesterov": np.array(True)}),
+     "its optimizer.param_groups[0].nesterov True is not the False that its recipe builds"),
     (lambda a: a.update({"scheduler._schedule_phases[2].end_step": np.array(2.0)}),   # a third phase
      "its scheduler state holds scheduler._schedule_phases[2].end_step, which this run's OneCycleLR has not"),
 ])
