@@ -67,10 +67,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
         The total norm before clipping, a 0-d NumPy float in the gradients' dtype
         (float32 0.0 if no parameter has a gradient, like PyTorch's ``tensor(0.)``).
     """
-    if hasattr(parameters, "data") and hasattr(parameters, "grad"):
-        parameters = [parameters]
-    else:
-        parameters = list(parameters)  # an iterator would be used up by the first pass
+    parameters = _as_list(parameters)          # (an iterator would be used up by the first pass)
     max_norm = float(max_norm)
     if not max_norm >= 0:
         raise ValueError(f"clip_grad_norm_: max_norm must be >= 0, got {max_norm}")
@@ -122,10 +119,8 @@ def clip_grad_value_(parameters, clip_value, foreach=None):
         float32 gradients (PyTorch's "cannot be converted to type float without overflow"); nothing
         is clipped then.
     """
-    if hasattr(parameters, "data") and hasattr(parameters, "grad"):
-        parameters = [parameters]
     clip_value = float(clip_value)
-    grads = [p.grad for p in parameters if p.grad is not None]
+    grads = [p.grad for p in _as_list(parameters) if p.grad is not None]
     if not grads:
         raise RuntimeError("clip_grad_value_: no gradient to clip: no parameters were given, or none has a "
                            "gradient (call loss.backward() first); PyTorch raises a RuntimeError here too")
@@ -145,11 +140,16 @@ def clip_grad_value_(parameters, clip_value, foreach=None):
         np.copyto(g, high, where=g > high)          # clamp_max_, after it: with low > high, all end at high
 
 
-def _parameter_list(parameters, name):
-    """A Parameter or an iterable of Parameters -> a list of them, or a TypeError naming what came instead."""
+def _as_list(parameters):
+    """A Parameter or an iterable of Parameters (the parameters argument of torch.nn.utils's functions) -> a list."""
     if hasattr(parameters, "data") and hasattr(parameters, "grad"):
         return [parameters]
-    params = list(parameters)
+    return list(parameters)
+
+
+def _parameter_list(parameters, name):
+    """_as_list(parameters), or a TypeError naming what came instead of a Parameter."""
+    params = _as_list(parameters)
     for i, p in enumerate(params):
         if not (hasattr(p, "data") and hasattr(p, "grad")):
             raise TypeError(f"{name}: expected Parameters, got a {type(p).__name__} at position {i}")
