@@ -12,6 +12,7 @@ edit starts a fresh cache, and a process still running the old code writes only 
 
 - ``im2col``   — im2col / col2im for convolution (``im2col_reference`` / ``col2im_reference``)
 - ``conv3x3``  — direct 3x3 "same" convolution and its input and weight gradients (no im2col columns)
+- ``simd``     — explicit vectors (load, store, splat, fma) that let conv3x3 keep its sums in registers
 - ``pooling``  — max pooling forward (value and argmax, or the value alone) and its gradient scatter;
   global average pooling
 - ``loss``     — cross-entropy: log-softmax with the loss, and its gradient

@@ -6,12 +6,14 @@ nine shifts s = i * Wp + j (i, j in 0..2), so a whole output plane is nine shift
 
     z[oc, p] = sum over ci, i, j of  w[oc, ci, i, j] * xp[ci, p + i * Wp + j]      p in [0, H * Wp)
 
-(positions with x >= W straddle two rows: they are computed and dropped). Each inner loop runs
-over contiguous memory and vectorises; four output channels share every input load. One pass
-takes one kernel row i of the four channels: 12 multiply-adds per 3 input loads and 4 loads and
-4 stores of the sums, with the 12 weights held in registers. (A pass over all nine taps would
-need 36 weights, more than the registers hold; reloading them costs more than the extra passes
-over the sums.)
+(positions with x >= W straddle two rows: they are computed and dropped). Every read of a shift
+is contiguous, so a vector of consecutive positions is one load. The kernel holds the sums of
+four output channels at three vectors of positions in registers (simd.py's explicit vectors)
+and goes once through all input channels and taps: each tap's 3 input loads and 4 weight
+broadcasts feed 12 vector multiply-adds, and the sums are stored once at the end. (Written as
+loops over arrays, which Numba vectorises by itself, the sums went through memory once per
+input channel and kernel row, a load and a store per 3 multiply-adds: 10-17% slower on the Zen 4,
+docs/performance.md.)
 
 The backward is two more of the same sums. With xp and dzp the input and dz with their zero
 borders (pad_planes, indexed here as 2-D planes), and dz = 0 outside the image:
@@ -22,28 +24,30 @@ borders (pad_planes, indexed here as 2-D planes), and dz = 0 outside the image:
     dw[oc, ci, i, j] = sum over n, y, x of dz[n, oc, y, x] * xp[n, ci, y + i, x + j]
 
 The zero border of the padded dz makes the dropped positions and the image edges add nothing,
-as long as the values are finite: an Inf or NaN in the input's first or last column (or an Inf
-weight) meets those zeros, and 0 * Inf is NaN, so dw (or dx) has NaN in a few more entries than
+as long as the values are finite: an Inf or NaN in the input's first or last column or last row
+(or an Inf weight) meets those zeros, and 0 * Inf is NaN, so dw (or dx) has NaN in a few more entries than
 im2col + GEMM and PyTorch give. Training never gets there: the loss is already NaN, and
 mnist.train stops before the backward.
 
 nn.Conv2d uses it for every 3x3 convolution with stride 1 and padding 1 on planes at least 14
 wide. It builds no im2col columns (nine copies of the input, which outgrow the cache as the
 batch grows), and its tasks (an image and four output channels; for dw, a pair of output
-channels and an input channel) spread over threads. On 7x7 and 4x4 planes the rows are too short
-to vectorise and im2col + GEMM is faster (benchmarks.conv_kernels compares the two).
+channels and an input channel) spread over threads. On 7x7 and 4x4 planes a block of three
+vectors covers the whole grid (63 or 24 positions) and more, and im2col + GEMM is faster
+(benchmarks.conv_kernels compares the two).
 """
 import numpy as np
 from numba import njit, prange
 
 from nanotorch.kernels.gelu import FAST
+from nanotorch.kernels.simd import VECTOR_BYTES, fma, lanes_of, load, splat, store
 from nanotorch.kernels.tasks import PRANGE
 
 
 @njit(cache=True, nogil=True, **PRANGE)
 def pad_planes(x, parallel=False, channels_first=False):
     """x: (N, C, H, W), any strides -> (N, C, padded_size(H, W)): each plane with a zero border, flat,
-    plus two zeros at the end so the last shifted read stays inside. One task per plane.
+    plus TAIL zeros at the end so that the direct kernel's last reads stay inside. One task per plane.
     ``channels_first``: x is (C, N, H, W) instead, as a gradient comes from the layer above, so that
     its planes are read contiguously rather than through a transposed view; the output is the same."""
     if channels_first:
@@ -63,19 +67,26 @@ def pad_planes(x, parallel=False, channels_first=False):
 
 
 def pad_planes_reference(x, channels_first=False):
-    """Plain NumPy: x (N, C, H, W) (or (C, N, H, W) with ``channels_first``) -> (N, C, (H+2)*(W+2) + 2):
-    each plane with a zero border, flat, then two zeros."""
+    """Plain NumPy: x (N, C, H, W) (or (C, N, H, W) with ``channels_first``) -> (N, C, (H+2)*(W+2) + TAIL):
+    each plane with a zero border, flat, then TAIL zeros."""
     if channels_first:
         x = x.transpose(1, 0, 2, 3)
     n_, c_ = x.shape[:2]
     flat = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1))).reshape(n_, c_, -1)
-    return np.pad(flat, ((0, 0), (0, 0), (0, 2)))
+    return np.pad(flat, ((0, 0), (0, 0), (0, TAIL)))
+
+
+# The zeros after each padded plane. The direct kernel computes its outputs in blocks of three
+# vectors, the last block up to 3 * lanes - 1 positions past the grid's H * Wp, and each output
+# reads up to 2 * Wp + 2 further on: 3 * lanes + 1 past the padded rows, lanes = VECTOR_BYTES / 4
+# for float32 (half that for float64).
+TAIL = 3 * (VECTOR_BYTES // 4) + 1
 
 
 @njit(nogil=True)
 def padded_size(h_, w_):
-    """The length of a padded plane: H + 2 rows of W + 2 values, and two zeros after them."""
-    return (h_ + 2) * (w_ + 2) + 2
+    """The length of a padded plane: H + 2 rows of W + 2 values, and TAIL zeros after them."""
+    return (h_ + 2) * (w_ + 2) + TAIL
 
 
 @njit(nogil=True)
@@ -91,15 +102,7 @@ def pad_plane(x, flat):
             row[i] = src[i]
         row[w_] = 0
         row[w_ + 1] = 0
-    flat[(h_ + 1) * wp + 1:] = 0                       # the rest of the bottom row and the two extra zeros
-
-
-@njit(inline="always")
-def _shifted(x, wp, m):
-    """The nine views x[s:s + m] of a flat padded plane, one for each shift s = i * Wp + j of a 3x3
-    kernel, in the order of w[:, :, i, j]."""
-    return (x[0:m], x[1:1 + m], x[2:2 + m], x[wp:wp + m], x[wp + 1:wp + 1 + m], x[wp + 2:wp + 2 + m],
-            x[2 * wp:2 * wp + m], x[2 * wp + 1:2 * wp + 1 + m], x[2 * wp + 2:2 * wp + 2 + m])
+    flat[(h_ + 1) * wp + 1:] = 0                       # the rest of the bottom row and the TAIL zeros
 
 
 @njit(cache=True, nogil=True, **PRANGE, **FAST)
@@ -115,7 +118,7 @@ def conv3x3_same(xp, w, h_, w_, channels_first, parallel=False, flipped=False):
     oc_ = w.shape[1] if flipped else w.shape[0]
     if (plane != padded_size(h_, w_) or w.shape[0 if flipped else 1] != c_ or w.shape[2] != 3
             or w.shape[3] != 3):
-        raise ValueError("conv3x3_same: expected xp (N, C, (h+2)*(w+2)+2) from pad_planes and w (OC, C, 3, 3) "
+        raise ValueError("conv3x3_same: expected xp (N, C, (h+2)*(w+2) + TAIL) from pad_planes and w (OC, C, 3, 3) "
                          "(or, when flipped, the forward's weight: (C, OC, 3, 3) here)")
     w4 = np.empty((-(-oc_ // 4) * 4, c_, 3, 3), dtype=w.dtype)
     w4[:] = 0
@@ -136,28 +139,35 @@ def conv3x3_same(xp, w, h_, w_, channels_first, parallel=False, flipped=False):
 
 @njit(nogil=True, **FAST)
 def _four_channels(xp, w4, n, oc, h_, w_, out, channels_first):
-    """Output channels oc..oc+3 of image n: summed on the padded grid over the input channels and
-    the kernel rows in a small buffer that stays in L1 cache, then copied out without the x >= W
-    positions."""
+    """Output channels oc..oc+3 of image n. The padded grid's positions go in blocks of three
+    vectors (48 float32 with AVX-512: simd.py); a block's 4 x 3 vectors of sums stay in registers
+    over all the input channels and the nine taps, where each tap's three input loads and four
+    weights feed twelve vector multiply-adds. Each sum adds its terms in the order of w's axes
+    (input channel, kernel row, kernel column), each multiply-add rounded once. The blocks go to
+    a small buffer, copied out without the x >= W positions. A block may run past the grid's last
+    position: padded_size leaves room for its reads, and what it computes there is dropped."""
     wp = w_ + 2
     m = h_ * wp
-    acc = np.zeros((4, m), dtype=xp.dtype)
-    z0, z1, z2, z3 = acc[0], acc[1], acc[2], acc[3]
-    for ci in range(xp.shape[1]):
-        x = xp[n, ci]
-        for i in range(3):                                 # kernel row i: the shifts i * Wp + (0, 1, 2)
-            s = i * wp
-            x0, x1, x2 = x[s:s + m], x[s + 1:s + 1 + m], x[s + 2:s + 2 + m]
-            a0, a1, a2 = w4[oc, ci, i, 0], w4[oc, ci, i, 1], w4[oc, ci, i, 2]
-            b0, b1, b2 = w4[oc + 1, ci, i, 0], w4[oc + 1, ci, i, 1], w4[oc + 1, ci, i, 2]
-            c0, c1, c2 = w4[oc + 2, ci, i, 0], w4[oc + 2, ci, i, 1], w4[oc + 2, ci, i, 2]
-            d0, d1, d2 = w4[oc + 3, ci, i, 0], w4[oc + 3, ci, i, 1], w4[oc + 3, ci, i, 2]
-            for p in range(m):
-                v0, v1, v2 = x0[p], x1[p], x2[p]
-                z0[p] += a0 * v0 + a1 * v1 + a2 * v2
-                z1[p] += b0 * v0 + b1 * v1 + b2 * v2
-                z2[p] += c0 * v0 + c1 * v1 + c2 * v2
-                z3[p] += d0 * v0 + d1 * v1 + d2 * v2
+    lanes = lanes_of(xp)
+    block = 3 * lanes
+    acc = np.empty((4, -(-m // block) * block), dtype=xp.dtype)
+    zero = splat(xp.dtype.type(0))
+    for t in range(0, m, block):
+        z0 = z1 = z2 = z3 = (zero, zero, zero)             # z0: channel oc's sums at positions t, t + lanes, t + 2 lanes
+        for ci in range(xp.shape[1]):
+            x = xp[n, ci]
+            for i in range(3):
+                for j in range(3):
+                    s = t + i * wp + j                     # the tap's shift, i * Wp + j
+                    v = load(x, s), load(x, s + lanes), load(x, s + 2 * lanes)
+                    z0 = _multiply_add(w4[oc, ci, i, j], v, z0)
+                    z1 = _multiply_add(w4[oc + 1, ci, i, j], v, z1)
+                    z2 = _multiply_add(w4[oc + 2, ci, i, j], v, z2)
+                    z3 = _multiply_add(w4[oc + 3, ci, i, j], v, z3)
+        for k, z in enumerate((z0, z1, z2, z3)):
+            store(acc[k], t, z[0])
+            store(acc[k], t + lanes, z[1])
+            store(acc[k], t + 2 * lanes, z[2])
     for k in range(min(4, out.shape[0 if channels_first else 1] - oc)):
         dst = out[oc + k, n] if channels_first else out[n, oc + k]
         for y in range(h_):
@@ -167,16 +177,10 @@ def _four_channels(xp, w4, n, oc, h_, w_, out, channels_first):
 
 
 @njit(inline="always")
-def _add_taps(t, s0, s1, s2, s3, s4, s5, s6, s7, s8):
-    t[0, 0] += s0
-    t[0, 1] += s1
-    t[0, 2] += s2
-    t[1, 0] += s3
-    t[1, 1] += s4
-    t[1, 2] += s5
-    t[2, 0] += s6
-    t[2, 1] += s7
-    t[2, 2] += s8
+def _multiply_add(weight, v, z):
+    """One weight times three vectors of inputs, added to three vectors of sums."""
+    a = splat(weight)
+    return fma(a, v[0], z[0]), fma(a, v[1], z[1]), fma(a, v[2], z[2])
 
 
 @njit(cache=True, nogil=True, **PRANGE, **FAST)
@@ -186,15 +190,14 @@ def conv3x3_same_grad_weight(xp, dzp, h_, w_, parallel=False):
     dz's pixel (y, x) sits at q = (y+1) * Wp + x + 1 of its padded plane and met the input at
     q + (i-1) * Wp + (j-1) for tap (i, j); q runs over the padded rows 1..H, where dz's border
     zeros cancel the positions outside the image. One task per pair of output channels and input
-    channel, summing over the images in order; ``parallel`` spreads them over Numba's threads."""
+    channel; ``parallel`` spreads them over Numba's threads."""
     n_, c_, plane = xp.shape
     oc_ = dzp.shape[1]
     wp = w_ + 2
     if plane != padded_size(h_, w_) or dzp.shape[0] != n_ or dzp.shape[2] != plane:
         raise ValueError("conv3x3_same_grad_weight: expected xp (N, C, P) and dzp (N, OC, P) from pad_planes, "
-                         "P = (h+2)*(w+2)+2")
-    dw = np.empty((oc_, c_, 3, 3), dtype=xp.dtype)
-    dw[:] = 0
+                         "P = (h+2)*(w+2) + TAIL")
+    dw = np.empty((oc_, c_, 3, 3), dtype=xp.dtype)                # every entry written by one task
     tasks = (oc_ + 1) // 2 * c_
     if parallel:
         for task in prange(tasks):
@@ -207,46 +210,50 @@ def conv3x3_same_grad_weight(xp, dzp, h_, w_, parallel=False):
 
 @njit(nogil=True, **FAST)
 def _weight_task(xp, dzp, oc, ci, dw, wp, m):
-    """dw[oc, ci] and dw[oc + 1, ci] (an odd last channel is paired with itself), over the images in order."""
+    """dw[oc, ci] and dw[oc + 1, ci] (an odd last channel is paired with itself): eighteen vectors
+    of sums (nine taps, two channels) held in registers over every image and position, each
+    position's two dz vectors and nine shifted input vectors feeding 18 vector multiply-adds. The
+    positions go in whole vectors: past the grid's end dz's padded plane holds zeros (its bottom
+    border and TAIL), which add nothing. Then each vector's lanes are added up."""
     oc2 = min(oc + 1, dzp.shape[1] - 1)
+    lanes = lanes_of(xp)
+    zero = splat(xp.dtype.type(0))
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero       # channel oc's sums for the taps (0, 0) ... (2, 2)
+    t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = t8 = zero       # channel oc2's
     for n in range(xp.shape[0]):
-        _two_channel_taps(xp[n, ci], dzp[n, oc], dzp[n, oc2], dw[oc, ci], dw[oc2, ci], oc2 != oc, wp, m)
+        x, d, e = xp[n, ci], dzp[n, oc], dzp[n, oc2]
+        for p in range(0, m, lanes):
+            g, h = load(d, wp + 1 + p), load(e, wp + 1 + p)          # dz at the grid's positions p...
+            s0, t0 = _both(g, h, load(x, p), s0, t0)                 # ... met the input at p + i * Wp + j
+            s1, t1 = _both(g, h, load(x, p + 1), s1, t1)
+            s2, t2 = _both(g, h, load(x, p + 2), s2, t2)
+            s3, t3 = _both(g, h, load(x, p + wp), s3, t3)
+            s4, t4 = _both(g, h, load(x, p + wp + 1), s4, t4)
+            s5, t5 = _both(g, h, load(x, p + wp + 2), s5, t5)
+            s6, t6 = _both(g, h, load(x, p + 2 * wp), s6, t6)
+            s7, t7 = _both(g, h, load(x, p + 2 * wp + 1), s7, t7)
+            s8, t8 = _both(g, h, load(x, p + 2 * wp + 2), s8, t8)
+    lane_sums = np.empty(lanes, dtype=xp.dtype)
+    for k, (a, b) in enumerate(((s0, t0), (s1, t1), (s2, t2), (s3, t3), (s4, t4), (s5, t5), (s6, t6), (s7, t7),
+                                (s8, t8))):
+        dw[oc2, ci, k // 3, k % 3] = _lane_sum(b, lane_sums)
+        dw[oc, ci, k // 3, k % 3] = _lane_sum(a, lane_sums)
 
 
-@njit(nogil=True, inline="always", **FAST)
-def _two_channel_taps(x, d, e, dw_d, dw_e, both, wp, m):
-    """Add one image's nine shifted dot products of input plane x with the padded dz planes d and
-    e into dw_d and dw_e (3, 3): two output channels share the nine input loads (18 multiply-adds
-    per 11 loads)."""
-    x0, x1, x2, x3, x4, x5, x6, x7, x8 = _shifted(x, wp, m)
-    d, e = d[wp + 1:wp + 1 + m], e[wp + 1:wp + 1 + m]
-    zero = x.dtype.type(0)
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = zero
-    t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = t8 = zero
-    for p in range(m):
-        g, h = d[p], e[p]
-        v0, v1, v2, v3, v4, v5, v6, v7, v8 = x0[p], x1[p], x2[p], x3[p], x4[p], x5[p], x6[p], x7[p], x8[p]
-        s0 += g * v0
-        s1 += g * v1
-        s2 += g * v2
-        s3 += g * v3
-        s4 += g * v4
-        s5 += g * v5
-        s6 += g * v6
-        s7 += g * v7
-        s8 += g * v8
-        t0 += h * v0
-        t1 += h * v1
-        t2 += h * v2
-        t3 += h * v3
-        t4 += h * v4
-        t5 += h * v5
-        t6 += h * v6
-        t7 += h * v7
-        t8 += h * v8
-    _add_taps(dw_d, s0, s1, s2, s3, s4, s5, s6, s7, s8)
-    if both:
-        _add_taps(dw_e, t0, t1, t2, t3, t4, t5, t6, t7, t8)
+@njit(inline="always")
+def _both(g, h, x, s, t):
+    """s + g * x and t + h * x: one input vector's multiply-adds into the two channels' sums."""
+    return fma(g, x, s), fma(h, x, t)
+
+
+@njit(inline="always")
+def _lane_sum(v, lane_sums):
+    """The sum of v's lanes (through lane_sums, a scratch row of their length)."""
+    store(lane_sums, 0, v)
+    total = lane_sums[0]
+    for k in range(1, lane_sums.size):
+        total += lane_sums[k]
+    return total
 
 
 @njit(cache=True, nogil=True)

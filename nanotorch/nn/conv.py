@@ -169,7 +169,7 @@ class Conv2d(Module):
         direct = self.uses_direct_kernel(x.shape, geometry)
         if direct:
             par = parallel(min(x.size, n * self.out_channels * h * w))   # spread over threads? (nanotorch/threads.py)
-            inputs = pad_planes(x, par)                             # (N, C, (H+2)*(W+2) + 2)
+            inputs = pad_planes(x, par)                             # (N, C, (H+2)*(W+2) + TAIL)
             z = conv3x3_same(inputs, weight, h, w, True, par)       # (OC, N, H*W)
         else:
             oh, ow = _output_shape(h, w, *geometry)
