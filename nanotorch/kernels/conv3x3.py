@@ -32,9 +32,9 @@ mnist.train stops before the backward.
 nn.Conv2d uses it for every 3x3 convolution with stride 1 and padding 1 on planes at least 14
 wide. It builds no im2col columns (nine copies of the input, which outgrow the cache as the
 batch grows), and its tasks (an image and four output channels; for dw, a pair of output
-channels and an input channel) spread over threads. On 7x7 and 4x4 planes a block of three
-vectors covers the whole grid (63 or 24 positions) and more, and im2col + GEMM is faster
-(benchmarks.conv_kernels compares the two).
+channels and an input channel) spread over threads. On 7x7 and 4x4 planes the grids of 63 and
+24 positions would take two blocks of 48 and one, a third and half of them dropped, and im2col +
+GEMM is faster (benchmarks.conv_kernels compares the two).
 """
 import numpy as np
 from numba import njit, prange
