@@ -76,3 +76,113 @@ def test_direct_convolution_with_32_byte_vectors(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().endswith("ok")
+
+
+def test_vector_width_follows_the_features_numba_compiles_for(monkeypatch):
+    """64-byte vectors where the code is compiled for AVX-512, 32 otherwise: NUMBA_CPU_FEATURES, or the
+    host's features as Numba takes them (without the AVX ones under NUMBA_ENABLE_AVX=0, when a
+    64-byte vector would be four SSE registers)."""
+    import numba
+    from nanotorch.kernels import simd
+    for features, want in (("+avx2,+fma,+avx512f,+avx512bw", 64), ("+avx2,+fma", 32), ("+avx2,-avx512f", 32)):
+        monkeypatch.setattr(numba.config, "CPU_FEATURES", features)
+        assert simd._vector_bytes() == want, features
+    monkeypatch.setattr(numba.config, "CPU_FEATURES", None)
+    assert simd._vector_bytes() == VECTOR_BYTES                          # this process's: the host's
+    monkeypatch.setattr(numba.config, "ENABLE_AVX", False)
+    assert simd._vector_bytes() == 32
+    assert VECTOR_BYTES in (32, 64)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_values_are_copies_of_lanes_floats_of_the_arrays_dtype(dtype):
+    """The Python bodies (NUMBA_DISABLE_JIT=1) behave as the compiled values do: a loaded vector is a
+    copy (a store over its source afterwards leaves it as it was), and load and splat give lanes_of
+    values of the array's dtype; compiled, a load then a store over the same place gives the old values."""
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    a = np.arange(2 * lanes, dtype=dtype)
+    for run in (lambda f: f, njit):
+        @run
+        def load_then_overwrite(a, i):
+            v = load(a, i)
+            store(a, i, splat(a.dtype.type(-1)))
+            store(a, i + lanes_of(a), v)
+        b = a.copy()
+        load_then_overwrite(b, 0)
+        np.testing.assert_array_equal(b, np.concatenate([np.full(lanes, -1, dtype), a[:lanes]]))
+    v, s = load(a, 1), splat(dtype(2))
+    assert v.dtype == s.dtype == dtype and v.shape == s.shape == (lanes,) == (lanes_of(a),)
+
+
+def test_compiled_vectors_refuse_a_strided_row():
+    """A vector load or store reads consecutive memory: compiled code refuses a row with a stride
+    (whose lanes are not next to each other) at compile time rather than reading the wrong values."""
+    from numba.core.errors import TypingError
+    a = np.arange(64, dtype=np.float32)
+    with pytest.raises(TypingError):
+        njit(lambda a: load(a, 0))(a[::2])
+    with pytest.raises(TypingError):
+        njit(lambda a, b: store(a, 0, load(b, 0)))(a[::2], a)
+
+
+_BOUNDS_CODE = """
+import numpy as np
+from nanotorch import kernels as K
+from nanotorch.kernels import conv3x3 as C, simd
+assert simd.VECTOR_BYTES == {vector_bytes}, simd.VECTOR_BYTES
+
+
+def load(a, i, _load=C.load):
+    n = simd.lanes_of(a)
+    assert 0 <= i and i + n <= a.size, ("load past the array", i, n, a.size)
+    return _load(a, i)
+
+
+def store(a, i, v, _store=C.store):
+    n = simd.lanes_of(a)
+    assert 0 <= i and i + n <= a.size and v.shape == (n,), ("store past the array", i, n, a.size)
+    _store(a, i, v)
+
+
+C.load, C.store = load, store
+rng = np.random.default_rng(0)
+for dtype, tol in ((np.float32, 1e-4), (np.float64, 1e-12)):
+    for n, c, oc, h, w in ((2, 3, 5, 7, 5), (1, 2, 3, 1, 1)):   # 7x5: a grid of 7 x 7 = 49 = 48 + 1 positions
+        x = rng.standard_normal((n, c, h, w)).astype(dtype)
+        wt = rng.standard_normal((oc, c, 3, 3)).astype(dtype)
+        dz = rng.standard_normal((n, oc, h, w)).astype(dtype)
+        xp, dzp = K.pad_planes(x), K.pad_planes(dz)
+        z = K.conv3x3_same_reference(x, wt)
+        dx = K.conv3x3_same_grad_input_reference(dz, wt)
+        for parallel in (False, True):
+            got = K.conv3x3_same(xp, wt, h, w, False, parallel)
+            np.testing.assert_allclose(got.reshape(z.shape), z, rtol=tol, atol=tol)
+            got = K.conv3x3_same(xp, wt, h, w, True, parallel)
+            np.testing.assert_allclose(got.transpose(1, 0, 2).reshape(z.shape), z, rtol=tol, atol=tol)
+            got = K.conv3x3_same(dzp, wt, h, w, False, parallel, True)
+            np.testing.assert_allclose(got.reshape(dx.shape), dx, rtol=tol, atol=tol)
+            np.testing.assert_allclose(K.conv3x3_same_grad_weight(xp, dzp, h, w, parallel),
+                                       K.conv3x3_same_grad_weight_reference(x, dz), rtol=tol, atol=tol)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("vector_bytes", [64, 32])
+def test_direct_kernels_read_and_write_inside_their_arrays(vector_bytes):
+    """Compiled, a vector load does not check its bounds: a read past a padded plane takes the next
+    plane's values or memory outside the array. Run as Python (NUMBA_DISABLE_JIT=1) with load and
+    store that check them, the forward (both layouts, in tasks or not), the input gradient and the
+    weight gradient read inside each padded plane and write inside their buffers and outputs (5
+    output channels: one group of four and one of one), with 64- and 32-byte vectors, float32 and
+    float64, and match the references. On the 7x5 image (a grid of 49 positions, one more than a
+    multiple of 48 and of 24) the last block of 3 float32 vectors starts at the grid's last position
+    and reads up to the padded plane's last value: TAIL is just enough."""
+    code = _BOUNDS_CODE.format(vector_bytes=vector_bytes)
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    if vector_bytes == 32:
+        env["NUMBA_CPU_FEATURES"] = "+64bit,+avx,+avx2,+fma,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3"
+    elif VECTOR_BYTES != 64:
+        env["NUMBA_CPU_FEATURES"] = "+64bit,+avx,+avx2,+fma,+avx512f,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith("ok")

@@ -23,6 +23,7 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic, models, overload, register_model
 
 from nanotorch.kernels.optim import fma_reference
@@ -31,11 +32,12 @@ from nanotorch.kernels.optim import fma_reference
 def _vector_bytes():
     """64 where the code is compiled for AVX-512 (32 registers of 64 bytes), else 32 (AVX2's 16 of
     32 bytes: wider vectors would be split in two and the kernels' sums would no longer fit). The
-    features are the host's, or NUMBA_CPU_FEATURES when set, as Numba compiles for."""
+    features are the host's, or NUMBA_CPU_FEATURES when set, as Numba compiles for (which also
+    drops the AVX ones under NUMBA_ENABLE_AVX=0)."""
     features = numba.config.CPU_FEATURES
     if features is None:
         llvm.initialize_native_target()
-        features = llvm.get_host_cpu_features().flatten()
+        features = get_host_cpu_features()
     return 64 if "+avx512f" in features.split(",") else 32
 
 
