@@ -12,6 +12,11 @@ from numba import njit
 from nanotorch.kernels.simd import VECTOR_BYTES, fma, lanes_of, load, splat, store
 
 
+# A Haswell's features (AVX2, no AVX-512), as NUMBA_CPU_FEATURES spells them: 32-byte vectors.
+AVX2_FEATURES = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fxsr,+lzcnt,+mmx,+movbe,"
+                 "+pclmul,+popcnt,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave")
+
+
 def _ops(a, i, w, c, out, j):
     """out[j:j + lanes] = w * a[i:i + lanes] + c[:lanes], and the lane count."""
     store(out, j, fma(splat(w), load(a, i), load(c, 0)))
@@ -71,8 +76,7 @@ def test_direct_convolution_with_32_byte_vectors(tmp_path):
         "                                   K.conv3x3_same_grad_weight_reference(x, dz), rtol=tol, atol=tol)\n"
         "print('ok')\n")
     env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CACHE_DIR": str(tmp_path),
-           "NUMBA_CPU_FEATURES": "+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fxsr,+lzcnt,+mmx,+movbe,"
-                                 "+pclmul,+popcnt,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave"}
+           "NUMBA_CPU_FEATURES": AVX2_FEATURES}
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().endswith("ok")
@@ -180,7 +184,7 @@ def test_direct_kernels_read_and_write_inside_their_arrays(vector_bytes):
     code = _BOUNDS_CODE.format(vector_bytes=vector_bytes)
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
     if vector_bytes == 32:
-        env["NUMBA_CPU_FEATURES"] = "+64bit,+avx,+avx2,+fma,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3"
+        env["NUMBA_CPU_FEATURES"] = AVX2_FEATURES
     elif VECTOR_BYTES != 64:
         env["NUMBA_CPU_FEATURES"] = "+64bit,+avx,+avx2,+fma,+avx512f,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3"
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)

@@ -58,7 +58,7 @@ def store(a, i, v):
 
 
 def splat(s):
-    return np.full(VECTOR_BYTES // s.itemsize, s)
+    return np.full(lanes_of(s), s)
 
 
 def fma(a, b, c):
