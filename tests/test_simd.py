@@ -151,7 +151,7 @@ def store(a, i, v, _store=C.store):
 C.load, C.store = load, store
 rng = np.random.default_rng(0)
 for dtype, tol in ((np.float32, 1e-4), (np.float64, 1e-12)):
-    for n, c, oc, h, w in ((2, 3, 5, 7, 5), (1, 2, 3, 1, 1)):   # 7x5: a grid of 7 x 7 = 49 = 48 + 1 positions
+    for n, c, oc, h, w in ((2, 3, 5, 7, 5), (1, 2, 3, 1, 1), (1, 2, 3, 3, 12)):   # grids of 49 = 48 + 1, 3 and 42 positions
         x = rng.standard_normal((n, c, h, w)).astype(dtype)
         wt = rng.standard_normal((oc, c, 3, 3)).astype(dtype)
         dz = rng.standard_normal((n, oc, h, w)).astype(dtype)
@@ -179,8 +179,10 @@ def test_direct_kernels_read_and_write_inside_their_arrays(vector_bytes):
     weight gradient read inside each padded plane and write inside their buffers and outputs (5
     output channels: one group of four and one of one), with 64- and 32-byte vectors, float32 and
     float64, and match the references. On the 7x5 image (a grid of 49 positions, one more than a
-    multiple of 48 and of 24) the last block of 3 float32 vectors starts at the grid's last position
-    and reads up to the padded plane's last value: TAIL is just enough."""
+    multiple of 48 and of 24) the forward's last float32 vector, and the weight gradient's, starts
+    at the grid's last position and reads up to the padded plane's last value: TAIL is just enough.
+    The 3x12 image's grid of 42 positions takes one more block of three vectors (more than two
+    vectors are left after the whole blocks: none of 48, one of 24), the 1x1 image's single vectors only."""
     code = _BOUNDS_CODE.format(vector_bytes=vector_bytes)
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
     if vector_bytes == 32:

@@ -32,9 +32,10 @@ mnist.train stops before the backward.
 nn.Conv2d uses it for every 3x3 convolution with stride 1 and padding 1 on planes at least 14
 wide. It builds no im2col columns (nine copies of the input, which outgrow the cache as the
 batch grows), and its tasks (an image and four output channels; for dw, a pair of output
-channels and an input channel) spread over threads. On 7x7 and 4x4 planes the grids of 63 and
-24 positions would take two blocks of 48 and one, a third and half of them dropped, and im2col +
-GEMM is faster (benchmarks.conv_kernels compares the two).
+channels and an input channel) spread over threads. On 7x7 and 4x4 planes im2col + GEMM is
+faster: their grids of 63 and 24 positions hold 49 and 16 pixels, and the weight gradient adds
+up the lanes of 18 vectors for every 4 or 2 vectors of positions an image (benchmarks.conv_kernels
+compares the two; docs/performance.md has the figures).
 """
 import numpy as np
 from numba import njit, prange
@@ -76,11 +77,11 @@ def pad_planes_reference(x, channels_first=False):
     return np.pad(flat, ((0, 0), (0, 0), (0, TAIL)))
 
 
-# The zeros after each padded plane. The direct kernel computes its outputs in blocks of three
-# vectors, the last block up to 3 * lanes - 1 positions past the grid's H * Wp, and each output
-# reads up to 2 * Wp + 2 further on: 3 * lanes + 1 past the padded rows, lanes = VECTOR_BYTES / 4
-# for float32 (half that for float64).
-TAIL = 3 * (VECTOR_BYTES // 4) + 1
+# The zeros after each padded plane. The direct kernels compute up to lanes - 1 positions past the
+# grid's H * Wp (the forward's last vector, the weight gradient's last vector of dz), and each
+# position reads up to 2 * Wp + 2 further on: up to lanes past the padded rows, so TAIL = lanes + 1,
+# lanes = VECTOR_BYTES / 4 for float32 (half that for float64).
+TAIL = VECTOR_BYTES // 4 + 1
 
 
 @njit(nogil=True)
@@ -142,38 +143,70 @@ def _four_channels(xp, w4, n, oc, h_, w_, out, channels_first):
     """Output channels oc..oc+3 of image n. The padded grid's positions go in blocks of three
     vectors (48 float32 with AVX-512: simd.py); a block's 4 x 3 vectors of sums stay in registers
     over all the input channels and the nine taps, where each tap's three input loads and four
-    weights feed twelve vector multiply-adds. Each sum adds its terms in the order of w's axes
-    (input channel, kernel row, kernel column), each multiply-add rounded once. The blocks go to
-    a small buffer, copied out without the x >= W positions. A block may run past the grid's last
-    position: padded_size leaves room for its reads, and what it computes there is dropped."""
+    weights feed twelve vector multiply-adds. What is left after the last whole block goes in
+    single vectors (or in one more block, if more than two vectors are left), so that fewer than
+    a vector's worth of positions past the grid are computed. Each sum adds its terms in the order
+    of w's axes (input channel, kernel row, kernel column), each multiply-add rounded once. The
+    sums go to a small buffer, copied out without the x >= W positions (and those past the grid,
+    whose reads padded_size leaves room for)."""
     wp = w_ + 2
     m = h_ * wp
     lanes = lanes_of(xp)
     block = 3 * lanes
-    acc = np.empty((4, -(-m // block) * block), dtype=xp.dtype)
-    zero = splat(xp.dtype.type(0))
-    for t in range(0, m, block):
-        z0 = z1 = z2 = z3 = (zero, zero, zero)             # z0: channel oc's sums at positions t, t + lanes, t + 2 lanes
-        for ci in range(xp.shape[1]):
-            x = xp[n, ci]
-            for i in range(3):
-                for j in range(3):
-                    s = t + i * wp + j                     # the tap's shift, i * Wp + j
-                    v = load(x, s), load(x, s + lanes), load(x, s + 2 * lanes)
-                    z0 = _multiply_add(w4[oc, ci, i, j], v, z0)
-                    z1 = _multiply_add(w4[oc + 1, ci, i, j], v, z1)
-                    z2 = _multiply_add(w4[oc + 2, ci, i, j], v, z2)
-                    z3 = _multiply_add(w4[oc + 3, ci, i, j], v, z3)
-        for k, z in enumerate((z0, z1, z2, z3)):
-            store(acc[k], t, z[0])
-            store(acc[k], t + lanes, z[1])
-            store(acc[k], t + 2 * lanes, z[2])
+    blocks, rest = divmod(m, block)
+    if rest > 2 * lanes:
+        blocks, rest = blocks + 1, 0
+    end = blocks * block + -(-rest // lanes) * lanes
+    acc = np.empty((4, end), dtype=xp.dtype)
+    for t in range(0, blocks * block, block):
+        _three_vectors(xp, w4, n, oc, t, wp, acc)
+    for t in range(blocks * block, end, lanes):
+        _one_vector(xp, w4, n, oc, t, wp, acc)
     for k in range(min(4, out.shape[0 if channels_first else 1] - oc)):
         dst = out[oc + k, n] if channels_first else out[n, oc + k]
         for y in range(h_):
             row, src = dst[y * w_:(y + 1) * w_], acc[k, y * wp:y * wp + w_]
             for i in range(w_):
                 row[i] = src[i]
+
+
+@njit(inline="always", **FAST)
+def _three_vectors(xp, w4, n, oc, t, wp, acc):
+    """acc[0..3, t:t + 3 lanes]: the sums of channels oc..oc+3 at three vectors of positions from t."""
+    lanes = lanes_of(xp)
+    zero = splat(xp.dtype.type(0))
+    z0 = z1 = z2 = z3 = (zero, zero, zero)             # z0: channel oc's sums at positions t, t + lanes, t + 2 lanes
+    for ci in range(xp.shape[1]):
+        x = xp[n, ci]
+        for i in range(3):
+            for j in range(3):
+                s = t + i * wp + j                     # the tap's shift, i * Wp + j
+                v = load(x, s), load(x, s + lanes), load(x, s + 2 * lanes)
+                z0 = _multiply_add(w4[oc, ci, i, j], v, z0)
+                z1 = _multiply_add(w4[oc + 1, ci, i, j], v, z1)
+                z2 = _multiply_add(w4[oc + 2, ci, i, j], v, z2)
+                z3 = _multiply_add(w4[oc + 3, ci, i, j], v, z3)
+    for k, z in enumerate((z0, z1, z2, z3)):
+        store(acc[k], t, z[0])
+        store(acc[k], t + lanes, z[1])
+        store(acc[k], t + 2 * lanes, z[2])
+
+
+@njit(inline="always", **FAST)
+def _one_vector(xp, w4, n, oc, t, wp, acc):
+    """acc[0..3, t:t + lanes]: the same sums at one vector of positions (the grid's last few)."""
+    z0 = z1 = z2 = z3 = splat(xp.dtype.type(0))
+    for ci in range(xp.shape[1]):
+        x = xp[n, ci]
+        for i in range(3):
+            for j in range(3):
+                v = load(x, t + i * wp + j)
+                z0 = fma(splat(w4[oc, ci, i, j]), v, z0)
+                z1 = fma(splat(w4[oc + 1, ci, i, j]), v, z1)
+                z2 = fma(splat(w4[oc + 2, ci, i, j]), v, z2)
+                z3 = fma(splat(w4[oc + 3, ci, i, j]), v, z3)
+    for k, z in enumerate((z0, z1, z2, z3)):
+        store(acc[k], t, z)
 
 
 @njit(inline="always")
