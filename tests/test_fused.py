@@ -1,5 +1,6 @@
 """The fused fast paths equal the plain layers they stand for."""
 import contextlib
+import functools
 
 import numpy as np
 import pytest
@@ -198,3 +199,71 @@ def test_a_child_backed_up_after_a_fused_pass_says_it_did_not_run(grad_mode, rng
         with pytest.raises(RuntimeError, match=f"{type(child).__name__}.backward: the last forward ran its "
                                                "ConvBNGELU fused"):
             child.backward(np.ones((2, 3, 5, 5)))
+
+
+def test_bn_gelu_float32_sums_are_kept_in_float64(rng):
+    """The batch statistics and the backward's sums (dgamma, dbeta) of a float32 layer are accumulated
+    in float64 and rounded once: over 2^19 values a channel near 10, an in-order float32 sum is off by
+    a few 1e-6 relative; these agree with the float64 reference to float32 rounding."""
+    z = (rng.standard_normal((2, 4, 1 << 17)) + 10).astype(np.float32)         # (C, N, L)
+    mean, var = np.zeros(2, np.float32), np.ones(2, np.float32)
+    gamma, beta = np.ones(2, np.float32), np.zeros(2, np.float32)
+    a, xhat, d, inv_std = K.bn_gelu_forward(z, mean, var, gamma, beta, True, 1.0, 1e-5)    # momentum 1: the batch's
+    z64 = z.astype(np.float64)
+    np.testing.assert_allclose(mean, z64.mean(axis=(1, 2)), rtol=1e-7)
+    np.testing.assert_allclose(var, z64.var(axis=(1, 2)) * z[0].size / (z[0].size - 1), rtol=1e-6)
+    da = (rng.standard_normal((4, 2, 1 << 17)) + 10).astype(np.float32)       # (N, C, L)
+    dgamma, dbeta = np.zeros(2), np.zeros(2)
+    K.bn_gelu_backward(da, xhat, d, inv_std, gamma, True, dgamma, dbeta)
+    _, want_dgamma, want_dbeta = K.bn_gelu_backward_reference(da, xhat, d, inv_std, gamma, True)
+    np.testing.assert_allclose(dbeta, want_dbeta, rtol=1e-9)
+    np.testing.assert_allclose(dgamma, want_dgamma, rtol=1e-9, atol=1e-6 * np.abs(want_dbeta).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stats_dtype", [np.float32, np.float64])
+def test_update_running_stats_gives_the_reference_bits(dtype, stats_dtype, rng):
+    """The same operations in the same dtypes as the reference (the unbiased variance computed in
+    float64 and rounded once): the same bits, not only to a tolerance."""
+    mean, var = rng.standard_normal(1000).astype(stats_dtype), rng.uniform(0.1, 3, 1000).astype(stats_dtype)
+    for f, m in ((0.1, 4 * 28 * 28), (1 / 3, 7), (0.7, 3)):
+        got = (rng.standard_normal(1000).astype(dtype), rng.uniform(0.5, 2, 1000).astype(dtype))
+        want = (got[0].copy(), got[1].copy())
+        K.update_running_stats(*got, mean, var, f, float(m))
+        K.update_running_stats_reference(*want, mean, var, f, m)
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
+def test_bn_gelu_backward_refuses_gradients_of_another_size(rng):
+    """dgamma and dbeta are written at every channel: arrays of another size are refused, not overrun."""
+    da = rng.standard_normal((2, 3, 4))                                  # (N, C, L)
+    xhat, d = rng.standard_normal((3, 2, 4)), rng.standard_normal((3, 2, 4))
+    for dgamma, dbeta in ((np.zeros(2), np.zeros(3)), (np.zeros(3), np.zeros(4))):
+        with pytest.raises(ValueError, match="dgamma and dbeta"):
+            K.bn_gelu_backward(da, xhat, d, np.ones(3), np.ones(3), True, dgamma, dbeta)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bn_gelu_forward_inv_std_and_running_stats_are_the_reference_bits(dtype, rng):
+    """Inside the fastmath kernel, 1 / sqrt(var + eps) and the running statistics' update are
+    rounded as the reference (and BatchNorm2d) round them, bit for bit: a function called from a
+    fastmath kernel inherits fastmath unless it says otherwise, and then LLVM computed inv_std from
+    an approximate reciprocal square root (1 ulp off in float32 for ~40% of the channels) and fused
+    the running statistics' multiply-adds."""
+    c = 64
+    z = (rng.standard_normal((c, 4, 49)) * rng.uniform(0.1, 10, (c, 1, 1)) + rng.uniform(-3, 3, (c, 1, 1)))
+    z = z.astype(dtype)
+    gamma, beta = rng.standard_normal(c).astype(dtype), rng.standard_normal(c).astype(dtype)
+    for training in (True, False):
+        stats = rng.standard_normal(c).astype(dtype), rng.uniform(0.5, 2, c).astype(dtype)
+        got, want = (stats[0].copy(), stats[1].copy()), (stats[0].copy(), stats[1].copy())
+        *_, inv_std = K.bn_gelu_forward(z, *got, gamma, beta, training, 0.1, 1e-5)
+        *_, want_inv_std = K.bn_gelu_forward_reference(z, *want, gamma, beta, training, 0.1, 1e-5)
+        # float64 training: the batch's float64 sums, added in another order than NumPy's, differ in
+        # their last bits (in float32 they are rounded to float32 before use)
+        check = (functools.partial(np.testing.assert_allclose, rtol=1e-14) if training and dtype == np.float64
+                 else np.testing.assert_array_equal)
+        check(inv_std, want_inv_std)
+        check(got[0], want[0])
+        check(got[1], want[1])

@@ -176,6 +176,14 @@ def test_global_avg_pool_of_a_large_float32_plane_is_correctly_rounded(rng):
     assert np.all(np.abs(K.global_avg_pool(x) - exact) <= np.spacing(exact.astype(np.float32)) / 2)
 
 
+def test_global_avg_pool_rounds_the_mean_once(rng):
+    """The float64 sum is divided in float64 and rounded once to float32: not the sum rounded to
+    float32 and then divided (two roundings, which differ in the last bit for many planes)."""
+    x = (rng.standard_normal((8, 64, 7, 7)) + 10).astype(np.float32)
+    once = (x.astype(np.float64).sum(axis=(2, 3), keepdims=True) / 49).astype(np.float32)
+    np.testing.assert_array_equal(K.global_avg_pool(x), once)
+
+
 @pytest.mark.parametrize("kernel", ["general", "2x2"])
 def test_maxpool_ties_pick_the_first_like_pytorch(kernel):
     x = np.zeros((1, 3, 2, 2))
@@ -482,6 +490,28 @@ def test_cross_entropy_is_stable_whichever_class_has_the_largest_logit(dtype, bi
     np.testing.assert_allclose(nll, big, rtol=1e-6)
     grad = K.cross_entropy_backward(log_p, targets, -100, np.ones(6))
     np.testing.assert_allclose(grad, K.cross_entropy_backward_reference(log_p, targets, -100, np.ones(6)), atol=1e-6)
+
+
+def test_cross_entropy_sums_over_many_classes_in_float64(rng):
+    """The sum of exp over the classes is kept in float64 too: over 2^18 float32 logits a row, an
+    in-order float32 sum is off by a few 1e-6 relative, which log p would carry."""
+    logits = rng.standard_normal((2, 1 << 18)).astype(np.float32)
+    targets = np.array([0, 7])
+    nll, total, kept, log_p, bad = K.cross_entropy_forward(logits, targets, -100)
+    exact_nll, exact_log_p = K.cross_entropy_forward_reference(logits.astype(np.float64), targets, -100)
+    np.testing.assert_allclose(log_p, exact_log_p, rtol=0, atol=4e-6)       # |log p| ~ 13: a few float32 ulps
+    np.testing.assert_allclose(nll, exact_nll, rtol=1e-6)
+
+
+def test_cross_entropy_of_a_confident_row_keeps_its_small_loss():
+    """log sum exp is taken of the float64 sum, then rounded: a row whose target's logit is 20 above
+    the others has loss 2 exp(-20) ~ 4e-9, which a float32 sum (1 + 4e-9 rounds to 1) would make 0."""
+    logits = np.array([[20.0, 0.0, 0.0], [0.0, 20.0, 0.0]], np.float32)
+    targets = np.array([0, 1])
+    nll, total, kept, log_p, bad = K.cross_entropy_forward(logits, targets, -100)
+    exact = np.log1p(np.full(2, 2 * np.exp(-20.0)))
+    np.testing.assert_allclose(nll, exact, rtol=1e-6)
+    np.testing.assert_allclose(nll, K.cross_entropy_forward_reference(logits, targets, -100)[0], rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

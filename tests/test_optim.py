@@ -774,3 +774,14 @@ def test_sgd_reference_takes_nan_and_inf_as_the_kernel_does():
     sgd_update_reference(p[1], g, buf[1], 1e10, 0.9, 0.0, 0.0, False, True)
     np.testing.assert_array_equal(p[0], p[1])                 # nan, -inf, -inf
     assert np.isnan(p[0][0]) and p[0][1] == p[0][2] == -np.inf
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_without_weight_decay_leaves_an_infinite_parameter_infinite(momentum):
+    """weight_decay == 0 skips the decay's multiply-add, as torch.optim.SGD skips it: p * 0 would turn
+    an infinite parameter into NaN (torch: inf - lr * g stays inf)."""
+    from nanotorch.kernels.optim import sgd_update, sgd_update_reference
+    for twin in (sgd_update, sgd_update_reference):
+        p, g, buf = np.array([np.inf, -np.inf, 1.0]), np.ones(3), np.empty(3)
+        twin(p, g, buf, 0.1, momentum, 0.0, 0.0, False, True)
+        np.testing.assert_array_equal(p, [np.inf, -np.inf, 0.9])
