@@ -809,7 +809,7 @@ def test_ctrl_c_saves_a_checkpoint_and_ends_by_the_signal(tmp_path, signum):
 
 # ----------------------------------------------------------------------------- 5. NaN loss
 
-DIVERGE = ["--limit", "400", "--max-lr", "1e6", "--clip", "0", *QUICK]    # seed 0: the loss is nan at step 4
+DIVERGE = ["--limit", "400", "--max-lr", "1e8", "--clip", "0", *QUICK]    # seed 0: the loss is nan at step 4
 
 
 @requires_mnist
