@@ -64,8 +64,8 @@ def _mean_var(v):
 def _inverse_sqrt(one, x):
     """one / sqrt(x), in the type of ``one``, rounded as NumPy rounds it: compiled without fastmath,
     said explicitly, since a function called from a fastmath kernel inherits fastmath unless it sets
-    it itself (then LLVM computes one / sqrt(x) as an approximate reciprocal square root and a
-    Newton step, 1 ulp off in float32 for ~40% of the channels)."""
+    it itself (then LLVM computes one / sqrt(x) from an approximate reciprocal square root,
+    vrsqrtss on x86, 1 ulp off in float32 for ~40% of the channels)."""
     return one / np.sqrt(x)
 
 
