@@ -296,6 +296,17 @@ def test_batchnorm_train_with_one_value_per_channel(layer, shape):
     assert layer(floats(*shape)).shape == shape, "eval mode uses the running statistics: one value is fine"
 
 
+def test_conv_bn_gelu_train_with_one_value_per_channel():
+    """The fused block as its BatchNorm2d: a training batch of one value per channel is refused before
+    it counts; in evaluation it is fine."""
+    block = nn.ConvBNGELU(2, 3, 3, padding=1)
+    with raises(ValueError, "ConvBNGELU", "more than 1 value per channel", re.escape("(1, 2, 1, 1)")):
+        block(floats(1, 2, 1, 1))
+    assert int(block[1].num_batches_tracked) == 0, "a rejected batch must not count"
+    block.eval()
+    assert block(floats(1, 2, 1, 1)).shape == (1, 3, 1, 1)
+
+
 # --- constructor errors ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("make, name, fragments", [
     pytest.param(lambda: nn.Dropout(p=1.5), "Dropout", ["1.5", r"\[0, 1\]"], id="Dropout-p1.5"),
@@ -747,6 +758,17 @@ def test_an_empty_batch_gives_empty_outputs_and_zero_gradients(build, shape):
     assert layer.backward(np.zeros_like(y)).shape == shape
     for p in layer.parameters():
         np.testing.assert_array_equal(p.grad, 0)
+
+
+def test_conv_takes_an_empty_batch_of_empty_planes_but_refuses_an_image_with_an_empty_plane():
+    """As PyTorch: Conv2d(1, 1, 3, padding=2) maps (0, 1, 0, 5) to (0, 1, 2, 7), its padding alone being
+    larger than the kernel, and refuses (1, 1, 0, 5), which that padding alone would convolve to the bias."""
+    layer = nn.Conv2d(1, 1, 3, padding=2)
+    y = layer(np.zeros((0, 1, 0, 5), np.float32))
+    assert y.shape == (0, 1, 2, 7)
+    assert layer.backward(np.zeros_like(y)).shape == (0, 1, 0, 5)
+    with raises(ValueError, "Conv2d", "at least 1x1 pixels", re.escape("(1, 1, 0, 5)")):
+        layer(np.zeros((1, 1, 0, 5), np.float32))
 
 
 @pytest.mark.parametrize("eps", ["1e-5", None, np.array([1e-5])])

@@ -16,6 +16,8 @@ def test_which_convolutions_run_the_direct_kernel():
     assert not nn.Conv2d(4, 4, 3, padding=1, stride=2).uses_direct_kernel((4, 4, 28, 28))
     assert not nn.Conv2d(4, 4, 5, padding=2).uses_direct_kernel((4, 4, 28, 28))
     assert not nn.Conv2d(4, 4, 3).uses_direct_kernel((4, 4, 28, 28))
+    conv = nn.Conv2d(4, 4, 3, padding=1)                     # the rows decide: at least 14 wide, any height
+    assert conv.uses_direct_kernel((4, 4, 3, 14)) and not conv.uses_direct_kernel((4, 4, 28, 13))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -87,3 +89,28 @@ def test_direct_kernels_reject_inconsistent_shapes():
         conv3x3_same(xp, np.zeros((5, 1, 3, 3), np.float32), 4, 14, True)           # wrong input channels
     with pytest.raises(ValueError, match="pad_planes"):
         conv3x3_same_grad_weight(xp, pad_planes(np.zeros((1, 5, 4, 14), np.float32)), 4, 14)   # wrong batch
+    with pytest.raises(ValueError, match="pad_planes"):
+        conv3x3_same_grad_weight(xp, pad_planes(np.zeros((2, 5, 5, 14), np.float32)), 4, 14)   # dz of another height
+    with pytest.raises(ValueError, match="w \\(OC, C, 3, 3\\)"):
+        conv3x3_same(xp, np.zeros((5, 3, 1, 1), np.float32), 4, 14, True)           # a 1x1 kernel (would broadcast)
+
+
+def test_a_padded_gradient_needs_the_direct_kernel_and_no_bias():
+    """backward_channels_first(dz, padded=True) takes dz as the direct kernel's zero-bordered planes
+    (as ConvBNGELU writes them): the same gradients as dz unpadded for a direct layer with no bias;
+    refused by a layer with a bias (whose gradient is a sum over dz) or one that ran im2col + GEMM."""
+    from nanotorch.kernels import pad_planes
+    rng = np.random.default_rng(5)
+    for bias, width in ((False, 16), (True, 16), (False, 7)):
+        layer = nn.Conv2d(3, 4, 3, padding=1, bias=bias)
+        layer(rng.standard_normal((2, 3, 5, width)).astype(np.float32))
+        dz = rng.standard_normal((4, 2, 5 * width)).astype(np.float32)            # (OC, N, H*W)
+        dzp = pad_planes(dz.reshape(4, 2, 5, width), channels_first=True)
+        if bias or width < layer.direct_min_width:
+            with pytest.raises(ValueError, match="padded gradient needs the direct kernel and no bias"):
+                layer.backward_channels_first(dzp, padded=True)
+            continue
+        dx = layer.backward_channels_first(dz)
+        grad, layer.weight.grad = layer.weight.grad, None
+        np.testing.assert_array_equal(layer.backward_channels_first(dzp, padded=True), dx)
+        np.testing.assert_array_equal(layer.weight.grad, grad)

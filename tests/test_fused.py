@@ -185,6 +185,23 @@ def test_conv_bn_gelu_refuses_a_child_setting_it_does_not_implement(child, name,
         block(x)
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("change, error, message", [("num_features", ValueError, "BatchNorm2d expects 4 channels"),
+                                                    ("dtype", TypeError, "BatchNorm2d expects a float64 input")])
+def test_conv_bn_gelu_with_a_batchnorm_that_does_not_fit_refuses_as_its_children(change, error, message, mode):
+    """A BatchNorm2d of other channels, or of another dtype, than the conv's output: the block leaves
+    its fused kernels (which would take float64 statistics for a float32 conv and compute on) for the
+    children, and BatchNorm2d refuses its input, as in the Sequential."""
+    block = ConvBNGELU(2, 3, 3, padding=1).train(mode == "train")
+    if change == "num_features":
+        block[1] = nn.BatchNorm2d(4).train(mode == "train")
+    else:
+        block[1].double()
+    assert not block.uses_fused_kernels()
+    with pytest.raises(error, match=message):
+        block(np.ones((2, 2, 5, 5), np.float32))
+
+
 @pytest.mark.parametrize("grad_mode", [True, False])
 def test_a_child_backed_up_after_a_fused_pass_says_it_did_not_run(grad_mode, rng):
     """After a pass that ran the children one by one, a fused pass leaves BatchNorm's and GELU's own

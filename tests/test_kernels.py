@@ -413,6 +413,27 @@ def test_direct_conv3x3_equals_reference(shape, dtype, rng):
                                K.conv3x3_same_grad_weight_reference(x, dz), **tol)
 
 
+@pytest.mark.parametrize("h, w", [(5, 14), (3, 12), (1, 1)])   # blocks and single vectors, a block only, single only
+def test_direct_conv3x3_adds_in_the_order_of_the_weights_axes(h, w, rng):
+    """Each float32 output is its multiply-adds in the order of w's axes (input channel, kernel row,
+    kernel column), each rounded once, as the kernel's docstring says, in a block of three vectors
+    and in a single vector alike: the bits of that loop in NumPy (fma_reference, one rounding but
+    where a float64 sum falls exactly halfway between two float32 values, which these inputs miss)."""
+    from nanotorch.kernels.optim import fma_reference
+    n, c, oc = 2, 3, 5
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    wt = rng.standard_normal((oc, c, 3, 3)).astype(np.float32)
+    xpad = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    want = np.zeros((n, oc, h, w), np.float32)
+    for ci in range(c):
+        for i in range(3):
+            for j in range(3):
+                want = fma_reference(np.broadcast_to(wt[None, :, ci, i, j, None, None], want.shape),
+                                     np.broadcast_to(xpad[:, ci:ci + 1, i:i + h, j:j + w], want.shape), want)
+    got = K.conv3x3_same(K.pad_planes(x), wt, h, w, False).reshape(want.shape)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", DIRECT_SHAPES)           # (N, C, OC, H, W): odd sizes, OC not a multiple of 4
 def test_direct_conv3x3_grad_input_equals_reference(shape, dtype, rng):

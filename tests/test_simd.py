@@ -129,6 +129,14 @@ def test_compiled_vectors_refuse_a_strided_row():
         njit(lambda a, b: store(a, 0, load(b, 0)))(a[::2], a)
 
 
+def test_compiled_store_refuses_a_vector_of_another_dtype():
+    """A float64 vector stored into a float32 row would write twice as many values as lanes_of(row)
+    says: compiled code refuses it at compile time."""
+    from numba.core.errors import TypingError
+    with pytest.raises(TypingError):
+        njit(lambda a, b: store(a, 0, load(b, 0)))(np.zeros(64, np.float32), np.zeros(64, np.float64))
+
+
 _BOUNDS_CODE = """
 import numpy as np
 from nanotorch import kernels as K
@@ -151,7 +159,8 @@ def store(a, i, v, _store=C.store):
 C.load, C.store = load, store
 rng = np.random.default_rng(0)
 for dtype, tol in ((np.float32, 1e-4), (np.float64, 1e-12)):
-    for n, c, oc, h, w in ((2, 3, 5, 7, 5), (1, 2, 3, 1, 1), (1, 2, 3, 3, 12)):   # grids of 49 = 48 + 1, 3 and 42 positions
+    for n, c, oc, h, w in ((2, 3, 5, 7, 5), (1, 2, 3, 1, 1), (1, 2, 3, 3, 12), (1, 2, 3, 2, 14), (1, 2, 3, 1, 14)):
+        # grids of 49 = 48 + 1, 3, 42, 32 and 16 positions
         x = rng.standard_normal((n, c, h, w)).astype(dtype)
         wt = rng.standard_normal((oc, c, 3, 3)).astype(dtype)
         dz = rng.standard_normal((n, oc, h, w)).astype(dtype)
@@ -182,7 +191,10 @@ def test_direct_kernels_read_and_write_inside_their_arrays(vector_bytes):
     multiple of 48 and of 24) the forward's last float32 vector, and the weight gradient's, starts
     at the grid's last position and reads up to the padded plane's last value: TAIL is just enough.
     The 3x12 image's grid of 42 positions takes one more block of three vectors (more than two
-    vectors are left after the whole blocks: none of 48, one of 24), the 1x1 image's single vectors only."""
+    vectors are left after the whole blocks: none of 48, one of 24), the 1x1 image's single vectors only.
+    The 2x14 and 1x14 images' grids of 32 and 16 positions leave exactly two float32 vectors after the
+    whole blocks (64- and 32-byte vectors): they go as two single vectors, since one more block of
+    three would read past the padded plane."""
     code = _BOUNDS_CODE.format(vector_bytes=vector_bytes)
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
     if vector_bytes == 32:
