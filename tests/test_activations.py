@@ -106,3 +106,29 @@ def test_no_grad_forward_keeps_nothing_and_backward_says_so():
         assert layer.cache is None
         with pytest.raises(RuntimeError, match=f"{type(layer).__name__}.backward called before forward"):
             layer.backward(np.ones((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_backward_from_its_output_is_torchs_expression_bit_for_bit(dtype):
+    """Given the same output y, the gradient is PyTorch's sigmoid_backward, dout * (1 - y) * y, to the
+    bit (the order of the products matters: dout * y * (1 - y) rounds differently)."""
+    rng = np.random.default_rng(0)
+    x, g = (rng.standard_normal((7, 301)) * 3).astype(dtype), rng.standard_normal((7, 301)).astype(dtype)
+    layer = nn.Sigmoid()
+    y = layer(x)
+    expected = torch.ops.aten.sigmoid_backward(torch.from_numpy(g), torch.from_numpy(y)).numpy()
+    np.testing.assert_array_equal(layer.backward(g), expected)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_under_no_grad_is_the_same_function_as_torchs(approximate):
+    """Under no_grad GELU takes a forward that keeps nothing; it must still be the GELU asked for
+    (the tanh approximation differs from the exact one by up to ~1e-3)."""
+    import nanotorch
+    x = np.linspace(-4, 4, 81).reshape(3, 27)
+    with_grad = nn.GELU(approximate)(x)
+    with nanotorch.no_grad():
+        without = nn.GELU(approximate)(x)
+    np.testing.assert_allclose(without, with_grad, rtol=1e-14, atol=1e-15)
+    expected = torch.nn.functional.gelu(torch.from_numpy(x), approximate=approximate).numpy()
+    np.testing.assert_allclose(without, expected, rtol=1e-12, atol=1e-15)

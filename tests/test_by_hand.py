@@ -54,6 +54,21 @@ def test_dropout_scales_what_it_keeps_by_one_over_one_minus_p(p):
     np.testing.assert_array_equal(drop.backward(np.full((100, 100), 2.0)), 2 * y)
 
 
+def test_dropout_draws_from_its_own_generator_and_leaves_the_global_one_alone():
+    """Dropout(generator=g) takes its mask from g: two layers given equally seeded generators drop the
+    same values, whatever the global generator's seed, and the global generator is not advanced."""
+    import nanotorch as nt
+    x = np.ones((20, 30))
+    nt.manual_seed(0)
+    a = nn.Dropout(0.5, generator=np.random.default_rng(3))(x)
+    state = nt.random.default_generator().bit_generator.state
+    nt.manual_seed(1)
+    b = nn.Dropout(0.5, generator=np.random.default_rng(3))(x)
+    np.testing.assert_array_equal(a, b)
+    nt.manual_seed(0)
+    assert nt.random.default_generator().bit_generator.state == state       # (nothing drawn from it)
+
+
 def test_relu_derivative_at_zero_is_zero():
     relu = nn.ReLU()
     relu(np.array([[-1.0, 0.0, -0.0, 2.0]]))

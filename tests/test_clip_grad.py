@@ -115,6 +115,34 @@ def test_max_norm_zero_zeroes_the_gradients_like_torch(grad):
     np.testing.assert_array_equal(p.grad, [0.0, 0.0])
 
 
+def test_coefficient_just_above_one_is_clamped_to_exactly_one():
+    """max_norm a hair above the norm: max_norm / (norm + 1e-6) is just over 1, and min(coef, 1) leaves
+    the gradients exactly as they were (no growth), as PyTorch's clamp(max=1.0)."""
+    p = with_grad([3.0, 4.0])
+    assert clip_grad_norm_([p], max_norm=5.0 * (1 + 1e-5)) == 5.0
+    np.testing.assert_array_equal(p.grad, [3.0, 4.0])
+
+
+def test_mixed_float32_and_float64_gradients_give_a_float64_norm_as_torchs():
+    torch = pytest.importorskip("torch")
+    grads = [np.array([3.0, 4.0], dtype=np.float32), np.array([0.1, 12.0])]       # float32 first
+    ours = [with_grad(g, dtype=g.dtype) for g in grads]
+    theirs = [torch.zeros(len(g), dtype=torch.from_numpy(g).dtype, requires_grad=True) for g in grads]
+    for tp, g in zip(theirs, grads):
+        tp.grad = torch.from_numpy(g.copy())
+    total, t_total = clip_grad_norm_(ours, max_norm=1.0), torch.nn.utils.clip_grad_norm_(theirs, max_norm=1.0)
+    assert total.dtype == np.float64 and t_total.dtype == torch.float64
+    assert total == pytest.approx(t_total.item(), rel=1e-15)
+    for p, tp in zip(ours, theirs):
+        assert p.grad.dtype == tp.grad.numpy().dtype
+        np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=1e-6 if p.grad.dtype == np.float32 else 1e-15)
+
+
+def test_no_gradient_at_all_gives_a_float32_zero_as_torchs_tensor():
+    total = clip_grad_norm_([Parameter(np.ones(3))], max_norm=1.0)
+    assert total == 0.0 and isinstance(total, np.float32)      # PyTorch: tensor(0.), float32
+
+
 def test_importable_as_nn_utils():
     import nanotorch.nn as nn
     assert nanotorch.nn.utils.clip_grad_norm_ is clip_grad_norm_

@@ -181,6 +181,7 @@ def test_closure_loss_is_returned():
     (dict(weight_decay=-1e-4), "weight_decay"),
     (dict(nesterov=True), "nesterov"),
     (dict(nesterov=True, momentum=0.9, dampening=0.1), "dampening"),
+    (dict(nesterov=True, momentum=0.9, dampening=-0.1), "dampening"),   # (!= 0, as PyTorch checks it)
     (dict(lr=float("nan")), "lr"),
 ])
 def test_sgd_rejects_bad_hyperparameters(kwargs, name):
@@ -254,6 +255,49 @@ def test_sgd_maximize_steps_up_the_gradient_and_round_trips_through_a_flat_check
     plain.param_groups[0]["maximize"] = True
     plain.step()
     assert r.data[0] == 1.1
+
+
+def test_each_groups_own_momentum_dampening_weight_decay_and_nesterov_are_used_as_torchs():
+    """Every hyper-parameter is read from the parameter's own group, not from the defaults."""
+    torch = pytest.importorskip("torch")
+    groups = [dict(), dict(momentum=0.5, dampening=0.5, weight_decay=0.1), dict(nesterov=True, lr=0.2)]
+    start, grads = np.array([1.0, -2.0]), [np.array([0.5, 3.0]), np.array([-1.0, 0.25]), np.array([2.0, 1.0])]
+    ours = [Parameter(start.copy()) for _ in groups]
+    theirs = [torch.tensor(start.copy(), requires_grad=True) for _ in groups]
+    opt = SGD([dict(g, params=[p]) for g, p in zip(groups, ours)], lr=0.1, momentum=0.9)
+    t_opt = torch.optim.SGD([dict(g, params=[p]) for g, p in zip(groups, theirs)], lr=0.1, momentum=0.9)
+    for g in grads:
+        for p, tp in zip(ours, theirs):
+            p.grad, tp.grad = g.copy(), torch.from_numpy(g.copy())
+        opt.step(), t_opt.step()
+    for p, tp in zip(ours, theirs):
+        np.testing.assert_allclose(p.data, tp.detach().numpy(), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("key", ["momentum", "weight_decay"])
+def test_a_saved_negative_momentum_or_weight_decay_is_refused_though_a_scheduled_negative_lr_loads(key):
+    """Only lr may be negative in a loaded group (a scheduler can write one, Optimizer._check_hyperparameters);
+    the other ranges are checked as at construction, and the optimiser is left as it was."""
+    opt = SGD([param([1.0])], lr=0.1, momentum=0.9)
+    saved = opt.state_dict()
+    saved["param_groups"][0].update({key: -0.5})
+    with pytest.raises(ValueError, match=key):
+        opt.load_state_dict(saved)
+    assert opt.param_groups[0][key] == (0.9 if key == "momentum" else 0)
+    saved["param_groups"][0].update({key: 0.5, "lr": -1e-18})
+    opt.load_state_dict(saved)
+    assert opt.param_groups[0]["lr"] == -1e-18
+
+
+def test_sgd_maximize_leaves_the_gradient_as_it_was_as_torch():
+    """maximize steps with -grad, a new array: p.grad itself keeps its sign (PyTorch's too), so a
+    second step on the same gradient moves the same way again."""
+    p = param([1.0, 2.0], grad=[0.5, -1.0])
+    opt = SGD([p], lr=0.1, momentum=0.9, maximize=True)
+    opt.step()
+    np.testing.assert_array_equal(p.grad, [0.5, -1.0])
+    opt.step()
+    np.testing.assert_allclose(p.data, [1.0 + 0.05 + 0.095, 2.0 - 0.1 - 0.19], rtol=0, atol=1e-15)
 
 
 # --- OneCycleLR: closed form ------------------------------------------------------------------
@@ -375,10 +419,50 @@ def test_one_cycle_rejects_bad_arguments(kwargs, name):
         one_cycle(**kwargs)
 
 
+def test_one_cycle_refuses_to_cycle_the_momentum_of_an_optimiser_without_one_as_torch():
+    """cycle_momentum=True needs a 'momentum' or 'betas' hyper-parameter (PyTorch's ValueError too);
+    with cycle_momentum=False such an optimiser is scheduled, and no momentum is written."""
+    class Plain(Optimizer):
+        def step(self):
+            pass
+
+    opt = Plain([param([1.0])], dict(lr=0.01))
+    with pytest.raises(ValueError, match="cycle_momentum"):
+        OneCycleLR(opt, max_lr=0.1, total_steps=10)
+    opt = Plain([param([1.0])], dict(lr=0.01))
+    OneCycleLR(opt, max_lr=0.1, total_steps=10, cycle_momentum=False)
+    assert "momentum" not in opt.param_groups[0] and opt.param_groups[0]["lr"] == pytest.approx(0.004)
+
+
 def test_one_cycle_without_momentum_cycling_leaves_momentum_alone():
     opt, sched = one_cycle(momentum=0, cycle_momentum=False)
     sched.step()
     assert opt.param_groups[0]["momentum"] == 0
+
+
+def test_one_cycle_total_steps_takes_precedence_over_epochs_and_steps_per_epoch_as_torchs():
+    torch = pytest.importorskip("torch")
+    opt, sched = one_cycle(total_steps=10, epochs=3, steps_per_epoch=5)
+    t_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.001, momentum=0.9)
+    t_sched = torch.optim.lr_scheduler.OneCycleLR(t_opt, max_lr=0.1, total_steps=10, epochs=3, steps_per_epoch=5)
+    assert sched.total_steps == t_sched.total_steps == 10
+    lr, _ = run_to(opt, sched, 9)            # the last step of a 10-step cycle: min_lr
+    assert lr == pytest.approx(0.1 / 25.0 / 1e4, rel=1e-12)
+
+
+def test_one_cycle_replaces_an_initial_lr_an_earlier_scheduler_left_as_torchs():
+    """A group's 'initial_lr' from an earlier scheduler is overwritten by max_lr / div_factor (PyTorch
+    sets it, not setdefault), so the cycle starts from there and ends at that / final_div_factor."""
+    torch = pytest.importorskip("torch")
+    opt = SGD([param([1.0])], lr=0.001, momentum=0.9)
+    t_opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.001, momentum=0.9)
+    lr_scheduler.StepLR(opt, step_size=2), torch.optim.lr_scheduler.StepLR(t_opt, step_size=2)
+    assert opt.param_groups[0]["initial_lr"] == 0.001
+    sched = OneCycleLR(opt, max_lr=0.1, total_steps=20)
+    torch.optim.lr_scheduler.OneCycleLR(t_opt, max_lr=0.1, total_steps=20)
+    for key in ("lr", "initial_lr", "min_lr"):
+        assert opt.param_groups[0][key] == t_opt.param_groups[0][key]
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 / 25.0, rel=1e-12) and sched.base_lrs == [0.1 / 25.0]
 
 
 # --- checkpoints: save, load into fresh objects, continue exactly ------------------------------

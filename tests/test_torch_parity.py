@@ -6,6 +6,7 @@ A layer is built by the same call on both namespaces, ``build(nn)`` with ``nn`` 
 or ``torch.nn``: same names, same arguments, same defaults.
 """
 import re
+import warnings
 import zlib
 
 import numpy as np
@@ -1359,6 +1360,31 @@ def test_batchnorm_default_parameters_and_buffers_are_torchs(build):
     for k, v in theirs.items():
         assert ours[k].dtype == v.numpy().dtype, k
         np.testing.assert_array_equal(ours[k], v.numpy(), err_msg=k)
+
+
+@pytest.mark.parametrize("build", [lambda nn: nn.BatchNorm1d(3, momentum=0.0), lambda nn: nn.BatchNorm1d(3, momentum=None)],
+                         ids=["momentum-0", "momentum-None"])
+def test_batchnorm_momentum_zero_keeps_the_running_statistics_and_none_averages_them_as_torchs(build):
+    """momentum=0.0 is a factor of 0 (the running statistics never move), not the cumulative average
+    that momentum=None asks for."""
+    ours, theirs = build(nt_nn), build(torch.nn)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        x = (rng.standard_normal((5, 3)) * 2 + 1).astype(np.float32)
+        ours(x), theirs(torch.from_numpy(x.copy()))
+    for k, v in theirs.state_dict().items():
+        np.testing.assert_allclose(ours.state_dict()[k], v.numpy(), rtol=1e-6, atol=1e-7, err_msg=k)
+
+
+def test_dropout_of_everything_multiplies_by_zero_as_torch():
+    """p=1 in training is x * 0, as PyTorch computes it: NaN and +-inf give NaN, negatives -0.0."""
+    x = np.array([[np.nan, np.inf, -np.inf, -1.0, 2.0]], np.float32)
+    expected = torch.nn.Dropout(1.0)(torch.from_numpy(x.copy())).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # (no NumPy warning at nan * 0 and inf * 0, as torch)
+        y = nt_nn.Dropout(1.0)(x)
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(np.signbit(y), np.signbit(expected))
 
 
 def test_module_to_casts_gradients_and_float_undoes_double_as_torchs():

@@ -44,7 +44,8 @@ class Dropout(Module):
             return x
         if p == 1.0:
             mask = np.zeros_like(x)
-            out = x * mask
+            with np.errstate(invalid="ignore"):    # NaN and +-inf times 0 are NaN, as in PyTorch, which does not warn
+                out = x * mask
         else:
             rng = self.generator if self.generator is not None else default_generator()
             out, mask = dropout_forward(x, rng.random(x.shape), p, 1.0 / (1.0 - p))   # kernels/dropout.py
