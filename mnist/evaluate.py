@@ -25,9 +25,10 @@ def predict_logits(model, x, batch_size=64, threads=None):
     threads at once (``threads``, default: 2, or 1 on a 1-core machine), each with a one-thread BLAS
     and its kernels on its own core (only the thread that called nanotorch.set_num_threads spreads
     a kernel over threads: nanotorch/threads.py).
-    The default of 64 is in the flat part of the curve on the 2-core machine (two threads, run 1
-    of the README's evaluation table: 24,555 images/s at 16, 26,477 at 32, 25,905 at 64, 22,714
-    at 128, 22,250 at 256; about half the best speed at 1000 in an earlier run): enough images to
+    The default of 64 is in the flat part of the curve on the 2-core machine (two threads,
+    ``python -m benchmarks.epoch --threads 2`` on the Zen 4, 2026-11-28: 15,700 images/s at 16,
+    15,660 at 32, 16,950 at 64, 16,380 at 128, 15,210 at 256; about half the best speed at 1000 in
+    an earlier run): enough images to
     spread each call's overhead, few enough that the 7x7 and 4x4 layers' im2col columns stay in cache.
     """
     threads = threads or min(2, os.cpu_count() or 1)

@@ -13,11 +13,16 @@ Backward in training (mu and var depend on every x of the channel, hence the two
     dbeta  = sum(dy),   dgamma = sum(dy * xhat),   g = gamma * dy   (= d loss / d xhat)
     dx = (g - mean(g) - xhat * mean(g * xhat)) / sqrt(var + eps)
 
-  Derivation: d mu / d x_j = 1/m and d var / d x_j = 2 (x_j - mu) / m (the chain rule through mu
-  adds -2/m sum_i (x_i - mu) / m, which is 0 since the deviations sum to 0), so with s = 1 / sqrt(var + eps)
-  (inv_std in the code), d s / d x_j = -s^3 (x_j - mu) / m; xhat_i = (x_i - mu) s, and the product rule gives
-      d xhat_i / d x_j = (delta_ij - 1/m - xhat_i xhat_j / m) * s,
-  so dx_j = sum_i g_i d xhat_i / d x_j = s (g_j - mean(g) - xhat_j mean(g xhat)): the line above.
+  Derivation (i, j index the m values of one channel; delta_ij = 1 if i == j, else 0):
+  d mu / d x_j = 1/m and d var / d x_j = 2 (x_j - mu) / m (the path through mu adds
+  (d var / d mu) (d mu / d x_j) = (-2/m sum_i (x_i - mu)) * (1/m), which is 0 since the deviations sum
+  to 0), so with s = 1 / sqrt(var + eps) (inv_std in the code) and d s / d var = -s^3 / 2,
+  d s / d x_j = -s^3 (x_j - mu) / m. Then xhat_i = (x_i - mu) s, and the product rule gives
+      d xhat_i / d x_j = (delta_ij - 1/m) s + (x_i - mu) d s / d x_j
+                       = (delta_ij - 1/m) s - s^3 (x_i - mu)(x_j - mu) / m
+                       = (delta_ij - 1/m - xhat_i xhat_j / m) * s,
+  so dx_j = sum_i g_i d xhat_i / d x_j = s (g_j - sum_i g_i / m - xhat_j sum_i g_i xhat_i / m)
+          = s (g_j - mean(g) - xhat_j mean(g xhat)): the line above.
 
 The running statistics are updated by ``update_running_stats`` in nanotorch/kernels/batchnorm_gelu.py
 (shared with ConvBNGELU; its NumPy twin, update_running_stats_reference, is beside it), with f = momentum

@@ -3,6 +3,8 @@ by 1 / (1 - p), so the expected output equals the input and evaluation is the id
 
     mask_i ~ Bernoulli(1 - p) / (1 - p),   y = x * mask,   dx = dy * mask   (eval: y = x, dx = dy)
 
+(p = 1 would divide by 0: there the mask is all zeros, as in PyTorch.)
+
 In eval, and in training with p = 0 or an empty input, the output is the input array itself (not a
 copy), as PyTorch returns its input tensor itself, and the gradient passes through unchanged.
 

@@ -5,14 +5,17 @@ MaxPool2d:  out = max over each window; the max passes its gradient to the one i
             wins several gets the sum of their gradients. Plain NumPy versions:
             maxpool2d_forward_reference / maxpool2d_backward_reference in nanotorch/kernels/pooling.py,
             beside the compiled kernels the layer runs. For kernel 2, stride 2 and no padding (every
-            pooling of the MNIST model), the winner is kept as an int8 code 2 dy + dx of the pixel
-            (2y + dy, 2x + dx) in its window: maxpool2x2_reference / maxpool2x2_backward_reference.
+            pooling of the MNIST model), the winner is kept as an int8 code 2 r + c of the pixel
+            (2y + r, 2x + c), r, c in {0, 1}, in its window (the references name these offsets dy, dx;
+            they are not gradients): maxpool2x2_reference / maxpool2x2_backward_reference.
             Output size, as PyTorch:  O = floor_or_ceil((H + 2p - k) / s) + 1, and with ceil_mode the
             last window must start inside the input or the left padding: if (O - 1) s >= H + p, O -= 1.
 
 AdaptiveAvgPool2d(output_size):  out[i, j] = mean of x over rows [floor(i H / OH), ceil((i+1) H / OH))
-            and the same for columns; each input in a window gets dout / (window area). As in
-            PyTorch, None for OH (or OW) keeps the input's H (W), and 0 gives an empty output.
+            and the same for columns; each input in a window gets dout / (window area). When OH does not
+            divide H the windows overlap (H = 5, OH = 3: rows [0, 2), [1, 4), [3, 5)), and an input in
+            several windows gets the sum of their shares. As in PyTorch, None for OH (or OW) keeps
+            the input's H (W), and 0 gives an empty output.
 """
 import numpy as np
 

@@ -15,12 +15,12 @@ def adam_update(p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step, lr, beta1, beta
         g   = g + weight_decay * p                        (coupled, Adam's L2; if weight_decay != 0)
         m   = lerp(m, g, 1 - beta1)                       = beta1 * m + (1 - beta1) * g
         v   = v * beta2 + (1 - beta2) * g * g
-        v^  = max(v^, v)                                  (amsgrad: max_exp_avg_sq given, else v^ = v)
-        p   = p - lr / (1 - beta1^t) * m / (sqrt(v^) / sqrt(1 - beta2^t) + eps)
+        vmax = max(vmax, v)                               (amsgrad: max_exp_avg_sq given, else vmax = v)
+        p   = p - lr / (1 - beta1^t) * m / (sqrt(vmax) / sqrt(1 - beta2^t) + eps)
 
     i.e. p -= lr * m_hat / (sqrt(v_hat) + eps) with the bias corrections m_hat = m / (1 - beta1^t),
-    v_hat = v / (1 - beta2^t), arranged as PyTorch arranges them (eps added after dividing by
-    sqrt(1 - beta2^t), as its docs' pseudo-code writes it). ``g`` is not changed.
+    v_hat = vmax / (1 - beta2^t) (vmax = v without amsgrad), arranged as PyTorch arranges them (eps
+    added after dividing by sqrt(1 - beta2^t), as its docs' pseudo-code writes it). ``g`` is not changed.
     p, g, exp_avg, exp_avg_sq, max_exp_avg_sq: arrays of p's shape (max_exp_avg_sq None without amsgrad).
     """
     if weight_decay != 0:
