@@ -204,7 +204,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.epoch", description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=None, help="training steps per repeat (default 300, quick 20)")
     ap.add_argument("--repeats", type=int, default=None, help="repeats of each framework (default 5, quick 1)")
-    ap.add_argument("--threads", type=int, default=2, help="threads for Numba, BLAS and torch")
+    ap.add_argument("--threads", type=int, default=2, help="threads for Numba and torch (BLAS stays at one)")
     ap.add_argument("--profile-steps", type=int, default=None,
                     help="steps of the per-layer profile (default 100, or --steps if fewer; quick 10)")
     ap.add_argument("--quick", action="store_true", help="20 steps, 1 repeat, 1000 test images (CI smoke)")

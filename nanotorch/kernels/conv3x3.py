@@ -12,8 +12,8 @@ four output channels at three vectors of positions in registers (simd.py's expli
 and goes once through all input channels and taps: each tap's 3 input loads and 4 weight
 broadcasts feed 12 vector multiply-adds, and the sums are stored once at the end. (Written as
 loops over arrays, which Numba vectorises by itself, the sums went through memory once per
-input channel and kernel row, a load and a store per 3 multiply-adds: 10-17% slower on the Zen 4,
-docs/performance.md.)
+input channel and kernel row, a load and a store per 3 multiply-adds: 9-17% slower on the Zen 4 in
+a prototype, docs/performance.md.)
 
 The backward is two more of the same sums. With xp and dzp the input and dz with their zero
 borders (pad_planes, indexed here as 2-D planes), and dz = 0 outside the image:

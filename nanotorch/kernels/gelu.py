@@ -25,8 +25,8 @@ Precision per dtype (``gelu_and_grad`` picks by the element type at compile time
   on the same test points). That bound is absolute: Phi = (1 + erf) / 2 cancels for x < -3,
   where GELU itself is tiny (|y| <= 4.05e-3), so the relative error grows there.
   With no library call and no branch the loops vectorise; GELU alone needs no exp, which makes it
-  about half the cost of GELU with GELU' (0.18 against 0.36 ns a value on one core of the Zen 5,
-  0.38 against 0.66 on the Zen 4 before it: docs/performance.md).
+  about half the cost of GELU with GELU' (0.38 against 0.66 ns a value on one core of the Zen 4:
+  docs/performance.md).
 NumPy has no erf, which is why GELU needs compiled loops at all.
 """
 import math
