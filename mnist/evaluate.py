@@ -28,8 +28,8 @@ def predict_logits(model, x, batch_size=64, threads=None):
     The default of 64 is in the flat part of the curve on the 2-core machine (two threads,
     ``python -m benchmarks.epoch --threads 2`` on the Zen 4, 2026-11-28: 15,700 images/s at 16,
     15,660 at 32, 16,950 at 64, 16,380 at 128, 15,210 at 256; about half the best speed at 1000 in
-    an earlier run): enough images to
-    spread each call's overhead, few enough that the 7x7 and 4x4 layers' im2col columns stay in cache.
+    an earlier run): enough images to spread each call's overhead, few enough that the 7x7 and 4x4
+    layers' im2col columns stay in cache.
     """
     threads = threads or min(2, os.cpu_count() or 1)
     batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]

@@ -152,8 +152,8 @@ class Tanh(Module):
     PyTorch's expression (0 where y rounds to +-1). PyTorch's float32 kernel rounds 1 - y * y once
     (a fused multiply-add); in float32 it is computed here in float64, where y * y is exact, and
     rounded to float32: PyTorch's bits for every float32 y in [-1, 1] (checked against
-    torch.ops.aten.tanh_backward on all of them), where float32's two roundings differ on ~27% of
-    uniform y."""
+    torch.ops.aten.tanh_backward on all of [0, 1]; -y gives the same y * y), where float32's two
+    roundings differ on ~27% of uniform y."""
 
     def forward(self, x):
         check_input(self, x, _ANY_RANK)
