@@ -108,30 +108,26 @@ def test_no_grad_forward_keeps_nothing_and_backward_says_so():
             layer.backward(np.ones((2, 3), np.float32))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_sigmoid_backward_from_its_output_is_torchs_expression_bit_for_bit(dtype):
-    """Given the same output y, the gradient is PyTorch's sigmoid_backward, dout * (1 - y) * y, to the
-    bit (the order of the products matters: dout * y * (1 - y) rounds differently)."""
-    rng = np.random.default_rng(0)
-    x, g = (rng.standard_normal((7, 301)) * 3).astype(dtype), rng.standard_normal((7, 301)).astype(dtype)
-    layer = nn.Sigmoid()
-    y = layer(x)
-    expected = torch.ops.aten.sigmoid_backward(torch.from_numpy(g), torch.from_numpy(y)).numpy()
-    np.testing.assert_array_equal(layer.backward(g), expected)
-
-
-def test_tanh_backward_in_float32_is_torchs_bits():
-    """PyTorch's float32 tanh_backward rounds 1 - y * y once (a fused multiply-add), which float32's
-    y * y, then 1 - that, does not on ~27% of uniform y. Outputs of every size, down to y * y below
-    float32's smallest normal."""
+@pytest.mark.parametrize("layer, torch_backward, dtype", [
+    pytest.param(nn.Sigmoid, "sigmoid_backward", np.float32, id="Sigmoid-float32"),
+    pytest.param(nn.Sigmoid, "sigmoid_backward", np.float64, id="Sigmoid-float64"),
+    pytest.param(nn.Tanh, "tanh_backward", np.float32, id="Tanh-float32"),
+])
+def test_backward_from_the_output_is_torchs_bits(layer, torch_backward, dtype):
+    """Given the same output y, the gradient is PyTorch's to the bit. Sigmoid's is dout * (1 - y) * y
+    (the order of the products matters: dout * y * (1 - y) rounds differently). PyTorch's float32
+    tanh_backward rounds 1 - y * y once (a fused multiply-add), which float32's y * y, then 1 - that,
+    does not on ~27% of uniform y. Outputs of every size, down to y * y below float32's smallest
+    normal. (Tanh in float64 is PyTorch's expression, not its bits: no wider type rounds it once.)"""
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.uniform(-4, 4, 20000), rng.uniform(-1e-3, 1e-3, 2000), [0.0, -0.0, 1e-30, 30.0, -30.0]])
     g = rng.standard_normal(x.size)
-    x, g = x.astype(np.float32), g.astype(np.float32)
-    layer = nn.Tanh()
-    y = layer(x)
-    expected = torch.ops.aten.tanh_backward(torch.from_numpy(g), torch.from_numpy(y)).numpy()
-    np.testing.assert_array_equal(layer.backward(g).view(np.int32), expected.view(np.int32))
+    x, g = x.astype(dtype), g.astype(dtype)
+    module = layer()
+    y = module(x)
+    expected = getattr(torch.ops.aten, torch_backward)(torch.from_numpy(g), torch.from_numpy(y)).numpy()
+    bits = np.int32 if dtype == np.float32 else np.int64
+    np.testing.assert_array_equal(module.backward(g).view(bits), expected.view(bits))
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
