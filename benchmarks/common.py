@@ -1,5 +1,5 @@
-"""Shared helpers for the benchmarks: thread setup, median timing, SGEMM peak, the check of --out, CSV
-writing (the check of count flags is mnist.cli's, shared with mnist's commands).
+"""Shared helpers for the benchmarks: thread setup, median timing, SGEMM and multiply-add peaks, the
+check of --out, CSV writing (the check of count flags is mnist.cli's, shared with mnist's commands).
 
 Timing on a shared machine is noisy, so ``timeit_many`` interleaves the functions it compares
 (one repeat of each in turn) and every number reported is a median over repeats.
@@ -18,8 +18,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 from mnist.files import write_atomic
+from nanotorch.kernels.simd import fma, lanes_of, load, splat, store
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -128,6 +130,39 @@ def sgemm_peak(n=1024, tries=5, min_time=0.5):
         best = min(best, time.perf_counter() - t)
         done += 1
     return 2 * n ** 3 / best / 1e9
+
+
+@njit(cache=True)
+def _fma_chains(x, n):
+    """n rounds of 12 vector multiply-adds, each into its own sum: 12 independent chains, enough to
+    keep a core's multiply-add units busy through their latency (4 cycles on two units here)."""
+    a, b = load(x, 0), load(x, lanes_of(x))
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = s8 = s9 = s10 = s11 = splat(x[0])
+    for _ in range(n):
+        s0 = fma(a, b, s0); s1 = fma(a, b, s1); s2 = fma(a, b, s2); s3 = fma(a, b, s3)
+        s4 = fma(a, b, s4); s5 = fma(a, b, s5); s6 = fma(a, b, s6); s7 = fma(a, b, s7)
+        s8 = fma(a, b, s8); s9 = fma(a, b, s9); s10 = fma(a, b, s10); s11 = fma(a, b, s11)
+    out = np.empty(12 * lanes_of(x), x.dtype)       # stored, so that the compiler keeps every chain
+    for k, s in enumerate((s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11)):
+        store(out, k * lanes_of(x), s)
+    return out
+
+
+def fma_peak(rounds=2_000_000, tries=5, min_time=0.3):
+    """One core's float32 multiply-add rate in GFLOP/s (2 FLOP a multiply-add): the best of at least
+    ``tries`` runs of a compiled loop of independent vector multiply-adds (nanotorch/kernels/simd.py,
+    16 lanes with AVX-512), going on until ``min_time`` seconds have passed. No kernel that loads its
+    operands goes faster on this core; the convolutions' GFLOP/s are read against it."""
+    x = np.full(2 * lanes_of(np.empty(0, np.float32)), 1e-3, np.float32)
+    _fma_chains(x, 10)                              # compiled (or loaded from the cache) before timing
+    flops = 2 * 12 * (x.size // 2) * rounds
+    best, done, started = float("inf"), 0, time.perf_counter()
+    while done < tries or time.perf_counter() - started < min_time:
+        t = time.perf_counter()
+        _fma_chains(x, rounds)
+        best = min(best, time.perf_counter() - t)
+        done += 1
+    return flops / best / 1e9
 
 
 def seconds_since_process_start():

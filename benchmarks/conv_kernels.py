@@ -22,7 +22,9 @@ The SGEMM "peak" is what OpenBLAS reaches on a large product, not the CPU's theo
 a library with better small-matrix kernels (torch's oneDNN) can exceed 100%. It also depends on
 which of OpenBLAS's kernels run, which the first line prints: an environment that sets
 OPENBLAS_CORETYPE=Haswell on an AVX-512 CPU (as this project's Zen 5 machine does) gets the AVX2
-kernels at about half the AVX-512 ones' rate, and Numba's AVX-512 loops then pass 100%.
+kernels at about half the AVX-512 ones' rate, and Numba's AVX-512 loops then pass 100%. So the
+first line also prints one core's vector multiply-add peak (benchmarks.common.fma_peak): what no
+kernel on that core can pass, whatever the library.
 """
 import argparse
 import os
@@ -32,7 +34,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import (RESULTS_DIR, check_out_dir, format_table, settle, sgemm_peak, threads, timeit_many,
+from benchmarks.common import (RESULTS_DIR, check_out_dir, fma_peak, format_table, settle, sgemm_peak, threads, timeit_many,
                                try_import_torch, write_csv)
 from nanotorch import nn
 from nanotorch.threads import parallel
@@ -343,7 +345,8 @@ def main(argv=None):
         with threadpool_limits(limits=args.threads, user_api="blas"):
             peak = sgemm_peak()
         print(f"threads {info}; float32 SGEMM peak, measured with {args.threads} BLAS thread(s) "
-              f"(1024^3 np.matmul): {peak:.1f} GFLOP/s")
+              f"(1024^3 np.matmul): {peak:.1f} GFLOP/s; one core's vector multiply-add peak (independent "
+              f"chains, benchmarks.common.fma_peak): {fma_peak():.1f} GFLOP/s")
         if try_import_torch() is None and "torch" in impls:
             print("torch is not installed: its rows are skipped")
         rows = []

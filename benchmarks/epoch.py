@@ -12,9 +12,16 @@ Reported: steps/s (median over repeats; also the fastest repeat), the ratio nano
 time (median of the per-repeat ratios), the projected time of a 15000-step epoch, the mean training
 loss (a check that both ran the same recipe), evaluation images/s on the test set in eval mode at
 batch sizes 16, 32, 64, 128 and 256 (torch under no_grad, nanotorch through mnist.evaluate.predict_logits;
-the evaluation ratio compares each framework at its fastest batch size), nanotorch's time per layer
+the evaluation ratio compares each framework at its fastest batch size; and the arithmetic limit, below),
+nanotorch's time per layer
 in forward and backward, the peak RSS, and the time from process start to the end of the first
 nanotorch step (imports, data loading, Numba cache loads).
+
+The arithmetic limit of evaluation: the multiply-adds of one image's forward through the model's
+convolutions and Linear layers (forward_flops), done on every thread at one core's measured
+multiply-add peak (benchmarks.common.fma_peak) and nothing else, give the most images/s this
+machine allows; each framework's evaluation is reported as a fraction of it, and so is the lowest
+evaluation ratio the machine allows (torch's time / the limit's).
 Writes epoch.csv, epoch_profile.csv and epoch.json to --out (default benchmarks/results/).
 """
 import argparse
@@ -27,9 +34,9 @@ from itertools import islice
 
 import numpy as np
 
-from benchmarks.common import (RESULTS_DIR, check_out_dir, format_table, peak_rss_mb, seconds_since_process_start,
-                               settle, threads, torch_threads, try_import_torch, write_csv)
-from nanotorch import nn
+from benchmarks.common import (RESULTS_DIR, check_out_dir, fma_peak, format_table, peak_rss_mb,
+                               seconds_since_process_start, settle, threads, torch_threads, try_import_torch, write_csv)
+from nanotorch import nn, no_grad
 from mnist.cli import check_counts, run
 from mnist.data import iterate_batches, load_mnist, normalize
 from mnist.files import write_atomic
@@ -178,6 +185,43 @@ def eval_torch(torch, model, x, batch_size):
 
 # ----------------------------------------------------------------------------- the run
 
+def forward_flops(model, input_shape=(1, 28, 28)):
+    """FLOPs (2 a multiply-add) of one image's forward through the model's Conv2d and Linear layers:
+    2 * in_channels * kh * kw for each convolution output, 2 * in_features for each Linear
+    output. The rest (BatchNorm, GELU, pooling) is a few operations a value and not counted."""
+    def leaves(m):
+        if isinstance(m, nn.Sequential):
+            for child in m:
+                yield from leaves(child)
+        else:
+            yield m
+    flops, was_training = 0, model.training
+    model.eval()
+    try:
+        with no_grad():
+            x = np.zeros((1, *input_shape), np.float32)
+            for leaf in leaves(model):
+                x = leaf(x)
+                if isinstance(leaf, nn.Conv2d):
+                    kh, kw = leaf.kernel_size
+                    flops += 2 * x.size * leaf.in_channels * kh * kw
+                elif isinstance(leaf, nn.Linear):
+                    flops += 2 * x.size * leaf.in_features
+    finally:
+        model.train(was_training)
+    return flops
+
+
+def evaluation_limit(model, n_threads, images_per_s):
+    """The arithmetic limit of evaluation (module docstring) and each framework's fraction of it;
+    images_per_s: framework -> its best evaluation images/s."""
+    flops, peak = forward_flops(model), fma_peak()
+    most = n_threads * peak * 1e9 / flops
+    return {"forward_mflop_per_image": flops / 1e6, "fma_peak_gflops_per_core": peak, "threads": n_threads,
+            "images_per_s": most, "fraction": {name: ips / most for name, ips in images_per_s.items()},
+            "lowest_ratio": images_per_s["torch"] / most if "torch" in images_per_s else None}
+
+
 def time_evaluation(evaluators, n_images, repeats, batch_sizes=EVAL_BATCH_SIZES):
     """evaluators: name -> f(batch_size) evaluating the test set. Times each framework at each batch
     size (median of ``repeats``, alternating frameworks); returns name -> {batch_size: images/s}.
@@ -228,7 +272,8 @@ def parse_args(argv=None):
 def compare(args, torch, batches, test_x, rss):
     """Alternate timed repeats of the two frameworks; then time evaluation of each. Notes peak RSS in ``rss``."""
     torch_batches = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in batches] if torch else None
-    state = new_nanotorch()[0].state_dict()         # both start from nanotorch's initial weights
+    fresh = new_nanotorch()[0]
+    state = fresh.state_dict()                      # both start from nanotorch's initial weights
     train_nanotorch(batches[:10])                   # warm up
     if torch:
         train_torch(torch, torch_batches[:10], state)
@@ -262,8 +307,9 @@ def compare(args, torch, batches, test_x, rss):
     ratio = statistics.median(a / b for a, b in zip(times["nanotorch"], times["torch"])) if torch else None
     eval_ratio = (frameworks["torch"]["eval_images_per_s"] / frameworks["nanotorch"]["eval_images_per_s"]
                   if torch else None)
+    limit = evaluation_limit(fresh, args.threads, {name: fw["eval_images_per_s"] for name, fw in frameworks.items()})
     return {"frameworks": frameworks, "nanotorch_over_torch": ratio, "eval_nanotorch_over_torch": eval_ratio,
-            "eval_images_per_s": evals,
+            "eval_images_per_s": evals, "eval_limit": limit,
             "torch_version": torch.__version__ if torch else None}
 
 
@@ -282,6 +328,13 @@ def report(result, out):
     if result["eval_nanotorch_over_torch"] is not None:
         print(f"evaluation, nanotorch time / torch time: {result['eval_nanotorch_over_torch']:.2f} "
               f"(each at its fastest batch size)")
+    limit = result["eval_limit"]
+    print(f"arithmetic limit: {limit['forward_mflop_per_image']:.2f} MFLOP an image (convolutions, Linear layers) "
+          f"at one core's multiply-add peak, {limit['fma_peak_gflops_per_core']:.1f} GFLOP/s measured now, on "
+          f"{limit['threads']} thread(s): at most {limit['images_per_s']:,.0f} images/s")
+    print("  reached: " + ", ".join(f"{name} {100 * f:.0f}%" for name, f in limit["fraction"].items())
+          + (f"; the lowest evaluation ratio this machine allows: {limit['lowest_ratio']:.2f}"
+             if limit["lowest_ratio"] is not None else ""))
     rss = result["peak_rss_mb"]
     print(f"process start -> first nanotorch step done: {result['seconds_to_first_nanotorch_step']:.2f} s")
     print(f"peak RSS: {rss['first_step']:.0f} MB at the first step (before torch is imported), "

@@ -83,9 +83,31 @@ def test_check_catches_a_wrong_result():
 def test_timing_helpers():
     assert 0 < common.timeit(lambda: sum(range(100)), repeats=3, min_time=0.001) < 0.01
     assert common.sgemm_peak(n=128, tries=2, min_time=0.01) > 0
+    assert common.fma_peak(rounds=1000, tries=2, min_time=0.0) > 0
     assert common.seconds_since_process_start() > 0
     table = common.format_table([{"a": 1.23456, "b": "x"}, {"a": 2.0, "b": "long"}])
     assert table.splitlines()[2].split() == ["1.235", "x"]
+
+
+def test_fma_chains_compiled_as_in_python():
+    """The peak's loop computes what its Python reading does (12 chains of x * x + s from s = x[0])."""
+    x = np.linspace(0.5, 1.0, 2 * common.lanes_of(np.empty(0, np.float32)), dtype=np.float32)
+    assert np.array_equal(common._fma_chains(x, 3), common._fma_chains.py_func(x, 3))
+
+
+def test_forward_flops_counts_convolutions_and_linear_layers():
+    from benchmarks import epoch
+    from nanotorch import nn
+    from mnist.model import build_model
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(6, 5))
+    model.train()
+    # (4, 4, 4) outputs of 2 * 2 * 9 FLOPs; (6, 2, 2) of 2 * 4 * 9; 5 of 2 * 6
+    assert epoch.forward_flops(model, (2, 4, 4)) == 64 * 36 + 24 * 72 + 5 * 12
+    assert model.training                                         # the mode it was in
+    seed = build_model()
+    convs = 18 * (784 * (1 * 4 + 4 * 8 + 8 * 12 + 12 * 16) + 196 * 16 * 20 + 49 * 20 * 24 + 16 * 24 * 28)
+    assert epoch.forward_flops(seed) == convs + 2 * (28 * 56 + 56 * 10)
 
 
 def read_csv(path):
@@ -165,6 +187,12 @@ def test_epoch_quick(tmp_path, monkeypatch, with_torch):
     for name, per_batch in result["eval_images_per_s"].items():      # every batch size timed, the best reported
         assert sorted(map(int, per_batch)) == sorted(epoch.EVAL_BATCH_SIZES)
         assert max(per_batch.values()) == result["frameworks"][name]["eval_images_per_s"]
+    limit = result["eval_limit"]                                 # no framework beyond the arithmetic limit
+    assert limit["forward_mflop_per_image"] == pytest.approx(6.3224) and limit["fma_peak_gflops_per_core"] > 0
+    assert all(0 < f < 1 for f in limit["fraction"].values()) and set(limit["fraction"]) == set(result["frameworks"])
+    assert (limit["lowest_ratio"] is not None) == has_torch
+    if has_torch:
+        assert limit["lowest_ratio"] < result["eval_nanotorch_over_torch"]
     assert result["seconds_to_first_nanotorch_step"] > 0 and result["peak_rss_mb"]["end"] > 0
     assert len(read_csv(tmp_path / "epoch.csv")) == len(result["frameworks"])
     profile = read_csv(tmp_path / "epoch_profile.csv")
