@@ -34,8 +34,8 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from threadpoolctl import threadpool_limits
 
-from benchmarks.common import (RESULTS_DIR, check_out_dir, fma_peak, format_table, settle, sgemm_peak, threads, timeit_many,
-                               try_import_torch, write_csv)
+from benchmarks.common import (RESULTS_DIR, check_out_dir, fma_peak, format_table, settle, sgemm_peak, threads,
+                               timeit_many, try_import_torch, write_csv)
 from nanotorch import nn
 from nanotorch.threads import parallel
 from mnist.cli import check_counts, run

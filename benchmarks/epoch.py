@@ -12,16 +12,15 @@ Reported: steps/s (median over repeats; also the fastest repeat), the ratio nano
 time (median of the per-repeat ratios), the projected time of a 15000-step epoch, the mean training
 loss (a check that both ran the same recipe), evaluation images/s on the test set in eval mode at
 batch sizes 16, 32, 64, 128 and 256 (torch under no_grad, nanotorch through mnist.evaluate.predict_logits;
-the evaluation ratio compares each framework at its fastest batch size; and the arithmetic limit, below),
-nanotorch's time per layer
-in forward and backward, the peak RSS, and the time from process start to the end of the first
-nanotorch step (imports, data loading, Numba cache loads).
+the evaluation ratio compares each framework at its fastest batch size; and the arithmetic limit,
+below), nanotorch's time per layer in forward and backward, the peak RSS, and the time from process
+start to the end of the first nanotorch step (imports, data loading, Numba cache loads).
 
 The arithmetic limit of evaluation: the multiply-adds of one image's forward through the model's
 convolutions and Linear layers (forward_flops), done on every thread at one core's measured
 multiply-add peak (benchmarks.common.fma_peak) and nothing else, give the most images/s this
 machine allows; each framework's evaluation is reported as a fraction of it, and so is the lowest
-evaluation ratio the machine allows (torch's time / the limit's).
+evaluation ratio the machine allows (the limit's time / torch's).
 Writes epoch.csv, epoch_profile.csv and epoch.json to --out (default benchmarks/results/).
 """
 import argparse
@@ -36,7 +35,7 @@ import numpy as np
 
 from benchmarks.common import (RESULTS_DIR, check_out_dir, fma_peak, format_table, peak_rss_mb,
                                seconds_since_process_start, settle, threads, torch_threads, try_import_torch, write_csv)
-from nanotorch import nn, no_grad
+from nanotorch import get_num_threads, nn, no_grad
 from mnist.cli import check_counts, run
 from mnist.data import iterate_batches, load_mnist, normalize
 from mnist.files import write_atomic
@@ -188,28 +187,27 @@ def eval_torch(torch, model, x, batch_size):
 def forward_flops(model, input_shape=(1, 28, 28)):
     """FLOPs (2 a multiply-add) of one image's forward through the model's Conv2d and Linear layers:
     2 * in_channels * kh * kw for each convolution output, 2 * in_features for each Linear
-    output. The rest (BatchNorm, GELU, pooling) is a few operations a value and not counted."""
-    def leaves(m):
-        if isinstance(m, nn.Sequential):
-            for child in m:
-                yield from leaves(child)
+    output, counted by forward hooks in an eval-mode pass of a blank image. The rest (BatchNorm,
+    GELU, pooling) is a few operations a value and not counted."""
+    flops = []
+
+    def count(layer, args, out):
+        if isinstance(layer, nn.Conv2d):
+            flops.append(2 * out.size * layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1])
         else:
-            yield m
-    flops, was_training = 0, model.training
+            flops.append(2 * out.size * layer.in_features)
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
     model.eval()
     try:
         with no_grad():
-            x = np.zeros((1, *input_shape), np.float32)
-            for leaf in leaves(model):
-                x = leaf(x)
-                if isinstance(leaf, nn.Conv2d):
-                    kh, kw = leaf.kernel_size
-                    flops += 2 * x.size * leaf.in_channels * kh * kw
-                elif isinstance(leaf, nn.Linear):
-                    flops += 2 * x.size * leaf.in_features
+            model(np.zeros((1, *input_shape), np.float32))
     finally:
         model.train(was_training)
-    return flops
+        for h in handles:
+            h.remove()
+    return sum(flops)
 
 
 def evaluation_limit(model, n_threads, images_per_s):
@@ -307,7 +305,8 @@ def compare(args, torch, batches, test_x, rss):
     ratio = statistics.median(a / b for a, b in zip(times["nanotorch"], times["torch"])) if torch else None
     eval_ratio = (frameworks["torch"]["eval_images_per_s"] / frameworks["nanotorch"]["eval_images_per_s"]
                   if torch else None)
-    limit = evaluation_limit(fresh, args.threads, {name: fw["eval_images_per_s"] for name, fw in frameworks.items()})
+    limit = evaluation_limit(fresh, get_num_threads(),              # (--threads, capped at the cores)
+                             {name: fw["eval_images_per_s"] for name, fw in frameworks.items()})
     return {"frameworks": frameworks, "nanotorch_over_torch": ratio, "eval_nanotorch_over_torch": eval_ratio,
             "eval_images_per_s": evals, "eval_limit": limit,
             "torch_version": torch.__version__ if torch else None}

@@ -108,6 +108,7 @@ def test_forward_flops_counts_convolutions_and_linear_layers():
     seed = build_model()
     convs = 18 * (784 * (1 * 4 + 4 * 8 + 8 * 12 + 12 * 16) + 196 * 16 * 20 + 49 * 20 * 24 + 16 * 24 * 28)
     assert epoch.forward_flops(seed) == convs + 2 * (28 * 56 + 56 * 10)
+    assert not any(m._hooked for m in seed.modules())             # its counting hooks removed (else no fusion)
 
 
 def read_csv(path):
