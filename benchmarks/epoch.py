@@ -19,8 +19,8 @@ start to the end of the first nanotorch step (imports, data loading, Numba cache
 The arithmetic limit of evaluation: the multiply-adds of one image's forward through the model's
 convolutions and Linear layers (forward_flops), done on every thread at one core's measured
 multiply-add peak (benchmarks.common.fma_peak) and nothing else, give the most images/s this
-machine allows; each framework's evaluation is reported as a fraction of it, and so is the lowest
-evaluation ratio the machine allows (the limit's time / torch's).
+machine allows. Each framework's evaluation is reported as a fraction of it, and so is the ratio
+nanotorch's evaluation would have at the limit (the limit's time / torch's).
 Writes epoch.csv, epoch_profile.csv and epoch.json to --out (default benchmarks/results/).
 """
 import argparse
@@ -305,6 +305,7 @@ def compare(args, torch, batches, test_x, rss):
     ratio = statistics.median(a / b for a, b in zip(times["nanotorch"], times["torch"])) if torch else None
     eval_ratio = (frameworks["torch"]["eval_images_per_s"] / frameworks["nanotorch"]["eval_images_per_s"]
                   if torch else None)
+    settle()                                        # (torch's threads spin after its evaluation)
     limit = evaluation_limit(fresh, get_num_threads(),              # (--threads, capped at the cores)
                              {name: fw["eval_images_per_s"] for name, fw in frameworks.items()})
     return {"frameworks": frameworks, "nanotorch_over_torch": ratio, "eval_nanotorch_over_torch": eval_ratio,
@@ -332,7 +333,7 @@ def report(result, out):
           f"at one core's multiply-add peak, {limit['fma_peak_gflops_per_core']:.1f} GFLOP/s measured now, on "
           f"{limit['threads']} thread(s): at most {limit['images_per_s']:,.0f} images/s")
     print("  reached: " + ", ".join(f"{name} {100 * f:.0f}%" for name, f in limit["fraction"].items())
-          + (f"; the lowest evaluation ratio this machine allows: {limit['lowest_ratio']:.2f}"
+          + (f"; at the limit, nanotorch time / torch time would be {limit['lowest_ratio']:.2f}"
              if limit["lowest_ratio"] is not None else ""))
     rss = result["peak_rss_mb"]
     print(f"process start -> first nanotorch step done: {result['seconds_to_first_nanotorch_step']:.2f} s")
