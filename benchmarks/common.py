@@ -153,9 +153,10 @@ def fma_peak(rounds=2_000_000, tries=5, min_time=0.3):
     ``tries`` runs of a compiled loop of independent vector multiply-adds (nanotorch/kernels/simd.py,
     16 lanes with AVX-512), going on until ``min_time`` seconds have passed. No kernel that loads its
     operands goes faster on this core; the convolutions' GFLOP/s are read against it."""
-    x = np.full(2 * lanes_of(np.empty(0, np.float32)), 1e-3, np.float32)
+    lanes = lanes_of(np.empty(0, np.float32))
+    x = np.full(2 * lanes, 1e-3, np.float32)        # the two operands, a and b
     _fma_chains(x, 10)                              # compiled (or loaded from the cache) before timing
-    flops = 2 * 12 * (x.size // 2) * rounds
+    flops = 2 * 12 * lanes * rounds                 # 12 chains of `lanes` multiply-adds a round
     best, done, started = float("inf"), 0, time.perf_counter()
     while done < tries or time.perf_counter() - started < min_time:
         t = time.perf_counter()

@@ -191,9 +191,9 @@ def test_epoch_quick(tmp_path, monkeypatch, with_torch):
     limit = result["eval_limit"]                                 # no framework beyond the arithmetic limit
     assert limit["forward_mflop_per_image"] == pytest.approx(6.3224) and limit["fma_peak_gflops_per_core"] > 0
     assert all(0 < f < 1 for f in limit["fraction"].values()) and set(limit["fraction"]) == set(result["frameworks"])
-    assert (limit["lowest_ratio"] is not None) == has_torch
-    if has_torch:
-        assert limit["lowest_ratio"] < result["eval_nanotorch_over_torch"]
+    assert ("torch" in limit["fraction"]) == has_torch
+    if has_torch:                                                # the ratio at the limit: torch's fraction
+        assert limit["fraction"]["torch"] < result["eval_nanotorch_over_torch"]
     assert result["seconds_to_first_nanotorch_step"] > 0 and result["peak_rss_mb"]["end"] > 0
     assert len(read_csv(tmp_path / "epoch.csv")) == len(result["frameworks"])
     profile = read_csv(tmp_path / "epoch_profile.csv")
