@@ -333,9 +333,9 @@ def test_every_cached_kernel_caches_under_the_sources_digest():
     sources: every cached dispatcher of the package keeps its cache in the folder named after
     the digest of all kernel sources (nanotorch/kernels/__init__.py)."""
     import numba
-    from nanotorch.kernels import batchnorm_gelu, conv3x3, dropout, gelu, im2col, loss, optim, pooling
+    from nanotorch.kernels import batchnorm_gelu, conv3x3, dropout, gelu, im2col, loss, optim, pooling, winograd
     folder = K._cache_dir().name
-    modules = (batchnorm_gelu, conv3x3, dropout, gelu, im2col, loss, optim, pooling)
+    modules = (batchnorm_gelu, conv3x3, dropout, gelu, im2col, loss, optim, pooling, winograd)
     dispatchers = [f for module in modules for f in vars(module).values()
                    if isinstance(f, numba.core.registry.CPUDispatcher) and f._cache is not None
                    and type(f._cache).__name__ == "FunctionCache"]

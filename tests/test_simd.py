@@ -1,4 +1,4 @@
-"""nanotorch/kernels/simd.py: the explicit vectors' four operations compiled against their Python
+"""nanotorch/kernels/simd.py: the explicit vectors' operations compiled against their Python
 bodies (which are what runs under NUMBA_DISABLE_JIT=1), and the direct convolution with 32-byte
 vectors, as on a machine without AVX-512."""
 import os
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from nanotorch.kernels.simd import VECTOR_BYTES, fma, lanes_of, load, splat, store
+from nanotorch.kernels.simd import (VECTOR_BYTES, add, deinterleave, fma, interleave, lanes_of, load, load_first, splat,
+                                    store, store_first, sub)
 
 
 # A Haswell's features (AVX2, no AVX-512), as NUMBA_CPU_FEATURES spells them: 32-byte vectors.
@@ -37,6 +38,49 @@ def test_vector_operations_compiled_match_their_python_bodies(dtype):
     np.testing.assert_array_equal(got, want)
     assert not got[:3].any() and not got[3 + lanes:].any()                               # nothing written around
     np.testing.assert_allclose(got[3:3 + lanes], w * a[5:5 + lanes] + c, rtol=1e-6 if dtype == np.float32 else 1e-15)
+
+
+def _shuffles_and_masks(a, b, out, n):
+    """out: a + b, a - b, interleave(a, b), deinterleave(a, b) (a vector each), then the first n of a
+    loaded from a[3] and stored at 3 past that; the rest of out is left as it was."""
+    lanes = lanes_of(a)
+    va, vb = load(a, 0), load(b, 0)
+    store(out, 0, add(va, vb))
+    store(out, lanes, sub(va, vb))
+    lo, hi = interleave(va, vb)
+    store(out, 2 * lanes, lo)
+    store(out, 3 * lanes, hi)
+    even, odd = deinterleave(va, vb)
+    store(out, 4 * lanes, even)
+    store(out, 5 * lanes, odd)
+    store_first(out, 6 * lanes + 3, load_first(a, 3, n), n)
+
+
+_shuffles_and_masks_compiled = njit(_shuffles_and_masks)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, "lanes"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_vector_shuffles_and_partial_loads_match_their_python_bodies(dtype, n, rng):
+    """add, sub, (de)interleave, and load_first / store_first on the first n lanes (a partial load's
+    other lanes are zero, a partial store writes nothing past its n values)."""
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    n = lanes if n == "lanes" else n
+    a, b = rng.standard_normal(lanes + 3).astype(dtype), rng.standard_normal(lanes).astype(dtype)
+    got, want = np.full(8 * lanes, 7, dtype), np.full(8 * lanes, 7, dtype)
+    _shuffles_and_masks_compiled(a, b, got, n)
+    _shuffles_and_masks(a, b, want, n)
+    np.testing.assert_array_equal(got, want)
+    partial = got[6 * lanes:]
+    np.testing.assert_array_equal(partial[3:3 + n], a[3:3 + n])
+    assert (partial[:3] == 7).all() and (partial[3 + n:] == 7).all()                     # nothing written around
+    a = a[:lanes]
+    np.testing.assert_array_equal(got[:2 * lanes], np.concatenate([a + b, a - b]))
+    both = np.empty(2 * lanes, dtype)
+    both[0::2], both[1::2] = a, b
+    np.testing.assert_array_equal(got[2 * lanes:4 * lanes], both)                       # interleave
+    np.testing.assert_array_equal(got[4 * lanes:6 * lanes],
+                                  np.concatenate([np.concatenate([a, b])[0::2], np.concatenate([a, b])[1::2]]))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -11,7 +11,7 @@ import pytest
 import nanotorch as nt
 from nanotorch import nn, optim, threads
 from nanotorch.kernels import conv3x3_same, conv3x3_same_grad_weight, maxpool2d_backward, maxpool2d_forward
-from nanotorch.kernels import im2col, maxpool2x2_forward, maxpool2x2_max, pad_planes
+from nanotorch.kernels import conv3x3_winograd, im2col, maxpool2x2_forward, maxpool2x2_max, pad_planes, winograd_weights
 from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, bn_gelu_inference
 from mnist.evaluate import predict_logits
 from mnist.model import build_model
@@ -98,6 +98,7 @@ def _kernel_runs(rng, dtype):
             "conv3x3_same (N, OC, L)": lambda p: conv3x3_same(xp, w, 9, 11, False, p),
             "conv3x3_same (flipped)": lambda p: conv3x3_same(dzp, w, 9, 11, False, p, True),
             "conv3x3_same_grad_weight": lambda p: conv3x3_same_grad_weight(xp, dzp, 9, 11, p),
+            "conv3x3_winograd": lambda p: conv3x3_winograd(xe, winograd_weights(w), 7, 2 if p else 1),
             "bn_gelu_forward (training)": lambda p: _bn_gelu_training(z, v, p),
             "bn_gelu_forward (eval)": lambda p: bn_gelu_forward(z, stats - 1, stats, v, -v / 2, False, 0.0, 1e-5, p),
             "bn_gelu_inference": lambda p: bn_gelu_inference(z, v, -v / 2, p),     # (scale, shift: not the same)

@@ -5,13 +5,20 @@ loops (the direct convolution's: over every input channel and the nine taps of t
 stays in memory, and each multiply-add then loads and stores it. With a vector type the kernel
 holds such sums as local variables, which LLVM keeps in registers. A vector is VECTOR_BYTES
 wide (64 with AVX-512, else 32): ``lanes_of(a)`` floats of a's dtype (16 float32 or 8 float64
-with AVX-512). Four operations:
+with AVX-512). Its operations:
 
     load(a, i)       a[i:i + lanes] as a vector; a is 1-D and contiguous, and i + lanes <= a.size
                      (not checked in compiled code: the caller keeps its reads inside a)
     store(a, i, v)   a[i:i + lanes] = v
     splat(s)         a vector of lanes copies of the float s
     fma(a, b, c)     a * b + c in each lane, rounded once (LLVM's llvm.fma on the vector type)
+    add(a, b)        a + b in each lane;  sub(a, b): a - b
+    interleave(a, b) (lo, hi): the 2 * lanes values a[0], b[0], a[1], b[1], ... split into two
+                     vectors (one shuffle each): how winograd.py writes a tile's two output columns
+    deinterleave(a, b)  its inverse: (the even-indexed, the odd-indexed) of a's and b's values
+    load_first(a, i, n)      a[i:i + n] and zeros, as a vector (0 <= n <= lanes: only those are read)
+    store_first(a, i, v, n)  a[i:i + n] = v[:n] (only those are written): rows shorter than a vector.
+                     (LLVM's masked load and store; with n = 0 they touch no memory, wherever i points)
 
 Each is a plain Python function on NumPy arrays, which is what runs under NUMBA_DISABLE_JIT=1 and
 what tests compare the compiled code with, and an overload that compiled code takes instead: a
@@ -63,6 +70,35 @@ def splat(s):
 
 def fma(a, b, c):
     return fma_reference(a, b, c)
+
+
+def add(a, b):
+    return a + b
+
+
+def sub(a, b):
+    return a - b
+
+
+def interleave(a, b):
+    both = np.empty(2 * a.size, dtype=a.dtype)
+    both[0::2], both[1::2] = a, b
+    return both[:a.size], both[a.size:]
+
+
+def deinterleave(a, b):
+    both = np.concatenate([a, b])
+    return both[0::2].copy(), both[1::2].copy()
+
+
+def load_first(a, i, n):
+    v = np.zeros(lanes_of(a), dtype=a.dtype)
+    v[:n] = a[i:i + n]
+    return v
+
+
+def store_first(a, i, v, n):
+    a[i:i + n] = v[:n]
 
 
 class Vector(types.Type):
@@ -160,3 +196,112 @@ def _splat_compiled(s):
 def _fma_compiled(a, b, c):
     if isinstance(a, Vector) and a == b == c:
         return lambda a, b, c: _fma(a, b, c)
+
+
+@intrinsic
+def _add(typingctx, a, b):
+    return a(a, b), lambda context, builder, sig, args: builder.fadd(args[0], args[1])
+
+
+@intrinsic
+def _sub(typingctx, a, b):
+    return a(a, b), lambda context, builder, sig, args: builder.fsub(args[0], args[1])
+
+
+def _shuffles(pattern):
+    """An intrinsic (a, b) -> two vectors, each one shuffle of the 2 * lanes values of a then b:
+    ``pattern(lanes)`` gives the two lists of indices."""
+    def shuffles(typingctx, a, b):
+        pair = types.UniTuple(a, 2)
+
+        def codegen(context, builder, sig, args):
+            indices = pattern(a.lanes)
+            picks = [builder.shuffle_vector(args[0], args[1], ir.Constant(ir.VectorType(ir.IntType(32), a.lanes), ix))
+                     for ix in indices]
+            return context.make_tuple(builder, pair, picks)
+        return pair(a, b), codegen
+    return intrinsic(shuffles)
+
+
+_interleave = _shuffles(lambda n: [[i // 2 + (i % 2) * n + h for i in range(n)] for h in (0, n // 2)])
+_deinterleave = _shuffles(lambda n: [list(range(0, 2 * n, 2)), list(range(1, 2 * n, 2))])
+
+
+def _first_lanes(context, builder, vector, n, count_type):
+    """The mask <i < n for each lane i> of a vector type."""
+    ix = ir.VectorType(ir.IntType(32), vector.lanes)
+    n32 = builder.trunc(context.cast(builder, n, count_type, types.int64), ir.IntType(32))
+    splat_n = builder.shuffle_vector(builder.insert_element(ir.Constant(ix, ir.Undefined), n32,
+                                                            ir.Constant(ir.IntType(32), 0)),
+                                     ir.Constant(ix, ir.Undefined), ir.Constant(ix, [0] * vector.lanes))
+    return builder.icmp_signed("<", ir.Constant(ix, list(range(vector.lanes))), splat_n)
+
+
+def _masked(builder, what, vt):
+    """LLVM's llvm.masked.load or .store for the vector type vt (the pointer's suffix p0: LLVM's pointers are opaque)."""
+    name = f"llvm.masked.{what}.v{vt.count}{'f32' if isinstance(vt.element, ir.FloatType) else 'f64'}.p0"
+    mask = ir.VectorType(ir.IntType(1), vt.count)
+    fty = (ir.FunctionType(vt, [vt.as_pointer(), ir.IntType(32), mask, vt]) if what == "load" else
+           ir.FunctionType(ir.VoidType(), [vt, vt.as_pointer(), ir.IntType(32), mask]))
+    return cgutils.get_or_insert_function(builder.module, fty, name)
+
+
+@intrinsic
+def _load_first(typingctx, a, i, n):
+    vector = Vector(a.dtype)
+
+    def codegen(context, builder, sig, args):
+        vt = context.get_value_type(vector)
+        pointer = builder.bitcast(_element_pointer(context, builder, sig, args), vt.as_pointer())
+        mask = _first_lanes(context, builder, vector, args[2], sig.args[2])
+        return builder.call(_masked(builder, "load", vt), [pointer, ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8),
+                                                          mask, ir.Constant(vt, None)])
+    return vector(a, i, n), codegen
+
+
+@intrinsic
+def _store_first(typingctx, a, i, v, n):
+    def codegen(context, builder, sig, args):
+        vt = args[2].type
+        pointer = builder.bitcast(_element_pointer(context, builder, sig, args), vt.as_pointer())
+        mask = _first_lanes(context, builder, sig.args[2], args[3], sig.args[3])
+        builder.call(_masked(builder, "store", vt), [args[2], pointer, ir.Constant(ir.IntType(32), a.dtype.bitwidth // 8),
+                                                     mask])
+        return context.get_dummy_value()
+    return types.none(a, i, v, n), codegen
+
+
+@overload(add, inline="always")
+def _add_compiled(a, b):
+    if isinstance(a, Vector) and a == b:
+        return lambda a, b: _add(a, b)
+
+
+@overload(sub, inline="always")
+def _sub_compiled(a, b):
+    if isinstance(a, Vector) and a == b:
+        return lambda a, b: _sub(a, b)
+
+
+@overload(interleave, inline="always")
+def _interleave_compiled(a, b):
+    if isinstance(a, Vector) and a == b:
+        return lambda a, b: _interleave(a, b)
+
+
+@overload(deinterleave, inline="always")
+def _deinterleave_compiled(a, b):
+    if isinstance(a, Vector) and a == b:
+        return lambda a, b: _deinterleave(a, b)
+
+
+@overload(load_first, inline="always")
+def _load_first_compiled(a, i, n):
+    if _is_float_row(a) and isinstance(i, types.Integer) and isinstance(n, types.Integer):
+        return lambda a, i, n: _load_first(a, i, n)
+
+
+@overload(store_first, inline="always")
+def _store_first_compiled(a, i, v, n):
+    if _is_float_row(a) and isinstance(i, types.Integer) and v == Vector(a.dtype) and isinstance(n, types.Integer):
+        return lambda a, i, v, n: _store_first(a, i, v, n)

@@ -26,7 +26,10 @@ nanotorch/kernels/conv3x3.py):
 Z as nine shifted multiply-adds of the padded input, dx as the same convolution of D with W
 transposed and flipped, dW as nine shifted dot products. Which one runs changes only the speed
 (and, with an Inf or NaN on an image edge, how many gradient entries are NaN: see the kernel).
-After ``nanotorch.set_num_threads(2)`` the direct kernels of large enough layers split their
+Where nothing needs a backward (under ``nanotorch.no_grad()``), such a convolution with at least
+8 input channels on planes with even sides runs Winograd F(2x2, 3x3) instead: the same output with
+2.25x fewer multiplications, and different rounding (nanotorch/kernels/winograd.py), as PyTorch's
+backends also pick their algorithm by shape. After ``nanotorch.set_num_threads(2)`` the direct kernels of large enough layers split their
 work over two threads, with the same results, bit for bit (nanotorch/threads.py).
 
 ``input_requires_grad = False`` skips dx (the backward returns None), as PyTorch does for an
@@ -39,12 +42,14 @@ their (OC, N, OH*OW) layout, for a fused layer that reads and writes that layout
 """
 import numpy as np
 
-from nanotorch.kernels import col2im, conv3x3_same, conv3x3_same_grad_weight, im2col, pad_planes
+from nanotorch.grad_mode import is_grad_enabled
+from nanotorch.kernels import (col2im, conv3x3_same, conv3x3_same_grad_weight, conv3x3_winograd, im2col, pad_planes,
+                               winograd_weights)
 from nanotorch.nn._checks import (check_device_and_dtype, check_grad, check_input, check_int, checked_arguments,
                                   only_default, pair)
 from nanotorch.nn.init import default_weight_and_bias
 from nanotorch.nn.module import Module, Parameter
-from nanotorch.threads import parallel
+from nanotorch.threads import get_num_threads, parallel
 
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")     # PyTorch's (nanotorch implements "zeros")
@@ -61,6 +66,9 @@ class Conv2d(Module):
     # 3x3 convolutions with stride 1 and padding 1 on planes at least this wide run the direct kernel
     # (nanotorch/kernels/conv3x3.py) instead of im2col + GEMM; narrower rows do not vectorise.
     direct_min_width = 14
+    # Under no_grad, those with at least this many input channels and even sides run Winograd F(2x2, 3x3)
+    # (nanotorch/kernels/winograd.py); with fewer, its transforms cost about what its products save.
+    winograd_min_channels = 8
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1, bias=True,
                  padding_mode="zeros", device=None, dtype=None):
@@ -158,6 +166,13 @@ class Conv2d(Module):
         """Whether an input of this shape goes through the direct 3x3 kernel rather than im2col + GEMM."""
         return (geometry or self.geometry()) == ((3, 3), (1, 1), (1, 1)) and x_shape[3] >= self.direct_min_width
 
+    def uses_winograd(self, x_shape, geometry=None):
+        """Whether an input of this shape goes through Winograd F(2x2, 3x3): the direct kernel's
+        convolutions, when nothing needs the backward (no_grad), with enough input channels, on
+        planes with even sides."""
+        return (not is_grad_enabled() and x_shape[1] >= self.winograd_min_channels and x_shape[2] % 2 == 0
+                and x_shape[3] % 2 == 0 and self.uses_direct_kernel(x_shape, geometry))
+
     def forward_channels_first(self, x):
         """x: (N, C, H, W) -> Z: (OC, N, OH*OW), keeping the columns (or the padded input) for the backward."""
         n, c, h, w = x.shape
@@ -167,7 +182,11 @@ class Conv2d(Module):
             raise ValueError(f"Conv2d: kernel_size {self.kernel_size} does not match the weight's "
                              f"{weight.shape[2:]}")
         direct = self.uses_direct_kernel(x.shape, geometry)
-        if direct:
+        if direct and self.uses_winograd(x.shape, geometry):
+            threads = get_num_threads() if parallel(min(x.size, n * self.out_channels * h * w)) else 1
+            inputs = None                                           # (no_grad: nothing is kept)
+            z = conv3x3_winograd(np.ascontiguousarray(x), winograd_weights(weight), self.out_channels, threads)
+        elif direct:
             par = parallel(min(x.size, n * self.out_channels * h * w))   # spread over threads? (nanotorch/threads.py)
             inputs = pad_planes(x, par)                             # (N, C, (H+2)*(W+2) + TAIL)
             z = conv3x3_same(inputs, weight, h, w, True, par)       # (OC, N, H*W)

@@ -1,0 +1,271 @@
+"""Winograd F(2x2, 3x3): the 3x3 "same" convolution with 2.25x fewer multiplications, for inference.
+
+For one input and one output channel, a 4x4 patch d of the padded input gives a 2x2 tile of the
+output (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016):
+
+    Y = A^T [ (G g G^T) . (B^T d B) ] A          (. elementwise: 16 products where direct needs 36)
+
+    B^T = [1  0 -1  0]      G = [ 1    0    0 ]      A^T = [1  1  1  0]
+          [0  1  1  0]          [1/2  1/2  1/2]            [0  1 -1 -1]
+          [0 -1  1  0]          [1/2 -1/2  1/2]
+          [0  1  0 -1]          [ 0    0    1 ]
+
+In one dimension: y0 = d0 g0 + d1 g1 + d2 g2 and y1 = d1 g0 + d2 g1 + d3 g2 from the four products
+(d0 - d2) g0, (d1 + d2)(g0 + g1 + g2) / 2, (d2 - d1)(g0 - g1 + g2) / 2 and (d1 - d3) g2, with
+y0 = m0 + m1 + m2 and y1 = m1 - m2 - m3; the 2-D form applies it to rows, then columns. The sums over
+input channels commute with A, so with U = G g G^T for each (output, input) channel pair and
+V = B^T d B for each tile, the 16 positions p of the transformed tiles are 16 matrix products,
+
+    M[p, k, t] = sum over c of U[p, k, c] * V[p, c, t],        Y(k, t) = A^T M[:, k, t] A,
+
+4 multiply-adds per output and input channel against the direct kernel's 9; the transforms are
+additions only, done once per input plane (V) and once per output plane (Y).
+
+The input's layout makes every transform a run of contiguous vector loads. Tile (i, j) covers
+output rows 2i, 2i + 1 and columns 2j, 2j + 1, and reads the padded input's rows 2i..2i+3 and
+columns 2j..2j+3. Split the padded plane ((H + 2) x (W + 2)) into four parity planes by (row
+parity, column parity), each (H/2 + 1) rows of R = W/2 + 1 values, flat: the padded pixel
+(2r + a, 2s + b) sits at r * R + s in plane (a, b). Then tile t = i * R + j reads d[a][b] at
+t + (a // 2) * R + b // 2 of plane (a % 2, b % 2): for consecutive tiles, contiguous loads at the
+offsets 0, 1, R and R + 1. As in the direct kernel's padded grid, the tiles j = W/2 (one a row)
+straddle two rows, and are computed and dropped.
+
+Each image is a task: split its planes, transform them (V: 16 x C x T), multiply (M: 16 x OC x
+T, four output channels x three vectors of tiles in registers as in conv3x3.py), and transform
+back row by row: a tile row's two output columns interleave into the image row (simd.interleave).
+The scratch arrays (a few hundred KB) are made once per thread, and stay in the L2 cache.
+
+Rounding: U is computed in float64 and rounded once; the transforms' additions round in the
+input's dtype. So the output differs from the direct kernel's by rounding, a few times more than
+the direct sum's own error (Winograd adds and subtracts values of the input's size before the
+products): tests/test_winograd.py bounds it. nn.Conv2d uses it where nothing needs a backward
+(under no_grad) and the planes have even sides of at least 14: the evaluation's 28x28 and 14x14
+layers (the figures are in docs/performance.md).
+"""
+import numpy as np
+from numba import njit, prange
+
+from nanotorch.kernels.gelu import FAST
+from nanotorch.kernels.simd import (add, deinterleave, fma, interleave, lanes_of, load, load_first, splat, store,
+                                    store_first, sub)
+from nanotorch.kernels.tasks import PRANGE
+
+B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
+G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
+A_T = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], dtype=np.float64)
+
+
+@njit(cache=True, nogil=True)
+def winograd_weights(w):
+    """w: (OC, C, 3, 3) -> U: (16, OC rounded up to 4, C), U[4a + b, k, c] = (G w[k, c] G^T)[a, b]
+    computed in float64 and rounded once to w's dtype; the padding channels are zero. G w G^T is
+    G's three columns combined: the 1-D transform (g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2)
+    on each column of w[k, c], then on each row."""
+    oc, c_ = w.shape[0], w.shape[1]
+    u = np.zeros((16, -(-oc // 4) * 4, c_), dtype=w.dtype)
+    g = np.empty((4, 3))
+    for k in range(oc):
+        for c in range(c_):
+            for j in range(3):
+                g0, g1, g2 = np.float64(w[k, c, 0, j]), np.float64(w[k, c, 1, j]), np.float64(w[k, c, 2, j])
+                g[0, j], g[1, j], g[2, j], g[3, j] = g0, (g0 + g1 + g2) / 2, (g0 - g1 + g2) / 2, g2
+            for a in range(4):
+                g0, g1, g2 = g[a, 0], g[a, 1], g[a, 2]
+                u[4 * a, k, c] = g0
+                u[4 * a + 1, k, c] = (g0 + g1 + g2) / 2
+                u[4 * a + 2, k, c] = (g0 - g1 + g2) / 2
+                u[4 * a + 3, k, c] = g2
+    return u
+
+
+def winograd_weights_reference(w):
+    """Plain NumPy: G w G^T for every channel pair, in float64, rounded once; (16, OC rounded up to 4, C)."""
+    oc, c = w.shape[:2]
+    u = np.zeros((16, -(-oc // 4) * 4, c), dtype=w.dtype)
+    u[:, :oc] = np.einsum("ai,kcij,bj->abkc", G, w.astype(np.float64), G).reshape(16, oc, c)
+    return u
+
+
+@njit(nogil=True)
+def geometry(h_, w_, lanes):
+    """(R, T, S) for H x W planes: R = W/2 + 1 values a parity-plane row (and a tile row); T the tiles
+    transformed an image, whole vectors, enough for the last tile row's last vector; S a parity
+    plane's length, room for the transform's reads at t + R + 1 (zeros past the image)."""
+    r_ = w_ // 2 + 1
+    t_ = -(-((h_ // 2 - 1) * r_ + -(-(w_ // 2) // lanes) * lanes) // lanes) * lanes
+    return r_, t_, t_ + r_ + 1
+
+
+@njit(cache=True, nogil=True, **PRANGE, **FAST)
+def conv3x3_winograd(x, u, out_channels, threads=1):
+    """x: (N, C, H, W), contiguous, H and W even; u: winograd_weights(w) -> z: (OC, N, H*W), the 3x3
+    "same" convolution's output (stride 1, padding 1) in the layout of conv3x3_same's channels_first.
+    One task per image. ``threads`` > 1: the images in that many shares, spread over Numba's threads
+    (each share makes its scratch arrays once)."""
+    n_, c_, h_, w_ = x.shape
+    if h_ % 2 or w_ % 2 or u.shape[0] != 16 or u.shape[2] != c_ or u.shape[1] % 4 or u.shape[1] < out_channels:
+        raise ValueError("conv3x3_winograd: expected x (N, C, H, W) with H and W even, and u (16, OC rounded up "
+                         "to 4, C) from winograd_weights")
+    out = np.empty((out_channels, n_, h_ * w_), dtype=x.dtype)
+    if n_ == 0:
+        return out
+    shares = min(n_, threads)
+    if shares > 1:
+        for share in prange(shares):
+            _images(x, u, out, share * n_ // shares, (share + 1) * n_ // shares)
+    else:
+        _images(x, u, out, 0, n_)
+    return out
+
+
+@njit(nogil=True, **FAST)
+def _images(x, u, out, first, last):
+    """Images first..last-1, with one set of scratch arrays. The parity planes' borders and tails are
+    zeroed once: each image writes only the pixels inside them."""
+    n_, c_, h_, w_ = x.shape
+    lanes = lanes_of(x[0, 0, 0])
+    r_, t_, s_ = geometry(h_, w_, lanes)
+    planes = np.zeros((c_, 4, s_), dtype=x.dtype)
+    v = np.empty((16, c_, t_), dtype=x.dtype)
+    m = np.empty((16, u.shape[1], t_), dtype=x.dtype)
+    for n in range(first, last):
+        for c in range(c_):
+            _split(x[n, c], planes[c], r_)
+            _transform_input(planes[c], r_, t_, v, c)
+        _products(u, v, m)
+        for k in range(out.shape[0]):
+            _transform_output(m, k, r_, h_, w_, out[k, n])
+
+
+@njit(nogil=True, **FAST)
+def _split(x, planes, r_):
+    """x: (H, W) -> its padded plane's four parity planes (2a + b: rows of parity a, columns of parity
+    b). Image pixel (y, i) is padded pixel (y + 1, i + 1), so an image row's even columns go to
+    columns 0.. of plane (a, 1) and its odd ones to columns 1.. of plane (a, 0): a vector of each
+    from two vectors of the row (simd.deinterleave). Writes only the image's pixels."""
+    h_, w_ = x.shape
+    lanes = lanes_of(planes[0])
+    for y in range(h_):
+        a = (y + 1) % 2
+        start = (y + 1) // 2 * r_
+        src = x[y]
+        for j in range(0, w_ // 2, lanes):
+            n = min(lanes, w_ // 2 - j)                       # pairs of pixels (columns 2j + 2s, 2j + 2s + 1)
+            even, odd = deinterleave(load_first(src, 2 * j, min(lanes, 2 * n)),
+                                     load_first(src, 2 * j + lanes, max(0, 2 * n - lanes)))
+            store_first(planes[2 * a + 1], start + j, even, n)
+            store_first(planes[2 * a], start + j + 1, odd, n)
+
+
+@njit(nogil=True, inline="always", **FAST)
+def _transform_input(planes, r_, t_, v, c):
+    """v[:, c, t] = B^T d B of tiles t = 0..T-1 (d[a][b] at t + (a // 2) * R + b // 2 of plane (a % 2, b % 2)),
+    a vector of tiles at a time: B^T on each column of d (rows 0-2, 1+2, 2-1, 1-3), then on each row."""
+    lanes = lanes_of(v[0, 0])
+    e, o, e2, o2 = planes[0], planes[1], planes[2], planes[3]
+    for t in range(0, t_, lanes):
+        d00, d01, d02, d03 = load(e, t), load(o, t), load(e, t + 1), load(o, t + 1)
+        d10, d11, d12, d13 = load(e2, t), load(o2, t), load(e2, t + 1), load(o2, t + 1)
+        s = t + r_
+        d20, d21, d22, d23 = load(e, s), load(o, s), load(e, s + 1), load(o, s + 1)
+        d30, d31, d32, d33 = load(e2, s), load(o2, s), load(e2, s + 1), load(o2, s + 1)
+        _transform_row(sub(d00, d20), sub(d01, d21), sub(d02, d22), sub(d03, d23), v, 0, c, t)
+        _transform_row(add(d10, d20), add(d11, d21), add(d12, d22), add(d13, d23), v, 4, c, t)
+        _transform_row(sub(d20, d10), sub(d21, d11), sub(d22, d12), sub(d23, d13), v, 8, c, t)
+        _transform_row(sub(d10, d30), sub(d11, d31), sub(d12, d32), sub(d13, d33), v, 12, c, t)
+
+
+@njit(nogil=True, inline="always", **FAST)
+def _transform_row(r0, r1, r2, r3, v, p, c, t):
+    store(v[p, c], t, sub(r0, r2))
+    store(v[p + 1, c], t, add(r1, r2))
+    store(v[p + 2, c], t, sub(r2, r1))
+    store(v[p + 3, c], t, sub(r1, r3))
+
+
+@njit(nogil=True, **FAST)
+def _products(u, v, m):
+    """m[p, k, :] = sum over c of u[p, k, c] * v[p, c, :]: four output channels at three vectors of
+    tiles in registers (the rest in single vectors), each sum in the order of c, rounded once a term."""
+    lanes = lanes_of(v[0, 0])
+    t_ = v.shape[2]
+    block = 3 * lanes
+    zero = splat(v.dtype.type(0))
+    for p in range(16):
+        for k in range(0, u.shape[1], 4):
+            for t in range(0, t_ - block + 1, block):
+                z0 = z1 = z2 = z3 = (zero, zero, zero)
+                for c in range(v.shape[1]):
+                    x = v[p, c]
+                    tiles = load(x, t), load(x, t + lanes), load(x, t + 2 * lanes)
+                    z0 = _multiply_add(u[p, k, c], tiles, z0)
+                    z1 = _multiply_add(u[p, k + 1, c], tiles, z1)
+                    z2 = _multiply_add(u[p, k + 2, c], tiles, z2)
+                    z3 = _multiply_add(u[p, k + 3, c], tiles, z3)
+                for i, z in enumerate((z0, z1, z2, z3)):
+                    store(m[p, k + i], t, z[0])
+                    store(m[p, k + i], t + lanes, z[1])
+                    store(m[p, k + i], t + 2 * lanes, z[2])
+            for t in range(t_ // block * block, t_, lanes):
+                y0 = y1 = y2 = y3 = zero
+                for c in range(v.shape[1]):
+                    tile = load(v[p, c], t)
+                    y0 = fma(splat(u[p, k, c]), tile, y0)
+                    y1 = fma(splat(u[p, k + 1, c]), tile, y1)
+                    y2 = fma(splat(u[p, k + 2, c]), tile, y2)
+                    y3 = fma(splat(u[p, k + 3, c]), tile, y3)
+                store(m[p, k], t, y0)
+                store(m[p, k + 1], t, y1)
+                store(m[p, k + 2], t, y2)
+                store(m[p, k + 3], t, y3)
+
+
+@njit(nogil=True, inline="always", **FAST)
+def _multiply_add(weight, v, z):
+    w = splat(weight)
+    return fma(w, v[0], z[0]), fma(w, v[1], z[1]), fma(w, v[2], z[2])
+
+
+@njit(nogil=True, **FAST)
+def _transform_output(m, k, r_, h_, w_, out):
+    """out (H*W,) = output channel k's plane: for each tile row, A^T M A (rows m0+m1+m2, m1-m2-m3 of the
+    4x4, then the same on columns) a vector of tiles at a time; each of the two output rows gets its
+    tiles' two columns interleaved (simd.interleave), without the dropped tile."""
+    lanes = lanes_of(out)
+    for i in range(h_ // 2):
+        for j in range(0, w_ // 2, lanes):
+            t = i * r_ + j
+            n = 2 * min(lanes, w_ // 2 - j)                   # output columns 2j.. of these tiles
+            top = (_column_sum(m, k, t, 0), _column_sum(m, k, t, 1), _column_sum(m, k, t, 2), _column_sum(m, k, t, 3))
+            bottom = (_column_difference(m, k, t, 0), _column_difference(m, k, t, 1), _column_difference(m, k, t, 2),
+                      _column_difference(m, k, t, 3))
+            for row, f in enumerate((top, bottom)):
+                lo, hi = interleave(add(add(f[0], f[1]), f[2]), sub(sub(f[1], f[2]), f[3]))
+                start = (2 * i + row) * w_ + 2 * j
+                store_first(out, start, lo, min(lanes, n))
+                store_first(out, start + lanes, hi, max(0, n - lanes))
+
+
+@njit(nogil=True, inline="always", **FAST)
+def _column_sum(m, k, t, b):
+    """Row 0 of A^T M at column b: m0 + m1 + m2 down the column."""
+    return add(add(load(m[b, k], t), load(m[4 + b, k], t)), load(m[8 + b, k], t))
+
+
+@njit(nogil=True, inline="always", **FAST)
+def _column_difference(m, k, t, b):
+    """Row 1 of A^T M at column b: m1 - m2 - m3 down the column."""
+    return sub(sub(load(m[4 + b, k], t), load(m[8 + b, k], t)), load(m[12 + b, k], t))
+
+
+def conv3x3_winograd_reference(x, w):
+    """Plain NumPy, float64: the same algorithm tile by tile (the padded input's 4x4 patches at stride
+    2, V = B^T d B, U = G g G^T, M summed over input channels, Y = A^T M A) -> (OC, N, H*W)."""
+    n, c, h, w_ = x.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    s = xp.strides
+    d = np.lib.stride_tricks.as_strided(xp, (n, c, h // 2, w_ // 2, 4, 4), (s[0], s[1], 2 * s[2], 2 * s[3], s[2], s[3]))
+    v = np.einsum("ai,ncyxij,bj->ncyxab", B_T, d, B_T)
+    u = np.einsum("ai,kcij,bj->kcab", G, w.astype(np.float64), G)
+    y = np.einsum("ia,nkyxab,jb->nkyixj", A_T, np.einsum("kcab,ncyxab->nkyxab", u, v), A_T)
+    return y.reshape(n, -1, h * w_).transpose(1, 0, 2)

@@ -1,0 +1,196 @@
+"""nanotorch/kernels/winograd.py: Winograd F(2x2, 3x3) against its NumPy reference and the direct
+convolution, and where nn.Conv2d uses it (under no_grad only)."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nanotorch as nt
+from nanotorch import nn, optim
+from nanotorch.kernels import conv3x3_same_reference
+from nanotorch.kernels.winograd import (conv3x3_winograd, conv3x3_winograd_reference, winograd_weights,
+                                        winograd_weights_reference)
+from nanotorch.kernels.simd import VECTOR_BYTES
+from mnist.model import build_model
+from test_simd import AVX2_FEATURES
+
+# (N, C, OC, H, W): OC not a multiple of 4; planes whose tile rows take part of a vector, exactly one
+# (32 wide: 16 tiles, a float32 vector with AVX-512), more than one (40 wide), and a single tile (2 x 2)
+SHAPES = [(3, 1, 4, 28, 28), (2, 5, 7, 6, 10), (1, 3, 9, 14, 40), (2, 12, 16, 14, 14), (1, 2, 3, 2, 2),
+          (2, 3, 5, 4, 32), (1, 8, 1, 16, 34)]
+
+
+def _direct(x, w):
+    """The direct convolution in float64, in the kernel's (OC, N, H*W) layout."""
+    z = conv3x3_same_reference(x.astype(np.float64), w.astype(np.float64))
+    return z.reshape(x.shape[0], w.shape[0], -1).transpose(1, 0, 2)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_reference_is_the_convolution(shape, rng):
+    """The algorithm itself, in float64: A^T [(G g G^T) . (B^T d B)] A is the 3x3 correlation, exactly
+    but for rounding."""
+    n, c, oc, h, w = shape
+    x, wt = rng.standard_normal((n, c, h, w)), rng.standard_normal((oc, c, 3, 3))
+    np.testing.assert_allclose(conv3x3_winograd_reference(x, wt), _direct(x, wt), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_kernel_matches_the_reference(shape, dtype, rng):
+    """float64 to rounding; float32 within a few units of the output's scale (the transforms add and
+    subtract values of the input's size before the products): measured at most 8e-6 on these shapes
+    with standard normal inputs, whose outputs reach about 15."""
+    n, c, oc, h, w = shape
+    x, wt = rng.standard_normal((n, c, h, w)).astype(dtype), rng.standard_normal((oc, c, 3, 3)).astype(dtype)
+    z = conv3x3_winograd(x, winograd_weights(wt), oc)
+    assert z.shape == (oc, n, h * w) and z.dtype == dtype
+    tol = 3e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(z, conv3x3_winograd_reference(x, wt), rtol=tol, atol=tol)
+    np.testing.assert_allclose(z, _direct(x, wt), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_weight_transform_matches_the_reference(dtype, rng):
+    """G w G^T computed in float64 and rounded once: for float32 weights the same bits as the reference
+    (whose einsum adds in another order: each entry sums at most nine float32 values times 1/4, 1/2
+    or 1, which float64 holds all but exactly); for float64 ones, to rounding. The padding output
+    channels are zero."""
+    w = rng.standard_normal((7, 5, 3, 3)).astype(dtype)
+    u = winograd_weights(w)
+    assert u.shape == (16, 8, 5) and u.dtype == dtype and not u[:, 7].any()
+    if dtype == np.float32:
+        np.testing.assert_array_equal(u, winograd_weights_reference(w))
+    else:
+        np.testing.assert_allclose(u, winograd_weights_reference(w), rtol=1e-14, atol=1e-14)
+
+
+def test_image_edges_read_zeros_not_the_neighbouring_plane(rng):
+    """Every plane but one is zero: its output must be the convolution of that plane alone. A read of
+    the border that took a neighbouring row, channel or image instead of the zero padding would show."""
+    x = np.zeros((3, 4, 8, 10), np.float32)
+    x[1, 2] = rng.standard_normal((8, 10))
+    x[1, 2, :, [0, -1]] = 100.0                              # large values on the edges that must stay inside
+    x[1, 2, [0, -1], :] = -100.0
+    w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    z = conv3x3_winograd(x, winograd_weights(w), 5)
+    np.testing.assert_allclose(z, _direct(x, w), rtol=1e-5, atol=2e-3)
+    assert not z[:, [0, 2]].any()                            # the other images: zeros, exactly
+
+
+def test_odd_planes_and_wrong_weights_are_refused(rng):
+    x = rng.standard_normal((2, 3, 7, 8)).astype(np.float32)
+    u = winograd_weights(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
+    with pytest.raises(ValueError, match="H and W even"):
+        conv3x3_winograd(x, u, 4)
+    with pytest.raises(ValueError, match="from winograd_weights"):
+        conv3x3_winograd(np.zeros((2, 5, 8, 8), np.float32), u, 4)      # u made for 3 input channels
+    assert conv3x3_winograd(np.zeros((0, 3, 8, 8), np.float32), u, 4).shape == (4, 0, 64)
+
+
+def test_which_convolutions_run_winograd():
+    """Under no_grad only, the direct kernel's convolutions with at least 8 input channels on planes
+    with even sides: the seed model's 8 -> 12, 12 -> 16 and 16 -> 20 layers."""
+    convs = [m for m in build_model().modules() if isinstance(m, nn.Conv2d)]
+    sizes = [28, 28, 28, 28, 14, 7, 4]
+    assert not any(c.uses_winograd((64, c.in_channels, s, s)) for c, s in zip(convs, sizes))   # grad enabled
+    with nt.no_grad():
+        chosen = [c.uses_winograd((64, c.in_channels, s, s)) for c, s in zip(convs, sizes)]
+        assert chosen == [False, False, True, True, True, False, False]
+        conv = nn.Conv2d(8, 4, 3, padding=1)
+        assert not conv.uses_winograd((2, 8, 14, 15)) and not conv.uses_winograd((2, 8, 15, 14))
+        assert not nn.Conv2d(8, 4, 3, padding=1, stride=2).uses_winograd((2, 8, 28, 28))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_under_no_grad_gives_the_direct_layers_output(dtype, bias, rng):
+    nt.manual_seed(0)
+    layer = nn.Conv2d(9, 6, 3, padding=1, bias=bias).to(dtype)
+    x = rng.standard_normal((3, 9, 14, 16)).astype(dtype)
+    y = layer(x)
+    with nt.no_grad():
+        assert layer.uses_winograd(x.shape)
+        y_no_grad = layer(x)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y_no_grad, y, **tol)
+    assert y_no_grad.dtype == dtype and y_no_grad.shape == y.shape
+
+
+@pytest.mark.skipif(not os.environ.get("NANOTORCH_DATA"), reason="needs real MNIST (NANOTORCH_DATA)")
+def test_a_trained_model_predicts_the_same_classes_either_way():
+    """The seed model after 300 steps on MNIST (so that its weights and BatchNorm statistics are a
+    trained model's, not the initial ones), evaluated on 1,000 test images with the Winograd layers
+    and with the direct ones: logits within float32 rounding, the same class for every image."""
+    from mnist.data import load_mnist, normalize
+    from mnist.evaluate import predict_logits
+    nt.manual_seed(0)
+    model = build_model()
+    flat = nn.utils.flatten_parameters(model.parameters())
+    sgd, loss = optim.SGD([flat], lr=0.05, momentum=0.9), nn.CrossEntropyLoss()
+    images, labels = load_mnist("train")
+    for step in range(300):
+        batch = slice(16 * step, 16 * step + 16)
+        loss(model(normalize(images[batch])), labels[batch].astype(np.int64))
+        sgd.zero_grad()
+        model.backward(loss.backward())
+        sgd.step()
+    x = normalize(load_mnist("test")[0][:1000])
+    with_winograd = predict_logits(model, x, 64, threads=1)
+    try:
+        nn.Conv2d.winograd_min_channels = 10 ** 9
+        direct = predict_logits(model, x, 64, threads=1)
+    finally:
+        nn.Conv2d.winograd_min_channels = 8
+    assert np.abs(with_winograd - direct).max() < 1e-4 * np.abs(direct).max()
+    assert (with_winograd.argmax(1) == direct.argmax(1)).all()
+    assert (direct.argmax(1) == load_mnist("test")[1][:1000]).mean() > 0.8     # (a trained model: 90% here)
+
+
+_BOUNDS_CODE = """
+import numpy as np
+from nanotorch.kernels import simd, winograd as W
+from nanotorch.kernels.winograd import conv3x3_winograd, conv3x3_winograd_reference, winograd_weights
+assert simd.VECTOR_BYTES == {vector_bytes}, simd.VECTOR_BYTES
+
+
+def inside(name, op):
+    def checked(a, i, *rest):
+        n = rest[-1] if name.endswith("_first") else simd.lanes_of(a)
+        assert 0 <= n <= simd.lanes_of(a) and (n == 0 or 0 <= i and i + n <= a.size), (name, i, n, a.size)
+        return op(a, i, *rest)
+    return checked
+
+
+for name in ("load", "store", "load_first", "store_first"):
+    setattr(W, name, inside(name, getattr(simd, name)))
+rng = np.random.default_rng(0)
+for dtype, tol in ((np.float32, 3e-5), (np.float64, 1e-12)):
+    for n, c, oc, h, w in ((2, 3, 5, 6, 10), (1, 2, 4, 2, 2), (1, 1, 3, 4, 34), (1, 2, 1, 8, 32), (3, 2, 2, 14, 14)):
+        x = rng.standard_normal((n, c, h, w)).astype(dtype)
+        wt = rng.standard_normal((oc, c, 3, 3)).astype(dtype)
+        for threads in (1, 2):
+            z = conv3x3_winograd(x, winograd_weights(wt), oc, threads)
+            np.testing.assert_allclose(z, conv3x3_winograd_reference(x, wt), rtol=tol, atol=tol)
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("vector_bytes", [64, 32])
+def test_kernel_reads_and_writes_inside_its_arrays(vector_bytes):
+    """Compiled, a vector load or store does not check its bounds. Run as Python (NUMBA_DISABLE_JIT=1)
+    with loads and stores that do, the kernel stays inside its parity planes, transformed tiles and
+    output, with 64- and 32-byte vectors, in float32 and float64, on planes whose tile rows fill part
+    of a vector, exactly one (32 wide with 16 float32 lanes; 16 float64 tiles are two vectors of 8) and
+    more than one; and still matches the reference."""
+    code = _BOUNDS_CODE.format(vector_bytes=vector_bytes)
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    if vector_bytes == 32:
+        env["NUMBA_CPU_FEATURES"] = AVX2_FEATURES
+    elif VECTOR_BYTES != 64:
+        env["NUMBA_CPU_FEATURES"] = "+64bit,+avx,+avx2,+fma,+avx512f,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().endswith("ok")
