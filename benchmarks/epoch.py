@@ -19,8 +19,12 @@ start to the end of the first nanotorch step (imports, data loading, Numba cache
 The arithmetic limit of evaluation: the multiply-adds of one image's forward through the model's
 convolutions and Linear layers (forward_flops), done on every thread at one core's measured
 multiply-add peak (benchmarks.common.fma_peak) and nothing else, give the most images/s this
-machine allows. Each framework's evaluation is reported as a fraction of it, and so is the ratio
-nanotorch's evaluation would have at the limit (the limit's time / torch's).
+machine allows. Counted as a direct convolution does them (9 multiply-adds an output for each
+input channel of a 3x3 kernel) for PyTorch, and as nanotorch does them for nanotorch (4 in the
+products of its Winograd layers, which evaluation uses: nanotorch/kernels/winograd.py; their
+transforms' additions are not counted), which gives nanotorch a higher limit. Each framework's
+evaluation is reported as a fraction of its limit, and so is the ratio nanotorch's evaluation
+would have at its limit (that time over torch's).
 Writes epoch.csv, epoch_profile.csv and epoch.json to --out (default benchmarks/results/).
 """
 import argparse
@@ -184,16 +188,19 @@ def eval_torch(torch, model, x, batch_size):
 
 # ----------------------------------------------------------------------------- the run
 
-def forward_flops(model, input_shape=(1, 28, 28)):
+def forward_flops(model, input_shape=(1, 28, 28), as_run=False):
     """FLOPs (2 a multiply-add) of one image's forward through the model's Conv2d and Linear layers:
     2 * in_channels * kh * kw for each convolution output, 2 * in_features for each Linear
-    output, counted by forward hooks in an eval-mode pass of a blank image. The rest (BatchNorm,
-    GELU, pooling) is a few operations a value and not counted."""
+    output, counted by forward hooks in an eval-mode pass (under no_grad) of a blank image. The
+    rest (BatchNorm, GELU, pooling) is a few operations a value and not counted. ``as_run``: a
+    convolution that runs Winograd F(2x2, 3x3) counts the 4 multiply-adds an output and input
+    channel of its products instead of 9."""
     flops = []
 
     def count(layer, args, out):
         if isinstance(layer, nn.Conv2d):
-            flops.append(2 * out.size * layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1])
+            taps = 4 if as_run and layer.uses_winograd(args[0].shape) else layer.kernel_size[0] * layer.kernel_size[1]
+            flops.append(2 * out.size * layer.in_channels * taps)
         else:
             flops.append(2 * out.size * layer.in_features)
 
@@ -211,12 +218,18 @@ def forward_flops(model, input_shape=(1, 28, 28)):
 
 
 def evaluation_limit(model, n_threads, images_per_s):
-    """The arithmetic limit of evaluation (module docstring) and each framework's fraction of it;
-    images_per_s: framework -> its best evaluation images/s."""
-    flops, peak = forward_flops(model), fma_peak()
-    most = n_threads * peak * 1e9 / flops
-    return {"forward_mflop_per_image": flops / 1e6, "fma_peak_gflops_per_core": peak, "threads": n_threads,
-            "images_per_s": most, "fraction": {name: ips / most for name, ips in images_per_s.items()}}
+    """The arithmetic limits of evaluation (module docstring) and each framework's fraction of its
+    own; images_per_s: framework -> its best evaluation images/s."""
+    peak = fma_peak()
+    limits = {}
+    for name, as_run in (("direct", False), ("nanotorch", True)):
+        flops = forward_flops(model, as_run=as_run)
+        limits[name] = {"forward_mflop_per_image": flops / 1e6, "images_per_s": n_threads * peak * 1e9 / flops}
+    most = {name: limits["nanotorch" if name == "nanotorch" else "direct"]["images_per_s"] for name in images_per_s}
+    return {"fma_peak_gflops_per_core": peak, "threads": n_threads, **limits,
+            "fraction": {name: ips / most[name] for name, ips in images_per_s.items()},
+            "ratio_at_limit": (images_per_s["torch"] / limits["nanotorch"]["images_per_s"]   # nanotorch's limit's
+                               if "torch" in images_per_s else None)}                       # time over torch's
 
 
 def time_evaluation(evaluators, n_images, repeats, batch_sizes=EVAL_BATCH_SIZES):
@@ -328,12 +341,16 @@ def report(result, out):
         print(f"evaluation, nanotorch time / torch time: {result['eval_nanotorch_over_torch']:.2f} "
               f"(each at its fastest batch size)")
     limit = result["eval_limit"]
-    print(f"arithmetic limit: {limit['forward_mflop_per_image']:.2f} MFLOP an image (convolutions, Linear layers) "
-          f"at one core's multiply-add peak, {limit['fma_peak_gflops_per_core']:.1f} GFLOP/s measured now, on "
-          f"{limit['threads']} thread(s): at most {limit['images_per_s']:,.0f} images/s")
-    print("  reached: " + ", ".join(f"{name} {100 * f:.0f}%" for name, f in limit["fraction"].items())
-          + (f"; at the limit, nanotorch time / torch time would be {limit['fraction']['torch']:.2f}"
-             if "torch" in limit["fraction"] else ""))   # (the limit's time over torch's: torch's fraction)
+    print(f"arithmetic limit: the convolutions' and Linear layers' multiply-adds alone, at one core's peak "
+          f"({limit['fma_peak_gflops_per_core']:.1f} GFLOP/s measured now) on {limit['threads']} thread(s):")
+    fraction = limit["fraction"]
+    for key, label, names in (("direct", "as a direct convolution does them", [n for n in fraction if n != "nanotorch"]),
+                              ("nanotorch", "as nanotorch does them (Winograd layers)", ["nanotorch"])):
+        print(f"  {label}, {limit[key]['forward_mflop_per_image']:.2f} MFLOP an image: at most "
+              f"{limit[key]['images_per_s']:,.0f} images/s"
+              + "".join(f"; {name} reaches {100 * fraction[name]:.0f}%" for name in names))
+    if limit["ratio_at_limit"] is not None:
+        print(f"  at its limit, nanotorch time / torch time would be {limit['ratio_at_limit']:.2f}")
     rss = result["peak_rss_mb"]
     print(f"process start -> first nanotorch step done: {result['seconds_to_first_nanotorch_step']:.2f} s")
     print(f"peak RSS: {rss['first_step']:.0f} MB at the first step (before torch is imported), "

@@ -108,6 +108,8 @@ def test_forward_flops_counts_convolutions_and_linear_layers():
     seed = build_model()
     convs = 18 * (784 * (1 * 4 + 4 * 8 + 8 * 12 + 12 * 16) + 196 * 16 * 20 + 49 * 20 * 24 + 16 * 24 * 28)
     assert epoch.forward_flops(seed) == convs + 2 * (28 * 56 + 56 * 10)
+    winograd = 18 * (784 * 8 * 12 + 784 * 12 * 16 + 196 * 16 * 20)          # conv3-conv5: 4 of those 9 multiply-adds
+    assert epoch.forward_flops(seed, as_run=True) == convs - winograd * 5 // 9 + 2 * (28 * 56 + 56 * 10)
     assert not any(m._hooked for m in seed.modules())             # its counting hooks removed (else no fusion)
 
 
@@ -188,12 +190,13 @@ def test_epoch_quick(tmp_path, monkeypatch, with_torch):
     for name, per_batch in result["eval_images_per_s"].items():      # every batch size timed, the best reported
         assert sorted(map(int, per_batch)) == sorted(epoch.EVAL_BATCH_SIZES)
         assert max(per_batch.values()) == result["frameworks"][name]["eval_images_per_s"]
-    limit = result["eval_limit"]                                 # no framework beyond the arithmetic limit
-    assert limit["forward_mflop_per_image"] == pytest.approx(6.3224) and limit["fma_peak_gflops_per_core"] > 0
+    limit = result["eval_limit"]                                 # no framework beyond its arithmetic limit
+    assert limit["direct"]["forward_mflop_per_image"] == pytest.approx(6.3224) and limit["fma_peak_gflops_per_core"] > 0
+    assert limit["nanotorch"]["forward_mflop_per_image"] == pytest.approx(3.43728)
     assert all(0 < f < 1 for f in limit["fraction"].values()) and set(limit["fraction"]) == set(result["frameworks"])
-    assert ("torch" in limit["fraction"]) == has_torch
-    if has_torch:                                                # the ratio at the limit: torch's fraction
-        assert limit["fraction"]["torch"] < result["eval_nanotorch_over_torch"]
+    assert ("torch" in limit["fraction"]) == has_torch == (limit["ratio_at_limit"] is not None)
+    if has_torch:                                                # nanotorch at its limit: faster than it is
+        assert limit["ratio_at_limit"] < result["eval_nanotorch_over_torch"]
     assert result["seconds_to_first_nanotorch_step"] > 0 and result["peak_rss_mb"]["end"] > 0
     assert len(read_csv(tmp_path / "epoch.csv")) == len(result["frameworks"])
     profile = read_csv(tmp_path / "epoch_profile.csv")
