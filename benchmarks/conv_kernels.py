@@ -37,10 +37,11 @@ from threadpoolctl import threadpool_limits
 from benchmarks.common import (RESULTS_DIR, check_out_dir, fma_peak, format_table, settle, sgemm_peak, threads,
                                timeit_many, try_import_torch, write_csv)
 from nanotorch import nn
-from nanotorch.threads import parallel
+from nanotorch.threads import get_num_threads, parallel
 from mnist.cli import check_counts, run
 from mnist.files import write_atomic
-from nanotorch.kernels import col2im, conv3x3_same, conv3x3_same_grad_weight, flip_transpose, im2col, pad_planes
+from nanotorch.kernels import (col2im, conv3x3_same, conv3x3_same_grad_weight, conv3x3_winograd, flip_transpose, im2col,
+                               pad_planes, winograd_weights)
 
 # The seven 3x3 convolutions (padding 1) of mnist.model: (in channels, out channels, height = width).
 LAYERS = [(1, 4, 28), (4, 8, 28), (8, 12, 28), (12, 16, 28), (16, 20, 14), (20, 24, 7), (24, 28, 4)]
@@ -206,6 +207,19 @@ def _direct3x3(x, w, dout, p):
     return {"forward": lambda: conv3x3_same(pad_planes(x), w, h, wd, False, par).reshape(dout.shape),
             "grad_input": lambda: conv3x3_same(pad_planes(dout), wt, h, wd, False, par).reshape(x.shape),
             "grad_weight": lambda: conv3x3_same_grad_weight(pad_planes(x), pad_planes(dout), h, wd, par)}
+
+
+@register("winograd_numba")
+def _winograd(x, w, dout, p):
+    """The forward only: nanotorch runs it for inference (under no_grad), where nothing needs a backward.
+    Its GFLOP/s count the direct convolution's multiply-adds, of which it does 4 in 9 (and additions
+    in its transforms), so it can pass the peak."""
+    h, wd = x.shape[2:]
+    if w.shape[-2:] != (3, 3) or p != 1 or h % 2 or wd % 2:
+        return None
+    threads = get_num_threads() if parallel(x.size) else 1
+    return {"forward": lambda: np.ascontiguousarray(
+        conv3x3_winograd(x, winograd_weights(w), w.shape[0], threads).transpose(1, 0, 2)).reshape(dout.shape)}
 
 
 @register("torch", runtime="torch")
