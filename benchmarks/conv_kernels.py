@@ -217,8 +217,8 @@ def _winograd(x, w, dout, p):
     h, wd = x.shape[2:]
     if w.shape[-2:] != (3, 3) or p != 1 or h % 2 or wd % 2:
         return None
-    threads = get_num_threads() if parallel(x.size) else 1
-    return {"forward": lambda: np.ascontiguousarray(
+    threads = get_num_threads() if parallel(min(x.size, dout.size)) else 1     # as nn.Conv2d decides
+    return {"forward": lambda: np.ascontiguousarray(                        # (the copy to (N, OC, H, W) timed too)
         conv3x3_winograd(x, winograd_weights(w), w.shape[0], threads).transpose(1, 0, 2)).reshape(dout.shape)}
 
 

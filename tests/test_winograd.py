@@ -119,8 +119,32 @@ def test_conv2d_under_no_grad_gives_the_direct_layers_output(dtype, bias, rng):
     assert y_no_grad.dtype == dtype and y_no_grad.shape == y.shape
 
 
+def test_conv2d_under_no_grad_takes_a_non_contiguous_input(rng):
+    """Conv2d copies a strided input contiguous before the kernel (whose rows must be contiguous)."""
+    layer = nn.Conv2d(9, 6, 3, padding=1)
+    x = rng.standard_normal((16, 14, 3, 9)).astype(np.float32).transpose(2, 3, 1, 0)     # (3, 9, 14, 16), strided
+    y = layer(x)
+    with nt.no_grad():
+        assert layer.uses_winograd(x.shape)
+        np.testing.assert_allclose(layer(x), y, rtol=1e-5, atol=1e-5)
+
+
+def test_seed_model_evaluates_to_the_same_logits_either_way(monkeypatch, rng):
+    """The whole seed model in eval mode under no_grad (its fused blocks' inference path), with the
+    Winograd layers and with the direct kernel everywhere, on random images: logits within float32
+    rounding. (The next test does the same on a trained model and real images, when they are here.)"""
+    from mnist.evaluate import predict_logits
+    nt.manual_seed(0)
+    model = build_model()
+    x = rng.standard_normal((70, 1, 28, 28)).astype(np.float32)
+    with_winograd = predict_logits(model, x, 32, threads=1)
+    monkeypatch.setattr(nn.Conv2d, "winograd_min_channels", 10 ** 9)
+    direct = predict_logits(model, x, 32, threads=1)
+    assert 0 < np.abs(with_winograd - direct).max() < 1e-5 * np.abs(direct).max()     # (not the same code)
+
+
 @pytest.mark.skipif(not os.environ.get("NANOTORCH_DATA"), reason="needs real MNIST (NANOTORCH_DATA)")
-def test_a_trained_model_predicts_the_same_classes_either_way():
+def test_a_trained_model_predicts_the_same_classes_either_way(monkeypatch):
     """The seed model after 300 steps on MNIST (so that its weights and BatchNorm statistics are a
     trained model's, not the initial ones), evaluated on 1,000 test images with the Winograd layers
     and with the direct ones: logits within float32 rounding, the same class for every image."""
@@ -139,11 +163,8 @@ def test_a_trained_model_predicts_the_same_classes_either_way():
         sgd.step()
     x = normalize(load_mnist("test")[0][:1000])
     with_winograd = predict_logits(model, x, 64, threads=1)
-    try:
-        nn.Conv2d.winograd_min_channels = 10 ** 9
-        direct = predict_logits(model, x, 64, threads=1)
-    finally:
-        nn.Conv2d.winograd_min_channels = 8
+    monkeypatch.setattr(nn.Conv2d, "winograd_min_channels", 10 ** 9)
+    direct = predict_logits(model, x, 64, threads=1)
     assert np.abs(with_winograd - direct).max() < 1e-4 * np.abs(direct).max()
     assert (with_winograd.argmax(1) == direct.argmax(1)).all()
     assert (direct.argmax(1) == load_mnist("test")[1][:1000]).mean() > 0.8     # (a trained model: 90% here)

@@ -1,7 +1,7 @@
 """Winograd F(2x2, 3x3): the 3x3 "same" convolution with 2.25x fewer multiplications, for inference.
 
-For one input and one output channel, a 4x4 patch d of the padded input gives a 2x2 tile of the
-output (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016):
+For one input and one output channel with 3x3 weights g, a 4x4 patch d of the padded input gives
+a 2x2 tile of the output (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016):
 
     Y = A^T [ (G g G^T) . (B^T d B) ] A          (. elementwise: 16 products where direct needs 36)
 
@@ -11,10 +11,12 @@ output (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 201
           [0  1  0 -1]          [ 0    0    1 ]
 
 In one dimension: y0 = d0 g0 + d1 g1 + d2 g2 and y1 = d1 g0 + d2 g1 + d3 g2 from the four products
-(d0 - d2) g0, (d1 + d2)(g0 + g1 + g2) / 2, (d2 - d1)(g0 - g1 + g2) / 2 and (d1 - d3) g2, with
-y0 = m0 + m1 + m2 and y1 = m1 - m2 - m3; the 2-D form applies it to rows, then columns. The sums over
-input channels commute with A, so with U = G g G^T for each (output, input) channel pair and
-V = B^T d B for each tile, the 16 positions p of the transformed tiles are 16 matrix products,
+m0 = (d0 - d2) g0, m1 = (d1 + d2)(g0 + g1 + g2) / 2, m2 = (d2 - d1)(g0 - g1 + g2) / 2 and
+m3 = (d1 - d3) g2 (B^T d, G g, then A^T m), as y0 = m0 + m1 + m2 and y1 = m1 - m2 - m3; the 2-D
+form applies it to the columns of the 4x4 patch, then to its rows (M[:, k, t] below is read as
+4x4, p = 4 * row + column). The sums over input channels commute with A, so with U = G g G^T for
+each (output, input) channel pair and V = B^T d B for each tile, the 16 positions p of the
+transformed tiles are 16 matrix products,
 
     M[p, k, t] = sum over c of U[p, k, c] * V[p, c, t],        Y(k, t) = A^T M[:, k, t] A,
 
@@ -30,10 +32,12 @@ t + (a // 2) * R + b // 2 of plane (a % 2, b % 2): for consecutive tiles, contig
 offsets 0, 1, R and R + 1. As in the direct kernel's padded grid, the tiles j = W/2 (one a row)
 straddle two rows, and are computed and dropped.
 
-Each image is a task: split its planes, transform them (V: 16 x C x T), multiply (M: 16 x OC x
-T, four output channels x three vectors of tiles in registers as in conv3x3.py), and transform
-back row by row: a tile row's two output columns interleave into the image row (simd.interleave).
-The scratch arrays (a few hundred KB) are made once per thread, and stay in the L2 cache.
+Each image in turn (with threads > 1, the images in that many contiguous shares, one a thread):
+split its planes, transform them (V: 16 x C x T), multiply (M: 16 x OC x T, four output channels
+x three vectors of tiles in registers as in conv3x3.py), and transform back row by row: a tile
+row's two output columns interleave into the image row (simd.interleave).
+The scratch arrays (a few hundred KB) are made once per share at each call, reused for its
+images, and stay in the L2 cache.
 
 Rounding: U is computed in float64 and rounded once; the transforms' additions round in the
 input's dtype. So the output differs from the direct kernel's by rounding, a few times more than
@@ -98,10 +102,12 @@ def geometry(h_, w_, lanes):
 
 @njit(cache=True, nogil=True, **PRANGE, **FAST)
 def conv3x3_winograd(x, u, out_channels, threads=1):
-    """x: (N, C, H, W), contiguous, H and W even; u: winograd_weights(w) -> z: (OC, N, H*W), the 3x3
-    "same" convolution's output (stride 1, padding 1) in the layout of conv3x3_same's channels_first.
-    One task per image. ``threads`` > 1: the images in that many shares, spread over Numba's threads
-    (each share makes its scratch arrays once)."""
+    """x: (N, C, H, W), C-contiguous, H and W even; u: winograd_weights(w) of x's dtype -> z: (OC, N, H*W),
+    the 3x3 "same" convolution's output (stride 1, padding 1) in the layout of conv3x3_same's
+    channels_first. (A strided x or a u of another dtype is refused by Numba's typing, before this
+    body runs.) ``threads`` > 1: the images in that many contiguous shares, one a thread. It takes a
+    count where the other kernels take a ``parallel`` flag (tasks.py) because each share makes its
+    scratch arrays once: with a task per image, each image would make its own."""
     n_, c_, h_, w_ = x.shape
     if h_ % 2 or w_ % 2 or u.shape[0] != 16 or u.shape[2] != c_ or u.shape[1] % 4 or u.shape[1] < out_channels:
         raise ValueError("conv3x3_winograd: expected x (N, C, H, W) with H and W even, and u (16, OC rounded up "
@@ -162,13 +168,13 @@ def _transform_input(planes, r_, t_, v, c):
     """v[:, c, t] = B^T d B of tiles t = 0..T-1 (d[a][b] at t + (a // 2) * R + b // 2 of plane (a % 2, b % 2)),
     a vector of tiles at a time: B^T on each column of d (rows 0-2, 1+2, 2-1, 1-3), then on each row."""
     lanes = lanes_of(v[0, 0])
-    e, o, e2, o2 = planes[0], planes[1], planes[2], planes[3]
+    p00, p01, p10, p11 = planes[0], planes[1], planes[2], planes[3]    # (row parity, column parity)
     for t in range(0, t_, lanes):
-        d00, d01, d02, d03 = load(e, t), load(o, t), load(e, t + 1), load(o, t + 1)
-        d10, d11, d12, d13 = load(e2, t), load(o2, t), load(e2, t + 1), load(o2, t + 1)
+        d00, d01, d02, d03 = load(p00, t), load(p01, t), load(p00, t + 1), load(p01, t + 1)
+        d10, d11, d12, d13 = load(p10, t), load(p11, t), load(p10, t + 1), load(p11, t + 1)
         s = t + r_
-        d20, d21, d22, d23 = load(e, s), load(o, s), load(e, s + 1), load(o, s + 1)
-        d30, d31, d32, d33 = load(e2, s), load(o2, s), load(e2, s + 1), load(o2, s + 1)
+        d20, d21, d22, d23 = load(p00, s), load(p01, s), load(p00, s + 1), load(p01, s + 1)
+        d30, d31, d32, d33 = load(p10, s), load(p11, s), load(p10, s + 1), load(p11, s + 1)
         _transform_row(sub(d00, d20), sub(d01, d21), sub(d02, d22), sub(d03, d23), v, 0, c, t)
         _transform_row(add(d10, d20), add(d11, d21), add(d12, d22), add(d13, d23), v, 4, c, t)
         _transform_row(sub(d20, d10), sub(d21, d11), sub(d22, d12), sub(d23, d13), v, 8, c, t)

@@ -29,8 +29,9 @@ transposed and flipped, dW as nine shifted dot products. Which one runs changes 
 Where nothing needs a backward (under ``nanotorch.no_grad()``), such a convolution with at least
 8 input channels on planes with even sides runs Winograd F(2x2, 3x3) instead: the same output with
 2.25x fewer multiplications, and different rounding (nanotorch/kernels/winograd.py), as PyTorch's
-backends also pick their algorithm by shape. After ``nanotorch.set_num_threads(2)`` the direct kernels of large enough layers split their
-work over two threads, with the same results, bit for bit (nanotorch/threads.py).
+backends also pick their algorithm by shape. After ``nanotorch.set_num_threads(2)`` the direct
+kernels of large enough layers split their work over two threads, with the same results, bit for
+bit (nanotorch/threads.py).
 
 ``input_requires_grad = False`` skips dx (the backward returns None), as PyTorch does for an
 input that does not require grad: the first layer of a network, whose input is the data, has no
