@@ -249,12 +249,17 @@ def test_direct_kernels_read_and_write_inside_their_arrays(vector_bytes):
     The 2x14 and 1x14 images' grids of 32 and 16 positions leave exactly two float32 vectors after the
     whole blocks (64- and 32-byte vectors): they go as two single vectors, since one more block of
     three would read past the padded plane."""
-    code = _BOUNDS_CODE.format(vector_bytes=vector_bytes)
+    run_as_python(_BOUNDS_CODE.format(vector_bytes=vector_bytes), vector_bytes)
+
+
+def run_as_python(code, vector_bytes, timeout=300):
+    """Run ``code`` in a fresh process under NUMBA_DISABLE_JIT=1 (the kernels as plain Python, where
+    the vector operations' bodies run), with the vectors ``vector_bytes`` wide; it must print ok."""
     env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
     if vector_bytes == 32:
         env["NUMBA_CPU_FEATURES"] = AVX2_FEATURES
     elif VECTOR_BYTES != 64:
         env["NUMBA_CPU_FEATURES"] = "+64bit,+avx,+avx2,+fma,+avx512f,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3"
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().endswith("ok")

@@ -1,8 +1,6 @@
 """nanotorch/kernels/winograd.py: Winograd F(2x2, 3x3) against its NumPy reference and the direct
 convolution, and where nn.Conv2d uses it (under no_grad only)."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,9 +10,8 @@ from nanotorch import nn, optim
 from nanotorch.kernels import conv3x3_same_reference
 from nanotorch.kernels.winograd import (conv3x3_winograd, conv3x3_winograd_reference, winograd_weights,
                                         winograd_weights_reference)
-from nanotorch.kernels.simd import VECTOR_BYTES
 from mnist.model import build_model
-from test_simd import AVX2_FEATURES
+from test_simd import run_as_python
 
 # (N, C, OC, H, W): OC not a multiple of 4; planes whose tile rows take part of a vector, exactly one
 # (32 wide: 16 tiles, a float32 vector with AVX-512), more than one (40 wide), and a single tile (2 x 2)
@@ -206,12 +203,4 @@ def test_kernel_reads_and_writes_inside_its_arrays(vector_bytes):
     output, with 64- and 32-byte vectors, in float32 and float64, on planes whose tile rows fill part
     of a vector, exactly one (32 wide with 16 float32 lanes; 16 float64 tiles are two vectors of 8) and
     more than one; and still matches the reference."""
-    code = _BOUNDS_CODE.format(vector_bytes=vector_bytes)
-    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
-    if vector_bytes == 32:
-        env["NUMBA_CPU_FEATURES"] = AVX2_FEATURES
-    elif VECTOR_BYTES != 64:
-        env["NUMBA_CPU_FEATURES"] = "+64bit,+avx,+avx2,+fma,+avx512f,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3"
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip().endswith("ok")
+    run_as_python(_BOUNDS_CODE.format(vector_bytes=vector_bytes), vector_bytes, timeout=600)

@@ -271,28 +271,16 @@ def _store_first(typingctx, a, i, v, n):
     return types.none(a, i, v, n), codegen
 
 
-@overload(add, inline="always")
-def _add_compiled(a, b):
-    if isinstance(a, Vector) and a == b:
-        return lambda a, b: _add(a, b)
+def _on_two_vectors(function, compiled):
+    """Compiled code takes the intrinsic ``compiled`` for ``function`` on two vectors of one type."""
+    @overload(function, inline="always")
+    def _typed(a, b):
+        if isinstance(a, Vector) and a == b:
+            return lambda a, b: compiled(a, b)
 
 
-@overload(sub, inline="always")
-def _sub_compiled(a, b):
-    if isinstance(a, Vector) and a == b:
-        return lambda a, b: _sub(a, b)
-
-
-@overload(interleave, inline="always")
-def _interleave_compiled(a, b):
-    if isinstance(a, Vector) and a == b:
-        return lambda a, b: _interleave(a, b)
-
-
-@overload(deinterleave, inline="always")
-def _deinterleave_compiled(a, b):
-    if isinstance(a, Vector) and a == b:
-        return lambda a, b: _deinterleave(a, b)
+for _function, _compiled in ((add, _add), (sub, _sub), (interleave, _interleave), (deinterleave, _deinterleave)):
+    _on_two_vectors(_function, _compiled)
 
 
 @overload(load_first, inline="always")
