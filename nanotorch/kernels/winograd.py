@@ -40,10 +40,10 @@ The scratch arrays (a few hundred KB) are made once per share at each call, reus
 images, and stay in the L2 cache.
 
 Rounding: U is computed in float64 and rounded once; the transforms' additions round in the
-input's dtype. So the output differs from the direct kernel's by rounding, a few times more than
-the direct sum's own error (Winograd adds and subtracts values of the input's size before the
-products): tests/test_winograd.py bounds it. nn.Conv2d uses it where nothing needs a backward
-(under no_grad) and the planes have even sides of at least 14: the evaluation's 28x28 and 14x14
+input's dtype. So the output differs from the direct kernel's by rounding (the transforms add and
+subtract inputs before the products; in float32, up to 8e-6 on outputs of about 15 in the tests,
+which bound it). nn.Conv2d uses it where nothing needs a backward (under no_grad), with at least 8
+input channels, on planes with even sides at least 14 wide: evaluation's 8->12, 12->16 and 16->20
 layers (the figures are in docs/performance.md).
 """
 import numpy as np
