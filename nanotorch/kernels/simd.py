@@ -151,11 +151,15 @@ def _splat(typingctx, s):
     vector = Vector(s)
 
     def codegen(context, builder, sig, args):
-        vt = context.get_value_type(vector)
-        first = builder.insert_element(ir.Constant(vt, ir.Undefined), args[0], ir.Constant(ir.IntType(32), 0))
-        return builder.shuffle_vector(first, ir.Constant(vt, ir.Undefined),
-                                      ir.Constant(ir.VectorType(ir.IntType(32), vector.lanes), [0] * vector.lanes))
+        return _broadcast(builder, context.get_value_type(vector), args[0])
     return vector(s), codegen
+
+
+def _broadcast(builder, vt, value):
+    """The LLVM vector of type vt with value in every lane (an insert, then a shuffle of lane 0)."""
+    first = builder.insert_element(ir.Constant(vt, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(first, ir.Constant(vt, ir.Undefined),
+                                  ir.Constant(ir.VectorType(ir.IntType(32), vt.count), [0] * vt.count))
 
 
 @intrinsic
@@ -231,10 +235,7 @@ def _first_lanes(context, builder, vector, n, count_type):
     """The mask <i < n for each lane i> of a vector type."""
     ix = ir.VectorType(ir.IntType(32), vector.lanes)
     n32 = builder.trunc(context.cast(builder, n, count_type, types.int64), ir.IntType(32))
-    splat_n = builder.shuffle_vector(builder.insert_element(ir.Constant(ix, ir.Undefined), n32,
-                                                            ir.Constant(ir.IntType(32), 0)),
-                                     ir.Constant(ix, ir.Undefined), ir.Constant(ix, [0] * vector.lanes))
-    return builder.icmp_signed("<", ir.Constant(ix, list(range(vector.lanes))), splat_n)
+    return builder.icmp_signed("<", ir.Constant(ix, list(range(vector.lanes))), _broadcast(builder, ix, n32))
 
 
 def _masked(builder, what, vt):

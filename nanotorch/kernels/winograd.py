@@ -49,6 +49,7 @@ layers (the figures are in docs/performance.md).
 import numpy as np
 from numba import njit, prange
 
+from nanotorch.kernels.conv3x3 import _multiply_add
 from nanotorch.kernels.gelu import FAST
 from nanotorch.kernels.simd import (add, deinterleave, fma, interleave, lanes_of, load, load_first, splat, store,
                                     store_first, sub)
@@ -96,8 +97,14 @@ def geometry(h_, w_, lanes):
     transformed an image, whole vectors, enough for the last tile row's last vector; S a parity
     plane's length, room for the transform's reads at t + R + 1 (zeros past the image)."""
     r_ = w_ // 2 + 1
-    t_ = -(-((h_ // 2 - 1) * r_ + -(-(w_ // 2) // lanes) * lanes) // lanes) * lanes
+    t_ = _whole_vectors((h_ // 2 - 1) * r_ + _whole_vectors(w_ // 2, lanes), lanes)
     return r_, t_, t_ + r_ + 1
+
+
+@njit(nogil=True, inline="always")
+def _whole_vectors(n, lanes):
+    """n rounded up to a multiple of lanes."""
+    return -(-n // lanes) * lanes
 
 
 @njit(cache=True, nogil=True, **PRANGE, **FAST)
@@ -224,12 +231,6 @@ def _products(u, v, m):
                 store(m[p, k + 1], t, y1)
                 store(m[p, k + 2], t, y2)
                 store(m[p, k + 3], t, y3)
-
-
-@njit(nogil=True, inline="always", **FAST)
-def _multiply_add(weight, v, z):
-    w = splat(weight)
-    return fma(w, v[0], z[0]), fma(w, v[1], z[1]), fma(w, v[2], z[2])
 
 
 @njit(nogil=True, **FAST)

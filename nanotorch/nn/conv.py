@@ -183,12 +183,13 @@ class Conv2d(Module):
             raise ValueError(f"Conv2d: kernel_size {self.kernel_size} does not match the weight's "
                              f"{weight.shape[2:]}")
         direct = self.uses_direct_kernel(x.shape, geometry)
-        if direct and self.uses_winograd(x.shape, geometry):
-            threads = get_num_threads() if parallel(min(x.size, n * self.out_channels * h * w)) else 1
-            inputs = None                                           # (no_grad: nothing is kept)
-            z = conv3x3_winograd(np.ascontiguousarray(x), winograd_weights(weight), self.out_channels, threads)
-        elif direct:
+        if direct:
             par = parallel(min(x.size, n * self.out_channels * h * w))   # spread over threads? (nanotorch/threads.py)
+        if direct and self.uses_winograd(x.shape, geometry):
+            inputs = None                                           # (no_grad: nothing is kept)
+            z = conv3x3_winograd(np.ascontiguousarray(x), winograd_weights(weight), self.out_channels,
+                                 get_num_threads() if par else 1)
+        elif direct:
             inputs = pad_planes(x, par)                             # (N, C, (H+2)*(W+2) + TAIL)
             z = conv3x3_same(inputs, weight, h, w, True, par)       # (OC, N, H*W)
         else:
