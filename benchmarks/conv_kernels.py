@@ -37,7 +37,7 @@ from threadpoolctl import threadpool_limits
 from benchmarks.common import (RESULTS_DIR, check_out_dir, fma_peak, format_table, settle, sgemm_peak, threads,
                                timeit_many, try_import_torch, write_csv)
 from nanotorch import nn
-from nanotorch.threads import get_num_threads, parallel
+from nanotorch.threads import parallel, threads_for
 from mnist.cli import check_counts, run
 from mnist.files import write_atomic
 from nanotorch.kernels import (col2im, conv3x3_same, conv3x3_same_grad_weight, conv3x3_winograd, flip_transpose, im2col,
@@ -217,7 +217,7 @@ def _winograd(x, w, dout, p):
     h, wd = x.shape[2:]
     if w.shape[-2:] != (3, 3) or p != 1 or h % 2 or wd % 2:
         return None
-    threads = get_num_threads() if parallel(min(x.size, dout.size)) else 1     # as nn.Conv2d decides
+    threads = threads_for(min(x.size, dout.size))                      # as nn.Conv2d decides
     return {"forward": lambda: np.ascontiguousarray(                        # (the copy to (N, OC, H, W) timed too)
         conv3x3_winograd(x, winograd_weights(w), w.shape[0], threads).transpose(1, 0, 2)).reshape(dout.shape)}
 

@@ -73,6 +73,12 @@ def parallel(size):
     return _state["parallel"] and size >= MIN_PARALLEL_SIZE and threading.get_ident() == _state["owner"]
 
 
+def threads_for(size):
+    """How many threads a kernel that takes a count rather than a flag (kernels/winograd.py) runs on
+    from this thread: get_num_threads() where ``parallel(size)``, else one."""
+    return get_num_threads() if parallel(size) else 1
+
+
 def _forget_in_child():
     """A forked child runs its kernels alone for good (see the module docstring)."""
     _state["forked"] = True

@@ -284,3 +284,71 @@ def test_bn_gelu_forward_inv_std_and_running_stats_are_the_reference_bits(dtype,
         check(inv_std, want_inv_std)
         check(got[0], want[0])
         check(got[1], want[1])
+
+
+def _block_then_pool(dtype, bias=False, in_channels=9, pool=None):
+    """Sequential(ConvBNGELU, MaxPool2d(2)) in eval mode, with BatchNorm statistics and parameters not
+    the initial ones (so that the folded scale and shift are not 1 and 0)."""
+    nt.manual_seed(0)
+    model = nn.Sequential(ConvBNGELU(in_channels, 6, 3, padding=1, bias=bias), pool or nn.MaxPool2d(2)).to(dtype)
+    bn = model[0][1]
+    rng = np.random.default_rng(1)
+    for array, low, high in ((bn.running_mean, -1, 1), (bn.running_var, 0.5, 2), (bn.weight.data, -1.5, 1.5),
+                             (bn.bias.data, -1, 1)):
+        array[...] = rng.uniform(low, high, array.shape)
+    return model.eval()
+
+
+def _count_pooled_passes(monkeypatch):
+    import nanotorch.nn.fused as fused
+    calls = []
+    kernel = fused.conv3x3_winograd_pooled
+    monkeypatch.setattr(fused, "conv3x3_winograd_pooled", lambda *args: calls.append(1) or kernel(*args))
+    return calls
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_block_and_the_pooling_after_it_run_as_one_pass_under_no_grad(dtype, bias, rng, monkeypatch):
+    """Evaluation under no_grad: Sequential hands the MaxPool2d(2) to the ConvBNGELU before it
+    (kernels/winograd.py: conv3x3_winograd_pooled), which gives the two layers' output up to rounding
+    (a conv bias folded into the shift), keeps nothing, and leaves a backward an error, as the two do."""
+    model = _block_then_pool(dtype, bias)
+    x = rng.standard_normal((3, 9, 14, 16)).astype(dtype)
+    calls = _count_pooled_passes(monkeypatch)
+    with nt.no_grad():
+        one_by_one = model[1](model[0](x))
+        assert not calls
+        y = model(x)
+    assert calls == [1] and y.shape == one_by_one.shape == (3, 6, 7, 8) and y.dtype == dtype
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(y, one_by_one, **tol)
+    for layer in (model, model[0], model[1]):
+        with pytest.raises(RuntimeError, match="before forward"):
+            layer.backward(np.ones_like(y if layer is not model[0] else one_by_one))
+
+
+@pytest.mark.parametrize("case", ["train mode", "grad enabled", "hook on the block", "hook on the pooling",
+                                  "3x3 pooling", "odd plane", "4 input channels", "pooling first"])
+def test_a_block_and_its_pooling_run_one_by_one_where_one_pass_does_not_apply(case, rng, monkeypatch):
+    """Where the one pass would not compute what the layers do, or a hook must see a layer's output,
+    or something needs a backward, the two run as they are (the same bits)."""
+    model = _block_then_pool(np.float32, in_channels=4 if case == "4 input channels" else 9,
+                             pool=nn.MaxPool2d(3, 2) if case == "3x3 pooling" else None)
+    x = rng.standard_normal((2, model[0][0].in_channels, 13 if case == "odd plane" else 14, 14)).astype(np.float32)
+    if case == "train mode":
+        model.train()
+    seen = []
+    if case.startswith("hook"):
+        (model[0] if case.endswith("block") else model[1]).register_forward_hook(lambda m, a, out: seen.append(out))
+    if case == "pooling first":
+        model = nn.Sequential(nn.MaxPool2d(1), model[0])
+    calls = _count_pooled_passes(monkeypatch)
+    with (contextlib.nullcontext() if case == "grad enabled" else nt.no_grad()):
+        state = model.state_dict()
+        one_by_one = model[1](model[0](x))
+        model.load_state_dict(state)
+        y = model(x)
+    assert not calls
+    np.testing.assert_array_equal(y, one_by_one)
+    assert len(seen) == (2 if case.startswith("hook") else 0)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from numba import njit
 
-from nanotorch.kernels.simd import (VECTOR_BYTES, add, deinterleave, fma, interleave, lanes_of, load, load_first, splat,
-                                    store, store_first, sub)
+from nanotorch.kernels.simd import (VECTOR_BYTES, add, deinterleave, fma, interleave, lanes_of, load, load_first,
+                                    maximum, minimum, splat, store, store_first, sub)
 
 
 # A Haswell's features (AVX2, no AVX-512), as NUMBA_CPU_FEATURES spells them: 32-byte vectors.
@@ -42,7 +42,8 @@ def test_vector_operations_compiled_match_their_python_bodies(dtype):
 
 def _shuffles_and_masks(a, b, out, n):
     """out: a + b, a - b, interleave(a, b), deinterleave(a, b) (a vector each), then the first n of a
-    loaded from a[3] and stored at 3 past that; the rest of out is left as it was."""
+    loaded from a[3] and stored at 3 past that, then minimum(a, b), maximum(a, b); the rest of out
+    is left as it was."""
     lanes = lanes_of(a)
     va, vb = load(a, 0), load(b, 0)
     store(out, 0, add(va, vb))
@@ -54,6 +55,8 @@ def _shuffles_and_masks(a, b, out, n):
     store(out, 4 * lanes, even)
     store(out, 5 * lanes, odd)
     store_first(out, 6 * lanes + 3, load_first(a, 3, n), n)
+    store(out, 8 * lanes, minimum(va, vb))
+    store(out, 9 * lanes, maximum(va, vb))
 
 
 _shuffles_and_masks_compiled = njit(_shuffles_and_masks)
@@ -68,16 +71,16 @@ def _touch_nothing_past_the_end(a):
 @pytest.mark.parametrize("n", [0, 1, 5, "lanes"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_vector_shuffles_and_partial_loads_match_their_python_bodies(dtype, n, rng):
-    """add, sub, (de)interleave, and load_first / store_first on the first n lanes (a partial load's
-    other lanes are zero, a partial store writes nothing past its n values)."""
+    """add, sub, (de)interleave, minimum, maximum, and load_first / store_first on the first n lanes (a
+    partial load's other lanes are zero, a partial store writes nothing past its n values)."""
     lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
     n = lanes if n == "lanes" else n
     a, b = rng.standard_normal(lanes + 3).astype(dtype), rng.standard_normal(lanes).astype(dtype)
-    got, want = np.full(8 * lanes, 7, dtype), np.full(8 * lanes, 7, dtype)
+    got, want = np.full(10 * lanes, 7, dtype), np.full(10 * lanes, 7, dtype)
     _shuffles_and_masks_compiled(a, b, got, n)
     _shuffles_and_masks(a, b, want, n)
     np.testing.assert_array_equal(got, want)
-    partial = got[6 * lanes:]
+    partial = got[6 * lanes:8 * lanes]
     np.testing.assert_array_equal(partial[3:3 + n], a[3:3 + n])
     if n == 0:                                          # zero lanes touch no memory, wherever they point
         far = np.full(4, 7, dtype)
@@ -91,6 +94,7 @@ def test_vector_shuffles_and_partial_loads_match_their_python_bodies(dtype, n, r
     np.testing.assert_array_equal(got[2 * lanes:4 * lanes], both)                       # interleave
     np.testing.assert_array_equal(got[4 * lanes:6 * lanes],
                                   np.concatenate([np.concatenate([a, b])[0::2], np.concatenate([a, b])[1::2]]))
+    np.testing.assert_array_equal(got[8 * lanes:], np.concatenate([np.minimum(a, b), np.maximum(a, b)]))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -8,8 +8,11 @@ import pytest
 import nanotorch as nt
 from nanotorch import nn, optim
 from nanotorch.kernels import conv3x3_same_reference
-from nanotorch.kernels.winograd import (conv3x3_winograd, conv3x3_winograd_reference, winograd_weights,
-                                        winograd_weights_reference)
+from nanotorch.kernels.batchnorm_gelu import bn_gelu_inference
+from nanotorch.kernels.gelu import gelu_forward_reference
+from nanotorch.kernels.pooling import maxpool2x2_max
+from nanotorch.kernels.winograd import (conv3x3_winograd, conv3x3_winograd_pooled, conv3x3_winograd_pooled_reference,
+                                        conv3x3_winograd_reference, winograd_weights, winograd_weights_reference)
 from mnist.model import build_model
 from test_simd import run_as_python
 
@@ -85,6 +88,67 @@ def test_odd_planes_and_wrong_weights_are_refused(rng):
     with pytest.raises(ValueError, match="from winograd_weights"):
         conv3x3_winograd(np.zeros((2, 5, 8, 8), np.float32), u, 4)      # u made for 3 input channels
     assert conv3x3_winograd(np.zeros((0, 3, 8, 8), np.float32), u, 4).shape == (4, 0, 64)
+
+
+def _pooled_inputs(shape, dtype, rng):
+    n, c, oc, h, w = shape
+    return (rng.standard_normal((n, c, h, w)).astype(dtype), rng.standard_normal((oc, c, 3, 3)).astype(dtype),
+            rng.standard_normal(oc).astype(dtype), rng.standard_normal(oc).astype(dtype))
+
+
+def _separate_passes(x, w, scale, shift):
+    """The convolution, BatchNorm + GELU and the pooling as evaluation runs them one by one -> (N, OC, H/2 * W/2)."""
+    n, _, h, w_ = x.shape
+    a = bn_gelu_inference(conv3x3_winograd(x, winograd_weights(w), w.shape[0]), scale, shift)
+    return maxpool2x2_max(a.reshape(n, -1, h, w_), h // 2, w_ // 2).reshape(n, w.shape[0], -1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_pooled_kernel_matches_the_reference_and_the_separate_passes(shape, dtype, rng):
+    """GELU(scale * z + shift) max-pooled 2x2 in one pass, against the float64 reference that takes all
+    four GELUs of each window, and against the three passes it replaces: within float32 rounding (the
+    separate passes: the same products and transforms, so at most a few units in the last place of
+    values up to ~20 here), float64 to rounding."""
+    n, c, oc, h, w = shape
+    x, wt, scale, shift = _pooled_inputs(shape, dtype, rng)
+    a = conv3x3_winograd_pooled(x, winograd_weights(wt), oc, scale, shift)
+    assert a.shape == (n, oc, h // 2 * (w // 2)) and a.dtype == dtype
+    tol = dict(rtol=3e-5, atol=3e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a, conv3x3_winograd_pooled_reference(x, wt, scale, shift), **tol)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(a, _separate_passes(x, wt, scale, shift), **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pooled_kernel_finds_a_windows_largest_gelu_at_either_end(dtype):
+    """The kernel evaluates GELU at each window's smallest and largest u only. Windows built for it
+    (the convolution is the identity: one centre tap per channel), each with the end that must win:
+    all below GELU's minimum at -0.75, where GELU falls (the smallest u); all between it and 0, where
+    it rises (the largest); straddling it (GELU(-3) = -0.004 against GELU(-0.5) = -0.15: the smallest);
+    and with a positive value (the largest). A kernel that took either end alone fails."""
+    windows = np.array([[-3.0, -2.0, -1.5, -4.0], [-0.1, -0.5, -0.7, -0.3], [-3.0, -0.5, -0.9, -1.0],
+                        [-3.0, -0.8, 0.2, -0.1]], dtype)
+    winner = np.array([-4.0, -0.1, -3.0, 0.2])
+    x = windows.reshape(1, 1, 2, 2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(1, 1, 4, 4)   # the four as 2x2 windows
+    w = np.zeros((1, 1, 3, 3), dtype)
+    w[0, 0, 1, 1] = 1
+    a = conv3x3_winograd_pooled(x, winograd_weights(w), 1, np.ones(1, dtype), np.zeros(1, dtype)).reshape(4)
+    other_end = np.where(winner == windows.min(axis=1), windows.max(axis=1), windows.min(axis=1))
+    np.testing.assert_allclose(a, gelu_forward_reference(winner)[0], rtol=0, atol=1e-6)
+    assert (np.abs(a - gelu_forward_reference(other_end.astype(np.float64))[0]) > 1e-3).all()
+
+
+def test_pooled_kernel_gives_the_same_bits_on_one_thread_and_two_and_refuses_bad_arguments(rng):
+    x, w, scale, shift = _pooled_inputs((5, 8, 6, 14, 14), np.float32, rng)
+    u = winograd_weights(w)
+    np.testing.assert_array_equal(conv3x3_winograd_pooled(x, u, 6, scale, shift, 2),
+                                  conv3x3_winograd_pooled(x, u, 6, scale, shift, 1))
+    assert conv3x3_winograd_pooled(x[:0], u, 6, scale, shift).shape == (0, 6, 49)
+    with pytest.raises(ValueError, match="scale and shift of out_channels"):
+        conv3x3_winograd_pooled(x, u, 6, scale[:5], shift)
+    with pytest.raises(ValueError, match="H and W even"):
+        conv3x3_winograd_pooled(np.ascontiguousarray(x[:, :, :13]), u, 6, scale, shift)
 
 
 def test_which_convolutions_run_winograd():
@@ -189,9 +253,12 @@ for dtype, tol in ((np.float32, 3e-5), (np.float64, 1e-12)):
     for n, c, oc, h, w in ((2, 3, 5, 6, 10), (1, 2, 4, 2, 2), (1, 1, 3, 4, 34), (1, 2, 1, 8, 32), (3, 2, 2, 14, 14)):
         x = rng.standard_normal((n, c, h, w)).astype(dtype)
         wt = rng.standard_normal((oc, c, 3, 3)).astype(dtype)
+        scale, shift = rng.standard_normal(oc).astype(dtype), rng.standard_normal(oc).astype(dtype)
         for threads in (1, 2):
             z = conv3x3_winograd(x, winograd_weights(wt), oc, threads)
             np.testing.assert_allclose(z, conv3x3_winograd_reference(x, wt), rtol=tol, atol=tol)
+            a = W.conv3x3_winograd_pooled(x, winograd_weights(wt), oc, scale, shift, threads)
+            np.testing.assert_allclose(a, W.conv3x3_winograd_pooled_reference(x, wt, scale, shift), rtol=tol, atol=tol)
 print("ok")
 """
 

@@ -13,7 +13,8 @@ edit starts a fresh cache, and a process still running the old code writes only 
 - ``im2col``   — im2col / col2im for convolution (``im2col_reference`` / ``col2im_reference``)
 - ``conv3x3``  — direct 3x3 "same" convolution and its input and weight gradients (no im2col columns)
 - ``winograd`` — Winograd F(2x2, 3x3): the same 3x3 "same" convolution with 2.25x fewer multiplications,
-  for inference (``conv3x3_winograd_reference``)
+  for inference (``conv3x3_winograd_reference``); and with BatchNorm, GELU and 2x2 max pooling after it
+  in the same pass (``conv3x3_winograd_pooled_reference``)
 - ``simd``     — explicit vectors (load, store, splat, fma, ...) that let conv3x3 and winograd keep their
   sums in registers
 - ``pooling``  — max pooling forward (value and argmax, or the value alone) and its gradient scatter;
@@ -59,8 +60,9 @@ try:          # the kernels' dispatchers choose their cache folder as they are d
     from nanotorch.kernels.conv3x3 import (pad_planes, pad_planes_reference, conv3x3_same, conv3x3_same_grad_weight,
                                            flip_transpose, flip_transpose_reference, conv3x3_same_reference,
                                            conv3x3_same_grad_input_reference, conv3x3_same_grad_weight_reference)
-    from nanotorch.kernels.winograd import (conv3x3_winograd, conv3x3_winograd_reference, winograd_weights,
-                                            winograd_weights_reference)
+    from nanotorch.kernels.winograd import (conv3x3_winograd, conv3x3_winograd_pooled,
+                                            conv3x3_winograd_pooled_reference, conv3x3_winograd_reference,
+                                            winograd_weights, winograd_weights_reference)
     from nanotorch.kernels import batchnorm_gelu  # noqa: F401  (imported by nn/fused.py; cached here too)
     from nanotorch.kernels.dropout import dropout_forward, dropout_forward_reference
     from nanotorch.kernels.linear import (linear_forward, linear_backward, linear_forward_reference,
@@ -78,7 +80,8 @@ __all__ = ["im2col", "col2im", "im2col_reference", "col2im_reference", "maxpool2
            "gelu_forward_reference", "pad_planes", "pad_planes_reference", "conv3x3_same", "conv3x3_same_grad_weight",
            "flip_transpose",
            "flip_transpose_reference", "conv3x3_same_reference", "conv3x3_same_grad_input_reference",
-           "conv3x3_same_grad_weight_reference", "conv3x3_winograd", "conv3x3_winograd_reference", "winograd_weights",
+           "conv3x3_same_grad_weight_reference", "conv3x3_winograd", "conv3x3_winograd_reference",
+           "conv3x3_winograd_pooled", "conv3x3_winograd_pooled_reference", "winograd_weights",
            "winograd_weights_reference", "sum_of_squares",
            "sum_of_squares_reference", "sgd_update", "sgd_update_reference", "cross_entropy_forward",
            "cross_entropy_backward", "cross_entropy_forward_reference", "cross_entropy_backward_reference",

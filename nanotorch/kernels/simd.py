@@ -13,6 +13,8 @@ with AVX-512). Its operations:
     splat(s)         a vector of lanes copies of the float s
     fma(a, b, c)     a * b + c in each lane, rounded once (LLVM's llvm.fma on the vector type)
     add(a, b)        a + b in each lane;  sub(a, b): a - b
+    minimum(a, b)    the smaller of a and b in each lane;  maximum(a, b): the larger (where a lane
+                     holds a NaN, either may come out: NaN is not ordered)
     interleave(a, b) (lo, hi): the 2 * lanes values a[0], b[0], a[1], b[1], ... split into two
                      vectors (one shuffle each): how winograd.py writes a tile's two output columns
     deinterleave(a, b)  its inverse: (the even-indexed, the odd-indexed) of a's and b's values
@@ -78,6 +80,14 @@ def add(a, b):
 
 def sub(a, b):
     return a - b
+
+
+def minimum(a, b):
+    return np.minimum(a, b)
+
+
+def maximum(a, b):
+    return np.maximum(a, b)
 
 
 def interleave(a, b):
@@ -212,6 +222,18 @@ def _sub(typingctx, a, b):
     return a(a, b), lambda context, builder, sig, args: builder.fsub(args[0], args[1])
 
 
+@intrinsic
+def _minimum(typingctx, a, b):
+    return a(a, b), lambda context, builder, sig, args: builder.select(builder.fcmp_ordered("<", args[0], args[1]),
+                                                                       args[0], args[1])
+
+
+@intrinsic
+def _maximum(typingctx, a, b):
+    return a(a, b), lambda context, builder, sig, args: builder.select(builder.fcmp_ordered(">", args[0], args[1]),
+                                                                       args[0], args[1])
+
+
 def _shuffles(pattern):
     """An intrinsic (a, b) -> two vectors, each one shuffle of the 2 * lanes values of a then b:
     ``pattern(lanes)`` gives the two lists of indices."""
@@ -280,7 +302,8 @@ def _on_two_vectors(function, compiled):
             return lambda a, b: compiled(a, b)
 
 
-for _function, _compiled in ((add, _add), (sub, _sub), (interleave, _interleave), (deinterleave, _deinterleave)):
+for _function, _compiled in ((add, _add), (sub, _sub), (minimum, _minimum), (maximum, _maximum),
+                             (interleave, _interleave), (deinterleave, _deinterleave)):
     _on_two_vectors(_function, _compiled)
 
 

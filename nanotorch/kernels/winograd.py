@@ -39,6 +39,11 @@ row's two output columns interleave into the image row (simd.interleave).
 The scratch arrays (a few hundred KB) are made once per share at each call, reused for its
 images, and stay in the L2 cache.
 
+conv3x3_winograd_pooled goes on to the end of an evaluation block and the 2x2 max pooling after
+it: a tile's 2x2 outputs are one pooling window, so the output transform hands each window's four
+values, BatchNorm's multiply-add applied, straight to GELU and the max, and the block's full-size
+output is never written (with two GELUs a window, not four: its docstring says why).
+
 Rounding: U is computed in float64 and rounded once; the transforms' additions round in the
 input's dtype. So the output differs from the direct kernel's by rounding (the transforms add and
 subtract inputs before the products; in float32, up to 8e-6 on outputs of about 15 in the tests,
@@ -50,9 +55,9 @@ import numpy as np
 from numba import njit, prange
 
 from nanotorch.kernels.conv3x3 import _multiply_add
-from nanotorch.kernels.gelu import FAST
-from nanotorch.kernels.simd import (add, deinterleave, fma, interleave, lanes_of, load, load_first, splat, store,
-                                    store_first, sub)
+from nanotorch.kernels.gelu import FAST, gelu, gelu_forward_reference
+from nanotorch.kernels.simd import (add, deinterleave, fma, interleave, lanes_of, load, load_first, maximum, minimum,
+                                    splat, store, store_first, sub)
 from nanotorch.kernels.tasks import PRANGE
 
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
@@ -107,7 +112,7 @@ def _whole_vectors(n, lanes):
     return -(-n // lanes) * lanes
 
 
-@njit(cache=True, nogil=True, **PRANGE, **FAST)
+@njit(cache=True, nogil=True, **FAST)
 def conv3x3_winograd(x, u, out_channels, threads=1):
     """x: (N, C, H, W), C-contiguous, H and W even; u: winograd_weights(w) of x's dtype -> z: (OC, N, H*W),
     the 3x3 "same" convolution's output (stride 1, padding 1) in the layout of conv3x3_same's
@@ -115,39 +120,81 @@ def conv3x3_winograd(x, u, out_channels, threads=1):
     body runs.) ``threads`` > 1: the images in that many contiguous shares, one a thread. It takes a
     count where the other kernels take a ``parallel`` flag (tasks.py) because each share makes its
     scratch arrays once: with a task per image, each image would make its own."""
-    n_, c_, h_, w_ = x.shape
-    if h_ % 2 or w_ % 2 or u.shape[0] != 16 or u.shape[2] != c_ or u.shape[1] % 4 or u.shape[1] < out_channels:
-        raise ValueError("conv3x3_winograd: expected x (N, C, H, W) with H and W even, and u (16, OC rounded up "
-                         "to 4, C) from winograd_weights")
-    out = np.empty((out_channels, n_, h_ * w_), dtype=x.dtype)
-    if n_ == 0:
-        return out
-    shares = min(n_, threads)
-    if shares > 1:
-        for share in prange(shares):
-            _images(x, u, out, share * n_ // shares, (share + 1) * n_ // shares)
-    else:
-        _images(x, u, out, 0, n_)
+    _check(x, u, out_channels)
+    out = np.empty((out_channels, x.shape[0], x.shape[2] * x.shape[3]), dtype=x.dtype)
+    no = np.empty(0, dtype=x.dtype)
+    _shares(x, u, out, no, no, False, threads)
     return out
 
 
+@njit(cache=True, nogil=True, **FAST)
+def conv3x3_winograd_pooled(x, u, out_channels, scale, shift, threads=1):
+    """The same convolution z, then BatchNorm folded into scale and shift (per output channel), GELU,
+    and 2x2 max pooling (stride 2), in one pass: x as conv3x3_winograd's -> (N, OC, H/2 * W/2),
+    max over each window of GELU(scale * z + shift) (a whole evaluation block and the pooling after it).
+
+    A tile's 2x2 outputs are exactly one pooling window, so the kernel pools straight out of the
+    output transform and never writes z. And two GELUs a window do where the separate passes compute
+    four: GELU falls down to its minimum (at -0.75) and rises after, so over any set of values its
+    largest is at the set's smallest or largest value: max GELU(u) = max(GELU(min u), GELU(max u)).
+    Computed GELU is not monotonic to the last bit on either side, so the result may differ from
+    pooling the four GELUs by a few units in the last place; NaN may not come through
+    (simd.minimum)."""
+    _check(x, u, out_channels)
+    if scale.size != out_channels or shift.size != out_channels:
+        raise ValueError("conv3x3_winograd_pooled: expected scale and shift of out_channels values")
+    out = np.empty((x.shape[0], out_channels, x.shape[2] // 2 * (x.shape[3] // 2)), dtype=x.dtype)
+    _shares(x, u, out, scale, shift, True, threads)
+    return out
+
+
+@njit(nogil=True)
+def _check(x, u, out_channels):
+    if x.shape[2] % 2 or x.shape[3] % 2 or u.shape[0] != 16 or u.shape[2] != x.shape[1] or u.shape[1] % 4 or \
+            u.shape[1] < out_channels:
+        raise ValueError("conv3x3_winograd: expected x (N, C, H, W) with H and W even, and u (16, OC rounded up "
+                         "to 4, C) from winograd_weights")
+
+
+@njit(nogil=True, **PRANGE, **FAST)
+def _shares(x, u, out, scale, shift, pooled, threads):
+    n_ = x.shape[0]
+    if n_ == 0:
+        return
+    shares = min(n_, threads)
+    if shares > 1:
+        for share in prange(shares):
+            _images(x, u, out, scale, shift, pooled, share * n_ // shares, (share + 1) * n_ // shares)
+    else:
+        _images(x, u, out, scale, shift, pooled, 0, n_)
+
+
 @njit(nogil=True, **FAST)
-def _images(x, u, out, first, last):
+def _images(x, u, out, scale, shift, pooled, first, last):
     """Images first..last-1, with one set of scratch arrays. The parity planes' borders and tails are
-    zeroed once: each image writes only the pixels inside them."""
+    zeroed once: each image writes only the pixels inside them. ``pooled``: out is (N, OC, H/2 * W/2),
+    as conv3x3_winograd_pooled; else (OC, N, H*W)."""
     n_, c_, h_, w_ = x.shape
     lanes = lanes_of(x[0, 0, 0])
     r_, t_, s_ = geometry(h_, w_, lanes)
     planes = np.zeros((c_, 4, s_), dtype=x.dtype)
     v = np.empty((16, c_, t_), dtype=x.dtype)
     m = np.empty((16, u.shape[1], t_), dtype=x.dtype)
+    oc = out.shape[1] if pooled else out.shape[0]
+    windows = h_ // 2 * (w_ // 2) if pooled else 0
+    low, high = np.empty(oc * windows, dtype=x.dtype), np.empty(oc * windows, dtype=x.dtype)
     for n in range(first, last):
         for c in range(c_):
             _split(x[n, c], planes[c], r_)
             _transform_input(planes[c], r_, t_, v, c)
         _products(u, v, m)
-        for k in range(out.shape[0]):
-            _transform_output(m, k, r_, h_, w_, out[k, n])
+        if pooled:
+            for k in range(oc):
+                _transform_output_pooled(m, k, r_, h_, w_, scale[k], shift[k], low[k * windows:], high[k * windows:])
+            _gelu_max(low, high, out[n].reshape(-1))
+        else:
+            for k in range(oc):
+                _transform_output(m, k, r_, h_, w_, out[k, n])
 
 
 @njit(nogil=True, **FAST)
@@ -253,6 +300,37 @@ def _transform_output(m, k, r_, h_, w_, out):
                 store_first(out, start + lanes, hi, max(0, n - lanes))
 
 
+@njit(nogil=True, **FAST)
+def _transform_output_pooled(m, k, r_, h_, w_, scale, shift, low, high):
+    """Output channel k's windows, as _transform_output computes its outputs: u = scale * y + shift
+    for a tile's four outputs y, and low[q], high[q] = the smallest and largest u of window q
+    (q = i * W/2 + j, the window of tile (i, j))."""
+    lanes = lanes_of(low)
+    k_, b_ = splat(scale), splat(shift)
+    for i in range(h_ // 2):
+        for j in range(0, w_ // 2, lanes):
+            t = i * r_ + j
+            n = min(lanes, w_ // 2 - j)
+            top = (_column_sum(m, k, t, 0), _column_sum(m, k, t, 1), _column_sum(m, k, t, 2), _column_sum(m, k, t, 3))
+            bottom = (_column_difference(m, k, t, 0), _column_difference(m, k, t, 1), _column_difference(m, k, t, 2),
+                      _column_difference(m, k, t, 3))
+            u00 = fma(k_, add(add(top[0], top[1]), top[2]), b_)
+            u01 = fma(k_, sub(sub(top[1], top[2]), top[3]), b_)
+            u10 = fma(k_, add(add(bottom[0], bottom[1]), bottom[2]), b_)
+            u11 = fma(k_, sub(sub(bottom[1], bottom[2]), bottom[3]), b_)
+            q = i * (w_ // 2) + j
+            store_first(low, q, minimum(minimum(u00, u01), minimum(u10, u11)), n)
+            store_first(high, q, maximum(maximum(u00, u01), maximum(u10, u11)), n)
+
+
+@njit(nogil=True, **FAST)
+def _gelu_max(low, high, out):
+    """out[q] = max(GELU(low[q]), GELU(high[q])): one image's windows, all its channels in one loop
+    (long enough to run in whole vectors)."""
+    for q in range(out.size):
+        out[q] = max(gelu(low[q]), gelu(high[q]))
+
+
 @njit(nogil=True, inline="always", **FAST)
 def _column_sum(m, k, t, b):
     """Row 0 of A^T M at column b: m0 + m1 + m2 down the column."""
@@ -276,3 +354,12 @@ def conv3x3_winograd_reference(x, w):
     u = np.einsum("ai,kcij,bj->kcab", G, w.astype(np.float64), G)
     y = np.einsum("ia,nkyxab,jb->nkyixj", A_T, np.einsum("kcab,ncyxab->nkyxab", u, v), A_T)
     return y.reshape(n, -1, h * w_).transpose(1, 0, 2)
+
+
+def conv3x3_winograd_pooled_reference(x, w, scale, shift):
+    """Plain NumPy, float64: the convolution, then GELU(scale * z + shift) of all four pixels of each
+    2x2 window and their max, as the separate layers compute it -> (N, OC, H/2 * W/2)."""
+    n, _, h, w_ = x.shape
+    z = conv3x3_winograd_reference(x, w).transpose(1, 0, 2).reshape(n, -1, h, w_)
+    a = gelu_forward_reference(scale.astype(np.float64)[:, None, None] * z + shift.astype(np.float64)[:, None, None])[0]
+    return a.reshape(n, -1, h // 2, 2, w_ // 2, 2).max(axis=(3, 5)).reshape(n, -1, h // 2 * (w_ // 2))

@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from itertools import chain
 
+from nanotorch.grad_mode import is_grad_enabled
 from nanotorch.nn.module import Module, _typename
 
 
@@ -157,8 +158,26 @@ class Sequential(_ModuleSequence):
         return self.extend(list(self) * (_factor(self, times) - 1))
 
     def forward(self, x):
+        if not is_grad_enabled():
+            return self._forward_no_grad(x)
         for layer in self._modules.values():
             x = layer(x)
+        return x
+
+    def _forward_no_grad(self, x):
+        """The children in order, but a child may run the one after it with it, in one pass: where its
+        ``forward_with_next`` gives an output (Module.forward_with_next; nn/fused.py's ConvBNGELU
+        with a MaxPool2d(2) after it). Under no_grad only: a layer run inside another's pass has
+        nothing for a backward."""
+        layers = list(self._modules.values())
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            y = layer.forward_with_next(x, layers[i + 1]) if i + 1 < len(layers) and layer is not None else None
+            if y is None:
+                x, i = layer(x), i + 1
+            else:
+                x, i = y, i + 2
         return x
 
     def backward(self, grad_out):

@@ -50,7 +50,7 @@ from nanotorch.nn._checks import (check_device_and_dtype, check_grad, check_inpu
                                   only_default, pair)
 from nanotorch.nn.init import default_weight_and_bias
 from nanotorch.nn.module import Module, Parameter
-from nanotorch.threads import get_num_threads, parallel
+from nanotorch.threads import parallel, threads_for
 
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")     # PyTorch's (nanotorch implements "zeros")
@@ -174,6 +174,13 @@ class Conv2d(Module):
         return (not is_grad_enabled() and x_shape[1] >= self.winograd_min_channels and x_shape[2] % 2 == 0
                 and x_shape[3] % 2 == 0 and self.uses_direct_kernel(x_shape, geometry))
 
+    def direct_threads(self, x_shape):
+        """How many threads the direct and Winograd kernels run on for an input of this shape: all of
+        nanotorch's (get_num_threads) when the smaller of the input and the output is large enough to
+        spread (nanotorch/threads.py: parallel), else one."""
+        n, c, h, w = x_shape
+        return threads_for(n * min(c, self.out_channels) * h * w)
+
     def forward_channels_first(self, x):
         """x: (N, C, H, W) -> Z: (OC, N, OH*OW), keeping the columns (or the padded input) for the backward."""
         n, c, h, w = x.shape
@@ -184,11 +191,11 @@ class Conv2d(Module):
                              f"{weight.shape[2:]}")
         direct = self.uses_direct_kernel(x.shape, geometry)
         if direct:
-            par = parallel(min(x.size, n * self.out_channels * h * w))   # spread over threads? (nanotorch/threads.py)
+            threads = self.direct_threads(x.shape)
+            par = threads > 1
         if direct and self.uses_winograd(x.shape, geometry):
             inputs = None                                           # (no_grad: nothing is kept)
-            z = conv3x3_winograd(np.ascontiguousarray(x), winograd_weights(weight), self.out_channels,
-                                 get_num_threads() if par else 1)
+            z = conv3x3_winograd(np.ascontiguousarray(x), winograd_weights(weight), self.out_channels, threads)
         elif direct:
             inputs = pad_planes(x, par)                             # (N, C, (H+2)*(W+2) + TAIL)
             z = conv3x3_same(inputs, weight, h, w, True, par)       # (OC, N, H*W)
@@ -211,7 +218,7 @@ class Conv2d(Module):
         if self.bias is not None:
             self.bias.accumulate_grad(dz.reshape(self.out_channels, -1).sum(axis=1))
         if direct:
-            par = parallel(min(n * self.out_channels * h * w, n * c * h * w))
+            par = self.direct_threads((n, c, h, w)) > 1
             dzp = dz if padded else pad_planes(dz.reshape(self.out_channels, n, h, w), par, channels_first=True)
             self.weight.accumulate_grad(conv3x3_same_grad_weight(inputs, dzp, h, w, par))
             if not self.input_requires_grad:

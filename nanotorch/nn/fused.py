@@ -26,12 +26,14 @@ import numpy as np
 
 from nanotorch.grad_mode import is_grad_enabled
 from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, bn_gelu_inference
+from nanotorch.kernels.winograd import conv3x3_winograd_pooled, winograd_weights
 from nanotorch.nn._checks import check_grad
 from nanotorch.nn.activation import GELU
 from nanotorch.nn.batchnorm import BatchNorm2d
 from nanotorch.nn.conv import Conv2d
 from nanotorch.nn.container import Sequential
 from nanotorch.nn.module import NotRun
+from nanotorch.nn.pooling import MaxPool2d
 from nanotorch.threads import parallel
 
 
@@ -90,10 +92,38 @@ class ConvBNGELU(Sequential):
     def _inference(self, x, gamma, beta, eps, par):
         """Evaluation under no_grad, keeping nothing: BatchNorm folds into a = GELU(scale * z + shift),
         and GELU without its derivative has a cheaper formula (kernels/gelu.py: gelu_fast)."""
-        conv, bn, _ = self
-        scale = gamma * (1.0 / np.sqrt(bn.running_var + x.dtype.type(eps)))   # as BatchNorm2d
-        shift = beta - bn.running_mean * scale
-        return bn_gelu_inference(conv.forward_channels_first(x), scale, shift, par)
+        scale, shift = self._folded(x.dtype, eps)
+        return bn_gelu_inference(self[0].forward_channels_first(x), scale, shift, par)
+
+    def _folded(self, dtype, eps):
+        """Evaluation's BatchNorm as one multiply-add a channel, u = scale * z + shift."""
+        _, bn, _ = self
+        scale = bn.weight.data * (1.0 / np.sqrt(bn.running_var + dtype.type(eps)))   # as BatchNorm2d
+        return scale, bn.bias.data - bn.running_mean * scale
+
+    def forward_with_next(self, x, layer):
+        """Evaluation under no_grad, with a MaxPool2d(2) after the block: the block and the pooling
+        in one pass where the convolution runs Winograd (kernels/winograd.py: conv3x3_winograd_pooled,
+        which computes two GELUs a window rather than four and never writes the block's full-size
+        output); None otherwise, and the two run as they are. The numbers are the two layers' up to
+        rounding. (Sequential calls this: Module.forward_with_next.)"""
+        if (type(layer) is not MaxPool2d or self.training or is_grad_enabled() or self._hooked or layer._hooked
+                or not self.uses_fused_kernels() or layer._pairs() != ((2, 2), (2, 2), (0, 0))):
+            return None
+        conv, bn, act = self
+        oh, ow = conv._check(x)                   # (the error the block itself would raise for a bad x)
+        if not conv.uses_winograd(x.shape) or conv.weight.data.shape[2:] != (3, 3):
+            return None
+        scale, shift = self._folded(x.dtype, bn.checked_eps())
+        if conv.bias is not None:                 # GELU(scale * (z + bias) + shift)
+            shift = shift + scale * conv.bias.data
+        n, c = x.shape[0], conv.out_channels
+        a = conv3x3_winograd_pooled(np.ascontiguousarray(x), winograd_weights(conv.weight.data), c, scale, shift,
+                                    conv.direct_threads(x.shape))
+        bn.__dict__["cache"] = act.__dict__["cache"] = _FUSED
+        for m in (conv, self, layer):             # keeps nothing (no_grad): a backward now is an error
+            m.save_for_backward()
+        return a.reshape(n, c, oh // 2, ow // 2)
 
     def backward(self, da):
         if self.saved_for_backward()[0] is None:  # the forward ran the children one by one

@@ -286,6 +286,13 @@ class Module:
             "too: backward(grad_out) returns the input's gradient, calling each child's backward in the reverse "
             "order of forward (or build the model as an nn.Sequential, whose backward does that)")
 
+    def forward_with_next(self, x, layer):
+        """For Sequential, under no_grad: this module's forward and then ``layer``'s (the child after
+        it) as one computation, or None where the module has none for that layer (Module's: never).
+        Such a pass keeps nothing, so it need not compute what only a backward would read. nanotorch's
+        one: ConvBNGELU's, with a 2x2 MaxPool2d after it (nn/fused.py)."""
+        return None
+
     def __call__(self, *args, **kwargs):
         if self._forward_pre_hooks or self._forward_hooks:
             return hooks.call_with_hooks(self, args, kwargs)
