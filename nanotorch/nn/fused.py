@@ -21,6 +21,10 @@ in the block's own mode; if the children no longer fit that (``block[2].approxim
 an affine=False BatchNorm put in, ``block[1].eval()`` alone) or a child has a hook (nn/hooks.py),
 the block runs them one by one, as the Sequential it is (and a child refuses what nanotorch does
 not implement: ``block[1].track_running_stats = False``).
+
+In evaluation under no_grad, a block whose convolution runs Winograd also takes a MaxPool2d(2)
+that follows it in a Sequential into the same pass (``forward_with_next``; the kernel is
+conv3x3_winograd_pooled in nanotorch/kernels/winograd.py).
 """
 import numpy as np
 
