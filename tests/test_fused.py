@@ -312,30 +312,79 @@ def _count_pooled_passes(monkeypatch):
 def test_a_block_and_the_pooling_after_it_run_as_one_pass_under_no_grad(dtype, bias, rng, monkeypatch):
     """Evaluation under no_grad: Sequential hands the MaxPool2d(2) to the ConvBNGELU before it
     (kernels/winograd.py: conv3x3_winograd_pooled), which gives the two layers' output up to rounding
-    (a conv bias folded into the shift), keeps nothing, and leaves a backward an error, as the two do."""
+    (a conv bias folded into the shift), keeps nothing (the caches of an earlier forward with
+    gradients are gone: every module's backward is an error), as the two would."""
     model = _block_then_pool(dtype, bias)
     x = rng.standard_normal((3, 9, 14, 16)).astype(dtype)
+    model(x)                                  # with gradients: every module keeps what its backward needs
     calls = _count_pooled_passes(monkeypatch)
     with nt.no_grad():
-        one_by_one = model[1](model[0](x))
-        assert not calls
         y = model(x)
-    assert calls == [1] and y.shape == one_by_one.shape == (3, 6, 7, 8) and y.dtype == dtype
+        assert calls == [1]
+        one_by_one = model[1](model[0](x))
+    assert y.shape == one_by_one.shape == (3, 6, 7, 8) and y.dtype == dtype
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(y, one_by_one, **tol)
-    for layer in (model, model[0], model[1]):
-        with pytest.raises(RuntimeError, match="before forward"):
-            layer.backward(np.ones_like(y if layer is not model[0] else one_by_one))
+    model(x)
+    with nt.no_grad():
+        model(x)
+    for layer, grad in ((model, y), (model[0], np.ones((3, 6, 14, 16), dtype)), (model[1], y),
+                        (model[0][0], np.ones((3, 6, 14, 16), dtype)), (model[0][1], np.ones((3, 6, 14, 16), dtype))):
+        with pytest.raises(RuntimeError, match="before forward|did not run|computes this layer"):
+            layer.backward(np.ones_like(grad))
+
+
+@pytest.mark.parametrize("case", ["empty batch", "ceil_mode", "float64 running statistics", "subclass without a forward"])
+def test_the_one_pass_takes_what_the_layers_would_compute_alike(case, rng, monkeypatch):
+    """An empty batch; ceil_mode, which changes nothing on even planes; BatchNorm buffers of another
+    dtype (set by assignment, which does not cast them), used as the block's dtype; a subclass that
+    keeps ConvBNGELU's forward."""
+    model = _block_then_pool(np.float32, pool=nn.MaxPool2d(2, ceil_mode=True) if case == "ceil_mode" else None)
+    if case == "float64 running statistics":
+        model[0][1].running_var = model[0][1].running_var.astype(np.float64)
+        model[0][1].running_mean = model[0][1].running_mean.astype(np.float64)
+    if case == "subclass without a forward":
+        class Block(ConvBNGELU):
+            pass
+        block = Block(9, 6, 3, padding=1)
+        block.load_state_dict(model[0].state_dict())
+        model = nn.Sequential(block, model[1]).eval()
+    x = rng.standard_normal((0 if case == "empty batch" else 2, 9, 14, 14)).astype(np.float32)
+    calls = _count_pooled_passes(monkeypatch)
+    with nt.no_grad():
+        y = model(x)
+        one_by_one = model[1](model[0](x))
+    assert calls == [1] and y.shape == one_by_one.shape and y.dtype == np.float32
+    np.testing.assert_allclose(y, one_by_one, rtol=1e-5, atol=1e-6)
+
+
+class _Twice(ConvBNGELU):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class _Pool(nn.MaxPool2d):
+    pass
+
+
+POOLS = {"3x3 pooling": nn.MaxPool2d(3, 2), "stride 1": nn.MaxPool2d(2, 1), "padding 1": nn.MaxPool2d(2, padding=1),
+         "a MaxPool2d subclass": _Pool(2)}
 
 
 @pytest.mark.parametrize("case", ["train mode", "grad enabled", "hook on the block", "hook on the pooling",
-                                  "3x3 pooling", "odd plane", "4 input channels", "pooling first"])
+                                  *POOLS, "odd plane", "4 input channels", "pooling first", "a NaN", "an Inf",
+                                  "a subclass's forward"])
 def test_a_block_and_its_pooling_run_one_by_one_where_one_pass_does_not_apply(case, rng, monkeypatch):
-    """Where the one pass would not compute what the layers do, or a hook must see a layer's output,
-    or something needs a backward, the two run as they are (the same bits)."""
-    model = _block_then_pool(np.float32, in_channels=4 if case == "4 input channels" else 9,
-                             pool=nn.MaxPool2d(3, 2) if case == "3x3 pooling" else None)
+    """Where the one pass would not compute what the layers do (other poolings; a subclass whose forward
+    is its own; an input with a NaN, which must win its windows, or an Inf), or a hook must see a layer's
+    output, or something needs a backward, the two run as they are (the same bits)."""
+    model = _block_then_pool(np.float32, in_channels=4 if case == "4 input channels" else 9, pool=POOLS.get(case))
+    if case == "a subclass's forward":
+        block = _Twice(9, 6, 3, padding=1)
+        block.load_state_dict(model[0].state_dict())
+        model = nn.Sequential(block, model[1]).eval()
     x = rng.standard_normal((2, model[0][0].in_channels, 13 if case == "odd plane" else 14, 14)).astype(np.float32)
+    x[1, 2, 5, 6] = np.nan if case == "a NaN" else np.inf if case == "an Inf" else x[1, 2, 5, 6]
     if case == "train mode":
         model.train()
     seen = []
@@ -352,3 +401,20 @@ def test_a_block_and_its_pooling_run_one_by_one_where_one_pass_does_not_apply(ca
     assert not calls
     np.testing.assert_array_equal(y, one_by_one)
     assert len(seen) == (2 if case.startswith("hook") else 0)
+    if case == "a NaN":
+        assert np.isnan(y[1]).sum() >= 6 and not np.isnan(y[0]).any()      # every channel's window(s) around it
+
+
+@pytest.mark.parametrize("x_shape, dtype", [((2, 8, 14, 14), np.float32), ((2, 9, 14, 14), np.float64), ((9, 14, 14),
+                                                                                                       np.float32)])
+def test_a_bad_input_gets_the_blocks_error_either_way(x_shape, dtype):
+    """The error the block gives a wrong input (channels, dtype, dimensions) is the same whether or
+    not the pooling after it could have joined its pass."""
+    model = _block_then_pool(np.float32)
+    x = np.zeros(x_shape, dtype)
+    with nt.no_grad():
+        with pytest.raises(Exception) as alone:
+            model[0](x)
+        with pytest.raises(type(alone.value)) as together:
+            model(x)
+    assert str(together.value) == str(alone.value)

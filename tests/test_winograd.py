@@ -137,6 +137,9 @@ def test_pooled_kernel_finds_a_windows_largest_gelu_at_either_end(dtype):
     other_end = np.where(winner == windows.min(axis=1), windows.max(axis=1), windows.min(axis=1))
     np.testing.assert_allclose(a, gelu_forward_reference(winner)[0], rtol=0, atol=1e-6)
     assert (np.abs(a - gelu_forward_reference(other_end.astype(np.float64))[0]) > 1e-3).all()
+    # a negative scale: u = -1 * (-x) is x again, so the ends are picked after the multiply-add
+    flipped = conv3x3_winograd_pooled(-x, winograd_weights(w), 1, -np.ones(1, dtype), np.zeros(1, dtype))
+    np.testing.assert_allclose(flipped.reshape(4), a, rtol=0, atol=1e-6)
 
 
 def test_pooled_kernel_gives_the_same_bits_on_one_thread_and_two_and_refuses_bad_arguments(rng):

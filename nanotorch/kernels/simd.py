@@ -13,8 +13,9 @@ with AVX-512). Its operations:
     splat(s)         a vector of lanes copies of the float s
     fma(a, b, c)     a * b + c in each lane, rounded once (LLVM's llvm.fma on the vector type)
     add(a, b)        a + b in each lane;  sub(a, b): a - b
-    minimum(a, b)    the smaller of a and b in each lane;  maximum(a, b): the larger (where a lane
-                     holds a NaN, either may come out: NaN is not ordered)
+    minimum(a, b)    a where a < b, else b, lane by lane;  maximum(a, b): a where a > b, else b. For
+                     finite values (where a lane holds a NaN b comes out, as from x86's vminps;
+                     in a fastmath kernel LLVM may assume there is none)
     interleave(a, b) (lo, hi): the 2 * lanes values a[0], b[0], a[1], b[1], ... split into two
                      vectors (one shuffle each): how winograd.py writes a tile's two output columns
     deinterleave(a, b)  its inverse: (the even-indexed, the odd-indexed) of a's and b's values
@@ -83,11 +84,11 @@ def sub(a, b):
 
 
 def minimum(a, b):
-    return np.minimum(a, b)
+    return np.where(a < b, a, b)
 
 
 def maximum(a, b):
-    return np.maximum(a, b)
+    return np.where(a > b, a, b)
 
 
 def interleave(a, b):
@@ -222,16 +223,16 @@ def _sub(typingctx, a, b):
     return a(a, b), lambda context, builder, sig, args: builder.fsub(args[0], args[1])
 
 
-@intrinsic
-def _minimum(typingctx, a, b):
-    return a(a, b), lambda context, builder, sig, args: builder.select(builder.fcmp_ordered("<", args[0], args[1]),
-                                                                       args[0], args[1])
+def _pick(order):
+    """An intrinsic (a, b) -> a where ``a order b`` holds, else b, lane by lane (one compare, one select)."""
+    def pick(typingctx, a, b):
+        def codegen(context, builder, sig, args):
+            return builder.select(builder.fcmp_ordered(order, args[0], args[1]), args[0], args[1])
+        return a(a, b), codegen
+    return intrinsic(pick)
 
 
-@intrinsic
-def _maximum(typingctx, a, b):
-    return a(a, b), lambda context, builder, sig, args: builder.select(builder.fcmp_ordered(">", args[0], args[1]),
-                                                                       args[0], args[1])
+_minimum, _maximum = _pick("<"), _pick(">")
 
 
 def _shuffles(pattern):

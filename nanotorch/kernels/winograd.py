@@ -138,8 +138,9 @@ def conv3x3_winograd_pooled(x, u, out_channels, scale, shift, threads=1):
     four: GELU falls down to its minimum (at -0.75) and rises after, so over any set of values its
     largest is at the set's smallest or largest value: max GELU(u) = max(GELU(min u), GELU(max u)).
     Computed GELU is not monotonic to the last bit on either side, so the result may differ from
-    pooling the four GELUs by a few units in the last place; NaN may not come through
-    (simd.minimum)."""
+    pooling the four GELUs by a few units in the last place. scale and shift: (OC,) of x's dtype.
+    For finite x: a NaN in a window may not come out (simd.minimum), where the pooling layer's max
+    lets a NaN win, so a caller checks all_finite(x) first, as nn's ConvBNGELU does."""
     _check(x, u, out_channels)
     if scale.size != out_channels or shift.size != out_channels:
         raise ValueError("conv3x3_winograd_pooled: expected scale and shift of out_channels values")
@@ -148,12 +149,25 @@ def conv3x3_winograd_pooled(x, u, out_channels, scale, shift, threads=1):
     return out
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc"})
+def all_finite(x):
+    """Whether the C-contiguous array x holds no NaN and no Inf: x * 0 is 0 for a finite value and
+    NaN for the others, and so is the sum. (Compiled with reassociation alone, which lets the sum
+    vectorise: with fastmath's nnan and ninf LLVM could take the answer for granted.)"""
+    flat = x.reshape(-1)
+    zero = flat.dtype.type(0)
+    s = zero
+    for i in range(flat.size):
+        s += flat[i] * zero
+    return s == zero
+
+
 @njit(nogil=True)
 def _check(x, u, out_channels):
     if x.shape[2] % 2 or x.shape[3] % 2 or u.shape[0] != 16 or u.shape[2] != x.shape[1] or u.shape[1] % 4 or \
             u.shape[1] < out_channels:
-        raise ValueError("conv3x3_winograd: expected x (N, C, H, W) with H and W even, and u (16, OC rounded up "
-                         "to 4, C) from winograd_weights")
+        raise ValueError("Winograd F(2x2, 3x3): expected x (N, C, H, W) with H and W even, and u (16, OC rounded "
+                         "up to 4, C) from winograd_weights")
 
 
 @njit(nogil=True, **PRANGE, **FAST)

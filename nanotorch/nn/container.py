@@ -173,6 +173,7 @@ class Sequential(_ModuleSequence):
         i = 0
         while i < len(layers):
             layer = layers[i]
+            # (a None slot is asked nothing, and fails below as it would in the loop above)
             y = layer.forward_with_next(x, layers[i + 1]) if i + 1 < len(layers) and layer is not None else None
             if y is None:
                 x, i = layer(x), i + 1

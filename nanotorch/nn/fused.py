@@ -30,7 +30,7 @@ import numpy as np
 
 from nanotorch.grad_mode import is_grad_enabled
 from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, bn_gelu_inference
-from nanotorch.kernels.winograd import conv3x3_winograd_pooled, winograd_weights
+from nanotorch.kernels.winograd import all_finite, conv3x3_winograd_pooled, winograd_weights
 from nanotorch.nn._checks import check_grad
 from nanotorch.nn.activation import GELU
 from nanotorch.nn.batchnorm import BatchNorm2d
@@ -109,24 +109,31 @@ class ConvBNGELU(Sequential):
         """Evaluation under no_grad, with a MaxPool2d(2) after the block: the block and the pooling
         in one pass where the convolution runs Winograd (kernels/winograd.py: conv3x3_winograd_pooled,
         which computes two GELUs a window rather than four and never writes the block's full-size
-        output); None otherwise, and the two run as they are. The numbers are the two layers' up to
-        rounding. (Sequential calls this: Module.forward_with_next.)"""
-        if (type(layer) is not MaxPool2d or self.training or is_grad_enabled() or self._hooked or layer._hooked
-                or not self.uses_fused_kernels() or layer._pairs() != ((2, 2), (2, 2), (0, 0))):
+        output); None otherwise, and the two run as they are: so also for an input with a NaN or an
+        Inf (the pass is for finite values). The numbers are the two layers' up to rounding.
+        (Sequential calls this: Module.forward_with_next.)"""
+        if (type(layer) is not MaxPool2d or type(self).forward is not ConvBNGELU.forward or self.training
+                or is_grad_enabled() or self._hooked or layer._hooked or not self.uses_fused_kernels()):
             return None
         conv, bn, act = self
         oh, ow = conv._check(x)                   # (the error the block itself would raise for a bad x)
-        if not conv.uses_winograd(x.shape) or conv.weight.data.shape[2:] != (3, 3):
+        # (ceil_mode does not matter: Winograd's planes have even sides, which 2x2 windows tile)
+        if (layer._pairs() != ((2, 2), (2, 2), (0, 0)) or not conv.uses_winograd(x.shape)
+                or conv.weight.data.shape[2:] != (3, 3)):
             return None
+        x = np.ascontiguousarray(x)
+        if not all_finite(x):                     # a NaN must win its windows, as in the pooling layer
+            return None
+        bn.__dict__["cache"] = act.__dict__["cache"] = _FUSED
+        for m in (conv, self, layer):             # keeps nothing (no_grad): a backward now is an error
+            m.save_for_backward()
         scale, shift = self._folded(x.dtype, bn.checked_eps())
         if conv.bias is not None:                 # GELU(scale * (z + bias) + shift)
             shift = shift + scale * conv.bias.data
         n, c = x.shape[0], conv.out_channels
-        a = conv3x3_winograd_pooled(np.ascontiguousarray(x), winograd_weights(conv.weight.data), c, scale, shift,
+        a = conv3x3_winograd_pooled(x, winograd_weights(conv.weight.data), c,
+                                    scale.astype(x.dtype, copy=False), shift.astype(x.dtype, copy=False),
                                     conv.direct_threads(x.shape))
-        bn.__dict__["cache"] = act.__dict__["cache"] = _FUSED
-        for m in (conv, self, layer):             # keeps nothing (no_grad): a backward now is an error
-            m.save_for_backward()
         return a.reshape(n, c, oh // 2, ow // 2)
 
     def backward(self, da):

@@ -289,8 +289,12 @@ class Module:
     def forward_with_next(self, x, layer):
         """For Sequential, under no_grad: this module's forward and then ``layer``'s (the child after
         it) as one computation, or None where the module has none for that layer (Module's: never).
-        Such a pass keeps nothing, so it need not compute what only a backward would read. nanotorch's
-        one: ConvBNGELU's, with a 2x2 MaxPool2d after it (nn/fused.py)."""
+        Such a pass keeps nothing, so it need not compute what only a backward would read. One that
+        gives an output must give the two layers' (up to rounding), so it returns None where it cannot
+        be sure of that: outside no_grad, where either module has a hook (which must see its own
+        output), or for a subclass whose forward may compute something else. It leaves both modules
+        (and their children) as their own forwards under no_grad would: nothing kept for a backward.
+        nanotorch's one: ConvBNGELU's, with a 2x2 MaxPool2d after it (nn/fused.py)."""
         return None
 
     def __call__(self, *args, **kwargs):
