@@ -15,7 +15,7 @@ with AVX-512). Its operations:
     add(a, b)        a + b in each lane;  sub(a, b): a - b
     minimum(a, b)    a where a < b, else b, lane by lane;  maximum(a, b): a where a > b, else b. For
                      finite values (where a lane holds a NaN b comes out, as from x86's vminps;
-                     in a fastmath kernel LLVM may assume there is none)
+                     and LLVM, compiling beside fastmath kernels, may assume there is none)
     interleave(a, b) (lo, hi): the 2 * lanes values a[0], b[0], a[1], b[1], ... split into two
                      vectors (one shuffle each): how winograd.py writes a tile's two output columns
     deinterleave(a, b)  its inverse: (the even-indexed, the odd-indexed) of a's and b's values
