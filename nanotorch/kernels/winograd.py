@@ -304,11 +304,9 @@ def _transform_output(m, k, r_, h_, w_, out):
         for j in range(0, w_ // 2, lanes):
             t = i * r_ + j
             n = 2 * min(lanes, w_ // 2 - j)                   # output columns 2j.. of these tiles
-            top = (_column_sum(m, k, t, 0), _column_sum(m, k, t, 1), _column_sum(m, k, t, 2), _column_sum(m, k, t, 3))
-            bottom = (_column_difference(m, k, t, 0), _column_difference(m, k, t, 1), _column_difference(m, k, t, 2),
-                      _column_difference(m, k, t, 3))
-            for row, f in enumerate((top, bottom)):
-                lo, hi = interleave(add(add(f[0], f[1]), f[2]), sub(sub(f[1], f[2]), f[3]))
+            for row, f in enumerate(_columns(m, k, t)):
+                left, right = _row(f)
+                lo, hi = interleave(left, right)
                 start = (2 * i + row) * w_ + 2 * j
                 store_first(out, start, lo, min(lanes, n))
                 store_first(out, start + lanes, hi, max(0, n - lanes))
@@ -325,13 +323,9 @@ def _transform_output_pooled(m, k, r_, h_, w_, scale, shift, low, high):
         for j in range(0, w_ // 2, lanes):
             t = i * r_ + j
             n = min(lanes, w_ // 2 - j)
-            top = (_column_sum(m, k, t, 0), _column_sum(m, k, t, 1), _column_sum(m, k, t, 2), _column_sum(m, k, t, 3))
-            bottom = (_column_difference(m, k, t, 0), _column_difference(m, k, t, 1), _column_difference(m, k, t, 2),
-                      _column_difference(m, k, t, 3))
-            u00 = fma(k_, add(add(top[0], top[1]), top[2]), b_)
-            u01 = fma(k_, sub(sub(top[1], top[2]), top[3]), b_)
-            u10 = fma(k_, add(add(bottom[0], bottom[1]), bottom[2]), b_)
-            u11 = fma(k_, sub(sub(bottom[1], bottom[2]), bottom[3]), b_)
+            top, bottom = _columns(m, k, t)
+            (y00, y01), (y10, y11) = _row(top), _row(bottom)
+            u00, u01, u10, u11 = fma(k_, y00, b_), fma(k_, y01, b_), fma(k_, y10, b_), fma(k_, y11, b_)
             q = i * (w_ // 2) + j
             store_first(low, q, minimum(minimum(u00, u01), minimum(u10, u11)), n)
             store_first(high, q, maximum(maximum(u00, u01), maximum(u10, u11)), n)
@@ -343,6 +337,21 @@ def _gelu_max(low, high, out):
     (long enough to run in whole vectors)."""
     for q in range(out.size):
         out[q] = max(gelu(low[q]), gelu(high[q]))
+
+
+@njit(nogil=True, inline="always", **FAST)
+def _columns(m, k, t):
+    """A^T on each column of output channel k's 4x4 M, tiles t..t+lanes-1: its two rows (m0 + m1 + m2,
+    m1 - m2 - m3), four vectors each."""
+    return ((_column_sum(m, k, t, 0), _column_sum(m, k, t, 1), _column_sum(m, k, t, 2), _column_sum(m, k, t, 3)),
+            (_column_difference(m, k, t, 0), _column_difference(m, k, t, 1), _column_difference(m, k, t, 2),
+             _column_difference(m, k, t, 3)))
+
+
+@njit(nogil=True, inline="always", **FAST)
+def _row(f):
+    """A^T on one of those rows: the tiles' (left, right) outputs."""
+    return add(add(f[0], f[1]), f[2]), sub(sub(f[1], f[2]), f[3])
 
 
 @njit(nogil=True, inline="always", **FAST)

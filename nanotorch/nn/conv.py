@@ -174,12 +174,12 @@ class Conv2d(Module):
         return (not is_grad_enabled() and x_shape[1] >= self.winograd_min_channels and x_shape[2] % 2 == 0
                 and x_shape[3] % 2 == 0 and self.uses_direct_kernel(x_shape, geometry))
 
-    def direct_threads(self, x_shape):
-        """How many threads the direct and Winograd kernels run on for an input of this shape: all of
-        nanotorch's (get_num_threads) when the smaller of the input and the output is large enough to
-        spread (nanotorch/threads.py: parallel), else one."""
+    def _spread_size(self, x_shape):
+        """The size by which the direct and Winograd kernels decide whether to spread over threads
+        (nanotorch/threads.py: parallel, threads_for): the smaller of the input and the output, so
+        that the 1 -> 4 channel layer stays on one thread."""
         n, c, h, w = x_shape
-        return threads_for(n * min(c, self.out_channels) * h * w)
+        return n * min(c, self.out_channels) * h * w
 
     def forward_channels_first(self, x):
         """x: (N, C, H, W) -> Z: (OC, N, OH*OW), keeping the columns (or the padded input) for the backward."""
@@ -190,13 +190,12 @@ class Conv2d(Module):
             raise ValueError(f"Conv2d: kernel_size {self.kernel_size} does not match the weight's "
                              f"{weight.shape[2:]}")
         direct = self.uses_direct_kernel(x.shape, geometry)
-        if direct:
-            threads = self.direct_threads(x.shape)
-            par = threads > 1
         if direct and self.uses_winograd(x.shape, geometry):
             inputs = None                                           # (no_grad: nothing is kept)
-            z = conv3x3_winograd(np.ascontiguousarray(x), winograd_weights(weight), self.out_channels, threads)
+            z = conv3x3_winograd(np.ascontiguousarray(x), winograd_weights(weight), self.out_channels,
+                                 threads_for(self._spread_size(x.shape)))
         elif direct:
+            par = parallel(self._spread_size(x.shape))              # spread over threads? (nanotorch/threads.py)
             inputs = pad_planes(x, par)                             # (N, C, (H+2)*(W+2) + TAIL)
             z = conv3x3_same(inputs, weight, h, w, True, par)       # (OC, N, H*W)
         else:
@@ -218,7 +217,7 @@ class Conv2d(Module):
         if self.bias is not None:
             self.bias.accumulate_grad(dz.reshape(self.out_channels, -1).sum(axis=1))
         if direct:
-            par = self.direct_threads((n, c, h, w)) > 1
+            par = parallel(self._spread_size((n, c, h, w)))
             dzp = dz if padded else pad_planes(dz.reshape(self.out_channels, n, h, w), par, channels_first=True)
             self.weight.accumulate_grad(conv3x3_same_grad_weight(inputs, dzp, h, w, par))
             if not self.input_requires_grad:

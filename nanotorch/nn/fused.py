@@ -38,7 +38,7 @@ from nanotorch.nn.conv import Conv2d
 from nanotorch.nn.container import Sequential
 from nanotorch.nn.module import NotRun
 from nanotorch.nn.pooling import MaxPool2d
-from nanotorch.threads import parallel
+from nanotorch.threads import parallel, threads_for
 
 
 _FUSED = NotRun("the last forward ran its ConvBNGELU fused, which computes this layer's output without running "
@@ -133,7 +133,7 @@ class ConvBNGELU(Sequential):
         n, c = x.shape[0], conv.out_channels
         a = conv3x3_winograd_pooled(x, winograd_weights(conv.weight.data), c,
                                     scale.astype(x.dtype, copy=False), shift.astype(x.dtype, copy=False),
-                                    conv.direct_threads(x.shape))
+                                    threads_for(conv._spread_size(x.shape)))
         return a.reshape(n, c, oh // 2, ow // 2)
 
     def backward(self, da):
