@@ -300,36 +300,50 @@ def _block_then_pool(dtype, bias=False, in_channels=9, pool=None):
 
 
 def _count_pooled_passes(monkeypatch):
+    """The pooled passes run from here on: the name of each kernel called (fused.py's two)."""
     import nanotorch.nn.fused as fused
     calls = []
-    kernel = fused.conv3x3_winograd_pooled
-    monkeypatch.setattr(fused, "conv3x3_winograd_pooled", lambda *args: calls.append(1) or kernel(*args))
+    for name in ("conv3x3_winograd_pooled", "conv3x3_winograd_pooled_small"):
+        kernel = getattr(fused, name)
+        monkeypatch.setattr(fused, name, lambda *args, kernel=kernel, name=name: calls.append(name) or kernel(*args))
     return calls
 
 
+# (input H x W, ceil_mode) -> the kernel: even planes the direct kernel covers (at least 14 wide) take
+# the one with a plane's tiles in the lanes; narrower ones, odd sides included, the one with images in
+# the lanes (the seed model's 7x7 block with ceil_mode, and its 4x4 one)
+PLANES = {(14, 16, False): "conv3x3_winograd_pooled", (7, 7, True): "conv3x3_winograd_pooled_small",
+          (7, 7, False): "conv3x3_winograd_pooled_small", (4, 4, False): "conv3x3_winograd_pooled_small",
+          (5, 6, True): "conv3x3_winograd_pooled_small"}
+
+
+@pytest.mark.parametrize("plane", PLANES)
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_a_block_and_the_pooling_after_it_run_as_one_pass_under_no_grad(dtype, bias, rng, monkeypatch):
+def test_a_block_and_the_pooling_after_it_run_as_one_pass_under_no_grad(dtype, bias, plane, rng, monkeypatch):
     """Evaluation under no_grad: Sequential hands the MaxPool2d(2) to the ConvBNGELU before it
-    (kernels/winograd.py: conv3x3_winograd_pooled), which gives the two layers' output up to rounding
-    (a conv bias folded into the shift), keeps nothing (the caches of an earlier forward with
-    gradients are gone: every module's backward is an error), as the two would."""
-    model = _block_then_pool(dtype, bias)
-    x = rng.standard_normal((3, 9, 14, 16)).astype(dtype)
+    (kernels/winograd.py's conv3x3_winograd_pooled, or winograd_small.py's on narrow planes), which
+    gives the two layers' output up to rounding (a conv bias folded into the shift; with ceil_mode
+    an odd side's last windows hold one row or column), keeps nothing (the caches of an earlier
+    forward with gradients are gone: every module's backward is an error), as the two would."""
+    h, w, ceil_mode = plane
+    model = _block_then_pool(dtype, bias, pool=nn.MaxPool2d(2, ceil_mode=ceil_mode))
+    x = rng.standard_normal((3, 9, h, w)).astype(dtype)
     model(x)                                  # with gradients: every module keeps what its backward needs
     calls = _count_pooled_passes(monkeypatch)
     with nt.no_grad():
         y = model(x)
-        assert calls == [1]
+        assert calls == [PLANES[plane]]
         one_by_one = model[1](model[0](x))
-    assert y.shape == one_by_one.shape == (3, 6, 7, 8) and y.dtype == dtype
+    oh, ow = ((h + 1) // 2, (w + 1) // 2) if ceil_mode else (h // 2, w // 2)
+    assert y.shape == one_by_one.shape == (3, 6, oh, ow) and y.dtype == dtype
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(y, one_by_one, **tol)
     model(x)
     with nt.no_grad():
         model(x)
-    for layer, grad in ((model, y), (model[0], np.ones((3, 6, 14, 16), dtype)), (model[1], y),
-                        (model[0][0], np.ones((3, 6, 14, 16), dtype)), (model[0][1], np.ones((3, 6, 14, 16), dtype))):
+    for layer, grad in ((model, y), (model[0], np.ones((3, 6, h, w), dtype)), (model[1], y),
+                        (model[0][0], np.ones((3, 6, h, w), dtype)), (model[0][1], np.ones((3, 6, h, w), dtype))):
         with pytest.raises(RuntimeError, match="before forward|did not run|computes this layer"):
             layer.backward(np.ones_like(grad))
 
@@ -354,7 +368,7 @@ def test_the_one_pass_takes_what_the_layers_would_compute_alike(case, rng, monke
     with nt.no_grad():
         y = model(x)
         one_by_one = model[1](model[0](x))
-    assert calls == [1] and y.shape == one_by_one.shape and y.dtype == np.float32
+    assert calls == ["conv3x3_winograd_pooled"] and y.shape == one_by_one.shape and y.dtype == np.float32
     np.testing.assert_allclose(y, one_by_one, rtol=1e-5, atol=1e-6)
 
 
@@ -371,19 +385,29 @@ POOLS = {"3x3 pooling": nn.MaxPool2d(3, 2), "stride 1": nn.MaxPool2d(2, 1), "pad
          "a MaxPool2d subclass": _Pool(2)}
 
 
+@pytest.mark.parametrize("side", [14, 7])
 @pytest.mark.parametrize("case", ["train mode", "grad enabled", "hook on the block", "hook on the pooling",
                                   *POOLS, "odd plane", "4 input channels", "pooling first", "a NaN", "an Inf",
-                                  "a subclass's forward"])
-def test_a_block_and_its_pooling_run_one_by_one_where_one_pass_does_not_apply(case, rng, monkeypatch):
+                                  "a subclass's forward", "padding 2"])
+def test_a_block_and_its_pooling_run_one_by_one_where_one_pass_does_not_apply(case, side, rng, monkeypatch):
     """Where the one pass would not compute what the layers do (other poolings; a subclass whose forward
-    is its own; an input with a NaN, which must win its windows, or an Inf), or a hook must see a layer's
-    output, or something needs a backward, the two run as they are (the same bits)."""
+    is its own; a convolution other than 3x3 "same"; an input with a NaN, which must win its windows,
+    or an Inf), or a hook must see a layer's output, or something needs a backward, the two run as
+    they are (the same bits): on planes of either pooled kernel (14 and 7 wide). An odd plane 14 wide
+    runs the direct kernel, not Winograd, and is not pooled in one pass either."""
+    if case == "odd plane" and side == 7:
+        pytest.skip("odd planes narrower than 14 take the pass (test_a_block_and_the_pooling_after_it_run_...)")
     model = _block_then_pool(np.float32, in_channels=4 if case == "4 input channels" else 9, pool=POOLS.get(case))
     if case == "a subclass's forward":
         block = _Twice(9, 6, 3, padding=1)
         block.load_state_dict(model[0].state_dict())
         model = nn.Sequential(block, model[1]).eval()
-    x = rng.standard_normal((2, model[0][0].in_channels, 13 if case == "odd plane" else 14, 14)).astype(np.float32)
+    if case == "padding 2":
+        block = ConvBNGELU(9, 6, 3, padding=2)
+        block.load_state_dict(model[0].state_dict())
+        model = nn.Sequential(block, model[1]).eval()
+    x = rng.standard_normal((2, model[0][0].in_channels, side - 1 if case == "odd plane" else side, side))
+    x = x.astype(np.float32)
     x[1, 2, 5, 6] = np.nan if case == "a NaN" else np.inf if case == "an Inf" else x[1, 2, 5, 6]
     if case == "train mode":
         model.train()

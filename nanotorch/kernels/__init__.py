@@ -15,6 +15,8 @@ edit starts a fresh cache, and a process still running the old code writes only 
 - ``winograd`` — Winograd F(2x2, 3x3): the same 3x3 "same" convolution with 2.25x fewer multiplications,
   for inference (``conv3x3_winograd_reference``); and with BatchNorm, GELU and 2x2 max pooling after it
   in the same pass (``conv3x3_winograd_pooled_reference``)
+- ``winograd_small`` — the same pooled pass on small planes (7x7, 4x4, odd sides), with a batch's images
+  in the vector lanes (``conv3x3_winograd_pooled_small_reference``)
 - ``simd``     — explicit vectors (load, store, splat, fma, ...) that let conv3x3 and winograd keep their
   sums in registers
 - ``pooling``  — max pooling forward (value and argmax, or the value alone) and its gradient scatter;
@@ -63,6 +65,8 @@ try:          # the kernels' dispatchers choose their cache folder as they are d
     from nanotorch.kernels.winograd import (conv3x3_winograd, conv3x3_winograd_pooled,
                                             conv3x3_winograd_pooled_reference, conv3x3_winograd_reference,
                                             winograd_weights, winograd_weights_reference)
+    from nanotorch.kernels.winograd_small import (conv3x3_winograd_pooled_small,
+                                                  conv3x3_winograd_pooled_small_reference)
     from nanotorch.kernels import batchnorm_gelu  # noqa: F401  (imported by nn/fused.py; cached here too)
     from nanotorch.kernels.dropout import dropout_forward, dropout_forward_reference
     from nanotorch.kernels.linear import (linear_forward, linear_backward, linear_forward_reference,
@@ -81,7 +85,8 @@ __all__ = ["im2col", "col2im", "im2col_reference", "col2im_reference", "maxpool2
            "flip_transpose",
            "flip_transpose_reference", "conv3x3_same_reference", "conv3x3_same_grad_input_reference",
            "conv3x3_same_grad_weight_reference", "conv3x3_winograd", "conv3x3_winograd_reference",
-           "conv3x3_winograd_pooled", "conv3x3_winograd_pooled_reference", "winograd_weights",
+           "conv3x3_winograd_pooled", "conv3x3_winograd_pooled_reference", "conv3x3_winograd_pooled_small",
+           "conv3x3_winograd_pooled_small_reference", "winograd_weights",
            "winograd_weights_reference", "sum_of_squares",
            "sum_of_squares_reference", "sgd_update", "sgd_update_reference", "cross_entropy_forward",
            "cross_entropy_backward", "cross_entropy_forward_reference", "cross_entropy_backward_reference",

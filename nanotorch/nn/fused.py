@@ -22,15 +22,17 @@ an affine=False BatchNorm put in, ``block[1].eval()`` alone) or a child has a ho
 the block runs them one by one, as the Sequential it is (and a child refuses what nanotorch does
 not implement: ``block[1].track_running_stats = False``).
 
-In evaluation under no_grad, a block whose convolution runs Winograd also takes a MaxPool2d(2)
-that follows it in a Sequential into the same pass (``forward_with_next``; the kernel is
-conv3x3_winograd_pooled in nanotorch/kernels/winograd.py).
+In evaluation under no_grad, a block whose convolution is a 3x3 "same" one with at least 8 input
+channels also takes a MaxPool2d(2) that follows it in a Sequential into the same pass
+(``forward_with_next``; the kernels are conv3x3_winograd_pooled in nanotorch/kernels/winograd.py
+and, on planes narrower than 14, conv3x3_winograd_pooled_small in winograd_small.py).
 """
 import numpy as np
 
 from nanotorch.grad_mode import is_grad_enabled
 from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, bn_gelu_inference
 from nanotorch.kernels.winograd import all_finite, conv3x3_winograd_pooled, winograd_weights
+from nanotorch.kernels.winograd_small import conv3x3_winograd_pooled_small
 from nanotorch.nn._checks import check_grad
 from nanotorch.nn.activation import GELU
 from nanotorch.nn.batchnorm import BatchNorm2d
@@ -107,19 +109,24 @@ class ConvBNGELU(Sequential):
 
     def forward_with_next(self, x, layer):
         """Evaluation under no_grad, with a MaxPool2d(2) after the block: the block and the pooling
-        in one pass where the convolution runs Winograd (kernels/winograd.py: conv3x3_winograd_pooled,
-        which computes two GELUs a window rather than four and never writes the block's full-size
-        output); None otherwise, and the two run as they are: so also for an input with a NaN or an
-        Inf (the pass is for finite values). The numbers are the two layers' up to rounding.
-        (Sequential calls this: Module.forward_with_next.)"""
+        in one pass where the convolution is a 3x3 "same" one with at least winograd_min_channels
+        inputs: Winograd with a plane's tiles in the vector lanes where Conv2d itself runs Winograd
+        (kernels/winograd.py: conv3x3_winograd_pooled), with the images in the lanes on planes
+        narrower than the direct kernel's (kernels/winograd_small.py, which also pools an odd
+        side's last row with ceil_mode). Both compute two GELUs a window rather than four and
+        never write the block's full-size output. None otherwise, and the two run as they are: so
+        also for an input with a NaN or an Inf (the pass is for finite values). The numbers are
+        the two layers' up to rounding. (Sequential calls this: Module.forward_with_next.)"""
         if (type(layer) is not MaxPool2d or type(self).forward is not ConvBNGELU.forward or self.training
                 or is_grad_enabled() or self._hooked or layer._hooked or not self.uses_fused_kernels()):
             return None
         conv, bn, act = self
         oh, ow = conv._check(x)                   # (the error the block itself would raise for a bad x)
-        # (ceil_mode does not matter: Winograd's planes have even sides, which 2x2 windows tile)
-        if (layer._pairs() != ((2, 2), (2, 2), (0, 0)) or not conv.uses_winograd(x.shape)
-                or conv.weight.data.shape[2:] != (3, 3)):
+        if layer._pairs() != ((2, 2), (2, 2), (0, 0)) or conv.weight.data.shape[2:] != (3, 3):
+            return None
+        planes = conv.uses_winograd(x.shape)      # (even sides: 2x2 windows tile them, whatever ceil_mode)
+        if not (planes or (conv.geometry() == ((3, 3), (1, 1), (1, 1)) and x.shape[1] >= conv.winograd_min_channels
+                           and not conv.uses_direct_kernel(x.shape))):
             return None
         x = np.ascontiguousarray(x)
         if not all_finite(x):                     # a NaN must win its windows, as in the pooling layer
@@ -131,10 +138,14 @@ class ConvBNGELU(Sequential):
         if conv.bias is not None:                 # GELU(scale * (z + bias) + shift)
             shift = shift + scale * conv.bias.data
         n, c = x.shape[0], conv.out_channels
-        a = conv3x3_winograd_pooled(x, winograd_weights(conv.weight.data), c,
-                                    scale.astype(x.dtype, copy=False), shift.astype(x.dtype, copy=False),
-                                    threads_for(conv._spread_size(x.shape)))
-        return a.reshape(n, c, oh // 2, ow // 2)
+        scale, shift = scale.astype(x.dtype, copy=False), shift.astype(x.dtype, copy=False)
+        u, threads = winograd_weights(conv.weight.data), threads_for(conv._spread_size(x.shape))
+        pooled_h, pooled_w = layer.output_shape(oh, ow)
+        if planes:
+            a = conv3x3_winograd_pooled(x, u, c, scale, shift, threads)
+        else:
+            a = conv3x3_winograd_pooled_small(x, u, c, scale, shift, pooled_h, pooled_w, threads)
+        return a.reshape(n, c, pooled_h, pooled_w)
 
     def backward(self, da):
         if self.saved_for_backward()[0] is None:  # the forward ran the children one by one
