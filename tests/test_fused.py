@@ -123,6 +123,31 @@ def test_no_grad_forward_is_the_same_forward_and_keeps_nothing(mode, dtype, rng)
     assert nt.is_grad_enabled()
 
 
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_evaluation_block_on_winograd_planes_is_one_pass(dtype, bias, rng, monkeypatch):
+    """Eval mode under no_grad, a convolution that runs Winograd (at least 8 input channels, even
+    sides at least 14 wide): the block is one pass (kernels/winograd.py: conv3x3_winograd_bn_gelu),
+    the three layers' output up to rounding (a conv bias folded into the shift), and keeps nothing."""
+    import nanotorch.nn.fused as fused_module
+    nt.manual_seed(0)
+    block = ConvBNGELU(9, 6, 3, padding=1, bias=bias).to(dtype)
+    x = rng.standard_normal((3, 9, 14, 16)).astype(dtype)
+    block(x * 2 + 1)
+    block.eval()
+    one_by_one = nn.Sequential.forward(block, x)
+    calls, kernel = [], fused_module.conv3x3_winograd_bn_gelu
+    monkeypatch.setattr(fused_module, "conv3x3_winograd_bn_gelu", lambda *a: calls.append(1) or kernel(*a))
+    with nt.no_grad():
+        y = block(x)
+    assert calls == [1] and y.shape == one_by_one.shape == (3, 6, 14, 16) and y.dtype == dtype
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(y, one_by_one, **tol)
+    for layer in (block, block[0]):
+        with pytest.raises(RuntimeError, match="before forward|did not run|computes this layer"):
+            layer.backward(np.ones_like(y))
+
+
 @pytest.mark.parametrize("mode", ["train", "eval", "eval-no_grad"])
 def test_conv_bn_gelu_uses_its_batchnorms_eps(mode, rng):
     """A BatchNorm eps set to another value than the default (a large one, so that it shows) is the

@@ -11,8 +11,9 @@ from nanotorch.kernels import conv3x3_same_reference
 from nanotorch.kernels.batchnorm_gelu import bn_gelu_inference
 from nanotorch.kernels.gelu import gelu_forward_reference
 from nanotorch.kernels.pooling import maxpool2x2_max
-from nanotorch.kernels.winograd import (conv3x3_winograd, conv3x3_winograd_pooled, conv3x3_winograd_pooled_reference,
-                                        conv3x3_winograd_reference, winograd_weights, winograd_weights_reference)
+from nanotorch.kernels.winograd import (conv3x3_winograd, conv3x3_winograd_bn_gelu, conv3x3_winograd_pooled,
+                                        conv3x3_winograd_pooled_reference, conv3x3_winograd_reference, winograd_weights,
+                                        winograd_weights_reference)
 from mnist.model import build_model
 from test_simd import run_as_python
 
@@ -118,6 +119,37 @@ def test_pooled_kernel_matches_the_reference_and_the_separate_passes(shape, dtyp
     np.testing.assert_allclose(a, conv3x3_winograd_pooled_reference(x, wt, scale, shift), **tol)
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-14, atol=1e-14)
     np.testing.assert_allclose(a, _separate_passes(x, wt, scale, shift), **tol)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bn_gelu_kernel_matches_the_reference_and_the_separate_passes(shape, dtype, rng):
+    """GELU(scale * z + shift) in one pass, (N, OC, H*W), against GELU of the float64 reference's z
+    and against the two passes it replaces (the same products and transforms, then BatchNorm + GELU
+    by bn_gelu_inference): within float32 rounding, float64 to rounding."""
+    n, c, oc, h, w = shape
+    x, wt, scale, shift = _pooled_inputs(shape, dtype, rng)
+    a = conv3x3_winograd_bn_gelu(x, winograd_weights(wt), oc, scale, shift)
+    assert a.shape == (n, oc, h * w) and a.dtype == dtype
+    z = conv3x3_winograd_reference(x, wt).transpose(1, 0, 2)
+    want = gelu_forward_reference(scale.astype(np.float64)[:, None] * z + shift.astype(np.float64)[:, None])[0]
+    tol = dict(rtol=3e-5, atol=3e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(a, want, **tol)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-14, atol=1e-14)
+    two_passes = bn_gelu_inference(conv3x3_winograd(x, winograd_weights(wt), oc), scale, shift)
+    np.testing.assert_allclose(a, two_passes, **tol)
+
+
+def test_bn_gelu_kernel_gives_the_same_bits_on_one_thread_and_two_and_refuses_bad_arguments(rng):
+    x, w, scale, shift = _pooled_inputs((5, 8, 6, 14, 14), np.float32, rng)
+    u = winograd_weights(w)
+    np.testing.assert_array_equal(conv3x3_winograd_bn_gelu(x, u, 6, scale, shift, 2),
+                                  conv3x3_winograd_bn_gelu(x, u, 6, scale, shift, 1))
+    assert conv3x3_winograd_bn_gelu(x[:0], u, 6, scale, shift).shape == (0, 6, 196)
+    with pytest.raises(ValueError, match="scale and shift of out_channels"):
+        conv3x3_winograd_bn_gelu(x, u, 6, scale, shift[:5])
+    with pytest.raises(ValueError, match="H and W even"):
+        conv3x3_winograd_bn_gelu(np.ascontiguousarray(x[:, :, :, :13]), u, 6, scale, shift)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -262,6 +294,10 @@ for dtype, tol in ((np.float32, 3e-5), (np.float64, 1e-12)):
             np.testing.assert_allclose(z, conv3x3_winograd_reference(x, wt), rtol=tol, atol=tol)
             a = W.conv3x3_winograd_pooled(x, winograd_weights(wt), oc, scale, shift, threads)
             np.testing.assert_allclose(a, W.conv3x3_winograd_pooled_reference(x, wt, scale, shift), rtol=tol, atol=tol)
+            a = W.conv3x3_winograd_bn_gelu(x, winograd_weights(wt), oc, scale, shift, threads)
+            u = scale.astype(np.float64)[:, None] * conv3x3_winograd_reference(x, wt).transpose(1, 0, 2)
+            np.testing.assert_allclose(a, W.gelu_forward_reference(u + shift.astype(np.float64)[:, None])[0],
+                                       rtol=tol, atol=tol)
 print("ok")
 """
 

@@ -13,8 +13,8 @@ edit starts a fresh cache, and a process still running the old code writes only 
 - ``im2col``   — im2col / col2im for convolution (``im2col_reference`` / ``col2im_reference``)
 - ``conv3x3``  — direct 3x3 "same" convolution and its input and weight gradients (no im2col columns)
 - ``winograd`` — Winograd F(2x2, 3x3): the same 3x3 "same" convolution with 2.25x fewer multiplications,
-  for inference (``conv3x3_winograd_reference``); and with BatchNorm, GELU and 2x2 max pooling after it
-  in the same pass (``conv3x3_winograd_pooled_reference``)
+  for inference (``conv3x3_winograd_reference``); and with BatchNorm and GELU after it in the same pass,
+  and 2x2 max pooling (``conv3x3_winograd_pooled_reference``)
 - ``winograd_small`` — the same pooled pass on small planes (7x7, 4x4, odd sides), with a batch's images
   in the vector lanes (``conv3x3_winograd_pooled_small_reference``)
 - ``simd``     — explicit vectors (load, store, splat, fma, ...) that let conv3x3 and winograd keep their

@@ -39,10 +39,18 @@ row's two output columns interleave into the image row (simd.interleave).
 The scratch arrays (a few hundred KB) are made once per share at each call, reused for its
 images, and stay in the L2 cache.
 
-conv3x3_winograd_pooled goes on to the end of an evaluation block and the 2x2 max pooling after
-it: a tile's 2x2 outputs are one pooling window, so the output transform hands each window's four
-values, BatchNorm's multiply-add applied, straight to GELU and the max, and the block's full-size
-output is never written (with two GELUs a window, not four: its docstring says why).
+conv3x3_winograd_bn_gelu goes on to the end of an evaluation block: the output transform applies
+BatchNorm's multiply-add (folded into a scale and a shift a channel) as it writes an image's
+output, and GELU goes over that output at once, while it is in cache. conv3x3_winograd_pooled goes
+on to the 2x2 max pooling after the block too: a tile's 2x2 outputs are one pooling window, so
+the output transform hands each window's four values, BatchNorm's multiply-add applied, straight
+to GELU and the max, and the block's full-size output is never written (with two GELUs a window,
+not four: its docstring says why). (winograd_small.py does the same on small planes, with the
+images of a batch in the vector lanes.)
+
+The scratch rows of V and M are a vector or two longer than T where that keeps the 16 positions p,
+which the transforms read or write together, off a stride of a multiple of 2048 bytes
+(row_length): at a multiple of 4096 all 16 fall in one set of the L1 cache.
 
 Rounding: U is computed in float64 and rounded once; the transforms' additions round in the
 input's dtype. So the output differs from the direct kernel's by rounding (the transforms add and
@@ -59,6 +67,8 @@ from nanotorch.kernels.gelu import FAST, gelu, gelu_forward_reference
 from nanotorch.kernels.simd import (add, deinterleave, fma, interleave, lanes_of, load, load_first, maximum, minimum,
                                     splat, store, store_first, sub)
 from nanotorch.kernels.tasks import PRANGE
+
+PLAIN, POOLED, ACTIVATED = 0, 1, 2                 # what _images writes: z; pooled blocks; blocks
 
 B_T = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], dtype=np.float64)
 G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], dtype=np.float64)
@@ -138,7 +148,7 @@ def conv3x3_winograd(x, u, out_channels, threads=1):
     _check(x, u, out_channels)
     out = np.empty((out_channels, x.shape[0], x.shape[2] * x.shape[3]), dtype=x.dtype)
     no = np.empty(0, dtype=x.dtype)
-    _shares(x, u, out, no, no, False, threads)
+    _shares(x, u, out, no, no, PLAIN, threads)
     return out
 
 
@@ -160,7 +170,22 @@ def conv3x3_winograd_pooled(x, u, out_channels, scale, shift, threads=1):
     if scale.size != out_channels or shift.size != out_channels:
         raise ValueError("conv3x3_winograd_pooled: expected scale and shift of out_channels values")
     out = np.empty((x.shape[0], out_channels, x.shape[2] // 2 * (x.shape[3] // 2)), dtype=x.dtype)
-    _shares(x, u, out, scale, shift, True, threads)
+    _shares(x, u, out, scale, shift, POOLED, threads)
+    return out
+
+
+@njit(cache=True, nogil=True, **FAST)
+def conv3x3_winograd_bn_gelu(x, u, out_channels, scale, shift, threads=1):
+    """The same convolution z, then BatchNorm folded into scale and shift (per output channel) and
+    GELU: x as conv3x3_winograd's -> (N, OC, H*W), GELU(scale * z + shift) (a whole evaluation block).
+    The output transform writes each image's scale * z + shift, and GELU runs over that image's
+    output at once, while it is in cache: z is never written, nor read back by a pass of its own.
+    scale and shift: (OC,) of x's dtype."""
+    _check(x, u, out_channels)
+    if scale.size != out_channels or shift.size != out_channels:
+        raise ValueError("conv3x3_winograd_bn_gelu: expected scale and shift of out_channels values")
+    out = np.empty((x.shape[0], out_channels, x.shape[2] * x.shape[3]), dtype=x.dtype)
+    _shares(x, u, out, scale, shift, ACTIVATED, threads)
     return out
 
 
@@ -186,44 +211,49 @@ def _check(x, u, out_channels):
 
 
 @njit(nogil=True, **PRANGE, **FAST)
-def _shares(x, u, out, scale, shift, pooled, threads):
+def _shares(x, u, out, scale, shift, mode, threads):
     n_ = x.shape[0]
     if n_ == 0:
         return
     shares = min(n_, threads)
     if shares > 1:
         for share in prange(shares):
-            _images(x, u, out, scale, shift, pooled, share * n_ // shares, (share + 1) * n_ // shares)
+            _images(x, u, out, scale, shift, mode, share * n_ // shares, (share + 1) * n_ // shares)
     else:
-        _images(x, u, out, scale, shift, pooled, 0, n_)
+        _images(x, u, out, scale, shift, mode, 0, n_)
 
 
 @njit(nogil=True, **FAST)
-def _images(x, u, out, scale, shift, pooled, first, last):
+def _images(x, u, out, scale, shift, mode, first, last):
     """Images first..last-1, with one set of scratch arrays. The parity planes' borders and tails are
-    zeroed once: each image writes only the pixels inside them. ``pooled``: out is (N, OC, H/2 * W/2),
-    as conv3x3_winograd_pooled; else (OC, N, H*W)."""
+    zeroed once: each image writes only the pixels inside them. ``mode``: PLAIN, out is (OC, N, H*W),
+    as conv3x3_winograd; POOLED, (N, OC, H/2 * W/2), as conv3x3_winograd_pooled; ACTIVATED,
+    (N, OC, H*W), as conv3x3_winograd_bn_gelu."""
     n_, c_, h_, w_ = x.shape
     lanes = lanes_of(x[0, 0, 0])
     r_, t_, s_ = geometry(h_, w_, lanes)
     planes = np.zeros((c_, 4, s_), dtype=x.dtype)
     v = np.empty((16, c_, row_length(c_, t_, lanes, x.itemsize)), dtype=x.dtype)
     m = np.empty((16, u.shape[1], row_length(u.shape[1], t_, lanes, x.itemsize)), dtype=x.dtype)
-    oc = out.shape[1] if pooled else out.shape[0]
-    windows = h_ // 2 * (w_ // 2) if pooled else 0
+    oc = out.shape[0] if mode == PLAIN else out.shape[1]
+    windows = h_ // 2 * (w_ // 2) if mode == POOLED else 0
     low, high = np.empty(oc * windows, dtype=x.dtype), np.empty(oc * windows, dtype=x.dtype)
     for n in range(first, last):
         for c in range(c_):
             _split(x[n, c], planes[c], r_)
             _transform_input(planes[c], r_, t_, v, c)
         _products(u, v, m, t_)
-        if pooled:
+        if mode == POOLED:
             for k in range(oc):
                 _transform_output_pooled(m, k, r_, h_, w_, scale[k], shift[k], low[k * windows:], high[k * windows:])
             _gelu_max(low, high, out[n].reshape(-1))
+        elif mode == ACTIVATED:
+            for k in range(oc):
+                _transform_output(m, k, r_, h_, w_, out[n, k], True, scale[k], shift[k])
+            _gelu_all(out[n].reshape(-1))
         else:
             for k in range(oc):
-                _transform_output(m, k, r_, h_, w_, out[k, n])
+                _transform_output(m, k, r_, h_, w_, out[k, n], False, 1, 0)
 
 
 @njit(nogil=True, **FAST)
@@ -309,17 +339,21 @@ def _products(u, v, m, t_):
 
 
 @njit(nogil=True, **FAST)
-def _transform_output(m, k, r_, h_, w_, out):
+def _transform_output(m, k, r_, h_, w_, out, affine, scale, shift):
     """out (H*W,) = output channel k's plane: for each tile row, A^T M A (rows m0+m1+m2, m1-m2-m3 of the
     4x4, then the same on columns) a vector of tiles at a time; each of the two output rows gets its
-    tiles' two columns interleaved (simd.interleave), without the dropped tile."""
+    tiles' two columns interleaved (simd.interleave), without the dropped tile. ``affine``: scale *
+    y + shift (one multiply-add) in place of each output y."""
     lanes = lanes_of(out)
+    k_, b_ = splat(out.dtype.type(scale)), splat(out.dtype.type(shift))
     for i in range(h_ // 2):
         for j in range(0, w_ // 2, lanes):
             t = i * r_ + j
             n = 2 * min(lanes, w_ // 2 - j)                   # output columns 2j.. of these tiles
             for row, f in enumerate(_columns(m, k, t)):
                 left, right = _row(f)
+                if affine:
+                    left, right = fma(k_, left, b_), fma(k_, right, b_)
                 lo, hi = interleave(left, right)
                 start = (2 * i + row) * w_ + 2 * j
                 store_first(out, start, lo, min(lanes, n))
@@ -351,6 +385,13 @@ def _gelu_max(low, high, out):
     (long enough to run in whole vectors)."""
     for q in range(out.size):
         out[q] = max(gelu(low[q]), gelu(high[q]))
+
+
+@njit(nogil=True, **FAST)
+def _gelu_all(a):
+    """a[q] = GELU(a[q]): one image's output, all its channels in one loop."""
+    for q in range(a.size):
+        a[q] = gelu(a[q])
 
 
 @njit(nogil=True, inline="always", **FAST)

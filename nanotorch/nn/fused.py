@@ -31,7 +31,7 @@ import numpy as np
 
 from nanotorch.grad_mode import is_grad_enabled
 from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, bn_gelu_inference
-from nanotorch.kernels.winograd import all_finite, conv3x3_winograd_pooled, winograd_weights
+from nanotorch.kernels.winograd import all_finite, conv3x3_winograd_bn_gelu, conv3x3_winograd_pooled, winograd_weights
 from nanotorch.kernels.winograd_small import conv3x3_winograd_pooled_small
 from nanotorch.nn._checks import check_grad
 from nanotorch.nn.activation import GELU
@@ -97,9 +97,20 @@ class ConvBNGELU(Sequential):
 
     def _inference(self, x, gamma, beta, eps, par):
         """Evaluation under no_grad, keeping nothing: BatchNorm folds into a = GELU(scale * z + shift),
-        and GELU without its derivative has a cheaper formula (kernels/gelu.py: gelu_fast)."""
+        and GELU without its derivative has a cheaper formula (kernels/gelu.py: gelu_fast). Where the
+        convolution runs Winograd, the whole block is one pass, which never writes z
+        (kernels/winograd.py: conv3x3_winograd_bn_gelu; with the direct kernel, such a pass was no
+        faster: docs/performance.md)."""
+        conv = self[0]
         scale, shift = self._folded(x.dtype, eps)
-        return bn_gelu_inference(self[0].forward_channels_first(x), scale, shift, par)
+        if not conv.uses_winograd(x.shape) or conv.weight.data.shape[2:] != (3, 3):
+            return bn_gelu_inference(conv.forward_channels_first(x), scale, shift, par)
+        conv.save_for_backward()                  # keeps nothing (no_grad)
+        if conv.bias is not None:                 # GELU(scale * (z + bias) + shift)
+            shift = shift + scale * conv.bias.data
+        return conv3x3_winograd_bn_gelu(np.ascontiguousarray(x), winograd_weights(conv.weight.data), conv.out_channels,
+                                        scale.astype(x.dtype, copy=False), shift.astype(x.dtype, copy=False),
+                                        threads_for(conv._spread_size(x.shape)))
 
     def _folded(self, dtype, eps):
         """Evaluation's BatchNorm as one multiply-add a channel, u = scale * z + shift."""
