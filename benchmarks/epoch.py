@@ -40,6 +40,7 @@ import numpy as np
 from benchmarks.common import (RESULTS_DIR, check_out_dir, fma_peak, format_table, peak_rss_mb,
                                seconds_since_process_start, settle, threads, torch_threads, try_import_torch, write_csv)
 from nanotorch import get_num_threads, nn, no_grad
+from nanotorch.nn.fused import winograd_pooled_kind
 from mnist.cli import check_counts, run
 from mnist.data import iterate_batches, load_mnist, normalize
 from mnist.files import write_atomic
@@ -194,12 +195,15 @@ def forward_flops(model, input_shape=(1, 28, 28), as_run=False):
     output, counted by forward hooks in an eval-mode pass (under no_grad) of a blank image. The
     rest (BatchNorm, GELU, pooling) is a few operations a value and not counted. ``as_run``: a
     convolution that runs Winograd F(2x2, 3x3) counts the 4 multiply-adds an output and input
-    channel of its products instead of 9."""
+    channel of its products instead of 9: those Conv2d runs so itself, and those its block runs so
+    with the pooling after it (nn/fused.py: winograd_pooled_kind; in the seed model, a MaxPool2d(2)
+    follows every block on planes narrower than 14)."""
     flops = []
 
     def count(layer, args, out):
         if isinstance(layer, nn.Conv2d):
-            taps = 4 if as_run and layer.uses_winograd(args[0].shape) else layer.kernel_size[0] * layer.kernel_size[1]
+            winograd = as_run and winograd_pooled_kind(layer, args[0].shape) is not None
+            taps = 4 if winograd else layer.kernel_size[0] * layer.kernel_size[1]
             flops.append(2 * out.size * layer.in_channels * taps)
         else:
             flops.append(2 * out.size * layer.in_features)

@@ -140,3 +140,22 @@ def test_kernel_reads_and_writes_inside_its_arrays(vector_bytes):
     windows, with 64- and 32-byte vectors, in float32 and float64, on odd and even planes; and still
     matches the reference."""
     run_as_python(_BOUNDS_CODE.format(vector_bytes=vector_bytes), vector_bytes, timeout=600)
+
+
+def test_which_blocks_take_which_pooled_pass():
+    """nn/fused.py's rule, on the seed model's convolutions: under no_grad only, Conv2d's own Winograd
+    layers (8 -> 12, 12 -> 16, 16 -> 20) pool with tiles in the lanes, the 7x7 and 4x4 ones with
+    images in the lanes; the 1 -> 4 and 4 -> 8 layers (fewer than 8 input channels) with neither."""
+    import nanotorch as nt
+    from nanotorch import nn
+    from nanotorch.nn.fused import winograd_pooled_kind
+    from mnist.model import build_model
+    convs = [m for m in build_model().modules() if isinstance(m, nn.Conv2d)]
+    sizes = [28, 28, 28, 28, 14, 7, 4]
+    assert not any(winograd_pooled_kind(c, (64, c.in_channels, s, s)) for c, s in zip(convs, sizes))
+    with nt.no_grad():
+        kinds = [winograd_pooled_kind(c, (64, c.in_channels, s, s)) for c, s in zip(convs, sizes)]
+        assert kinds == [None, None, "planes", "planes", "planes", "images", "images"]
+        assert winograd_pooled_kind(nn.Conv2d(8, 4, 3, padding=1, stride=2), (2, 8, 7, 7)) is None
+        assert winograd_pooled_kind(nn.Conv2d(8, 4, 3, padding=2), (2, 8, 7, 7)) is None
+        assert winograd_pooled_kind(nn.Conv2d(8, 4, 3, padding=1), (2, 8, 15, 15)) is None    # the direct kernel's

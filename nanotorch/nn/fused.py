@@ -48,6 +48,20 @@ _FUSED = NotRun("the last forward ran its ConvBNGELU fused, which computes this 
                 "the children one by one, register a hook on the child (nanotorch/nn/hooks.py) before the forward")
 
 
+def winograd_pooled_kind(conv, x_shape):
+    """Which pooled Winograd pass a block with this Conv2d takes for an input of this shape, under
+    no_grad, with a MaxPool2d(2) after it: "planes" where the conv itself runs Winograd (even sides,
+    kernels/winograd.py), "images" for 3x3 "same" convolutions with as many input channels on
+    planes narrower than the direct kernel's (odd sides included, kernels/winograd_small.py); None
+    for the others."""
+    if conv.uses_winograd(x_shape):               # (even sides: 2x2 windows tile them, whatever ceil_mode)
+        return "planes"
+    if (not is_grad_enabled() and conv.geometry() == ((3, 3), (1, 1), (1, 1))
+            and x_shape[1] >= conv.winograd_min_channels and not conv.uses_direct_kernel(x_shape)):
+        return "images"
+    return None
+
+
 class ConvBNGELU(Sequential):
     """x: (N, C_in, H, W) -> (N, C_out, OH, OW). Arguments as Conv2d's; the conv has no bias by
     default, since BatchNorm subtracts the channel mean right after it."""
@@ -135,9 +149,8 @@ class ConvBNGELU(Sequential):
         oh, ow = conv._check(x)                   # (the error the block itself would raise for a bad x)
         if layer._pairs() != ((2, 2), (2, 2), (0, 0)) or conv.weight.data.shape[2:] != (3, 3):
             return None
-        planes = conv.uses_winograd(x.shape)      # (even sides: 2x2 windows tile them, whatever ceil_mode)
-        if not (planes or (conv.geometry() == ((3, 3), (1, 1), (1, 1)) and x.shape[1] >= conv.winograd_min_channels
-                           and not conv.uses_direct_kernel(x.shape))):
+        kind = winograd_pooled_kind(conv, x.shape)
+        if kind is None:
             return None
         x = np.ascontiguousarray(x)
         if not all_finite(x):                     # a NaN must win its windows, as in the pooling layer
@@ -152,7 +165,7 @@ class ConvBNGELU(Sequential):
         scale, shift = scale.astype(x.dtype, copy=False), shift.astype(x.dtype, copy=False)
         u, threads = winograd_weights(conv.weight.data), threads_for(conv._spread_size(x.shape))
         pooled_h, pooled_w = layer.output_shape(oh, ow)
-        if planes:
+        if kind == "planes":
             a = conv3x3_winograd_pooled(x, u, c, scale, shift, threads)
         else:
             a = conv3x3_winograd_pooled_small(x, u, c, scale, shift, pooled_h, pooled_w, threads)
