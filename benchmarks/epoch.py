@@ -189,10 +189,11 @@ def eval_torch(torch, model, x, batch_size):
 
 # ----------------------------------------------------------------------------- the run
 
-def forward_flops(model, input_shape=(1, 28, 28), as_run=False):
+def forward_flops(model, input_shape=(1, 28, 28), as_run=False, batch=64):
     """FLOPs (2 a multiply-add) of one image's forward through the model's Conv2d and Linear layers:
     2 * in_channels * kh * kw for each convolution output, 2 * in_features for each Linear
-    output, counted by forward hooks in an eval-mode pass (under no_grad) of a blank image. The
+    output, counted by forward hooks in an eval-mode pass (under no_grad) of a batch of blank
+    images (as_run: which algorithm runs may depend on the batch; 64 is evaluation's). The
     rest (BatchNorm, GELU, pooling) is a few operations a value and not counted. ``as_run``: a
     convolution that runs Winograd F(2x2, 3x3) counts the 4 multiply-adds an output and input
     channel of its products instead of 9: those Conv2d runs so itself, and those its block runs so
@@ -204,16 +205,16 @@ def forward_flops(model, input_shape=(1, 28, 28), as_run=False):
         if isinstance(layer, nn.Conv2d):
             winograd = as_run and winograd_pooled_kind(layer, args[0].shape) is not None
             taps = 4 if winograd else layer.kernel_size[0] * layer.kernel_size[1]
-            flops.append(2 * out.size * layer.in_channels * taps)
+            flops.append(2 * out.size // batch * layer.in_channels * taps)
         else:
-            flops.append(2 * out.size * layer.in_features)
+            flops.append(2 * out.size // batch * layer.in_features)
 
     handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
     model.eval()
     try:
         with no_grad():
-            model(np.zeros((1, *input_shape), np.float32))
+            model(np.zeros((batch, *input_shape), np.float32))
     finally:
         model.train(was_training)
         for h in handles:

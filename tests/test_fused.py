@@ -353,7 +353,7 @@ def test_a_block_and_the_pooling_after_it_run_as_one_pass_under_no_grad(dtype, b
     forward with gradients are gone: every module's backward is an error), as the two would."""
     h, w, ceil_mode = plane
     model = _block_then_pool(dtype, bias, pool=nn.MaxPool2d(2, ceil_mode=ceil_mode))
-    x = rng.standard_normal((3, 9, h, w)).astype(dtype)
+    x = rng.standard_normal((9, 9, h, w)).astype(dtype)     # (9 images: at least half a vector's lanes)
     model(x)                                  # with gradients: every module keeps what its backward needs
     calls = _count_pooled_passes(monkeypatch)
     with nt.no_grad():
@@ -361,14 +361,14 @@ def test_a_block_and_the_pooling_after_it_run_as_one_pass_under_no_grad(dtype, b
         assert calls == [PLANES[plane]]
         one_by_one = model[1](model[0](x))
     oh, ow = ((h + 1) // 2, (w + 1) // 2) if ceil_mode else (h // 2, w // 2)
-    assert y.shape == one_by_one.shape == (3, 6, oh, ow) and y.dtype == dtype
+    assert y.shape == one_by_one.shape == (9, 6, oh, ow) and y.dtype == dtype
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(y, one_by_one, **tol)
     model(x)
     with nt.no_grad():
         model(x)
-    for layer, grad in ((model, y), (model[0], np.ones((3, 6, h, w), dtype)), (model[1], y),
-                        (model[0][0], np.ones((3, 6, h, w), dtype)), (model[0][1], np.ones((3, 6, h, w), dtype))):
+    for layer, grad in ((model, y), (model[0], np.ones((9, 6, h, w), dtype)), (model[1], y),
+                        (model[0][0], np.ones((9, 6, h, w), dtype)), (model[0][1], np.ones((9, 6, h, w), dtype))):
         with pytest.raises(RuntimeError, match="before forward|did not run|computes this layer"):
             layer.backward(np.ones_like(grad))
 
@@ -413,13 +413,15 @@ POOLS = {"3x3 pooling": nn.MaxPool2d(3, 2), "stride 1": nn.MaxPool2d(2, 1), "pad
 @pytest.mark.parametrize("side", [14, 7])
 @pytest.mark.parametrize("case", ["train mode", "grad enabled", "hook on the block", "hook on the pooling",
                                   *POOLS, "odd plane", "4 input channels", "pooling first", "a NaN", "an Inf",
-                                  "a subclass's forward", "padding 2"])
+                                  "an Inf weight", "a NaN running_mean", "a subclass's forward", "padding 2",
+                                  "too few images"])
 def test_a_block_and_its_pooling_run_one_by_one_where_one_pass_does_not_apply(case, side, rng, monkeypatch):
     """Where the one pass would not compute what the layers do (other poolings; a subclass whose forward
     is its own; a convolution other than 3x3 "same"; an input with a NaN, which must win its windows,
     or an Inf), or a hook must see a layer's output, or something needs a backward, the two run as
-    they are (the same bits): on planes of either pooled kernel (14 and 7 wide). An odd plane 14 wide
-    runs the direct kernel, not Winograd, and is not pooled in one pass either."""
+    they are (the same bits): on planes of either pooled kernel (14 and 7 wide, 9 images). An odd
+    plane 14 wide runs the direct kernel, not Winograd, and is not pooled in one pass either; on
+    7-wide planes, fewer than half a vector of images are not (a group computes a whole vector)."""
     if case == "odd plane" and side == 7:
         pytest.skip("odd planes narrower than 14 take the pass (test_a_block_and_the_pooling_after_it_run_...)")
     model = _block_then_pool(np.float32, in_channels=4 if case == "4 input channels" else 9, pool=POOLS.get(case))
@@ -431,7 +433,14 @@ def test_a_block_and_its_pooling_run_one_by_one_where_one_pass_does_not_apply(ca
         block = ConvBNGELU(9, 6, 3, padding=2)
         block.load_state_dict(model[0].state_dict())
         model = nn.Sequential(block, model[1]).eval()
-    x = rng.standard_normal((2, model[0][0].in_channels, side - 1 if case == "odd plane" else side, side))
+    n = 2 if case == "too few images" else 9
+    if case == "too few images" and side == 14:
+        pytest.skip("planes the conv itself runs by Winograd take the pass at any batch")
+    if case == "an Inf weight":
+        model[0][0].weight.data[0, 0, 1, 1] = np.inf
+    if case == "a NaN running_mean":
+        model[0][1].running_mean[1] = np.nan
+    x = rng.standard_normal((n, model[0][0].in_channels, side - 1 if case == "odd plane" else side, side))
     x = x.astype(np.float32)
     x[1, 2, 5, 6] = np.nan if case == "a NaN" else np.inf if case == "an Inf" else x[1, 2, 5, 6]
     if case == "train mode":
@@ -455,15 +464,17 @@ def test_a_block_and_its_pooling_run_one_by_one_where_one_pass_does_not_apply(ca
 
 
 @pytest.mark.parametrize("x_shape, dtype", [((2, 8, 14, 14), np.float32), ((2, 9, 14, 14), np.float64), ((9, 14, 14),
-                                                                                                       np.float32)])
+                                                                                                       np.float32),
+                                            ((9, 9, 2, 1), np.float32), ((9, 9, 1, 5), np.float32)])
 def test_a_bad_input_gets_the_blocks_error_either_way(x_shape, dtype):
-    """The error the block gives a wrong input (channels, dtype, dimensions) is the same whether or
-    not the pooling after it could have joined its pass."""
+    """The error the block gives a wrong input (channels, dtype, dimensions), or the pooling a plane
+    too small for its window, is the same whether or not the pooling could have joined the block's
+    pass."""
     model = _block_then_pool(np.float32)
     x = np.zeros(x_shape, dtype)
     with nt.no_grad():
         with pytest.raises(Exception) as alone:
-            model[0](x)
+            model[1](model[0](x))
         with pytest.raises(type(alone.value)) as together:
             model(x)
     assert str(together.value) == str(alone.value)

@@ -48,7 +48,7 @@ to GELU and the max, and the block's full-size output is never written (with two
 not four: its docstring says why). (winograd_small.py does the same on small planes, with the
 images of a batch in the vector lanes.)
 
-The scratch rows of V and M are a vector or two longer than T where that keeps the 16 positions p,
+The scratch rows of V and M are a vector longer than T where that keeps the 16 positions p,
 which the transforms read or write together, off a stride of a multiple of 2048 bytes
 (row_length): at a multiple of 4096 all 16 fall in one set of the L1 cache.
 
@@ -118,16 +118,14 @@ def geometry(h_, w_, lanes):
 
 @njit(nogil=True)
 def row_length(rows, t_, lanes, itemsize):
-    """The row length of a (16, rows, length) scratch array holding t_ tiles a row: t_ or a few vectors
-    more, so that the 16 positions p (which the transforms read or write together, a row of each)
-    lie apart by a stride that is not a multiple of 2048 bytes. At a multiple of 4096 all 16 would
+    """The row length of a (16, rows, length) scratch array holding t_ tiles a row: t_, or one vector
+    more where that keeps the 16 positions p (which the transforms read or write together, a row of
+    each) apart by a stride that is not a multiple of 2048 bytes. At a multiple of 4096 all 16 would
     share one set of the L1 cache, whose 12 ways cannot hold them (with 20 input channels of 16
-    tiles of 16 images, float32: winograd_small.py's 7x7 layer took 2.3 times as long)."""
-    n = t_
-    for _ in range(8):
-        if rows * n * itemsize % 2048 != 0:
-            return n
-        n += lanes
+    tiles of 16 images, float32: winograd_small.py's 7x7 layer took 2.3 times as long). (Where one
+    vector more does not change the stride modulo 2048, no number of vectors does.)"""
+    if rows * t_ * itemsize % 2048 == 0 and rows * lanes * itemsize % 2048 != 0:
+        return t_ + lanes
     return t_
 
 

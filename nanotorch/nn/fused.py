@@ -24,14 +24,17 @@ not implement: ``block[1].track_running_stats = False``).
 
 In evaluation under no_grad, a block whose convolution is a 3x3 "same" one with at least 8 input
 channels also takes a MaxPool2d(2) that follows it in a Sequential into the same pass
-(``forward_with_next``; the kernels are conv3x3_winograd_pooled in nanotorch/kernels/winograd.py
-and, on planes narrower than 14, conv3x3_winograd_pooled_small in winograd_small.py).
+(``forward_with_next``) where a Winograd kernel fits (``winograd_pooled_kind``): on the planes
+where Conv2d itself runs Winograd (even sides, the direct kernel's width), conv3x3_winograd_pooled
+in nanotorch/kernels/winograd.py; on narrower planes, odd sides included, and batches of at least
+half a vector of images, conv3x3_winograd_pooled_small in winograd_small.py.
 """
 import numpy as np
 
 from nanotorch.grad_mode import is_grad_enabled
 from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, bn_gelu_inference
 from nanotorch.kernels.winograd import all_finite, conv3x3_winograd_bn_gelu, conv3x3_winograd_pooled, winograd_weights
+from nanotorch.kernels.simd import VECTOR_BYTES
 from nanotorch.kernels.winograd_small import conv3x3_winograd_pooled_small
 from nanotorch.nn._checks import check_grad
 from nanotorch.nn.activation import GELU
@@ -52,12 +55,15 @@ def winograd_pooled_kind(conv, x_shape):
     """Which pooled Winograd pass a block with this Conv2d takes for an input of this shape, under
     no_grad, with a MaxPool2d(2) after it: "planes" where the conv itself runs Winograd (even sides,
     kernels/winograd.py), "images" for 3x3 "same" convolutions with as many input channels on
-    planes narrower than the direct kernel's (odd sides included, kernels/winograd_small.py); None
-    for the others."""
+    planes narrower than the direct kernel's (odd sides included, kernels/winograd_small.py) and a
+    batch of at least half a vector of images (its groups compute a whole vector of images: one
+    image on its own took twice the separate layers' time, eight of 16 float32 lanes 0.86 of it);
+    None for the others."""
     if conv.uses_winograd(x_shape):               # (even sides: 2x2 windows tile them, whatever ceil_mode)
         return "planes"
     if (not is_grad_enabled() and conv.geometry() == ((3, 3), (1, 1), (1, 1))
-            and x_shape[1] >= conv.winograd_min_channels and not conv.uses_direct_kernel(x_shape)):
+            and x_shape[1] >= conv.winograd_min_channels and not conv.uses_direct_kernel(x_shape)
+            and 2 * x_shape[0] * conv.weight.data.itemsize >= VECTOR_BYTES):
         return "images"
     return None
 
@@ -139,9 +145,10 @@ class ConvBNGELU(Sequential):
         (kernels/winograd.py: conv3x3_winograd_pooled), with the images in the lanes on planes
         narrower than the direct kernel's (kernels/winograd_small.py, which also pools an odd
         side's last row with ceil_mode). Both compute two GELUs a window rather than four and
-        never write the block's full-size output. None otherwise, and the two run as they are: so
-        also for an input with a NaN or an Inf (the pass is for finite values). The numbers are
-        the two layers' up to rounding. (Sequential calls this: Module.forward_with_next.)"""
+        never write the block's full-size output. None otherwise (winograd_pooled_kind), and the
+        two run as they are: so also for an input, weight or BatchNorm statistic with a NaN or an
+        Inf (the pass is for finite values). The numbers are the two layers' up to rounding.
+        (Sequential calls this: Module.forward_with_next.)"""
         if (type(layer) is not MaxPool2d or type(self).forward is not ConvBNGELU.forward or self.training
                 or is_grad_enabled() or self._hooked or layer._hooked or not self.uses_fused_kernels()):
             return None
@@ -149,22 +156,23 @@ class ConvBNGELU(Sequential):
         oh, ow = conv._check(x)                   # (the error the block itself would raise for a bad x)
         if layer._pairs() != ((2, 2), (2, 2), (0, 0)) or conv.weight.data.shape[2:] != (3, 3):
             return None
+        pooled_h, pooled_w = layer.output_shape(oh, ow)
         kind = winograd_pooled_kind(conv, x.shape)
-        if kind is None:
+        if kind is None or min(pooled_h, pooled_w) < 1:          # (an empty pooling: the layer's own error)
             return None
         x = np.ascontiguousarray(x)
-        if not all_finite(x):                     # a NaN must win its windows, as in the pooling layer
+        scale, shift = self._folded(x.dtype, bn.checked_eps())
+        if conv.bias is not None:                 # GELU(scale * (z + bias) + shift)
+            shift = shift + scale * conv.bias.data
+        scale, shift = scale.astype(x.dtype, copy=False), shift.astype(x.dtype, copy=False)
+        u = winograd_weights(conv.weight.data)
+        # a NaN must win its windows, as in the pooling layer (and an Inf weight or statistic makes NaNs)
+        if not (all_finite(x) and all_finite(u) and all_finite(scale) and all_finite(shift)):
             return None
         bn.__dict__["cache"] = act.__dict__["cache"] = _FUSED
         for m in (conv, self, layer):             # keeps nothing (no_grad): a backward now is an error
             m.save_for_backward()
-        scale, shift = self._folded(x.dtype, bn.checked_eps())
-        if conv.bias is not None:                 # GELU(scale * (z + bias) + shift)
-            shift = shift + scale * conv.bias.data
-        n, c = x.shape[0], conv.out_channels
-        scale, shift = scale.astype(x.dtype, copy=False), shift.astype(x.dtype, copy=False)
-        u, threads = winograd_weights(conv.weight.data), threads_for(conv._spread_size(x.shape))
-        pooled_h, pooled_w = layer.output_shape(oh, ow)
+        n, c, threads = x.shape[0], conv.out_channels, threads_for(conv._spread_size(x.shape))
         if kind == "planes":
             a = conv3x3_winograd_pooled(x, u, c, scale, shift, threads)
         else:
