@@ -25,11 +25,12 @@ def predict_logits(model, x, batch_size=64, threads=None):
     threads at once (``threads``, default: 2, or 1 on a 1-core machine), each with a one-thread BLAS
     and its kernels on its own core (only the thread that called nanotorch.set_num_threads spreads
     a kernel over threads: nanotorch/threads.py).
-    The default of 64 is in the flat part of the curve on the 2-core machine (two threads,
-    ``python -m benchmarks.epoch --threads 2`` on the Zen 4, 2026-11-28: 15,700 images/s at 16,
-    15,660 at 32, 16,950 at 64, 16,380 at 128, 15,210 at 256; about half the best speed at 1000 in
-    an earlier run): enough images to spread each call's overhead, few enough that the 7x7 and 4x4
-    layers' im2col columns stay in cache.
+    The default of 64 is the fastest batch on the 2-core machine (two threads,
+    ``python -m benchmarks.epoch --threads 2`` on the Zen 5, 2026-11-29: 28,161 images/s at 16,
+    37,362 at 32, 44,350 at 64, 42,364 at 128, 37,717 at 256; about half the best speed at 1000
+    in an earlier run): enough images to spread each call's overhead (about 150 us a batch) and
+    to fill the vector lanes of the 7x7 and 4x4 blocks' pass (kernels/winograd_small.py: groups
+    of 16 float32 images), few enough that each layer's output stays near the core.
     """
     threads = threads or min(2, os.cpu_count() or 1)
     batches = [x[i:i + batch_size] for i in range(0, len(x), batch_size)]
