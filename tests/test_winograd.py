@@ -140,18 +140,6 @@ def test_bn_gelu_kernel_matches_the_reference_and_the_separate_passes(shape, dty
     np.testing.assert_allclose(a, two_passes, **tol)
 
 
-def test_bn_gelu_kernel_gives_the_same_bits_on_one_thread_and_two_and_refuses_bad_arguments(rng):
-    x, w, scale, shift = _pooled_inputs((5, 8, 6, 14, 14), np.float32, rng)
-    u = winograd_weights(w)
-    np.testing.assert_array_equal(conv3x3_winograd_bn_gelu(x, u, 6, scale, shift, 2),
-                                  conv3x3_winograd_bn_gelu(x, u, 6, scale, shift, 1))
-    assert conv3x3_winograd_bn_gelu(x[:0], u, 6, scale, shift).shape == (0, 6, 196)
-    with pytest.raises(ValueError, match="scale and shift of out_channels"):
-        conv3x3_winograd_bn_gelu(x, u, 6, scale, shift[:5])
-    with pytest.raises(ValueError, match="H and W even"):
-        conv3x3_winograd_bn_gelu(np.ascontiguousarray(x[:, :, :, :13]), u, 6, scale, shift)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_pooled_kernel_finds_a_windows_largest_gelu_at_either_end(dtype):
     """The kernel evaluates GELU at each window's smallest and largest u only. Windows built for it
@@ -174,16 +162,17 @@ def test_pooled_kernel_finds_a_windows_largest_gelu_at_either_end(dtype):
     np.testing.assert_allclose(flipped.reshape(4), a, rtol=0, atol=1e-6)
 
 
-def test_pooled_kernel_gives_the_same_bits_on_one_thread_and_two_and_refuses_bad_arguments(rng):
+@pytest.mark.parametrize("kernel, windows", [(conv3x3_winograd_pooled, 49), (conv3x3_winograd_bn_gelu, 196)])
+def test_a_block_kernel_gives_the_same_bits_on_one_thread_and_two_and_refuses_bad_arguments(kernel, windows, rng):
+    """The two kernels that end an evaluation block (pooled, and not): images split over threads."""
     x, w, scale, shift = _pooled_inputs((5, 8, 6, 14, 14), np.float32, rng)
     u = winograd_weights(w)
-    np.testing.assert_array_equal(conv3x3_winograd_pooled(x, u, 6, scale, shift, 2),
-                                  conv3x3_winograd_pooled(x, u, 6, scale, shift, 1))
-    assert conv3x3_winograd_pooled(x[:0], u, 6, scale, shift).shape == (0, 6, 49)
+    np.testing.assert_array_equal(kernel(x, u, 6, scale, shift, 2), kernel(x, u, 6, scale, shift, 1))
+    assert kernel(x[:0], u, 6, scale, shift).shape == (0, 6, windows)
     with pytest.raises(ValueError, match="scale and shift of out_channels"):
-        conv3x3_winograd_pooled(x, u, 6, scale[:5], shift)
+        kernel(x, u, 6, scale[:5], shift)
     with pytest.raises(ValueError, match="H and W even"):
-        conv3x3_winograd_pooled(np.ascontiguousarray(x[:, :, :13]), u, 6, scale, shift)
+        kernel(np.ascontiguousarray(x[:, :, :13]), u, 6, scale, shift)
 
 
 def test_which_convolutions_run_winograd():
