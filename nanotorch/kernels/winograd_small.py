@@ -27,7 +27,9 @@ model's 20 -> 24 (7x7) and 24 -> 28 (4x4) blocks they are a small part of the wo
 import numpy as np
 from numba import njit, prange
 
+from nanotorch.kernels.conv3x3 import conv3x3_same_reference
 from nanotorch.kernels.gelu import FAST, gelu_forward_reference
+from nanotorch.kernels.pooling import maxpool2d_forward_reference
 from nanotorch.kernels.simd import add, fma, lanes_of, load, maximum, minimum, splat, store, sub
 from nanotorch.kernels.tasks import PRANGE
 from nanotorch.kernels.winograd import _columns, _gelu_max, _products, _row, _transform_row, row_length
@@ -172,15 +174,11 @@ def _from_lanes(pooled, out, n0, count):
 
 
 def conv3x3_winograd_pooled_small_reference(x, w, scale, shift, ceil_mode):
-    """Plain NumPy, float64, by the separate steps: the direct 3x3 "same" convolution, GELU(scale * z
-    + shift), then 2x2 max pooling (stride 2; with ceil_mode an odd side's last window holds its
-    last row or column) -> (N, OC, OH * OW)."""
-    n, c, h, w_ = x.shape
-    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
-    z = sum(np.einsum("nchw,kc->nkhw", xp[:, :, i:i + h, j:j + w_], w[:, :, i, j].astype(np.float64))
-            for i in range(3) for j in range(3))
+    """Plain NumPy, float64, by the separate steps' references: the direct 3x3 "same" convolution,
+    GELU(scale * z + shift), then 2x2 max pooling (stride 2; with ceil_mode an odd side's last
+    window holds its last row or column) -> (N, OC, OH * OW)."""
+    n, _, h, w_ = x.shape
+    z = conv3x3_same_reference(x.astype(np.float64), w.astype(np.float64))
     a = gelu_forward_reference(scale.astype(np.float64)[:, None, None] * z + shift.astype(np.float64)[:, None, None])[0]
     oh, ow = ((h + 1) // 2, (w_ + 1) // 2) if ceil_mode else (h // 2, w_ // 2)
-    a = np.pad(a, ((0, 0), (0, 0), (0, 2 * oh - h if 2 * oh > h else 0), (0, 2 * ow - w_ if 2 * ow > w_ else 0)),
-               constant_values=-np.inf)[:, :, :2 * oh, :2 * ow]
-    return a.reshape(n, -1, oh, 2, ow, 2).max(axis=(3, 5)).reshape(n, -1, oh * ow)
+    return maxpool2d_forward_reference(a, 2, 2, 2, 2, 0, 0, oh, ow)[0].reshape(n, -1, oh * ow)

@@ -126,17 +126,22 @@ class ConvBNGELU(Sequential):
         if not conv.uses_winograd(x.shape) or conv.weight.data.shape[2:] != (3, 3):
             return bn_gelu_inference(conv.forward_channels_first(x), scale, shift, par)
         conv.save_for_backward()                  # keeps nothing (no_grad)
-        if conv.bias is not None:                 # GELU(scale * (z + bias) + shift)
-            shift = shift + scale * conv.bias.data
+        scale, shift = self._with_bias(scale, shift, x.dtype)
         return conv3x3_winograd_bn_gelu(np.ascontiguousarray(x), winograd_weights(conv.weight.data), conv.out_channels,
-                                        scale.astype(x.dtype, copy=False), shift.astype(x.dtype, copy=False),
-                                        threads_for(conv._spread_size(x.shape)))
+                                        scale, shift, threads_for(conv._spread_size(x.shape)))
 
     def _folded(self, dtype, eps):
         """Evaluation's BatchNorm as one multiply-add a channel, u = scale * z + shift."""
         _, bn, _ = self
         scale = bn.weight.data * (1.0 / np.sqrt(bn.running_var + dtype.type(eps)))   # as BatchNorm2d
         return scale, bn.bias.data - bn.running_mean * scale
+
+    def _with_bias(self, scale, shift, dtype):
+        """For a kernel that computes the convolution without its bias: the folded scale and shift
+        with a conv bias folded in too, GELU(scale * (z + bias) + shift), of the input's dtype."""
+        if self[0].bias is not None:
+            shift = shift + scale * self[0].bias.data
+        return scale.astype(dtype, copy=False), shift.astype(dtype, copy=False)
 
     def forward_with_next(self, x, layer):
         """Evaluation under no_grad, with a MaxPool2d(2) after the block: the block and the pooling
@@ -161,10 +166,7 @@ class ConvBNGELU(Sequential):
         if kind is None or min(pooled_h, pooled_w) < 1:          # (an empty pooling: the layer's own error)
             return None
         x = np.ascontiguousarray(x)
-        scale, shift = self._folded(x.dtype, bn.checked_eps())
-        if conv.bias is not None:                 # GELU(scale * (z + bias) + shift)
-            shift = shift + scale * conv.bias.data
-        scale, shift = scale.astype(x.dtype, copy=False), shift.astype(x.dtype, copy=False)
+        scale, shift = self._with_bias(*self._folded(x.dtype, bn.checked_eps()), x.dtype)
         u = winograd_weights(conv.weight.data)
         # a NaN must win its windows, as in the pooling layer (and an Inf weight or statistic makes NaNs)
         if not (all_finite(x) and all_finite(u) and all_finite(scale) and all_finite(shift)):
