@@ -11,7 +11,7 @@ import pytest
 import nanotorch as nt
 from nanotorch import nn, optim, threads
 from nanotorch.kernels import conv3x3_same, conv3x3_same_grad_weight, maxpool2d_backward, maxpool2d_forward
-from nanotorch.kernels import conv3x3_winograd, im2col, maxpool2x2_forward, maxpool2x2_max, pad_planes, winograd_weights
+from nanotorch.kernels import conv3x3_winograd, im2col, matmul, maxpool2x2_forward, maxpool2x2_max, pad_planes, winograd_weights
 from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, bn_gelu_inference
 from mnist.evaluate import predict_logits
 from mnist.model import build_model
@@ -91,8 +91,10 @@ def _kernel_runs(rng, dtype):
     arg = maxpool2d_forward(xe, 3, 3, 2, 2, 1, 1, 5, 6)[1]          # overlapping windows
     dout = rng.standard_normal(out.shape).astype(dtype)
     x_cf = np.ascontiguousarray(x.transpose(1, 0, 2, 3))
+    ma, mb = rng.standard_normal((45, 21)).astype(dtype), rng.standard_normal((45, 37)).astype(dtype)
     return {"im2col (3x3, padding 1)": lambda p: im2col(x, 3, 3, 1, 1, 1, 1, 9, 11, p),
             "pad_planes": lambda p: pad_planes(x, p),
+            "matmul (a transposed)": lambda p: matmul(ma.T, mb, p),
             "pad_planes (channels first)": lambda p: pad_planes(x_cf, p, True),
             "conv3x3_same": lambda p: conv3x3_same(xp, w, 9, 11, True, p),
             "conv3x3_same (N, OC, L)": lambda p: conv3x3_same(xp, w, 9, 11, False, p),

@@ -23,6 +23,7 @@ edit starts a fresh cache, and a process still running the old code writes only 
   global average pooling
 - ``loss``     — cross-entropy: log-softmax with the loss, and its gradient
 - ``dropout``  — dropout's mask and product
+- ``gemm``     — a small matrix product with its sums in registers: im2col's products (``matmul_reference``)
 - ``linear``   — a small Linear layer's product, and its three gradients in one call
 - ``gelu``     — exact (erf) and tanh GELU with their derivatives (float32: a vectorised erf)
 - ``batchnorm_gelu`` — BatchNorm + GELU fused each way, channel statistics, and BatchNorm's running-statistics update
@@ -73,6 +74,7 @@ try:          # the kernels' dispatchers choose their cache folder as they are d
                                           linear_backward_reference)
     from nanotorch.kernels.loss import (cross_entropy_forward, cross_entropy_backward, cross_entropy_forward_reference,
                                         cross_entropy_backward_reference)
+    from nanotorch.kernels.gemm import matmul, matmul_reference
     from nanotorch.kernels.optim import sum_of_squares, sum_of_squares_reference, sgd_update, sgd_update_reference
 finally:
     numba.config.CACHE_DIR = _user_cache_dir
@@ -91,4 +93,4 @@ __all__ = ["im2col", "col2im", "im2col_reference", "col2im_reference", "maxpool2
            "sum_of_squares_reference", "sgd_update", "sgd_update_reference", "cross_entropy_forward",
            "cross_entropy_backward", "cross_entropy_forward_reference", "cross_entropy_backward_reference",
            "dropout_forward", "dropout_forward_reference", "linear_forward", "linear_backward",
-           "linear_forward_reference", "linear_backward_reference"]
+           "linear_forward_reference", "linear_backward_reference", "matmul", "matmul_reference"]
