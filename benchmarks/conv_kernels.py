@@ -42,6 +42,7 @@ from mnist.cli import check_counts, run
 from mnist.files import write_atomic
 from nanotorch.kernels import (col2im, conv3x3_same, conv3x3_same_grad_weight, conv3x3_winograd, flip_transpose, im2col,
                                pad_planes, winograd_weights)
+from nanotorch.kernels.gemm import MULTIPLY_ADDS_PER_VALUE, product
 
 # The seven 3x3 convolutions (padding 1) of mnist.model: (in channels, out channels, height = width).
 LAYERS = [(1, 4, 28), (4, 8, 28), (8, 12, 28), (12, 16, 28), (16, 20, 14), (20, 24, 7), (24, 28, 4)]
@@ -149,12 +150,14 @@ def _naive(x, w, dout, p):
             "grad_weight": lambda: conv2d_grad_weight_naive(x, dout, w.shape, p)}
 
 
-def _gemm_ops(x, w, dout, to_cols, from_cols):
+def _gemm_ops(x, w, dout, to_cols, from_cols, matrix_product=np.matmul):
     """im2col + GEMM as nn.Conv2d does it; grad_weight rebuilds the columns (the layer reuses its cache).
 
     Two column layouts are handled, told apart by ``to_cols(x).ndim``: per image, cols (N, K, OH*OW)
     and one batched matmul; or the whole batch side by side, cols (K, N*OH*OW) and a single GEMM
-    (K = C*KH*KW). nanotorch's kernels moved from the first to the second.
+    (K = C*KH*KW). nanotorch's kernels moved from the first to the second. ``matrix_product(a, b)``:
+    the batched layout's product, NumPy's or nanotorch's (kernels.gemm.product; then the weight's
+    gradient is computed as (cols @ D^T)^T, as nn.Conv2d does).
     """
     n, oc = x.shape[0], w.shape[0]
     w2 = w.reshape(oc, -1)
@@ -165,6 +168,13 @@ def _gemm_ops(x, w, dout, to_cols, from_cols):
                 "grad_weight": lambda: np.matmul(d, to_cols(x).transpose(0, 2, 1)).sum(axis=0).reshape(w.shape)}
     batch_last = (1, 0, 2, 3)                       # (N, OC, OH, OW) <-> (OC, N, OH, OW)
     z_shape = (oc, n, *dout.shape[2:])
+    if matrix_product is not np.matmul:
+        def d():
+            return np.ascontiguousarray(dout.transpose(batch_last).reshape(oc, -1))
+        mm = matrix_product
+        return {"forward": lambda: np.ascontiguousarray(mm(w2, to_cols(x)).reshape(z_shape).transpose(batch_last)),
+                "grad_input": lambda: from_cols(mm(w2.T, d())),
+                "grad_weight": lambda: mm(to_cols(x), np.ascontiguousarray(d().T)).T.reshape(w.shape)}
     return {"forward": lambda: np.ascontiguousarray((w2 @ to_cols(x)).reshape(z_shape).transpose(batch_last)),
             "grad_input": lambda: from_cols(w2.T @ dout.transpose(batch_last).reshape(oc, -1)),
             "grad_weight": lambda: (dout.transpose(batch_last).reshape(oc, -1) @ to_cols(x).T).reshape(w.shape)}
@@ -176,6 +186,18 @@ def _im2col_numba(x, w, dout, p):
     k, (oh, ow) = w.shape[-1], dout.shape[2:]
     return _gemm_ops(x, w, dout, lambda a: im2col(a, k, k, 1, 1, p, p, oh, ow),
                      lambda cols: col2im(cols, n, c, h, wd, k, k, 1, 1, p, p, oh, ow))
+
+
+@register("im2col_matmul")
+def _im2col_matmul(x, w, dout, p):
+    """Numba's im2col and col2im with kernels.gemm's products: what nn.Conv2d runs on planes
+    narrower than the direct kernel's."""
+    n, c, h, wd = x.shape
+    k, (oh, ow) = w.shape[-1], dout.shape[2:]
+    spreads = parallel(w.size * n * oh * ow // MULTIPLY_ADDS_PER_VALUE)     # as nn.Conv2d decides
+    return _gemm_ops(x, w, dout, lambda a: im2col(a, k, k, 1, 1, p, p, oh, ow, parallel(a.size * 9)),
+                     lambda cols: col2im(cols, n, c, h, wd, k, k, 1, 1, p, p, oh, ow),
+                     lambda a, b: product(a, b, spreads))
 
 
 @register("im2col_stride")

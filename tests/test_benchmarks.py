@@ -124,7 +124,7 @@ def test_conv_kernels_quick(tmp_path):
     rows = read_csv(tmp_path / "conv_kernels.csv")
     assert {r["layer"] for r in rows} == {"conv1", "conv5"} and {r["batch"] for r in rows} == {"4"}
     impls = {r["impl"] for r in rows}
-    assert {"naive", "im2col_numba", "im2col_stride", "nanotorch"} <= impls
+    assert {"naive", "im2col_numba", "im2col_matmul", "im2col_stride", "nanotorch"} <= impls
     assert ("torch" in impls) == (common.try_import_torch() is not None)
     assert all(float(r["us"]) > 0 and float(r["gflops"]) > 0 for r in rows)
     pairs = {(r["impl"], r["op"]) for r in rows}

@@ -1,11 +1,12 @@
 """nanotorch/kernels/gemm.py: the register-tiled matrix product against NumPy's, on shapes around
 its tiles (8 rows, two vectors of columns), with a transposed left operand, and with its vector
-loads and stores checked for bounds; and Conv2d's im2col path, which uses it."""
+loads and stores checked for bounds; and the rule by which Conv2d's im2col path takes it. (The
+path itself: test_conv.py and test_gradcheck.py, against references and finite differences.)"""
 import numpy as np
 import pytest
 
 from nanotorch.kernels import matmul, matmul_reference
-from nanotorch.kernels.gemm import ROWS
+from nanotorch.kernels.gemm import ROWS, product
 from nanotorch.kernels.simd import VECTOR_BYTES
 from test_simd import run_as_python
 
@@ -52,6 +53,18 @@ def test_a_nan_stays_in_its_row_and_column():
     expected = np.zeros_like(nan)
     expected[ROWS + 2, :] = expected[:, 2 * LANES + 2] = True
     np.testing.assert_array_equal(nan, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_product_takes_matmul_from_a_vector_of_columns(dtype, rng):
+    """nn.Conv2d's product: matmul's bits from a vector's worth of columns (and on a b that is not
+    contiguous, through a copy), NumPy's below that, where a tile would leave most lanes empty."""
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    a = rng.standard_normal((9, 50)).astype(dtype)
+    wide, narrow = rng.standard_normal((50, lanes)).astype(dtype), rng.standard_normal((50, lanes - 1)).astype(dtype)
+    np.testing.assert_array_equal(product(a, wide), matmul(a, wide))
+    np.testing.assert_array_equal(product(a, np.asfortranarray(wide)), matmul(a, wide))
+    np.testing.assert_array_equal(product(a, narrow), a @ narrow)
 
 
 _BOUNDS_CODE = """

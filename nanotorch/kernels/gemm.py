@@ -35,7 +35,7 @@ left half of their multiply-adds on empty lanes.
 import numpy as np
 from numba import njit, prange
 
-from nanotorch.kernels.simd import fma, lanes_of, load_first, splat, store_first
+from nanotorch.kernels.simd import VECTOR_BYTES, fma, lanes_of, load_first, splat, store_first
 from nanotorch.kernels.tasks import PRANGE
 
 ROWS = 8          # a tile's rows; its columns are two vectors
@@ -62,6 +62,15 @@ def matmul(a, b, parallel=False):
         for t in range(tiles):
             _tile(a, bf, outf, n_, ROWS * (t % row_tiles), width * (t // row_tiles))
     return out
+
+
+def product(a, b, parallel=False):
+    """a @ b for nn.Conv2d's im2col path: ``matmul`` where b has at least a vector's worth of
+    columns, NumPy's product otherwise (a tile of two vectors would leave most of its lanes empty:
+    the 1 -> 4 layer's grad-weight, 4 columns, took 24.4 us against NumPy's 12.0, one thread)."""
+    if b.shape[1] >= VECTOR_BYTES // b.itemsize:
+        return matmul(a, np.ascontiguousarray(b), parallel)
+    return a @ b
 
 
 def matmul_reference(a, b):

@@ -15,8 +15,9 @@ Backward, from dout (N, OC, OH, OW) laid out as D: (OC, N*OH*OW) like Z:
     dcols = W2^T @ D                       Z is linear in cols: the gradient flows back through W2^T
     dx    = col2im(dcols)                  im2col copied pixels; the adjoint of a copy is a sum
 
-The products are ``matmul`` of nanotorch/kernels/gemm.py: NumPy's ``@`` computes the same sums
-(``matmul_reference``), in a BLAS that is slower on matrices this small.
+The products are nanotorch/kernels/gemm.py's (``product``: its ``matmul`` where the product has a
+vector's worth of columns, else NumPy's ``@``, which computes the same sums in a BLAS that is
+slower on matrices this small).
 
 Read the plain versions first: ``im2col_reference`` and ``col2im_reference`` at the end of
 nanotorch/kernels/im2col.py (NumPy slicing, one slice per kernel offset), and
@@ -47,9 +48,9 @@ their (OC, N, OH*OW) layout, for a fused layer that reads and writes that layout
 import numpy as np
 
 from nanotorch.grad_mode import is_grad_enabled
-from nanotorch.kernels import (col2im, conv3x3_same, conv3x3_same_grad_weight, conv3x3_winograd, im2col, matmul,
-                               pad_planes, winograd_weights)
-from nanotorch.kernels.gemm import MULTIPLY_ADDS_PER_VALUE
+from nanotorch.kernels import (col2im, conv3x3_same, conv3x3_same_grad_weight, conv3x3_winograd, im2col, pad_planes,
+                               winograd_weights)
+from nanotorch.kernels.gemm import MULTIPLY_ADDS_PER_VALUE, product
 from nanotorch.nn._checks import (check_device_and_dtype, check_grad, check_input, check_int, checked_arguments,
                                   only_default, pair)
 from nanotorch.nn.init import default_weight_and_bias
@@ -211,7 +212,7 @@ class Conv2d(Module):
             oh, ow = _output_shape(h, w, *geometry)
             inputs = im2col(x, *geometry[0], *geometry[1], *geometry[2], oh, ow,     # (C*KH*KW, N*OH*OW)
                             parallel(x.size * 9))                    # by the size of the 3x3 path's columns
-            z = matmul(weight.reshape(self.out_channels, -1), inputs,
+            z = product(weight.reshape(self.out_channels, -1), inputs,
                        self._spreads_product(n * oh * ow)).reshape(self.out_channels, n, oh * ow)
         if self.bias is not None:
             z += self.bias.data[:, None, None]
@@ -239,12 +240,12 @@ class Conv2d(Module):
         # dW2 = D @ cols^T, computed as (cols @ D^T)^T with D^T copied contiguous: the product's
         # columns are then the 24 or 28 output channels rather than the 196 or 64 pixels, whose
         # sums would end in adding up the lanes of each vector (kernels/gemm.py)
-        self.weight.accumulate_grad(matmul(inputs, np.ascontiguousarray(d.T), par).T.reshape(self.weight.shape))
+        self.weight.accumulate_grad(product(inputs, np.ascontiguousarray(d.T), par).T.reshape(self.weight.shape))
         if not self.input_requires_grad:
             return None
         w2 = self.weight.data.reshape(self.out_channels, -1)
         (kh, kw), (sh, sw), (ph, pw) = geometry
-        return col2im(matmul(w2.T, d, par), n, c, h, w, kh, kw, sh, sw, ph, pw, *_output_shape(h, w, *geometry),
+        return col2im(product(w2.T, d, par), n, c, h, w, kh, kw, sh, sw, ph, pw, *_output_shape(h, w, *geometry),
                       overwrite_cols=True)                 # dcols is a temporary
 
     def extra_repr(self):
