@@ -67,6 +67,17 @@ def test_product_takes_matmul_from_a_vector_of_columns(dtype, rng):
     np.testing.assert_array_equal(product(a, narrow), a @ narrow)
 
 
+def test_product_leaves_large_products_to_numpy(monkeypatch, rng):
+    """Above MAX_MULTIPLY_ADDS the product is NumPy's (its blocking pays once the operands outgrow the caches)."""
+    from nanotorch.kernels import gemm
+    a, b = rng.standard_normal((9, 50)), rng.standard_normal((50, 40))
+    assert not np.array_equal(matmul(a, b), a @ b)        # (the two round differently: tells them apart)
+    monkeypatch.setattr(gemm, "MAX_MULTIPLY_ADDS", 9 * 50 * 40)
+    np.testing.assert_array_equal(gemm.product(a, b), matmul(a, b))
+    monkeypatch.setattr(gemm, "MAX_MULTIPLY_ADDS", 9 * 50 * 40 - 1)
+    np.testing.assert_array_equal(gemm.product(a, b), a @ b)
+
+
 _BOUNDS_CODE = """
 import numpy as np
 from nanotorch.kernels import simd, gemm

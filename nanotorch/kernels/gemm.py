@@ -43,6 +43,7 @@ ROWS = 8          # a tile's rows; its columns are two vectors
 # parallel(work // MULTIPLY_ADDS_PER_VALUE)), 524,288 in all: in a training step, the 20 -> 24
 # layer's products (847k) on two threads saved 1.1% of the step; the 24 -> 28 layer's (387k) too, nothing.
 MULTIPLY_ADDS_PER_VALUE = 64
+MAX_MULTIPLY_ADDS = 1 << 25       # product(): larger products go to NumPy's BLAS
 
 
 @njit(cache=True, nogil=True, **PRANGE)
@@ -66,9 +67,14 @@ def matmul(a, b, parallel=False):
 
 def product(a, b, parallel=False):
     """a @ b for nn.Conv2d's im2col path: ``matmul`` where b has at least a vector's worth of
-    columns, NumPy's product otherwise (a tile of two vectors would leave most of its lanes empty:
-    the 1 -> 4 layer's grad-weight, 4 columns, took 24.4 us against NumPy's 12.0, one thread)."""
-    if b.shape[1] >= VECTOR_BYTES // b.itemsize:
+    columns and the product is at most MAX_MULTIPLY_ADDS, NumPy's product otherwise. With fewer
+    columns a tile of two vectors leaves most of its lanes empty (the 1 -> 4 layer's grad-weight,
+    4 columns, took 24.4 us against NumPy's 12.0, one thread). On larger products the operands
+    outgrow the caches, where a BLAS's blocking pays (at batch 128 the 12 -> 16 layer's products,
+    693 million multiply-adds, took 26.4, 41.7 and 26.1 ms against NumPy's 24.1, 28.5 and 24.6; the
+    20 -> 24 layer's, 27 million, 466, 512 and 536 us against 710, 716 and 754)."""
+    m_, k_ = a.shape
+    if b.shape[1] >= VECTOR_BYTES // b.itemsize and m_ * k_ * b.shape[1] <= MAX_MULTIPLY_ADDS:
         return matmul(a, np.ascontiguousarray(b), parallel)
     return a @ b
 
