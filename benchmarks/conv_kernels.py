@@ -169,12 +169,12 @@ def _gemm_ops(x, w, dout, to_cols, from_cols, matrix_product=np.matmul):
     batch_last = (1, 0, 2, 3)                       # (N, OC, OH, OW) <-> (OC, N, OH, OW)
     z_shape = (oc, n, *dout.shape[2:])
     if matrix_product is not np.matmul:
-        def d():
+        def channels_first():
             return np.ascontiguousarray(dout.transpose(batch_last).reshape(oc, -1))
         mm = matrix_product
         return {"forward": lambda: np.ascontiguousarray(mm(w2, to_cols(x)).reshape(z_shape).transpose(batch_last)),
-                "grad_input": lambda: from_cols(mm(w2.T, d())),
-                "grad_weight": lambda: mm(to_cols(x), np.ascontiguousarray(d().T)).T.reshape(w.shape)}
+                "grad_input": lambda: from_cols(mm(w2.T, channels_first())),
+                "grad_weight": lambda: mm(to_cols(x), np.ascontiguousarray(channels_first().T)).T.reshape(w.shape)}
     return {"forward": lambda: np.ascontiguousarray((w2 @ to_cols(x)).reshape(z_shape).transpose(batch_last)),
             "grad_input": lambda: from_cols(w2.T @ dout.transpose(batch_last).reshape(oc, -1)),
             "grad_weight": lambda: (dout.transpose(batch_last).reshape(oc, -1) @ to_cols(x).T).reshape(w.shape)}

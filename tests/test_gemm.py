@@ -56,26 +56,40 @@ def test_a_nan_stays_in_its_row_and_column():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_product_takes_matmul_from_a_vector_of_columns(dtype, rng):
-    """nn.Conv2d's product: matmul's bits from a vector's worth of columns (and on a b that is not
-    contiguous, through a copy), NumPy's below that, where a tile would leave most lanes empty."""
+def test_product_takes_matmul_from_a_tile_of_rows_and_a_vector_of_columns(dtype, rng):
+    """nn.Conv2d's product: matmul's bits from a tile's rows and a vector's columns (and on a b that
+    is not contiguous, through a copy); NumPy's with fewer, where a tile would leave most of its
+    multiply-adds on repeated rows or empty lanes."""
     lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
-    a = rng.standard_normal((9, 50)).astype(dtype)
-    wide, narrow = rng.standard_normal((50, lanes)).astype(dtype), rng.standard_normal((50, lanes - 1)).astype(dtype)
+    a, short = rng.standard_normal((ROWS, 500)).astype(dtype), rng.standard_normal((ROWS - 1, 500)).astype(dtype)
+    wide, narrow = rng.standard_normal((500, lanes)).astype(dtype), rng.standard_normal((500, lanes - 1)).astype(dtype)
+    assert not np.array_equal(matmul(a, wide), a @ wide)        # (the two round differently: tells them apart)
     np.testing.assert_array_equal(product(a, wide), matmul(a, wide))
     np.testing.assert_array_equal(product(a, np.asfortranarray(wide)), matmul(a, wide))
     np.testing.assert_array_equal(product(a, narrow), a @ narrow)
+    np.testing.assert_array_equal(product(short, wide), short @ wide)
 
 
-def test_product_leaves_large_products_to_numpy(monkeypatch, rng):
-    """Above MAX_MULTIPLY_ADDS the product is NumPy's (its blocking pays once the operands outgrow the caches)."""
+def test_product_leaves_large_operands_and_other_types_to_numpy(monkeypatch, rng):
+    """Past MAX_OPERAND_BYTES of b and out the product is NumPy's (its blocking pays once they
+    outgrow the caches); so is any product matmul does not take: mixed dtypes, integers."""
     from nanotorch.kernels import gemm
-    a, b = rng.standard_normal((9, 50)), rng.standard_normal((50, 40))
-    assert not np.array_equal(matmul(a, b), a @ b)        # (the two round differently: tells them apart)
-    monkeypatch.setattr(gemm, "MAX_MULTIPLY_ADDS", 9 * 50 * 40)
+    a, b = rng.standard_normal((9, 500)), rng.standard_normal((500, 40))
+    assert not np.array_equal(matmul(a, b), a @ b)
+    monkeypatch.setattr(gemm, "MAX_OPERAND_BYTES", (9 + 500) * 40 * 8)
     np.testing.assert_array_equal(gemm.product(a, b), matmul(a, b))
-    monkeypatch.setattr(gemm, "MAX_MULTIPLY_ADDS", 9 * 50 * 40 - 1)
+    monkeypatch.setattr(gemm, "MAX_OPERAND_BYTES", (9 + 500) * 40 * 8 - 1)
     np.testing.assert_array_equal(gemm.product(a, b), a @ b)
+    np.testing.assert_array_equal(gemm.product(a, b.astype(np.float32)), a @ b.astype(np.float32))
+    np.testing.assert_array_equal(gemm.product(np.ones((9, 3), int), np.ones((3, 40), int)), np.full((9, 40), 3))
+
+
+def test_matmul_refuses_operands_that_do_not_chain():
+    """a (M, K) and b (K', N) with K != K': an error naming the shapes expected, not a product of
+    the first K rows of b (nor a read past its end)."""
+    for k in (10, 12):
+        with pytest.raises(ValueError, match=r"a \(M, K\) and b \(K, N\)"):
+            matmul(np.ones((9, k), np.float32), np.ones((11, 40), np.float32))
 
 
 _BOUNDS_CODE = """

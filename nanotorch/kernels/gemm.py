@@ -21,8 +21,9 @@ rows, and makes 16 vector multiply-adds:
 then stores the 16 sums once. The last tile of a row of tiles loads and stores only the columns
 there are (simd.load_first / store_first); the last row of tiles repeats row M - 1 where it runs
 past M, and does not store it. No operand is copied: b must be C-contiguous (its row k is read as
-vectors), a may have any strides (the grad-input product reads W2^T as a transposed view), and
-the two vectors of b's row k stay in L1 cache across a column of tiles. Each entry is the sum over
+vectors), and a may have any strides (the grad-input product reads W2^T as a transposed view).
+The tiles go a column at a time, so a column's panel of b (K rows of two vectors: 23 KB for the
+forward above, 25 KB for the grad-weight) stays in the L1 cache while its row tiles read it. Each entry is the sum over
 k in order, one fused multiply-add a term, whichever thread computes its tile; the tiles are the
 tasks (kernels/tasks.py), so one thread and two give the same bits.
 
@@ -40,17 +41,22 @@ from nanotorch.kernels.tasks import PRANGE
 
 ROWS = 8          # a tile's rows; its columns are two vectors
 # A product spreads over threads from this many multiply-adds a value (nanotorch/threads.py:
-# parallel(work // MULTIPLY_ADDS_PER_VALUE)), 524,288 in all: in a training step, the 20 -> 24
-# layer's products (847k) on two threads saved 1.1% of the step; the 24 -> 28 layer's (387k) too, nothing.
+# parallel(work // MULTIPLY_ADDS_PER_VALUE)), 524,288 in all. In a training step, spreading the
+# 20 -> 24 layer's products (847k multiply-adds each) over two threads saved 1.1% of the step;
+# spreading the 24 -> 28 layer's (387k) as well saved nothing, so they stay below the line.
 MULTIPLY_ADDS_PER_VALUE = 64
-MAX_MULTIPLY_ADDS = 1 << 25       # product(): larger products go to NumPy's BLAS
+# product() takes matmul only while b and out together are at most this many bytes (see there)
+MAX_OPERAND_BYTES = 8 << 20
 
 
 @njit(cache=True, nogil=True, **PRANGE)
 def matmul(a, b, parallel=False):
-    """a: (M, K), any strides; b: (K, N), C-contiguous -> a @ b, (M, N), C-contiguous, of b's dtype."""
+    """a: (M, K), any strides; b: (K, N), C-contiguous, both float32 or both float64 -> a @ b,
+    (M, N), C-contiguous."""
     m_ = a.shape[0]
     n_ = b.shape[1]
+    if a.shape[1] != b.shape[0]:
+        raise ValueError("matmul: expected a (M, K) and b (K, N) with the same K")
     out = np.empty((m_, n_), dtype=b.dtype)
     bf, outf = b.reshape(b.size), out.reshape(out.size)
     width = 2 * lanes_of(bf)
@@ -66,15 +72,15 @@ def matmul(a, b, parallel=False):
 
 
 def product(a, b, parallel=False):
-    """a @ b for nn.Conv2d's im2col path: ``matmul`` where b has at least a vector's worth of
-    columns and the product is at most MAX_MULTIPLY_ADDS, NumPy's product otherwise. With fewer
-    columns a tile of two vectors leaves most of its lanes empty (the 1 -> 4 layer's grad-weight,
-    4 columns, took 24.4 us against NumPy's 12.0, one thread). On larger products the operands
-    outgrow the caches, where a BLAS's blocking pays (at batch 128 the 12 -> 16 layer's products,
-    693 million multiply-adds, took 26.4, 41.7 and 26.1 ms against NumPy's 24.1, 28.5 and 24.6; the
-    20 -> 24 layer's, 27 million, 466, 512 and 536 us against 710, 716 and 754)."""
-    m_, k_ = a.shape
-    if b.shape[1] >= VECTOR_BYTES // b.itemsize and m_ * k_ * b.shape[1] <= MAX_MULTIPLY_ADDS:
+    """a @ b for nn.Conv2d's im2col path: ``matmul`` for products of at least a tile's rows and a
+    vector's columns whose b and out fit in MAX_OPERAND_BYTES, NumPy's product otherwise (and for
+    anything but two float32 or two float64 matrices). With fewer rows or columns a tile leaves most
+    of its multiply-adds on rows it repeats or on empty lanes (the 1 -> 4 layer's grad-weight, 4
+    columns, took 23.3 us against NumPy's 11.8, one thread). Larger operands outgrow the caches, where
+    a BLAS's blocking pays (docs/performance.md has the figures)."""
+    if (a.ndim == b.ndim == 2 and a.dtype == b.dtype and a.dtype in (np.float32, np.float64)
+            and a.shape[0] >= ROWS and b.shape[1] >= VECTOR_BYTES // b.itemsize
+            and (a.shape[0] + b.shape[0]) * b.shape[1] * b.itemsize <= MAX_OPERAND_BYTES):
         return matmul(a, np.ascontiguousarray(b), parallel)
     return a @ b
 

@@ -15,9 +15,9 @@ Backward, from dout (N, OC, OH, OW) laid out as D: (OC, N*OH*OW) like Z:
     dcols = W2^T @ D                       Z is linear in cols: the gradient flows back through W2^T
     dx    = col2im(dcols)                  im2col copied pixels; the adjoint of a copy is a sum
 
-The products are nanotorch/kernels/gemm.py's (``product``: its ``matmul`` where the product has a
-vector's worth of columns, else NumPy's ``@``, which computes the same sums in a BLAS that is
-slower on matrices this small).
+The products are nanotorch/kernels/gemm.py's ``product``: its own ``matmul`` on products of the
+size of the MNIST model's 7x7 and 4x4 layers, where a BLAS is slower, and NumPy's ``@`` on the
+others (the same sums, rounded in another order).
 
 Read the plain versions first: ``im2col_reference`` and ``col2im_reference`` at the end of
 nanotorch/kernels/im2col.py (NumPy slicing, one slice per kernel offset), and
