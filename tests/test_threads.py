@@ -11,7 +11,8 @@ import pytest
 import nanotorch as nt
 from nanotorch import nn, optim, threads
 from nanotorch.kernels import conv3x3_same, conv3x3_same_grad_weight, maxpool2d_backward, maxpool2d_forward
-from nanotorch.kernels import conv3x3_winograd, im2col, matmul, maxpool2x2_forward, maxpool2x2_max, pad_planes, winograd_weights
+from nanotorch.kernels import (conv3x3_winograd, im2col, matmul, maxpool2x2_forward, maxpool2x2_max, pad_planes,
+                               winograd_weights)
 from nanotorch.kernels.batchnorm_gelu import bn_gelu_backward, bn_gelu_forward, bn_gelu_inference
 from mnist.evaluate import predict_logits
 from mnist.model import build_model

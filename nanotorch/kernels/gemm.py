@@ -23,9 +23,9 @@ there are (simd.load_first / store_first); the last row of tiles repeats row M -
 past M, and does not store it. No operand is copied: b must be C-contiguous (its row k is read as
 vectors), and a may have any strides (the grad-input product reads W2^T as a transposed view).
 The tiles go a column at a time, so a column's panel of b (K rows of two vectors: 23 KB for the
-forward above, 25 KB for the grad-weight) stays in the L1 cache while its row tiles read it. Each entry is the sum over
-k in order, one fused multiply-add a term, whichever thread computes its tile; the tiles are the
-tasks (kernels/tasks.py), so one thread and two give the same bits.
+forward above, 25 KB for the grad-weight) stays in the L1 cache while its row tiles read it.
+Each entry is the sum over k in order, one fused multiply-add a term, whichever thread computes
+its tile; the tiles are the tasks (kernels/tasks.py), so one thread and two give the same bits.
 
 Measured at batch 4 against NumPy's product (OpenBLAS, AVX2), one thread, on the Zen 5: the 20 ->
 24 layer's three products 8.3, 10.3 and 9.6 us against 16.1, 15.5 and 15.9; the 24 -> 28 layer's

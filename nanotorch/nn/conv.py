@@ -213,7 +213,7 @@ class Conv2d(Module):
             inputs = im2col(x, *geometry[0], *geometry[1], *geometry[2], oh, ow,     # (C*KH*KW, N*OH*OW)
                             parallel(x.size * 9))                    # by the size of the 3x3 path's columns
             z = product(weight.reshape(self.out_channels, -1), inputs,
-                       self._spreads_product(n * oh * ow)).reshape(self.out_channels, n, oh * ow)
+                        self._spreads_product(n * oh * ow)).reshape(self.out_channels, n, oh * ow)
         if self.bias is not None:
             z += self.bias.data[:, None, None]
         self.save_for_backward(inputs, x.shape, direct, geometry)
