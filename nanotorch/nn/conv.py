@@ -235,7 +235,7 @@ class Conv2d(Module):
                 return None
             # the weight used transposed and flipped
             return conv3x3_same(dzp, self.weight.data, h, w, False, par, True).reshape(n, c, h, w)
-        d = np.ascontiguousarray(dz.reshape(self.out_channels, -1))
+        d = dz.reshape(self.out_channels, -1)
         par = self._spreads_product(d.shape[1])
         # dW2 = D @ cols^T, computed as (cols @ D^T)^T with D^T copied contiguous: the product's
         # columns are then the 24 or 28 output channels rather than the 196 or 64 pixels, whose
